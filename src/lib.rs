@@ -1,0 +1,66 @@
+//! zcluster: map work over a cluster of machines with ZeroMQ.
+//!
+//! A researcher has a file of inputs and a lab full of machines; zcluster runs
+//! a command (or a Rust function) once per input on every worker core,
+//! returns every result exactly once in input order, and records what ran.
+//!
+//! The crate is layered; each layer uses only the ones above it in this list,
+//! and each is one module named after what it holds:
+//!
+//! | layer | module | what it holds |
+//! | --- | --- | --- |
+//! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` |
+//! | message | [`message`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format |
+//! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
+//! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
+//! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation |
+//! | map | [`map`] | the `zcluster map` engine: lazy inputs, ordering, retries, halting, over a [`map::Backend`] (embedded workers today, a hub later) |
+//!
+//! Data flows inputs → ventilator → worker → sink → results:
+//!
+//! ```
+//! use std::thread;
+//! use zcluster::message::ClusterRequest;
+//! use zcluster::sink::Sink;
+//! use zcluster::socket::{FutureSocket, SocketKind};
+//! use zcluster::ventilator::Ventilator;
+//! use zcluster::worker::{typed, Worker};
+//! use std::time::Duration;
+//!
+//! let ctx = zmq::Context::new();
+//! let mut sink = Sink::new(&ctx, FutureSocket::bind("inproc://results", SocketKind::Pull))?;
+//! let mut ventilator = Ventilator::new(&ctx, FutureSocket::bind("inproc://requests", SocketKind::Push))?
+//!     .worker_connect_delay(Duration::ZERO);
+//! let mut worker = Worker::builder(
+//!     FutureSocket::connect("inproc://requests", SocketKind::Pull),
+//!     FutureSocket::connect("inproc://results", SocketKind::Push),
+//! )
+//! .receive_timeout(Duration::from_millis(200))
+//! .build(&ctx, typed(|n: u64| Ok::<_, String>(n * n)))?;
+//! let worker = thread::spawn(move || worker.run());
+//!
+//! ventilator.send((1..=10u64).map(|n| ClusterRequest::encode(n, &n).unwrap()))?;
+//! let mut total = 0;
+//! for result in sink.receive_typed::<u64>(Some(10), Some(Duration::from_secs(5))) {
+//!     total += result?.1;
+//! }
+//! assert_eq!(total, 385);
+//! # let _ = worker.join();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+pub mod commands;
+pub mod config;
+pub mod devices;
+pub mod exec;
+pub mod map;
+pub mod message;
+pub mod sink;
+pub mod socket;
+pub mod template;
+pub mod ventilator;
+pub mod worker;
+
+/// This machine's host name, as results and replies report it.
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}

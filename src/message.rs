@@ -1,0 +1,892 @@
+//! The records that travel between components, and the one wire format that
+//! carries them all.
+//!
+//! # Wire format
+//!
+//! Every zcluster message is a ZeroMQ multipart message of four frames:
+//!
+//! | frame | content |
+//! | --- | --- |
+//! | 0 | protocol name and version, `zcluster/1` |
+//! | 1 | signature (empty until message signing is configured) |
+//! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
+//! | 3 | body: the record named by the kind, bincode |
+//!
+//! The header decodes on its own, so a device, a sink or a hub can route and
+//! count messages without decoding bodies (IPython's split send). Decoding is
+//! bounded: frames longer than the limits are rejected before any decoding, a
+//! length prefix can never make bincode allocate more than
+//! [`MAX_MESSAGE_BYTES`], trailing bytes are an error, and every way a message
+//! can be wrong is a [`MessageError`], never a panic.
+//!
+//! ```
+//! use zcluster::message::{ClusterRequest, Envelope};
+//! let request = ClusterRequest::encode(7, &("image.png", 3u32)).unwrap();
+//! let frames = Envelope::frames_of_request(&request).unwrap();
+//! let envelope = Envelope::from_frames(&frames).unwrap();
+//! let back = envelope.request().unwrap();
+//! assert_eq!(back.decode::<(String, u32)>().unwrap(), ("image.png".into(), 3));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// First frame of every message: protocol name and version.
+pub const PROTOCOL: &[u8] = b"zcluster/1";
+const PROTOCOL_NAME: &[u8] = b"zcluster/";
+
+/// Largest message (and so body) any zcluster socket accepts: receiving
+/// sockets get this as `ZMQ_MAXMSGSIZE` and bincode gets it as its limit, so a
+/// length prefix can never claim more memory than this.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Largest header frame; real headers are under 25 bytes.
+pub const MAX_HEADER_BYTES: usize = 64;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_MESSAGE_BYTES>,
+>;
+
+/// The one bincode configuration used to encode and decode everything.
+const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
+
+/// Free-form request metadata, copied back into the result
+/// (`request_metadata`) so a caller can tell results apart without a lookup.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Everything that can be wrong with a message on the way in or out.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// Not four frames.
+    #[error("expected 4 frames (protocol, signature, header, body), got {got}")]
+    FrameCount { got: usize },
+    /// The first frame does not name the zcluster protocol.
+    #[error("not a zcluster message (first frame {first:?})")]
+    NotZcluster { first: String },
+    /// A zcluster peer speaking another version.
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/1)")]
+    WrongVersion { got: String },
+    /// A signature frame where none is configured.
+    #[error("message carries a signature but no signing key is configured")]
+    UnexpectedSignature,
+    /// A frame larger than its limit.
+    #[error("{part} of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        part: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    /// A frame that bincode could not decode as what it should hold.
+    #[error("cannot decode {part}: {source}")]
+    Decode {
+        part: &'static str,
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    /// Bytes left over after a complete value: a framing bug or tampering.
+    #[error("{part} has {extra} trailing bytes")]
+    TrailingBytes { part: &'static str, extra: usize },
+    /// A message of one kind where another was expected.
+    #[error("expected a {expected} message, got a {got}")]
+    UnexpectedKind {
+        expected: &'static str,
+        got: MessageKind,
+    },
+    /// Header and body disagree about which task this is.
+    #[error("header names id {header} but the body names id {body}")]
+    IdMismatch { header: u64, body: u64 },
+    /// A value that cannot be encoded (for example larger than the limit).
+    #[error("cannot encode {part}: {source}")]
+    Encode {
+        part: &'static str,
+        #[source]
+        source: bincode::error::EncodeError,
+    },
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+impl MessageError {
+    /// Whether this is a receive timeout (`EAGAIN` from a socket with
+    /// `ZMQ_RCVTIMEO` or a non-blocking receive) rather than a bad message.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, MessageError::Zmq(zmq::Error::EAGAIN))
+    }
+}
+
+/// What a message carries, named in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// A [`ClusterRequest`] for a worker.
+    Request,
+    /// A [`ClusterResult`] from a worker, with its status.
+    Result(ResultStatus),
+    /// A [`Command`] for workers and sinks; the header id is its token.
+    Command,
+    /// A [`CommandReply`] from a worker; the header id is the command's token.
+    Reply,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MessageKind::Request => "request",
+            MessageKind::Result(_) => "result",
+            MessageKind::Command => "command",
+            MessageKind::Reply => "reply",
+        })
+    }
+}
+
+/// The part of every message that can be decoded alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// What the body holds.
+    pub kind: MessageKind,
+    /// The job a request or result belongs to (0 with no hub).
+    pub job: u64,
+    /// Task id of a request or result; token of a command or reply.
+    pub id: u64,
+}
+
+/// Whether a worker's handler succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResultStatus {
+    /// The handler returned a payload.
+    Ok,
+    /// The handler returned an error or panicked; see `exception`.
+    Fail,
+}
+
+/// One unit of work for a worker: an id, an opaque payload (bincode of the
+/// caller's type, see [`ClusterRequest::encode`]) and metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRequest {
+    /// Unique within a job; the result carries it back.
+    pub id: u64,
+    /// The handler's input.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Free-form, returned in the result.
+    pub metadata: Metadata,
+}
+
+impl ClusterRequest {
+    /// A request carrying raw bytes.
+    pub fn new(id: u64, payload: Vec<u8>) -> Self {
+        ClusterRequest {
+            id,
+            payload,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// A request carrying any serde value, encoded with the wire's bincode
+    /// configuration.
+    pub fn encode<T: Serialize + ?Sized>(id: u64, value: &T) -> Result<Self, MessageError> {
+        Ok(Self::new(id, encode_value(value, "request payload")?))
+    }
+
+    /// The same request with a metadata entry added.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Decodes the payload as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        decode_value(&self.payload, "request payload")
+    }
+}
+
+/// Where and when a result was computed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultMetadata {
+    /// Host name of the worker.
+    pub host: String,
+    /// Process id of the worker.
+    pub pid: u32,
+    /// The worker's name within its process.
+    pub worker: String,
+    /// When the handler started.
+    pub started: SystemTime,
+    /// How long the handler ran.
+    pub elapsed: Duration,
+}
+
+/// A worker's answer to one [`ClusterRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterResult {
+    /// The request's id.
+    pub id: u64,
+    /// Whether the handler succeeded.
+    pub status: ResultStatus,
+    /// The handler's output (empty on failure).
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// The request's metadata, returned as sent.
+    pub request_metadata: Metadata,
+    /// Where and when the work was done.
+    pub metadata: ResultMetadata,
+    /// The handler's error or panic message on failure.
+    pub exception: Option<String>,
+}
+
+impl ClusterResult {
+    /// Decodes the payload as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        decode_value(&self.payload, "result payload")
+    }
+}
+
+/// Commands published to workers (and sinks) on the command channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Finish the current request, then exit cleanly.
+    Kill,
+    /// Finish the current request, then exit with the restart status so a
+    /// supervisor starts the worker again.
+    Restart,
+    /// Reply with who you are and what you have done.
+    Ping,
+    /// Stop a sink's receive loop (workers ignore it).
+    KillSink,
+    /// An application command, handled by a worker's
+    /// [`Handler::handle_command`](crate::worker::Handler::handle_command).
+    Custom {
+        /// What to do.
+        name: String,
+        /// Arguments, in whatever encoding the application chose.
+        #[serde(with = "serde_bytes")]
+        args: Vec<u8>,
+    },
+}
+
+impl Command {
+    /// A short name for logs and replies.
+    pub fn name(&self) -> &str {
+        match self {
+            Command::Kill => "kill",
+            Command::Restart => "restart",
+            Command::Ping => "ping",
+            Command::KillSink => "kill-sink",
+            Command::Custom { name, .. } => name,
+        }
+    }
+}
+
+/// Who a worker is: sent in every command reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Name of the worker within its process.
+    pub worker: String,
+    /// When the worker started.
+    pub started: SystemTime,
+}
+
+/// A worker's answer to a command: an acknowledgement of kill or restart, or
+/// the answer to a ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReply {
+    /// The token of the command answered.
+    pub token: u64,
+    /// The name of the command answered.
+    pub command: String,
+    /// Who answers.
+    pub worker: WorkerInfo,
+    /// Requests this worker has handled.
+    pub requests_handled: u64,
+    /// Mean handler time per request.
+    pub mean_time: Duration,
+}
+
+/// A received message whose header has been checked and decoded; the body is
+/// decoded on demand by the accessor for the kind the receiver expects.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The decoded header.
+    pub header: Header,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Zmq(zmq::Message),
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Zmq(m) => m,
+            Body::Bytes(b) => b,
+        }
+    }
+}
+
+impl Envelope {
+    /// Checks and splits already received frames (for a device, a fuzzer or a
+    /// ROUTER socket that strips identity frames first).
+    pub fn from_frames<F: AsRef<[u8]>>(frames: &[F]) -> Result<Self, MessageError> {
+        let [protocol, signature, header, body] = frames else {
+            return Err(MessageError::FrameCount { got: frames.len() });
+        };
+        let header = check_frames(protocol.as_ref(), signature.as_ref(), header.as_ref())?;
+        let body = body.as_ref();
+        check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+        Ok(Envelope {
+            header,
+            body: Body::Bytes(body.to_vec()),
+        })
+    }
+
+    /// The body's raw bytes.
+    pub fn body(&self) -> &[u8] {
+        self.body.bytes()
+    }
+
+    /// The body as a request.
+    pub fn request(&self) -> Result<ClusterRequest, MessageError> {
+        self.expect(matches!(self.header.kind, MessageKind::Request), "request")?;
+        let request: ClusterRequest = decode_value(self.body(), "request body")?;
+        self.check_id(request.id)?;
+        Ok(request)
+    }
+
+    /// The body as a result.
+    pub fn result(&self) -> Result<ClusterResult, MessageError> {
+        let MessageKind::Result(status) = self.header.kind else {
+            return Err(self.unexpected("result"));
+        };
+        let result: ClusterResult = decode_value(self.body(), "result body")?;
+        self.check_id(result.id)?;
+        if result.status != status {
+            return Err(MessageError::Decode {
+                part: "result body",
+                source: bincode::error::DecodeError::Other("status differs from the header"),
+            });
+        }
+        Ok(result)
+    }
+
+    /// The body as a command; the header id is its token.
+    pub fn command(&self) -> Result<Command, MessageError> {
+        self.expect(self.header.kind == MessageKind::Command, "command")?;
+        decode_value(self.body(), "command body")
+    }
+
+    /// The body as a command reply.
+    pub fn reply(&self) -> Result<CommandReply, MessageError> {
+        self.expect(self.header.kind == MessageKind::Reply, "reply")?;
+        let reply: CommandReply = decode_value(self.body(), "reply body")?;
+        self.check_id(reply.token)?;
+        Ok(reply)
+    }
+
+    fn expect(&self, ok: bool, expected: &'static str) -> Result<(), MessageError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.unexpected(expected))
+        }
+    }
+
+    fn unexpected(&self, expected: &'static str) -> MessageError {
+        MessageError::UnexpectedKind {
+            expected,
+            got: self.header.kind,
+        }
+    }
+
+    fn check_id(&self, body: u64) -> Result<(), MessageError> {
+        if body == self.header.id {
+            Ok(())
+        } else {
+            Err(MessageError::IdMismatch {
+                header: self.header.id,
+                body,
+            })
+        }
+    }
+
+    /// The four frames of a request, for sockets this crate does not drive.
+    pub fn frames_of_request(request: &ClusterRequest) -> Result<Vec<Vec<u8>>, MessageError> {
+        let header = Header {
+            kind: MessageKind::Request,
+            job: 0,
+            id: request.id,
+        };
+        frames(&header, request)
+    }
+}
+
+/// Encodes a message as its four frames.
+pub fn frames<T: Serialize + ?Sized>(
+    header: &Header,
+    body: &T,
+) -> Result<Vec<Vec<u8>>, MessageError> {
+    Ok(vec![
+        PROTOCOL.to_vec(),
+        Vec::new(),
+        encode_value(header, "header")?,
+        encode_value(body, "body")?,
+    ])
+}
+
+fn check_frames(protocol: &[u8], signature: &[u8], header: &[u8]) -> Result<Header, MessageError> {
+    if protocol != PROTOCOL {
+        return Err(if protocol.starts_with(PROTOCOL_NAME) {
+            MessageError::WrongVersion {
+                got: printable(protocol),
+            }
+        } else {
+            MessageError::NotZcluster {
+                first: printable(protocol),
+            }
+        });
+    }
+    if !signature.is_empty() {
+        return Err(MessageError::UnexpectedSignature);
+    }
+    check_size("header", header.len(), MAX_HEADER_BYTES)?;
+    decode_value(header, "header")
+}
+
+fn check_size(part: &'static str, size: usize, limit: usize) -> Result<(), MessageError> {
+    if size > limit {
+        Err(MessageError::TooLarge { part, size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// At most 32 bytes of a frame, escaped, for an error message.
+fn printable(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(32)];
+    let mut s: String = shown.escape_ascii().to_string();
+    if bytes.len() > shown.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Encodes a value with the wire configuration.
+pub fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+    part: &'static str,
+) -> Result<Vec<u8>, MessageError> {
+    bincode::serde::encode_to_vec(value, CONFIG)
+        .map_err(|source| MessageError::Encode { part, source })
+}
+
+/// Decodes a whole value with the wire configuration: bounded, and with no
+/// bytes left over.
+pub fn decode_value<T: DeserializeOwned>(
+    bytes: &[u8],
+    part: &'static str,
+) -> Result<T, MessageError> {
+    check_size(part, bytes.len(), MAX_MESSAGE_BYTES)?;
+    let (value, read) = bincode::serde::decode_from_slice(bytes, CONFIG)
+        .map_err(|source| MessageError::Decode { part, source })?;
+    if read != bytes.len() {
+        return Err(MessageError::TrailingBytes {
+            part,
+            extra: bytes.len() - read,
+        });
+    }
+    Ok(value)
+}
+
+thread_local! {
+    /// Reused encode buffer: no allocation per message on the send path.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer kept between messages; a larger one is freed.
+const SCRATCH_KEEP_BYTES: usize = 1 << 20;
+
+/// Sends one message. `flags` may hold `zmq::DONTWAIT`.
+pub fn send<T: Serialize + ?Sized>(
+    socket: &zmq::Socket,
+    header: &Header,
+    body: &T,
+    flags: i32,
+) -> Result<(), MessageError> {
+    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
+    let header_len =
+        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
+            MessageError::Encode {
+                part: "header",
+                source,
+            }
+        })?;
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        bincode::serde::encode_into_std_write(body, buf, CONFIG).map_err(|source| {
+            MessageError::Encode {
+                part: "body",
+                source,
+            }
+        })?;
+        check_size("body", buf.len(), MAX_MESSAGE_BYTES)?;
+        // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
+        // queued, ZeroMQ accepts the rest of the multipart message atomically.
+        socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
+        socket.send(&[][..], flags | zmq::SNDMORE)?;
+        socket.send(&header_bytes[..header_len], flags | zmq::SNDMORE)?;
+        let sent = socket.send(&buf[..], flags);
+        if buf.capacity() > SCRATCH_KEEP_BYTES {
+            *buf = Vec::new();
+        }
+        sent.map_err(MessageError::from)
+    })
+}
+
+/// Sends a request.
+pub fn send_request(
+    socket: &zmq::Socket,
+    job: u64,
+    request: &ClusterRequest,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Request,
+        job,
+        id: request.id,
+    };
+    send(socket, &header, request, 0)
+}
+
+/// Sends a result.
+pub fn send_result(
+    socket: &zmq::Socket,
+    job: u64,
+    result: &ClusterResult,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Result(result.status),
+        job,
+        id: result.id,
+    };
+    send(socket, &header, result, 0)
+}
+
+/// Receives one message and checks its frames and header. Every frame of a
+/// multipart message is consumed even when the message is bad, so the next
+/// receive starts at a message boundary.
+pub fn recv(socket: &zmq::Socket, flags: i32) -> Result<Envelope, MessageError> {
+    let mut parts: [zmq::Message; 4] = std::array::from_fn(|_| zmq::Message::new());
+    let mut count = 0;
+    loop {
+        if count < parts.len() {
+            socket.recv(&mut parts[count], flags)?;
+        } else {
+            // Drain and drop frames past the fourth.
+            let mut extra = zmq::Message::new();
+            socket.recv(&mut extra, flags)?;
+        }
+        count += 1;
+        if !socket.get_rcvmore()? {
+            break;
+        }
+    }
+    if count != parts.len() {
+        return Err(MessageError::FrameCount { got: count });
+    }
+    let [protocol, signature, header, body] = parts;
+    let header = check_frames(&protocol, &signature, &header)?;
+    check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+    Ok(Envelope {
+        header,
+        body: Body::Zmq(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_result(id: u64, status: ResultStatus) -> ClusterResult {
+        ClusterResult {
+            id,
+            status,
+            payload: vec![1, 2, 3],
+            request_metadata: [("k".to_string(), "v".to_string())].into(),
+            metadata: ResultMetadata {
+                host: "h".into(),
+                pid: 42,
+                worker: "w0".into(),
+                started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                elapsed: Duration::from_micros(1500),
+            },
+            exception: (status == ResultStatus::Fail).then(|| "boom".to_string()),
+        }
+    }
+
+    fn result_frames(result: &ClusterResult) -> Vec<Vec<u8>> {
+        let header = Header {
+            kind: MessageKind::Result(result.status),
+            job: 3,
+            id: result.id,
+        };
+        frames(&header, result).unwrap()
+    }
+
+    #[test]
+    fn header_is_small() {
+        let header = Header {
+            kind: MessageKind::Result(ResultStatus::Fail),
+            job: u64::MAX,
+            id: u64::MAX,
+        };
+        let bytes = encode_value(&header, "header").unwrap();
+        assert!(bytes.len() <= MAX_HEADER_BYTES, "{}", bytes.len());
+    }
+
+    #[test]
+    fn result_round_trips_and_header_decodes_alone() {
+        let result = sample_result(9, ResultStatus::Fail);
+        let frames = result_frames(&result);
+        let envelope = Envelope::from_frames(&frames).unwrap();
+        assert_eq!(
+            envelope.header.kind,
+            MessageKind::Result(ResultStatus::Fail)
+        );
+        assert_eq!(envelope.header.job, 3);
+        assert_eq!(envelope.result().unwrap(), result);
+        assert!(matches!(
+            envelope.request(),
+            Err(MessageError::UnexpectedKind { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_messages_are_errors() {
+        let good = result_frames(&sample_result(1, ResultStatus::Ok));
+        let mut wrong_version = good.clone();
+        wrong_version[0] = b"zcluster/9".to_vec();
+        assert!(matches!(
+            Envelope::from_frames(&wrong_version),
+            Err(MessageError::WrongVersion { .. })
+        ));
+        let mut alien = good.clone();
+        alien[0] = b"hello".to_vec();
+        assert!(matches!(
+            Envelope::from_frames(&alien),
+            Err(MessageError::NotZcluster { .. })
+        ));
+        let mut signed = good.clone();
+        signed[1] = vec![0; 32];
+        assert!(matches!(
+            Envelope::from_frames(&signed),
+            Err(MessageError::UnexpectedSignature)
+        ));
+        assert!(matches!(
+            Envelope::from_frames(&good[..3]),
+            Err(MessageError::FrameCount { got: 3 })
+        ));
+        let mut trailing = good.clone();
+        trailing[3].push(0);
+        let envelope = Envelope::from_frames(&trailing).unwrap();
+        assert!(matches!(
+            envelope.result(),
+            Err(MessageError::TrailingBytes { extra: 1, .. })
+        ));
+        let mut truncated = good.clone();
+        truncated[3].truncate(5);
+        let envelope = Envelope::from_frames(&truncated).unwrap();
+        assert!(matches!(
+            envelope.result(),
+            Err(MessageError::Decode { .. })
+        ));
+        let mut long_header = good.clone();
+        long_header[2] = vec![0; MAX_HEADER_BYTES + 1];
+        assert!(matches!(
+            Envelope::from_frames(&long_header),
+            Err(MessageError::TooLarge { part: "header", .. })
+        ));
+        let mut mismatched = good;
+        mismatched[2] = encode_value(
+            &Header {
+                kind: MessageKind::Result(ResultStatus::Ok),
+                job: 0,
+                id: 2,
+            },
+            "header",
+        )
+        .unwrap();
+        let envelope = Envelope::from_frames(&mismatched).unwrap();
+        assert!(matches!(
+            envelope.result(),
+            Err(MessageError::IdMismatch { header: 2, body: 1 })
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_is_bounded() {
+        // A request claiming a 2^40-byte payload in a few bytes: without a
+        // limit bincode would try to allocate it and abort the process.
+        let mut body = vec![1u8]; // id = 1
+        body.push(253); // varint marker for a u64 length
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = decode_value::<ClusterRequest>(&body, "request body").unwrap_err();
+        assert!(matches!(err, MessageError::Decode { .. }), "{err}");
+        let frames = vec![
+            PROTOCOL.to_vec(),
+            vec![],
+            encode_value(
+                &Header {
+                    kind: MessageKind::Request,
+                    job: 0,
+                    id: 1,
+                },
+                "header",
+            )
+            .unwrap(),
+            body,
+        ];
+        assert!(Envelope::from_frames(&frames).unwrap().request().is_err());
+    }
+
+    #[test]
+    fn send_and_recv_over_a_socket_pair() {
+        let ctx = zmq::Context::new();
+        let a = ctx.socket(zmq::PAIR).unwrap();
+        a.bind("inproc://message-test").unwrap();
+        let b = ctx.socket(zmq::PAIR).unwrap();
+        b.connect("inproc://message-test").unwrap();
+        let request = ClusterRequest::encode(5, "payload")
+            .unwrap()
+            .with_metadata("input", "x.png");
+        send_request(&a, 11, &request).unwrap();
+        let envelope = recv(&b, 0).unwrap();
+        assert_eq!(envelope.header.job, 11);
+        let back = envelope.request().unwrap();
+        assert_eq!(back, request);
+        assert_eq!(back.decode::<String>().unwrap(), "payload");
+        // A five-frame message is rejected whole and the next one reads fine.
+        a.send_multipart([&b"x"[..], b"y", b"z", b"w", b"v"], 0)
+            .unwrap();
+        send_request(&a, 0, &request).unwrap();
+        assert!(matches!(
+            recv(&b, 0),
+            Err(MessageError::FrameCount { got: 5 })
+        ));
+        assert_eq!(recv(&b, 0).unwrap().request().unwrap(), request);
+    }
+
+    fn any_metadata() -> impl Strategy<Value = Metadata> {
+        proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4)
+    }
+
+    fn any_result() -> impl Strategy<Value = ClusterResult> {
+        (
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..256),
+            any_metadata(),
+            ".{0,16}",
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(".{0,32}"),
+        )
+            .prop_map(|(id, ok, payload, md, host, pid, secs, nanos, exception)| {
+                ClusterResult {
+                    id,
+                    status: if ok {
+                        ResultStatus::Ok
+                    } else {
+                        ResultStatus::Fail
+                    },
+                    payload,
+                    request_metadata: md,
+                    metadata: ResultMetadata {
+                        host,
+                        pid,
+                        worker: "w".into(),
+                        started: SystemTime::UNIX_EPOCH + Duration::from_secs(secs.into()),
+                        elapsed: Duration::from_nanos(nanos),
+                    },
+                    exception,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(id in any::<u64>(), job in any::<u64>(),
+                               payload in proptest::collection::vec(any::<u8>(), 0..512),
+                               metadata in any_metadata()) {
+            let request = ClusterRequest { id, payload, metadata };
+            let header = Header { kind: MessageKind::Request, job, id };
+            let frames = frames(&header, &request).unwrap();
+            let envelope = Envelope::from_frames(&frames).unwrap();
+            prop_assert_eq!(envelope.header, header);
+            prop_assert_eq!(envelope.request().unwrap(), request);
+        }
+
+        #[test]
+        fn results_round_trip(result in any_result()) {
+            let frames = result_frames(&result);
+            prop_assert_eq!(Envelope::from_frames(&frames).unwrap().result().unwrap(), result);
+        }
+
+        #[test]
+        fn random_frames_never_panic(frames in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
+            if let Ok(envelope) = Envelope::from_frames(&frames) {
+                let _ = envelope.request();
+                let _ = envelope.result();
+                let _ = envelope.command();
+                let _ = envelope.reply();
+            }
+        }
+
+        #[test]
+        fn random_bodies_behind_a_valid_header_never_panic(
+            kind in 0u8..4, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let kind = match kind {
+                0 => MessageKind::Request,
+                1 => MessageKind::Result(ResultStatus::Ok),
+                2 => MessageKind::Command,
+                _ => MessageKind::Reply,
+            };
+            let header = encode_value(&Header { kind, job: 0, id: 0 }, "header").unwrap();
+            let frames = vec![PROTOCOL.to_vec(), vec![], header, body];
+            let envelope = Envelope::from_frames(&frames).unwrap();
+            let _ = envelope.request();
+            let _ = envelope.result();
+            let _ = envelope.command();
+            let _ = envelope.reply();
+        }
+
+        #[test]
+        fn corrupted_valid_messages_never_panic(result in any_result(),
+                                                 flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut frames = result_frames(&result);
+            for (at, byte) in flips {
+                let frame = &mut frames[2 + at % 2];
+                if !frame.is_empty() {
+                    let i = at % frame.len();
+                    frame[i] ^= byte;
+                }
+            }
+            if let Ok(envelope) = Envelope::from_frames(&frames) {
+                let _ = envelope.result();
+            }
+        }
+    }
+}
