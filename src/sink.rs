@@ -1,0 +1,241 @@
+//! The sink: collects results from workers.
+//!
+//! A [`Sink`] owns a PULL socket that every worker's result PUSH connects to
+//! (or binds, through a streamer), and optionally a SUB socket on which a
+//! [`Command::KillSink`] ends a receive loop early. [`Sink::receive`] is an
+//! iterator over results as they arrive; a failed result surfaces as
+//! [`SinkError::Worker`], carrying the worker's message and whereabouts.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use crate::message::{self, ClusterResult, Command, MessageError, ResultStatus};
+use crate::socket::{init_socket, millis, SocketError, SocketKind, SocketSource};
+
+/// A worker reported a failure for one request (glimpse's `WorkerException`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerException {
+    /// The whole failed result: id, message, host, pid, timing.
+    pub result: Box<ClusterResult>,
+}
+
+impl WorkerException {
+    /// The worker's error message.
+    pub fn message(&self) -> &str {
+        self.result
+            .exception
+            .as_deref()
+            .unwrap_or("unknown failure")
+    }
+}
+
+impl fmt::Display for WorkerException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.result.metadata;
+        write!(
+            f,
+            "request {} failed on {} (pid {}, {}): {}",
+            self.result.id,
+            m.host,
+            m.pid,
+            m.worker,
+            self.message()
+        )
+    }
+}
+
+impl std::error::Error for WorkerException {}
+
+/// Errors from a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sockets could not be made.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Nothing arrived in time.
+    #[error("no result arrived within {}", humantime::format_duration(*.waited))]
+    Timeout { waited: Duration },
+    /// A worker failed on a request.
+    #[error(transparent)]
+    Worker(#[from] WorkerException),
+    /// A result payload could not be decoded as the requested type.
+    #[error("cannot decode the payload of result {id}: {source}")]
+    Payload {
+        id: u64,
+        #[source]
+        source: MessageError,
+    },
+    /// The socket failed.
+    #[error("sink cannot receive: {0}")]
+    Transport(#[source] MessageError),
+}
+
+/// Collects results; see the module docs.
+pub struct Sink {
+    results: zmq::Socket,
+    commands: Option<zmq::Socket>,
+}
+
+impl Sink {
+    /// A sink on a PULL socket (descriptor or existing socket).
+    pub fn new(ctx: &zmq::Context, results: impl Into<SocketSource>) -> Result<Self, SinkError> {
+        Ok(Sink {
+            results: init_socket(ctx, results, SocketKind::Pull, "sink results")?,
+            commands: None,
+        })
+    }
+
+    /// Also listens for [`Command::KillSink`] on this SUB socket.
+    pub fn commands(
+        mut self,
+        ctx: &zmq::Context,
+        commands: impl Into<SocketSource>,
+    ) -> Result<Self, SinkError> {
+        self.commands = Some(init_socket(
+            ctx,
+            commands,
+            SocketKind::Sub,
+            "sink commands",
+        )?);
+        Ok(self)
+    }
+
+    /// The results socket, e.g. to read the endpoint it bound.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.results
+    }
+
+    /// Results as they arrive, failures as [`SinkError::Worker`]. Stops after
+    /// `num_results` (failures count), on a kill-sink command, or after one
+    /// [`SinkError::Timeout`] when nothing arrives for `timeout`.
+    pub fn receive(
+        &mut self,
+        num_results: Option<usize>,
+        timeout: Option<Duration>,
+    ) -> Receive<'_> {
+        Receive {
+            sink: self,
+            remaining: num_results,
+            timeout,
+            done: false,
+        }
+    }
+
+    /// Like [`receive`](Self::receive), with each payload decoded as `T` and
+    /// paired with its request id.
+    pub fn receive_typed<T: DeserializeOwned>(
+        &mut self,
+        num_results: Option<usize>,
+        timeout: Option<Duration>,
+    ) -> impl Iterator<Item = Result<(u64, T), SinkError>> + '_ {
+        self.receive(num_results, timeout).map(|result| {
+            let result = result?;
+            let value = result.decode().map_err(|source| SinkError::Payload {
+                id: result.id,
+                source,
+            })?;
+            Ok((result.id, value))
+        })
+    }
+
+    fn next_result(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Option<Result<ClusterResult, SinkError>> {
+        let timeout_ms = timeout.map_or(-1, |t| i64::from(millis(t)));
+        loop {
+            let (results_ready, commands_ready) = {
+                let mut items = vec![self.results.as_poll_item(zmq::POLLIN)];
+                if let Some(commands) = &self.commands {
+                    items.push(commands.as_poll_item(zmq::POLLIN));
+                }
+                match zmq::poll(&mut items, timeout_ms) {
+                    Ok(0) => {
+                        return Some(Err(SinkError::Timeout {
+                            waited: timeout.unwrap_or_default(),
+                        }))
+                    }
+                    Ok(_) => (
+                        items[0].is_readable(),
+                        items.get(1).is_some_and(|i| i.is_readable()),
+                    ),
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => return Some(Err(SinkError::Transport(e.into()))),
+                }
+            };
+            if commands_ready && self.kill_received() {
+                return None;
+            }
+            if !results_ready {
+                continue;
+            }
+            match message::recv(&self.results, zmq::DONTWAIT) {
+                Ok(envelope) => match envelope.result() {
+                    Ok(result) if result.status == ResultStatus::Ok => return Some(Ok(result)),
+                    Ok(result) => {
+                        return Some(Err(SinkError::Worker(WorkerException {
+                            result: Box::new(result),
+                        })))
+                    }
+                    Err(e) => warn!(error = %e, "dropping a bad result"),
+                },
+                Err(e) if e.is_timeout() => {}
+                Err(MessageError::Zmq(zmq::Error::EINTR)) => {}
+                Err(MessageError::Zmq(e)) => return Some(Err(SinkError::Transport(e.into()))),
+                Err(e) => warn!(error = %e, "dropping a bad message on the result socket"),
+            }
+        }
+    }
+
+    /// Reads every pending command; true when one is a kill-sink.
+    fn kill_received(&mut self) -> bool {
+        let Some(commands) = &self.commands else {
+            return false;
+        };
+        let mut kill = false;
+        loop {
+            match message::recv(commands, zmq::DONTWAIT) {
+                Ok(envelope) => match envelope.command() {
+                    Ok(Command::KillSink) => kill = true,
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "dropping a bad command"),
+                },
+                Err(MessageError::Zmq(_)) => return kill,
+                Err(e) => warn!(error = %e, "dropping a bad message on the command socket"),
+            }
+        }
+    }
+}
+
+/// Iterator returned by [`Sink::receive`].
+pub struct Receive<'a> {
+    sink: &'a mut Sink,
+    remaining: Option<usize>,
+    timeout: Option<Duration>,
+    done: bool,
+}
+
+impl Iterator for Receive<'_> {
+    type Item = Result<ClusterResult, SinkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.remaining == Some(0) {
+            return None;
+        }
+        let item = self.sink.next_result(self.timeout);
+        match &item {
+            None | Some(Err(SinkError::Timeout { .. } | SinkError::Transport(_))) => {
+                self.done = true
+            }
+            Some(_) => {
+                if let Some(n) = &mut self.remaining {
+                    *n -= 1;
+                }
+            }
+        }
+        item
+    }
+}
