@@ -1,0 +1,58 @@
+//! `zcluster`: the command line. Thin by design: each subcommand parses its
+//! flags into the library's plain option types and calls the library (see
+//! `commands/`); nothing here knows ZeroMQ beyond descriptors.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Map work over a cluster of machines with ZeroMQ.
+#[derive(Parser)]
+#[command(name = "zcluster", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command once per input line, on every core, results in order.
+    Map(commands::map::MapArgs),
+    /// Run a streamer or forwarder device between clients and workers.
+    #[command(subcommand)]
+    Device(commands::device::DeviceCommand),
+    /// Tell workers to exit (or restart) after their current request.
+    Kill(commands::kill::KillArgs),
+    /// Ask workers who they are and what they have done.
+    Ping(commands::ping::PingArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Map(args) => commands::map::run(args),
+        Command::Device(device) => commands::device::run(device),
+        Command::Kill(args) => commands::kill::run(args),
+        Command::Ping(args) => commands::ping::run(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zcluster: {e:#}");
+            if e.downcast_ref::<commands::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Tests of the `zcluster` binary as a user runs it: real processes, real
+//! signals, real files. One test binary (`autotests = false`) links once;
+//! each capability is a module.
+
+mod common;
+mod devices;
+mod map;

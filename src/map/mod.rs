@@ -1,0 +1,465 @@
+//! The `zcluster map` engine: one command per input, results in order.
+//!
+//! The front end ([`run_map`]) reads inputs lazily, renders each into a
+//! command with a [`CommandTemplate`], groups tasks into chunks, keeps order,
+//! retries, halts, and hands every finished task to the caller once as a
+//! [`TaskRecord`]. *What runs the chunks* is behind one seam, the [`Backend`]
+//! trait: today [`embedded::Embedded`] (workers inside this process, over the
+//! toolkit), later a hub, without the front end changing.
+//!
+//! # Memory bound
+//!
+//! The front end never holds more than [`MapOptions::window`] tasks between
+//! the oldest one not yet handed out and the newest one read: with
+//! `keep_order`, a slow task at the head stops reading after `window` more
+//! inputs rather than buffering the whole file. Memory is thus
+//! O(`window` × (input + captured output)), whatever the number of inputs.
+
+pub mod embedded;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{ExecOutcome, ExitKind};
+use crate::template::CommandTemplate;
+
+pub use record::{TaskRecord, TaskStatus};
+
+/// Default largest span of tasks in memory (see the module docs).
+pub const DEFAULT_WINDOW: usize = 4096;
+
+/// How often the front end wakes up with nothing to do, to notice a stop.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// What to do after the first failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Halt {
+    /// Run everything.
+    #[default]
+    Never,
+    /// Stop starting tasks; let running ones finish.
+    Soon,
+    /// Stop starting tasks and kill running ones.
+    Now,
+}
+
+/// How to run a map; plain data, so library users and tests never touch the
+/// command line.
+#[derive(Debug, Clone)]
+pub struct MapOptions {
+    /// Tasks running at once (embedded workers); default: cores.
+    pub jobs: usize,
+    /// Hand records out in input order (default) or as they finish.
+    pub keep_order: bool,
+    /// Per-task time limit: the task's process group is killed.
+    pub timeout: Option<Duration>,
+    /// Extra attempts for a failed or timed-out task.
+    pub retries: u32,
+    /// What to do after the first failure.
+    pub halt: Halt,
+    /// Tasks per request to a worker.
+    pub chunksize: usize,
+    /// Memory bound, in tasks (see the module docs).
+    pub window: usize,
+    /// Set (e.g. from a SIGINT handler) to stop: nothing new starts, running
+    /// tasks are killed, what finished is handed out.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        MapOptions {
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            keep_order: true,
+            timeout: None,
+            retries: 0,
+            halt: Halt::Never,
+            chunksize: 1,
+            window: DEFAULT_WINDOW,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Errors that stop a map as a whole (a failing task is a record, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// The inputs could not be read.
+    #[error("cannot read inputs: {0}")]
+    Input(#[source] std::io::Error),
+    /// The caller's record handler failed (e.g. stdout closed).
+    #[error("cannot write results: {0}")]
+    Output(#[source] std::io::Error),
+    /// The backend failed.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// One task as it travels to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecTask {
+    /// 1-based input number.
+    pub seq: u64,
+    /// The command to run.
+    pub argv: Vec<String>,
+    /// Its time limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Tasks sent together in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecChunk {
+    /// The tasks, run one after another by one worker.
+    pub tasks: Vec<ExecTask>,
+}
+
+/// A chunk's outcome as a backend reports it.
+#[derive(Debug, Clone)]
+pub struct ChunkDone {
+    /// The id given to [`Backend::submit`].
+    pub id: u64,
+    /// One outcome per task (by seq), or why the whole chunk failed.
+    pub outcomes: Result<Vec<(u64, ExecOutcome)>, String>,
+    /// Where it ran.
+    pub host: String,
+    /// Worker process id.
+    pub pid: u32,
+    /// Worker name.
+    pub worker: String,
+}
+
+/// The seam between the front end and whatever runs the tasks.
+pub trait Backend {
+    /// How many chunks may be outstanding at once (free slots).
+    fn slots(&self) -> usize;
+    /// Starts a chunk; never called with more than `slots()` outstanding.
+    fn submit(&mut self, id: u64, chunk: &ExecChunk) -> Result<(), MapError>;
+    /// The next finished chunk, or `None` after `timeout`.
+    fn next_done(&mut self, timeout: Duration) -> Result<Option<ChunkDone>, MapError>;
+    /// Kills running tasks now (halt now, Ctrl-C); their chunks still finish,
+    /// with cancelled outcomes.
+    fn cancel(&mut self);
+}
+
+/// What a map did, for the summary line and the exit status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapSummary {
+    /// Records handed out.
+    pub total: u64,
+    /// Exited 0.
+    pub ok: u64,
+    /// Failed (non-zero exit, signal, could not start).
+    pub failed: u64,
+    /// Killed by the timeout.
+    pub timed_out: u64,
+    /// Killed by a halt or a stop.
+    pub cancelled: u64,
+    /// Inputs never started because of a halt or a stop.
+    pub not_run: u64,
+    /// The first failures: seq and input.
+    pub failures: Vec<(u64, String)>,
+    /// The map was stopped through [`MapOptions::stop`].
+    pub interrupted: bool,
+    /// Wall-clock time.
+    pub wall: Duration,
+}
+
+/// How many failures the summary lists by name.
+const LISTED_FAILURES: usize = 10;
+
+impl MapSummary {
+    /// Whether every task succeeded and nothing was skipped.
+    pub fn success(&self) -> bool {
+        self.ok == self.total && self.not_run == 0 && !self.interrupted
+    }
+
+    /// Tasks per second of wall time.
+    pub fn rate(&self) -> f64 {
+        let secs = self.wall.as_secs_f64();
+        if secs > 0.0 {
+            self.total as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// An input line: its text, or the raw bytes when they are not UTF-8.
+pub type InputLine = Result<String, Vec<u8>>;
+
+struct Pending {
+    input: String,
+    argv: Vec<String>,
+    attempts: u32,
+}
+
+/// Runs `template` over `inputs` on `backend`, handing each finished task to
+/// `emit` exactly once (in input order when `options.keep_order`).
+pub fn run_map<I, F>(
+    inputs: I,
+    template: &CommandTemplate,
+    options: &MapOptions,
+    backend: &mut dyn Backend,
+    mut emit: F,
+) -> Result<MapSummary, MapError>
+where
+    I: Iterator<Item = std::io::Result<InputLine>>,
+    F: FnMut(TaskRecord) -> std::io::Result<()>,
+{
+    let started = Instant::now();
+    let mut inputs = inputs.fuse();
+    let mut exhausted = false;
+    let mut next_seq: u64 = 1;
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut retry: VecDeque<u64> = VecDeque::new();
+    let mut outstanding: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut next_chunk: u64 = 0;
+    let mut order = Reorder::new(options.keep_order);
+    let mut summary = MapSummary::default();
+    let mut halted = false;
+    let chunksize = options.chunksize.max(1);
+    let window = options.window.max(chunksize);
+
+    loop {
+        if options.stop.load(Ordering::Relaxed) && !summary.interrupted {
+            summary.interrupted = true;
+            halted = true;
+            backend.cancel();
+        }
+        // Fill every free slot with a chunk: retries first, then new inputs.
+        while !halted && outstanding.len() < backend.slots() {
+            let mut tasks = Vec::with_capacity(chunksize);
+            while tasks.len() < chunksize {
+                let seq = if let Some(seq) = retry.pop_front() {
+                    seq
+                } else if !exhausted && (next_seq - order.oldest(next_seq)) < window as u64 {
+                    match inputs.next() {
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                        Some(line) => {
+                            let seq = next_seq;
+                            next_seq += 1;
+                            let line = line.map_err(MapError::Input)?;
+                            match prepare(template, line, seq) {
+                                Ok(p) => {
+                                    pending.insert(seq, p);
+                                    seq
+                                }
+                                Err(record) => {
+                                    count(&mut summary, &record);
+                                    order.push(*record, &mut emit)?;
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    break;
+                };
+                if let Some(p) = pending.get(&seq) {
+                    tasks.push(ExecTask {
+                        seq,
+                        argv: p.argv.clone(),
+                        timeout: options.timeout,
+                    });
+                }
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            let seqs = tasks.iter().map(|t| t.seq).collect();
+            backend.submit(next_chunk, &ExecChunk { tasks })?;
+            outstanding.insert(next_chunk, seqs);
+            next_chunk += 1;
+        }
+        if outstanding.is_empty() && (exhausted || halted) && (retry.is_empty() || halted) {
+            break;
+        }
+        let Some(done) = backend.next_done(IDLE_POLL)? else {
+            continue;
+        };
+        let Some(seqs) = outstanding.remove(&done.id) else {
+            continue; // a chunk answered twice: the first answer won
+        };
+        let outcomes: Vec<(u64, ExecOutcome)> = match done.outcomes {
+            Ok(outcomes) => outcomes,
+            Err(reason) => seqs
+                .iter()
+                .map(|&seq| (seq, failed_outcome(format!("worker failed: {reason}"))))
+                .collect(),
+        };
+        for (seq, outcome) in outcomes {
+            let Some(mut task) = pending.remove(&seq) else {
+                continue; // not ours, or already finished
+            };
+            task.attempts += 1;
+            let cancelled = matches!(outcome.exit, ExitKind::Cancelled);
+            if !outcome.success() && !cancelled && !halted && task.attempts <= options.retries {
+                pending.insert(seq, task);
+                retry.push_back(seq);
+                continue;
+            }
+            let record = TaskRecord {
+                seq,
+                input: task.input,
+                raw_input: None,
+                command: task.argv,
+                outcome,
+                attempts: task.attempts,
+                host: done.host.clone(),
+                pid: done.pid,
+                worker: done.worker.clone(),
+            };
+            count(&mut summary, &record);
+            if record.status() != TaskStatus::Ok && !summary.interrupted {
+                match options.halt {
+                    Halt::Never => {}
+                    Halt::Soon => halted = true,
+                    Halt::Now => {
+                        if !halted {
+                            backend.cancel();
+                        }
+                        halted = true;
+                    }
+                }
+            }
+            order.push(record, &mut emit)?;
+        }
+    }
+    // Tasks never started (halted): count them, and the inputs never read.
+    summary.not_run = pending.len() as u64;
+    if halted {
+        summary.not_run += inputs.count() as u64;
+    }
+    order.flush(&mut emit)?;
+    summary.wall = started.elapsed();
+    Ok(summary)
+}
+
+fn count(summary: &mut MapSummary, record: &TaskRecord) {
+    summary.total += 1;
+    match record.status() {
+        TaskStatus::Ok => summary.ok += 1,
+        TaskStatus::Failed => summary.failed += 1,
+        TaskStatus::Timeout => summary.timed_out += 1,
+        TaskStatus::Cancelled => summary.cancelled += 1,
+    }
+    if record.status() != TaskStatus::Ok && summary.failures.len() < LISTED_FAILURES {
+        summary.failures.push((record.seq, record.input.clone()));
+    }
+}
+
+/// Renders one input, or makes the failed record of an input that cannot
+/// become a command (not UTF-8, a NUL byte).
+fn prepare(
+    template: &CommandTemplate,
+    line: InputLine,
+    seq: u64,
+) -> Result<Pending, Box<TaskRecord>> {
+    let failed = |input: String, raw_input: Option<Vec<u8>>, reason: String| {
+        Box::new(TaskRecord {
+            seq,
+            input,
+            raw_input,
+            command: Vec::new(),
+            outcome: failed_outcome(reason),
+            attempts: 0,
+            host: String::new(),
+            pid: 0,
+            worker: String::new(),
+        })
+    };
+    let input = match line {
+        Ok(input) => input,
+        Err(bytes) => {
+            let shown = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(failed(
+                shown,
+                Some(bytes),
+                "input line is not valid UTF-8".into(),
+            ));
+        }
+    };
+    match template.render(&input, seq) {
+        Ok(argv) => Ok(Pending {
+            input,
+            argv,
+            attempts: 0,
+        }),
+        Err(e) => {
+            let reason = e.to_string();
+            Err(failed(input, None, reason))
+        }
+    }
+}
+
+fn failed_outcome(reason: String) -> ExecOutcome {
+    ExecOutcome {
+        exit: ExitKind::SpawnFailed(reason),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        started: SystemTime::now(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+/// Hands records out in seq order (or at once when order is not kept).
+struct Reorder {
+    keep_order: bool,
+    next: u64,
+    held: BTreeMap<u64, TaskRecord>,
+}
+
+impl Reorder {
+    fn new(keep_order: bool) -> Self {
+        Reorder {
+            keep_order,
+            next: 1,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// The oldest seq not yet handed out, for the window. Unordered, nothing
+    /// is held back: tasks in memory are only those in flight, bounded by the
+    /// backend's slots.
+    fn oldest(&self, next_seq: u64) -> u64 {
+        if self.keep_order {
+            self.next
+        } else {
+            next_seq
+        }
+    }
+
+    fn push<F>(&mut self, record: TaskRecord, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
+        if !self.keep_order {
+            return emit(record).map_err(MapError::Output);
+        }
+        self.held.insert(record.seq, record);
+        while let Some(record) = self.held.remove(&self.next) {
+            self.next += 1;
+            emit(record).map_err(MapError::Output)?;
+        }
+        Ok(())
+    }
+
+    /// After a halt some seqs never finish: hand out the rest in order.
+    fn flush<F>(&mut self, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
+        for (_, record) in std::mem::take(&mut self.held) {
+            emit(record).map_err(MapError::Output)?;
+        }
+        Ok(())
+    }
+}
