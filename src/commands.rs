@@ -23,6 +23,10 @@ use tracing::{debug, warn};
 use crate::message::{self, Command, CommandReply, Header, MessageError, MessageKind};
 use crate::socket::{init_socket, millis, SocketError, SocketKind, SocketSource};
 
+/// The first repeat interval of a command; it doubles up to
+/// [`Delivery::repeat_every`].
+const FIRST_REPEAT: Duration = Duration::from_millis(2);
+
 /// Errors from sending commands.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -45,7 +49,8 @@ pub struct Delivery {
     pub wait: Duration,
     /// Return as soon as this many distinct workers have replied.
     pub expect: Option<usize>,
-    /// Publish the command again this often until then.
+    /// Publish the command again at most this far apart until then (the
+    /// first repeats come sooner and back off to this).
     pub repeat_every: Duration,
 }
 
@@ -118,6 +123,9 @@ impl CommandSender {
         let deadline = Instant::now() + delivery.wait;
         let mut replies = Vec::new();
         let mut seen = HashSet::new();
+        // Repeat quickly at first (a subscription usually arrives within a
+        // millisecond or two), then back off to `repeat_every`.
+        let mut interval = FIRST_REPEAT.min(delivery.repeat_every);
         loop {
             message::send(&self.publisher, &header, command, zmq::DONTWAIT).map_err(|source| {
                 CommandError::Transport {
@@ -125,7 +133,8 @@ impl CommandSender {
                     source,
                 }
             })?;
-            let next_send = (Instant::now() + delivery.repeat_every).min(deadline);
+            let next_send = (Instant::now() + interval).min(deadline);
+            interval = (interval * 2).min(delivery.repeat_every);
             self.collect(token, next_send, &mut seen, &mut replies)?;
             if delivery.expect.is_some_and(|n| replies.len() >= n) || Instant::now() >= deadline {
                 debug!(

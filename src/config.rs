@@ -138,36 +138,34 @@ impl ClusterConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let writer = raw.writer.ok_or(ConfigError::Missing {
-            section: "writer",
+        let missing = |section| ConfigError::Missing {
+            section,
             key: "requests",
-        })?;
-        let reader = raw.reader.ok_or(ConfigError::Missing {
-            section: "reader",
-            key: "requests",
-        })?;
+        };
+        let writer = side(
+            "writer",
+            raw.writer.as_ref().ok_or(missing("writer"))?,
+            [
+                SocketKind::Push,
+                SocketKind::Pull,
+                SocketKind::Pub,
+                SocketKind::Pull,
+            ],
+        )?;
+        let reader = side(
+            "reader",
+            raw.reader.as_ref().ok_or(missing("reader"))?,
+            [
+                SocketKind::Pull,
+                SocketKind::Push,
+                SocketKind::Sub,
+                SocketKind::Push,
+            ],
+        )?;
         let broker = raw.broker.unwrap_or_default();
         Ok(ClusterConfig {
-            writer: side(
-                "writer",
-                &writer,
-                [
-                    SocketKind::Push,
-                    SocketKind::Pull,
-                    SocketKind::Pub,
-                    SocketKind::Pull,
-                ],
-            )?,
-            reader: side(
-                "reader",
-                &reader,
-                [
-                    SocketKind::Pull,
-                    SocketKind::Push,
-                    SocketKind::Sub,
-                    SocketKind::Push,
-                ],
-            )?,
+            writer,
+            reader,
             broker: Broker {
                 requests: device(
                     ("requests_frontend", &broker.requests_frontend),

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::message::{self, ClusterResult, Command, MessageError, ResultStatus};
-use crate::socket::{init_socket, millis, SocketError, SocketKind, SocketSource};
+use crate::socket::{init_socket, poll_readable, Readable, SocketError, SocketKind, SocketSource};
 
 /// A worker reported a failure for one request (glimpse's `WorkerException`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,27 +145,17 @@ impl Sink {
         &mut self,
         timeout: Option<Duration>,
     ) -> Option<Result<ClusterResult, SinkError>> {
-        let timeout_ms = timeout.map_or(-1, |t| i64::from(millis(t)));
         loop {
-            let (results_ready, commands_ready) = {
-                let mut items = vec![self.results.as_poll_item(zmq::POLLIN)];
-                if let Some(commands) = &self.commands {
-                    items.push(commands.as_poll_item(zmq::POLLIN));
-                }
-                match zmq::poll(&mut items, timeout_ms) {
-                    Ok(0) => {
+            let (results_ready, commands_ready) =
+                match poll_readable(&self.results, self.commands.as_ref(), timeout) {
+                    Ok(Readable::Ready(results, commands)) => (results, commands),
+                    Ok(Readable::Timeout) => {
                         return Some(Err(SinkError::Timeout {
                             waited: timeout.unwrap_or_default(),
                         }))
                     }
-                    Ok(_) => (
-                        items[0].is_readable(),
-                        items.get(1).is_some_and(|i| i.is_readable()),
-                    ),
-                    Err(zmq::Error::EINTR) => continue,
                     Err(e) => return Some(Err(SinkError::Transport(e.into()))),
-                }
-            };
+                };
             if commands_ready && self.kill_received() {
                 return None;
             }

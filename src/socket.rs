@@ -518,6 +518,44 @@ pub fn last_endpoint(socket: &zmq::Socket) -> Result<String, SocketError> {
     }
 }
 
+/// Which of a socket and its optional command socket became readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readable {
+    /// Nothing within the timeout.
+    Timeout,
+    /// At least one is readable: (main socket, command socket).
+    Ready(bool, bool),
+}
+
+/// Waits up to `timeout` (forever when `None`) for `main` or `commands` to
+/// have a message, retrying when a signal interrupts the wait. Workers and
+/// sinks both wait on their data socket and their command socket this way.
+pub(crate) fn poll_readable(
+    main: &zmq::Socket,
+    commands: Option<&zmq::Socket>,
+    timeout: Option<Duration>,
+) -> Result<Readable, zmq::Error> {
+    let timeout_ms = timeout.map_or(-1, |t| i64::from(millis(t)));
+    let mut items = [
+        main.as_poll_item(zmq::POLLIN),
+        // A second slot even without a command socket keeps this on the
+        // stack; it is left out of the poll below.
+        commands.unwrap_or(main).as_poll_item(zmq::POLLIN),
+    ];
+    let used = if commands.is_some() { 2 } else { 1 };
+    loop {
+        match zmq::poll(&mut items[..used], timeout_ms) {
+            Ok(0) => return Ok(Readable::Timeout),
+            Ok(_) => {
+                let commands_ready = used == 2 && items[1].is_readable();
+                return Ok(Readable::Ready(items[0].is_readable(), commands_ready));
+            }
+            Err(zmq::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn validate_url(url: &str, bind: bool) -> Result<(), SocketError> {
     let bad = |reason: &str| SocketError::BadUrl {
         url: url.to_string(),

@@ -39,7 +39,7 @@ use crate::message::{
     self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
     MessageKind, ResultMetadata, ResultStatus, WorkerInfo,
 };
-use crate::socket::{init_socket, SocketError, SocketKind, SocketSource};
+use crate::socket::{init_socket, poll_readable, Readable, SocketError, SocketKind, SocketSource};
 
 /// Exit status of a worker process that was told to restart: `EX_TEMPFAIL`
 /// from `sysexits.h`, "try again later", so a supervisor can tell it from a
@@ -328,28 +328,13 @@ impl<H: Handler> Worker<H> {
     /// the request in hand, however many are queued.
     pub fn run(&mut self) -> Result<WorkerExit, WorkerError> {
         info!(worker = %self.info.worker, pid = self.info.pid, "worker started");
-        let timeout_ms = self
-            .receive_timeout
-            .map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         loop {
-            let (requests_ready, commands_ready) = {
-                let mut items = vec![self.requests.as_poll_item(zmq::POLLIN)];
-                if let Some(commands) = &self.commands {
-                    items.push(commands.as_poll_item(zmq::POLLIN));
-                }
-                match zmq::poll(&mut items, timeout_ms) {
-                    Ok(0) => {
-                        return Err(WorkerError::Timeout {
-                            waited: self.receive_timeout.unwrap_or_default(),
-                        })
-                    }
-                    Ok(_) => (
-                        items[0].is_readable(),
-                        items.get(1).is_some_and(|i| i.is_readable()),
-                    ),
-                    Err(zmq::Error::EINTR) => continue,
-                    Err(e) => return Err(transport("poll", e.into())),
-                }
+            let ready = poll_readable(&self.requests, self.commands.as_ref(), self.receive_timeout)
+                .map_err(|e| transport("poll", e.into()))?;
+            let Readable::Ready(requests_ready, commands_ready) = ready else {
+                return Err(WorkerError::Timeout {
+                    waited: self.receive_timeout.unwrap_or_default(),
+                });
             };
             if commands_ready {
                 if let Some(exit) = self.drain_commands()? {
