@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Toolkit throughput against the transport ceiling, measured in the same run:
+# no-op requests through Ventilator -> 2 Workers -> Sink over tcp loopback
+# (typed bincode payloads, four-frame zcluster messages) vs raw libzmq
+# PUSH -> PULL/PUSH -> PULL of 64-byte messages in the same topology
+# (examples/throughput.rs). Prints messages/s for each and the ratio.
+# Usage: scripts/bench-toolkit.sh   (RUNS=5 medians, COUNT=300000 messages)
+source "$(dirname "$0")/common.sh"
+COUNT=${COUNT:-300000}
+build_release
+bin=$ROOT/target/release/examples/throughput
+rates() {
+    local mode=$1 i out=()
+    for ((i = 0; i < RUNS; i++)); do
+        out+=("$("$bin" --mode "$mode" --count "$COUNT" --workers 2 | awk '{print $5}')")
+    done
+    median "${out[@]}"
+}
+# Interleave nothing fancy: raw then toolkit, each the median of RUNS runs.
+raw=$(rates raw)
+toolkit=$(rates toolkit)
+printf '%-46s %10.0f msgs/s\n' "raw libzmq PUSH/PULL, 2 pass-through workers" "$raw" \
+    "toolkit Ventilator/2 Workers/Sink, no-op" "$toolkit"
+printf '%-46s %10.2f (target >= 0.6)\n' "ratio toolkit / raw" "$(ratio "$toolkit" "$raw")"
