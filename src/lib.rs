@@ -55,6 +55,7 @@ pub mod exec;
 pub mod map;
 pub mod message;
 pub mod sink;
+pub mod slots;
 pub mod socket;
 pub mod template;
 pub mod ventilator;
