@@ -205,9 +205,14 @@ impl CommandSender {
         self.broadcast(&Command::Ping, delivery)
     }
 
-    /// Ends sinks' receive loops (sinks do not reply, so this repeats for
-    /// the whole `delivery.wait`).
+    /// Ends sinks' receive loops. Sinks do not reply, so delivery cannot be
+    /// confirmed: this repeats for the whole `delivery.wait` (give it at
+    /// least as long as a sink may take to subscribe); `expect` is ignored.
     pub fn send_kill_sink(&self, delivery: Delivery) -> Result<(), CommandError> {
+        let delivery = Delivery {
+            expect: None,
+            ..delivery
+        };
         self.broadcast(&Command::KillSink, delivery).map(drop)
     }
 }

@@ -8,15 +8,16 @@
 //! ZeroMQ peer in any language can use them, and both can copy every message
 //! to a capture socket (IPython's MonitoredQueue idea) for logging or tests.
 //!
-//! A device runs `zmq_proxy_steerable` on its own thread and stops when its
-//! [`DeviceHandle`] says so, or when its context is terminated.
+//! A device relays on its own thread and stops when its [`DeviceHandle`]
+//! says so, or when its context is terminated. It never blocks on its
+//! capture socket (see [`relay`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 
 use tracing::info;
 
-use crate::socket::{FutureSocket, SocketError, SocketKind};
+use crate::socket::{last_endpoint, FutureSocket, SocketError, SocketKind};
 
 /// Errors from a device.
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +123,9 @@ impl Device {
             device: name,
             source,
         };
-        let mut frontend = self.frontend.make(ctx)?;
-        let mut backend = self.backend.make(ctx)?;
-        let mut capture = self.capture.as_ref().map(|c| c.make(ctx)).transpose()?;
+        let frontend = self.frontend.make(ctx)?;
+        let backend = self.backend.make(ctx)?;
+        let capture = self.capture.as_ref().map(|c| c.make(ctx)).transpose()?;
         let url = format!(
             "inproc://zcluster-device-control-{}-{}",
             std::process::id(),
@@ -133,7 +134,7 @@ impl Device {
         let control = ctx.socket(zmq::PAIR).map_err(proxy_error)?;
         control.set_linger(0).map_err(proxy_error)?;
         control.bind(&url).map_err(proxy_error)?;
-        let mut steer = ctx.socket(zmq::PAIR).map_err(proxy_error)?;
+        let steer = ctx.socket(zmq::PAIR).map_err(proxy_error)?;
         steer.connect(&url).map_err(proxy_error)?;
         info!(
             device = name,
@@ -142,27 +143,17 @@ impl Device {
             capture = ?self.capture.as_ref().map(ToString::to_string),
             "device started"
         );
+        let endpoints = DeviceEndpoints {
+            frontend: last_endpoint(&frontend)?,
+            backend: last_endpoint(&backend)?,
+            capture: capture.as_ref().map(last_endpoint).transpose()?,
+        };
         let thread = thread::Builder::new()
             .name(format!("zcluster-{name}"))
-            .spawn(move || {
-                let outcome = match &mut capture {
-                    Some(capture) => zmq::proxy_steerable_with_capture(
-                        &mut frontend,
-                        &mut backend,
-                        capture,
-                        &mut steer,
-                    ),
-                    None => zmq::proxy_steerable(&mut frontend, &mut backend, &mut steer),
-                };
-                match outcome {
-                    // Terminated by the control socket (libzmq returns 0) or
-                    // by the context being terminated.
-                    Ok(()) | Err(zmq::Error::ETERM) => Ok(()),
-                    Err(source) => Err(DeviceError::Proxy {
-                        device: name,
-                        source,
-                    }),
-                }
+            .spawn(move || match relay(&frontend, &backend, capture.as_ref(), &steer) {
+                // Stopped by the handle, or by the context being terminated.
+                Ok(()) | Err(zmq::Error::ETERM) => Ok(()),
+                Err(source) => Err(DeviceError::Proxy { device: name, source }),
             })
             .map_err(|source| DeviceError::Spawn {
                 device: name,
@@ -172,8 +163,104 @@ impl Device {
             name,
             control,
             thread,
+            endpoints,
         })
     }
+}
+
+/// Messages moved per wake-up before the control socket is checked again.
+const BURST: usize = 256;
+
+/// The control word that stops a device (as libzmq's steerable proxy).
+const TERMINATE: &[u8] = b"TERMINATE";
+
+/// Moves whole messages from `frontend` to `backend` until TERMINATE
+/// arrives on `control`, copying each to `capture` without ever blocking on
+/// it: a slow or absent capture reader loses copies, never traffic. (libzmq's
+/// steerable proxy sends to the capture with blocking sends, TERMINATE
+/// included, so a capture PUSH with no reader hangs the device for good.)
+/// A full backend is waited for while still listening to `control`.
+fn relay(
+    frontend: &zmq::Socket,
+    backend: &zmq::Socket,
+    capture: Option<&zmq::Socket>,
+    control: &zmq::Socket,
+) -> Result<(), zmq::Error> {
+    let mut frame = zmq::Message::new();
+    loop {
+        let mut items = [frontend.as_poll_item(zmq::POLLIN), control.as_poll_item(zmq::POLLIN)];
+        match zmq::poll(&mut items, -1) {
+            Ok(_) => {}
+            Err(zmq::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        if items[1].is_readable() && terminated(control)? {
+            return Ok(());
+        }
+        if !items[0].is_readable() {
+            continue;
+        }
+        for _ in 0..BURST {
+            match frontend.recv(&mut frame, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(e) => return Err(e),
+            }
+            let mut copying = capture.is_some();
+            let mut first = true;
+            loop {
+                let more = frame.get_more();
+                let flags = if more { zmq::SNDMORE } else { 0 };
+                if copying {
+                    if let Some(capture) = capture {
+                        copying = capture.send(&frame[..], flags | zmq::DONTWAIT).is_ok();
+                    }
+                }
+                if first {
+                    // Wait for room on the backend, but stay stoppable.
+                    while let Err(e) = backend.send(&frame[..], flags | zmq::DONTWAIT) {
+                        if e != zmq::Error::EAGAIN {
+                            return Err(e);
+                        }
+                        let mut wait = [backend.as_poll_item(zmq::POLLOUT), control.as_poll_item(zmq::POLLIN)];
+                        match zmq::poll(&mut wait, -1) {
+                            Ok(_) | Err(zmq::Error::EINTR) => {}
+                            Err(e) => return Err(e),
+                        }
+                        if wait[1].is_readable() && terminated(control)? {
+                            return Ok(());
+                        }
+                    }
+                    first = false;
+                } else {
+                    // The rest of a multipart message always fits.
+                    backend.send(&frame[..], flags)?;
+                }
+                if !more {
+                    break;
+                }
+                frontend.recv(&mut frame, 0)?;
+            }
+        }
+    }
+}
+
+/// Reads one control message; true when it says TERMINATE.
+fn terminated(control: &zmq::Socket) -> Result<bool, zmq::Error> {
+    let word = control.recv_bytes(0)?;
+    Ok(word == TERMINATE)
+}
+
+/// Where a running device's sockets actually are (the ports chosen for
+/// `tcp://127.0.0.1:*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEndpoints {
+    /// The frontend's endpoint.
+    pub frontend: String,
+    /// The backend's endpoint.
+    pub backend: String,
+    /// The capture socket's endpoint.
+    pub capture: Option<String>,
 }
 
 /// A running device; [`stop`](Self::stop) ends it and waits for its thread.
@@ -181,6 +268,7 @@ pub struct DeviceHandle {
     name: &'static str,
     control: zmq::Socket,
     thread: JoinHandle<Result<(), DeviceError>>,
+    endpoints: DeviceEndpoints,
 }
 
 impl DeviceHandle {
@@ -189,7 +277,7 @@ impl DeviceHandle {
     pub fn stop(self) -> Result<(), DeviceError> {
         if !self.thread.is_finished() {
             self.control
-                .send("TERMINATE", 0)
+                .send(TERMINATE, 0)
                 .map_err(|source| DeviceError::Proxy {
                     device: self.name,
                     source,
@@ -198,6 +286,11 @@ impl DeviceHandle {
         self.thread
             .join()
             .map_err(|_| DeviceError::Panicked(self.name))?
+    }
+
+    /// Where its sockets are.
+    pub fn endpoints(&self) -> &DeviceEndpoints {
+        &self.endpoints
     }
 
     /// Whether the device thread has ended (by itself, on an error or on

@@ -7,7 +7,7 @@
 //! [`SinkError::Worker`], carrying the worker's message and whereabouts.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -145,9 +145,13 @@ impl Sink {
         &mut self,
         timeout: Option<Duration>,
     ) -> Option<Result<ClusterResult, SinkError>> {
+        // One deadline for the whole wait: commands and bad messages that
+        // wake the poll do not restart the clock.
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let (results_ready, commands_ready) =
-                match poll_readable(&self.results, self.commands.as_ref(), timeout) {
+                match poll_readable(&self.results, self.commands.as_ref(), left) {
                     Ok(Readable::Ready(results, commands)) => (results, commands),
                     Ok(Readable::Timeout) => {
                         return Some(Err(SinkError::Timeout {

@@ -535,7 +535,7 @@ pub(crate) fn poll_readable(
     commands: Option<&zmq::Socket>,
     timeout: Option<Duration>,
 ) -> Result<Readable, zmq::Error> {
-    let timeout_ms = timeout.map_or(-1, |t| i64::from(millis(t)));
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let mut items = [
         main.as_poll_item(zmq::POLLIN),
         // A second slot even without a command socket keeps this on the
@@ -544,6 +544,11 @@ pub(crate) fn poll_readable(
     ];
     let used = if commands.is_some() { 2 } else { 1 };
     loop {
+        // Round up, so a wait never ends a fraction of a millisecond early.
+        let timeout_ms = deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            i64::from(millis(left + Duration::from_nanos(999_999)))
+        });
         match zmq::poll(&mut items[..used], timeout_ms) {
             Ok(0) => return Ok(Readable::Timeout),
             Ok(_) => {

@@ -21,7 +21,10 @@
 //! .build(&ctx, typed(|x: u64| Ok::<_, String>(x * x)))
 //! .unwrap();
 //! let exit = worker.run().unwrap();
-//! std::process::exit(exit.exit_code());
+//! // Drop the worker (and its sockets) before exiting, so its last
+//! // acknowledgement is flushed: return the code rather than calling exit().
+//! drop(worker);
+//! let code = exit.exit_code();
 //! ```
 
 use std::any::type_name;
@@ -56,7 +59,8 @@ pub enum WorkerError {
     /// A socket could not be made.
     #[error(transparent)]
     Socket(#[from] SocketError),
-    /// No request or command arrived within the receive timeout.
+    /// Nothing (no request, no command) arrived within the receive timeout:
+    /// an idle timeout.
     #[error("no request arrived within {}", humantime::format_duration(*.waited))]
     Timeout { waited: Duration },
     /// A socket failed while the worker was running.
