@@ -150,11 +150,16 @@ impl Device {
         };
         let thread = thread::Builder::new()
             .name(format!("zcluster-{name}"))
-            .spawn(move || match relay(&frontend, &backend, capture.as_ref(), &steer) {
-                // Stopped by the handle, or by the context being terminated.
-                Ok(()) | Err(zmq::Error::ETERM) => Ok(()),
-                Err(source) => Err(DeviceError::Proxy { device: name, source }),
-            })
+            .spawn(
+                move || match relay(&frontend, &backend, capture.as_ref(), &steer) {
+                    // Stopped by the handle, or by the context being terminated.
+                    Ok(()) | Err(zmq::Error::ETERM) => Ok(()),
+                    Err(source) => Err(DeviceError::Proxy {
+                        device: name,
+                        source,
+                    }),
+                },
+            )
             .map_err(|source| DeviceError::Spawn {
                 device: name,
                 source,
@@ -188,7 +193,10 @@ fn relay(
 ) -> Result<(), zmq::Error> {
     let mut frame = zmq::Message::new();
     loop {
-        let mut items = [frontend.as_poll_item(zmq::POLLIN), control.as_poll_item(zmq::POLLIN)];
+        let mut items = [
+            frontend.as_poll_item(zmq::POLLIN),
+            control.as_poll_item(zmq::POLLIN),
+        ];
         match zmq::poll(&mut items, -1) {
             Ok(_) => {}
             Err(zmq::Error::EINTR) => continue,
@@ -222,7 +230,10 @@ fn relay(
                         if e != zmq::Error::EAGAIN {
                             return Err(e);
                         }
-                        let mut wait = [backend.as_poll_item(zmq::POLLOUT), control.as_poll_item(zmq::POLLIN)];
+                        let mut wait = [
+                            backend.as_poll_item(zmq::POLLOUT),
+                            control.as_poll_item(zmq::POLLIN),
+                        ];
                         match zmq::poll(&mut wait, -1) {
                             Ok(_) | Err(zmq::Error::EINTR) => {}
                             Err(e) => return Err(e),

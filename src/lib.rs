@@ -52,6 +52,7 @@ pub mod commands;
 pub mod config;
 pub mod devices;
 pub mod exec;
+pub mod hub;
 pub mod map;
 pub mod message;
 pub mod sink;

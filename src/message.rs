@@ -133,6 +133,9 @@ pub enum MessageKind {
     Command,
     /// A [`CommandReply`] from a worker; the header id is the command's token.
     Reply,
+    /// A hub protocol message (registration, heartbeat, a client's query or
+    /// its reply); the body's type belongs to the hub layer.
+    Control,
 }
 
 impl fmt::Display for MessageKind {
@@ -142,6 +145,7 @@ impl fmt::Display for MessageKind {
             MessageKind::Result(_) => "result",
             MessageKind::Command => "command",
             MessageKind::Reply => "reply",
+            MessageKind::Control => "control",
         })
     }
 }
@@ -395,6 +399,12 @@ impl Envelope {
         Ok(reply)
     }
 
+    /// The body of a [`MessageKind::Control`] message as `T`.
+    pub fn control<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        self.expect(self.header.kind == MessageKind::Control, "control")?;
+        decode_value(self.body(), "control body")
+    }
+
     fn expect(&self, ok: bool, expected: &'static str) -> Result<(), MessageError> {
         if ok {
             Ok(())
@@ -580,6 +590,59 @@ pub fn send_result(
         id: result.id,
     };
     send(socket, &header, result, 0)
+}
+
+/// Sends one message through a ROUTER socket to the peer `identity`.
+/// `ZMQ_ROUTER_MANDATORY` makes an unknown peer an error (`EHOSTUNREACH`)
+/// instead of a silent drop.
+pub fn send_routed<T: Serialize + ?Sized>(
+    socket: &zmq::Socket,
+    identity: &[u8],
+    header: &Header,
+    body: &T,
+) -> Result<(), MessageError> {
+    socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+    send(socket, header, body, zmq::DONTWAIT)
+}
+
+/// Sends a message whose body is already encoded (a request or result
+/// being forwarded: no decoding, no re-encoding) to `identity` through a
+/// ROUTER socket.
+pub fn send_raw_routed(
+    socket: &zmq::Socket,
+    identity: &[u8],
+    header: &Header,
+    body: &[u8],
+) -> Result<(), MessageError> {
+    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
+    let header_len =
+        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
+            MessageError::Encode {
+                part: "header",
+                source,
+            }
+        })?;
+    socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(PROTOCOL, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(&[][..], zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(&header_bytes[..header_len], zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(body, zmq::DONTWAIT)?;
+    Ok(())
+}
+
+/// Receives one message on a ROUTER socket: the sender's identity and the
+/// checked message. A bad message still yields its sender, so the caller
+/// can log who sent it.
+pub fn recv_routed(
+    socket: &zmq::Socket,
+    flags: i32,
+) -> Result<(Vec<u8>, Result<Envelope, MessageError>), MessageError> {
+    let mut identity = zmq::Message::new();
+    socket.recv(&mut identity, flags)?;
+    if !socket.get_rcvmore()? {
+        return Ok((identity.to_vec(), Err(MessageError::FrameCount { got: 0 })));
+    }
+    Ok((identity.to_vec(), recv(socket, flags)))
 }
 
 /// Receives one message and checks its frames and header. Every frame of a

@@ -121,6 +121,12 @@ impl Slots {
         self.ventilators.len()
     }
 
+    /// The socket results arrive on, for a caller that polls it together
+    /// with its own sockets before calling [`next_result`](Self::next_result).
+    pub fn results_socket(&self) -> &zmq::Socket {
+        self.sink.socket()
+    }
+
     /// How many slots are free.
     pub fn free(&self) -> usize {
         self.idle.len()

@@ -7,4 +7,5 @@
 //! tests/, which would not be built.
 
 mod common;
+mod map;
 mod toolkit;

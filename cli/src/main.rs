@@ -27,6 +27,20 @@ enum Command {
     Kill(commands::kill::KillArgs),
     /// Ask workers who they are and what they have done.
     Ping(commands::ping::PingArgs),
+    /// Run a hub: engines register with it, clients submit jobs to it.
+    Hub(commands::hub::HubArgs),
+    /// Serve a hub as an engine with N slots.
+    Worker(commands::worker::WorkerArgs),
+    /// Show a hub's engines and jobs.
+    Status(commands::status::StatusArgs),
+    /// Fetch a job's recorded results from a hub.
+    Results(commands::results::ResultsArgs),
+    /// Forget recorded tasks (a job, an engine's, or all completed).
+    Purge(commands::purge::PurgeArgs),
+    /// Run a job's failed tasks again.
+    Resubmit(commands::resubmit::ResubmitArgs),
+    /// Stop a hub (and its workers with --workers).
+    Shutdown(commands::shutdown::ShutdownArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +57,13 @@ fn main() -> ExitCode {
         Command::Device(device) => commands::device::run(device),
         Command::Kill(args) => commands::kill::run(args),
         Command::Ping(args) => commands::ping::run(args),
+        Command::Hub(args) => commands::hub::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Status(args) => commands::status::run(args),
+        Command::Results(args) => commands::results::run(args),
+        Command::Purge(args) => commands::purge::run(args),
+        Command::Resubmit(args) => commands::resubmit::run(args),
+        Command::Shutdown(args) => commands::shutdown::run(args),
     };
     match outcome {
         Ok(code) => code,

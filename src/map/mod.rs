@@ -4,8 +4,10 @@
 //! command with a [`CommandTemplate`], groups tasks into chunks, keeps order,
 //! retries, halts, and hands every finished task to the caller once as a
 //! [`TaskRecord`]. *What runs the chunks* is behind one seam, the [`Backend`]
-//! trait: today [`embedded::Embedded`] (workers inside this process, over the
-//! toolkit), later a hub, without the front end changing.
+//! trait, implemented by a hub client
+//! ([`HubBackend`](crate::hub::client::HubBackend)): a lab's hub, or a hub
+//! and engine embedded in this process
+//! ([`EmbeddedCluster`](crate::hub::embedded::EmbeddedCluster)).
 //!
 //! # Memory bound
 //!
@@ -15,7 +17,6 @@
 //! inputs rather than buffering the whole file. Memory is thus
 //! O(`window` × (input + captured output)), whatever the number of inputs.
 
-pub mod embedded;
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,8 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::exec::{ExecOutcome, ExitKind};
+use crate::exec::{self, ExecOptions, ExecOutcome, ExitKind};
+use crate::message::{decode_value, encode_value, ClusterRequest, ClusterResult, ResultStatus};
 use crate::template::CommandTemplate;
+use crate::worker::HandlerError;
 
 pub use record::{TaskRecord, TaskStatus};
 
@@ -105,6 +108,8 @@ pub enum MapError {
 pub struct ExecTask {
     /// 1-based input number.
     pub seq: u64,
+    /// The input line, so a recorded request explains itself.
+    pub input: String,
     /// The command to run.
     pub argv: Vec<String>,
     /// Its time limit.
@@ -133,6 +138,72 @@ pub struct ChunkDone {
     pub worker: String,
 }
 
+/// Marks a successful chunk result failed when one of its commands failed,
+/// with the first failure as its exception: what a hub records and
+/// `resubmit` looks for. The outcomes stay in the payload.
+pub fn mark_failed_commands(result: &mut ClusterResult) {
+    if result.status != ResultStatus::Ok {
+        return;
+    }
+    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
+    else {
+        return;
+    };
+    if let Some((seq, outcome)) = outcomes.iter().find(|(_, o)| !o.success()) {
+        result.status = ResultStatus::Fail;
+        result.exception = Some(format!("input {seq}: {}", outcome.exit));
+    }
+}
+
+/// Runs every task of a chunk, one after another: the handler of a worker
+/// slot that runs command jobs. `cancel` kills the running task's process
+/// group and skips the rest.
+pub fn run_chunk(
+    cancel: &Arc<AtomicBool>,
+    request: &ClusterRequest,
+) -> Result<Vec<u8>, HandlerError> {
+    let chunk: ExecChunk = request.decode().map_err(HandlerError::new)?;
+    let outcomes: Vec<(u64, ExecOutcome)> = chunk
+        .tasks
+        .iter()
+        .map(|task| {
+            let options = ExecOptions {
+                timeout: task.timeout,
+                cancel: Some(cancel.clone()),
+                ..ExecOptions::default()
+            };
+            (task.seq, exec::run(&task.argv, &options))
+        })
+        .collect();
+    encode_value(&outcomes, "chunk outcomes").map_err(HandlerError::new)
+}
+
+impl ChunkDone {
+    /// The chunk's outcome from a worker's result: its outcomes on success,
+    /// the worker's error for the whole chunk on failure.
+    pub fn from_result(result: ClusterResult) -> Self {
+        // A failed result may still carry outcomes: an engine marks a chunk
+        // failed when one of its commands failed, so the hub's store can
+        // tell (and resubmit) it.
+        let decoded = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes");
+        let outcomes = match (result.status, decoded) {
+            (_, Ok(outcomes)) if !result.payload.is_empty() => Ok(outcomes),
+            (ResultStatus::Ok, Ok(outcomes)) => Ok(outcomes),
+            (ResultStatus::Ok, Err(e)) => Err(e.to_string()),
+            (ResultStatus::Fail, _) => {
+                Err(result.exception.unwrap_or_else(|| "unknown failure".into()))
+            }
+        };
+        ChunkDone {
+            id: result.id,
+            outcomes,
+            host: result.metadata.host,
+            pid: result.metadata.pid,
+            worker: result.metadata.worker,
+        }
+    }
+}
+
 /// The seam between the front end and whatever runs the tasks.
 pub trait Backend {
     /// How many chunks may be outstanding at once (free slots).
@@ -141,9 +212,13 @@ pub trait Backend {
     fn submit(&mut self, id: u64, chunk: &ExecChunk) -> Result<(), MapError>;
     /// The next finished chunk, or `None` after `timeout`.
     fn next_done(&mut self, timeout: Duration) -> Result<Option<ChunkDone>, MapError>;
+    /// Drops chunks that have not started (halt soon) and returns their ids
+    /// (they get no answer); running ones go on.
+    fn withdraw(&mut self) -> Vec<u64>;
     /// Kills running tasks now (halt now, Ctrl-C); their chunks still finish,
-    /// with cancelled outcomes.
-    fn cancel(&mut self);
+    /// with cancelled outcomes. Returns the ids of chunks that had not
+    /// started and never will (they get no answer).
+    fn cancel(&mut self) -> Vec<u64>;
 }
 
 /// What a map did, for the summary line and the exit status.
@@ -159,8 +234,10 @@ pub struct MapSummary {
     pub timed_out: u64,
     /// Killed by a halt or a stop.
     pub cancelled: u64,
-    /// Inputs never started because of a halt or a stop.
+    /// Inputs read but never started because of a halt or a stop.
     pub not_run: u64,
+    /// A halt or stop came before the end of the input.
+    pub unread: bool,
     /// The first failures: seq and input.
     pub failures: Vec<(u64, String)>,
     /// The map was stopped through [`MapOptions::stop`].
@@ -175,7 +252,7 @@ const LISTED_FAILURES: usize = 10;
 impl MapSummary {
     /// Whether every task succeeded and nothing was skipped.
     pub fn success(&self) -> bool {
-        self.ok == self.total && self.not_run == 0 && !self.interrupted
+        self.ok == self.total && self.not_run == 0 && !self.unread && !self.interrupted
     }
 
     /// Tasks per second of wall time.
@@ -229,7 +306,9 @@ where
         if options.stop.load(Ordering::Relaxed) && !summary.interrupted {
             summary.interrupted = true;
             halted = true;
-            backend.cancel();
+            for id in backend.cancel() {
+                outstanding.remove(&id);
+            }
         }
         // Fill every free slot with a chunk: retries first, then new inputs.
         while !halted && outstanding.len() < backend.slots() {
@@ -266,6 +345,7 @@ where
                 if let Some(p) = pending.get(&seq) {
                     tasks.push(ExecTask {
                         seq,
+                        input: p.input.clone(),
                         argv: p.argv.clone(),
                         timeout: options.timeout,
                     });
@@ -321,10 +401,19 @@ where
             if record.status() != TaskStatus::Ok && !summary.interrupted {
                 match options.halt {
                     Halt::Never => {}
-                    Halt::Soon => halted = true,
+                    Halt::Soon => {
+                        if !halted {
+                            for id in backend.withdraw() {
+                                outstanding.remove(&id);
+                            }
+                        }
+                        halted = true;
+                    }
                     Halt::Now => {
                         if !halted {
-                            backend.cancel();
+                            for id in backend.cancel() {
+                                outstanding.remove(&id);
+                            }
                         }
                         halted = true;
                     }
@@ -333,11 +422,11 @@ where
             order.push(record, &mut emit)?;
         }
     }
-    // Tasks never started (halted): count them, and the inputs never read.
+    // Tasks never started (halted). Inputs never read are not counted:
+    // reading a huge (or endless) input to the end just to count it would
+    // defeat the halt.
     summary.not_run = pending.len() as u64;
-    if halted {
-        summary.not_run += inputs.count() as u64;
-    }
+    summary.unread = halted && !exhausted;
     order.flush(&mut emit)?;
     summary.wall = started.elapsed();
     Ok(summary)

@@ -1,5 +1,6 @@
 //! `zcluster kill`: tell workers to exit (or restart) after their current
-//! request, for clusters without a hub.
+//! request: through a hub (`--hub`, the default), or on a hub-less
+//! cluster's command socket (`--command`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,14 +9,50 @@ use clap::Args;
 use zcluster::commands::{CommandSender, Delivery};
 use zcluster::socket::SocketKind;
 
-use super::socket_arg;
+use zcluster::hub::protocol::{ClientCall, Reply};
+
+use super::{socket_arg, HubArg};
+
+fn through_hub(ctx: &zmq::Context, args: &KillArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.hub.client(ctx)?;
+    let call = ClientCall::Kill {
+        engines: (!args.engine.is_empty()).then(|| args.engine.clone()),
+        restart: args.restart,
+    };
+    let Reply::Killed(engines) = client.call_waiting(&call, Duration::from_secs(15))? else {
+        anyhow::bail!("unexpected answer to a kill call");
+    };
+    for engine in &engines {
+        println!("{engine}");
+    }
+    let verb = if args.restart { "restart" } else { "kill" };
+    eprintln!(
+        "zcluster: {} engine(s) acknowledged the {verb}",
+        engines.len()
+    );
+    let wanted = if args.engine.is_empty() {
+        engines.len()
+    } else {
+        args.engine.len()
+    };
+    Ok(if engines.len() < wanted {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
 #[derive(Args)]
 pub struct KillArgs {
-    /// Command socket to publish on: `tcp://broker:5559` (a forwarder's
-    /// frontend) or `bind:tcp://*:5559` (workers connect to it).
+    #[command(flatten)]
+    hub: HubArg,
+    /// Only these engines (hub; default: all).
+    #[arg(long, value_name = "ID")]
+    engine: Vec<u64>,
+    /// Hub-less: command socket to publish on, `tcp://broker:5559` (a
+    /// forwarder's frontend) or `bind:tcp://*:5559` (workers connect to it).
     #[arg(long)]
-    command: String,
+    command: Option<String>,
     /// Collect acknowledgements here (e.g. `bind:tcp://*:5560`), so the
     /// command stops repeating once `--expect` workers answered.
     #[arg(long)]
@@ -33,7 +70,10 @@ pub struct KillArgs {
 
 pub fn run(args: KillArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
-    let publisher = socket_arg("--command", &args.command, SocketKind::Pub)?;
+    let Some(command) = &args.command else {
+        return through_hub(&ctx, &args);
+    };
+    let publisher = socket_arg("--command", command, SocketKind::Pub)?;
     let responses = args
         .responses
         .as_deref()

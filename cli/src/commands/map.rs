@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcluster::map::embedded::Embedded;
+use zcluster::hub::client::HubBackend;
+use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{run_map, Halt, InputLine, MapOptions, MapSummary, TaskStatus, DEFAULT_WINDOW};
 use zcluster::template::CommandTemplate;
 
-use super::UsageError;
+use super::{HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
@@ -64,6 +65,10 @@ pub struct MapArgs {
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Run on the hub of this connection file instead of in this process
+    /// (`-` for ~/.zcluster/hub.json; or set ZCLUSTER_HUB).
+    #[arg(long, value_name = "FILE", env = "ZCLUSTER_HUB")]
+    hub: Option<std::path::PathBuf>,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -128,7 +133,32 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         !args.no_progress && io::stderr().is_terminal(),
         input_path.clone(),
     );
-    let mut backend = Embedded::start(options.jobs)?;
+    // With no hub, a hub and an engine start inside this process: the same
+    // code path as a lab's cluster.
+    let description = args.command.join(" ");
+    // With no retries, the hub itself stops dispatching at the first
+    // failure, so a halt never races a task that starts meanwhile.
+    let halt_on_failure = options.halt != Halt::Never && options.retries == 0;
+    let (cluster, mut backend) = match &args.hub {
+        None => {
+            let cluster = EmbeddedCluster::start(options.jobs)?;
+            let backend = HubBackend::open(cluster.client()?, description, halt_on_failure)?;
+            (Some(cluster), backend)
+        }
+        Some(path) => {
+            let hub = HubArg {
+                hub: Some(path.clone()).filter(|p| p.as_os_str() != "-"),
+            };
+            let ctx = zmq::Context::new();
+            let backend = HubBackend::open(hub.client(&ctx)?, description, halt_on_failure)?;
+            eprintln!(
+                "zcluster: job {} on {}",
+                backend.job(),
+                hub.path().display()
+            );
+            (None, backend)
+        }
+    };
     let mut stdout = io::stdout().lock();
     let mut failed = 0u64;
     let summary = run_map(lines(reader), &template, &options, &mut backend, |record| {
@@ -150,6 +180,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     drop(backend);
+    drop(cluster);
     progress.finish_and_clear();
     if let Some(out) = &mut results {
         out.flush().context("cannot write the results file")?;
@@ -224,6 +255,9 @@ fn summary_line(s: &MapSummary) -> String {
     }
     if s.not_run > 0 {
         line += &format!(", {} not run", s.not_run);
+    }
+    if s.unread {
+        line += ", rest of the input not read";
     }
     line += &format!(" in {:.2}s ({:.0} tasks/s)", s.wall.as_secs_f64(), s.rate());
     if s.interrupted {

@@ -1,12 +1,24 @@
 //! One module per subcommand.
 
 pub mod device;
+pub mod hub;
 pub mod kill;
 pub mod map;
 pub mod ping;
+pub mod purge;
+pub mod resubmit;
+pub mod results;
+pub mod shutdown;
+pub mod status;
+pub mod worker;
 
 use std::fmt;
 
+use std::path::PathBuf;
+
+use clap::Args;
+use zcluster::hub::client::HubClient;
+use zcluster::hub::connection::{self, ConnectionInfo};
 use zcluster::socket::{FutureSocket, SocketKind};
 
 /// An error in what the user asked for (exit status 2), as opposed to a
@@ -26,4 +38,38 @@ impl std::error::Error for UsageError {}
 /// naming the flag.
 pub fn socket_arg(flag: &str, spec: &str, kind: SocketKind) -> anyhow::Result<FutureSocket> {
     FutureSocket::parse(spec, kind).map_err(|e| UsageError(format!("{flag}: {e}")).into())
+}
+
+/// The `--hub FILE` flag every hub client command takes.
+#[derive(Args, Clone, Debug)]
+pub struct HubArg {
+    /// The hub's connection file (default: ~/.zcluster/hub.json).
+    #[arg(long, env = "ZCLUSTER_HUB", value_name = "FILE")]
+    pub hub: Option<PathBuf>,
+}
+
+impl HubArg {
+    /// The connection file's path.
+    pub fn path(&self) -> PathBuf {
+        self.hub.clone().unwrap_or_else(connection::default_path)
+    }
+
+    /// Reads the connection file, with a hint when there is none.
+    pub fn connection(&self) -> anyhow::Result<ConnectionInfo> {
+        let path = self.path();
+        ConnectionInfo::read(&path).map_err(|e| {
+            let hint = if path.exists() {
+                String::new()
+            } else {
+                " (start one with `zcluster hub`, or pass --hub FILE or set ZCLUSTER_HUB)"
+                    .to_string()
+            };
+            UsageError(format!("{e}{hint}")).into()
+        })
+    }
+
+    /// Connects a client to the hub.
+    pub fn client(&self, ctx: &zmq::Context) -> anyhow::Result<HubClient> {
+        Ok(HubClient::connect(ctx, &self.connection()?)?)
+    }
 }

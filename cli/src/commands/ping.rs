@@ -1,4 +1,5 @@
-//! `zcluster ping`: ask workers who they are, for clusters without a hub.
+//! `zcluster ping`: ask workers who they are, through a hub (the default)
+//! or on a hub-less cluster's command socket.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,16 +8,20 @@ use clap::Args;
 use zcluster::commands::{CommandSender, Delivery};
 use zcluster::socket::SocketKind;
 
-use super::socket_arg;
+use zcluster::hub::protocol::{ClientCall, Reply};
+
+use super::{socket_arg, HubArg};
 
 #[derive(Args)]
 pub struct PingArgs {
-    /// Command socket to publish on (see `zcluster kill --help`).
-    #[arg(long)]
-    command: String,
-    /// Where replies arrive, e.g. `bind:tcp://*:5560`.
-    #[arg(long)]
-    responses: String,
+    #[command(flatten)]
+    hub: HubArg,
+    /// Hub-less: command socket to publish on (see `zcluster kill --help`).
+    #[arg(long, requires = "responses")]
+    command: Option<String>,
+    /// Hub-less: where replies arrive, e.g. `bind:tcp://*:5560`.
+    #[arg(long, requires = "command")]
+    responses: Option<String>,
     /// Collect replies for this long.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     wait: Duration,
@@ -27,16 +32,27 @@ pub struct PingArgs {
 
 pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
-    let sender = CommandSender::new(
-        &ctx,
-        socket_arg("--command", &args.command, SocketKind::Pub)?,
-        Some(socket_arg("--responses", &args.responses, SocketKind::Pull)?.into()),
-    )?;
-    let replies = sender.ping(Delivery {
-        wait: args.wait,
-        expect: args.expect,
-        ..Delivery::default()
-    })?;
+    let replies = match (&args.command, &args.responses) {
+        (Some(command), Some(responses)) => {
+            let sender = CommandSender::new(
+                &ctx,
+                socket_arg("--command", command, SocketKind::Pub)?,
+                Some(socket_arg("--responses", responses, SocketKind::Pull)?.into()),
+            )?;
+            sender.ping(Delivery {
+                wait: args.wait,
+                expect: args.expect,
+                ..Delivery::default()
+            })?
+        }
+        _ => {
+            let mut client = args.hub.client(&ctx)?;
+            match client.call_waiting(&ClientCall::Ping, Duration::from_secs(15))? {
+                Reply::Pong(replies) => replies,
+                _ => anyhow::bail!("unexpected answer to a ping call"),
+            }
+        }
+    };
     println!("HOST\tPID\tWORKER\tUP\tREQUESTS\tMEAN");
     for r in &replies {
         let up = r.worker.started.elapsed().unwrap_or_default();

@@ -1,0 +1,111 @@
+//! `zcluster hub`: run a hub in the foreground until Ctrl-C, SIGTERM or
+//! `zcluster shutdown`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use zcluster::hub::connection::{self, ConnectionInfo};
+use zcluster::hub::server::{Endpoints, Hub, HubOptions, DEFAULT_CREDIT};
+
+#[derive(Args)]
+pub struct HubArgs {
+    /// Interface to listen on (a lab sets 0.0.0.0 or an interface address).
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: String,
+    /// Use ports N, N+1, N+2 (default: free ports, written to the connection file).
+    #[arg(long, value_name = "N")]
+    port_base: Option<u16>,
+    /// Where to write the connection file.
+    #[arg(long, value_name = "FILE")]
+    connection_file: Option<PathBuf>,
+    /// Task store: a SQLite file (default: hub.sqlite beside the connection
+    /// file) or `:memory:`.
+    #[arg(long, value_name = "PATH")]
+    store: Option<String>,
+    /// Heartbeat period in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    heartbeat_ms: u64,
+    /// Missed heartbeats before an engine is declared dead.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    heartbeat_misses: u32,
+    /// Tasks a client may have outstanding per job.
+    #[arg(long, default_value_t = DEFAULT_CREDIT, hide = true)]
+    credit: u32,
+    /// Start afresh: a new key and new ports even if the connection file exists.
+    #[arg(long)]
+    fresh: bool,
+}
+
+pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
+    let path = args
+        .connection_file
+        .clone()
+        .unwrap_or_else(connection::default_path);
+    let store = args.store.clone().unwrap_or_else(|| {
+        path.parent()
+            .map_or_else(|| PathBuf::from("hub.sqlite"), |d| d.join("hub.sqlite"))
+            .display()
+            .to_string()
+    });
+    // A restarted hub binds the ports and keeps the key of its old file, so
+    // engines and clients reconnect without being told anything.
+    let previous = if args.fresh {
+        None
+    } else {
+        ConnectionInfo::read(&path).ok()
+    };
+    let rebind = |url: &str| {
+        url.rsplit_once(':')
+            .map(|(_, port)| format!("tcp://{}:{port}", args.ip))
+    };
+    let reuse = previous
+        .filter(|_| args.port_base.is_none())
+        .and_then(|old| {
+            let urls = Endpoints::Urls {
+                engines: rebind(&old.engines)?,
+                clients: rebind(&old.clients)?,
+                notifications: rebind(&old.notifications)?,
+            };
+            Some((urls, Some(old.key)))
+        });
+    let (endpoints, key) = reuse.unwrap_or_else(|| {
+        let fresh = Endpoints::Tcp {
+            ip: args.ip.clone(),
+            port_base: args.port_base,
+        };
+        (fresh, None)
+    });
+    let options = HubOptions {
+        endpoints,
+        connection_file: Some(path.clone()),
+        store,
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
+        heartbeat_misses: args.heartbeat_misses.max(1),
+        credit: args.credit.max(1),
+        key,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    let ctx = zmq::Context::new();
+    let hub = Hub::bind(&ctx, options)?;
+    let info = hub.connection();
+    eprintln!(
+        "zcluster: hub listening; engines {} clients {}",
+        info.engines, info.clients
+    );
+    eprintln!("zcluster: task store {}", info.store);
+    eprintln!(
+        "zcluster: start workers with: zcluster worker --hub {}",
+        path.display()
+    );
+    hub.run(&stop)?;
+    Ok(ExitCode::SUCCESS)
+}

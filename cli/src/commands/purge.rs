@@ -1,0 +1,38 @@
+//! `zcluster purge`: forget recorded tasks.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use zcluster::hub::protocol::{ClientCall, PurgeTarget, Reply};
+
+use super::HubArg;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["job", "engine", "all"])))]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    hub: HubArg,
+    /// Purge one job (refused while it has unfinished tasks).
+    #[arg(long)]
+    job: Option<u64>,
+    /// Purge the completed tasks one engine ran.
+    #[arg(long)]
+    engine: Option<u64>,
+    /// Purge every completed task.
+    #[arg(long)]
+    all: bool,
+}
+
+pub fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.job, args.engine) {
+        (Some(job), _) => PurgeTarget::Job(job),
+        (None, Some(engine)) => PurgeTarget::Engine(engine),
+        (None, None) => PurgeTarget::AllCompleted,
+    };
+    let ctx = zmq::Context::new();
+    let Reply::Purged(n) = args.hub.client(&ctx)?.call(&ClientCall::Purge(target))? else {
+        anyhow::bail!("unexpected answer to a purge call");
+    };
+    eprintln!("zcluster: purged {n} task(s)");
+    Ok(ExitCode::SUCCESS)
+}

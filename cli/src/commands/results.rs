@@ -1,0 +1,119 @@
+//! `zcluster results JOB`: a job's recorded results, at any later time.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Args;
+use zcluster::exec::ExecOutcome;
+use zcluster::hub::protocol::{ClientCall, Reply};
+use zcluster::map::{ExecChunk, TaskRecord};
+use zcluster::message::{decode_value, ClusterResult};
+
+use super::{HubArg, UsageError};
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    /// The job's id (`zcluster map --hub` prints it).
+    job: u64,
+    #[command(flatten)]
+    hub: HubArg,
+    /// Print one JSON object per input (as `zcluster map --results`).
+    #[arg(long)]
+    json: bool,
+    /// Only failed inputs.
+    #[arg(long)]
+    failed: bool,
+}
+
+pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    let ctx = zmq::Context::new();
+    let mut client = args.hub.client(&ctx)?;
+    let call = ClientCall::Results {
+        job: args.job,
+        ids: None,
+        status_only: false,
+    };
+    let reports = match client.call(&call) {
+        Ok(Reply::Results(reports)) => reports,
+        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
+        Err(zcluster::hub::client::ClientError::Refused(reason)) => {
+            return Err(UsageError(reason).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut records = Vec::new();
+    let mut unfinished = 0;
+    for report in reports {
+        let Some(chunk) = report
+            .request
+            .as_deref()
+            .and_then(|r| decode_value::<zcluster::message::ClusterRequest>(r, "request").ok())
+            .and_then(|r| r.decode::<ExecChunk>().ok())
+        else {
+            continue;
+        };
+        let result = report
+            .result
+            .as_deref()
+            .and_then(|r| decode_value::<ClusterResult>(r, "result").ok());
+        let Some(result) = result else {
+            unfinished += chunk.tasks.len();
+            continue;
+        };
+        let mut outcomes: std::collections::HashMap<u64, ExecOutcome> = result
+            .decode::<Vec<(u64, ExecOutcome)>>()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for task in chunk.tasks {
+            let Some(outcome) = outcomes.remove(&task.seq) else {
+                unfinished += 1;
+                continue;
+            };
+            records.push(TaskRecord {
+                seq: task.seq,
+                input: task.input,
+                raw_input: None,
+                command: task.argv,
+                outcome,
+                attempts: report.attempts,
+                host: result.metadata.host.clone(),
+                pid: result.metadata.pid,
+                worker: result.metadata.worker.clone(),
+            });
+        }
+    }
+    // A retried input appears once per attempt (each a task of its own):
+    // the last attempt is its result.
+    let records: Vec<TaskRecord> = records
+        .into_iter()
+        .map(|r| (r.seq, r))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    let mut out = io::stdout().lock();
+    let mut failed = 0;
+    for record in &records {
+        let ok = record.status() == zcluster::map::TaskStatus::Ok;
+        failed += u64::from(!ok);
+        if args.failed && ok {
+            continue;
+        }
+        if args.json {
+            record.write_json_line(&mut out)?;
+        } else {
+            out.write_all(&record.outcome.stdout)?;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "zcluster: job {}: {} results, {failed} failed, {unfinished} unfinished",
+        args.job,
+        records.len()
+    );
+    Ok(if failed == 0 && unfinished == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

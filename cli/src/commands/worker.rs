@@ -1,0 +1,49 @@
+//! `zcluster worker --hub FILE [-j N]`: an engine serving a hub.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, DEFAULT_MISSES};
+
+use super::HubArg;
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    hub: HubArg,
+    /// Tasks at once (default: number of cores).
+    #[arg(short, long)]
+    jobs: Option<usize>,
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let connection = args.hub.connection()?;
+    let slots = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    eprintln!(
+        "zcluster: worker with {slots} slots serving {}",
+        connection.engines
+    );
+    let ctx = zmq::Context::new();
+    let options = EngineOptions {
+        connection,
+        slots,
+        misses: DEFAULT_MISSES,
+        handlers: Default::default(),
+    };
+    match run_engine(&ctx, &options, &stop) {
+        Ok(exit) => Ok(ExitCode::from(u8::try_from(exit.exit_code()).unwrap_or(1))),
+        Err(EngineError::Stopped) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+    }
+}

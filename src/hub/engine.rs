@@ -1,0 +1,388 @@
+//! An engine: the worker side of a hub (`zcluster worker --hub FILE -j N`).
+//!
+//! One DEALER connects to the hub's engine socket: it registers (identity,
+//! host, pid, slots, handlers), heartbeats, receives tasks addressed to it and
+//! sends their results and command replies back. The tasks run on
+//! [`Slots`]: toolkit workers on threads, PULL/PUSH plus a SUB for commands,
+//! exactly as without a hub. The hub never sends more tasks than there are
+//! free slots.
+//!
+//! When the hub stops answering for `misses` heartbeat periods, the engine
+//! drops its connection, reconnects and registers again, as many times as it
+//! takes, with its running tasks still running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+
+use super::connection::ConnectionInfo;
+use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
+use crate::map::{mark_failed_commands, run_chunk};
+use crate::message::{
+    self, ClusterRequest, Command, CommandReply, Envelope, Header, MessageError, MessageKind,
+    WorkerInfo,
+};
+use crate::slots::{Slots, SlotsError};
+use crate::socket::{millis, DEFAULT_LINGER};
+use crate::worker::{HandlerError, WorkerExit};
+
+/// Missed hub heartbeats before an engine reconnects.
+pub const DEFAULT_MISSES: u32 = 3;
+
+/// Heartbeat period used until the hub says otherwise.
+const INITIAL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Request metadata key naming the job, for per-job cancellation.
+const JOB_KEY: &str = "zcluster.job";
+
+/// Errors that stop an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The slots could not start.
+    #[error(transparent)]
+    Slots(#[from] SlotsError),
+    /// Stopped (Ctrl-C) while waiting for the hub.
+    #[error("stopped while waiting for the hub")]
+    Stopped,
+    /// The hub refused the registration.
+    #[error("the hub refused this engine: {0}")]
+    Refused(String),
+    /// A socket failed.
+    #[error("engine cannot {operation}: {source}")]
+    Transport {
+        operation: &'static str,
+        #[source]
+        source: MessageError,
+    },
+}
+
+/// A named handler compiled into an engine: request in, result payload out.
+pub type HandlerFn = Arc<dyn Fn(&ClusterRequest) -> Result<Vec<u8>, HandlerError> + Send + Sync>;
+
+/// Request metadata key naming the handler of a handler job (absent for
+/// command jobs).
+pub const HANDLER_KEY: &str = "zcluster.handler";
+
+/// How to run an engine.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// The hub to serve.
+    pub connection: ConnectionInfo,
+    /// Tasks at once.
+    pub slots: usize,
+    /// Missed hub heartbeats before reconnecting.
+    pub misses: u32,
+    /// Named handlers this engine offers besides command jobs.
+    pub handlers: BTreeMap<String, HandlerFn>,
+}
+
+/// Per-job cancel flags shared with the slot handlers.
+type CancelFlags = Arc<Mutex<HashMap<JobId, Arc<AtomicBool>>>>;
+
+fn cancel_flag(flags: &CancelFlags, job: JobId) -> Arc<AtomicBool> {
+    let mut flags = flags
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    flags.entry(job).or_default().clone()
+}
+
+struct Connection {
+    socket: zmq::Socket,
+    engine: Option<EngineId>,
+    heartbeat: Duration,
+    last_heard: Instant,
+}
+
+/// Runs an engine until a kill or restart command, or until `stop` is set
+/// (then it unregisters and kills its running tasks).
+pub fn run_engine(
+    ctx: &zmq::Context,
+    options: &EngineOptions,
+    stop: &Arc<AtomicBool>,
+) -> Result<WorkerExit, EngineError> {
+    let flags: CancelFlags = Arc::default();
+    let all_stop = stop.clone();
+    let mut slots = Slots::start(options.slots, |_| {
+        let flags = flags.clone();
+        let stop = all_stop.clone();
+        let handlers = options.handlers.clone();
+        move |request: &ClusterRequest| {
+            if let Some(name) = request.metadata.get(HANDLER_KEY) {
+                let handler = handlers.get(name).ok_or_else(|| {
+                    HandlerError::new(format!("this engine has no handler `{name}`"))
+                })?;
+                return handler(request);
+            }
+            let job = request
+                .metadata
+                .get(JOB_KEY)
+                .and_then(|j| j.parse().ok())
+                .unwrap_or(0);
+            let flag = cancel_flag(&flags, job);
+            if stop.load(Ordering::Relaxed) {
+                flag.store(true, Ordering::Relaxed);
+            }
+            run_chunk(&flag, request)
+        }
+    })?;
+    let host = crate::host_name();
+    let pid = std::process::id();
+    let started = SystemTime::now();
+    let identity = format!(
+        "{host}-{pid}-{:x}",
+        started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let register = EngineMessage::Register {
+        identity: identity.clone(),
+        host: host.clone(),
+        pid,
+        slots: options.slots as u32,
+        handlers: options.handlers.keys().cloned().collect(),
+    };
+    let mut conn = connect(ctx, options, &identity, &register, stop)?;
+    let mut tickets: HashMap<u64, JobId> = HashMap::new();
+    let mut leaving: Option<WorkerExit> = None;
+    let mut handled: u64 = 0;
+    let mut busy = Duration::ZERO;
+    let mut next_beat = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            for flag in flags.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                flag.store(true, Ordering::Relaxed);
+            }
+            send_control(&conn.socket, &EngineMessage::Unregister);
+            return Ok(WorkerExit::Killed);
+        }
+        if let Some(exit) = leaving {
+            if tickets.is_empty() {
+                send_control(&conn.socket, &EngineMessage::Unregister);
+                info!(?exit, "engine leaving");
+                return Ok(exit);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_beat {
+            send_control(&conn.socket, &EngineMessage::Heartbeat);
+            next_beat = now + conn.heartbeat;
+            if conn.last_heard.elapsed() > conn.heartbeat * options.misses {
+                warn!("the hub stopped answering; reconnecting");
+                conn = connect(ctx, options, &identity, &register, stop)?;
+                continue;
+            }
+        }
+        let wait = next_beat
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        let (hub_ready, slots_ready) = {
+            let mut items = [
+                conn.socket.as_poll_item(zmq::POLLIN),
+                slots.results_socket().as_poll_item(zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, i64::from(millis(wait))) {
+                Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(transport("poll", e.into())),
+            }
+        };
+        if slots_ready {
+            while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
+                let job = tickets.remove(&ticket).unwrap_or(0);
+                if !result.request_metadata.contains_key(HANDLER_KEY) {
+                    mark_failed_commands(&mut result);
+                }
+                handled += 1;
+                busy += result.metadata.elapsed;
+                if let Err(e) = message::send_result(&conn.socket, job, &result) {
+                    warn!(error = %e, "cannot send a result to the hub");
+                }
+            }
+        }
+        if hub_ready {
+            loop {
+                let envelope = match message::recv(&conn.socket, zmq::DONTWAIT) {
+                    Ok(envelope) => envelope,
+                    Err(e) if e.is_timeout() => break,
+                    Err(MessageError::Zmq(e)) => {
+                        return Err(transport("receive from the hub", e.into()))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "dropping a bad message from the hub");
+                        continue;
+                    }
+                };
+                conn.last_heard = Instant::now();
+                match on_hub(&envelope, &mut conn, &mut slots, &mut tickets, &flags)? {
+                    HubEvent::None => {}
+                    HubEvent::Reregister => {
+                        conn = connect(ctx, options, &identity, &register, stop)?;
+                        break;
+                    }
+                    HubEvent::Command(token, command) => {
+                        let info = WorkerInfo {
+                            host: host.clone(),
+                            pid,
+                            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
+                            started,
+                        };
+                        let mean_time = u32::try_from(handled)
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .map_or(Duration::ZERO, |n| busy / n);
+                        let reply = CommandReply {
+                            token,
+                            command: command.name().to_string(),
+                            worker: info,
+                            requests_handled: handled,
+                            mean_time,
+                        };
+                        let header = Header {
+                            kind: MessageKind::Reply,
+                            job: 0,
+                            id: token,
+                        };
+                        if let Err(e) = message::send(&conn.socket, &header, &reply, zmq::DONTWAIT)
+                        {
+                            warn!(error = %e, "cannot answer a command");
+                        }
+                        match command {
+                            Command::Kill => leaving = Some(WorkerExit::Killed),
+                            Command::Restart => leaving = Some(WorkerExit::Restart),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum HubEvent {
+    None,
+    Reregister,
+    Command(u64, Command),
+}
+
+fn on_hub(
+    envelope: &Envelope,
+    conn: &mut Connection,
+    slots: &mut Slots,
+    tickets: &mut HashMap<u64, JobId>,
+    flags: &CancelFlags,
+) -> Result<HubEvent, EngineError> {
+    match envelope.header.kind {
+        MessageKind::Request => {
+            let job = envelope.header.job;
+            let mut request = match envelope.request() {
+                Ok(request) => request,
+                Err(e) => {
+                    warn!(error = %e, "dropping a bad task");
+                    return Ok(HubEvent::None);
+                }
+            };
+            request.metadata.insert(JOB_KEY.into(), job.to_string());
+            let ticket = slots.submit(request)?;
+            tickets.insert(ticket, job);
+        }
+        MessageKind::Control => match envelope.control::<HubToEngine>() {
+            Ok(HubToEngine::Heartbeat) => {}
+            Ok(HubToEngine::CancelJob { job }) => {
+                info!(job, "cancelling a job's tasks");
+                cancel_flag(flags, job).store(true, Ordering::SeqCst);
+            }
+            Ok(HubToEngine::Refused { reason }) => {
+                if conn.engine.is_some() {
+                    info!(%reason, "the hub no longer knows this engine; registering again");
+                    return Ok(HubEvent::Reregister);
+                }
+                return Err(EngineError::Refused(reason));
+            }
+            Ok(HubToEngine::Registered { .. }) => {}
+            Err(e) => warn!(error = %e, "dropping a bad control message"),
+        },
+        MessageKind::Command => match envelope.command() {
+            Ok(command) => return Ok(HubEvent::Command(envelope.header.id, command)),
+            Err(e) => warn!(error = %e, "dropping a bad command"),
+        },
+        kind => debug!(%kind, "dropping an unexpected message from the hub"),
+    }
+    Ok(HubEvent::None)
+}
+
+/// Connects and registers, retrying until the hub answers.
+fn connect(
+    ctx: &zmq::Context,
+    options: &EngineOptions,
+    identity: &str,
+    register: &EngineMessage,
+    stop: &AtomicBool,
+) -> Result<Connection, EngineError> {
+    let mut attempt: u32 = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(EngineError::Stopped);
+        }
+        attempt += 1;
+        let socket = ctx
+            .socket(zmq::DEALER)
+            .map_err(|e| transport("create a socket", e.into()))?;
+        let setup = socket
+            .set_linger(millis(DEFAULT_LINGER))
+            .and_then(|()| socket.set_identity(format!("{identity}-{attempt}").as_bytes()))
+            .and_then(|()| socket.set_sndhwm(0))
+            .and_then(|()| socket.set_rcvhwm(0))
+            .and_then(|()| socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64))
+            .and_then(|()| socket.connect(&options.connection.engines));
+        setup.map_err(|e| transport("connect to the hub", e.into()))?;
+        send_control(&socket, register);
+        let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match socket.poll(zmq::POLLIN, i64::from(millis(left))) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(transport("wait for the hub", e.into())),
+            }
+            let Ok(envelope) = message::recv(&socket, zmq::DONTWAIT) else {
+                continue;
+            };
+            match envelope.control::<HubToEngine>() {
+                Ok(HubToEngine::Registered { engine, heartbeat }) => {
+                    info!(engine, hub = %options.connection.engines, "registered with the hub");
+                    return Ok(Connection {
+                        socket,
+                        engine: Some(engine),
+                        heartbeat,
+                        last_heard: Instant::now(),
+                    });
+                }
+                Ok(HubToEngine::Refused { reason }) => return Err(EngineError::Refused(reason)),
+                _ => {}
+            }
+        }
+        if attempt == 1 || attempt % 10 == 0 {
+            warn!(hub = %options.connection.engines, attempt, "no answer from the hub; retrying");
+        }
+    }
+}
+
+fn send_control(socket: &zmq::Socket, message: &EngineMessage) {
+    let header = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 0,
+    };
+    if let Err(e) = message::send(socket, &header, message, zmq::DONTWAIT) {
+        debug!(error = %e, "cannot send to the hub");
+    }
+}
+
+fn transport(operation: &'static str, source: MessageError) -> EngineError {
+    EngineError::Transport { operation, source }
+}

@@ -1,0 +1,21 @@
+//! The hub: engines that register and heartbeat, a task store of every
+//! request/result pair, jobs from many clients, and the cluster commands
+//! (IPython parallel's Hub over zcluster's toolkit).
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`connection`] | the connection file (URLs and key, mode 0600) |
+//! | [`protocol`] | what engines, clients and the hub say to each other |
+//! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
+//! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
+//! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
+//! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
+//! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
+
+pub mod client;
+pub mod connection;
+pub mod embedded;
+pub mod engine;
+pub mod protocol;
+pub mod server;
+pub mod store;

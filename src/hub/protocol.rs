@@ -1,0 +1,302 @@
+//! What engines, clients and the hub say to each other.
+//!
+//! Tasks and results travel as ordinary [`ClusterRequest`]/[`ClusterResult`]
+//! messages whose header carries the job and the client's task id, so the
+//! hub routes them by header alone and forwards result bodies unchanged.
+//! Everything else is a [`MessageKind::Control`] message whose body is one
+//! of the enums below; a client's call carries its request number in the
+//! header id and the reply carries it back.
+//!
+//! [`ClusterRequest`]: crate::message::ClusterRequest
+//! [`ClusterResult`]: crate::message::ClusterResult
+//! [`MessageKind::Control`]: crate::message::MessageKind::Control
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::CommandReply;
+
+/// An engine's number, never reused in the life of a store.
+pub type EngineId = u64;
+/// A job's number, never reused in the life of a store.
+pub type JobId = u64;
+
+/// Engine to hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineMessage {
+    /// Join: who I am and how many tasks I can run at once.
+    Register {
+        /// A name unique to this engine process (host, pid, random).
+        identity: String,
+        /// Host name.
+        host: String,
+        /// Process id.
+        pid: u32,
+        /// Tasks it runs at once.
+        slots: u32,
+        /// Named handlers compiled into it.
+        handlers: Vec<String>,
+    },
+    /// Still alive.
+    Heartbeat,
+    /// Leaving cleanly (kill, restart, Ctrl-C).
+    Unregister,
+}
+
+/// Hub to engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HubToEngine {
+    /// Welcome: your id, and how often to heartbeat.
+    Registered {
+        /// The engine's id.
+        engine: EngineId,
+        /// Heartbeat period.
+        heartbeat: Duration,
+    },
+    /// Not welcome, and why.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The hub is alive.
+    Heartbeat,
+    /// Kill the running tasks of this job (halt now, Ctrl-C at its client).
+    CancelJob {
+        /// The job.
+        job: JobId,
+    },
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Command chunks from `zcluster map`.
+    Exec,
+    /// A named handler compiled into the worker binary.
+    Handler(String),
+}
+
+/// Client to hub: one call, answered by one [`Reply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientCall {
+    /// Is the hub there, and what is it like?
+    Hello,
+    /// Start a job; its tasks follow as request messages.
+    OpenJob {
+        /// What runs.
+        kind: JobKind,
+        /// For `zcluster status` (e.g. the command line).
+        description: String,
+        /// Stop dispatching the job's tasks at its first failed result (the
+        /// client's `--halt` with no retries), without waiting for the
+        /// client to react.
+        halt_on_failure: bool,
+    },
+    /// Every task of the job has been sent.
+    CloseJob {
+        /// The job.
+        job: JobId,
+        /// How many tasks it has.
+        total: u64,
+    },
+    /// Drop the job's queued tasks, and kill its running ones when asked.
+    CancelJob {
+        /// The job.
+        job: JobId,
+        /// Also kill the running tasks (halt now, Ctrl-C).
+        kill_running: bool,
+    },
+    /// Engines and jobs.
+    Status,
+    /// Recorded tasks of a job (or given task ids of it).
+    Results {
+        /// The job.
+        job: JobId,
+        /// Only these tasks (the client's ids); all when `None`.
+        ids: Option<Vec<u64>>,
+        /// Leave out request and result payloads.
+        status_only: bool,
+    },
+    /// Forget recorded tasks.
+    Purge(PurgeTarget),
+    /// Run a job's failed tasks (or given ones) again.
+    Resubmit {
+        /// The job.
+        job: JobId,
+        /// Only these tasks (the client's ids); all failed ones when `None`.
+        ids: Option<Vec<u64>>,
+    },
+    /// Tell engines (all, or these) to exit, or restart.
+    Kill {
+        /// Which engines; all when `None`.
+        engines: Option<Vec<EngineId>>,
+        /// Restart instead of exit.
+        restart: bool,
+    },
+    /// Ask every engine who it is.
+    Ping,
+    /// Stop the hub (and first the engines, when asked).
+    Shutdown {
+        /// Kill the engines too.
+        workers: bool,
+    },
+}
+
+/// What to purge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PurgeTarget {
+    /// One job (refused while it has unfinished tasks).
+    Job(JobId),
+    /// Completed tasks run by one engine.
+    Engine(EngineId),
+    /// Every completed task.
+    AllCompleted,
+}
+
+/// The hub's answer to a [`ClientCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The call failed, and why (one line for the user).
+    Error(String),
+    /// Done, nothing to report.
+    Ok,
+    /// Answer to `Hello`.
+    Hello(HubInfo),
+    /// Answer to `OpenJob`.
+    JobOpened {
+        /// The new job's id.
+        job: JobId,
+        /// How many of the job's tasks may be outstanding (sent, no result
+        /// yet) at once: the flow control that bounds the hub's memory.
+        credit: u32,
+    },
+    /// Answer to `CancelJob`: the tasks dropped before they started (they
+    /// get no result).
+    Cancelled(Vec<u64>),
+    /// Answer to `Status`.
+    Status(HubStatus),
+    /// Answer to `Results`.
+    Results(Vec<TaskReport>),
+    /// Answer to `Purge`: tasks removed.
+    Purged(u64),
+    /// Answer to `Resubmit`: tasks queued again.
+    Resubmitted(u64),
+    /// Answer to `Kill`: the engines that acknowledged.
+    Killed(Vec<EngineId>),
+    /// Answer to `Ping`.
+    Pong(Vec<CommandReply>),
+}
+
+/// Facts about a hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubInfo {
+    /// zcluster version of the hub.
+    pub version: String,
+    /// Engines registered.
+    pub engines: u32,
+    /// Their slots in all.
+    pub slots: u32,
+}
+
+/// One engine as `zcluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// Its id.
+    pub id: EngineId,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Slots.
+    pub slots: u32,
+    /// Tasks running now.
+    pub running: u32,
+    /// Tasks it finished since it registered.
+    pub completed: u64,
+    /// Time since its last heartbeat.
+    pub last_heartbeat: Duration,
+    /// Handlers it offers.
+    pub handlers: Vec<String>,
+}
+
+/// One job as `zcluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Its id.
+    pub id: JobId,
+    /// When it was opened.
+    pub submitted: SystemTime,
+    /// What it runs.
+    pub description: String,
+    /// Tasks in all, once the client said.
+    pub total: Option<u64>,
+    /// Waiting for a slot.
+    pub pending: u64,
+    /// Running now.
+    pub running: u64,
+    /// Finished well.
+    pub done: u64,
+    /// Finished badly.
+    pub failed: u64,
+}
+
+/// The answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubStatus {
+    /// Registered engines.
+    pub engines: Vec<EngineStatus>,
+    /// Jobs in the store.
+    pub jobs: Vec<JobStatus>,
+    /// Where the store lives.
+    pub store: String,
+}
+
+/// One recorded task: request, result and what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The client's id for it (its chunk or input number).
+    pub id: u64,
+    /// `pending`, `running`, `ok` or `failed`.
+    pub state: String,
+    /// The engine that ran it last.
+    pub engine: Option<EngineId>,
+    /// Times it was started.
+    pub attempts: u32,
+    /// When it was submitted.
+    pub submitted: SystemTime,
+    /// When it last started.
+    pub started: Option<SystemTime>,
+    /// When it finished.
+    pub completed: Option<SystemTime>,
+    /// The error, when failed.
+    pub error: Option<String>,
+    /// The request body (absent for status-only queries).
+    pub request: Option<Vec<u8>>,
+    /// The result message body, a bincode [`ClusterResult`](crate::message::ClusterResult)
+    /// (absent for status-only queries or unfinished tasks).
+    pub result: Option<Vec<u8>>,
+}
+
+/// Published on the hub's notification socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notification {
+    /// An engine joined.
+    Registered {
+        /// Its id.
+        engine: EngineId,
+        /// Host name.
+        host: String,
+        /// Process id.
+        pid: u32,
+        /// Slots.
+        slots: u32,
+    },
+    /// An engine left or was declared dead.
+    Unregistered {
+        /// Its id.
+        engine: EngineId,
+        /// Why (`left`, `missed 3 heartbeats`, `killed`).
+        reason: String,
+    },
+}

@@ -1,0 +1,1234 @@
+//! The hub's event loop: one thread owning every hub socket.
+//!
+//! ```text
+//! engines ══DEALER/ROUTER══▶ hub ◀══ROUTER/DEALER══ clients
+//!   register, heartbeat,      │      open/close jobs, tasks, queries;
+//!   results, command replies  │      results back to the submitting client
+//!                             ├─ task store: every request/result pair
+//!                             └─ notifications (PUB): (un)registrations
+//! ```
+//!
+//! **Dispatch by credit.** Each engine registers with a number of slots; the
+//! hub sends an engine a task only while it has a free slot, addressed to it
+//! through the ROUTER, and the slot is free again when the result arrives.
+//! A PUSH socket cannot do this (it round-robins over peers whether they are
+//! busy or not, and hands a whole HWM to the first one connected), so no
+//! engine ever holds a queue while another is idle. Jobs take turns for free
+//! slots (round robin), so concurrent jobs share the engines fairly.
+//!
+//! **Flow control.** A client may have at most `credit` tasks of a job
+//! outstanding (sent, no result yet); the hub's memory per job is bounded by
+//! it, however long the input.
+//!
+//! **Failure.** An engine that misses `heartbeat_misses` heartbeats is
+//! declared dead, unregistered and published; its running tasks go back to
+//! the front of their jobs' queues. Delivery is at least once: a result for a
+//! task already finished is dropped by (job, task id).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+
+use super::connection::{ConnectionError, ConnectionInfo};
+use super::protocol::{
+    ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine, JobId,
+    JobKind, JobStatus, Notification, PurgeTarget, Reply, TaskReport,
+};
+use super::store::{
+    self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
+};
+use crate::message::{
+    self, decode_value, encode_value, ClusterResult, Command, CommandReply, Envelope, Header,
+    MessageError, MessageKind, ResultStatus,
+};
+use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
+
+/// Default tasks a client may have outstanding per job.
+pub const DEFAULT_CREDIT: u32 = 1024;
+
+/// How long kill and ping wait for engines to answer.
+const COMMAND_WAIT: Duration = Duration::from_secs(5);
+
+/// Errors that stop a hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A socket could not be made or bound.
+    #[error("hub cannot {operation} `{url}`: {source}")]
+    Bind {
+        operation: &'static str,
+        url: String,
+        #[source]
+        source: zmq::Error,
+    },
+    /// The task store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The connection file could not be written.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A socket failed while running.
+    #[error("hub socket failed: {0}")]
+    Transport(#[from] MessageError),
+}
+
+/// Where the hub listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    /// TCP on this address: ports `base`, `base+1`, `base+2`, or free ones.
+    Tcp {
+        /// Interface address (`127.0.0.1`, `0.0.0.0`, ...).
+        ip: String,
+        /// First of three consecutive ports; free ports when `None`.
+        port_base: Option<u16>,
+    },
+    /// In-process (`inproc://NAME-engines`, ...): a hub embedded in a map.
+    Inproc(String),
+    /// Exactly these URLs (a restarted hub binding its old ports).
+    Urls {
+        /// Engines ROUTER.
+        engines: String,
+        /// Clients ROUTER.
+        clients: String,
+        /// Notifications PUB.
+        notifications: String,
+    },
+}
+
+/// How to run a hub; plain data (the CLI fills it from flags).
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Where to listen.
+    pub endpoints: Endpoints,
+    /// Where to write the connection file (none for an embedded hub).
+    pub connection_file: Option<PathBuf>,
+    /// The task store: a SQLite path or `:memory:`.
+    pub store: String,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Missed heartbeats before an engine is declared dead.
+    pub heartbeat_misses: u32,
+    /// Tasks a client may have outstanding per job.
+    pub credit: u32,
+    /// The signing key (hex); a fresh one when `None`.
+    pub key: Option<String>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            endpoints: Endpoints::Tcp {
+                ip: "127.0.0.1".into(),
+                port_base: None,
+            },
+            connection_file: None,
+            store: ":memory:".into(),
+            heartbeat: Duration::from_secs(1),
+            heartbeat_misses: 3,
+            credit: DEFAULT_CREDIT,
+            key: None,
+        }
+    }
+}
+
+struct Engine {
+    id: EngineId,
+    identity: Vec<u8>,
+    host: String,
+    pid: u32,
+    slots: u32,
+    handlers: Vec<String>,
+    running: HashSet<(JobId, u64)>,
+    completed: u64,
+    last_seen: Instant,
+    /// Acknowledged a kill or restart: no new tasks.
+    leaving: bool,
+}
+
+impl Engine {
+    fn free(&self) -> u32 {
+        if self.leaving {
+            0
+        } else {
+            self.slots.saturating_sub(self.running.len() as u32)
+        }
+    }
+
+    fn can_run(&self, kind: &JobKind) -> bool {
+        match kind {
+            JobKind::Exec => true,
+            JobKind::Handler(name) => self.handlers.iter().any(|h| h == name),
+        }
+    }
+}
+
+struct Task {
+    store_id: TaskId,
+    request: Vec<u8>,
+    engine: Option<EngineId>,
+    attempts: u32,
+}
+
+struct Job {
+    client: Vec<u8>,
+    kind: JobKind,
+    description: String,
+    queue: VecDeque<u64>,
+    tasks: HashMap<u64, Task>,
+    total: Option<u64>,
+    finished: u64,
+    /// Stop dispatching at the first failure.
+    halt_on_failure: bool,
+    /// A failure happened with `halt_on_failure`: dispatch nothing more.
+    halted: bool,
+}
+
+enum CommandPurpose {
+    Kill,
+    Ping,
+    Shutdown,
+}
+
+struct PendingCommand {
+    client: Vec<u8>,
+    request: u64,
+    purpose: CommandPurpose,
+    waiting: HashSet<EngineId>,
+    replies: Vec<(EngineId, CommandReply)>,
+    deadline: Instant,
+}
+
+/// A bound hub, ready to [`run`](Hub::run).
+pub struct Hub {
+    engines_socket: zmq::Socket,
+    clients_socket: zmq::Socket,
+    notifications: zmq::Socket,
+    store: Box<dyn Store>,
+    options: HubOptions,
+    connection: ConnectionInfo,
+    engines: HashMap<EngineId, Engine>,
+    by_identity: HashMap<Vec<u8>, EngineId>,
+    jobs: HashMap<JobId, Job>,
+    /// Jobs with queued tasks take turns in this order.
+    turns: VecDeque<JobId>,
+    commands: HashMap<u64, PendingCommand>,
+    next_token: u64,
+    shutdown: bool,
+}
+
+fn router(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    url: &str,
+) -> Result<(zmq::Socket, String), HubError> {
+    let bind = |operation, source| HubError::Bind {
+        operation,
+        url: url.to_string(),
+        source,
+    };
+    let socket = ctx
+        .socket(kind)
+        .map_err(|e| bind("create a socket for", e))?;
+    socket
+        .set_linger(millis(DEFAULT_LINGER))
+        .map_err(|e| bind("configure", e))?;
+    // Flow control is the hub's (slots, credit), not the socket's: never
+    // drop a task or result because a pipe is full.
+    socket.set_sndhwm(0).map_err(|e| bind("configure", e))?;
+    socket.set_rcvhwm(0).map_err(|e| bind("configure", e))?;
+    if kind != zmq::PUB {
+        socket
+            .set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64)
+            .map_err(|e| bind("configure", e))?;
+    }
+    socket.bind(url).map_err(|e| bind("bind", e))?;
+    let endpoint =
+        last_endpoint(&socket).map_err(|_| bind("read the endpoint of", zmq::Error::EINVAL))?;
+    Ok((socket, endpoint))
+}
+
+impl Hub {
+    /// Binds the sockets, opens the store and writes the connection file.
+    pub fn bind(ctx: &zmq::Context, options: HubOptions) -> Result<Self, HubError> {
+        let (engines_url, clients_url, notifications_url) = match &options.endpoints {
+            Endpoints::Tcp { ip, port_base } => {
+                let port = |offset: u16| match port_base {
+                    Some(base) => format!("tcp://{ip}:{}", base.saturating_add(offset)),
+                    None => format!("tcp://{ip}:*"),
+                };
+                (port(0), port(1), port(2))
+            }
+            Endpoints::Inproc(name) => (
+                format!("inproc://{name}-engines"),
+                format!("inproc://{name}-clients"),
+                format!("inproc://{name}-notifications"),
+            ),
+            Endpoints::Urls {
+                engines,
+                clients,
+                notifications,
+            } => (engines.clone(), clients.clone(), notifications.clone()),
+        };
+        let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url)?;
+        let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url)?;
+        let (notifications, notifications_endpoint) = router(ctx, zmq::PUB, &notifications_url)?;
+        let store = store::open(&options.store)?;
+        let key = match &options.key {
+            Some(key) => key.clone(),
+            None => ConnectionInfo::new_key()?,
+        };
+        // A wildcard bind (0.0.0.0) is reachable at the machine's name.
+        let reachable = |url: String| url.replace("0.0.0.0", &crate::host_name());
+        let connection = ConnectionInfo {
+            engines: reachable(engines),
+            clients: reachable(clients),
+            notifications: reachable(notifications_endpoint),
+            key,
+            store: store.location(),
+        };
+        if let Some(path) = &options.connection_file {
+            connection.write(path)?;
+        }
+        info!(engines = %connection.engines, clients = %connection.clients, store = %connection.store, "hub bound");
+        Ok(Hub {
+            engines_socket,
+            clients_socket,
+            notifications,
+            store,
+            options,
+            connection,
+            engines: HashMap::new(),
+            by_identity: HashMap::new(),
+            jobs: HashMap::new(),
+            turns: VecDeque::new(),
+            commands: HashMap::new(),
+            next_token: 1,
+            shutdown: false,
+        })
+    }
+
+    /// What engines and clients need to reach this hub.
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.connection
+    }
+
+    /// Serves until a client asks for shutdown or `stop` is set.
+    pub fn run(mut self, stop: &Arc<AtomicBool>) -> Result<(), HubError> {
+        let mut next_beat = Instant::now();
+        while !self.shutdown && !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_beat {
+                self.heartbeat();
+                self.expire_commands();
+                next_beat = now + self.options.heartbeat;
+            }
+            let wait = next_beat
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
+            let (engines_ready, clients_ready) = {
+                let mut items = [
+                    self.engines_socket.as_poll_item(zmq::POLLIN),
+                    self.clients_socket.as_poll_item(zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, i64::from(millis(wait))) {
+                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => return Err(HubError::Transport(e.into())),
+                }
+            };
+            // Drain each socket in bursts so neither starves the other.
+            if engines_ready {
+                for _ in 0..256 {
+                    match message::recv_routed(&self.engines_socket, zmq::DONTWAIT) {
+                        Ok((identity, envelope)) => self.on_engine(identity, envelope),
+                        Err(e) if e.is_timeout() => break,
+                        Err(e) => return Err(HubError::Transport(e)),
+                    }
+                }
+            }
+            if clients_ready {
+                for _ in 0..256 {
+                    match message::recv_routed(&self.clients_socket, zmq::DONTWAIT) {
+                        Ok((identity, envelope)) => self.on_client(identity, envelope)?,
+                        Err(e) if e.is_timeout() => break,
+                        Err(e) => return Err(HubError::Transport(e)),
+                    }
+                }
+            }
+            self.dispatch();
+        }
+        self.store.flush()?;
+        info!("hub stopped");
+        Ok(())
+    }
+
+    // ----- engines -----
+
+    fn on_engine(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
+        let envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(peer = %String::from_utf8_lossy(&identity), error = %e, "dropping a bad message from an engine");
+                return;
+            }
+        };
+        let known = self.by_identity.get(&identity).copied();
+        if let Some(id) = known {
+            if let Some(engine) = self.engines.get_mut(&id) {
+                engine.last_seen = Instant::now();
+            }
+        }
+        match (envelope.header.kind, known) {
+            (MessageKind::Control, _) => match envelope.control::<EngineMessage>() {
+                Ok(EngineMessage::Register {
+                    identity: name,
+                    host,
+                    pid,
+                    slots,
+                    handlers,
+                }) => self.register(identity, name, host, pid, slots, handlers),
+                Ok(EngineMessage::Heartbeat) if known.is_none() => {
+                    // A hub restarted under it, or it was declared dead.
+                    self.to_engine(
+                        &identity,
+                        &HubToEngine::Refused {
+                            reason: "unknown engine: register again".into(),
+                        },
+                    );
+                }
+                Ok(EngineMessage::Heartbeat) => {}
+                Ok(EngineMessage::Unregister) => {
+                    if let Some(id) = known {
+                        self.unregister(id, "left");
+                    }
+                }
+                Err(e) => warn!(error = %e, "dropping a bad control message from an engine"),
+            },
+            (MessageKind::Result(status), Some(engine)) => {
+                self.on_result(engine, &envelope, status)
+            }
+            (MessageKind::Reply, Some(engine)) => match envelope.reply() {
+                Ok(reply) => self.on_command_reply(engine, reply),
+                Err(e) => warn!(error = %e, "dropping a bad reply"),
+            },
+            (kind, None) => debug!(%kind, "dropping a message from an unregistered engine"),
+            (kind, Some(_)) => warn!(%kind, "dropping an unexpected message from an engine"),
+        }
+    }
+
+    fn register(
+        &mut self,
+        identity: Vec<u8>,
+        name: String,
+        host: String,
+        pid: u32,
+        slots: u32,
+        handlers: Vec<String>,
+    ) {
+        if let Some(id) = self.by_identity.get(&identity) {
+            let reason = format!("identity {name} is already registered as engine {id}");
+            warn!(%reason, "refusing a registration");
+            self.to_engine(&identity, &HubToEngine::Refused { reason });
+            return;
+        }
+        let id = match self.store.next_engine_id() {
+            Ok(id) => id,
+            Err(e) => {
+                self.to_engine(
+                    &identity,
+                    &HubToEngine::Refused {
+                        reason: e.to_string(),
+                    },
+                );
+                return;
+            }
+        };
+        info!(engine = id, %host, pid, slots, "engine registered");
+        self.to_engine(
+            &identity,
+            &HubToEngine::Registered {
+                engine: id,
+                heartbeat: self.options.heartbeat,
+            },
+        );
+        self.publish(&Notification::Registered {
+            engine: id,
+            host: host.clone(),
+            pid,
+            slots,
+        });
+        self.by_identity.insert(identity.clone(), id);
+        self.engines.insert(
+            id,
+            Engine {
+                id,
+                identity,
+                host,
+                pid,
+                slots: slots.max(1),
+                handlers,
+                running: HashSet::new(),
+                completed: 0,
+                last_seen: Instant::now(),
+                leaving: false,
+            },
+        );
+    }
+
+    /// Removes an engine and puts its running tasks back at the front of
+    /// their queues.
+    fn unregister(&mut self, id: EngineId, reason: &str) {
+        let Some(engine) = self.engines.remove(&id) else {
+            return;
+        };
+        self.by_identity.remove(&engine.identity);
+        info!(
+            engine = id,
+            reason,
+            requeued = engine.running.len(),
+            "engine unregistered"
+        );
+        for (job_id, task_id) in engine.running {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if let Some(task) = job.tasks.get_mut(&task_id) {
+                task.engine = None;
+                if let Err(e) = self.store.task_requeued(task.store_id) {
+                    warn!(error = %e, "cannot record a requeue");
+                }
+                job.queue.push_front(task_id);
+                if !self.turns.contains(&job_id) {
+                    self.turns.push_back(job_id);
+                }
+            }
+        }
+        for command in self.commands.values_mut() {
+            command.waiting.remove(&id);
+        }
+        self.publish(&Notification::Unregistered {
+            engine: id,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn heartbeat(&mut self) {
+        let limit = self.options.heartbeat * self.options.heartbeat_misses;
+        let dead: Vec<EngineId> = self
+            .engines
+            .values()
+            .filter(|e| e.last_seen.elapsed() > limit)
+            .map(|e| e.id)
+            .collect();
+        for id in dead {
+            let reason = format!("missed {} heartbeats", self.options.heartbeat_misses);
+            warn!(engine = id, %reason, "engine declared dead");
+            self.unregister(id, &reason);
+        }
+        let identities: Vec<Vec<u8>> = self.engines.values().map(|e| e.identity.clone()).collect();
+        for identity in identities {
+            self.to_engine(&identity, &HubToEngine::Heartbeat);
+        }
+    }
+
+    fn on_result(&mut self, engine_id: EngineId, envelope: &Envelope, status: ResultStatus) {
+        let key = (envelope.header.job, envelope.header.id);
+        if let Some(engine) = self.engines.get_mut(&engine_id) {
+            if engine.running.remove(&key) {
+                engine.completed += 1;
+            }
+        }
+        let Some(job) = self.jobs.get_mut(&key.0) else {
+            return;
+        };
+        let Some(task) = job.tasks.remove(&key.1) else {
+            debug!(job = key.0, task = key.1, "dropping a duplicate result");
+            return;
+        };
+        job.finished += 1;
+        if status == ResultStatus::Fail && job.halt_on_failure {
+            job.halted = true;
+        }
+        let error = match status {
+            ResultStatus::Ok => None,
+            ResultStatus::Fail => decode_value::<ClusterResult>(envelope.body(), "result")
+                .ok()
+                .and_then(|r| r.exception),
+        };
+        let finished = Finished {
+            status: match status {
+                ResultStatus::Ok => TaskState::Ok,
+                ResultStatus::Fail => TaskState::Failed,
+            },
+            result: envelope.body().to_vec(),
+            error,
+            completed: SystemTime::now(),
+            engine: engine_id,
+            attempts: task.attempts,
+        };
+        if let Err(e) = self.store.task_finished(task.store_id, finished) {
+            warn!(error = %e, "cannot record a result");
+        }
+        let client = job.client.clone();
+        let header = envelope.header;
+        if let Err(e) =
+            message::send_raw_routed(&self.clients_socket, &client, &header, envelope.body())
+        {
+            debug!(error = %e, job = key.0, "result not delivered (client gone); it stays in the store");
+        }
+        self.retire_if_done(key.0);
+    }
+
+    fn retire_if_done(&mut self, job_id: JobId) {
+        let done = self.jobs.get(&job_id).is_some_and(|job| {
+            job.total.is_some_and(|t| job.finished >= t) && job.tasks.is_empty()
+        });
+        if done {
+            self.jobs.remove(&job_id);
+            debug!(job = job_id, "job finished");
+        }
+    }
+
+    /// Hands queued tasks to free slots: jobs take turns, each task goes to
+    /// the engine with the most free slots that can run it.
+    fn dispatch(&mut self) {
+        let mut idle_turns = 0;
+        while idle_turns < self.turns.len() {
+            let Some(job_id) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if job.queue.is_empty() || job.halted {
+                continue;
+            }
+            let engine = self
+                .engines
+                .values_mut()
+                .filter(|e| e.free() > 0 && e.can_run(&job.kind))
+                .max_by_key(|e| e.free());
+            let Some(engine) = engine else {
+                // Nothing free for this job now; try the others.
+                self.turns.push_back(job_id);
+                idle_turns += 1;
+                continue;
+            };
+            idle_turns = 0;
+            let Some(task_id) = job.queue.pop_front() else {
+                continue;
+            };
+            if !job.queue.is_empty() {
+                self.turns.push_back(job_id);
+            }
+            let Some(task) = job.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            let header = Header {
+                kind: MessageKind::Request,
+                job: job_id,
+                id: task_id,
+            };
+            if let Err(e) = message::send_raw_routed(
+                &self.engines_socket,
+                &engine.identity,
+                &header,
+                &task.request,
+            ) {
+                warn!(engine = engine.id, error = %e, "cannot send a task; requeued");
+                job.queue.push_front(task_id);
+                continue;
+            }
+            task.engine = Some(engine.id);
+            task.attempts += 1;
+            engine.running.insert((job_id, task_id));
+            if let Err(e) =
+                self.store
+                    .task_started(task.store_id, engine.id, SystemTime::now(), task.attempts)
+            {
+                warn!(error = %e, "cannot record a start");
+            }
+        }
+    }
+
+    // ----- commands -----
+
+    fn start_command(
+        &mut self,
+        client: Vec<u8>,
+        request: u64,
+        command: Command,
+        targets: Vec<EngineId>,
+        purpose: CommandPurpose,
+    ) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let header = Header {
+            kind: MessageKind::Command,
+            job: 0,
+            id: token,
+        };
+        let mut waiting = HashSet::new();
+        for id in targets {
+            if let Some(engine) = self.engines.get(&id) {
+                match message::send_routed(
+                    &self.engines_socket,
+                    &engine.identity,
+                    &header,
+                    &command,
+                ) {
+                    Ok(()) => {
+                        waiting.insert(id);
+                    }
+                    Err(e) => warn!(engine = id, error = %e, "cannot send a command"),
+                }
+            }
+        }
+        self.commands.insert(
+            token,
+            PendingCommand {
+                client,
+                request,
+                purpose,
+                waiting,
+                replies: Vec::new(),
+                deadline: Instant::now() + COMMAND_WAIT,
+            },
+        );
+        self.finish_command_if_done(token);
+    }
+
+    fn on_command_reply(&mut self, engine: EngineId, reply: CommandReply) {
+        let token = reply.token;
+        let Some(command) = self.commands.get_mut(&token) else {
+            return;
+        };
+        if command.waiting.remove(&engine) {
+            if matches!(
+                command.purpose,
+                CommandPurpose::Kill | CommandPurpose::Shutdown
+            ) {
+                if let Some(e) = self.engines.get_mut(&engine) {
+                    e.leaving = true;
+                }
+            }
+            command.replies.push((engine, reply));
+        }
+        self.finish_command_if_done(token);
+    }
+
+    fn expire_commands(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .commands
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            if let Some(command) = self.commands.get_mut(&token) {
+                command.waiting.clear();
+            }
+            self.finish_command_if_done(token);
+        }
+    }
+
+    fn finish_command_if_done(&mut self, token: u64) {
+        if !self
+            .commands
+            .get(&token)
+            .is_some_and(|c| c.waiting.is_empty())
+        {
+            return;
+        }
+        let Some(command) = self.commands.remove(&token) else {
+            return;
+        };
+        let reply = match command.purpose {
+            CommandPurpose::Kill => {
+                Reply::Killed(command.replies.iter().map(|(id, _)| *id).collect())
+            }
+            CommandPurpose::Ping => {
+                Reply::Pong(command.replies.into_iter().map(|(_, r)| r).collect())
+            }
+            CommandPurpose::Shutdown => {
+                self.shutdown = true;
+                Reply::Ok
+            }
+        };
+        self.reply(&command.client, command.request, &reply);
+    }
+
+    // ----- clients -----
+
+    fn on_client(
+        &mut self,
+        identity: Vec<u8>,
+        envelope: Result<Envelope, MessageError>,
+    ) -> Result<(), HubError> {
+        let envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(peer = %String::from_utf8_lossy(&identity), error = %e, "dropping a bad message from a client");
+                return Ok(());
+            }
+        };
+        match envelope.header.kind {
+            MessageKind::Request => self.on_task(identity, &envelope),
+            MessageKind::Control => {
+                let request = envelope.header.id;
+                match envelope.control::<ClientCall>() {
+                    Ok(call) => self.on_call(identity, request, call)?,
+                    Err(e) => {
+                        warn!(error = %e, "dropping a bad call");
+                        self.reply(&identity, request, &Reply::Error(format!("bad call: {e}")));
+                    }
+                }
+            }
+            kind => warn!(%kind, "dropping an unexpected message from a client"),
+        }
+        Ok(())
+    }
+
+    fn on_task(&mut self, client: Vec<u8>, envelope: &Envelope) {
+        let (job_id, task_id) = (envelope.header.job, envelope.header.id);
+        let credit = self.options.credit as usize;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            warn!(job = job_id, "dropping a task for an unknown job");
+            return;
+        };
+        if job.client != client {
+            warn!(
+                job = job_id,
+                "dropping a task from a client that does not own the job"
+            );
+            return;
+        }
+        if job.tasks.contains_key(&task_id) {
+            debug!(job = job_id, task = task_id, "dropping a task sent twice");
+            return;
+        }
+        if job.tasks.len() >= credit {
+            warn!(
+                job = job_id,
+                credit, "client exceeded its credit; dropping a task"
+            );
+            return;
+        }
+        let store_id = match self.store.next_task_ids(1) {
+            Ok(ids) => ids.start,
+            Err(e) => {
+                warn!(error = %e, "cannot number a task; dropping it");
+                return;
+            }
+        };
+        let request = envelope.body().to_vec();
+        let new = NewTask {
+            id: store_id,
+            job: job_id,
+            seq: task_id,
+            request: request.clone(),
+            submitted: SystemTime::now(),
+        };
+        if let Err(e) = self.store.add_tasks(vec![new]) {
+            warn!(error = %e, "cannot record a task");
+        }
+        job.tasks.insert(
+            task_id,
+            Task {
+                store_id,
+                request,
+                engine: None,
+                attempts: 0,
+            },
+        );
+        job.queue.push_back(task_id);
+        if !self.turns.contains(&job_id) {
+            self.turns.push_back(job_id);
+        }
+    }
+
+    fn on_call(&mut self, client: Vec<u8>, request: u64, call: ClientCall) -> Result<(), HubError> {
+        let reply = match call {
+            ClientCall::Hello => Reply::Hello(HubInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                engines: self.engines.len() as u32,
+                slots: self.engines.values().map(|e| e.slots).sum(),
+            }),
+            ClientCall::OpenJob {
+                kind,
+                description,
+                halt_on_failure,
+            } => self.open_job(client.clone(), kind, description, halt_on_failure)?,
+            ClientCall::CloseJob { job, total } => match self.jobs.get_mut(&job) {
+                Some(j) => {
+                    j.total = Some(total);
+                    self.store.set_job_total(job, total)?;
+                    self.store.flush()?;
+                    self.retire_if_done(job);
+                    Reply::Ok
+                }
+                None => Reply::Error(format!("no running job {job}")),
+            },
+            ClientCall::CancelJob { job, kill_running } => self.cancel_job(job, kill_running),
+            ClientCall::Status => Reply::Status(self.status()?),
+            ClientCall::Results {
+                job,
+                ids,
+                status_only,
+            } => self.results(job, ids, status_only)?,
+            ClientCall::Purge(target) => {
+                let outcome = match target {
+                    PurgeTarget::Job(job) if self.jobs.contains_key(&job) => {
+                        Err(StoreError::PendingTasks {
+                            job,
+                            pending: self.jobs.get(&job).map_or(0, |j| j.tasks.len() as u64),
+                        })
+                    }
+                    PurgeTarget::Job(job) => self.store.purge_job(job),
+                    PurgeTarget::Engine(engine) => self.store.purge_engine(engine),
+                    PurgeTarget::AllCompleted => self.store.purge_completed(),
+                };
+                match outcome {
+                    Ok(n) => Reply::Purged(n),
+                    Err(e) => Reply::Error(e.to_string()),
+                }
+            }
+            ClientCall::Resubmit { job, ids } => self.resubmit(client.clone(), job, ids)?,
+            ClientCall::Kill { engines, restart } => {
+                let targets: Vec<EngineId> = match engines {
+                    Some(ids) => {
+                        if let Some(missing) = ids.iter().find(|id| !self.engines.contains_key(id))
+                        {
+                            self.reply(
+                                &client,
+                                request,
+                                &Reply::Error(format!("no engine {missing}")),
+                            );
+                            return Ok(());
+                        }
+                        ids
+                    }
+                    None => self.engines.keys().copied().collect(),
+                };
+                let command = if restart {
+                    Command::Restart
+                } else {
+                    Command::Kill
+                };
+                self.start_command(client, request, command, targets, CommandPurpose::Kill);
+                return Ok(());
+            }
+            ClientCall::Ping => {
+                let targets = self.engines.keys().copied().collect();
+                self.start_command(
+                    client,
+                    request,
+                    Command::Ping,
+                    targets,
+                    CommandPurpose::Ping,
+                );
+                return Ok(());
+            }
+            ClientCall::Shutdown { workers } => {
+                let targets = if workers {
+                    self.engines.keys().copied().collect()
+                } else {
+                    Vec::new()
+                };
+                self.start_command(
+                    client,
+                    request,
+                    Command::Kill,
+                    targets,
+                    CommandPurpose::Shutdown,
+                );
+                return Ok(());
+            }
+        };
+        self.reply(&client, request, &reply);
+        Ok(())
+    }
+
+    fn open_job(
+        &mut self,
+        client: Vec<u8>,
+        kind: JobKind,
+        description: String,
+        halt_on_failure: bool,
+    ) -> Result<Reply, HubError> {
+        if let JobKind::Handler(name) = &kind {
+            if !self.engines.values().any(|e| e.can_run(&kind)) {
+                return Ok(Reply::Error(format!(
+                    "no engine offers the handler `{name}` (engines offer: {})",
+                    self.offered_handlers()
+                )));
+            }
+        }
+        let id = self.store.next_job_id()?;
+        let submitted = SystemTime::now();
+        let spec = encode_value(&(&kind, &description), "job spec").unwrap_or_default();
+        self.store.add_job(&JobRecord {
+            id,
+            submitted,
+            client: description.clone(),
+            spec,
+            total: None,
+        })?;
+        self.store.flush()?;
+        self.jobs.insert(
+            id,
+            Job {
+                client,
+                kind,
+                description,
+                queue: VecDeque::new(),
+                tasks: HashMap::new(),
+                total: None,
+                finished: 0,
+                halt_on_failure,
+                halted: false,
+            },
+        );
+        info!(job = id, "job opened");
+        Ok(Reply::JobOpened {
+            job: id,
+            credit: self.options.credit,
+        })
+    }
+
+    fn offered_handlers(&self) -> String {
+        let mut names: Vec<&str> = self
+            .engines
+            .values()
+            .flat_map(|e| e.handlers.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    fn cancel_job(&mut self, job_id: JobId, kill_running: bool) -> Reply {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Reply::Error(format!("no running job {job_id}"));
+        };
+        // Queued tasks never run: record them as failed, cancelled.
+        let dropped: Vec<u64> = job.queue.iter().copied().collect();
+        for task_id in job.queue.drain(..) {
+            if let Some(task) = job.tasks.remove(&task_id) {
+                job.finished += 1;
+                let finished = Finished {
+                    status: TaskState::Failed,
+                    result: Vec::new(),
+                    error: Some("cancelled before it started".into()),
+                    completed: SystemTime::now(),
+                    engine: 0,
+                    attempts: task.attempts,
+                };
+                if let Err(e) = self.store.task_finished(task.store_id, finished) {
+                    warn!(error = %e, "cannot record a cancellation");
+                }
+            }
+        }
+        let engines: HashSet<EngineId> = if kill_running {
+            job.tasks.values().filter_map(|t| t.engine).collect()
+        } else {
+            HashSet::new()
+        };
+        for id in engines {
+            if let Some(engine) = self.engines.get(&id) {
+                let identity = engine.identity.clone();
+                self.to_engine(&identity, &HubToEngine::CancelJob { job: job_id });
+            }
+        }
+        self.retire_if_done(job_id);
+        Reply::Cancelled(dropped)
+    }
+
+    fn status(&mut self) -> Result<HubStatus, HubError> {
+        let mut engines: Vec<EngineStatus> = self
+            .engines
+            .values()
+            .map(|e| EngineStatus {
+                id: e.id,
+                host: e.host.clone(),
+                pid: e.pid,
+                slots: e.slots,
+                running: e.running.len() as u32,
+                completed: e.completed,
+                last_heartbeat: e.last_seen.elapsed(),
+                handlers: e.handlers.clone(),
+            })
+            .collect();
+        engines.sort_by_key(|e| e.id);
+        let jobs = self
+            .store
+            .jobs()?
+            .into_iter()
+            .map(|j| {
+                let live = self.jobs.get(&j.id);
+                JobStatus {
+                    id: j.id,
+                    submitted: j.submitted,
+                    description: live.map_or(j.client, |l| l.description.clone()),
+                    total: j.total,
+                    pending: j.pending,
+                    running: j.running,
+                    done: j.ok,
+                    failed: j.failed,
+                }
+            })
+            .collect();
+        Ok(HubStatus {
+            engines,
+            jobs,
+            store: self.store.location(),
+        })
+    }
+
+    fn results(
+        &mut self,
+        job: JobId,
+        ids: Option<Vec<u64>>,
+        status_only: bool,
+    ) -> Result<Reply, HubError> {
+        if self.store.job(job)?.is_none() {
+            return Ok(Reply::Error(format!("no job {job} in the store")));
+        }
+        let wanted: Option<HashSet<u64>> = ids.map(|ids| ids.into_iter().collect());
+        let reports = self
+            .store
+            .tasks(&TaskFilter::Job(job), !status_only)?
+            .into_iter()
+            .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.seq)))
+            .map(|t| TaskReport {
+                id: t.seq,
+                state: match t.state {
+                    TaskState::Pending => "pending",
+                    TaskState::Running => "running",
+                    TaskState::Ok => "ok",
+                    TaskState::Failed => "failed",
+                }
+                .into(),
+                engine: t.engine,
+                attempts: t.attempts,
+                submitted: t.submitted,
+                started: t.started,
+                completed: t.completed,
+                error: t.error,
+                request: t.request,
+                result: t.result.filter(|r| !r.is_empty()),
+            })
+            .collect();
+        Ok(Reply::Results(reports))
+    }
+
+    fn resubmit(
+        &mut self,
+        client: Vec<u8>,
+        job_id: JobId,
+        ids: Option<Vec<u64>>,
+    ) -> Result<Reply, HubError> {
+        let Some(record) = self.store.job(job_id)? else {
+            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+        };
+        // The client's ids are the store's seqs: map them to store task ids.
+        let store_ids: Option<Vec<TaskId>> = match &ids {
+            None => None,
+            Some(ids) => {
+                let wanted: HashSet<u64> = ids.iter().copied().collect();
+                let tasks = self.store.tasks(&TaskFilter::Job(job_id), false)?;
+                let found: Vec<TaskId> = tasks
+                    .iter()
+                    .filter(|t| wanted.contains(&t.seq))
+                    .map(|t| t.id)
+                    .collect();
+                if found.len() != wanted.len() {
+                    return Ok(Reply::Error(format!(
+                        "job {job_id} has no task with some of the ids {ids:?}"
+                    )));
+                }
+                Some(found)
+            }
+        };
+        let tasks = match self.store.reset_for_resubmit(job_id, store_ids.as_deref()) {
+            Ok(tasks) => tasks,
+            Err(e) => return Ok(Reply::Error(e.to_string())),
+        };
+        let count = tasks.len() as u64;
+        let (kind, description) = decode_value::<(JobKind, String)>(&record.spec, "job spec")
+            .unwrap_or((JobKind::Exec, record.client.clone()));
+        let job = self.jobs.entry(job_id).or_insert_with(|| Job {
+            client,
+            kind,
+            description,
+            queue: VecDeque::new(),
+            tasks: HashMap::new(),
+            total: Some(0),
+            finished: 0,
+            halt_on_failure: false,
+            halted: false,
+        });
+        for task in tasks {
+            job.tasks.insert(
+                task.seq,
+                Task {
+                    store_id: task.id,
+                    request: task.request.unwrap_or_default(),
+                    engine: None,
+                    attempts: task.attempts,
+                },
+            );
+            job.queue.push_back(task.seq);
+        }
+        // A finished job's total is what is outstanding again.
+        job.total = Some(job.finished + job.tasks.len() as u64);
+        self.store.flush()?;
+        if !self.turns.contains(&job_id) {
+            self.turns.push_back(job_id);
+        }
+        Ok(Reply::Resubmitted(count))
+    }
+
+    // ----- sending -----
+
+    fn to_engine(&self, identity: &[u8], message: &HubToEngine) {
+        let header = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 0,
+        };
+        if let Err(e) = message::send_routed(&self.engines_socket, identity, &header, message) {
+            debug!(error = %e, "cannot reach an engine");
+        }
+    }
+
+    fn reply(&self, client: &[u8], request: u64, reply: &Reply) {
+        let header = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: request,
+        };
+        if let Err(e) = message::send_routed(&self.clients_socket, client, &header, reply) {
+            debug!(error = %e, "cannot reply to a client");
+        }
+    }
+
+    fn publish(&self, notification: &Notification) {
+        let header = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 0,
+        };
+        if let Err(e) = message::send(&self.notifications, &header, notification, zmq::DONTWAIT) {
+            debug!(error = %e, "cannot publish a notification");
+        }
+    }
+}

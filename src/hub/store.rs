@@ -1,0 +1,3022 @@
+//! The hub's task store: a record of every job and of every request/result
+//! pair of every task, so that status queries, resubmits and a restarted hub
+//! can see what ran, where, and how it ended.
+//!
+//! Like IPython parallel's Hub, the zcluster hub writes one record per task
+//! and updates it as the task moves `Pending → Running → Ok | Failed`. The
+//! hub's single event-loop thread owns the store through a
+//! `Box<dyn Store>` (see [`open`]); two implementations exist:
+//!
+//! - [`MemoryStore`]: plain maps, synchronous, gone when the hub exits. For
+//!   tests and for runs where nobody needs the history.
+//! - [`SqliteStore`] (the default): one SQLite file in WAL mode. Task events
+//!   are only *queued* on the caller's thread; a writer thread applies them
+//!   in batches, one transaction per batch, so the event loop never waits on
+//!   the disk. [`Store::flush`] waits until everything queued before it is
+//!   committed; every read flushes first, so reads always see every event
+//!   recorded before them.
+//!
+//! Ids (engines, jobs, tasks) come from counters kept in the store itself, so
+//! an id is never handed out twice in the life of a store, even across hub
+//! restarts and crashes. Ids start at 1: 0 is never an id, so the wire
+//! format can use it for "none".
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToSql};
+use serde::{Deserialize, Serialize};
+
+/// Names a job (one `zcluster map` run or one client submission), so clients
+/// can ask about, resubmit or purge it later.
+pub type JobId = u64;
+/// Names one task (one input of a job) across the whole store, so results,
+/// retries and resubmits refer to it without the job.
+pub type TaskId = u64;
+/// Names one engine registration; a re-registering engine gets a new id, so
+/// "which engine ran this" is never ambiguous.
+pub type EngineId = u64;
+
+/// The first id every counter hands out; 0 is kept free to mean "none".
+const FIRST_ID: u64 = 1;
+
+/// Where a task is in its life; the hub schedules `Pending` tasks, watches
+/// `Running` ones and reports the two completed states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for an engine (new, requeued after its engine died, or resubmitted).
+    Pending,
+    /// Sent to an engine, no result yet.
+    Running,
+    /// Completed with a result.
+    Ok,
+    /// Completed with an error (after the hub's retries, if any).
+    Failed,
+}
+
+impl TaskState {
+    /// Whether the task has completed (`Ok` or `Failed`): completed tasks
+    /// keep their first result and are the only ones purges remove.
+    pub fn is_completed(self) -> bool {
+        matches!(self, TaskState::Ok | TaskState::Failed)
+    }
+
+    /// The lowercase name used in status output and stored in the SQLite
+    /// `tasks.state` column, so the database reads well in the `sqlite3` shell.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Ok => "ok",
+            TaskState::Failed => "failed",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "pending" => Some(TaskState::Pending),
+            "running" => Some(TaskState::Running),
+            "ok" => Some(TaskState::Ok),
+            "failed" => Some(TaskState::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for TaskState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for TaskState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        TaskState::from_name(name)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown task state {name:?}").into()))
+    }
+}
+
+/// One job as submitted: what the hub needs to describe it in status output
+/// and to run more of its tasks after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// From [`Store::next_job_id`].
+    pub id: JobId,
+    /// When the client submitted it.
+    pub submitted: SystemTime,
+    /// Who submitted it, for status output.
+    pub client: String,
+    /// The job's command template or handler name, encoded by the hub; opaque here.
+    pub spec: Vec<u8>,
+    /// The number of inputs, set when the client says all inputs are in.
+    pub total: Option<u64>,
+}
+
+/// A task to record as `Pending`, as the hub receives an input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// From [`Store::next_task_ids`].
+    pub id: TaskId,
+    /// The job it belongs to; the job must have been added.
+    pub job: JobId,
+    /// Its position among the job's inputs: results are returned in this order.
+    pub seq: u64,
+    /// The encoded request sent to engines.
+    pub request: Vec<u8>,
+    /// When the hub received it.
+    pub submitted: SystemTime,
+}
+
+/// How a task ended, as reported by its engine (or decided by the hub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// [`TaskState::Ok`] or [`TaskState::Failed`]; anything else is refused.
+    pub status: TaskState,
+    /// The encoded result (may be empty for a failure).
+    pub result: Vec<u8>,
+    /// What went wrong, for a failure.
+    pub error: Option<String>,
+    /// When the result arrived.
+    pub completed: SystemTime,
+    /// The engine that produced the result.
+    pub engine: EngineId,
+    /// How many times the task was sent out, this run included.
+    pub attempts: u32,
+}
+
+/// Everything the store knows about one task; `request` and `result` are
+/// `None` when the caller asked for status only (and `result` is `None`
+/// until the task completes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: TaskId,
+    /// The job it belongs to.
+    pub job: JobId,
+    /// Its position among the job's inputs.
+    pub seq: u64,
+    /// The encoded request, when payloads were asked for.
+    pub request: Option<Vec<u8>>,
+    /// When the hub received it.
+    pub submitted: SystemTime,
+    /// The engine running it, or the one that completed it.
+    pub engine: Option<EngineId>,
+    /// When it was last sent to an engine (cleared by a requeue or resubmit).
+    pub started: Option<SystemTime>,
+    /// When it completed.
+    pub completed: Option<SystemTime>,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// The encoded result, when payloads were asked for and it completed.
+    pub result: Option<Vec<u8>>,
+    /// What went wrong, for a failure.
+    pub error: Option<String>,
+    /// How many times it was sent out.
+    pub attempts: u32,
+}
+
+/// One line of the hub's job status: the job and how many of its tasks are
+/// in each state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The job's id.
+    pub id: JobId,
+    /// When it was submitted.
+    pub submitted: SystemTime,
+    /// Who submitted it.
+    pub client: String,
+    /// The number of inputs, once the client said all inputs are in.
+    pub total: Option<u64>,
+    /// Tasks waiting for an engine.
+    pub pending: u64,
+    /// Tasks on an engine.
+    pub running: u64,
+    /// Tasks that completed with a result.
+    pub ok: u64,
+    /// Tasks that completed with an error.
+    pub failed: u64,
+}
+
+/// How busy one engine is and has been, for the hub's engine status. Only
+/// engines with at least one recorded task appear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCounts {
+    /// The engine's id.
+    pub engine: EngineId,
+    /// Tasks it is running now.
+    pub running: u64,
+    /// Tasks it completed (still in the store, i.e. not purged).
+    pub completed: u64,
+}
+
+/// Which tasks [`Store::tasks`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskFilter {
+    /// Every task of one job.
+    Job(JobId),
+    /// These tasks; ids not in the store are skipped, duplicates returned once.
+    Ids(Vec<TaskId>),
+}
+
+/// What went wrong in the task store, and with what.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A job cannot be purged while it still has work in flight.
+    #[error("job {job} still has {pending} pending or running task(s); it cannot be purged yet")]
+    PendingTasks {
+        /// The job.
+        job: JobId,
+        /// Its pending plus running tasks.
+        pending: u64,
+    },
+    /// The job is not in the store (never added, or purged).
+    #[error("no job {0} in the task store")]
+    UnknownJob(JobId),
+    /// A job id was added twice.
+    #[error("job {0} is already in the task store")]
+    DuplicateJob(JobId),
+    /// A task id was added twice (reported synchronously by the memory store;
+    /// the SQLite store reports the constraint failure as [`StoreError::Deferred`]).
+    #[error("task {0} is already in the task store")]
+    DuplicateTask(TaskId),
+    /// A resubmit named a task that the job does not have.
+    #[error("job {job} has no task {task}")]
+    UnknownTask {
+        /// The job named.
+        job: JobId,
+        /// The task named.
+        task: TaskId,
+    },
+    /// A resubmit named a task that has not completed.
+    #[error("task {task} is {state}, not completed, so it cannot be resubmitted")]
+    NotCompleted {
+        /// The task.
+        task: TaskId,
+        /// Its state.
+        state: TaskState,
+    },
+    /// `task_finished` was called with a status that is not a completion.
+    #[error("task {task} cannot finish as {state}: a finished task is ok or failed")]
+    InvalidFinish {
+        /// The task.
+        task: TaskId,
+        /// The status given.
+        state: TaskState,
+    },
+    /// SQLite integers are signed 64-bit: larger ids, sequence numbers or totals cannot be stored.
+    #[error("{what} {value} is larger than the task store can hold (2^63 - 1)")]
+    TooLarge {
+        /// What the number is.
+        what: &'static str,
+        /// The number.
+        value: u64,
+    },
+    /// Times are stored as signed nanoseconds since 1970, about ±292 years.
+    #[error("{what} {time:?} is outside the task store's time range (years 1678 to 2262)")]
+    TimeOutOfRange {
+        /// What the time is.
+        what: &'static str,
+        /// The time.
+        time: SystemTime,
+    },
+    /// An id counter reached 2^63 - 1.
+    #[error("the task store's {counter} id counter is exhausted")]
+    IdsExhausted {
+        /// Which counter: "engine", "job" or "task".
+        counter: &'static str,
+    },
+    /// The file was written by a newer zcluster whose schema this one does not know.
+    #[error("task store {path}: schema version {found} is newer than this zcluster supports ({supported}); upgrade zcluster or use another store")]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The store's directory could not be created.
+    #[error("cannot create directory {path} for the task store")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store spec is neither `:memory:` nor a usable path.
+    #[error("task store {0:?} is neither \":memory:\" nor a file path")]
+    InvalidSpec(String),
+    /// The writer thread could not be started.
+    #[error("cannot start the task store's writer thread")]
+    SpawnWriter(#[source] std::io::Error),
+    /// SQLite failed; `operation` says what the store was doing.
+    #[error("task store: SQLite failed {operation}")]
+    Sqlite {
+        /// What the store was doing, e.g. "recording the start of task 17".
+        operation: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// An earlier queued write failed on the writer thread. It is reported
+    /// once, on the next call, which itself was not performed. The store
+    /// stays usable; the failed writes are lost.
+    #[error("an earlier queued write failed on the task store's writer thread ({more} more failed after it); this call was not performed")]
+    Deferred {
+        /// The first failure since the last report.
+        #[source]
+        first: Box<StoreError>,
+        /// How many more failed after it.
+        more: u64,
+    },
+    /// The writer thread is gone (it panicked, or a test crashed it): nothing more can be recorded.
+    #[error("the task store's writer thread has stopped; nothing more can be recorded")]
+    WriterGone,
+}
+
+/// The task store: what the hub records about jobs and tasks and asks back.
+///
+/// Object safe, so the hub holds a `Box<dyn Store>` chosen by [`open`].
+/// Writes of task events are cheap (the SQLite store only queues them);
+/// [`Store::flush`] makes them durable. Events about tasks that are not in
+/// the store, and transitions a task's state does not allow (starting or
+/// requeueing a completed task, finishing it twice), are ignored and logged:
+/// late or duplicate engine messages are normal in a cluster.
+pub trait Store: Send {
+    /// A new engine id. Engine ids are never reused in the life of a store,
+    /// even across hub restarts, so "which engine ran this" stays unambiguous.
+    fn next_engine_id(&mut self) -> Result<EngineId, StoreError>;
+    /// A new job id, never reused in the life of the store.
+    fn next_job_id(&mut self) -> Result<JobId, StoreError>;
+    /// `n` consecutive new task ids, never reused, so a batch of inputs gets
+    /// ids with one call.
+    fn next_task_ids(&mut self, n: u64) -> Result<Range<TaskId>, StoreError>;
+    /// Records a new job, before any of its tasks.
+    fn add_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Records the number of inputs once the client says all are in.
+    fn set_job_total(&mut self, job: JobId, total: u64) -> Result<(), StoreError>;
+    /// Records tasks as `Pending`. Their jobs must be in the store.
+    fn add_tasks(&mut self, tasks: Vec<NewTask>) -> Result<(), StoreError>;
+    /// Records that a `Pending` (or `Running`) task was sent to `engine`:
+    /// it becomes `Running`.
+    fn task_started(
+        &mut self,
+        task: TaskId,
+        engine: EngineId,
+        started: SystemTime,
+        attempts: u32,
+    ) -> Result<(), StoreError>;
+    /// Puts a `Running` task back to `Pending`, clearing its engine and start
+    /// time, because its engine died.
+    fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError>;
+    /// Records a task's result. A second finish of the same task is ignored:
+    /// the first result wins.
+    fn task_finished(&mut self, task: TaskId, finished: Finished) -> Result<(), StoreError>;
+    /// Makes everything recorded before this call durable (committed) when it
+    /// returns: the hub calls it before acknowledging to a client.
+    fn flush(&mut self) -> Result<(), StoreError>;
+    /// One job as submitted, or `None` if it is not in the store.
+    fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
+    /// Every job with its task counts, by id, for status output.
+    fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError>;
+    /// The tasks the filter selects, ordered by (job, seq); with or without
+    /// their request and result payloads (status output needs none).
+    fn tasks(
+        &mut self,
+        filter: &TaskFilter,
+        with_payloads: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Running and completed task counts per engine, by engine id.
+    fn engine_counts(&mut self) -> Result<Vec<EngineCounts>, StoreError>;
+    /// The `Pending` and `Running` tasks of every job, with payloads,
+    /// ordered by (job, seq), so a restarted hub can carry on (it treats the
+    /// `Running` ones as `Pending`).
+    fn unfinished(&mut self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Removes a job and its tasks and returns how many tasks went; refuses
+    /// ([`StoreError::PendingTasks`]) while any task is `Pending` or
+    /// `Running`, so no result can arrive for a purged task.
+    fn purge_job(&mut self, job: JobId) -> Result<u64, StoreError>;
+    /// Removes the completed tasks run by this engine and returns how many,
+    /// to drop the history of a misbehaving or retired engine.
+    fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError>;
+    /// Removes every completed task and returns how many; also removes jobs
+    /// left with no tasks whose total is set (a job without a total may still
+    /// receive inputs, so it stays).
+    fn purge_completed(&mut self) -> Result<u64, StoreError>;
+    /// Resubmit: sets the `Failed` tasks of `job` (or exactly `ids`, which
+    /// must be tasks of `job` and completed, checked in order before anything
+    /// changes) back to `Pending`, clearing engine, times, result and error,
+    /// and returns them with payloads, ordered by seq.
+    fn reset_for_resubmit(
+        &mut self,
+        job: JobId,
+        ids: Option<&[TaskId]>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Where it lives (a path, or ":memory:") for status output.
+    fn location(&self) -> String;
+}
+
+/// Opens the store named by `spec`: `":memory:"` gives a [`MemoryStore`],
+/// anything else is the path of a [`SqliteStore`] (its directory is created
+/// if missing). This is how the hub turns its configuration into a store.
+pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
+    if spec == MemoryStore::LOCATION {
+        Ok(Box::new(MemoryStore::new()))
+    } else {
+        Ok(Box::new(SqliteStore::open(spec)?))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Memory store
+
+/// A store in plain maps: fast and synchronous, but gone when the hub exits.
+/// For tests and for hubs whose history nobody needs.
+#[derive(Debug)]
+pub struct MemoryStore {
+    next_engine: u64,
+    next_job: u64,
+    next_task: u64,
+    jobs: BTreeMap<JobId, MemoryJob>,
+    tasks: HashMap<TaskId, TaskRecord>,
+}
+
+#[derive(Debug)]
+struct MemoryJob {
+    record: JobRecord,
+    /// (seq, id) of its tasks, for (job, seq) order.
+    tasks: BTreeSet<(u64, TaskId)>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// What [`Store::location`] says, and the [`open`] spec that selects this store.
+    pub const LOCATION: &'static str = ":memory:";
+
+    /// An empty store whose counters start at 1.
+    pub fn new() -> Self {
+        MemoryStore {
+            next_engine: FIRST_ID,
+            next_job: FIRST_ID,
+            next_task: FIRST_ID,
+            jobs: BTreeMap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn take_ids(counter: &mut u64, n: u64, name: &'static str) -> Result<Range<u64>, StoreError> {
+        let start = *counter;
+        *counter = start
+            .checked_add(n)
+            .ok_or(StoreError::IdsExhausted { counter: name })?;
+        Ok(start..*counter)
+    }
+
+    fn sorted_views<'a>(
+        &self,
+        tasks: impl Iterator<Item = &'a TaskRecord>,
+        with_payloads: bool,
+    ) -> Vec<TaskRecord> {
+        let mut out: Vec<TaskRecord> = tasks.map(|t| view(t, with_payloads)).collect();
+        out.sort_by_key(|t| (t.job, t.seq, t.id));
+        out
+    }
+}
+
+/// A copy of `task`, without payloads unless asked.
+fn view(task: &TaskRecord, with_payloads: bool) -> TaskRecord {
+    TaskRecord {
+        id: task.id,
+        job: task.job,
+        seq: task.seq,
+        request: if with_payloads {
+            task.request.clone()
+        } else {
+            None
+        },
+        submitted: task.submitted,
+        engine: task.engine,
+        started: task.started,
+        completed: task.completed,
+        state: task.state,
+        result: if with_payloads {
+            task.result.clone()
+        } else {
+            None
+        },
+        error: task.error.clone(),
+        attempts: task.attempts,
+    }
+}
+
+fn ignored(event: &str, task: TaskId, state: Option<TaskState>) {
+    match state {
+        None => tracing::warn!(task, event, "task store: event for an unknown task ignored"),
+        Some(state) => tracing::debug!(
+            task,
+            event,
+            %state,
+            "task store: event ignored in this task state"
+        ),
+    }
+}
+
+impl Store for MemoryStore {
+    fn next_engine_id(&mut self) -> Result<EngineId, StoreError> {
+        Ok(Self::take_ids(&mut self.next_engine, 1, "engine")?.start)
+    }
+
+    fn next_job_id(&mut self) -> Result<JobId, StoreError> {
+        Ok(Self::take_ids(&mut self.next_job, 1, "job")?.start)
+    }
+
+    fn next_task_ids(&mut self, n: u64) -> Result<Range<TaskId>, StoreError> {
+        Self::take_ids(&mut self.next_task, n, "task")
+    }
+
+    fn add_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
+        if self.jobs.contains_key(&job.id) {
+            return Err(StoreError::DuplicateJob(job.id));
+        }
+        self.jobs.insert(
+            job.id,
+            MemoryJob {
+                record: job.clone(),
+                tasks: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn set_job_total(&mut self, job: JobId, total: u64) -> Result<(), StoreError> {
+        let entry = self.jobs.get_mut(&job).ok_or(StoreError::UnknownJob(job))?;
+        entry.record.total = Some(total);
+        Ok(())
+    }
+
+    fn add_tasks(&mut self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        let mut fresh = HashSet::with_capacity(tasks.len());
+        for task in &tasks {
+            if !self.jobs.contains_key(&task.job) {
+                return Err(StoreError::UnknownJob(task.job));
+            }
+            if self.tasks.contains_key(&task.id) || !fresh.insert(task.id) {
+                return Err(StoreError::DuplicateTask(task.id));
+            }
+        }
+        for task in tasks {
+            if let Some(job) = self.jobs.get_mut(&task.job) {
+                job.tasks.insert((task.seq, task.id));
+            }
+            self.tasks.insert(
+                task.id,
+                TaskRecord {
+                    id: task.id,
+                    job: task.job,
+                    seq: task.seq,
+                    request: Some(task.request),
+                    submitted: task.submitted,
+                    engine: None,
+                    started: None,
+                    completed: None,
+                    state: TaskState::Pending,
+                    result: None,
+                    error: None,
+                    attempts: 0,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn task_started(
+        &mut self,
+        task: TaskId,
+        engine: EngineId,
+        started: SystemTime,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        match self.tasks.get_mut(&task) {
+            Some(t) if !t.state.is_completed() => {
+                t.state = TaskState::Running;
+                t.engine = Some(engine);
+                t.started = Some(started);
+                t.attempts = attempts;
+            }
+            other => ignored("start", task, other.map(|t| t.state)),
+        }
+        Ok(())
+    }
+
+    fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
+        match self.tasks.get_mut(&task) {
+            Some(t) if t.state == TaskState::Running => {
+                t.state = TaskState::Pending;
+                t.engine = None;
+                t.started = None;
+            }
+            other => ignored("requeue", task, other.map(|t| t.state)),
+        }
+        Ok(())
+    }
+
+    fn task_finished(&mut self, task: TaskId, finished: Finished) -> Result<(), StoreError> {
+        if !finished.status.is_completed() {
+            return Err(StoreError::InvalidFinish {
+                task,
+                state: finished.status,
+            });
+        }
+        match self.tasks.get_mut(&task) {
+            Some(t) if !t.state.is_completed() => {
+                t.state = finished.status;
+                t.result = Some(finished.result);
+                t.error = finished.error;
+                t.completed = Some(finished.completed);
+                t.engine = Some(finished.engine);
+                t.attempts = finished.attempts;
+            }
+            other => ignored("finish", task, other.map(|t| t.state)),
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.jobs.get(&job).map(|j| j.record.clone()))
+    }
+
+    fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
+        Ok(self
+            .jobs
+            .values()
+            .map(|job| {
+                let mut summary = JobSummary {
+                    id: job.record.id,
+                    submitted: job.record.submitted,
+                    client: job.record.client.clone(),
+                    total: job.record.total,
+                    pending: 0,
+                    running: 0,
+                    ok: 0,
+                    failed: 0,
+                };
+                for (_, id) in &job.tasks {
+                    match self.tasks.get(id).map(|t| t.state) {
+                        Some(TaskState::Pending) => summary.pending += 1,
+                        Some(TaskState::Running) => summary.running += 1,
+                        Some(TaskState::Ok) => summary.ok += 1,
+                        Some(TaskState::Failed) => summary.failed += 1,
+                        None => {}
+                    }
+                }
+                summary
+            })
+            .collect())
+    }
+
+    fn tasks(
+        &mut self,
+        filter: &TaskFilter,
+        with_payloads: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(match filter {
+            TaskFilter::Job(job) => match self.jobs.get(job) {
+                Some(job) => job
+                    .tasks
+                    .iter()
+                    .filter_map(|(_, id)| self.tasks.get(id))
+                    .map(|t| view(t, with_payloads))
+                    .collect(),
+                None => Vec::new(),
+            },
+            TaskFilter::Ids(ids) => {
+                let ids: BTreeSet<TaskId> = ids.iter().copied().collect();
+                self.sorted_views(
+                    ids.iter().filter_map(|id| self.tasks.get(id)),
+                    with_payloads,
+                )
+            }
+        })
+    }
+
+    fn engine_counts(&mut self) -> Result<Vec<EngineCounts>, StoreError> {
+        let mut counts: BTreeMap<EngineId, EngineCounts> = BTreeMap::new();
+        for task in self.tasks.values() {
+            if let Some(engine) = task.engine {
+                let entry = counts.entry(engine).or_insert(EngineCounts {
+                    engine,
+                    running: 0,
+                    completed: 0,
+                });
+                if task.state == TaskState::Running {
+                    entry.running += 1;
+                } else if task.state.is_completed() {
+                    entry.completed += 1;
+                }
+            }
+        }
+        Ok(counts.into_values().collect())
+    }
+
+    fn unfinished(&mut self) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(self.sorted_views(
+            self.tasks.values().filter(|t| !t.state.is_completed()),
+            true,
+        ))
+    }
+
+    fn purge_job(&mut self, job: JobId) -> Result<u64, StoreError> {
+        let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
+        let pending = entry
+            .tasks
+            .iter()
+            .filter(|(_, id)| self.tasks.get(id).is_some_and(|t| !t.state.is_completed()))
+            .count() as u64;
+        if pending > 0 {
+            return Err(StoreError::PendingTasks { job, pending });
+        }
+        let removed = self.jobs.remove(&job).map(|j| j.tasks).unwrap_or_default();
+        for (_, id) in &removed {
+            self.tasks.remove(id);
+        }
+        Ok(removed.len() as u64)
+    }
+
+    fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
+        let doomed: Vec<(JobId, u64, TaskId)> = self
+            .tasks
+            .values()
+            .filter(|t| t.engine == Some(engine) && t.state.is_completed())
+            .map(|t| (t.job, t.seq, t.id))
+            .collect();
+        for (job, seq, id) in &doomed {
+            self.tasks.remove(id);
+            if let Some(job) = self.jobs.get_mut(job) {
+                job.tasks.remove(&(*seq, *id));
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    fn purge_completed(&mut self) -> Result<u64, StoreError> {
+        let before = self.tasks.len();
+        self.tasks.retain(|_, t| !t.state.is_completed());
+        let tasks = &self.tasks;
+        self.jobs.retain(|_, job| {
+            job.tasks.retain(|(_, id)| tasks.contains_key(id));
+            !job.tasks.is_empty() || job.record.total.is_none()
+        });
+        Ok((before - self.tasks.len()) as u64)
+    }
+
+    fn reset_for_resubmit(
+        &mut self,
+        job: JobId,
+        ids: Option<&[TaskId]>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
+        let targets: Vec<TaskId> = match ids {
+            None => entry
+                .tasks
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| {
+                    self.tasks
+                        .get(id)
+                        .is_some_and(|t| t.state == TaskState::Failed)
+                })
+                .collect(),
+            Some(ids) => {
+                let mut seen = HashSet::new();
+                let mut targets = Vec::new();
+                for &task in ids {
+                    if !seen.insert(task) {
+                        continue;
+                    }
+                    match self.tasks.get(&task) {
+                        Some(t) if t.job == job => {
+                            if !t.state.is_completed() {
+                                return Err(StoreError::NotCompleted {
+                                    task,
+                                    state: t.state,
+                                });
+                            }
+                        }
+                        _ => return Err(StoreError::UnknownTask { job, task }),
+                    }
+                    targets.push(task);
+                }
+                targets
+            }
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for id in targets {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.state = TaskState::Pending;
+                t.engine = None;
+                t.started = None;
+                t.completed = None;
+                t.result = None;
+                t.error = None;
+                out.push(t.clone());
+            }
+        }
+        out.sort_by_key(|t| (t.seq, t.id));
+        Ok(out)
+    }
+
+    fn location(&self) -> String {
+        Self::LOCATION.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SQLite store
+
+/// `PRAGMA user_version` of the schema below; a file with a larger one was
+/// written by a newer zcluster and is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Times are INTEGER nanoseconds since 1970 (negative before); ids and
+/// counts are INTEGER; payloads are BLOBs. `counters.value` is the first id
+/// not yet reserved.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO counters (name, value) VALUES ('engine', 1), ('job', 1), ('task', 1);
+CREATE TABLE IF NOT EXISTS jobs (
+    id        INTEGER PRIMARY KEY,
+    submitted INTEGER NOT NULL,
+    client    TEXT NOT NULL,
+    spec      BLOB NOT NULL,
+    total     INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS tasks (
+    id        INTEGER PRIMARY KEY,
+    job       INTEGER NOT NULL REFERENCES jobs (id),
+    seq       INTEGER NOT NULL,
+    request   BLOB NOT NULL,
+    submitted INTEGER NOT NULL,
+    state     TEXT NOT NULL CHECK (state IN ('pending', 'running', 'ok', 'failed')),
+    engine    INTEGER,
+    started   INTEGER,
+    completed INTEGER,
+    result    BLOB,
+    error     TEXT,
+    attempts  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS tasks_job_seq ON tasks (job, seq);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
+";
+
+/// Queued operations before `add_tasks` and friends block (back-pressure
+/// instead of unbounded memory if the disk cannot keep up).
+const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Rows written per transaction at most, so a flush never waits behind an
+/// unbounded batch.
+const MAX_BATCH_ROWS: usize = 4096;
+/// Ids reserved per trip to the database. Unused ones are skipped on reopen.
+const ENGINE_BLOCK: u64 = 16;
+const JOB_BLOCK: u64 = 64;
+const TASK_BLOCK: u64 = 1 << 16;
+/// How long a connection waits for another one's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest value an SQLite INTEGER holds.
+const MAX_SQL_INT: u64 = i64::MAX as u64;
+/// Ids per `WHERE id IN (...)` query.
+const IDS_PER_QUERY: usize = 500;
+/// Cached prepared statements per connection.
+const STATEMENT_CACHE: usize = 64;
+
+macro_rules! task_columns {
+    (payloads) => {
+        "id, job, seq, request, submitted, engine, started, completed, state, result, error, attempts"
+    };
+    (status) => {
+        "id, job, seq, NULL, submitted, engine, started, completed, state, NULL, error, attempts"
+    };
+}
+
+/// A store in one SQLite file (WAL mode, `synchronous=NORMAL`), kept across
+/// hub restarts. Task events are queued to a writer thread that commits them
+/// in batches, so recording costs the hub's event loop about a channel send;
+/// reads flush first and then read on their own connection.
+pub struct SqliteStore {
+    path: PathBuf,
+    ops: Sender<Op>,
+    writer: Option<JoinHandle<()>>,
+    deferred: Arc<Deferred>,
+    read: Connection,
+    /// Jobs in the store, so that writes naming an unknown job fail at once
+    /// instead of on the writer thread.
+    jobs: HashSet<JobId>,
+    /// Whether a write was queued since the last flush.
+    dirty: bool,
+    engine_ids: Counter,
+    job_ids: Counter,
+    task_ids: Counter,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("jobs", &self.jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write, its values already converted (and range-checked) on the caller's thread.
+enum Write {
+    AddJob {
+        id: i64,
+        submitted: i64,
+        client: String,
+        spec: Vec<u8>,
+        total: Option<i64>,
+    },
+    SetTotal {
+        job: i64,
+        total: i64,
+    },
+    AddTasks(Vec<SqlTask>),
+    Started {
+        task: i64,
+        engine: i64,
+        started: i64,
+        attempts: u32,
+    },
+    Requeued {
+        task: i64,
+    },
+    Finished {
+        task: i64,
+        state: TaskState,
+        result: Vec<u8>,
+        error: Option<String>,
+        completed: i64,
+        engine: i64,
+        attempts: u32,
+    },
+}
+
+struct SqlTask {
+    id: i64,
+    job: i64,
+    seq: i64,
+    request: Vec<u8>,
+    submitted: i64,
+}
+
+impl Write {
+    fn rows(&self) -> usize {
+        match self {
+            Write::AddTasks(tasks) => tasks.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Runs on the writer thread after everything queued before it is committed,
+/// in its own transaction if it writes; it sends its own reply.
+type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Op {
+    Write(Write),
+    Call(Call),
+    Shutdown,
+    /// Stops the writer at once, rolling back its open batch: a crash.
+    #[cfg(test)]
+    Crash,
+}
+
+/// The writer thread's failures, kept until the caller's next call reports them.
+#[derive(Default)]
+struct Deferred {
+    any: AtomicBool,
+    slot: Mutex<Option<(StoreError, u64)>>,
+}
+
+impl Deferred {
+    fn report(&self, error: StoreError) {
+        tracing::error!(error = %ErrorChain(&error), "task store: a queued write failed");
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            Some((_, more)) => *more += 1,
+            None => *slot = Some((error, 0)),
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Result<(), StoreError> {
+        if !self.any.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let taken = self
+            .slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match taken {
+            Some((first, more)) => Err(StoreError::Deferred {
+                first: Box::new(first),
+                more,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Displays an error with its sources, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// Hands out ids from blocks reserved (committed) in the `counters` table,
+/// asking for the next block when half of the current one is used, so the
+/// hot path rarely waits for the writer.
+struct Counter {
+    name: &'static str,
+    block: u64,
+    next: u64,
+    end: u64,
+    ahead: Option<Receiver<Result<Range<u64>, StoreError>>>,
+}
+
+impl Counter {
+    fn new(name: &'static str, block: u64, floor: u64) -> Self {
+        Counter {
+            name,
+            block,
+            next: floor,
+            end: floor,
+            ahead: None,
+        }
+    }
+
+    fn take(&mut self, n: u64, ops: &Sender<Op>) -> Result<Range<u64>, StoreError> {
+        if self.end - self.next < n {
+            let ahead = match self.ahead.take() {
+                Some(reply) => Some(await_reply(&reply)?),
+                None => None,
+            };
+            let block = match ahead {
+                Some(block) if block.end - block.start >= n => block,
+                other => {
+                    let floor = other.map_or(self.end, |b| b.end.max(self.end));
+                    await_reply(&self.request(ops, floor, n.max(self.block))?)?
+                }
+            };
+            self.next = block.start;
+            self.end = block.end;
+        }
+        let start = self.next;
+        self.next += n;
+        if self.ahead.is_none() && self.end - self.next < self.block / 2 {
+            self.ahead = Some(self.request(ops, self.end, self.block)?);
+        }
+        Ok(start..self.next)
+    }
+
+    fn request(
+        &self,
+        ops: &Sender<Op>,
+        floor: u64,
+        n: u64,
+    ) -> Result<Receiver<Result<Range<u64>, StoreError>>, StoreError> {
+        let name = self.name;
+        call_async(ops, move |conn| reserve_ids(conn, name, floor, n))
+    }
+}
+
+fn call_async<T: Send + 'static>(
+    ops: &Sender<Op>,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Receiver<Result<T, StoreError>>, StoreError> {
+    let (reply, replies) = crossbeam_channel::bounded(1);
+    let call: Call = Box::new(move |conn| {
+        // The caller may have gone (dropped store): nobody to tell.
+        let _ = reply.send(f(conn));
+    });
+    ops.send(Op::Call(call))
+        .map_err(|_| StoreError::WriterGone)?;
+    Ok(replies)
+}
+
+fn await_reply<T>(replies: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    replies.recv().map_err(|_| StoreError::WriterGone)?
+}
+
+fn sqlite_error(operation: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let operation = operation.into();
+    move |source| StoreError::Sqlite { operation, source }
+}
+
+fn sql_int(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::TooLarge { what, value })
+}
+
+fn time_to_sql(what: &'static str, time: SystemTime) -> Result<i64, StoreError> {
+    let nanos = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).ok(),
+        Err(before) => i64::try_from(before.duration().as_nanos()).ok().map(|n| -n),
+    };
+    nanos.ok_or(StoreError::TimeOutOfRange { what, time })
+}
+
+fn time_from_sql(nanos: i64) -> Option<SystemTime> {
+    let offset = Duration::from_nanos(nanos.unsigned_abs());
+    if nanos >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    }
+}
+
+fn column_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+fn column_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(idx)? {
+        None => Ok(None),
+        Some(value) => u64::try_from(value)
+            .map(Some)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value)),
+    }
+}
+
+fn column_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<SystemTime> {
+    let nanos: i64 = row.get(idx)?;
+    time_from_sql(nanos).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            Type::Integer,
+            format!("time {nanos} ns from 1970 is out of range").into(),
+        )
+    })
+}
+
+fn column_opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<SystemTime>> {
+    match row.get::<_, Option<i64>>(idx)? {
+        None => Ok(None),
+        Some(_) => column_time(row, idx).map(Some),
+    }
+}
+
+/// Reads a row selected with `task_columns!`.
+fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    Ok(TaskRecord {
+        id: column_u64(row, 0)?,
+        job: column_u64(row, 1)?,
+        seq: column_u64(row, 2)?,
+        request: row.get(3)?,
+        submitted: column_time(row, 4)?,
+        engine: column_opt_u64(row, 5)?,
+        started: column_opt_time(row, 6)?,
+        completed: column_opt_time(row, 7)?,
+        state: row.get(8)?,
+        result: row.get(9)?,
+        error: row.get(10)?,
+        attempts: row.get(11)?,
+    })
+}
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: column_u64(row, 0)?,
+        submitted: column_time(row, 1)?,
+        client: row.get(2)?,
+        spec: row.get(3)?,
+        total: column_opt_u64(row, 4)?,
+    })
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let at = || path.display().to_string();
+    let conn = Connection::open(path).map_err(sqlite_error(format!("opening {}", at())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sqlite_error(format!(
+            "setting the busy timeout on {}",
+            at()
+        )))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite_error(format!(
+            "setting synchronous=NORMAL on {}",
+            at()
+        )))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Creates the schema in a fresh file, or checks an existing file's version.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let operation = format!("checking the schema of {}", path.display());
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation.clone()))?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sqlite_error(operation.clone()))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION {
+        let operation = format!("creating the schema in {}", path.display());
+        tx.execute_batch(SCHEMA)
+            .map_err(sqlite_error(operation.clone()))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite_error(operation))?;
+    }
+    tx.commit().map_err(sqlite_error(operation))
+}
+
+/// The first id a counter may hand out: its stored value, and (for jobs and
+/// tasks) past the largest id in the table, should the counter ever lag.
+fn counter_floor(conn: &Connection, name: &str, table: Option<&str>) -> Result<u64, StoreError> {
+    let operation = || format!("reading the {name} id counter");
+    let stored: Option<i64> = conn
+        .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sqlite_error(operation()))?;
+    let mut floor = stored.map_or(FIRST_ID, |v| u64::try_from(v).unwrap_or(FIRST_ID));
+    if let Some(table) = table {
+        let max: Option<i64> = conn
+            .query_row(&format!("SELECT MAX(id) FROM {table}"), [], |r| r.get(0))
+            .map_err(sqlite_error(operation()))?;
+        if let Some(max) = max.and_then(|m| u64::try_from(m).ok()) {
+            floor = floor.max(max.saturating_add(1));
+        }
+    }
+    Ok(floor.max(FIRST_ID))
+}
+
+/// Reserves `n` ids of counter `name` at or above `floor` and commits the
+/// reservation before returning them, so they are never handed out again.
+fn reserve_ids(
+    conn: &mut Connection,
+    name: &'static str,
+    floor: u64,
+    n: u64,
+) -> Result<Range<u64>, StoreError> {
+    let operation = || format!("reserving {n} {name} ids");
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation()))?;
+    let stored: Option<u64> = tx
+        .prepare_cached("SELECT value FROM counters WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| column_u64(r, 0)).optional())
+        .map_err(sqlite_error(operation()))?;
+    let start = stored.unwrap_or(FIRST_ID).max(floor);
+    let end = start
+        .checked_add(n)
+        .filter(|end| *end <= MAX_SQL_INT)
+        .ok_or(StoreError::IdsExhausted { counter: name })?;
+    let end_sql = sql_int("id counter", end)?;
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute(params![name, end_sql]))
+    .map_err(sqlite_error(operation()))?;
+    tx.commit().map_err(sqlite_error(operation()))?;
+    Ok(start..end)
+}
+
+/// The writer thread: applies queued writes, one transaction per batch.
+fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) {
+    while let Ok(first) = ops.recv() {
+        let first = match first {
+            Op::Write(write) => write,
+            Op::Call(call) => {
+                call(&mut conn);
+                continue;
+            }
+            Op::Shutdown => break,
+            #[cfg(test)]
+            Op::Crash => return,
+        };
+        let in_transaction = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => true,
+            Err(source) => {
+                deferred.report(StoreError::Sqlite {
+                    operation: "beginning a batch of queued writes (applying them one by one)"
+                        .into(),
+                    source,
+                });
+                false
+            }
+        };
+        let mut rows = first.rows();
+        apply(&conn, first, &deferred);
+        let mut call = None;
+        let mut stop = false;
+        while rows < MAX_BATCH_ROWS {
+            match ops.try_recv() {
+                Ok(Op::Write(write)) => {
+                    rows += write.rows();
+                    apply(&conn, write, &deferred);
+                }
+                Ok(Op::Call(c)) => {
+                    call = Some(c);
+                    break;
+                }
+                Ok(Op::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    stop = true;
+                    break;
+                }
+                #[cfg(test)]
+                Ok(Op::Crash) => return,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if in_transaction {
+            if let Err(source) = conn.execute_batch("COMMIT") {
+                deferred.report(StoreError::Sqlite {
+                    operation: format!("committing a batch of {rows} queued row writes (lost)"),
+                    source,
+                });
+                if !conn.is_autocommit() {
+                    if let Err(error) = conn.execute_batch("ROLLBACK") {
+                        tracing::error!(%error, "task store: rolling back a failed batch");
+                    }
+                }
+            }
+        }
+        if let Some(call) = call {
+            call(&mut conn);
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+/// Applies one write in the writer's open transaction; failures go to `deferred`.
+fn apply(conn: &Connection, write: Write, deferred: &Deferred) {
+    let fail =
+        |operation: String, source| deferred.report(StoreError::Sqlite { operation, source });
+    match write {
+        Write::AddJob {
+            id,
+            submitted,
+            client,
+            spec,
+            total,
+        } => {
+            if let Err(e) = conn
+                .prepare_cached(
+                    "INSERT INTO jobs (id, submitted, client, spec, total) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![id, submitted, client, spec, total]))
+            {
+                fail(format!("recording job {id}"), e);
+            }
+        }
+        Write::SetTotal { job, total } => {
+            if let Err(e) = conn
+                .prepare_cached("UPDATE jobs SET total = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![job, total]))
+            {
+                fail(format!("recording the total of job {job}"), e);
+            }
+        }
+        Write::AddTasks(tasks) => {
+            let mut insert = match conn.prepare_cached(
+                "INSERT INTO tasks (id, job, seq, request, submitted, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            ) {
+                Ok(insert) => insert,
+                Err(e) => return fail(format!("recording {} tasks", tasks.len()), e),
+            };
+            for task in tasks {
+                if let Err(e) = insert.execute(params![
+                    task.id,
+                    task.job,
+                    task.seq,
+                    task.request,
+                    task.submitted
+                ]) {
+                    fail(
+                        format!(
+                            "recording task {} (job {}, seq {})",
+                            task.id, task.job, task.seq
+                        ),
+                        e,
+                    );
+                }
+            }
+        }
+        Write::Started {
+            task,
+            engine,
+            started,
+            attempts,
+        } => match conn
+            .prepare_cached(
+                "UPDATE tasks SET state = 'running', engine = ?2, started = ?3, attempts = ?4
+                 WHERE id = ?1 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut s| s.execute(params![task, engine, started, attempts]))
+        {
+            Ok(0) => note_ignored(conn, "start", task),
+            Ok(_) => {}
+            Err(e) => fail(format!("recording the start of task {task}"), e),
+        },
+        Write::Requeued { task } => match conn
+            .prepare_cached(
+                "UPDATE tasks SET state = 'pending', engine = NULL, started = NULL
+                 WHERE id = ?1 AND state = 'running'",
+            )
+            .and_then(|mut s| s.execute([task]))
+        {
+            Ok(0) => note_ignored(conn, "requeue", task),
+            Ok(_) => {}
+            Err(e) => fail(format!("recording the requeue of task {task}"), e),
+        },
+        Write::Finished {
+            task,
+            state,
+            result,
+            error,
+            completed,
+            engine,
+            attempts,
+        } => match conn
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5,
+                                  engine = ?6, attempts = ?7
+                 WHERE id = ?1 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    task, state, result, error, completed, engine, attempts
+                ])
+            }) {
+            Ok(0) => note_ignored(conn, "finish", task),
+            Ok(_) => {}
+            Err(e) => fail(format!("recording the result of task {task}"), e),
+        },
+    }
+}
+
+/// Logs an event that changed nothing, saying whether the task is unknown.
+fn note_ignored(conn: &Connection, event: &str, task: i64) {
+    let state = conn
+        .prepare_cached("SELECT state FROM tasks WHERE id = ?1")
+        .and_then(|mut s| s.query_row([task], |r| r.get::<_, TaskState>(0)).optional());
+    match state {
+        Ok(state) => ignored(event, task.unsigned_abs(), state),
+        Err(error) => tracing::warn!(task, event, %error, "task store: event ignored"),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if absent, with its directory) the store at `path`,
+    /// refusing a file whose schema is newer than this build's, and starts
+    /// its writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::InvalidSpec(String::new()));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut write = open_connection(&path)?;
+        let mode: String = write
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sqlite_error(format!(
+                "switching {} to WAL mode",
+                path.display()
+            )))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), %mode, "task store: WAL mode unavailable; reads may wait for writes");
+        }
+        write
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(sqlite_error("enabling foreign keys"))?;
+        write
+            .pragma_update(None, "cache_size", -32_768)
+            .map_err(sqlite_error("setting the page cache size"))?;
+        migrate(&mut write, &path)?;
+
+        let read = open_connection(&path)?;
+        read.pragma_update(None, "query_only", true)
+            .map_err(sqlite_error("making the read connection read-only"))?;
+        let jobs = read
+            .prepare("SELECT id FROM jobs")
+            .and_then(|mut s| {
+                s.query_map([], |r| column_u64(r, 0))?
+                    .collect::<rusqlite::Result<HashSet<JobId>>>()
+            })
+            .map_err(sqlite_error(format!(
+                "listing the jobs in {}",
+                path.display()
+            )))?;
+        let engine_ids = Counter::new(
+            "engine",
+            ENGINE_BLOCK,
+            counter_floor(&read, "engine", None)?,
+        );
+        let job_ids = Counter::new("job", JOB_BLOCK, counter_floor(&read, "job", Some("jobs"))?);
+        let task_ids = Counter::new(
+            "task",
+            TASK_BLOCK,
+            counter_floor(&read, "task", Some("tasks"))?,
+        );
+
+        let (ops, queue) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let deferred = Arc::new(Deferred::default());
+        let writer = {
+            let deferred = Arc::clone(&deferred);
+            std::thread::Builder::new()
+                .name("zcluster-store-writer".into())
+                .spawn(move || run_writer(write, queue, deferred))
+                .map_err(StoreError::SpawnWriter)?
+        };
+        Ok(SqliteStore {
+            path,
+            ops,
+            writer: Some(writer),
+            deferred,
+            read,
+            jobs,
+            dirty: false,
+            engine_ids,
+            job_ids,
+            task_ids,
+        })
+    }
+
+    /// Queues a write, reporting first any failure of an earlier one.
+    fn write(&mut self, write: Write) -> Result<(), StoreError> {
+        self.deferred.take()?;
+        self.ops
+            .send(Op::Write(write))
+            .map_err(|_| StoreError::WriterGone)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Runs `f` on the writer thread after everything queued so far is
+    /// committed, and waits for its answer.
+    fn call<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.flush()?;
+        await_reply(&call_async(&self.ops, f)?)
+    }
+
+    /// Flushes, then reads on the read connection.
+    fn read<T>(
+        &mut self,
+        operation: impl FnOnce() -> String,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.flush()?;
+        f(&self.read).map_err(|source| StoreError::Sqlite {
+            operation: operation(),
+            source,
+        })
+    }
+
+    /// Simulates a crash: the writer stops at once, losing its open batch
+    /// and everything queued, and the store is abandoned without a flush.
+    #[cfg(test)]
+    fn crash(mut self) {
+        let _ = self.ops.send(Op::Crash);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Commits everything queued and stops the writer: a clean shutdown loses nothing.
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::error!(error = %ErrorChain(&error), path = %self.path.display(), "task store: closing");
+        }
+        let _ = self.ops.send(Op::Shutdown);
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "task store: the writer thread panicked");
+            }
+        }
+    }
+}
+
+fn task_query(columns: &str, ids: usize) -> String {
+    let mut sql = format!("SELECT {columns} FROM tasks WHERE id IN (?");
+    for _ in 1..ids {
+        sql.push_str(", ?");
+    }
+    sql.push(')');
+    sql
+}
+
+/// Writer-side body of [`Store::purge_job`].
+fn purge_job_in(conn: &mut Connection, job: JobId) -> Result<u64, StoreError> {
+    let operation = || format!("purging job {job}");
+    let id = sql_int("job id", job)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation()))?;
+    let pending: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE job = ?1 AND state IN ('pending', 'running')",
+            [id],
+            |r| r.get(0),
+        )
+        .map_err(sqlite_error(operation()))?;
+    if pending > 0 {
+        return Err(StoreError::PendingTasks {
+            job,
+            pending: pending.unsigned_abs(),
+        });
+    }
+    let removed = tx
+        .execute("DELETE FROM tasks WHERE job = ?1", [id])
+        .map_err(sqlite_error(operation()))?;
+    let jobs = tx
+        .execute("DELETE FROM jobs WHERE id = ?1", [id])
+        .map_err(sqlite_error(operation()))?;
+    if jobs == 0 {
+        return Err(StoreError::UnknownJob(job));
+    }
+    tx.commit().map_err(sqlite_error(operation()))?;
+    Ok(removed as u64)
+}
+
+/// Writer-side body of [`Store::purge_completed`]: tasks removed, and the jobs removed.
+fn purge_completed_in(conn: &mut Connection) -> Result<(u64, Vec<JobId>), StoreError> {
+    let operation = || "purging completed tasks".to_string();
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation()))?;
+    let removed = tx
+        .execute("DELETE FROM tasks WHERE state IN ('ok', 'failed')", [])
+        .map_err(sqlite_error(operation()))?;
+    let jobs = tx
+        .prepare(
+            "DELETE FROM jobs WHERE total IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.job = jobs.id) RETURNING id",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| column_u64(r, 0))?
+                .collect::<rusqlite::Result<Vec<JobId>>>()
+        })
+        .map_err(sqlite_error(operation()))?;
+    tx.commit().map_err(sqlite_error(operation()))?;
+    Ok((removed as u64, jobs))
+}
+
+/// Writer-side body of [`Store::reset_for_resubmit`].
+fn reset_in(
+    conn: &mut Connection,
+    job: JobId,
+    ids: Option<Vec<TaskId>>,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let operation = || format!("resetting tasks of job {job} for resubmission");
+    let job_sql = sql_int("job id", job)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation()))?;
+    let exists = tx
+        .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job_sql], |_| Ok(()))
+        .optional()
+        .map_err(sqlite_error(operation()))?;
+    if exists.is_none() {
+        return Err(StoreError::UnknownJob(job));
+    }
+    let targets: Vec<i64> = match ids {
+        None => tx
+            .prepare("SELECT id FROM tasks WHERE job = ?1 AND state = 'failed' ORDER BY seq, id")
+            .and_then(|mut s| {
+                s.query_map([job_sql], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<i64>>>()
+            })
+            .map_err(sqlite_error(operation()))?,
+        Some(ids) => {
+            let mut seen = HashSet::new();
+            let mut targets = Vec::new();
+            let mut lookup = tx
+                .prepare("SELECT job, state FROM tasks WHERE id = ?1")
+                .map_err(sqlite_error(operation()))?;
+            for task in ids {
+                if !seen.insert(task) {
+                    continue;
+                }
+                let unknown = StoreError::UnknownTask { job, task };
+                let Ok(id) = i64::try_from(task) else {
+                    return Err(unknown);
+                };
+                let found = lookup
+                    .query_row([id], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, TaskState>(1)?))
+                    })
+                    .optional()
+                    .map_err(sqlite_error(operation()))?;
+                match found {
+                    Some((owner, state)) if owner == job_sql => {
+                        if !state.is_completed() {
+                            return Err(StoreError::NotCompleted { task, state });
+                        }
+                    }
+                    _ => return Err(unknown),
+                }
+                targets.push(id);
+            }
+            targets
+        }
+    };
+    let mut out = Vec::with_capacity(targets.len());
+    {
+        let mut reset = tx
+            .prepare(
+                "UPDATE tasks SET state = 'pending', engine = NULL, started = NULL,
+                                  completed = NULL, result = NULL, error = NULL
+                 WHERE id = ?1",
+            )
+            .map_err(sqlite_error(operation()))?;
+        let mut read = tx
+            .prepare(concat!(
+                "SELECT ",
+                task_columns!(payloads),
+                " FROM tasks WHERE id = ?1"
+            ))
+            .map_err(sqlite_error(operation()))?;
+        for id in targets {
+            reset.execute([id]).map_err(sqlite_error(operation()))?;
+            out.push(
+                read.query_row([id], task_row)
+                    .map_err(sqlite_error(operation()))?,
+            );
+        }
+    }
+    tx.commit().map_err(sqlite_error(operation()))?;
+    out.sort_by_key(|t| (t.seq, t.id));
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn next_engine_id(&mut self) -> Result<EngineId, StoreError> {
+        self.deferred.take()?;
+        Ok(self.engine_ids.take(1, &self.ops)?.start)
+    }
+
+    fn next_job_id(&mut self) -> Result<JobId, StoreError> {
+        self.deferred.take()?;
+        Ok(self.job_ids.take(1, &self.ops)?.start)
+    }
+
+    fn next_task_ids(&mut self, n: u64) -> Result<Range<TaskId>, StoreError> {
+        self.deferred.take()?;
+        self.task_ids.take(n, &self.ops)
+    }
+
+    fn add_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
+        if self.jobs.contains(&job.id) {
+            return Err(StoreError::DuplicateJob(job.id));
+        }
+        let write = Write::AddJob {
+            id: sql_int("job id", job.id)?,
+            submitted: time_to_sql("job submission time", job.submitted)?,
+            client: job.client.clone(),
+            spec: job.spec.clone(),
+            total: job.total.map(|t| sql_int("job total", t)).transpose()?,
+        };
+        self.write(write)?;
+        self.jobs.insert(job.id);
+        Ok(())
+    }
+
+    fn set_job_total(&mut self, job: JobId, total: u64) -> Result<(), StoreError> {
+        if !self.jobs.contains(&job) {
+            return Err(StoreError::UnknownJob(job));
+        }
+        let write = Write::SetTotal {
+            job: sql_int("job id", job)?,
+            total: sql_int("job total", total)?,
+        };
+        self.write(write)
+    }
+
+    fn add_tasks(&mut self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(tasks.len());
+        let mut checked = None;
+        for task in tasks {
+            if checked != Some(task.job) {
+                if !self.jobs.contains(&task.job) {
+                    return Err(StoreError::UnknownJob(task.job));
+                }
+                checked = Some(task.job);
+            }
+            rows.push(SqlTask {
+                id: sql_int("task id", task.id)?,
+                job: sql_int("job id", task.job)?,
+                seq: sql_int("task seq", task.seq)?,
+                submitted: time_to_sql("task submission time", task.submitted)?,
+                request: task.request,
+            });
+        }
+        self.write(Write::AddTasks(rows))
+    }
+
+    fn task_started(
+        &mut self,
+        task: TaskId,
+        engine: EngineId,
+        started: SystemTime,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        let write = Write::Started {
+            task: sql_int("task id", task)?,
+            engine: sql_int("engine id", engine)?,
+            started: time_to_sql("task start time", started)?,
+            attempts,
+        };
+        self.write(write)
+    }
+
+    fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
+        let task = sql_int("task id", task)?;
+        self.write(Write::Requeued { task })
+    }
+
+    fn task_finished(&mut self, task: TaskId, finished: Finished) -> Result<(), StoreError> {
+        if !finished.status.is_completed() {
+            return Err(StoreError::InvalidFinish {
+                task,
+                state: finished.status,
+            });
+        }
+        let write = Write::Finished {
+            task: sql_int("task id", task)?,
+            state: finished.status,
+            result: finished.result,
+            error: finished.error,
+            completed: time_to_sql("task completion time", finished.completed)?,
+            engine: sql_int("engine id", finished.engine)?,
+            attempts: finished.attempts,
+        };
+        self.write(write)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.deferred.take()?;
+        if self.dirty {
+            await_reply(&call_async(&self.ops, |_| Ok(()))?)?;
+            self.dirty = false;
+            // A failure in the batch just committed is this flush's failure.
+            self.deferred.take()?;
+        }
+        Ok(())
+    }
+
+    fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let Ok(id) = i64::try_from(job) else {
+            return Ok(None);
+        };
+        self.read(
+            || format!("reading job {job}"),
+            |conn| {
+                conn.prepare_cached(
+                    "SELECT id, submitted, client, spec, total FROM jobs WHERE id = ?1",
+                )?
+                .query_row([id], job_row)
+                .optional()
+            },
+        )
+    }
+
+    fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
+        self.read(
+            || "listing jobs".to_string(),
+            |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT j.id, j.submitted, j.client, j.total,
+                            COUNT(CASE WHEN t.state = 'pending' THEN 1 END),
+                            COUNT(CASE WHEN t.state = 'running' THEN 1 END),
+                            COUNT(CASE WHEN t.state = 'ok' THEN 1 END),
+                            COUNT(CASE WHEN t.state = 'failed' THEN 1 END)
+                     FROM jobs j LEFT JOIN tasks t ON t.job = j.id
+                     GROUP BY j.id ORDER BY j.id",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(JobSummary {
+                        id: column_u64(r, 0)?,
+                        submitted: column_time(r, 1)?,
+                        client: r.get(2)?,
+                        total: column_opt_u64(r, 3)?,
+                        pending: column_u64(r, 4)?,
+                        running: column_u64(r, 5)?,
+                        ok: column_u64(r, 6)?,
+                        failed: column_u64(r, 7)?,
+                    })
+                })?;
+                rows.collect()
+            },
+        )
+    }
+
+    fn tasks(
+        &mut self,
+        filter: &TaskFilter,
+        with_payloads: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        match filter {
+            TaskFilter::Job(job) => {
+                let Ok(id) = i64::try_from(*job) else {
+                    return Ok(Vec::new());
+                };
+                let sql = if with_payloads {
+                    concat!(
+                        "SELECT ",
+                        task_columns!(payloads),
+                        " FROM tasks WHERE job = ?1 ORDER BY seq, id"
+                    )
+                } else {
+                    concat!(
+                        "SELECT ",
+                        task_columns!(status),
+                        " FROM tasks WHERE job = ?1 ORDER BY seq, id"
+                    )
+                };
+                self.read(
+                    || format!("reading the tasks of job {job}"),
+                    |conn| {
+                        conn.prepare_cached(sql)?
+                            .query_map([id], task_row)?
+                            .collect()
+                    },
+                )
+            }
+            TaskFilter::Ids(ids) => {
+                let ids: Vec<i64> = ids
+                    .iter()
+                    .copied()
+                    .collect::<BTreeSet<TaskId>>()
+                    .into_iter()
+                    .filter_map(|id| i64::try_from(id).ok())
+                    .collect();
+                let columns = if with_payloads {
+                    task_columns!(payloads)
+                } else {
+                    task_columns!(status)
+                };
+                let mut out = self.read(
+                    || format!("reading {} tasks", ids.len()),
+                    |conn| {
+                        let mut out = Vec::with_capacity(ids.len());
+                        for chunk in ids.chunks(IDS_PER_QUERY) {
+                            let mut stmt =
+                                conn.prepare_cached(&task_query(columns, chunk.len()))?;
+                            for task in stmt.query_map(params_from_iter(chunk), task_row)? {
+                                out.push(task?);
+                            }
+                        }
+                        Ok(out)
+                    },
+                )?;
+                out.sort_by_key(|t| (t.job, t.seq, t.id));
+                Ok(out)
+            }
+        }
+    }
+
+    fn engine_counts(&mut self) -> Result<Vec<EngineCounts>, StoreError> {
+        self.read(
+            || "counting tasks per engine".to_string(),
+            |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT engine,
+                            COUNT(CASE WHEN state = 'running' THEN 1 END),
+                            COUNT(CASE WHEN state IN ('ok', 'failed') THEN 1 END)
+                     FROM tasks WHERE engine IS NOT NULL
+                     GROUP BY engine ORDER BY engine",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(EngineCounts {
+                        engine: column_u64(r, 0)?,
+                        running: column_u64(r, 1)?,
+                        completed: column_u64(r, 2)?,
+                    })
+                })?;
+                rows.collect()
+            },
+        )
+    }
+
+    fn unfinished(&mut self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.read(
+            || "listing unfinished tasks".to_string(),
+            |conn| {
+                conn.prepare_cached(concat!(
+                    "SELECT ",
+                    task_columns!(payloads),
+                    " FROM tasks WHERE state IN ('pending', 'running') ORDER BY job, seq, id"
+                ))?
+                .query_map([], task_row)?
+                .collect()
+            },
+        )
+    }
+
+    fn purge_job(&mut self, job: JobId) -> Result<u64, StoreError> {
+        if !self.jobs.contains(&job) {
+            return Err(StoreError::UnknownJob(job));
+        }
+        let removed = self.call(move |conn| purge_job_in(conn, job))?;
+        self.jobs.remove(&job);
+        Ok(removed)
+    }
+
+    fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
+        let Ok(id) = i64::try_from(engine) else {
+            return Ok(0);
+        };
+        self.call(move |conn| {
+            conn.execute(
+                "DELETE FROM tasks WHERE engine = ?1 AND state IN ('ok', 'failed')",
+                [id],
+            )
+            .map(|n| n as u64)
+            .map_err(sqlite_error(format!(
+                "purging the tasks of engine {engine}"
+            )))
+        })
+    }
+
+    fn purge_completed(&mut self) -> Result<u64, StoreError> {
+        let (removed, jobs) = self.call(purge_completed_in)?;
+        for job in jobs {
+            self.jobs.remove(&job);
+        }
+        Ok(removed)
+    }
+
+    fn reset_for_resubmit(
+        &mut self,
+        job: JobId,
+        ids: Option<&[TaskId]>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        if !self.jobs.contains(&job) {
+            return Err(StoreError::UnknownJob(job));
+        }
+        let ids = ids.map(<[TaskId]>::to_vec);
+        self.call(move |conn| reset_in(conn, job, ids))
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Instant;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs) + Duration::from_nanos(123)
+    }
+
+    /// Runs `test` on a memory store and on a fresh SQLite file, both through `open`.
+    fn both(test: impl Fn(&mut dyn Store)) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("hub").join("tasks.db");
+        for spec in [MemoryStore::LOCATION, sqlite.to_str().unwrap()] {
+            eprintln!("-- store {spec}");
+            let mut store = open(spec).unwrap();
+            assert_eq!(store.location(), spec);
+            test(&mut *store);
+        }
+    }
+
+    fn job(store: &mut dyn Store, client: &str) -> JobId {
+        let id = store.next_job_id().unwrap();
+        store
+            .add_job(&JobRecord {
+                id,
+                submitted: at(0),
+                client: client.into(),
+                spec: b"echo {}".to_vec(),
+                total: None,
+            })
+            .unwrap();
+        id
+    }
+
+    /// Adds tasks with these seqs; returns their ids in the same order.
+    fn tasks(store: &mut dyn Store, job: JobId, seqs: &[u64]) -> Vec<TaskId> {
+        let ids: Vec<TaskId> = store.next_task_ids(seqs.len() as u64).unwrap().collect();
+        store
+            .add_tasks(
+                ids.iter()
+                    .zip(seqs)
+                    .map(|(&id, &seq)| NewTask {
+                        id,
+                        job,
+                        seq,
+                        request: format!("request {seq}").into_bytes(),
+                        submitted: at(seq),
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        ids
+    }
+
+    fn finished(status: TaskState, engine: EngineId, result: &str) -> Finished {
+        Finished {
+            status,
+            result: result.as_bytes().to_vec(),
+            error: (status == TaskState::Failed).then(|| format!("failed: {result}")),
+            completed: at(100),
+            engine,
+            attempts: 1,
+        }
+    }
+
+    fn states(store: &mut dyn Store, job: JobId) -> Vec<TaskState> {
+        store
+            .tasks(&TaskFilter::Job(job), false)
+            .unwrap()
+            .iter()
+            .map(|t| t.state)
+            .collect()
+    }
+
+    #[test]
+    fn lifecycle() {
+        both(|store| {
+            let e1 = store.next_engine_id().unwrap();
+            let e2 = store.next_engine_id().unwrap();
+            let j = job(store, "alice");
+            let ids = tasks(store, j, &[2, 0, 1]);
+            let (t2, t0, t1) = (ids[0], ids[1], ids[2]);
+            store.task_started(t0, e1, at(10), 1).unwrap();
+            store.task_started(t1, e2, at(11), 1).unwrap();
+            store
+                .task_finished(t0, finished(TaskState::Ok, e1, "zero"))
+                .unwrap();
+            store
+                .task_finished(t1, finished(TaskState::Failed, e2, "one"))
+                .unwrap();
+
+            let all = store.tasks(&TaskFilter::Job(j), true).unwrap();
+            assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [t0, t1, t2]);
+            assert_eq!(
+                all[0],
+                TaskRecord {
+                    id: t0,
+                    job: j,
+                    seq: 0,
+                    request: Some(b"request 0".to_vec()),
+                    submitted: at(0),
+                    engine: Some(e1),
+                    started: Some(at(10)),
+                    completed: Some(at(100)),
+                    state: TaskState::Ok,
+                    result: Some(b"zero".to_vec()),
+                    error: None,
+                    attempts: 1,
+                }
+            );
+            assert_eq!(all[1].state, TaskState::Failed);
+            assert_eq!(all[1].error.as_deref(), Some("failed: one"));
+            assert_eq!(all[2].state, TaskState::Pending);
+            assert_eq!(all[2].request, Some(b"request 2".to_vec()));
+            assert_eq!(all[2].result, None);
+            assert_eq!(all[2].engine, None);
+
+            let status = store.tasks(&TaskFilter::Job(j), false).unwrap();
+            assert!(status
+                .iter()
+                .all(|t| t.request.is_none() && t.result.is_none()));
+            assert_eq!(status[1].error, all[1].error);
+            assert_eq!(
+                status.iter().map(|t| t.state).collect::<Vec<_>>(),
+                all.iter().map(|t| t.state).collect::<Vec<_>>()
+            );
+
+            let picked = store
+                .tasks(&TaskFilter::Ids(vec![t2, t0, t0, 999_999]), true)
+                .unwrap();
+            assert_eq!(picked.iter().map(|t| t.id).collect::<Vec<_>>(), [t0, t2]);
+            assert!(store
+                .tasks(&TaskFilter::Job(j + 1), true)
+                .unwrap()
+                .is_empty());
+
+            store.set_job_total(j, 3).unwrap();
+            store.task_started(t2, e1, at(12), 2).unwrap();
+            assert_eq!(
+                store.jobs().unwrap(),
+                [JobSummary {
+                    id: j,
+                    submitted: at(0),
+                    client: "alice".into(),
+                    total: Some(3),
+                    pending: 0,
+                    running: 1,
+                    ok: 1,
+                    failed: 1,
+                }]
+            );
+            assert_eq!(
+                store.engine_counts().unwrap(),
+                [
+                    EngineCounts {
+                        engine: e1,
+                        running: 1,
+                        completed: 1
+                    },
+                    EngineCounts {
+                        engine: e2,
+                        running: 0,
+                        completed: 1
+                    },
+                ]
+            );
+            let record = store.job(j).unwrap().unwrap();
+            assert_eq!((record.client.as_str(), record.total), ("alice", Some(3)));
+            assert_eq!(record.spec, b"echo {}");
+            assert_eq!(store.job(j + 1).unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn first_finish_wins_requeue_and_unfinished() {
+        both(|store| {
+            let j = job(store, "bob");
+            let ids = tasks(store, j, &[0, 1, 2]);
+            let (a, b, c) = (ids[0], ids[1], ids[2]);
+            store.task_started(a, 1, at(1), 1).unwrap();
+            store
+                .task_finished(a, finished(TaskState::Ok, 1, "first"))
+                .unwrap();
+            store
+                .task_finished(a, finished(TaskState::Failed, 2, "second"))
+                .unwrap();
+            // Late events for a completed task change nothing.
+            store.task_started(a, 3, at(5), 2).unwrap();
+            store.task_requeued(a).unwrap();
+
+            store.task_started(b, 1, at(2), 1).unwrap();
+            store.task_requeued(b).unwrap();
+            store.task_started(c, 2, at(3), 1).unwrap();
+            // Events for unknown tasks are ignored.
+            store.task_started(424_242, 1, at(3), 1).unwrap();
+            store.task_requeued(424_242).unwrap();
+            store
+                .task_finished(424_242, finished(TaskState::Ok, 1, "?"))
+                .unwrap();
+
+            let all = store.tasks(&TaskFilter::Job(j), true).unwrap();
+            assert_eq!(all[0].state, TaskState::Ok);
+            assert_eq!(all[0].result.as_deref(), Some(&b"first"[..]));
+            assert_eq!(all[0].engine, Some(1));
+            assert_eq!(
+                (all[1].state, all[1].engine, all[1].started, all[1].attempts),
+                (TaskState::Pending, None, None, 1)
+            );
+            assert_eq!(all[2].state, TaskState::Running);
+
+            let unfinished = store.unfinished().unwrap();
+            assert_eq!(unfinished.iter().map(|t| t.id).collect::<Vec<_>>(), [b, c]);
+            assert_eq!(unfinished[0].request, Some(b"request 1".to_vec()));
+
+            let invalid = store.task_finished(b, finished(TaskState::Running, 1, "x"));
+            assert!(matches!(
+                invalid,
+                Err(StoreError::InvalidFinish {
+                    state: TaskState::Running,
+                    ..
+                })
+            ));
+        });
+    }
+
+    #[test]
+    fn unknown_and_duplicate_jobs_are_refused() {
+        both(|store| {
+            let j = job(store, "carol");
+            let task = store.next_task_ids(1).unwrap().start;
+            let orphan = NewTask {
+                id: task,
+                job: j + 100,
+                seq: 0,
+                request: vec![],
+                submitted: at(0),
+            };
+            assert!(matches!(
+                store.add_tasks(vec![orphan]),
+                Err(StoreError::UnknownJob(x)) if x == j + 100
+            ));
+            assert!(matches!(
+                store.set_job_total(j + 100, 1),
+                Err(StoreError::UnknownJob(_))
+            ));
+            let record = store.job(j).unwrap().unwrap();
+            assert!(matches!(store.add_job(&record), Err(StoreError::DuplicateJob(x)) if x == j));
+            store.add_tasks(vec![]).unwrap();
+            assert!(store.tasks(&TaskFilter::Job(j), false).unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn ids_increase() {
+        both(|store| {
+            let e: Vec<_> = (0..40).map(|_| store.next_engine_id().unwrap()).collect();
+            assert!(e.windows(2).all(|w| w[0] < w[1]) && e[0] >= 1);
+            let j: Vec<_> = (0..100).map(|_| store.next_job_id().unwrap()).collect();
+            assert!(j.windows(2).all(|w| w[0] < w[1]) && j[0] >= 1);
+            let mut last = 0;
+            for n in [0, 1, 10, 40_000, 70_000, 3, 100_000] {
+                let range = store.next_task_ids(n).unwrap();
+                assert_eq!(range.end - range.start, n);
+                if n > 0 {
+                    assert!(range.start > last);
+                    last = range.end - 1;
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn purge() {
+        both(|store| {
+            let j = job(store, "dave");
+            let ids = tasks(store, j, &[0, 1, 2]);
+            store.task_started(ids[0], 1, at(1), 1).unwrap();
+            assert!(matches!(
+                store.purge_job(j),
+                Err(StoreError::PendingTasks { job, pending: 3 }) if job == j
+            ));
+            store
+                .task_finished(ids[0], finished(TaskState::Ok, 1, "a"))
+                .unwrap();
+            store
+                .task_finished(ids[1], finished(TaskState::Failed, 2, "b"))
+                .unwrap();
+            assert!(matches!(
+                store.purge_job(j),
+                Err(StoreError::PendingTasks { pending: 1, .. })
+            ));
+            store
+                .task_finished(ids[2], finished(TaskState::Ok, 1, "c"))
+                .unwrap();
+            assert_eq!(store.purge_engine(1).unwrap(), 2);
+            assert_eq!(store.purge_engine(1).unwrap(), 0);
+            assert_eq!(
+                store.tasks(&TaskFilter::Job(j), false).unwrap().len(),
+                1,
+                "only engine 2's task is left"
+            );
+            assert_eq!(store.purge_job(j).unwrap(), 1);
+            assert_eq!(store.job(j).unwrap(), None);
+            assert!(store.jobs().unwrap().is_empty());
+            assert!(matches!(store.purge_job(j), Err(StoreError::UnknownJob(_))));
+
+            // purge_completed: a finished job with a total goes; one without
+            // a total stays (more inputs may come); unfinished work stays.
+            let done = job(store, "erin");
+            let open_ended = job(store, "erin");
+            let busy = job(store, "erin");
+            let d = tasks(store, done, &[0, 1]);
+            let o = tasks(store, open_ended, &[0]);
+            let b = tasks(store, busy, &[0, 1]);
+            store.set_job_total(done, 2).unwrap();
+            store.set_job_total(busy, 2).unwrap();
+            for task in [d[0], d[1], o[0], b[0]] {
+                store
+                    .task_finished(task, finished(TaskState::Ok, 3, "r"))
+                    .unwrap();
+            }
+            assert_eq!(store.purge_completed().unwrap(), 4);
+            let left: Vec<(JobId, u64, u64)> = store
+                .jobs()
+                .unwrap()
+                .iter()
+                .map(|s| (s.id, s.pending, s.ok))
+                .collect();
+            assert_eq!(left, [(open_ended, 0, 0), (busy, 1, 0)]);
+            let late = store.next_task_ids(1).unwrap().start;
+            assert!(matches!(
+                store.add_tasks(vec![NewTask {
+                    id: late,
+                    job: done,
+                    seq: 9,
+                    request: vec![],
+                    submitted: at(0),
+                }]),
+                Err(StoreError::UnknownJob(_))
+            ));
+            tasks(store, open_ended, &[1]);
+            assert!(store.engine_counts().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn resubmit() {
+        both(|store| {
+            let j = job(store, "frank");
+            let other = job(store, "grace");
+            let ids = tasks(store, j, &[0, 1, 2, 3, 4]);
+            let foreign = tasks(store, other, &[0])[0];
+            store
+                .task_finished(ids[0], finished(TaskState::Ok, 1, "ok"))
+                .unwrap();
+            store.task_started(ids[1], 1, at(1), 1).unwrap();
+            store
+                .task_finished(ids[1], finished(TaskState::Failed, 1, "bad"))
+                .unwrap();
+            store
+                .task_finished(ids[2], finished(TaskState::Failed, 2, "bad"))
+                .unwrap();
+            store.task_started(ids[4], 2, at(1), 1).unwrap();
+
+            let reset = store.reset_for_resubmit(j, None).unwrap();
+            assert_eq!(
+                reset.iter().map(|t| t.id).collect::<Vec<_>>(),
+                [ids[1], ids[2]]
+            );
+            for task in &reset {
+                assert_eq!(task.state, TaskState::Pending);
+                assert_eq!(
+                    task.request,
+                    Some(format!("request {}", task.seq).into_bytes())
+                );
+                assert_eq!(
+                    (task.engine, task.started, task.completed),
+                    (None, None, None)
+                );
+                assert_eq!((&task.result, &task.error), (&None, &None));
+                assert_eq!(task.attempts, 1);
+            }
+            assert_eq!(
+                states(store, j),
+                [
+                    TaskState::Ok,
+                    TaskState::Pending,
+                    TaskState::Pending,
+                    TaskState::Pending,
+                    TaskState::Running
+                ]
+            );
+            assert!(store.reset_for_resubmit(j, None).unwrap().is_empty());
+
+            // Explicit ids: all must be completed tasks of the job, else nothing changes.
+            assert!(matches!(
+                store.reset_for_resubmit(j, Some(&[ids[0], ids[3]])),
+                Err(StoreError::NotCompleted { task, state: TaskState::Pending }) if task == ids[3]
+            ));
+            assert!(matches!(
+                store.reset_for_resubmit(j, Some(&[ids[0], ids[4]])),
+                Err(StoreError::NotCompleted {
+                    state: TaskState::Running,
+                    ..
+                })
+            ));
+            assert!(matches!(
+                store.reset_for_resubmit(j, Some(&[ids[0], foreign])),
+                Err(StoreError::UnknownTask { job, task }) if job == j && task == foreign
+            ));
+            assert!(matches!(
+                store.reset_for_resubmit(j + 50, None),
+                Err(StoreError::UnknownJob(_))
+            ));
+            assert_eq!(states(store, j)[0], TaskState::Ok);
+            let again = store
+                .reset_for_resubmit(j, Some(&[ids[0], ids[0]]))
+                .unwrap();
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].id, ids[0]);
+            assert_eq!(states(store, j)[0], TaskState::Pending);
+        });
+    }
+
+    // --- SQLite only -------------------------------------------------------
+
+    fn reopen(path: &Path) -> SqliteStore {
+        SqliteStore::open(path).unwrap()
+    }
+
+    struct Handed {
+        engine: EngineId,
+        job: JobId,
+        task: TaskId,
+    }
+
+    fn hand_out(store: &mut SqliteStore) -> Handed {
+        let engine = store.next_engine_id().unwrap();
+        let job = store.next_job_id().unwrap();
+        let task = store.next_task_ids(5).unwrap().end - 1;
+        Handed { engine, job, task }
+    }
+
+    fn assert_past(store: &mut SqliteStore, before: &Handed) {
+        assert!(store.next_engine_id().unwrap() > before.engine);
+        assert!(store.next_job_id().unwrap() > before.job);
+        assert!(store.next_task_ids(1).unwrap().start > before.task);
+    }
+
+    #[test]
+    fn ids_never_reused_across_reopen_and_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.db");
+
+        let mut store = reopen(&path);
+        let handed = hand_out(&mut store);
+        drop(store);
+        let mut store = reopen(&path);
+        assert_past(&mut store, &handed);
+
+        // Crash with queued, unflushed writes and ids handed out.
+        let handed = hand_out(&mut store);
+        let j = handed.job;
+        store
+            .add_job(&JobRecord {
+                id: j,
+                submitted: at(0),
+                client: "x".into(),
+                spec: vec![],
+                total: None,
+            })
+            .unwrap();
+        store.crash();
+        let mut store = reopen(&path);
+        assert_past(&mut store, &handed);
+
+        // Forgotten store (no drop at all).
+        let handed = hand_out(&mut store);
+        std::mem::forget(store);
+        let mut store = reopen(&path);
+        assert_past(&mut store, &handed);
+    }
+
+    #[test]
+    fn flushed_data_is_seen_by_a_second_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.db");
+        let mut first = reopen(&path);
+        let j = job(&mut first, "heidi");
+        let ids = tasks(&mut first, j, &[0, 1]);
+        first.task_started(ids[0], 7, at(1), 1).unwrap();
+        first
+            .task_finished(ids[0], finished(TaskState::Ok, 7, "done"))
+            .unwrap();
+        first.flush().unwrap();
+
+        let mut second = reopen(&path);
+        assert_eq!(second.job(j).unwrap().unwrap().client, "heidi");
+        assert_eq!(states(&mut second, j), [TaskState::Ok, TaskState::Pending]);
+        drop(second);
+
+        // Written after, never explicitly flushed: the drop commits it.
+        first.task_started(ids[1], 7, at(2), 1).unwrap();
+        drop(first);
+        let mut third = reopen(&path);
+        assert_eq!(states(&mut third, j), [TaskState::Ok, TaskState::Running]);
+        assert_eq!(third.unfinished().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        drop(reopen(&path));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::SchemaTooNew {
+                found: 99,
+                supported: SCHEMA_VERSION,
+                ..
+            }) => {}
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn writer_failures_are_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = reopen(&dir.path().join("errors.db"));
+        let j = job(&mut store, "ivan");
+        let id = tasks(&mut store, j, &[0])[0];
+        let dup = |seq| NewTask {
+            id,
+            job: j,
+            seq,
+            request: vec![],
+            submitted: at(0),
+        };
+        store.add_tasks(vec![dup(1), dup(2)]).unwrap();
+        match store.flush() {
+            Err(StoreError::Deferred { first, more: 1 }) => {
+                assert!(matches!(*first, StoreError::Sqlite { .. }), "{first}");
+                let text = ErrorChain(&StoreError::Deferred { first, more: 1 }).to_string();
+                assert!(
+                    text.contains("recording task") && text.contains("UNIQUE"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected a deferred failure, got {other:?}"),
+        }
+        store.flush().unwrap();
+        assert_eq!(states(&mut store, j), [TaskState::Pending]);
+        assert_eq!(store.tasks(&TaskFilter::Job(j), false).unwrap()[0].seq, 0);
+    }
+
+    #[test]
+    fn open_spec() {
+        assert_eq!(open(":memory:").unwrap().location(), ":memory:");
+        assert!(matches!(open(""), Err(StoreError::InvalidSpec(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a").join("b").join("store.db");
+        let store = open(path.to_str().unwrap()).unwrap();
+        assert_eq!(store.location(), path.display().to_string());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = reopen(&dir.path().join("range.db"));
+        let j = job(&mut store, "judy");
+        assert!(matches!(
+            store.set_job_total(j, u64::MAX),
+            Err(StoreError::TooLarge { .. })
+        ));
+        let far = UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400);
+        assert!(matches!(
+            store.task_started(1, 1, far, 1),
+            Err(StoreError::TimeOutOfRange { .. })
+        ));
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
+        let id = store.next_task_ids(1).unwrap().start;
+        store
+            .add_tasks(vec![NewTask {
+                id,
+                job: j,
+                seq: 0,
+                request: vec![],
+                submitted: before_1970,
+            }])
+            .unwrap();
+        assert_eq!(
+            store.tasks(&TaskFilter::Job(j), false).unwrap()[0].submitted,
+            before_1970
+        );
+    }
+
+    // --- model check: both stores agree ------------------------------------
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        AddJob {
+            with_total: bool,
+        },
+        SetTotal {
+            job: usize,
+            total: u8,
+        },
+        AddTasks {
+            job: usize,
+            count: u8,
+        },
+        Start {
+            task: usize,
+            engine: u8,
+            attempts: u8,
+        },
+        Requeue {
+            task: usize,
+        },
+        Finish {
+            task: usize,
+            ok: bool,
+            engine: u8,
+        },
+        PurgeJob {
+            job: usize,
+        },
+        PurgeEngine {
+            engine: u8,
+        },
+        PurgeCompleted,
+        Resubmit {
+            job: usize,
+            ids: Option<Vec<usize>>,
+        },
+        NewEngine,
+        Flush,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            2 => any::<bool>().prop_map(|with_total| Action::AddJob { with_total }),
+            1 => (any::<usize>(), any::<u8>()).prop_map(|(job, total)| Action::SetTotal { job, total }),
+            3 => (any::<usize>(), 0..5u8).prop_map(|(job, count)| Action::AddTasks { job, count }),
+            4 => (any::<usize>(), 1..4u8, 1..3u8).prop_map(|(task, engine, attempts)| Action::Start { task, engine, attempts }),
+            1 => any::<usize>().prop_map(|task| Action::Requeue { task }),
+            4 => (any::<usize>(), any::<bool>(), 1..4u8).prop_map(|(task, ok, engine)| Action::Finish { task, ok, engine }),
+            1 => any::<usize>().prop_map(|job| Action::PurgeJob { job }),
+            1 => (1..4u8).prop_map(|engine| Action::PurgeEngine { engine }),
+            1 => Just(Action::PurgeCompleted),
+            1 => (any::<usize>(), proptest::option::of(proptest::collection::vec(any::<usize>(), 0..3)))
+                .prop_map(|(job, ids)| Action::Resubmit { job, ids }),
+            1 => Just(Action::NewEngine),
+            1 => Just(Action::Flush),
+        ]
+    }
+
+    /// A comparable outcome: the Ok value's Debug text or the error's message.
+    fn outcome<T: fmt::Debug>(result: Result<T, StoreError>) -> Result<String, String> {
+        result.map(|v| format!("{v:?}")).map_err(|e| e.to_string())
+    }
+
+    fn pick<T: Copy>(items: &[T], i: usize) -> Option<T> {
+        (!items.is_empty()).then(|| items[i % items.len()])
+    }
+
+    fn step(
+        store: &mut dyn Store,
+        action: &Action,
+        jobs: &[JobId],
+        tasks: &[TaskId],
+        clock: u64,
+    ) -> Result<String, String> {
+        match action.clone() {
+            Action::AddJob { with_total } => {
+                let id = store.next_job_id().map_err(|e| e.to_string())?;
+                outcome(
+                    store
+                        .add_job(&JobRecord {
+                            id,
+                            submitted: at(clock),
+                            client: format!("client{}", id % 3),
+                            spec: vec![id as u8; 3],
+                            total: with_total.then_some(id % 4),
+                        })
+                        .map(|()| id),
+                )
+            }
+            Action::SetTotal { job, total } => match pick(jobs, job) {
+                Some(job) => outcome(store.set_job_total(job, total.into())),
+                None => Ok("no job".into()),
+            },
+            Action::AddTasks { job, count } => match pick(jobs, job) {
+                Some(job) => {
+                    let ids = store
+                        .next_task_ids(count.into())
+                        .map_err(|e| e.to_string())?;
+                    let new = ids
+                        .clone()
+                        .map(|id| NewTask {
+                            id,
+                            job,
+                            seq: id % 7,
+                            request: id.to_le_bytes().to_vec(),
+                            submitted: at(clock),
+                        })
+                        .collect();
+                    outcome(store.add_tasks(new).map(|()| ids))
+                }
+                None => Ok("no job".into()),
+            },
+            Action::Start {
+                task,
+                engine,
+                attempts,
+            } => match pick(tasks, task) {
+                Some(task) => {
+                    outcome(store.task_started(task, engine.into(), at(clock), attempts.into()))
+                }
+                None => Ok("no task".into()),
+            },
+            Action::Requeue { task } => match pick(tasks, task) {
+                Some(task) => outcome(store.task_requeued(task)),
+                None => Ok("no task".into()),
+            },
+            Action::Finish { task, ok, engine } => match pick(tasks, task) {
+                Some(task) => {
+                    let status = if ok { TaskState::Ok } else { TaskState::Failed };
+                    let mut f = finished(status, engine.into(), &format!("r{task}@{clock}"));
+                    f.completed = at(clock);
+                    outcome(store.task_finished(task, f))
+                }
+                None => Ok("no task".into()),
+            },
+            Action::PurgeJob { job } => match pick(jobs, job) {
+                Some(job) => outcome(store.purge_job(job)),
+                None => Ok("no job".into()),
+            },
+            Action::PurgeEngine { engine } => outcome(store.purge_engine(engine.into())),
+            Action::PurgeCompleted => outcome(store.purge_completed()),
+            Action::Resubmit { job, ids } => match pick(jobs, job) {
+                Some(job) => {
+                    let ids: Option<Vec<TaskId>> =
+                        ids.map(|ids| ids.iter().filter_map(|&i| pick(tasks, i)).collect());
+                    outcome(store.reset_for_resubmit(job, ids.as_deref()))
+                }
+                None => Ok("no job".into()),
+            },
+            Action::NewEngine => outcome(store.next_engine_id()),
+            Action::Flush => outcome(store.flush()),
+        }
+    }
+
+    fn views(store: &mut dyn Store, jobs: &[JobId], tasks: &[TaskId]) -> String {
+        let mut out = format!("{:?}\n", store.jobs().unwrap());
+        for &job in jobs {
+            out += &format!("{:?}\n", store.tasks(&TaskFilter::Job(job), false).unwrap());
+        }
+        out += &format!(
+            "{:?}\n{:?}\n{:?}",
+            store.tasks(&TaskFilter::Ids(tasks.to_vec()), true).unwrap(),
+            store.engine_counts().unwrap(),
+            store.unfinished().unwrap()
+        );
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn memory_and_sqlite_agree(actions in proptest::collection::vec(action(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut memory = MemoryStore::new();
+            let mut sqlite = SqliteStore::open(dir.path().join("model.db")).unwrap();
+            let (mut jobs, mut tasks) = (Vec::new(), Vec::new());
+            for (clock, action) in actions.iter().enumerate() {
+                let clock = clock as u64;
+                let expected = step(&mut memory, action, &jobs, &tasks, clock);
+                let got = step(&mut sqlite, action, &jobs, &tasks, clock);
+                prop_assert_eq!(&expected, &got, "after {:?}", action);
+                match (action, &expected) {
+                    (Action::AddJob { .. }, Ok(id)) => jobs.push(id.parse().unwrap()),
+                    (Action::AddTasks { .. }, Ok(range)) if range.contains("..") => {
+                        let (a, b) = range.split_once("..").unwrap();
+                        tasks.extend(a.parse::<u64>().unwrap()..b.parse::<u64>().unwrap());
+                    }
+                    _ => {}
+                }
+                if clock % 8 == 0 || clock + 1 == actions.len() as u64 {
+                    prop_assert_eq!(
+                        views(&mut memory, &jobs, &tasks),
+                        views(&mut sqlite, &jobs, &tasks),
+                        "after {:?}", action
+                    );
+                }
+            }
+        }
+    }
+
+    // --- throughput ----------------------------------------------------------
+
+    /// CPU time used so far by live writer threads (Linux; clock ticks of 10 ms).
+    fn writer_cpu() -> Option<Duration> {
+        let mut ticks = 0;
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.starts_with("zcluster-store") {
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                ticks += fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
+            }
+        }
+        Some(Duration::from_millis(ticks * 10))
+    }
+
+    /// `cargo test --release -- --ignored --nocapture throughput`
+    #[test]
+    #[ignore = "benchmark; run in release"]
+    fn throughput() {
+        const TASKS: u64 = 200_000;
+        const BATCH: u64 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("bench.db");
+        for spec in [MemoryStore::LOCATION, sqlite.to_str().unwrap()] {
+            let mut store = open(spec).unwrap();
+            let begin = Instant::now();
+            let j = job(&mut *store, "bench");
+            let mut all = Vec::with_capacity(TASKS as usize);
+            for _ in 0..TASKS / BATCH {
+                let ids = store.next_task_ids(BATCH).unwrap();
+                all.extend(ids.clone());
+                store
+                    .add_tasks(
+                        ids.map(|id| NewTask {
+                            id,
+                            job: j,
+                            seq: id,
+                            request: vec![7; 64],
+                            submitted: at(0),
+                        })
+                        .collect(),
+                    )
+                    .unwrap();
+            }
+            for &id in &all {
+                store.task_started(id, 1 + id % 16, at(1), 1).unwrap();
+            }
+            for &id in &all {
+                store
+                    .task_finished(
+                        id,
+                        Finished {
+                            status: TaskState::Ok,
+                            result: vec![9; 64],
+                            error: None,
+                            completed: at(2),
+                            engine: 1 + id % 16,
+                            attempts: 1,
+                        },
+                    )
+                    .unwrap();
+            }
+            let queued = begin.elapsed();
+            store.flush().unwrap();
+            let total = begin.elapsed();
+            let events = (3 * TASKS) as f64;
+            let writer = writer_cpu()
+                .filter(|cpu| !cpu.is_zero())
+                .map(|cpu| {
+                    format!(
+                        "; writer thread CPU {cpu:?} = {:.0} events/CPU-s",
+                        events / cpu.as_secs_f64()
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "{spec}: {} events in {total:?} = {:.0} events/s end to end; \
+                 caller busy {queued:?}{writer}",
+                3 * TASKS,
+                events / total.as_secs_f64(),
+            );
+            assert_eq!(store.jobs().unwrap()[0].ok, TASKS);
+        }
+    }
+}
