@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# No-op tasks through a hub against the toolkit alone, in the same run:
+#   - toolkit: Ventilator -> 2 Workers -> Sink over tcp loopback
+#     (examples/throughput.rs --mode toolkit);
+#   - hub: client -> embedded hub -> engine with 2 slots -> client, every
+#     request/result pair recorded, with the SQLite store and in memory
+#     (examples/hub_throughput.rs).
+# Usage: scripts/bench-hub.sh   (RUNS=5 medians, COUNT=100000 tasks)
+source "$(dirname "$0")/common.sh"
+COUNT=${COUNT:-100000}
+build_release
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+rate_of() {
+    local i out=()
+    for ((i = 0; i < RUNS; i++)); do
+        rm -f "$tmp"/store.sqlite*
+        out+=("$("$@" | awk '{print $5}')")
+    done
+    median "${out[@]}"
+}
+toolkit=$(rate_of "$ROOT/target/release/examples/throughput" --mode toolkit --count "$COUNT" --workers 2)
+sqlite=$(rate_of "$ROOT/target/release/examples/hub_throughput" --count "$COUNT" --slots 2 --store "$tmp/store.sqlite")
+memory=$(rate_of "$ROOT/target/release/examples/hub_throughput" --count "$COUNT" --slots 2 --store :memory:)
+printf '%-44s %10.0f tasks/s\n' "toolkit, 2 workers, no-op" "$toolkit" \
+    "hub + SQLite store, 2 slots, no-op" "$sqlite" \
+    "hub + memory store, 2 slots, no-op" "$memory"
+printf '%-44s %10.2f\n' "ratio hub(SQLite) / toolkit" "$(ratio "$sqlite" "$toolkit")" \
+    "ratio hub(SQLite) / hub(memory)" "$(ratio "$sqlite" "$memory")"
