@@ -169,12 +169,17 @@ impl HubClient {
     }
 }
 
+/// How long a map waits without any result before checking that the hub is
+/// still there.
+const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(10);
+
 /// `zcluster map --hub`: chunks become tasks of one hub job.
 pub struct HubBackend {
     client: HubClient,
     job: JobId,
     credit: usize,
     submitted: u64,
+    last_heard: Instant,
 }
 
 impl HubBackend {
@@ -195,6 +200,7 @@ impl HubBackend {
                 job,
                 credit: credit.max(1) as usize,
                 submitted: 0,
+                last_heard: Instant::now(),
             }),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
@@ -227,8 +233,16 @@ impl Backend for HubBackend {
 
     fn next_done(&mut self, timeout: Duration) -> Result<Option<ChunkDone>, MapError> {
         let Some(envelope) = self.client.next_result(timeout).map_err(backend_error)? else {
+            // Long tasks are quiet; a vanished hub is too. Ask.
+            if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
+                self.client
+                    .call(&ClientCall::Hello)
+                    .map_err(backend_error)?;
+                self.last_heard = Instant::now();
+            }
             return Ok(None);
         };
+        self.last_heard = Instant::now();
         if envelope.header.job != self.job {
             return Ok(None);
         }

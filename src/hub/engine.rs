@@ -11,7 +11,7 @@
 //! drops its connection, reconnects and registers again, as many times as it
 //! takes, with its running tasks still running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -147,6 +147,9 @@ pub fn run_engine(
     };
     let mut conn = connect(ctx, options, &identity, &register, stop)?;
     let mut tickets: HashMap<u64, JobId> = HashMap::new();
+    // Tasks beyond the free slots wait here: a hub that restarted believes
+    // every slot is free while the old tasks still run.
+    let mut waiting: VecDeque<ClusterRequest> = VecDeque::new();
     let mut leaving: Option<WorkerExit> = None;
     let mut handled: u64 = 0;
     let mut busy = Duration::ZERO;
@@ -159,8 +162,20 @@ pub fn run_engine(
             send_control(&conn.socket, &EngineMessage::Unregister);
             return Ok(WorkerExit::Killed);
         }
+        while slots.free() > 0 {
+            let Some(request) = waiting.pop_front() else {
+                break;
+            };
+            let job = request
+                .metadata
+                .get(JOB_KEY)
+                .and_then(|j| j.parse().ok())
+                .unwrap_or(0);
+            let ticket = slots.submit(request)?;
+            tickets.insert(ticket, job);
+        }
         if let Some(exit) = leaving {
-            if tickets.is_empty() {
+            if tickets.is_empty() && waiting.is_empty() {
                 send_control(&conn.socket, &EngineMessage::Unregister);
                 info!(?exit, "engine leaving");
                 return Ok(exit);
@@ -217,7 +232,7 @@ pub fn run_engine(
                     }
                 };
                 conn.last_heard = Instant::now();
-                match on_hub(&envelope, &mut conn, &mut slots, &mut tickets, &flags)? {
+                match on_hub(&envelope, &mut conn, &mut waiting, &flags)? {
                     HubEvent::None => {}
                     HubEvent::Reregister => {
                         conn = connect(ctx, options, &identity, &register, stop)?;
@@ -271,8 +286,7 @@ enum HubEvent {
 fn on_hub(
     envelope: &Envelope,
     conn: &mut Connection,
-    slots: &mut Slots,
-    tickets: &mut HashMap<u64, JobId>,
+    waiting: &mut VecDeque<ClusterRequest>,
     flags: &CancelFlags,
 ) -> Result<HubEvent, EngineError> {
     match envelope.header.kind {
@@ -286,8 +300,7 @@ fn on_hub(
                 }
             };
             request.metadata.insert(JOB_KEY.into(), job.to_string());
-            let ticket = slots.submit(request)?;
-            tickets.insert(ticket, job);
+            waiting.push_back(request);
         }
         MessageKind::Control => match envelope.control::<HubToEngine>() {
             Ok(HubToEngine::Heartbeat) => {}

@@ -352,7 +352,7 @@ impl Hub {
             if clients_ready {
                 for _ in 0..256 {
                     match message::recv_routed(&self.clients_socket, zmq::DONTWAIT) {
-                        Ok((identity, envelope)) => self.on_client(identity, envelope)?,
+                        Ok((identity, envelope)) => self.on_client(identity, envelope),
                         Err(e) if e.is_timeout() => break,
                         Err(e) => return Err(HubError::Transport(e)),
                     }
@@ -764,16 +764,12 @@ impl Hub {
 
     // ----- clients -----
 
-    fn on_client(
-        &mut self,
-        identity: Vec<u8>,
-        envelope: Result<Envelope, MessageError>,
-    ) -> Result<(), HubError> {
+    fn on_client(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
         let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(e) => {
                 warn!(peer = %String::from_utf8_lossy(&identity), error = %e, "dropping a bad message from a client");
-                return Ok(());
+                return;
             }
         };
         match envelope.header.kind {
@@ -781,7 +777,14 @@ impl Hub {
             MessageKind::Control => {
                 let request = envelope.header.id;
                 match envelope.control::<ClientCall>() {
-                    Ok(call) => self.on_call(identity, request, call)?,
+                    Ok(call) => {
+                        // A failing call (the store refused a write, say)
+                        // is that caller's error, not the end of the hub.
+                        if let Err(e) = self.on_call(identity.clone(), request, call) {
+                            warn!(error = %e, "a client call failed");
+                            self.reply(&identity, request, &Reply::Error(e.to_string()));
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "dropping a bad call");
                         self.reply(&identity, request, &Reply::Error(format!("bad call: {e}")));
@@ -790,7 +793,6 @@ impl Hub {
             }
             kind => warn!(%kind, "dropping an unexpected message from a client"),
         }
-        Ok(())
     }
 
     fn on_task(&mut self, client: Vec<u8>, envelope: &Envelope) {
