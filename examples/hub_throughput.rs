@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let opened = client.call(&ClientCall::OpenJob {
         kind: JobKind::Handler("noop".into()),
         description: "hub throughput".into(),
+        retries: 0,
         halt_on_failure: false,
     })?;
     let Reply::JobOpened { job, credit } = opened else {

@@ -57,6 +57,11 @@ type Config = bincode::config::Configuration<
 /// The one bincode configuration used to encode and decode everything.
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
+/// Request metadata key a hub sets on a retried request: which attempt it
+/// is (absent on the first). Workers copy request metadata into results, so
+/// a client reads the number of attempts off the result.
+pub const ATTEMPT_KEY: &str = "zcluster.attempt";
+
 /// Free-form request metadata, copied back into the result
 /// (`request_metadata`) so a caller can tell results apart without a lookup.
 pub type Metadata = BTreeMap<String, String>;

@@ -4,4 +4,5 @@
 
 mod common;
 mod devices;
+mod hub;
 mod map;

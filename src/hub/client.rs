@@ -183,16 +183,19 @@ pub struct HubBackend {
 }
 
 impl HubBackend {
-    /// Opens a command job on the hub; with `halt_on_failure` the hub stops
-    /// dispatching its tasks at the first failed one.
+    /// Opens a command job on the hub: the hub runs a failed task up to
+    /// `retries` more times (elsewhere when it can), and with
+    /// `halt_on_failure` stops dispatching at the first final failure.
     pub fn open(
         mut client: HubClient,
         description: String,
+        retries: u32,
         halt_on_failure: bool,
     ) -> Result<Self, ClientError> {
         match client.call(&ClientCall::OpenJob {
             kind: JobKind::Exec,
             description,
+            retries,
             halt_on_failure,
         })? {
             Reply::JobOpened { job, credit } => Ok(HubBackend {

@@ -88,9 +88,11 @@ pub enum ClientCall {
         kind: JobKind,
         /// For `zcluster status` (e.g. the command line).
         description: String,
-        /// Stop dispatching the job's tasks at its first failed result (the
-        /// client's `--halt` with no retries), without waiting for the
-        /// client to react.
+        /// Run a failed task up to this many more times, on another engine
+        /// when there is one; only the last attempt's result is sent back.
+        retries: u32,
+        /// Stop dispatching the job's tasks at its first (final) failure
+        /// (the client's `--halt`), without waiting for the client to react.
         halt_on_failure: bool,
     },
     /// Every task of the job has been sent.

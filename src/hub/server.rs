@@ -42,8 +42,8 @@ use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
 };
 use crate::message::{
-    self, decode_value, encode_value, ClusterResult, Command, CommandReply, Envelope, Header,
-    MessageError, MessageKind, ResultStatus,
+    self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
+    Envelope, Header, MessageError, MessageKind, ResultStatus,
 };
 use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
 
@@ -170,6 +170,8 @@ struct Task {
     request: Vec<u8>,
     engine: Option<EngineId>,
     attempts: u32,
+    /// Engines it failed on: a retry prefers another.
+    failed_on: Vec<EngineId>,
 }
 
 struct Job {
@@ -180,6 +182,8 @@ struct Job {
     tasks: HashMap<u64, Task>,
     total: Option<u64>,
     finished: u64,
+    /// Extra attempts for a failed task.
+    retries: u32,
     /// Stop dispatching at the first failure.
     halt_on_failure: bool,
     /// A failure happened with `halt_on_failure`: dispatch nothing more.
@@ -217,6 +221,18 @@ pub struct Hub {
     commands: HashMap<u64, PendingCommand>,
     next_token: u64,
     shutdown: bool,
+}
+
+/// The request body with its attempt number in the metadata (re-encoded
+/// only on a retry, which is rare).
+fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
+    match decode_value::<ClusterRequest>(body, "request") {
+        Ok(request) => {
+            let request = request.with_metadata(message::ATTEMPT_KEY, attempt.to_string());
+            encode_value(&request, "request").unwrap_or_else(|_| body.to_vec())
+        }
+        Err(_) => body.to_vec(),
+    }
 }
 
 fn router(
@@ -544,10 +560,26 @@ impl Hub {
         let Some(job) = self.jobs.get_mut(&key.0) else {
             return;
         };
-        let Some(task) = job.tasks.remove(&key.1) else {
+        let Some(mut task) = job.tasks.remove(&key.1) else {
             debug!(job = key.0, task = key.1, "dropping a duplicate result");
             return;
         };
+        if status == ResultStatus::Fail && task.attempts <= job.retries && !job.halted {
+            // Run it again, preferably elsewhere; the client sees only the
+            // last attempt, which tells it how many there were.
+            task.failed_on.push(engine_id);
+            task.engine = None;
+            task.request = with_attempt(&task.request, task.attempts + 1);
+            if let Err(e) = self.store.task_requeued(task.store_id) {
+                warn!(error = %e, "cannot record a retry");
+            }
+            job.tasks.insert(key.1, task);
+            job.queue.push_back(key.1);
+            if !self.turns.contains(&key.0) {
+                self.turns.push_back(key.0);
+            }
+            return;
+        }
         job.finished += 1;
         if status == ResultStatus::Fail && job.halt_on_failure {
             job.halted = true;
@@ -606,11 +638,21 @@ impl Hub {
             if job.queue.is_empty() || job.halted {
                 continue;
             }
+            let Some(&task_id) = job.queue.front() else {
+                continue;
+            };
+            let failed_on = job
+                .tasks
+                .get(&task_id)
+                .map(|t| t.failed_on.as_slice())
+                .unwrap_or(&[]);
+            // The engine with the most free slots, preferring one the task
+            // has not failed on.
             let engine = self
                 .engines
                 .values_mut()
                 .filter(|e| e.free() > 0 && e.can_run(&job.kind))
-                .max_by_key(|e| e.free());
+                .max_by_key(|e| (!failed_on.contains(&e.id), e.free()));
             let Some(engine) = engine else {
                 // Nothing free for this job now; try the others.
                 self.turns.push_back(job_id);
@@ -618,9 +660,7 @@ impl Hub {
                 continue;
             };
             idle_turns = 0;
-            let Some(task_id) = job.queue.pop_front() else {
-                continue;
-            };
+            job.queue.pop_front();
             if !job.queue.is_empty() {
                 self.turns.push_back(job_id);
             }
@@ -845,6 +885,7 @@ impl Hub {
                 request,
                 engine: None,
                 attempts: 0,
+                failed_on: Vec::new(),
             },
         );
         job.queue.push_back(task_id);
@@ -863,8 +904,9 @@ impl Hub {
             ClientCall::OpenJob {
                 kind,
                 description,
+                retries,
                 halt_on_failure,
-            } => self.open_job(client.clone(), kind, description, halt_on_failure)?,
+            } => self.open_job(client.clone(), kind, description, retries, halt_on_failure)?,
             ClientCall::CloseJob { job, total } => match self.jobs.get_mut(&job) {
                 Some(j) => {
                     j.total = Some(total);
@@ -960,6 +1002,7 @@ impl Hub {
         client: Vec<u8>,
         kind: JobKind,
         description: String,
+        retries: u32,
         halt_on_failure: bool,
     ) -> Result<Reply, HubError> {
         if let JobKind::Handler(name) = &kind {
@@ -991,6 +1034,7 @@ impl Hub {
                 tasks: HashMap::new(),
                 total: None,
                 finished: 0,
+                retries,
                 halt_on_failure,
                 halted: false,
             },
@@ -1167,14 +1211,18 @@ impl Hub {
         let count = tasks.len() as u64;
         let (kind, description) = decode_value::<(JobKind, String)>(&record.spec, "job spec")
             .unwrap_or((JobKind::Exec, record.client.clone()));
+        // A job still running takes the tasks back into its count; a finished
+        // one is revived with exactly them outstanding.
+        let revived = !self.jobs.contains_key(&job_id);
         let job = self.jobs.entry(job_id).or_insert_with(|| Job {
             client,
             kind,
             description,
             queue: VecDeque::new(),
             tasks: HashMap::new(),
-            total: Some(0),
+            total: None,
             finished: 0,
+            retries: 0,
             halt_on_failure: false,
             halted: false,
         });
@@ -1186,16 +1234,21 @@ impl Hub {
                     request: task.request.unwrap_or_default(),
                     engine: None,
                     attempts: task.attempts,
+                    failed_on: Vec::new(),
                 },
             );
             job.queue.push_back(task.seq);
         }
-        // A finished job's total is what is outstanding again.
-        job.total = Some(job.finished + job.tasks.len() as u64);
+        if revived {
+            job.total = Some(count);
+        } else {
+            job.finished = job.finished.saturating_sub(count);
+        }
         self.store.flush()?;
-        if !self.turns.contains(&job_id) {
+        if count > 0 && !self.turns.contains(&job_id) {
             self.turns.push_back(job_id);
         }
+        self.retire_if_done(job_id);
         Ok(Reply::Resubmitted(count))
     }
 

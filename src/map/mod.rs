@@ -19,7 +19,7 @@
 
 pub mod record;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{self, ExecOptions, ExecOutcome, ExitKind};
-use crate::message::{decode_value, encode_value, ClusterRequest, ClusterResult, ResultStatus};
+use crate::message::{
+    decode_value, encode_value, ClusterRequest, ClusterResult, ResultStatus, ATTEMPT_KEY,
+};
 use crate::template::CommandTemplate;
 use crate::worker::HandlerError;
 
@@ -61,7 +63,8 @@ pub struct MapOptions {
     pub keep_order: bool,
     /// Per-task time limit: the task's process group is killed.
     pub timeout: Option<Duration>,
-    /// Extra attempts for a failed or timed-out task.
+    /// Extra attempts for a failed or timed-out task, made by the backend
+    /// (the hub retries on another engine when it can).
     pub retries: u32,
     /// What to do after the first failure.
     pub halt: Halt,
@@ -123,6 +126,14 @@ pub struct ExecChunk {
     pub tasks: Vec<ExecTask>,
 }
 
+impl ExecChunk {
+    /// The chunk inside a recorded request body (a bincode
+    /// [`ClusterRequest`], as a hub's store keeps it).
+    pub fn from_request_body(body: &[u8]) -> Result<Self, crate::message::MessageError> {
+        decode_value::<ClusterRequest>(body, "request")?.decode()
+    }
+}
+
 /// A chunk's outcome as a backend reports it.
 #[derive(Debug, Clone)]
 pub struct ChunkDone {
@@ -136,6 +147,8 @@ pub struct ChunkDone {
     pub pid: u32,
     /// Worker name.
     pub worker: String,
+    /// Which attempt this answer came from (1 for the first).
+    pub attempts: u32,
 }
 
 /// Marks a successful chunk result failed when one of its commands failed,
@@ -194,8 +207,14 @@ impl ChunkDone {
                 Err(result.exception.unwrap_or_else(|| "unknown failure".into()))
             }
         };
+        let attempts = result
+            .request_metadata
+            .get(ATTEMPT_KEY)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
         ChunkDone {
             id: result.id,
+            attempts,
             outcomes,
             host: result.metadata.host,
             pid: result.metadata.pid,
@@ -272,7 +291,6 @@ pub type InputLine = Result<String, Vec<u8>>;
 struct Pending {
     input: String,
     argv: Vec<String>,
-    attempts: u32,
 }
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
@@ -293,7 +311,6 @@ where
     let mut exhausted = false;
     let mut next_seq: u64 = 1;
     let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut retry: VecDeque<u64> = VecDeque::new();
     let mut outstanding: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut next_chunk: u64 = 0;
     let mut order = Reorder::new(options.keep_order);
@@ -310,45 +327,34 @@ where
                 outstanding.remove(&id);
             }
         }
-        // Fill every free slot with a chunk: retries first, then new inputs.
+        // Fill every free slot with a chunk of new inputs, reading no
+        // further than the window allows.
         while !halted && outstanding.len() < backend.slots() {
             let mut tasks = Vec::with_capacity(chunksize);
-            while tasks.len() < chunksize {
-                let seq = if let Some(seq) = retry.pop_front() {
-                    seq
-                } else if !exhausted && (next_seq - order.oldest(next_seq)) < window as u64 {
-                    match inputs.next() {
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                        Some(line) => {
-                            let seq = next_seq;
-                            next_seq += 1;
-                            let line = line.map_err(MapError::Input)?;
-                            match prepare(template, line, seq) {
-                                Ok(p) => {
-                                    pending.insert(seq, p);
-                                    seq
-                                }
-                                Err(record) => {
-                                    count(&mut summary, &record);
-                                    order.push(*record, &mut emit)?;
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                } else {
+            while tasks.len() < chunksize
+                && !exhausted
+                && (next_seq - order.oldest(next_seq)) < window as u64
+            {
+                let Some(line) = inputs.next() else {
+                    exhausted = true;
                     break;
                 };
-                if let Some(p) = pending.get(&seq) {
-                    tasks.push(ExecTask {
-                        seq,
-                        input: p.input.clone(),
-                        argv: p.argv.clone(),
-                        timeout: options.timeout,
-                    });
+                let seq = next_seq;
+                next_seq += 1;
+                match prepare(template, line.map_err(MapError::Input)?, seq) {
+                    Ok(p) => {
+                        tasks.push(ExecTask {
+                            seq,
+                            input: p.input.clone(),
+                            argv: p.argv.clone(),
+                            timeout: options.timeout,
+                        });
+                        pending.insert(seq, p);
+                    }
+                    Err(record) => {
+                        count(&mut summary, &record);
+                        order.push(*record, &mut emit)?;
+                    }
                 }
             }
             if tasks.is_empty() {
@@ -359,7 +365,7 @@ where
             outstanding.insert(next_chunk, seqs);
             next_chunk += 1;
         }
-        if outstanding.is_empty() && (exhausted || halted) && (retry.is_empty() || halted) {
+        if outstanding.is_empty() && (exhausted || halted) {
             break;
         }
         let Some(done) = backend.next_done(IDLE_POLL)? else {
@@ -376,23 +382,16 @@ where
                 .collect(),
         };
         for (seq, outcome) in outcomes {
-            let Some(mut task) = pending.remove(&seq) else {
+            let Some(task) = pending.remove(&seq) else {
                 continue; // not ours, or already finished
             };
-            task.attempts += 1;
-            let cancelled = matches!(outcome.exit, ExitKind::Cancelled);
-            if !outcome.success() && !cancelled && !halted && task.attempts <= options.retries {
-                pending.insert(seq, task);
-                retry.push_back(seq);
-                continue;
-            }
             let record = TaskRecord {
                 seq,
                 input: task.input,
                 raw_input: None,
                 command: task.argv,
                 outcome,
-                attempts: task.attempts,
+                attempts: done.attempts,
                 host: done.host.clone(),
                 pid: done.pid,
                 worker: done.worker.clone(),
@@ -477,11 +476,7 @@ fn prepare(
         }
     };
     match template.render(&input, seq) {
-        Ok(argv) => Ok(Pending {
-            input,
-            argv,
-            attempts: 0,
-        }),
+        Ok(argv) => Ok(Pending { input, argv }),
         Err(e) => {
             let reason = e.to_string();
             Err(failed(input, None, reason))

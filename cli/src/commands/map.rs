@@ -136,13 +136,18 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     // With no hub, a hub and an engine start inside this process: the same
     // code path as a lab's cluster.
     let description = args.command.join(" ");
-    // With no retries, the hub itself stops dispatching at the first
+    // The hub itself retries, and stops dispatching at the first final
     // failure, so a halt never races a task that starts meanwhile.
-    let halt_on_failure = options.halt != Halt::Never && options.retries == 0;
+    let halt_on_failure = options.halt != Halt::Never;
     let (cluster, mut backend) = match &args.hub {
         None => {
             let cluster = EmbeddedCluster::start(options.jobs)?;
-            let backend = HubBackend::open(cluster.client()?, description, halt_on_failure)?;
+            let backend = HubBackend::open(
+                cluster.client()?,
+                description,
+                options.retries,
+                halt_on_failure,
+            )?;
             (Some(cluster), backend)
         }
         Some(path) => {
@@ -150,7 +155,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                 hub: Some(path.clone()).filter(|p| p.as_os_str() != "-"),
             };
             let ctx = zmq::Context::new();
-            let backend = HubBackend::open(hub.client(&ctx)?, description, halt_on_failure)?;
+            let backend = HubBackend::open(
+                hub.client(&ctx)?,
+                description,
+                options.retries,
+                halt_on_failure,
+            )?;
             eprintln!(
                 "zcluster: job {} on {}",
                 backend.job(),

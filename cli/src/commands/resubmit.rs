@@ -5,7 +5,53 @@ use std::process::ExitCode;
 use clap::Args;
 use zcluster::hub::protocol::{ClientCall, Reply};
 
-use super::HubArg;
+use std::collections::HashMap;
+
+use zcluster::hub::client::{ClientError, HubClient};
+use zcluster::map::ExecChunk;
+
+use super::{HubArg, UsageError};
+
+/// The hub's task ids of the inputs numbered `seqs` (the `seq` of
+/// `zcluster results --json`): each input's last task.
+fn task_ids(client: &mut HubClient, job: u64, seqs: &[u64]) -> anyhow::Result<Vec<u64>> {
+    let call = ClientCall::Results {
+        job,
+        ids: None,
+        status_only: false,
+    };
+    let reports = match client.call(&call) {
+        Ok(Reply::Results(reports)) => reports,
+        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
+        Err(ClientError::Refused(reason)) => return Err(UsageError(reason).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut task_of_seq: HashMap<u64, u64> = HashMap::new();
+    for report in &reports {
+        let Some(chunk) = report
+            .request
+            .as_deref()
+            .and_then(|r| ExecChunk::from_request_body(r).ok())
+        else {
+            continue;
+        };
+        for task in chunk.tasks {
+            // Reports come in task order: a later task for the same input
+            // (a retry) wins.
+            task_of_seq.insert(task.seq, report.id);
+        }
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    for seq in seqs {
+        let id = task_of_seq
+            .get(seq)
+            .ok_or_else(|| UsageError(format!("job {job} has no input {seq}")))?;
+        if !ids.contains(id) {
+            ids.push(*id);
+        }
+    }
+    Ok(ids)
+}
 
 #[derive(Args)]
 pub struct ResubmitArgs {
@@ -16,16 +62,21 @@ pub struct ResubmitArgs {
     /// Every failed task (the default).
     #[arg(long, conflicts_with = "task")]
     failed: bool,
-    /// Only these tasks (ids as `zcluster results --json` shows them).
+    /// Only these inputs (their `seq`, as `zcluster results --json` shows it).
     #[arg(long, value_name = "ID")]
     task: Vec<u64>,
 }
 
 pub fn run(args: ResubmitArgs) -> anyhow::Result<ExitCode> {
-    let ids = (!args.task.is_empty()).then(|| args.task.clone());
     let ctx = zmq::Context::new();
+    let mut client = args.hub.client(&ctx)?;
+    let ids = if args.task.is_empty() {
+        None
+    } else {
+        Some(task_ids(&mut client, args.job, &args.task)?)
+    };
     let call = ClientCall::Resubmit { job: args.job, ids };
-    let Reply::Resubmitted(n) = args.hub.client(&ctx)?.call(&call)? else {
+    let Reply::Resubmitted(n) = client.call(&call)? else {
         anyhow::bail!("unexpected answer to a resubmit call");
     };
     eprintln!(

@@ -47,8 +47,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         let Some(chunk) = report
             .request
             .as_deref()
-            .and_then(|r| decode_value::<zcluster::message::ClusterRequest>(r, "request").ok())
-            .and_then(|r| r.decode::<ExecChunk>().ok())
+            .and_then(|r| ExecChunk::from_request_body(r).ok())
         else {
             continue;
         };

@@ -1,0 +1,1285 @@
+//! `zcluster hub` end to end: a real hub process, real worker processes,
+//! clients as separate processes, signals and the SQLite store on disk.
+//!
+//! Every test has its own temp dir, connection file and store, lets the hub
+//! pick free ports, and bounds every wait. Hub and worker logs go to files in
+//! the temp dir and are shown when an assertion about them fails.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use predicates::prelude::*;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// Short heartbeats, so a dead worker is noticed in well under a second.
+const HEARTBEAT_MS: u64 = 200;
+const HEARTBEAT_MISSES: u32 = 3;
+
+/// A running process that gets SIGTERM first (so a worker kills its tasks
+/// and leaves cleanly), and SIGKILL only if that is not enough.
+struct Proc {
+    guard: ChildGuard,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(command: &mut Command, log: PathBuf) -> Self {
+        let err = File::create(&log).expect("create log file");
+        let guard = ChildGuard::spawn(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err),
+        );
+        Proc { guard, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.guard.pid()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the process to exit and reaps it.
+    fn wait(&mut self) -> ExitStatus {
+        self.guard.wait()
+    }
+
+    fn running(&mut self) -> bool {
+        match self.guard.0.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Some(child) = self.guard.0.as_mut() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // ChildGuard's drop SIGKILLs and reaps whatever is left.
+    }
+}
+
+/// A hub process with its own temp dir, connection file and SQLite store.
+struct Hub {
+    proc: Proc,
+    file: PathBuf,
+    store: PathBuf,
+    /// Dropped last: the processes above still use it.
+    dir: TempDir,
+}
+
+impl Hub {
+    /// Starts a hub (with short heartbeats) and waits until it answers.
+    fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join("hub.json");
+        let store = dir.path().join("tasks.sqlite");
+        let proc = Self::spawn_hub(dir.path(), &file, &store, &[]);
+        let hub = Hub {
+            proc,
+            file,
+            store,
+            dir,
+        };
+        hub.wait_ready();
+        hub
+    }
+
+    fn spawn_hub(dir: &Path, file: &Path, store: &Path, extra: &[&str]) -> Proc {
+        let n = fs::read_dir(dir).map_or(0, |d| d.count());
+        Proc::spawn(
+            Command::new(zcluster_path())
+                .arg("hub")
+                .arg("--connection-file")
+                .arg(file)
+                .arg("--store")
+                .arg(store)
+                .args(["--ip", "127.0.0.1"])
+                .arg(format!("--heartbeat-ms={HEARTBEAT_MS}"))
+                .arg(format!("--heartbeat-misses={HEARTBEAT_MISSES}"))
+                .args(extra),
+            dir.join(format!("hub-{n}.log")),
+        )
+    }
+
+    /// Waits until the connection file exists and `status` succeeds.
+    fn wait_ready(&self) {
+        wait_until("the hub to answer", || {
+            self.file.exists() && self.cmd("status").ok().is_ok()
+        });
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `zcluster SUBCOMMAND --hub FILE`, ready for more arguments.
+    fn cmd(&self, subcommand: &str) -> assert_cmd::Command {
+        let mut command = zcluster();
+        command.arg(subcommand).arg("--hub").arg(&self.file);
+        command
+    }
+
+    /// Starts `zcluster worker --hub FILE -j SLOTS` (not waiting for it).
+    fn worker(&self, slots: usize) -> Proc {
+        let n = fs::read_dir(self.dir()).map_or(0, |d| d.count());
+        Proc::spawn(
+            Command::new(zcluster_path())
+                .arg("worker")
+                .arg("--hub")
+                .arg(&self.file)
+                .arg(format!("-j{slots}")),
+            self.dir().join(format!("worker-{n}.log")),
+        )
+    }
+
+    /// Starts `count` workers and waits until all have registered.
+    fn workers(&self, count: usize, slots: usize) -> Vec<Proc> {
+        let before = self.engines().len();
+        let workers: Vec<Proc> = (0..count).map(|_| self.worker(slots)).collect();
+        wait_until("the workers to register", || {
+            self.engines().len() == before + count
+        });
+        workers
+    }
+
+    /// `zcluster status --json`.
+    fn status(&self) -> Value {
+        let output = self.cmd("status").arg("--json").output().unwrap();
+        assert!(
+            output.status.success(),
+            "status failed: {}\nhub log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.proc.log()
+        );
+        serde_json::from_slice(&output.stdout).expect("status --json is JSON")
+    }
+
+    fn engines(&self) -> Vec<Value> {
+        self.status()["engines"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The engine id of the worker process `pid`.
+    fn engine_of(&self, pid: i32) -> u64 {
+        self.engines()
+            .iter()
+            .find(|e| e["pid"].as_i64() == Some(i64::from(pid)))
+            .and_then(|e| e["id"].as_u64())
+            .unwrap_or_else(|| panic!("no engine with pid {pid} in status"))
+    }
+
+    /// The job `id` as `status --json` shows it, if it is there.
+    fn job(&self, id: u64) -> Option<Value> {
+        self.status()["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["id"].as_u64() == Some(id)).cloned())
+    }
+
+    /// `zcluster results JOB --json`: exit code and records.
+    fn results(&self, job: u64) -> (Option<i32>, Vec<Value>) {
+        let output = self
+            .cmd("results")
+            .arg(job.to_string())
+            .arg("--json")
+            .output()
+            .unwrap();
+        let records = String::from_utf8(output.stdout)
+            .expect("results are UTF-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        (output.status.code(), records)
+    }
+
+    /// Runs `zcluster map --hub FILE ARGS` in the background, stdout and
+    /// stderr to files.
+    fn spawn_map(&self, name: &str, args: &[&str]) -> MapRun {
+        let stdout = self.dir().join(format!("{name}.out"));
+        let stderr = self.dir().join(format!("{name}.err"));
+        let guard = ChildGuard::spawn(
+            Command::new(zcluster_path())
+                .arg("map")
+                .arg("--hub")
+                .arg(&self.file)
+                .arg("--no-progress")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(File::create(&stdout).unwrap())
+                .stderr(File::create(&stderr).unwrap()),
+        );
+        MapRun {
+            guard,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// A `zcluster map --hub` running in the background.
+struct MapRun {
+    guard: ChildGuard,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl MapRun {
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the map to exit.
+    fn wait(&mut self) -> ExitStatus {
+        self.guard.wait()
+    }
+
+    /// The job id it printed, once it has.
+    fn job(&self) -> Option<u64> {
+        job_in(&self.stderr())
+    }
+}
+
+/// The id in `zcluster: job ID on FILE`.
+fn job_in(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|line| {
+        let rest = line.strip_prefix("zcluster: job ")?;
+        let (id, rest) = rest.split_once(' ')?;
+        rest.starts_with("on ").then(|| id.parse().ok()).flatten()
+    })
+}
+
+fn job_of(output: &std::process::Output) -> u64 {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    job_in(&stderr).unwrap_or_else(|| panic!("no `zcluster: job ID on FILE` line in:\n{stderr}"))
+}
+
+fn lines_text<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| format!("{i}\n")).collect()
+}
+
+fn numbered_inputs(dir: &Path, name: &str, prefix: &str, count: usize) -> (PathBuf, Vec<String>) {
+    let inputs: Vec<String> = (1..=count).map(|i| format!("{prefix}{i}")).collect();
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    (input_file(dir, name, &refs), inputs)
+}
+
+fn field_u64(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number `{key}` in {value}"))
+}
+
+/// Counts rows of every table of a SQLite file with the `sqlite3` CLI,
+/// read-only; `None` when `sqlite3` is not installed.
+fn sqlite_row_counts(path: &Path) -> Option<Vec<(String, u64)>> {
+    let query = |sql: &str| -> Option<String> {
+        let output = Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(path)
+            .arg(sql)
+            .output()
+            .ok()?;
+        assert!(
+            output.status.success(),
+            "sqlite3 `{sql}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let tables = query("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+    let counts = tables
+        .lines()
+        .map(|table| {
+            let n = query(&format!("SELECT count(*) FROM \"{table}\""))
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            (table.to_string(), n)
+        })
+        .collect();
+    Some(counts)
+}
+
+#[test]
+fn thousand_inputs_on_three_workers_in_order_and_stored() {
+    let hub = Hub::start();
+    let mode = fs::metadata(&hub.file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the connection file holds the key");
+    let _workers = hub.workers(3, 2);
+
+    let (file, inputs) = numbered_inputs(hub.dir(), "in.txt", "", 1000);
+    let map_results = hub.dir().join("map.jsonl");
+    let output = hub
+        .cmd("map")
+        .arg("--results")
+        .arg(&map_results)
+        .arg(&file)
+        .args(["--", "echo"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "map failed: {stderr}\nhub log:\n{}",
+        hub.proc.log()
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout.clone()).unwrap(),
+        lines_text(&inputs)
+    );
+    assert!(stderr.contains("1000 tasks: 1000 ok"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("on {}", hub.file.display())),
+        "the job line names the hub: {stderr}"
+    );
+    let job = job_of(&output);
+
+    // The store's records match what the map wrote, input by input.
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(0));
+    let written = json_lines(&map_results);
+    assert_eq!(records.len(), 1000);
+    assert_eq!(written.len(), 1000);
+    for (i, (stored, seen)) in records.iter().zip(&written).enumerate() {
+        assert_eq!(stored["seq"], i as u64 + 1, "{stored}");
+        assert_eq!(stored["input"], inputs[i], "{stored}");
+        assert_eq!(stored["stdout"], format!("{}\n", inputs[i]), "{stored}");
+        assert_eq!(stored["status"], "ok", "{stored}");
+        for key in [
+            "seq",
+            "input",
+            "command",
+            "status",
+            "exit_code",
+            "stdout",
+            "host",
+            "pid",
+            "worker",
+        ] {
+            assert_eq!(stored[key], seen[key], "{key} differs for input {}", i + 1);
+        }
+    }
+    // Plain `results` prints the stdout blocks in input order.
+    hub.cmd("results")
+        .arg(job.to_string())
+        .assert()
+        .success()
+        .stdout(lines_text(&inputs));
+
+    // One task per input (chunk size 1): the job is done with 1000.
+    let status = hub.job(job).expect("the job is in status");
+    assert_eq!(field_u64(&status, "done"), 1000, "{status}");
+    assert_eq!(field_u64(&status, "failed"), 0, "{status}");
+    assert_eq!(field_u64(&status, "pending"), 0, "{status}");
+    assert_eq!(field_u64(&status, "running"), 0, "{status}");
+    assert_eq!(status["total"], 1000, "{status}");
+    // Every engine took part and the engines' counts add up.
+    let engines = hub.engines();
+    let completed: Vec<u64> = engines.iter().map(|e| field_u64(e, "completed")).collect();
+    assert_eq!(completed.iter().sum::<u64>(), 1000, "{engines:?}");
+    assert!(
+        completed.iter().all(|&c| c > 0),
+        "an engine got no work: {engines:?}"
+    );
+    assert!(
+        hub.status()["store"]
+            .as_str()
+            .unwrap()
+            .contains("tasks.sqlite"),
+        "status names the store"
+    );
+
+    // status --json has every documented field.
+    let status = hub.status();
+    for key in [
+        "id",
+        "host",
+        "pid",
+        "slots",
+        "running",
+        "completed",
+        "last_heartbeat",
+        "handlers",
+    ] {
+        assert!(
+            status["engines"][0].get(key).is_some(),
+            "no engine {key}: {status}"
+        );
+    }
+    for key in [
+        "id",
+        "submitted",
+        "description",
+        "total",
+        "pending",
+        "running",
+        "done",
+        "failed",
+    ] {
+        assert!(
+            status["jobs"][0].get(key).is_some(),
+            "no job {key}: {status}"
+        );
+    }
+    // The hub says how to start workers, and a clean run warns of nothing.
+    let log = hub.proc.log();
+    assert!(
+        log.contains(&format!(
+            "start workers with: zcluster worker --hub {}",
+            hub.file.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+
+    // The pairs are in the SQLite file: a new hub on the same store (new
+    // ports and key) still has them.
+    hub.cmd("shutdown").arg("--workers").assert().success();
+    let mut hub = hub;
+    assert!(hub.proc.wait().success(), "hub log:\n{}", hub.proc.log());
+    assert!(hub.store.exists(), "no store at {}", hub.store.display());
+    if let Some(counts) = sqlite_row_counts(&hub.store) {
+        assert!(
+            counts.iter().any(|(_, n)| *n >= 1000),
+            "no table with the 1000 tasks in the store: {counts:?}"
+        );
+    }
+    // The old file names the dead hub's ports: remove it, so readiness
+    // means the new hub wrote its own.
+    fs::remove_file(&hub.file).unwrap();
+    hub.proc = Hub::spawn_hub(hub.dir(), &hub.file, &hub.store, &["--fresh"]);
+    hub.wait_ready();
+    let (code, again) = hub.results(job);
+    assert_eq!(code, Some(0));
+    assert_eq!(again.len(), 1000);
+    for (stored, before) in again.iter().zip(&records) {
+        for key in ["seq", "input", "stdout", "status", "pid"] {
+            assert_eq!(stored[key], before[key]);
+        }
+    }
+}
+
+#[test]
+fn concurrent_maps_each_get_their_own_results() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 2);
+    let (file_a, inputs_a) = numbered_inputs(hub.dir(), "a.txt", "a", 300);
+    let (file_b, inputs_b) = numbered_inputs(hub.dir(), "b.txt", "b", 300);
+    let a_path = file_a.display().to_string();
+    let b_path = file_b.display().to_string();
+    let mut a = hub.spawn_map("a", &[&a_path, "--", "echo"]);
+    let mut b = hub.spawn_map("b", &[&b_path, "--", "echo"]);
+    let (status_a, status_b) = (a.wait(), b.wait());
+    assert!(status_a.success(), "{}", a.stderr());
+    assert!(status_b.success(), "{}", b.stderr());
+    assert_eq!(a.stdout(), lines_text(&inputs_a));
+    assert_eq!(b.stdout(), lines_text(&inputs_b));
+    let (job_a, job_b) = (a.job().unwrap(), b.job().unwrap());
+    assert_ne!(job_a, job_b);
+    for (job, inputs) in [(job_a, &inputs_a), (job_b, &inputs_b)] {
+        let (code, records) = hub.results(job);
+        assert_eq!(code, Some(0));
+        let stdout: Vec<&str> = records
+            .iter()
+            .map(|r| r["stdout"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = inputs.iter().map(|i| format!("{i}\n")).collect();
+        assert_eq!(stdout, want, "job {job} has another job's results");
+        let job_status = hub.job(job).unwrap();
+        assert_eq!(field_u64(&job_status, "done"), 300, "{job_status}");
+    }
+}
+
+#[test]
+fn kill_ends_workers_one_or_all_and_restart_exits_75() {
+    let hub = Hub::start();
+    let mut workers = hub.workers(4, 1);
+    let pids: Vec<i32> = workers.iter().map(Proc::pid).collect();
+    let ids: Vec<u64> = pids.iter().map(|&pid| hub.engine_of(pid)).collect();
+
+    // ping: a header and one line per engine, each naming its pid.
+    let output = hub.cmd("ping").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[0].starts_with("HOST\tPID"), "{table}");
+    for pid in &pids {
+        assert!(
+            lines[1..]
+                .iter()
+                .any(|l| l.split('\t').nth(1) == Some(&pid.to_string())),
+            "pid {pid} missing from ping:\n{table}"
+        );
+    }
+
+    // An unknown engine is an error, and nobody is killed.
+    hub.cmd("kill")
+        .args(["--engine", "999999"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("999999"));
+
+    // One engine: only it exits, cleanly.
+    hub.cmd("kill")
+        .args(["--engine", &ids[0].to_string()])
+        .assert()
+        .success()
+        .stdout(format!("{}\n", ids[0]));
+    let status = workers[0].wait();
+    assert_eq!(status.code(), Some(0), "{}", workers[0].log());
+    assert!(!alive(pids[0]));
+    wait_until("the killed engine to leave status", || {
+        hub.engines().len() == 3
+    });
+    for worker in &mut workers[1..] {
+        assert!(worker.running(), "another worker exited: {}", worker.log());
+    }
+
+    // The others still serve a map.
+    let results = hub.dir().join("r.jsonl");
+    let (file, inputs) = numbered_inputs(hub.dir(), "in.txt", "x", 30);
+    hub.cmd("map")
+        .arg("--results")
+        .arg(&results)
+        .arg(&file)
+        .args(["--", "echo"])
+        .timeout(FAIL_AFTER)
+        .assert()
+        .success()
+        .stdout(lines_text(&inputs));
+    for record in json_lines(&results) {
+        let pid = record["pid"].as_i64().unwrap() as i32;
+        assert!(
+            pids[1..].contains(&pid),
+            "task ran on pid {pid}, not a live worker: {record}"
+        );
+    }
+
+    // Restart: exit status 75 for a supervisor.
+    hub.cmd("kill")
+        .args(["--restart", "--engine", &ids[1].to_string()])
+        .assert()
+        .success()
+        .stdout(format!("{}\n", ids[1]));
+    assert_eq!(workers[1].wait().code(), Some(75), "{}", workers[1].log());
+
+    // Everyone else: every remaining worker exits 0 and is reaped.
+    let output = hub.cmd("kill").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut acked: Vec<u64> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    acked.sort_unstable();
+    let mut want = ids[2..].to_vec();
+    want.sort_unstable();
+    assert_eq!(acked, want);
+    for (worker, pid) in workers[2..].iter_mut().zip(&pids[2..]) {
+        assert_eq!(worker.wait().code(), Some(0), "{}", worker.log());
+        assert!(!alive(*pid));
+    }
+    wait_until("status to show no engines", || hub.engines().is_empty());
+    assert!(
+        hub.proc.guard.0.is_some() && alive(hub.proc.pid()),
+        "the hub must outlive its workers"
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_map_is_declared_dead_and_its_tasks_rerun() {
+    let hub = Hub::start();
+    let mut workers = hub.workers(2, 2);
+    let victim_pid = workers[0].pid();
+    let victim = hub.engine_of(victim_pid);
+    let survivor = hub.engine_of(workers[1].pid());
+    let (file, inputs) = numbered_inputs(hub.dir(), "in.txt", "", 40);
+    let path = file.display().to_string();
+    let mut map = hub.spawn_map("map", &[&path, "--", "sh", "-c", "sleep 0.2; echo $0"]);
+
+    wait_until("a few results", || map.stdout().lines().count() >= 4);
+    workers[0].guard.0.as_mut().unwrap().kill().unwrap();
+    let killed = Instant::now();
+    workers[0].wait();
+
+    // Gone from status within the heartbeat bound (plus a margin for a
+    // loaded machine and the status process itself).
+    let bound =
+        Duration::from_millis(HEARTBEAT_MS * u64::from(HEARTBEAT_MISSES)) + Duration::from_secs(2);
+    wait_until("the dead engine to leave status", || {
+        !hub.engines()
+            .iter()
+            .any(|e| e["id"].as_u64() == Some(victim))
+    });
+    let noticed = killed.elapsed();
+    eprintln!("dead engine left status {noticed:?} after SIGKILL");
+    assert!(
+        noticed < bound,
+        "dead engine noticed after {noticed:?} (bound {bound:?})"
+    );
+
+    let status = map.wait();
+    assert!(
+        status.success(),
+        "map failed: {}\nhub log:\n{}",
+        map.stderr(),
+        hub.proc.log()
+    );
+    // Every result exactly once, in order.
+    assert_eq!(map.stdout(), lines_text(&inputs));
+    let job = map.job().unwrap();
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(0));
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    let job_status = hub.job(job).unwrap();
+    assert_eq!(field_u64(&job_status, "done"), 40, "{job_status}");
+    // Tasks finished after the kill ran on the survivor.
+    let engines = hub.engines();
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    assert_eq!(engines[0]["id"].as_u64(), Some(survivor));
+}
+
+#[test]
+fn status_matches_results_and_purge_removes_finished_jobs_only() {
+    let hub = Hub::start();
+    let workers = hub.workers(2, 1);
+    let (file, inputs) = numbered_inputs(hub.dir(), "in.txt", "", 25);
+    let run_map = || {
+        let output = hub
+            .cmd("map")
+            .arg(&file)
+            .args(["--", "echo"])
+            .timeout(FAIL_AFTER)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout), lines_text(&inputs));
+        job_of(&output)
+    };
+    let (first, second, third) = (run_map(), run_map(), run_map());
+
+    for job in [first, second, third] {
+        let (code, records) = hub.results(job);
+        assert_eq!(code, Some(0));
+        assert_eq!(records.len(), 25);
+        let status = hub.job(job).unwrap();
+        let ok = records.iter().filter(|r| r["status"] == "ok").count() as u64;
+        assert_eq!(field_u64(&status, "done"), ok, "{status}");
+        assert_eq!(
+            field_u64(&status, "failed"),
+            records.len() as u64 - ok,
+            "{status}"
+        );
+        assert_eq!(field_u64(&status, "pending"), 0, "{status}");
+        assert_eq!(field_u64(&status, "running"), 0, "{status}");
+        assert_eq!(
+            status["total"].as_u64(),
+            Some(records.len() as u64),
+            "{status}"
+        );
+    }
+    // The engines' completed counts add up to the tasks they ran.
+    let completed: u64 = hub
+        .engines()
+        .iter()
+        .map(|e| field_u64(e, "completed"))
+        .sum();
+    assert_eq!(completed, 75);
+
+    // A finished job can be purged: its results are gone (unknown job).
+    hub.cmd("purge")
+        .args(["--job", &first.to_string()])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("purged 25 task(s)"));
+    hub.cmd("results")
+        .arg(first.to_string())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(first.to_string()));
+    assert!(hub.job(first).is_none(), "a purged job stays in status");
+
+    // A running job: status shows where its tasks are, results says they
+    // are unfinished, and purge is refused with the reason.
+    let (file, _) = numbered_inputs(hub.dir(), "slow.txt", "", 4);
+    let path = file.display().to_string();
+    let mut slow = hub.spawn_map("slow", &[&path, "--", "sh", "-c", "sleep 5"]);
+    wait_until("two slow tasks to run and two to wait", || {
+        slow.job()
+            .and_then(|job| hub.job(job))
+            .is_some_and(|j| field_u64(&j, "running") == 2 && field_u64(&j, "pending") == 2)
+    });
+    let running = slow.job().unwrap();
+    hub.cmd("results")
+        .arg(running.to_string())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("4 unfinished"));
+    hub.cmd("purge")
+        .args(["--job", &running.to_string()])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("cannot be purged").or(predicate::str::contains("unfinished")),
+        )
+        .stderr(predicate::str::contains(running.to_string()));
+    assert!(hub.job(running).is_some());
+    // Ctrl-C the map: the hub cancels the job, which can then be purged.
+    kill(Pid::from_raw(slow.guard.pid()), Signal::SIGINT).unwrap();
+    assert_eq!(slow.wait().code(), Some(130), "{}", slow.stderr());
+    wait_until("the cancelled job to finish", || {
+        hub.job(running)
+            .is_some_and(|j| field_u64(&j, "failed") == 4)
+    });
+    hub.cmd("purge")
+        .args(["--job", &running.to_string()])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("purged 4 task(s)"));
+    assert!(hub.job(running).is_none());
+
+    // --engine forgets what one engine ran, and only that.
+    let pid = workers[0].pid();
+    let engine = hub.engine_of(pid);
+    let ran_on = |records: &[Value], pid: i32| {
+        records
+            .iter()
+            .filter(|r| r["pid"].as_i64() == Some(i64::from(pid)))
+            .count()
+    };
+    let (_, second_records) = hub.results(second);
+    let (_, third_records) = hub.results(third);
+    let by_engine = ran_on(&second_records, pid) + ran_on(&third_records, pid);
+    hub.cmd("purge")
+        .args(["--engine", &engine.to_string()])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "purged {by_engine} task(s)"
+        )));
+    let (_, left_second) = hub.results(second);
+    let (_, left_third) = hub.results(third);
+    assert_eq!(ran_on(&left_second, pid) + ran_on(&left_third, pid), 0);
+    assert_eq!(left_second.len() + left_third.len(), 50 - by_engine);
+
+    // --all forgets every completed task: nothing left to show.
+    hub.cmd("purge")
+        .arg("--all")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "purged {} task(s)",
+            50 - by_engine
+        )));
+    for job in [second, third] {
+        let (_, records) = hub.results(job);
+        assert!(records.is_empty(), "purge --all left records: {records:?}");
+        if let Some(status) = hub.job(job) {
+            assert_eq!(
+                field_u64(&status, "done") + field_u64(&status, "failed"),
+                0,
+                "{status}"
+            );
+        }
+    }
+}
+
+#[test]
+fn resubmit_reruns_failed_tasks() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let paths: Vec<PathBuf> = (0..6).map(|i| hub.dir().join(format!("f{i}"))).collect();
+    // Even ones exist, odd ones do not (yet).
+    for path in paths.iter().step_by(2) {
+        fs::write(path, "").unwrap();
+    }
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let file = input_file(hub.dir(), "in.txt", &refs);
+    let output = hub
+        .cmd("map")
+        .arg(&file)
+        .args(["--", "sh", "-c", "test -e \"$0\" && echo found $0"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = job_of(&output);
+
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(1), "results of a job with failures exits 1");
+    let statuses: Vec<&str> = records
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "failed", "ok", "failed", "ok", "failed"]);
+    hub.cmd("results")
+        .arg(job.to_string())
+        .args(["--json", "--failed"])
+        .assert()
+        .code(1)
+        .stdout(predicate::function(|out: &str| out.lines().count() == 3));
+    let status = hub.job(job).unwrap();
+    assert_eq!(
+        field_u64(&status, "failed"),
+        3,
+        "failed commands count as failed tasks: {status}"
+    );
+    assert_eq!(field_u64(&status, "done"), 3, "{status}");
+
+    for path in paths.iter().skip(1).step_by(2) {
+        fs::write(path, "").unwrap();
+    }
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resubmitted 3 task(s)"));
+    wait_until("the resubmitted tasks to succeed", || {
+        hub.cmd("results").arg(job.to_string()).ok().is_ok()
+    });
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(0));
+    assert_eq!(records.len(), 6);
+    for (record, name) in records.iter().zip(&names) {
+        assert_eq!(record["status"], "ok", "{record}");
+        assert_eq!(record["stdout"], format!("found {name}\n"), "{record}");
+    }
+    let status = hub.job(job).unwrap();
+    assert_eq!(field_u64(&status, "done"), 6, "{status}");
+    assert_eq!(field_u64(&status, "failed"), 0, "{status}");
+}
+
+/// Waits up to `limit` for a child to exit; `None` if it is still running.
+fn exit_within(guard: &mut ChildGuard, limit: Duration) -> Option<ExitStatus> {
+    let child = guard.0.as_mut().expect("child not yet reaped");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            guard.0 = None;
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A finished all-ok job of three `found PATH` inputs; the paths exist.
+fn found_job(hub: &Hub) -> (u64, Vec<PathBuf>) {
+    let paths: Vec<PathBuf> = (1..=3).map(|i| hub.dir().join(format!("g{i}"))).collect();
+    for path in &paths {
+        fs::write(path, "").unwrap();
+    }
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let file = input_file(hub.dir(), "found.txt", &refs);
+    let output = hub
+        .cmd("map")
+        .arg(&file)
+        .args(["--", "sh", "-c", "test -e \"$0\" && echo found $0"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (job_of(&output), paths)
+}
+
+#[test]
+fn resubmit_task_ids_are_the_ones_results_shows() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (job, paths) = found_job(&hub);
+    // Input 2's file goes away: rerunning input 2 (and only it) now fails.
+    fs::remove_file(&paths[1]).unwrap();
+    let (_, records) = hub.results(job);
+    let seq = records[1]["seq"].as_u64().unwrap();
+    assert_eq!(records[1]["input"], paths[1].display().to_string());
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .args(["--task", &seq.to_string()])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resubmitted 1 task(s)"));
+    wait_until("the resubmitted task to finish", || {
+        hub.job(job).is_some_and(|j| {
+            field_u64(&j, "pending") + field_u64(&j, "running") == 0
+                && field_u64(&j, "done") + field_u64(&j, "failed") == 3
+        })
+    });
+    let (code, records) = hub.results(job);
+    let statuses: Vec<&str> = records
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["ok", "failed", "ok"],
+        "`resubmit --task {seq}` did not rerun input {seq} (the `seq` results --json shows)"
+    );
+    assert_eq!(code, Some(1));
+    // The last input's seq is a task of the job too.
+    let last = records[2]["seq"].as_u64().unwrap();
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .args(["--task", &last.to_string()])
+        .assert()
+        .success();
+}
+
+#[test]
+fn resubmit_with_nothing_failed_leaves_the_job_purgeable() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (job, _) = found_job(&hub);
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resubmitted 0 task(s)"));
+    // Nothing runs, so the job is still finished and can be purged.
+    hub.cmd("purge")
+        .args(["--job", &job.to_string()])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("purged 3 task(s)"));
+}
+
+#[test]
+fn resubmit_while_the_map_still_reads_inputs_loses_none() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let flag = hub.dir().join("fixed");
+    let stdout = hub.dir().join("live.out");
+    let stderr = hub.dir().join("live.err");
+    // The map reads its inputs from a pipe that stays open.
+    let mut map = ChildGuard::spawn(
+        Command::new(zcluster_path())
+            .arg("map")
+            .arg("--hub")
+            .arg(&hub.file)
+            .arg("--no-progress")
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "[ $0 != bad ] || [ -e \"$1\" ] && echo $0",
+                "{}",
+            ])
+            .arg(&flag)
+            .stdin(Stdio::piped())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap()),
+    );
+    let mut stdin = map.0.as_mut().unwrap().stdin.take().unwrap();
+    writeln!(stdin, "bad").unwrap();
+    stdin.flush().unwrap();
+    let job = {
+        let mut job = None;
+        wait_until("the first input to fail", || {
+            job = job_in(&fs::read_to_string(&stderr).unwrap_or_default());
+            job.and_then(|j| hub.job(j))
+                .is_some_and(|j| field_u64(&j, "failed") == 1)
+        });
+        job.unwrap()
+    };
+    fs::write(&flag, "").unwrap();
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resubmitted 1 task(s)"));
+    wait_until("the resubmitted input to succeed", || {
+        hub.job(job).is_some_and(|j| field_u64(&j, "done") == 1)
+    });
+    // The map goes on reading: its next input must still run.
+    writeln!(stdin, "good").unwrap();
+    drop(stdin);
+    let status = exit_within(&mut map, Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "the map hangs after its job was resubmitted: its later input was dropped\n\
+             map stderr:\n{}\nhub log:\n{}",
+            fs::read_to_string(&stderr).unwrap_or_default(),
+            hub.proc.log()
+        )
+    });
+    // The map saw `bad` fail (its own run), then `good`.
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(fs::read_to_string(&stdout).unwrap(), "good\n");
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(0), "{records:?}");
+    assert_eq!(records.len(), 2);
+    let status = hub.job(job).unwrap();
+    assert_eq!(status["total"], 2, "{status}");
+    assert_eq!(field_u64(&status, "done"), 2, "{status}");
+}
+
+#[test]
+fn an_input_retried_to_success_is_not_a_failed_task() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let marks: Vec<String> = (0..3)
+        .map(|i| hub.dir().join(format!("m{i}")).display().to_string())
+        .collect();
+    let refs: Vec<&str> = marks.iter().map(String::as_str).collect();
+    let file = input_file(hub.dir(), "marks.txt", &refs);
+    let output = hub
+        .cmd("map")
+        .args(["--retries", "1"])
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "if [ -e \"$0\" ]; then echo second; else touch \"$0\"; exit 3; fi",
+        ])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = job_of(&output);
+    let (code, records) = hub.results(job);
+    assert_eq!(code, Some(0));
+    assert_eq!(records.len(), 3);
+    // Every input succeeded (on its second attempt): status agrees with
+    // results, and there is nothing to resubmit.
+    let status = hub.job(job).unwrap();
+    assert_eq!(
+        field_u64(&status, "failed"),
+        0,
+        "status counts failed first attempts of inputs that succeeded: {status}"
+    );
+    assert_eq!(field_u64(&status, "done"), 3, "{status}");
+    hub.cmd("resubmit")
+        .arg(job.to_string())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resubmitted 0 task(s)"));
+}
+
+#[test]
+fn map_options_work_through_the_hub() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let dir = hub.dir();
+
+    // --retries: a task that fails once is run again.
+    let results = dir.join("retries.jsonl");
+    let marks: Vec<String> = (0..3)
+        .map(|i| dir.join(format!("m{i}")).display().to_string())
+        .collect();
+    let refs: Vec<&str> = marks.iter().map(String::as_str).collect();
+    let file = input_file(dir, "marks.txt", &refs);
+    hub.cmd("map")
+        .args(["--retries", "1", "--results"])
+        .arg(&results)
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "if [ -e \"$0\" ]; then echo second; else touch \"$0\"; exit 3; fi",
+        ])
+        .timeout(FAIL_AFTER)
+        .assert()
+        .success()
+        .stdout("second\nsecond\nsecond\n");
+    for record in json_lines(&results) {
+        assert_eq!(record["attempts"], 2, "{record}");
+        assert_eq!(record["status"], "ok", "{record}");
+    }
+
+    // --timeout kills the task, and the map says so.
+    let started = Instant::now();
+    hub.cmd("map")
+        .args(["--timeout", "300ms", "--", "sh", "-c", "sleep 30"])
+        .write_stdin("x\n")
+        .timeout(FAIL_AFTER)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("1 timed out"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the 30 s sleep was waited for"
+    );
+
+    // --unordered prints as tasks finish.
+    hub.cmd("map")
+        .args(["--unordered", "--", "sh", "-c", "sleep $0; echo $0"])
+        .write_stdin("0.6\n0\n")
+        .timeout(FAIL_AFTER)
+        .assert()
+        .success()
+        .stdout("0\n0.6\n");
+}
+
+#[test]
+fn usage_errors_name_the_file_the_job_or_the_hub() {
+    let dir = TempDir::new().unwrap();
+    zcluster()
+        .args(["status", "--hub", "/nonexistent.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nonexistent.json"));
+
+    // A connection file others can read: refused, with the fix.
+    let write_file = |name: &str, clients: &str, mode: u32| {
+        let path = dir.path().join(name);
+        let info = serde_json::json!({
+            "engines": "tcp://127.0.0.1:9",
+            "clients": clients,
+            "notifications": "tcp://127.0.0.1:9",
+            "key": "00".repeat(32),
+            "store": ":memory:",
+        });
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .unwrap();
+        writeln!(file, "{info}").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let open = write_file("open.json", "tcp://127.0.0.1:9", 0o644);
+    zcluster()
+        .arg("status")
+        .arg("--hub")
+        .arg(&open)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("chmod 600"));
+
+    // Nobody listens: the client gives up in bounded time and says where
+    // it looked.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("tcp://127.0.0.1:{port}");
+    let silent = write_file("silent.json", &url, 0o600);
+    let started = Instant::now();
+    zcluster()
+        .arg("status")
+        .arg("--hub")
+        .arg(&silent)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("did not answer"))
+        .stderr(predicate::str::contains(&url));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "gave up after {waited:?}");
+
+    // A live hub: an unknown job is a usage error naming the job.
+    let hub = Hub::start();
+    hub.cmd("results")
+        .arg("999999")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("999999"));
+    hub.cmd("resubmit")
+        .arg("999999")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("999999"));
+    // map to a missing connection file: a usage error before any work.
+    zcluster()
+        .args(["map", "--hub"])
+        .arg(dir.path().join("missing.json"))
+        .args(["--", "echo"])
+        .write_stdin("x\n")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing.json"));
+}
+
+#[test]
+fn shutdown_with_workers_stops_everything() {
+    let mut hub = Hub::start();
+    let mut workers = hub.workers(2, 1);
+    // ZCLUSTER_HUB stands in for --hub.
+    let output = zcluster()
+        .args(["status", "--json"])
+        .env("ZCLUSTER_HUB", &hub.file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["engines"].as_array().unwrap().len(), 2);
+
+    zcluster()
+        .args(["shutdown", "--workers"])
+        .env("ZCLUSTER_HUB", &hub.file)
+        .timeout(FAIL_AFTER)
+        .assert()
+        .success();
+    let status = hub.proc.wait();
+    assert_eq!(status.code(), Some(0), "hub log:\n{}", hub.proc.log());
+    for worker in &mut workers {
+        let pid = worker.pid();
+        assert_eq!(worker.wait().code(), Some(0), "{}", worker.log());
+        assert!(!alive(pid));
+    }
+    assert!(!alive(hub.proc.pid()));
+}
