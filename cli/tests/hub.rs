@@ -1283,3 +1283,31 @@ fn shutdown_with_workers_stops_everything() {
     }
     assert!(!alive(hub.proc.pid()));
 }
+
+/// A hub killed with SIGKILL and started again on the same connection file
+/// binds the same ports with the same key; its workers, which kept
+/// reconnecting, register again by themselves and serve the next map.
+#[test]
+fn workers_register_again_with_a_restarted_hub() {
+    let mut hub = Hub::start();
+    let _workers = hub.workers(2, 1);
+    let before = fs::read_to_string(&hub.file).unwrap();
+    kill(Pid::from_raw(hub.proc.pid()), Signal::SIGKILL).unwrap();
+    hub.proc.wait();
+    hub.proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &[]);
+    hub.wait_ready();
+    assert_eq!(
+        fs::read_to_string(&hub.file).unwrap(),
+        before,
+        "the restarted hub keeps its ports and key"
+    );
+    wait_until("both workers to register again", || {
+        hub.engines().len() == 2
+    });
+    let verbose = hub.cmd("status").arg("--verbose").output().unwrap();
+    assert!(verbose.status.success());
+    let (inputs, lines) = numbered_inputs(hub.dir(), "again", "x", 20);
+    let mut map = hub.spawn_map("again", &[inputs.to_str().unwrap(), "--", "echo"]);
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+}

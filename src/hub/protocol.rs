@@ -109,8 +109,12 @@ pub enum ClientCall {
         /// Also kill the running tasks (halt now, Ctrl-C).
         kill_running: bool,
     },
-    /// Engines and jobs.
-    Status,
+    /// Engines and jobs; `verbose` lists the tasks each engine is running
+    /// and each live job's queued tasks.
+    Status {
+        /// List task ids too.
+        verbose: bool,
+    },
     /// Recorded tasks of a job (or given task ids of it).
     Results {
         /// The job.
@@ -220,6 +224,8 @@ pub struct EngineStatus {
     pub last_heartbeat: Duration,
     /// Handlers it offers.
     pub handlers: Vec<String>,
+    /// (job, task id) of what it runs now (verbose status only).
+    pub running_tasks: Vec<(JobId, u64)>,
 }
 
 /// One job as `zcluster status` shows it.
@@ -241,6 +247,8 @@ pub struct JobStatus {
     pub done: u64,
     /// Finished badly.
     pub failed: u64,
+    /// Ids of the tasks waiting for a slot (verbose status only).
+    pub queued_tasks: Vec<u64>,
 }
 
 /// The answer to `Status`.

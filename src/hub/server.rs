@@ -918,7 +918,7 @@ impl Hub {
                 None => Reply::Error(format!("no running job {job}")),
             },
             ClientCall::CancelJob { job, kill_running } => self.cancel_job(job, kill_running),
-            ClientCall::Status => Reply::Status(self.status()?),
+            ClientCall::Status { verbose } => Reply::Status(self.status(verbose)?),
             ClientCall::Results {
                 job,
                 ids,
@@ -1098,7 +1098,7 @@ impl Hub {
         Reply::Cancelled(dropped)
     }
 
-    fn status(&mut self) -> Result<HubStatus, HubError> {
+    fn status(&mut self, verbose: bool) -> Result<HubStatus, HubError> {
         let mut engines: Vec<EngineStatus> = self
             .engines
             .values()
@@ -1111,6 +1111,13 @@ impl Hub {
                 completed: e.completed,
                 last_heartbeat: e.last_seen.elapsed(),
                 handlers: e.handlers.clone(),
+                running_tasks: if verbose {
+                    let mut tasks: Vec<(JobId, u64)> = e.running.iter().copied().collect();
+                    tasks.sort_unstable();
+                    tasks
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         engines.sort_by_key(|e| e.id);
@@ -1129,6 +1136,10 @@ impl Hub {
                     running: j.running,
                     done: j.ok,
                     failed: j.failed,
+                    queued_tasks: match live {
+                        Some(l) if verbose => l.queue.iter().copied().collect(),
+                        _ => Vec::new(),
+                    },
                 }
             })
             .collect();

@@ -23,6 +23,10 @@ pub struct ResultsArgs {
     /// Only failed inputs.
     #[arg(long)]
     failed: bool,
+    /// Only each task's state (id, state, engine, attempts, times, error),
+    /// without payloads: cheap on a huge job.
+    #[arg(long, conflicts_with_all = ["json", "failed"])]
+    status_only: bool,
 }
 
 pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
@@ -31,7 +35,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let call = ClientCall::Results {
         job: args.job,
         ids: None,
-        status_only: false,
+        status_only: args.status_only,
     };
     let reports = match client.call(&call) {
         Ok(Reply::Results(reports)) => reports,
@@ -41,6 +45,25 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
+    if args.status_only {
+        println!("TASK\tSTATE\tENGINE\tATTEMPTS\tERROR");
+        for r in &reports {
+            let engine = r.engine.map_or_else(|| "-".to_string(), |e| e.to_string());
+            println!(
+                "{}\t{}\t{engine}\t{}\t{}",
+                r.id,
+                r.state,
+                r.attempts,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        let done = reports.iter().all(|r| r.state == "ok");
+        return Ok(if done {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let mut records = Vec::new();
     let mut unfinished = 0;
     for report in reports {

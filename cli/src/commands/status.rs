@@ -15,12 +15,18 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also list the tasks each engine runs and each job has queued.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
-    let Reply::Status(status) = client.call(&ClientCall::Status)? else {
+    let Reply::Status(status) = client.call(&ClientCall::Status {
+        verbose: args.verbose,
+    })?
+    else {
         anyhow::bail!("unexpected answer to a status call");
     };
     if args.json {
@@ -40,6 +46,16 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             humantime::format_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
         );
     }
+    if args.verbose {
+        for e in &status.engines {
+            let tasks: Vec<String> = e
+                .running_tasks
+                .iter()
+                .map(|(job, id)| format!("{job}/{id}"))
+                .collect();
+            println!("engine {} running: {}", e.id, tasks.join(" "));
+        }
+    }
     println!();
     println!("JOB\tSUBMITTED\tDONE\tFAILED\tPENDING\tRUNNING\tTOTAL\tDESCRIPTION");
     for j in &status.jobs {
@@ -54,6 +70,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             j.total.map_or_else(|| "?".to_string(), |t| t.to_string()),
             j.description
         );
+    }
+    if args.verbose {
+        for j in status.jobs.iter().filter(|j| !j.queued_tasks.is_empty()) {
+            let tasks: Vec<String> = j.queued_tasks.iter().map(ToString::to_string).collect();
+            println!("job {} queued: {}", j.id, tasks.join(" "));
+        }
     }
     println!();
     println!("store: {}", status.store);
