@@ -149,11 +149,14 @@ struct Engine {
 }
 
 impl Engine {
-    fn free(&self) -> u32 {
+    /// Tasks it can take now: its free slots, or, while there is a backlog,
+    /// as many again to queue locally (prefetch).
+    fn free(&self, prefetch: bool) -> u32 {
         if self.leaving {
             0
         } else {
-            self.slots.saturating_sub(self.running.len() as u32)
+            let capacity = if prefetch { self.slots * 2 } else { self.slots };
+            capacity.saturating_sub(self.running.len() as u32)
         }
     }
 
@@ -219,6 +222,8 @@ pub struct Hub {
     /// Jobs with queued tasks take turns in this order.
     turns: VecDeque<JobId>,
     commands: HashMap<u64, PendingCommand>,
+    /// Slots of all registered engines.
+    total_slots: usize,
     next_token: u64,
     shutdown: bool,
 }
@@ -321,6 +326,7 @@ impl Hub {
             jobs: HashMap::new(),
             turns: VecDeque::new(),
             commands: HashMap::new(),
+            total_slots: 0,
             next_token: 1,
             shutdown: false,
         })
@@ -477,6 +483,7 @@ impl Hub {
             slots,
         });
         self.by_identity.insert(identity.clone(), id);
+        self.total_slots += slots.max(1) as usize;
         self.engines.insert(
             id,
             Engine {
@@ -500,6 +507,7 @@ impl Hub {
         let Some(engine) = self.engines.remove(&id) else {
             return;
         };
+        self.total_slots = self.total_slots.saturating_sub(engine.slots as usize);
         self.by_identity.remove(&engine.identity);
         info!(
             engine = id,
@@ -646,13 +654,18 @@ impl Hub {
                 .get(&task_id)
                 .map(|t| t.failed_on.as_slice())
                 .unwrap_or(&[]);
-            // The engine with the most free slots, preferring one the task
-            // has not failed on.
+            // Prefetch only while the job's backlog is longer than all the
+            // slots: it hides the round trip between a result and the next
+            // task, and at the tail, where a task queued behind a long one
+            // would wait while another engine idles, there is none.
+            let prefetch = job.queue.len() > self.total_slots;
+            // The engine with the most room, preferring one the task has not
+            // failed on.
             let engine = self
                 .engines
                 .values_mut()
-                .filter(|e| e.free() > 0 && e.can_run(&job.kind))
-                .max_by_key(|e| (!failed_on.contains(&e.id), e.free()));
+                .filter(|e| e.free(prefetch) > 0 && e.can_run(&job.kind))
+                .max_by_key(|e| (!failed_on.contains(&e.id), e.free(prefetch)));
             let Some(engine) = engine else {
                 // Nothing free for this job now; try the others.
                 self.turns.push_back(job_id);

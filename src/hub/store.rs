@@ -335,10 +335,13 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// An earlier queued write failed on the writer thread. It is reported
-    /// once, on the next call, which itself was not performed. The store
-    /// stays usable; the failed writes are lost.
-    #[error("an earlier queued write failed on the task store's writer thread ({more} more failed after it); this call was not performed")]
+    /// Queued writes failed on the writer thread and are lost. Logged when
+    /// they fail, and returned once by the next [`Store::flush`] (after it
+    /// committed everything else), or by the next read, purge or resubmit,
+    /// which flush first and are then not performed (repeat them). Writes
+    /// and id allocation never return it: they do not fail for an earlier
+    /// write. The store stays usable.
+    #[error("queued writes failed on the task store's writer thread and are lost (the first is below; {more} more after it)")]
     Deferred {
         /// The first failure since the last report.
         #[source]
@@ -903,7 +906,8 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 /// Rows written per transaction at most, so a flush never waits behind an
 /// unbounded batch.
 const MAX_BATCH_ROWS: usize = 4096;
-/// Ids reserved per trip to the database. Unused ones are skipped on reopen.
+/// Ids reserved per trip to the database (the next block is asked for when
+/// half of one is used). Unused ones are skipped on reopen.
 const ENGINE_BLOCK: u64 = 16;
 const JOB_BLOCK: u64 = 64;
 const TASK_BLOCK: u64 = 1 << 16;
@@ -926,9 +930,32 @@ macro_rules! task_columns {
 }
 
 /// A store in one SQLite file (WAL mode, `synchronous=NORMAL`), kept across
-/// hub restarts. Task events are queued to a writer thread that commits them
-/// in batches, so recording costs the hub's event loop about a channel send;
-/// reads flush first and then read on their own connection.
+/// hub restarts, so the hub's history and unfinished work survive it.
+///
+/// - Writes (`add_job`, `set_job_total`, `add_tasks`, `task_*`) are checked
+///   and converted on the caller's thread, then only queued (a bounded
+///   channel: when the disk cannot keep up, the caller waits rather than
+///   memory growing). A writer thread owns the write connection and commits
+///   whatever is queued, up to a few thousand rows, in one transaction with
+///   cached prepared statements.
+/// - [`Store::flush`] queues a barrier and waits for it: everything before it
+///   is committed. Reads flush, then read on a second connection (WAL lets
+///   it read while the writer writes). Purges and resubmits flush, then run
+///   on the writer thread in their own transaction, ordered with the writes.
+/// - A write that fails on the writer thread is logged at once and returned
+///   by the next flush (see [`StoreError::Deferred`]).
+/// - Ids come from blocks reserved and committed in the `counters` table
+///   before any id of the block is handed out, so no id is reused after a
+///   crash; the next block is reserved in the background when half of the
+///   current one is used.
+/// - Dropping the store commits everything queued and stops the writer.
+///
+/// One hub writes a store file at a time (it keeps the set of job ids in
+/// memory to refuse tasks for unknown jobs at once); another `SqliteStore`
+/// on the same file can read it, and id reservations stay disjoint. Numbers
+/// must fit SQLite's signed 64-bit integers ([`StoreError::TooLarge`]) and
+/// times must lie within about ±292 years of 1970
+/// ([`StoreError::TimeOutOfRange`]); both are checked when the call is made.
 pub struct SqliteStore {
     path: PathBuf,
     ops: Sender<Op>,
@@ -1248,15 +1275,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Creates the schema in a fresh file, or checks an existing file's version.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let operation = format!("checking the schema of {}", path.display());
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sqlite_error(operation.clone()))?;
-    let found: i64 = tx
+/// Refuses a file written by a newer zcluster; returns the file's version.
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let found: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(sqlite_error(operation.clone()))?;
+        .map_err(sqlite_error(format!(
+            "reading the schema version of {}",
+            path.display()
+        )))?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             path: path.to_path_buf(),
@@ -1264,12 +1290,22 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
+    Ok(found)
+}
+
+/// Creates the schema in a fresh file, or checks an existing file's version
+/// (again, inside the transaction, in case another process just created it).
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let operation = format!("creating the schema in {}", path.display());
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sqlite_error(operation.clone()))?;
+    let found = check_version(&tx, path)?;
     if found < SCHEMA_VERSION {
-        let operation = format!("creating the schema in {}", path.display());
         tx.execute_batch(SCHEMA)
             .map_err(sqlite_error(operation.clone()))?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sqlite_error(operation))?;
+            .map_err(sqlite_error(operation.clone()))?;
     }
     tx.commit().map_err(sqlite_error(operation))
 }
@@ -1532,6 +1568,7 @@ impl SqliteStore {
             })?;
         }
         let mut write = open_connection(&path)?;
+        check_version(&write, &path)?;
         let mode: String = write
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(sqlite_error(format!(
@@ -1597,9 +1634,9 @@ impl SqliteStore {
         })
     }
 
-    /// Queues a write, reporting first any failure of an earlier one.
+    /// Queues a write. Failures of earlier writes are left for the next
+    /// flush: this write does not fail because of them.
     fn write(&mut self, write: Write) -> Result<(), StoreError> {
-        self.deferred.take()?;
         self.ops
             .send(Op::Write(write))
             .map_err(|_| StoreError::WriterGone)?;
@@ -1607,8 +1644,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Runs `f` on the writer thread after everything queued so far is
-    /// committed, and waits for its answer.
+    /// Flushes, then runs `f` on the writer thread (ordered after every
+    /// queued write) and waits for its answer.
     fn call<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -1812,17 +1849,14 @@ fn reset_in(
 
 impl Store for SqliteStore {
     fn next_engine_id(&mut self) -> Result<EngineId, StoreError> {
-        self.deferred.take()?;
         Ok(self.engine_ids.take(1, &self.ops)?.start)
     }
 
     fn next_job_id(&mut self) -> Result<JobId, StoreError> {
-        self.deferred.take()?;
         Ok(self.job_ids.take(1, &self.ops)?.start)
     }
 
     fn next_task_ids(&mut self, n: u64) -> Result<Range<TaskId>, StoreError> {
-        self.deferred.take()?;
         self.task_ids.take(n, &self.ops)
     }
 
@@ -1918,14 +1952,12 @@ impl Store for SqliteStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.deferred.take()?;
         if self.dirty {
             await_reply(&call_async(&self.ops, |_| Ok(()))?)?;
             self.dirty = false;
-            // A failure in the batch just committed is this flush's failure.
-            self.deferred.take()?;
         }
-        Ok(())
+        // Everything that could be committed is; now say what could not.
+        self.deferred.take()
     }
 
     fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -2671,6 +2703,8 @@ mod tests {
             submitted: at(0),
         };
         store.add_tasks(vec![dup(1), dup(2)]).unwrap();
+        // Later writes neither fail for it nor get lost.
+        store.task_started(id, 3, at(1), 1).unwrap();
         match store.flush() {
             Err(StoreError::Deferred { first, more: 1 }) => {
                 assert!(matches!(*first, StoreError::Sqlite { .. }), "{first}");
@@ -2683,7 +2717,7 @@ mod tests {
             other => panic!("expected a deferred failure, got {other:?}"),
         }
         store.flush().unwrap();
-        assert_eq!(states(&mut store, j), [TaskState::Pending]);
+        assert_eq!(states(&mut store, j), [TaskState::Running]);
         assert_eq!(store.tasks(&TaskFilter::Job(j), false).unwrap()[0].seq, 0);
     }
 
