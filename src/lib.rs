@@ -14,7 +14,9 @@
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
 //! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
 //! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation |
-//! | map | [`map`] | the `zcluster map` engine: lazy inputs, ordering, retries, halting, over a [`map::Backend`] (embedded workers today, a hub later) |
+//! | map | [`map`] | the `zcluster map` engine: lazy inputs, ordering, halting, over a [`map::Backend`] (a hub client) |
+//! | pool | [`pool`] | typed `map`, `imap`, `imap_unordered`, `map_reduce` over named handlers in worker binaries |
+//! | hub | [`hub`] | engines, heartbeats, dispatch by credit, the task store, queries and commands |
 //!
 //! Data flows inputs → ventilator → worker → sink → results:
 //!
@@ -55,6 +57,7 @@ pub mod exec;
 pub mod hub;
 pub mod map;
 pub mod message;
+pub mod pool;
 pub mod sink;
 pub mod slots;
 pub mod socket;
