@@ -36,7 +36,9 @@ pub enum CommandError {
     /// A command could not be sent or a reply received.
     #[error("cannot {operation}: {source}")]
     Transport {
+        /// What was being done.
         operation: &'static str,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

@@ -36,7 +36,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read cluster configuration {path}: {source}")]
     Read {
+        /// The file concerned.
         path: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -46,14 +48,19 @@ pub enum ConfigError {
     /// A required key is absent.
     #[error("cluster configuration is missing `{key}` in section [{section}]")]
     Missing {
+        /// The section concerned.
         section: &'static str,
+        /// The key concerned.
         key: &'static str,
     },
     /// A key's value is not a usable socket.
     #[error("cluster configuration [{section}] {key}: {source}")]
     Socket {
+        /// The section concerned.
         section: &'static str,
+        /// The key concerned.
         key: &'static str,
+        /// The underlying error.
         #[source]
         source: SocketError,
     },

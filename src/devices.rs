@@ -28,14 +28,18 @@ pub enum DeviceError {
     /// The proxy or its control socket failed.
     #[error("{device} failed: {source}")]
     Proxy {
+        /// Which device.
         device: &'static str,
+        /// The underlying error.
         #[source]
         source: zmq::Error,
     },
     /// The device thread could not be started.
     #[error("cannot start the {device} thread: {source}")]
     Spawn {
+        /// Which device.
         device: &'static str,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

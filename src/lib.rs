@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! zcluster: map work over a cluster of machines with ZeroMQ.
 //!
 //! A researcher has a file of inputs and a lab full of machines; zcluster runs
@@ -18,7 +19,36 @@
 //! | pool | [`pool`] | typed `map`, `imap`, `imap_unordered`, `map_reduce` over named handlers in worker binaries |
 //! | hub | [`hub`] | engines, heartbeats, dispatch by credit, the task store, queries and commands |
 //!
-//! Data flows inputs → ventilator → worker → sink → results:
+//! A Rust function on every core, results in input order, through a hub and
+//! an engine inside this process (the same path as a lab's cluster; a lab
+//! uses [`pool::Pool::connect`] and a worker binary calling
+//! [`pool::Registry::serve`]):
+//!
+//! ```
+//! use zcluster::pool::{Pool, Registry};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Image { name: String, pixels: Vec<u8> }
+//!
+//! // Worker side: named handlers over any serde types.
+//! let registry = Registry::new().handler("mean", |image: Image| {
+//!     if image.pixels.is_empty() {
+//!         return Err(format!("{} has no pixels", image.name));
+//!     }
+//!     let sum: u64 = image.pixels.iter().map(|&p| u64::from(p)).sum();
+//!     Ok(sum as f64 / image.pixels.len() as f64)
+//! });
+//! // Client side: map over a pool of 2 worker slots.
+//! let mut pool = Pool::local(2, registry)?;
+//! let images = (0..100u8).map(|i| Image { name: format!("img{i}"), pixels: vec![i; 16] });
+//! let means: Vec<f64> = pool.map("mean", images)?;
+//! assert_eq!(means.len(), 100);
+//! assert_eq!(means[42], 42.0);
+//! # Ok::<(), zcluster::pool::PoolError>(())
+//! ```
+//!
+//! Underneath is glimpse's toolkit, usable with no hub at all. Data flows
+//! inputs → ventilator → worker → sink → results:
 //!
 //! ```
 //! use std::thread;

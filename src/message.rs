@@ -71,46 +71,74 @@ pub type Metadata = BTreeMap<String, String>;
 pub enum MessageError {
     /// Not four frames.
     #[error("expected 4 frames (protocol, signature, header, body), got {got}")]
-    FrameCount { got: usize },
+    FrameCount {
+        /// What arrived.
+        got: usize,
+    },
     /// The first frame does not name the zcluster protocol.
     #[error("not a zcluster message (first frame {first:?})")]
-    NotZcluster { first: String },
+    NotZcluster {
+        /// The start of the first frame, escaped.
+        first: String,
+    },
     /// A zcluster peer speaking another version.
     #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/1)")]
-    WrongVersion { got: String },
+    WrongVersion {
+        /// What arrived.
+        got: String,
+    },
     /// A signature frame where none is configured.
     #[error("message carries a signature but no signing key is configured")]
     UnexpectedSignature,
     /// A frame larger than its limit.
     #[error("{part} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
+        /// Which part of the message.
         part: &'static str,
+        /// Its size in bytes.
         size: usize,
+        /// The limit in bytes.
         limit: usize,
     },
     /// A frame that bincode could not decode as what it should hold.
     #[error("cannot decode {part}: {source}")]
     Decode {
+        /// Which part of the message.
         part: &'static str,
+        /// The underlying error.
         #[source]
         source: bincode::error::DecodeError,
     },
     /// Bytes left over after a complete value: a framing bug or tampering.
     #[error("{part} has {extra} trailing bytes")]
-    TrailingBytes { part: &'static str, extra: usize },
+    TrailingBytes {
+        /// Which part of the message.
+        part: &'static str,
+        /// How many bytes.
+        extra: usize,
+    },
     /// A message of one kind where another was expected.
     #[error("expected a {expected} message, got a {got}")]
     UnexpectedKind {
+        /// The kind it needs.
         expected: &'static str,
+        /// What arrived.
         got: MessageKind,
     },
     /// Header and body disagree about which task this is.
     #[error("header names id {header} but the body names id {body}")]
-    IdMismatch { header: u64, body: u64 },
+    IdMismatch {
+        /// The id in the header.
+        header: u64,
+        /// The id in the body.
+        body: u64,
+    },
     /// A value that cannot be encoded (for example larger than the limit).
     #[error("cannot encode {part}: {source}")]
     Encode {
+        /// Which part of the message.
         part: &'static str,
+        /// The underlying error.
         #[source]
         source: bincode::error::EncodeError,
     },

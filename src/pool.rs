@@ -77,7 +77,9 @@ pub enum PoolError {
     /// An input or output could not be encoded or decoded.
     #[error("cannot {what}: {source}")]
     Codec {
+        /// What was being encoded or decoded.
         what: &'static str,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

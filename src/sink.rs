@@ -57,14 +57,19 @@ pub enum SinkError {
     Socket(#[from] SocketError),
     /// Nothing arrived in time.
     #[error("no result arrived within {}", humantime::format_duration(*.waited))]
-    Timeout { waited: Duration },
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A worker failed on a request.
     #[error(transparent)]
     Worker(#[from] WorkerException),
     /// A result payload could not be decoded as the requested type.
     #[error("cannot decode the payload of result {id}: {source}")]
     Payload {
+        /// The request id.
         id: u64,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

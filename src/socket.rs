@@ -51,12 +51,20 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(500);
 pub enum SocketError {
     /// The URL is not one ZeroMQ can use.
     #[error("bad socket URL `{url}`: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL concerned.
+        url: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// An option in the short form is unknown or has a bad value.
     #[error("bad socket option `{option}` in `{spec}`: {reason}")]
     BadOption {
+        /// The short form as given.
         spec: String,
+        /// The option concerned.
         option: String,
+        /// Why, in words.
         reason: String,
     },
     /// The socket kind name is not a ZeroMQ socket type.
@@ -65,16 +73,23 @@ pub enum SocketError {
     /// An existing socket was handed to a component that needs another kind.
     #[error("wrong socket kind for {role}: expected {expected}, got {actual}")]
     WrongKind {
+        /// Which socket of the component.
         role: &'static str,
+        /// The kind it needs.
         expected: SocketKind,
+        /// The kind it got.
         actual: SocketKind,
     },
     /// libzmq refused an operation.
     #[error("cannot {operation} {kind} socket on `{url}`: {source}")]
     Zmq {
+        /// What was being done.
         operation: &'static str,
+        /// The socket kind.
         kind: SocketKind,
+        /// The URL concerned.
         url: String,
+        /// The underlying error.
         #[source]
         source: zmq::Error,
     },
@@ -84,16 +99,27 @@ pub enum SocketError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SocketKind {
+    /// PAIR: exclusive pair.
     Pair,
+    /// PUB: publish to all subscribers.
     Pub,
+    /// SUB: subscribe by prefix.
     Sub,
+    /// REQ: strict request/reply client.
     Req,
+    /// REP: strict request/reply server.
     Rep,
+    /// DEALER: asynchronous requests, fair-queued.
     Dealer,
+    /// ROUTER: addresses peers by identity.
     Router,
+    /// PULL: fair-queued receive.
     Pull,
+    /// PUSH: round-robin send.
     Push,
+    /// XPUB: PUB that sees subscriptions.
     XPub,
+    /// XSUB: SUB that sends subscriptions.
     XSub,
 }
 

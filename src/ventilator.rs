@@ -29,7 +29,9 @@ pub enum VentilatorError {
     /// A request could not be encoded or sent.
     #[error("cannot send request {id}: {source}")]
     Send {
+        /// The request id.
         id: u64,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

@@ -62,11 +62,16 @@ pub enum WorkerError {
     /// Nothing (no request, no command) arrived within the receive timeout:
     /// an idle timeout.
     #[error("no request arrived within {}", humantime::format_duration(*.waited))]
-    Timeout { waited: Duration },
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A socket failed while the worker was running.
     #[error("worker cannot {operation}: {source}")]
     Transport {
+        /// What was being done.
         operation: &'static str,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

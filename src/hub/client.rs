@@ -21,13 +21,20 @@ pub enum ClientError {
     /// The socket could not be made.
     #[error("cannot connect to the hub at {url}: {source}")]
     Connect {
+        /// The URL concerned.
         url: String,
+        /// The underlying error.
         #[source]
         source: zmq::Error,
     },
     /// The hub did not answer.
     #[error("the hub at {url} did not answer within {}", humantime::format_duration(*.waited))]
-    NoAnswer { url: String, waited: Duration },
+    NoAnswer {
+        /// The URL concerned.
+        url: String,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The hub answered with an error.
     #[error("{0}")]
     Refused(String),

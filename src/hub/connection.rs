@@ -18,17 +18,30 @@ pub enum ConnectionError {
     /// The file could not be read or written.
     #[error("cannot {operation} connection file {path}: {source}")]
     Io {
+        /// What was being done.
         operation: &'static str,
+        /// The file concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a connection file.
     #[error("{path} is not a zcluster connection file: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The file concerned.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
     /// Others can read the key.
     #[error("connection file {path} is readable by others (mode {mode:o}); it holds the cluster's key: run `chmod 600 {path}`")]
-    TooOpen { path: PathBuf, mode: u32 },
+    TooOpen {
+        /// The file concerned.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// No randomness for a key.
     #[error("cannot generate a key: {0}")]
     Random(String),

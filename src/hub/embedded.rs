@@ -30,7 +30,9 @@ pub enum EmbeddedError {
     /// A thread could not start.
     #[error("cannot start the embedded {what} thread: {source}")]
     Thread {
+        /// Which thread.
         what: &'static str,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },

@@ -53,7 +53,9 @@ pub enum EngineError {
     /// A socket failed.
     #[error("engine cannot {operation}: {source}")]
     Transport {
+        /// What was being done.
         operation: &'static str,
+        /// The underlying error.
         #[source]
         source: MessageError,
     },

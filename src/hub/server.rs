@@ -59,8 +59,11 @@ pub enum HubError {
     /// A socket could not be made or bound.
     #[error("hub cannot {operation} `{url}`: {source}")]
     Bind {
+        /// What was being done.
         operation: &'static str,
+        /// The URL concerned.
         url: String,
+        /// The underlying error.
         #[source]
         source: zmq::Error,
     },
