@@ -567,14 +567,6 @@ pub fn send<T: Serialize + ?Sized>(
     body: &T,
     flags: i32,
 ) -> Result<(), MessageError> {
-    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
-    let header_len =
-        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
-            MessageError::Encode {
-                part: "header",
-                source,
-            }
-        })?;
     SCRATCH.with_borrow_mut(|buf| {
         buf.clear();
         bincode::serde::encode_into_std_write(body, buf, CONFIG).map_err(|source| {
@@ -584,17 +576,36 @@ pub fn send<T: Serialize + ?Sized>(
             }
         })?;
         check_size("body", buf.len(), MAX_MESSAGE_BYTES)?;
-        // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
-        // queued, ZeroMQ accepts the rest of the multipart message atomically.
-        socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
-        socket.send(&[][..], flags | zmq::SNDMORE)?;
-        socket.send(&header_bytes[..header_len], flags | zmq::SNDMORE)?;
-        let sent = socket.send(&buf[..], flags);
+        let sent = send_frames(socket, header, buf, flags);
         if buf.capacity() > SCRATCH_KEEP_BYTES {
             *buf = Vec::new();
         }
-        sent.map_err(MessageError::from)
+        sent
     })
+}
+
+/// Sends the four frames of a message whose body is already encoded.
+fn send_frames(
+    socket: &zmq::Socket,
+    header: &Header,
+    body: &[u8],
+    flags: i32,
+) -> Result<(), MessageError> {
+    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
+    let header_len =
+        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
+            MessageError::Encode {
+                part: "header",
+                source,
+            }
+        })?;
+    // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
+    // queued, ZeroMQ accepts the rest of the multipart message atomically.
+    socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
+    socket.send(&[][..], flags | zmq::SNDMORE)?;
+    socket.send(&header_bytes[..header_len], flags | zmq::SNDMORE)?;
+    socket.send(body, flags)?;
+    Ok(())
 }
 
 /// Sends a request.
@@ -647,20 +658,8 @@ pub fn send_raw_routed(
     header: &Header,
     body: &[u8],
 ) -> Result<(), MessageError> {
-    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
-    let header_len =
-        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
-            MessageError::Encode {
-                part: "header",
-                source,
-            }
-        })?;
     socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(PROTOCOL, zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(&[][..], zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(&header_bytes[..header_len], zmq::SNDMORE | zmq::DONTWAIT)?;
-    socket.send(body, zmq::DONTWAIT)?;
-    Ok(())
+    send_frames(socket, header, body, zmq::DONTWAIT)
 }
 
 /// Receives one message on a ROUTER socket: the sender's identity and the

@@ -196,6 +196,24 @@ struct Job {
     halted: bool,
 }
 
+impl Job {
+    /// A job with nothing queued, no retries and no halting.
+    fn new(client: Vec<u8>, kind: JobKind, description: String) -> Self {
+        Job {
+            client,
+            kind,
+            description,
+            queue: VecDeque::new(),
+            tasks: HashMap::new(),
+            total: None,
+            finished: 0,
+            retries: 0,
+            halt_on_failure: false,
+            halted: false,
+        }
+    }
+}
+
 enum CommandPurpose {
     Kill,
     Ping,
@@ -1040,21 +1058,10 @@ impl Hub {
             total: None,
         })?;
         self.store.flush()?;
-        self.jobs.insert(
-            id,
-            Job {
-                client,
-                kind,
-                description,
-                queue: VecDeque::new(),
-                tasks: HashMap::new(),
-                total: None,
-                finished: 0,
-                retries,
-                halt_on_failure,
-                halted: false,
-            },
-        );
+        let mut job = Job::new(client, kind, description);
+        job.retries = retries;
+        job.halt_on_failure = halt_on_failure;
+        self.jobs.insert(id, job);
         info!(job = id, "job opened");
         Ok(Reply::JobOpened {
             job: id,
@@ -1241,18 +1248,10 @@ impl Hub {
         // A job still running takes the tasks back into its count; a finished
         // one is revived with exactly them outstanding.
         let revived = !self.jobs.contains_key(&job_id);
-        let job = self.jobs.entry(job_id).or_insert_with(|| Job {
-            client,
-            kind,
-            description,
-            queue: VecDeque::new(),
-            tasks: HashMap::new(),
-            total: None,
-            finished: 0,
-            retries: 0,
-            halt_on_failure: false,
-            halted: false,
-        });
+        let job = self
+            .jobs
+            .entry(job_id)
+            .or_insert_with(|| Job::new(client, kind, description));
         for task in tasks {
             job.tasks.insert(
                 task.seq,

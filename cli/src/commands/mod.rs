@@ -73,3 +73,32 @@ impl HubArg {
         Ok(HubClient::connect(ctx, &self.connection()?)?)
     }
 }
+
+/// The recorded tasks of `job`; an unknown job is a usage error.
+pub fn job_reports(
+    client: &mut zcluster::hub::client::HubClient,
+    job: u64,
+    status_only: bool,
+) -> anyhow::Result<Vec<zcluster::hub::protocol::TaskReport>> {
+    use zcluster::hub::client::ClientError;
+    use zcluster::hub::protocol::{ClientCall, Reply};
+    let call = ClientCall::Results {
+        job,
+        ids: None,
+        status_only,
+    };
+    match client.call(&call) {
+        Ok(Reply::Results(reports)) => Ok(reports),
+        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
+        Err(ClientError::Refused(reason)) => Err(UsageError(reason).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The command chunk a recorded task ran, if it is one.
+pub fn chunk_of(report: &zcluster::hub::protocol::TaskReport) -> Option<zcluster::map::ExecChunk> {
+    report
+        .request
+        .as_deref()
+        .and_then(|r| zcluster::map::ExecChunk::from_request_body(r).ok())
+}

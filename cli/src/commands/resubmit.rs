@@ -7,32 +7,17 @@ use zcluster::hub::protocol::{ClientCall, Reply};
 
 use std::collections::HashMap;
 
-use zcluster::hub::client::{ClientError, HubClient};
-use zcluster::map::ExecChunk;
+use zcluster::hub::client::HubClient;
 
-use super::{HubArg, UsageError};
+use super::{chunk_of, job_reports, HubArg, UsageError};
 
 /// The hub's task ids of the inputs numbered `seqs` (the `seq` of
 /// `zcluster results --json`): each input's last task.
 fn task_ids(client: &mut HubClient, job: u64, seqs: &[u64]) -> anyhow::Result<Vec<u64>> {
-    let call = ClientCall::Results {
-        job,
-        ids: None,
-        status_only: false,
-    };
-    let reports = match client.call(&call) {
-        Ok(Reply::Results(reports)) => reports,
-        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
-        Err(ClientError::Refused(reason)) => return Err(UsageError(reason).into()),
-        Err(e) => return Err(e.into()),
-    };
+    let reports = job_reports(client, job, false)?;
     let mut task_of_seq: HashMap<u64, u64> = HashMap::new();
     for report in &reports {
-        let Some(chunk) = report
-            .request
-            .as_deref()
-            .and_then(|r| ExecChunk::from_request_body(r).ok())
-        else {
+        let Some(chunk) = chunk_of(report) else {
             continue;
         };
         for task in chunk.tasks {

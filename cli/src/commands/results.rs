@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 use zcluster::exec::ExecOutcome;
-use zcluster::hub::protocol::{ClientCall, Reply};
-use zcluster::map::{ExecChunk, TaskRecord};
+use zcluster::map::TaskRecord;
 use zcluster::message::{decode_value, ClusterResult};
 
-use super::{HubArg, UsageError};
+use super::{chunk_of, job_reports, HubArg};
 
 #[derive(Args)]
 pub struct ResultsArgs {
@@ -32,19 +31,7 @@ pub struct ResultsArgs {
 pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
-    let call = ClientCall::Results {
-        job: args.job,
-        ids: None,
-        status_only: args.status_only,
-    };
-    let reports = match client.call(&call) {
-        Ok(Reply::Results(reports)) => reports,
-        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
-        Err(zcluster::hub::client::ClientError::Refused(reason)) => {
-            return Err(UsageError(reason).into())
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let reports = job_reports(&mut client, args.job, args.status_only)?;
     if args.status_only {
         println!("TASK\tSTATE\tENGINE\tATTEMPTS\tERROR");
         for r in &reports {
@@ -67,11 +54,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let mut records = Vec::new();
     let mut unfinished = 0;
     for report in reports {
-        let Some(chunk) = report
-            .request
-            .as_deref()
-            .and_then(|r| ExecChunk::from_request_body(r).ok())
-        else {
+        let Some(chunk) = chunk_of(&report) else {
             continue;
         };
         let result = report
