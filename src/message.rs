@@ -567,6 +567,16 @@ pub fn send<T: Serialize + ?Sized>(
     body: &T,
     flags: i32,
 ) -> Result<(), MessageError> {
+    with_encoded(body, |bytes| send_frames(socket, header, bytes, flags))
+}
+
+/// Encodes `body` into the reused scratch buffer, checks its size, and
+/// hands the bytes to `send`: nothing reaches a socket unless the whole
+/// message can be sent.
+fn with_encoded<T: Serialize + ?Sized>(
+    body: &T,
+    send: impl FnOnce(&[u8]) -> Result<(), MessageError>,
+) -> Result<(), MessageError> {
     SCRATCH.with_borrow_mut(|buf| {
         buf.clear();
         bincode::serde::encode_into_std_write(body, buf, CONFIG).map_err(|source| {
@@ -576,7 +586,7 @@ pub fn send<T: Serialize + ?Sized>(
             }
         })?;
         check_size("body", buf.len(), MAX_MESSAGE_BYTES)?;
-        let sent = send_frames(socket, header, buf, flags);
+        let sent = send(buf);
         if buf.capacity() > SCRATCH_KEEP_BYTES {
             *buf = Vec::new();
         }
@@ -636,17 +646,21 @@ pub fn send_result(
     send(socket, &header, result, 0)
 }
 
-/// Sends one message through a ROUTER socket to the peer `identity`.
-/// `ZMQ_ROUTER_MANDATORY` makes an unknown peer an error (`EHOSTUNREACH`)
-/// instead of a silent drop.
+/// Sends one message through a ROUTER socket to the peer `identity`. On a
+/// socket with `ZMQ_ROUTER_MANDATORY` (the hub's), an unknown peer is an
+/// error (`EHOSTUNREACH`) instead of a silent drop.
 pub fn send_routed<T: Serialize + ?Sized>(
     socket: &zmq::Socket,
     identity: &[u8],
     header: &Header,
     body: &T,
 ) -> Result<(), MessageError> {
-    socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
-    send(socket, header, body, zmq::DONTWAIT)
+    // Encode first: an identity frame sent before a body that turns out too
+    // large would glue the next message onto it and misroute it.
+    with_encoded(body, |bytes| {
+        socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+        send_frames(socket, header, bytes, zmq::DONTWAIT)
+    })
 }
 
 /// Sends a message whose body is already encoded (a request or result

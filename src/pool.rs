@@ -549,7 +549,9 @@ where
             }
             let Some(envelope) = self.pool.client.next_result(Duration::from_millis(200))? else {
                 if self.quiet.elapsed() > QUIET_BEFORE_CHECK {
-                    self.pool.client.call(&ClientCall::Hello)?;
+                    self.pool
+                        .client
+                        .call(&ClientCall::CheckJob { job: self.job })?;
                     self.quiet = std::time::Instant::now();
                 }
                 continue;

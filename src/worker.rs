@@ -424,7 +424,22 @@ impl<H: Handler> Worker<H> {
             },
             exception,
         };
-        message::send_result(&self.results, job, &result).map_err(|e| transport("send a result", e))
+        match message::send_result(&self.results, job, &result) {
+            // A result that cannot be encoded or is too large is that
+            // request's failure, not the end of the worker.
+            Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
+                warn!(id = result.id, error = %e, "result not sendable; sending a failure instead");
+                let failed = ClusterResult {
+                    status: ResultStatus::Fail,
+                    payload: Vec::new(),
+                    exception: Some(format!("the result could not be sent: {e}")),
+                    ..result
+                };
+                message::send_result(&self.results, job, &failed)
+                    .map_err(|e| transport("send a result", e))
+            }
+            sent => sent.map_err(|e| transport("send a result", e)),
+        }
     }
 
     fn commands_pending(&self) -> Result<bool, WorkerError> {

@@ -12,6 +12,21 @@ use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
 use crate::message::{self, ClusterRequest, Envelope, Header, MessageError, MessageKind};
 use crate::socket::{millis, DEFAULT_LINGER};
 
+/// `PREFIX-` and 16 random hex digits: a routing identity no other peer has.
+pub(crate) fn random_identity(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: process id and time are unique enough here.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
 /// How long a call waits for the hub by default.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +81,12 @@ impl HubClient {
             source,
         };
         let socket = ctx.socket(zmq::DEALER).map_err(fail)?;
+        // A fixed identity: after a dropped connection the client comes back
+        // as the same peer, and the hub (ROUTER_HANDOVER) routes its results
+        // to it again.
+        socket
+            .set_identity(random_identity("client").as_bytes())
+            .map_err(fail)?;
         socket.set_linger(millis(DEFAULT_LINGER)).map_err(fail)?;
         socket.set_sndhwm(0).map_err(fail)?;
         socket.set_rcvhwm(0).map_err(fail)?;

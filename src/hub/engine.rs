@@ -12,7 +12,7 @@
 //! takes, with its running tasks still running.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,8 +22,8 @@ use super::connection::ConnectionInfo;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
-    self, ClusterRequest, Command, CommandReply, Envelope, Header, MessageError, MessageKind,
-    WorkerInfo,
+    self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
+    MessageKind, ResultMetadata, ResultStatus, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, DEFAULT_LINGER};
@@ -164,6 +164,7 @@ pub fn run_engine(
             send_control(&conn.socket, &EngineMessage::Unregister);
             return Ok(WorkerExit::Killed);
         }
+        forget_finished_cancels(&flags, &tickets, &waiting);
         while slots.free() > 0 {
             let Some(request) = waiting.pop_front() else {
                 break;
@@ -187,7 +188,9 @@ pub fn run_engine(
         if now >= next_beat {
             send_control(&conn.socket, &EngineMessage::Heartbeat);
             next_beat = now + conn.heartbeat;
-            if conn.last_heard.elapsed() > conn.heartbeat * options.misses {
+            // A leaving engine (kill or restart acknowledged) does not chase a
+            // hub that shut down: it finishes its tasks and exits.
+            if leaving.is_none() && conn.last_heard.elapsed() > conn.heartbeat * options.misses {
                 warn!("the hub stopped answering; reconnecting");
                 conn = connect(ctx, options, &identity, &register, stop)?;
                 continue;
@@ -279,6 +282,31 @@ pub fn run_engine(
     }
 }
 
+/// Drops the cancel flag of a job once none of its tasks is running or
+/// waiting here: a later resubmit of the same job then runs, and flags of
+/// finished jobs do not pile up.
+fn forget_finished_cancels(
+    flags: &CancelFlags,
+    tickets: &HashMap<u64, JobId>,
+    waiting: &VecDeque<ClusterRequest>,
+) {
+    let mut flags = flags
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if flags.is_empty() {
+        return;
+    }
+    flags.retain(|job, _| {
+        tickets.values().any(|j| j == job)
+            || waiting.iter().any(|r| {
+                r.metadata
+                    .get(JOB_KEY)
+                    .and_then(|j| j.parse::<JobId>().ok())
+                    == Some(*job)
+            })
+    });
+}
+
 enum HubEvent {
     None,
     Reregister,
@@ -297,7 +325,26 @@ fn on_hub(
             let mut request = match envelope.request() {
                 Ok(request) => request,
                 Err(e) => {
-                    warn!(error = %e, "dropping a bad task");
+                    // Answer it, or its slot at the hub stays taken and its
+                    // client waits for ever.
+                    warn!(error = %e, "refusing a bad task");
+                    let failed = ClusterResult {
+                        id: envelope.header.id,
+                        status: ResultStatus::Fail,
+                        payload: Vec::new(),
+                        request_metadata: Default::default(),
+                        metadata: ResultMetadata {
+                            host: crate::host_name(),
+                            pid: std::process::id(),
+                            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
+                            started: SystemTime::now(),
+                            elapsed: Duration::ZERO,
+                        },
+                        exception: Some(format!("bad request: {e}")),
+                    };
+                    if let Err(e) = message::send_result(&conn.socket, job, &failed) {
+                        warn!(error = %e, "cannot answer a bad task");
+                    }
                     return Ok(HubEvent::None);
                 }
             };
@@ -337,18 +384,22 @@ fn connect(
     register: &EngineMessage,
     stop: &AtomicBool,
 ) -> Result<Connection, EngineError> {
+    // One counter for the whole process: a reconnect never reuses a routing
+    // identity the hub may still hold for the old connection.
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
     let mut attempt: u32 = 0;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(EngineError::Stopped);
         }
         attempt += 1;
+        let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let socket = ctx
             .socket(zmq::DEALER)
             .map_err(|e| transport("create a socket", e.into()))?;
         let setup = socket
             .set_linger(millis(DEFAULT_LINGER))
-            .and_then(|()| socket.set_identity(format!("{identity}-{attempt}").as_bytes()))
+            .and_then(|()| socket.set_identity(format!("{identity}-{connection}").as_bytes()))
             .and_then(|()| socket.set_sndhwm(0))
             .and_then(|()| socket.set_rcvhwm(0))
             .and_then(|()| socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64))

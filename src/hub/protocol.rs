@@ -102,6 +102,12 @@ pub enum ClientCall {
         /// How many tasks it has.
         total: u64,
     },
+    /// Is this job still running here? (A client that has heard nothing
+    /// for a while asks, so a hub that restarted without it is noticed.)
+    CheckJob {
+        /// The job.
+        job: JobId,
+    },
     /// Drop the job's queued tasks, and kill its running ones when asked.
     CancelJob {
         /// The job.

@@ -43,7 +43,7 @@ use super::store::{
 };
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
-    Envelope, Header, MessageError, MessageKind, ResultStatus,
+    Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus,
 };
 use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
 
@@ -158,7 +158,11 @@ impl Engine {
         if self.leaving {
             0
         } else {
-            let capacity = if prefetch { self.slots * 2 } else { self.slots };
+            let capacity = if prefetch {
+                self.slots.saturating_mul(2)
+            } else {
+                self.slots
+            };
             capacity.saturating_sub(self.running.len() as u32)
         }
     }
@@ -281,6 +285,16 @@ fn router(
     // drop a task or result because a pipe is full.
     socket.set_sndhwm(0).map_err(|e| bind("configure", e))?;
     socket.set_rcvhwm(0).map_err(|e| bind("configure", e))?;
+    if kind == zmq::ROUTER {
+        // A send to a peer that is gone is an error, not a silent drop; and
+        // a peer reconnecting under its identity takes its old place.
+        socket
+            .set_router_mandatory(true)
+            .map_err(|e| bind("configure", e))?;
+        socket
+            .set_router_handover(true)
+            .map_err(|e| bind("configure", e))?;
+    }
     if kind != zmq::PUB {
         socket
             .set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64)
@@ -360,14 +374,8 @@ impl Hub {
 
     /// Serves until a client asks for shutdown or `stop` is set.
     pub fn run(mut self, stop: &Arc<AtomicBool>) -> Result<(), HubError> {
-        let mut next_beat = Instant::now();
+        let mut next_beat = Instant::now() + self.options.heartbeat;
         while !self.shutdown && !stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= next_beat {
-                self.heartbeat();
-                self.expire_commands();
-                next_beat = now + self.options.heartbeat;
-            }
             let wait = next_beat
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
@@ -402,6 +410,14 @@ impl Hub {
                 }
             }
             self.dispatch();
+            // Death checks come after reading what engines sent, so a hub
+            // that stalled (a big query, a slow flush) does not blame them.
+            let now = Instant::now();
+            if now >= next_beat {
+                self.heartbeat();
+                self.expire_commands();
+                next_beat = now + self.options.heartbeat;
+            }
         }
         self.store.flush()?;
         info!("hub stopped");
@@ -540,7 +556,7 @@ impl Hub {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            if let Some(task) = job.tasks.get_mut(&task_id) {
+            if let Some(task) = job.tasks.get_mut(&task_id).filter(|t| t.engine == Some(id)) {
                 task.engine = None;
                 if let Err(e) = self.store.task_requeued(task.store_id) {
                     warn!(error = %e, "cannot record a requeue");
@@ -712,8 +728,16 @@ impl Hub {
                 &header,
                 &task.request,
             ) {
-                warn!(engine = engine.id, error = %e, "cannot send a task; requeued");
+                // With ROUTER_MANDATORY an engine that is gone (a ghost
+                // left by a reconnect) is an error here: drop it, keep the
+                // task, and try again with the engines that are left.
+                warn!(engine = engine.id, error = %e, "cannot send a task; engine dropped, task requeued");
+                let gone = engine.id;
                 job.queue.push_front(task_id);
+                if !self.turns.contains(&job_id) {
+                    self.turns.push_back(job_id);
+                }
+                self.unregister(gone, "unreachable");
                 continue;
             }
             task.engine = Some(engine.id);
@@ -873,14 +897,21 @@ impl Hub {
         let (job_id, task_id) = (envelope.header.job, envelope.header.id);
         let credit = self.options.credit as usize;
         let Some(job) = self.jobs.get_mut(&job_id) else {
-            warn!(job = job_id, "dropping a task for an unknown job");
+            warn!(job = job_id, "refusing a task for an unknown job");
+            self.fail_task(
+                &client,
+                job_id,
+                task_id,
+                "no such job on this hub (did it restart?)",
+            );
             return;
         };
         if job.client != client {
             warn!(
                 job = job_id,
-                "dropping a task from a client that does not own the job"
+                "refusing a task from a client that does not own the job"
             );
+            self.fail_task(&client, job_id, task_id, "this client does not own the job");
             return;
         }
         if job.tasks.contains_key(&task_id) {
@@ -890,14 +921,26 @@ impl Hub {
         if job.tasks.len() >= credit {
             warn!(
                 job = job_id,
-                credit, "client exceeded its credit; dropping a task"
+                credit, "client exceeded its credit; refusing a task"
+            );
+            self.fail_task(
+                &client,
+                job_id,
+                task_id,
+                "the job's credit is used up; send fewer tasks at once",
             );
             return;
         }
         let store_id = match self.store.next_task_ids(1) {
             Ok(ids) => ids.start,
             Err(e) => {
-                warn!(error = %e, "cannot number a task; dropping it");
+                warn!(error = %e, "cannot number a task; refusing it");
+                self.fail_task(
+                    &client,
+                    job_id,
+                    task_id,
+                    &format!("the hub cannot record it: {e}"),
+                );
                 return;
             }
         };
@@ -952,6 +995,13 @@ impl Hub {
                 None => Reply::Error(format!("no running job {job}")),
             },
             ClientCall::CancelJob { job, kill_running } => self.cancel_job(job, kill_running),
+            ClientCall::CheckJob { job } => match self.jobs.get(&job) {
+                Some(j) if j.client == client => Reply::Ok,
+                Some(_) => Reply::Error(format!("job {job} belongs to another client")),
+                None => Reply::Error(format!(
+                    "job {job} is not running on this hub (did the hub restart?); its finished results are in the store"
+                )),
+            },
             ClientCall::Status { verbose } => Reply::Status(self.status(verbose)?),
             ClientCall::Results {
                 job,
@@ -1088,8 +1138,11 @@ impl Hub {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return Reply::Error(format!("no running job {job_id}"));
         };
+        // Nothing more of it starts, retries included.
+        job.halted = true;
         // Queued tasks never run: record them as failed, cancelled.
         let dropped: Vec<u64> = job.queue.iter().copied().collect();
+        let client = job.client.clone();
         for task_id in job.queue.drain(..) {
             if let Some(task) = job.tasks.remove(&task_id) {
                 job.finished += 1;
@@ -1111,6 +1164,11 @@ impl Hub {
         } else {
             HashSet::new()
         };
+        // The reply lists them, but a client whose call timed out never sees
+        // it: answer each as well, so nobody waits for them.
+        for &task_id in &dropped {
+            self.fail_task(&client, job_id, task_id, "cancelled before it started");
+        }
         for id in engines {
             if let Some(engine) = self.engines.get(&id) {
                 let identity = engine.identity.clone();
@@ -1270,6 +1328,7 @@ impl Hub {
         } else {
             job.finished = job.finished.saturating_sub(count);
         }
+        job.halted = false;
         self.store.flush()?;
         if count > 0 && !self.turns.contains(&job_id) {
             self.turns.push_back(job_id);
@@ -1279,6 +1338,33 @@ impl Hub {
     }
 
     // ----- sending -----
+
+    /// Answers a task that will never run with a failed result from the
+    /// hub itself, so its client never waits for it.
+    fn fail_task(&self, client: &[u8], job: JobId, id: u64, reason: &str) {
+        let result = ClusterResult {
+            id,
+            status: ResultStatus::Fail,
+            payload: Vec::new(),
+            request_metadata: Default::default(),
+            metadata: ResultMetadata {
+                host: crate::host_name(),
+                pid: std::process::id(),
+                worker: "hub".into(),
+                started: SystemTime::now(),
+                elapsed: Duration::ZERO,
+            },
+            exception: Some(reason.to_string()),
+        };
+        let header = Header {
+            kind: MessageKind::Result(ResultStatus::Fail),
+            job,
+            id,
+        };
+        if let Err(e) = message::send_routed(&self.clients_socket, client, &header, &result) {
+            debug!(error = %e, "cannot tell a client its task failed");
+        }
+    }
 
     fn to_engine(&self, identity: &[u8], message: &HubToEngine) {
         let header = Header {
@@ -1297,8 +1383,18 @@ impl Hub {
             job: 0,
             id: request,
         };
-        if let Err(e) = message::send_routed(&self.clients_socket, client, &header, reply) {
-            debug!(error = %e, "cannot reply to a client");
+        match message::send_routed(&self.clients_socket, client, &header, reply) {
+            Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
+                let error = Reply::Error(format!(
+                    "the answer is too large to send ({e}); ask for fewer tasks, or status only"
+                ));
+                if let Err(e) = message::send_routed(&self.clients_socket, client, &header, &error)
+                {
+                    debug!(error = %e, "cannot reply to a client");
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot reply to a client"),
+            Ok(()) => {}
         }
     }
 
