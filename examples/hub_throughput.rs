@@ -26,6 +26,10 @@ struct Args {
     /// Task store: a SQLite path, or `:memory:`.
     #[arg(long, default_value = ":memory:")]
     store: String,
+    /// Measure round trips instead: one task at a time through an idle hub,
+    /// printing `latency COUNT MEDIAN_US P99_US`.
+    #[arg(long)]
+    latency: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     let Reply::JobOpened { job, credit } = opened else {
         anyhow::bail!("unexpected answer: {opened:?}");
     };
-    let credit = u64::from(credit);
+    let credit = if args.latency { 1 } else { u64::from(credit) };
+    let mut round_trips = Vec::with_capacity(if args.latency { args.count as usize } else { 0 });
     let start = Instant::now();
     let (mut sent, mut received) = (0u64, 0u64);
     while received < args.count {
@@ -52,8 +57,14 @@ fn main() -> anyhow::Result<()> {
             client.send_task(job, &request)?;
             sent += 1;
         }
+        let sent_at = Instant::now();
         match client.next_result(Duration::from_secs(30))? {
-            Some(_) => received += 1,
+            Some(_) => {
+                received += 1;
+                if args.latency {
+                    round_trips.push(sent_at.elapsed());
+                }
+            }
             None => anyhow::bail!("no result for 30 s after {received} of {}", args.count),
         }
     }
@@ -62,6 +73,12 @@ fn main() -> anyhow::Result<()> {
         job,
         total: args.count,
     })?;
+    if args.latency {
+        round_trips.sort_unstable();
+        let at = |q: f64| round_trips[((round_trips.len() - 1) as f64 * q) as usize].as_micros();
+        println!("latency {} {} {}", round_trips.len(), at(0.5), at(0.99));
+        return Ok(());
+    }
     let store = if args.store == ":memory:" {
         "memory"
     } else {

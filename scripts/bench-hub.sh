@@ -5,7 +5,8 @@
 #   - hub: client -> embedded hub -> engine with 2 slots -> client, every
 #     request/result pair recorded, with the SQLite store and in memory
 #     (examples/hub_throughput.rs).
-# Usage: scripts/bench-hub.sh   (RUNS=5 medians, COUNT=100000 tasks)
+# Usage: scripts/bench-hub.sh   (RUNS=5 medians, COUNT=100000 tasks); also
+# prints the idle round trip of one task (median and p99).
 source "$(dirname "$0")/common.sh"
 COUNT=${COUNT:-100000}
 build_release
@@ -27,3 +28,8 @@ printf '%-44s %10.0f tasks/s\n' "toolkit, 2 workers, no-op" "$toolkit" \
     "hub + memory store, 2 slots, no-op" "$memory"
 printf '%-44s %10.2f\n' "ratio hub(SQLite) / toolkit" "$(ratio "$sqlite" "$toolkit")" \
     "ratio hub(SQLite) / hub(memory)" "$(ratio "$sqlite" "$memory")"
+# Round trip of one task through an idle hub (client -> hub -> engine ->
+# slot -> engine -> hub -> client), SQLite store; target: median under 1 ms.
+rm -f "$tmp"/store.sqlite*
+"$ROOT/target/release/examples/hub_throughput" --latency --count 2000 --store "$tmp/store.sqlite" |
+    awk '{ printf "%-44s %6d us median, %d us p99 (target: median < 1000 us)\n", "idle round trip, SQLite store", $3, $4 }'
