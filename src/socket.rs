@@ -592,6 +592,11 @@ fn validate_url(url: &str, bind: bool) -> Result<(), SocketError> {
         url: url.to_string(),
         reason: reason.to_string(),
     };
+    if url.chars().any(char::is_control) {
+        return Err(bad(
+            "a URL cannot contain control characters (libzmq would cut it at a NUL)",
+        ));
+    }
     let Some((transport, address)) = url.split_once("://") else {
         return Err(bad("expected TRANSPORT://ADDRESS with tcp, ipc or inproc"));
     };
@@ -634,11 +639,23 @@ fn parse_int(value: &str) -> Result<i32, String> {
 /// A duration in humantime form (`250ms`, `2s`), or a bare number of
 /// milliseconds as libzmq's options count them.
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    if let Ok(ms) = value.parse::<u64>() {
-        return Ok(Duration::from_millis(ms));
+    let duration = match value.parse::<u64>() {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(_) => humantime::parse_duration(value).map_err(|e| format!("`{value}`: {e}"))?,
+    };
+    // libzmq counts option milliseconds in an int; a longer delay is a typo.
+    if duration > MAX_OPTION_DURATION {
+        return Err(format!(
+            "`{value}` is longer than {} (the most libzmq can count)",
+            humantime::format_duration(MAX_OPTION_DURATION)
+        ));
     }
-    humantime::parse_duration(value).map_err(|e| format!("`{value}`: {e}"))
+    // Printed back in whole milliseconds, so keep no finer part.
+    Ok(Duration::from_millis(duration.as_millis() as u64))
 }
+
+/// The longest duration an option may have: `i32::MAX` milliseconds.
+const MAX_OPTION_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
 
 fn format_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
@@ -705,6 +722,24 @@ mod tests {
         assert!(err.to_string().contains("`hwm`"), "{err}");
         let err = FutureSocket::parse("tcp://x:1?colour=red", SocketKind::Push).unwrap_err();
         assert!(err.to_string().contains("unknown option"), "{err}");
+    }
+
+    #[test]
+    fn fuzzer_findings_are_errors_not_broken_round_trips() {
+        // A NUL in the URL (libzmq takes C strings) and a delay of 15,000
+        // years (whose milliseconds overflow humantime's nanoseconds on the
+        // way back) once parsed but did not print back to themselves.
+        let spec = "ipc://::2\0cvrcvhwm?pre_delay=0000000000497554225488149";
+        let err = FutureSocket::parse(spec, SocketKind::Sub).unwrap_err();
+        assert!(err.to_string().contains("control characters"), "{err}");
+        let err =
+            FutureSocket::parse("ipc:///x?pre_delay=497554225488149", SocketKind::Sub).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+        let s = FutureSocket::parse("ipc:///x?linger=1500us", SocketKind::Sub).unwrap();
+        assert_eq!(
+            FutureSocket::parse(&s.to_string(), SocketKind::Sub).unwrap(),
+            s
+        );
     }
 
     #[test]

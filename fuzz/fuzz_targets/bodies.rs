@@ -1,0 +1,28 @@
+//! Bodies behind a valid header of every kind, and the header decoder alone.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use zcluster::message::{decode_value, encode_value, Envelope, Header, MessageKind, ResultStatus, PROTOCOL};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = decode_value::<Header>(data, "header");
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    let kind = match kind % 5 {
+        0 => MessageKind::Request,
+        1 => MessageKind::Result(ResultStatus::Ok),
+        2 => MessageKind::Result(ResultStatus::Fail),
+        3 => MessageKind::Command,
+        _ => MessageKind::Reply,
+    };
+    let Ok(header) = encode_value(&Header { kind, job: 0, id: 0 }, "header") else {
+        return;
+    };
+    let frames = [PROTOCOL, &[][..], &header, body];
+    if let Ok(envelope) = Envelope::from_frames(&frames) {
+        let _ = envelope.request();
+        let _ = envelope.result();
+        let _ = envelope.command();
+        let _ = envelope.reply();
+    }
+});
