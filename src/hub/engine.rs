@@ -218,7 +218,7 @@ pub fn run_engine(
                 }
                 handled += 1;
                 busy += result.metadata.elapsed;
-                if let Err(e) = message::send_result(&conn.socket, job, &result) {
+                if let Err(e) = result_to_hub(&conn.socket, job, &result) {
                     warn!(error = %e, "cannot send a result to the hub");
                 }
             }
@@ -342,7 +342,7 @@ fn on_hub(
                         },
                         exception: Some(format!("bad request: {e}")),
                     };
-                    if let Err(e) = message::send_result(&conn.socket, job, &failed) {
+                    if let Err(e) = result_to_hub(&conn.socket, job, &failed) {
                         warn!(error = %e, "cannot answer a bad task");
                     }
                     return Ok(HubEvent::None);
@@ -436,6 +436,22 @@ fn connect(
             warn!(hub = %options.connection.engines, attempt, "no answer from the hub; retrying");
         }
     }
+}
+
+/// Sends a result to the hub without ever blocking: a DEALER with no hub
+/// connected (it shut down, or went away) would block the engine for good,
+/// and a hub that is gone has no use for the result.
+fn result_to_hub(
+    socket: &zmq::Socket,
+    job: JobId,
+    result: &ClusterResult,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Result(result.status),
+        job,
+        id: result.id,
+    };
+    message::send(socket, &header, result, zmq::DONTWAIT)
 }
 
 fn send_control(socket: &zmq::Socket, message: &EngineMessage) {
