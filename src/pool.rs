@@ -215,7 +215,6 @@ impl Registry {
                         HandlerError::new(format!("this engine has no reducer `{reducer}`"))
                     })?;
                     out.values = reduce(&out.values).map_err(HandlerError::new)?;
-                    out.ok.clear();
                 }
                 encode_value(&out, "chunk output").map_err(HandlerError::new)
             });
@@ -411,8 +410,8 @@ impl Pool {
 
     /// Maps with `handler` and folds the outputs with `reducer`: each worker
     /// folds its own chunk (the combiner), and one last task folds the
-    /// partial results. `None` for no inputs. Stops at the first failed
-    /// input.
+    /// partial results, in input order: the reducer need only be
+    /// associative. `None` for no inputs. Stops at the first failed input.
     pub fn map_reduce<In, Out>(
         &mut self,
         handler: &str,
@@ -423,21 +422,28 @@ impl Pool {
         In: Serialize,
         Out: Serialize + DeserializeOwned,
     {
-        let mut partials: Vec<Out> = Vec::new();
+        // By the chunk's first input: the reducer need only be associative,
+        // so the partial results are folded in input order.
+        let mut partials: BTreeMap<u64, Vec<Out>> = BTreeMap::new();
         let mut run = Run::open(self, handler, inputs.into_iter(), Some(reducer))?;
         while let Some(mut chunk) = run.next_chunk()? {
             if !chunk.errors.is_empty() {
                 return Err(chunk.errors.swap_remove(0).into());
             }
-            partials.extend(chunk.values_as::<Out>()?);
+            partials.insert(chunk.first, chunk.values_as::<Out>()?);
         }
         drop(run);
+        let mut partials: Vec<Out> = partials.into_values().flatten().collect();
         if partials.len() <= 1 {
             return Ok(partials.pop());
         }
-        // One last task folds the partials with the same reducer.
+        // One last task folds the partials with the same reducer; the stats
+        // stay those of the mapped inputs.
+        let stats = std::mem::take(&mut self.stats);
         let mut run = Run::open(self, reducer, std::iter::empty::<()>(), None)?;
         let folded = run.single(&partials)?;
+        drop(run);
+        self.stats = stats;
         Ok(folded.values_as::<Out>()?.pop())
     }
 }
@@ -471,7 +477,12 @@ struct Run<'p, I> {
     credit: usize,
     chunks_sent: u64,
     inputs_sent: u64,
-    outstanding: HashMap<u64, u64>,
+    /// Chunks sent and not answered: their first input and length.
+    outstanding: HashMap<u64, (u64, u64)>,
+    /// For an ordered imap, the first input not yet handed out: no more
+    /// than the credit of chunks is sent past it, however many answered
+    /// chunks wait behind a slow one.
+    floor: Option<u64>,
     quiet: std::time::Instant,
 }
 
@@ -506,6 +517,7 @@ where
             chunks_sent: 0,
             inputs_sent: 0,
             outstanding: HashMap::new(),
+            floor: None,
             quiet: std::time::Instant::now(),
         })
     }
@@ -521,7 +533,7 @@ where
 
     /// Sends chunks while there is credit and input.
     fn fill(&mut self) -> Result<(), PoolError> {
-        while self.outstanding.len() < self.credit {
+        while self.in_flight() < self.credit {
             let chunk: Vec<In> = self.inputs.by_ref().take(self.pool.chunksize).collect();
             if chunk.is_empty() {
                 break;
@@ -533,7 +545,8 @@ where
             let id = self.chunks_sent;
             let request = self.request(id, payload);
             self.pool.client.send_task(self.job, &request)?;
-            self.outstanding.insert(id, self.inputs_sent);
+            self.outstanding
+                .insert(id, (self.inputs_sent, chunk.len() as u64));
             self.chunks_sent += 1;
             self.inputs_sent += chunk.len() as u64;
         }
@@ -564,10 +577,10 @@ where
                 what: "decode a result",
                 source,
             })?;
-            let Some(first) = self.outstanding.remove(&result.id) else {
+            let Some((first, len)) = self.outstanding.remove(&result.id) else {
                 continue; // a duplicate after a requeue: the first won
             };
-            let answer = self.answer(first, result)?;
+            let answer = self.answer(first, len, result)?;
             self.fill()?;
             return Ok(Some(answer));
         }
@@ -581,7 +594,7 @@ where
         })?;
         let request = self.request(0, payload);
         self.pool.client.send_task(self.job, &request)?;
-        self.outstanding.insert(0, 0);
+        self.outstanding.insert(0, (0, 1));
         self.chunks_sent = 1;
         self.next_chunk()?.ok_or_else(|| {
             PoolError::Hub(ClientError::Unexpected(
@@ -590,7 +603,19 @@ where
         })
     }
 
-    fn answer(&mut self, first: u64, result: ClusterResult) -> Result<Answer, PoolError> {
+    /// Chunks sent whose inputs are not all handed out (ordered imap) or
+    /// not answered (otherwise).
+    fn in_flight(&self) -> usize {
+        match self.floor {
+            Some(next) => {
+                let oldest = next / self.pool.chunksize as u64;
+                self.chunks_sent.saturating_sub(oldest) as usize
+            }
+            None => self.outstanding.len(),
+        }
+    }
+
+    fn answer(&mut self, first: u64, len: u64, result: ClusterResult) -> Result<Answer, PoolError> {
         let m = &result.metadata;
         let error = |index: u64, message: String| TaskError {
             index,
@@ -619,7 +644,9 @@ where
                     first,
                     values: encode_value(&Vec::<()>::new(), "none").unwrap_or_default(),
                     ok: Vec::new(),
-                    errors: vec![error(first, message)],
+                    errors: (first..first + len.max(1))
+                        .map(|index| error(index, message.clone()))
+                        .collect(),
                 });
             }
         };
@@ -641,7 +668,17 @@ where
 }
 
 impl<I> Drop for Run<'_, I> {
+    /// Closes the job; one dropped with chunks unanswered (an abandoned
+    /// imap, a map stopped by an error) is cancelled first, so its queued
+    /// chunks do not go on taking the cluster's slots.
     fn drop(&mut self) {
+        if !self.outstanding.is_empty() {
+            let cancel = ClientCall::CancelJob {
+                job: self.job,
+                kill_running: false,
+            };
+            let _ = self.pool.client.call(&cancel);
+        }
         let close = ClientCall::CloseJob {
             job: self.job,
             total: self.chunks_sent,
@@ -690,6 +727,9 @@ where
             if let Some((index, result)) = ready {
                 self.next = index + 1;
                 return Some(Ok((index, result)));
+            }
+            if self.ordered {
+                self.run.floor = Some(self.next);
             }
             match self.run.next_chunk() {
                 Ok(Some(answer)) => {

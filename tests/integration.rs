@@ -8,4 +8,5 @@
 
 mod common;
 mod map;
+mod pool;
 mod toolkit;
