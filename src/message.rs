@@ -632,18 +632,19 @@ pub fn send_request(
     send(socket, &header, request, 0)
 }
 
-/// Sends a result.
+/// Sends a result. `flags` may hold `zmq::DONTWAIT`.
 pub fn send_result(
     socket: &zmq::Socket,
     job: u64,
     result: &ClusterResult,
+    flags: i32,
 ) -> Result<(), MessageError> {
     let header = Header {
         kind: MessageKind::Result(result.status),
         job,
         id: result.id,
     };
-    send(socket, &header, result, 0)
+    send(socket, &header, result, flags)
 }
 
 /// Sends one message through a ROUTER socket to the peer `identity`. On a

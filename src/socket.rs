@@ -544,7 +544,7 @@ pub fn last_endpoint(socket: &zmq::Socket) -> Result<String, SocketError> {
     }
 }
 
-/// Which of a socket and its optional command socket became readable.
+/// Which of a socket and its optional second socket became readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Readable {
     /// Nothing within the timeout.
@@ -555,7 +555,8 @@ pub(crate) enum Readable {
 
 /// Waits up to `timeout` (forever when `None`) for `main` or `commands` to
 /// have a message, retrying when a signal interrupts the wait. Workers and
-/// sinks both wait on their data socket and their command socket this way.
+/// sinks wait on their data and command sockets this way; the hub and
+/// engines on their two sockets.
 pub(crate) fn poll_readable(
     main: &zmq::Socket,
     commands: Option<&zmq::Socket>,

@@ -424,7 +424,7 @@ impl<H: Handler> Worker<H> {
             },
             exception,
         };
-        match message::send_result(&self.results, job, &result) {
+        match message::send_result(&self.results, job, &result, 0) {
             // A result that cannot be encoded or is too large is that
             // request's failure, not the end of the worker.
             Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
@@ -435,7 +435,7 @@ impl<H: Handler> Worker<H> {
                     exception: Some(format!("the result could not be sent: {e}")),
                     ..result
                 };
-                message::send_result(&self.results, job, &failed)
+                message::send_result(&self.results, job, &failed, 0)
                     .map_err(|e| transport("send a result", e))
             }
             sent => sent.map_err(|e| transport("send a result", e)),

@@ -622,7 +622,7 @@ fn sink_stops_after_the_requested_number_of_results() {
         };
         let payload = message::encode_value(&id, "payload").unwrap();
         let payload = if id == 2 { Vec::new() } else { payload };
-        message::send_result(&push, 0, &result_of(id, status, payload)).unwrap();
+        message::send_result(&push, 0, &result_of(id, status, payload), 0).unwrap();
     }
     let first: Vec<_> = sink.receive(Some(3), Some(FAIL_AFTER)).collect();
     assert_eq!(first.len(), 3, "{first:?}");
@@ -663,7 +663,7 @@ fn kill_sink_command_ends_a_receive_loop() {
     });
     let push = raw_socket(&ctx, zmq::PUSH, &results_url);
     for id in [10, 11] {
-        message::send_result(&push, 0, &result_of(id, ResultStatus::Ok, vec![0])).unwrap();
+        message::send_result(&push, 0, &result_of(id, ResultStatus::Ok, vec![0]), 0).unwrap();
     }
     for id in [10, 11] {
         assert_eq!(received.recv_timeout(FAIL_AFTER).unwrap(), Ok(id));

@@ -26,7 +26,7 @@ use crate::message::{
     MessageKind, ResultMetadata, ResultStatus, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
-use crate::socket::{millis, DEFAULT_LINGER};
+use crate::socket::{millis, poll_readable, Readable, DEFAULT_LINGER};
 use crate::worker::{HandlerError, WorkerExit};
 
 /// Missed hub heartbeats before an engine reconnects.
@@ -199,17 +199,12 @@ pub fn run_engine(
         let wait = next_beat
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
-        let (hub_ready, slots_ready) = {
-            let mut items = [
-                conn.socket.as_poll_item(zmq::POLLIN),
-                slots.results_socket().as_poll_item(zmq::POLLIN),
-            ];
-            match zmq::poll(&mut items, i64::from(millis(wait))) {
-                Ok(_) => (items[0].is_readable(), items[1].is_readable()),
-                Err(zmq::Error::EINTR) => continue,
+        let (hub_ready, slots_ready) =
+            match poll_readable(&conn.socket, Some(slots.results_socket()), Some(wait)) {
+                Ok(Readable::Ready(hub, slots)) => (hub, slots),
+                Ok(Readable::Timeout) => (false, false),
                 Err(e) => return Err(transport("poll", e.into())),
-            }
-        };
+            };
         if slots_ready {
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
                 let job = tickets.remove(&ticket).unwrap_or(0);
@@ -446,12 +441,7 @@ fn result_to_hub(
     job: JobId,
     result: &ClusterResult,
 ) -> Result<(), MessageError> {
-    let header = Header {
-        kind: MessageKind::Result(result.status),
-        job,
-        id: result.id,
-    };
-    message::send(socket, &header, result, zmq::DONTWAIT)
+    message::send_result(socket, job, result, zmq::DONTWAIT)
 }
 
 fn send_control(socket: &zmq::Socket, message: &EngineMessage) {

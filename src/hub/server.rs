@@ -45,7 +45,7 @@ use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
     Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus,
 };
-use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
+use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LINGER};
 
 /// Default tasks a client may have outstanding per job.
 pub const DEFAULT_CREDIT: u32 = 1024;
@@ -379,17 +379,12 @@ impl Hub {
             let wait = next_beat
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
-            let (engines_ready, clients_ready) = {
-                let mut items = [
-                    self.engines_socket.as_poll_item(zmq::POLLIN),
-                    self.clients_socket.as_poll_item(zmq::POLLIN),
-                ];
-                match zmq::poll(&mut items, i64::from(millis(wait))) {
-                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
-                    Err(zmq::Error::EINTR) => continue,
+            let (engines_ready, clients_ready) =
+                match poll_readable(&self.engines_socket, Some(&self.clients_socket), Some(wait)) {
+                    Ok(Readable::Ready(engines, clients)) => (engines, clients),
+                    Ok(Readable::Timeout) => (false, false),
                     Err(e) => return Err(HubError::Transport(e.into())),
-                }
-            };
+                };
             // Drain each socket in bursts so neither starves the other.
             if engines_ready {
                 for _ in 0..256 {
