@@ -33,3 +33,14 @@ printf '%-44s %10.2f\n' "ratio hub(SQLite) / toolkit" "$(ratio "$sqlite" "$toolk
 rm -f "$tmp"/store.sqlite*
 "$ROOT/target/release/examples/hub_throughput" --latency --count 2000 --store "$tmp/store.sqlite" |
     awk '{ printf "%-44s %6d us median, %d us p99 (target: median < 1000 us)\n", "idle round trip, SQLite store", $3, $4 }'
+# Peak memory of client + hub + engine (one process) for 100,000 vs 1,000,000
+# no-op tasks with the SQLite store: it should stay flat (the in-memory store
+# keeps every pair, so it grows by design). Set MEMORY=0 to skip (~40 s).
+if [ "${MEMORY:-1}" != 0 ] && [ -x /usr/bin/time ]; then
+    for n in 100000 1000000; do
+        rm -f "$tmp"/store.sqlite*
+        /usr/bin/time -f "%M" -o "$tmp/rss" "$ROOT/target/release/examples/hub_throughput" \
+            --count "$n" --store "$tmp/store.sqlite" >/dev/null
+        printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, SQLite store" "$(cat "$tmp/rss")"
+    done
+fi
