@@ -191,15 +191,6 @@ impl Registry {
         self
     }
 
-    /// The names an engine advertises when it registers.
-    pub fn names(&self) -> Vec<String> {
-        self.maps
-            .keys()
-            .chain(self.reducers.keys())
-            .cloned()
-            .collect()
-    }
-
     /// The handlers as an engine runs them: map handlers (combined with a
     /// reducer when the request names one) and reducers (over a list of
     /// partial results).

@@ -116,11 +116,6 @@ impl Slots {
         })
     }
 
-    /// How many slots there are.
-    pub fn count(&self) -> usize {
-        self.ventilators.len()
-    }
-
     /// The socket results arrive on, for a caller that polls it together
     /// with its own sockets before calling [`next_result`](Self::next_result).
     pub fn results_socket(&self) -> &zmq::Socket {
