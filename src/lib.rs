@@ -11,7 +11,7 @@
 //! | layer | module | what it holds |
 //! | --- | --- | --- |
 //! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` |
-//! | message | [`message`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format |
+//! | message | [`message`], [`auth`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets |
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
 //! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
 //! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation |
@@ -80,6 +80,7 @@
 //! # let _ = worker.join();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod devices;

@@ -8,7 +8,7 @@
 //! | frame | content |
 //! | --- | --- |
 //! | 0 | protocol name and version, `zcluster/1` |
-//! | 1 | signature (empty until message signing is configured) |
+//! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
 //! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
 //! | 3 | body: the record named by the kind, bincode |
 //!
@@ -17,7 +17,9 @@
 //! bounded: frames longer than the limits are rejected before any decoding, a
 //! length prefix can never make bincode allocate more than
 //! [`MAX_MESSAGE_BYTES`], trailing bytes are an error, and every way a message
-//! can be wrong is a [`MessageError`], never a panic.
+//! can be wrong is a [`MessageError`], never a panic. On a [`SignedSocket`]
+//! the signature is checked before the header is decoded, so nothing from a
+//! peer without the key reaches a decoder.
 //!
 //! ```
 //! use zcluster::message::{ClusterRequest, Envelope};
@@ -35,6 +37,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::auth::{Auth, AuthError, Key, Signer, Verifier};
 
 /// First frame of every message: protocol name and version.
 pub const PROTOCOL: &[u8] = b"zcluster/1";
@@ -90,6 +94,9 @@ pub enum MessageError {
     /// A signature frame where none is configured.
     #[error("message carries a signature but no signing key is configured")]
     UnexpectedSignature,
+    /// A signed socket refused the message: unsigned, forged or replayed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A frame larger than its limit.
     #[error("{part} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -192,6 +199,17 @@ pub struct Header {
     pub job: u64,
     /// Task id of a request or result; token of a command or reply.
     pub id: u64,
+}
+
+impl Header {
+    /// The header of `result` in `job`.
+    pub fn result(job: u64, result: &ClusterResult) -> Self {
+        Header {
+            kind: MessageKind::Result(result.status),
+            job,
+            id: result.id,
+        }
+    }
 }
 
 /// Whether a worker's handler succeeded.
@@ -380,9 +398,14 @@ impl Envelope {
         let [protocol, signature, header, body] = frames else {
             return Err(MessageError::FrameCount { got: frames.len() });
         };
-        let header = check_frames(protocol.as_ref(), signature.as_ref(), header.as_ref())?;
         let body = body.as_ref();
-        check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+        let header = check_frames(
+            protocol.as_ref(),
+            signature.as_ref(),
+            header.as_ref(),
+            body,
+            None,
+        )?;
         Ok(Envelope {
             header,
             body: Body::Bytes(body.to_vec()),
@@ -488,7 +511,15 @@ pub fn frames<T: Serialize + ?Sized>(
     ])
 }
 
-fn check_frames(protocol: &[u8], signature: &[u8], header: &[u8]) -> Result<Header, MessageError> {
+/// Checks the protocol frame, then the signature (with a verifier: it must
+/// verify; without one: it must be empty), then decodes the header.
+fn check_frames(
+    protocol: &[u8],
+    signature: &[u8],
+    header: &[u8],
+    body: &[u8],
+    verifier: Option<&mut Verifier>,
+) -> Result<Header, MessageError> {
     if protocol != PROTOCOL {
         return Err(if protocol.starts_with(PROTOCOL_NAME) {
             MessageError::WrongVersion {
@@ -500,10 +531,13 @@ fn check_frames(protocol: &[u8], signature: &[u8], header: &[u8]) -> Result<Head
             }
         });
     }
-    if !signature.is_empty() {
-        return Err(MessageError::UnexpectedSignature);
-    }
     check_size("header", header.len(), MAX_HEADER_BYTES)?;
+    check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+    match verifier {
+        Some(verifier) => verifier.verify(signature, protocol, header, body)?,
+        None if !signature.is_empty() => return Err(MessageError::UnexpectedSignature),
+        None => {}
+    }
     decode_value(header, "header")
 }
 
@@ -567,7 +601,9 @@ pub fn send<T: Serialize + ?Sized>(
     body: &T,
     flags: i32,
 ) -> Result<(), MessageError> {
-    with_encoded(body, |bytes| send_frames(socket, header, bytes, flags))
+    with_encoded(body, |bytes| {
+        send_frames(socket, header, bytes, flags, None)
+    })
 }
 
 /// Encodes `body` into the reused scratch buffer, checks its size, and
@@ -594,12 +630,14 @@ fn with_encoded<T: Serialize + ?Sized>(
     })
 }
 
-/// Sends the four frames of a message whose body is already encoded.
+/// Sends the four frames of a message whose body is already encoded,
+/// signed when there is a signer.
 fn send_frames(
     socket: &zmq::Socket,
     header: &Header,
     body: &[u8],
     flags: i32,
+    signer: Option<&Signer>,
 ) -> Result<(), MessageError> {
     let mut header_bytes = [0u8; MAX_HEADER_BYTES];
     let header_len =
@@ -611,9 +649,14 @@ fn send_frames(
         })?;
     // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
     // queued, ZeroMQ accepts the rest of the multipart message atomically.
+    let header_bytes = &header_bytes[..header_len];
+    let signature = signer.map(|s| s.sign(PROTOCOL, header_bytes, body));
     socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
-    socket.send(&[][..], flags | zmq::SNDMORE)?;
-    socket.send(&header_bytes[..header_len], flags | zmq::SNDMORE)?;
+    socket.send(
+        signature.as_ref().map_or(&[][..], |s| &s[..]),
+        flags | zmq::SNDMORE,
+    )?;
+    socket.send(header_bytes, flags | zmq::SNDMORE)?;
     socket.send(body, flags)?;
     Ok(())
 }
@@ -639,63 +682,21 @@ pub fn send_result(
     result: &ClusterResult,
     flags: i32,
 ) -> Result<(), MessageError> {
-    let header = Header {
-        kind: MessageKind::Result(result.status),
-        job,
-        id: result.id,
-    };
-    send(socket, &header, result, flags)
-}
-
-/// Sends one message through a ROUTER socket to the peer `identity`. On a
-/// socket with `ZMQ_ROUTER_MANDATORY` (the hub's), an unknown peer is an
-/// error (`EHOSTUNREACH`) instead of a silent drop.
-pub fn send_routed<T: Serialize + ?Sized>(
-    socket: &zmq::Socket,
-    identity: &[u8],
-    header: &Header,
-    body: &T,
-) -> Result<(), MessageError> {
-    // Encode first: an identity frame sent before a body that turns out too
-    // large would glue the next message onto it and misroute it.
-    with_encoded(body, |bytes| {
-        socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
-        send_frames(socket, header, bytes, zmq::DONTWAIT)
-    })
-}
-
-/// Sends a message whose body is already encoded (a request or result
-/// being forwarded: no decoding, no re-encoding) to `identity` through a
-/// ROUTER socket.
-pub fn send_raw_routed(
-    socket: &zmq::Socket,
-    identity: &[u8],
-    header: &Header,
-    body: &[u8],
-) -> Result<(), MessageError> {
-    socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
-    send_frames(socket, header, body, zmq::DONTWAIT)
-}
-
-/// Receives one message on a ROUTER socket: the sender's identity and the
-/// checked message. A bad message still yields its sender, so the caller
-/// can log who sent it.
-pub fn recv_routed(
-    socket: &zmq::Socket,
-    flags: i32,
-) -> Result<(Vec<u8>, Result<Envelope, MessageError>), MessageError> {
-    let mut identity = zmq::Message::new();
-    socket.recv(&mut identity, flags)?;
-    if !socket.get_rcvmore()? {
-        return Ok((identity.to_vec(), Err(MessageError::FrameCount { got: 0 })));
-    }
-    Ok((identity.to_vec(), recv(socket, flags)))
+    send(socket, &Header::result(job, result), result, flags)
 }
 
 /// Receives one message and checks its frames and header. Every frame of a
 /// multipart message is consumed even when the message is bad, so the next
 /// receive starts at a message boundary.
 pub fn recv(socket: &zmq::Socket, flags: i32) -> Result<Envelope, MessageError> {
+    recv_checked(socket, flags, None)
+}
+
+fn recv_checked(
+    socket: &zmq::Socket,
+    flags: i32,
+    verifier: Option<&mut Verifier>,
+) -> Result<Envelope, MessageError> {
     let mut parts: [zmq::Message; 4] = std::array::from_fn(|_| zmq::Message::new());
     let mut count = 0;
     loop {
@@ -715,12 +716,110 @@ pub fn recv(socket: &zmq::Socket, flags: i32) -> Result<Envelope, MessageError> 
         return Err(MessageError::FrameCount { got: count });
     }
     let [protocol, signature, header, body] = parts;
-    let header = check_frames(&protocol, &signature, &header)?;
-    check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+    let header = check_frames(&protocol, &signature, &header, &body, verifier)?;
     Ok(Envelope {
         header,
         body: Body::Zmq(body),
     })
+}
+
+/// A socket whose messages are all signed and checked with the cluster's
+/// key: every hub socket, and the engines' and clients' sockets to it.
+pub struct SignedSocket {
+    socket: zmq::Socket,
+    auth: Auth,
+}
+
+impl fmt::Debug for SignedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedSocket")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedSocket {
+    /// Wraps a socket; it signs with a fresh session of `key`.
+    pub fn new(socket: zmq::Socket, key: &Key) -> Self {
+        SignedSocket {
+            socket,
+            auth: Auth::new(key),
+        }
+    }
+
+    /// The socket itself (to poll it, or set options).
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// Sends one signed message. `flags` may hold `zmq::DONTWAIT`.
+    pub fn send<T: Serialize + ?Sized>(
+        &self,
+        header: &Header,
+        body: &T,
+        flags: i32,
+    ) -> Result<(), MessageError> {
+        with_encoded(body, |bytes| {
+            send_frames(&self.socket, header, bytes, flags, Some(&self.auth.signer))
+        })
+    }
+
+    /// Sends one signed message through a ROUTER socket to the peer
+    /// `identity`, never blocking. On a socket with `ZMQ_ROUTER_MANDATORY`
+    /// (the hub's), an unknown peer is an error (`EHOSTUNREACH`) instead of a
+    /// silent drop.
+    pub fn send_routed<T: Serialize + ?Sized>(
+        &self,
+        identity: &[u8],
+        header: &Header,
+        body: &T,
+    ) -> Result<(), MessageError> {
+        // Encode first: an identity frame sent before a body that turns out
+        // too large would glue the next message onto it and misroute it.
+        with_encoded(body, |bytes| self.send_raw_routed(identity, header, bytes))
+    }
+
+    /// Like [`send_routed`](Self::send_routed) with a body already encoded
+    /// (a request or result being forwarded: no decoding, no re-encoding).
+    pub fn send_raw_routed(
+        &self,
+        identity: &[u8],
+        header: &Header,
+        body: &[u8],
+    ) -> Result<(), MessageError> {
+        self.socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+        send_frames(
+            &self.socket,
+            header,
+            body,
+            zmq::DONTWAIT,
+            Some(&self.auth.signer),
+        )
+    }
+
+    /// Receives one message and checks it, signature first.
+    pub fn recv(&mut self, flags: i32) -> Result<Envelope, MessageError> {
+        recv_checked(&self.socket, flags, Some(&mut self.auth.verifier))
+    }
+
+    /// Receives one message on a ROUTER socket: the sender's identity and
+    /// the checked message. A bad message still yields its sender, so the
+    /// caller can log who sent it; only a socket error is the outer error.
+    pub fn recv_routed(
+        &mut self,
+        flags: i32,
+    ) -> Result<(Vec<u8>, Result<Envelope, MessageError>), MessageError> {
+        let mut identity = zmq::Message::new();
+        self.socket.recv(&mut identity, flags)?;
+        if !self.socket.get_rcvmore()? {
+            return Ok((identity.to_vec(), Err(MessageError::FrameCount { got: 0 })));
+        }
+        let envelope = self.recv(flags);
+        match envelope {
+            Err(MessageError::Zmq(e)) => Err(MessageError::Zmq(e)),
+            other => Ok((identity.to_vec(), other)),
+        }
+    }
 }
 
 #[cfg(test)]

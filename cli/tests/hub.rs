@@ -17,6 +17,10 @@ use nix::unistd::Pid;
 use predicates::prelude::*;
 use serde_json::Value;
 use tempfile::TempDir;
+use zcluster::auth::{Key, Signer};
+use zcluster::hub::connection::ConnectionInfo;
+use zcluster::hub::protocol::ClientCall;
+use zcluster::message::{encode_value, Envelope, Header, MessageKind, PROTOCOL};
 
 use crate::common::*;
 
@@ -1310,4 +1314,107 @@ fn workers_register_again_with_a_restarted_hub() {
     let mut map = hub.spawn_map("again", &[inputs.to_str().unwrap(), "--", "echo"]);
     assert!(map.wait().success(), "{}", map.stderr());
     assert_eq!(map.stdout(), lines_text(&lines));
+}
+
+/// The frames of a client call, signed by `signer` (or unsigned).
+fn call_frames(signer: Option<&Signer>, request: u64, call: &ClientCall) -> Vec<Vec<u8>> {
+    let header = encode_value(
+        &Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: request,
+        },
+        "header",
+    )
+    .unwrap();
+    let body = encode_value(call, "body").unwrap();
+    let signature = signer.map_or_else(Vec::new, |s| s.sign(PROTOCOL, &header, &body).to_vec());
+    vec![PROTOCOL.to_vec(), signature, header, body]
+}
+
+/// A raw DEALER on the hub's client port, so a test can send exactly the
+/// frames it wants.
+fn raw_client(ctx: &zmq::Context, hub: &Hub, identity: &[u8]) -> zmq::Socket {
+    let info: ConnectionInfo =
+        serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
+    let socket = ctx.socket(zmq::DEALER).unwrap();
+    socket.set_identity(identity).unwrap();
+    socket.set_linger(0).unwrap();
+    socket.set_rcvtimeo(500).unwrap();
+    socket.connect(&info.clients).unwrap();
+    socket
+}
+
+/// Whether an answer to `request` arrives within the socket's timeout.
+fn answered(socket: &zmq::Socket, request: u64) -> bool {
+    while let Ok(frames) = socket.recv_multipart(0) {
+        let envelope = Envelope::from_frames(&[
+            frames[0].clone(),
+            Vec::new(),
+            frames[2].clone(),
+            frames[3].clone(),
+        ])
+        .unwrap();
+        if envelope.header.id == request {
+            return true;
+        }
+    }
+    false
+}
+
+/// Only key holders get in: unsigned and forged kills and shutdowns are
+/// dropped (and logged once per peer), a signed call is answered once and
+/// its replay is not; the hub and its worker carry on.
+#[test]
+fn unsigned_forged_and_replayed_calls_are_dropped() {
+    let hub = Hub::start();
+    let mut workers = hub.workers(1, 1);
+    let info: ConnectionInfo =
+        serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
+    let ctx = zmq::Context::new();
+    let intruder = raw_client(&ctx, &hub, b"intruder");
+    let forger = raw_client(&ctx, &hub, b"forger");
+    let other_key = Signer::new(Key::from_bytes(b"a key of some other cluster"));
+    let kill = ClientCall::Kill {
+        engines: None,
+        restart: false,
+    };
+    let shutdown = ClientCall::Shutdown { workers: true };
+    for request in 1..=50 {
+        intruder
+            .send_multipart(call_frames(None, request, &kill), 0)
+            .unwrap();
+        forger
+            .send_multipart(call_frames(Some(&other_key), request, &shutdown), 0)
+            .unwrap();
+    }
+    assert!(!answered(&intruder, 50), "an unsigned call got an answer");
+    assert!(!answered(&forger, 50), "a forged call got an answer");
+
+    let member = raw_client(&ctx, &hub, b"member");
+    let signer = Signer::new(info.signing_key().unwrap());
+    let ping = call_frames(Some(&signer), 1, &ClientCall::Ping);
+    member.send_multipart(&ping, 0).unwrap();
+    assert!(answered(&member, 1), "a signed ping is answered");
+    member.send_multipart(&ping, 0).unwrap();
+    assert!(!answered(&member, 1), "a replayed ping is dropped");
+    member
+        .send_multipart(call_frames(Some(&signer), 2, &ClientCall::Ping), 0)
+        .unwrap();
+    assert!(answered(&member, 2), "the next signed call is answered");
+
+    assert!(workers[0].running(), "no refused kill reached the worker");
+    assert_eq!(hub.engines().len(), 1);
+    let log = hub.proc.log();
+    let warnings = |peer: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains(peer) && l.contains("bad message"))
+            .count()
+    };
+    assert_eq!(warnings("intruder"), 1, "logged once per peer:\n{log}");
+    assert_eq!(warnings("forger"), 1, "logged once per peer:\n{log}");
+    assert_eq!(warnings("member"), 1, "the replay is logged:\n{log}");
+    assert!(log.contains("unsigned message"), "{log}");
+    assert!(log.contains("bad signature"), "{log}");
+    assert!(log.contains("replayed message"), "{log}");
 }

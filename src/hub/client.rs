@@ -4,27 +4,19 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::connection::ConnectionInfo;
+use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{ClientCall, JobId, JobKind, Reply};
 use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
-use crate::message::{self, ClusterRequest, Envelope, Header, MessageError, MessageKind};
+use crate::message::{
+    self, ClusterRequest, Envelope, Header, MessageError, MessageKind, SignedSocket,
+};
 use crate::socket::{millis, DEFAULT_LINGER};
 
 /// `PREFIX-` and 16 random hex digits: a routing identity no other peer has.
 pub(crate) fn random_identity(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: process id and time are unique enough here.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        bytes = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
+    format!("{prefix}-{:016x}", crate::auth::random_u64())
 }
 
 /// How long a call waits for the hub by default.
@@ -56,19 +48,24 @@ pub enum ClientError {
     /// The hub answered something that does not fit the call.
     #[error("unexpected answer from the hub: {0}")]
     Unexpected(String),
-    /// A socket failed.
+    /// The connection file's key is unusable.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The transport failed.
     #[error("hub connection failed: {0}")]
     Transport(#[from] MessageError),
 }
 
 /// A connection to a hub's client socket.
 pub struct HubClient {
-    socket: zmq::Socket,
+    socket: SignedSocket,
     url: String,
     next_request: u64,
     timeout: Duration,
     /// Results that arrived while waiting for a reply.
     results: VecDeque<Envelope>,
+    /// A refused message was already logged at warn level.
+    warned: bool,
 }
 
 impl HubClient {
@@ -76,6 +73,7 @@ impl HubClient {
     /// the hub is there).
     pub fn connect(ctx: &zmq::Context, connection: &ConnectionInfo) -> Result<Self, ClientError> {
         let url = connection.clients.clone();
+        let key = connection.signing_key()?;
         let fail = |source| ClientError::Connect {
             url: url.clone(),
             source,
@@ -95,11 +93,12 @@ impl HubClient {
             .map_err(fail)?;
         socket.connect(&url).map_err(fail)?;
         Ok(HubClient {
-            socket,
+            socket: SignedSocket::new(socket, &key),
             url,
             next_request: 1,
             timeout: DEFAULT_CALL_TIMEOUT,
             results: VecDeque::new(),
+            warned: false,
         })
     }
 
@@ -128,7 +127,7 @@ impl HubClient {
             job: 0,
             id: request,
         };
-        message::send(&self.socket, &header, call, 0)?;
+        self.socket.send(&header, call, 0)?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -156,7 +155,12 @@ impl HubClient {
 
     /// Sends one task of a job (no reply: results come back on their own).
     pub fn send_task(&mut self, job: JobId, request: &ClusterRequest) -> Result<(), ClientError> {
-        message::send_request(&self.socket, job, request)?;
+        let header = Header {
+            kind: MessageKind::Request,
+            job,
+            id: request.id,
+        };
+        self.socket.send(&header, request, 0)?;
         Ok(())
     }
 
@@ -181,16 +185,24 @@ impl HubClient {
 
     fn receive(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
         loop {
-            match self.socket.poll(zmq::POLLIN, i64::from(millis(timeout))) {
+            match self
+                .socket
+                .socket()
+                .poll(zmq::POLLIN, i64::from(millis(timeout)))
+            {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(ClientError::Transport(e.into())),
             }
-            match message::recv(&self.socket, zmq::DONTWAIT) {
+            match self.socket.recv(zmq::DONTWAIT) {
                 Ok(envelope) => return Ok(Some(envelope)),
                 Err(e) if e.is_timeout() => continue,
                 Err(MessageError::Zmq(e)) => return Err(ClientError::Transport(e.into())),
+                Err(e) if !self.warned => {
+                    self.warned = true;
+                    warn!(hub = %self.url, error = %e, "dropping a bad message from the hub (logged once)");
+                }
                 Err(e) => debug!(error = %e, "dropping a bad message from the hub"),
             }
         }

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Key;
+
 /// Errors reading or writing a connection file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -42,6 +44,9 @@ pub enum ConnectionError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key is not a usable hex key.
+    #[error("the key in the connection file is unusable: {0}")]
+    BadKey(String),
     /// No randomness for a key.
     #[error("cannot generate a key: {0}")]
     Random(String),
@@ -68,6 +73,11 @@ impl ConnectionInfo {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| ConnectionError::Random(e.to_string()))?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The signing key.
+    pub fn signing_key(&self) -> Result<Key, ConnectionError> {
+        Key::from_hex(&self.key).map_err(ConnectionError::BadKey)
     }
 
     /// Writes the file with mode 0600 (creating its directory), replacing

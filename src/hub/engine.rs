@@ -18,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use super::connection::ConnectionInfo;
+use super::client::random_identity;
+use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
     self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
-    MessageKind, ResultMetadata, ResultStatus, WorkerInfo,
+    MessageKind, ResultMetadata, ResultStatus, SignedSocket, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable, DEFAULT_LINGER};
@@ -50,6 +51,9 @@ pub enum EngineError {
     /// The hub refused the registration.
     #[error("the hub refused this engine: {0}")]
     Refused(String),
+    /// The connection file's key is unusable.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
     /// A socket failed.
     #[error("engine cannot {operation}: {source}")]
     Transport {
@@ -92,7 +96,7 @@ fn cancel_flag(flags: &CancelFlags, job: JobId) -> Arc<AtomicBool> {
 }
 
 struct Connection {
-    socket: zmq::Socket,
+    socket: SignedSocket,
     engine: Option<EngineId>,
     heartbeat: Duration,
     last_heard: Instant,
@@ -133,13 +137,8 @@ pub fn run_engine(
     let host = crate::host_name();
     let pid = std::process::id();
     let started = SystemTime::now();
-    let identity = format!(
-        "{host}-{pid}-{:x}",
-        started
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
+    // Unguessable, so another peer cannot take over its routing.
+    let identity = random_identity(&format!("{host}-{pid}"));
     let register = EngineMessage::Register {
         identity: identity.clone(),
         host: host.clone(),
@@ -199,12 +198,15 @@ pub fn run_engine(
         let wait = next_beat
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
-        let (hub_ready, slots_ready) =
-            match poll_readable(&conn.socket, Some(slots.results_socket()), Some(wait)) {
-                Ok(Readable::Ready(hub, slots)) => (hub, slots),
-                Ok(Readable::Timeout) => (false, false),
-                Err(e) => return Err(transport("poll", e.into())),
-            };
+        let (hub_ready, slots_ready) = match poll_readable(
+            conn.socket.socket(),
+            Some(slots.results_socket()),
+            Some(wait),
+        ) {
+            Ok(Readable::Ready(hub, slots)) => (hub, slots),
+            Ok(Readable::Timeout) => (false, false),
+            Err(e) => return Err(transport("poll", e.into())),
+        };
         if slots_ready {
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
                 let job = tickets.remove(&ticket).unwrap_or(0);
@@ -220,7 +222,7 @@ pub fn run_engine(
         }
         if hub_ready {
             loop {
-                let envelope = match message::recv(&conn.socket, zmq::DONTWAIT) {
+                let envelope = match conn.socket.recv(zmq::DONTWAIT) {
                     Ok(envelope) => envelope,
                     Err(e) if e.is_timeout() => break,
                     Err(MessageError::Zmq(e)) => {
@@ -261,8 +263,7 @@ pub fn run_engine(
                             job: 0,
                             id: token,
                         };
-                        if let Err(e) = message::send(&conn.socket, &header, &reply, zmq::DONTWAIT)
-                        {
+                        if let Err(e) = conn.socket.send(&header, &reply, zmq::DONTWAIT) {
                             warn!(error = %e, "cannot answer a command");
                         }
                         match command {
@@ -382,6 +383,7 @@ fn connect(
     // One counter for the whole process: a reconnect never reuses a routing
     // identity the hub may still hold for the old connection.
     static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let key = options.connection.signing_key()?;
     let mut attempt: u32 = 0;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -400,17 +402,18 @@ fn connect(
             .and_then(|()| socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64))
             .and_then(|()| socket.connect(&options.connection.engines));
         setup.map_err(|e| transport("connect to the hub", e.into()))?;
+        let mut socket = SignedSocket::new(socket, &key);
         send_control(&socket, register);
         let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            match socket.poll(zmq::POLLIN, i64::from(millis(left))) {
+            match socket.socket().poll(zmq::POLLIN, i64::from(millis(left))) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(transport("wait for the hub", e.into())),
             }
-            let Ok(envelope) = message::recv(&socket, zmq::DONTWAIT) else {
+            let Ok(envelope) = socket.recv(zmq::DONTWAIT) else {
                 continue;
             };
             match envelope.control::<HubToEngine>() {
@@ -437,20 +440,20 @@ fn connect(
 /// connected (it shut down, or went away) would block the engine for good,
 /// and a hub that is gone has no use for the result.
 fn result_to_hub(
-    socket: &zmq::Socket,
+    socket: &SignedSocket,
     job: JobId,
     result: &ClusterResult,
 ) -> Result<(), MessageError> {
-    message::send_result(socket, job, result, zmq::DONTWAIT)
+    socket.send(&Header::result(job, result), result, zmq::DONTWAIT)
 }
 
-fn send_control(socket: &zmq::Socket, message: &EngineMessage) {
+fn send_control(socket: &SignedSocket, message: &EngineMessage) {
     let header = Header {
         kind: MessageKind::Control,
         job: 0,
         id: 0,
     };
-    if let Err(e) = message::send(socket, &header, message, zmq::DONTWAIT) {
+    if let Err(e) = socket.send(&header, message, zmq::DONTWAIT) {
         debug!(error = %e, "cannot send to the hub");
     }
 }

@@ -41,9 +41,10 @@ use super::protocol::{
 use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
 };
+use crate::auth::Key;
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
-    Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus,
+    Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket,
 };
 use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LINGER};
 
@@ -235,9 +236,9 @@ struct PendingCommand {
 
 /// A bound hub, ready to [`run`](Hub::run).
 pub struct Hub {
-    engines_socket: zmq::Socket,
-    clients_socket: zmq::Socket,
-    notifications: zmq::Socket,
+    engines_socket: SignedSocket,
+    clients_socket: SignedSocket,
+    notifications: SignedSocket,
     store: Box<dyn Store>,
     options: HubOptions,
     connection: ConnectionInfo,
@@ -251,7 +252,15 @@ pub struct Hub {
     total_slots: usize,
     next_token: u64,
     shutdown: bool,
+    /// Peers whose refused messages were already logged at warn level.
+    warned: HashSet<Vec<u8>>,
+    /// Messages refused (unsigned, forged, replayed, malformed) since start.
+    refused: u64,
 }
+
+/// Peers remembered for log-once; past this, refusals are logged at debug
+/// level only, so a flood of fresh identities cannot grow the set.
+const MAX_WARNED_PEERS: usize = 4096;
 
 /// The request body with its attempt number in the metadata (re-encoded
 /// only on a retry, which is rare).
@@ -336,6 +345,10 @@ impl Hub {
             Some(key) => key.clone(),
             None => ConnectionInfo::new_key()?,
         };
+        let signing = Key::from_hex(&key).map_err(ConnectionError::BadKey)?;
+        let engines_socket = SignedSocket::new(engines_socket, &signing);
+        let clients_socket = SignedSocket::new(clients_socket, &signing);
+        let notifications = SignedSocket::new(notifications, &signing);
         // A wildcard bind (0.0.0.0) is reachable at the machine's name.
         let reachable = |url: String| url.replace("0.0.0.0", &crate::host_name());
         let connection = ConnectionInfo {
@@ -364,6 +377,8 @@ impl Hub {
             total_slots: 0,
             next_token: 1,
             shutdown: false,
+            warned: HashSet::new(),
+            refused: 0,
         })
     }
 
@@ -379,16 +394,19 @@ impl Hub {
             let wait = next_beat
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
-            let (engines_ready, clients_ready) =
-                match poll_readable(&self.engines_socket, Some(&self.clients_socket), Some(wait)) {
-                    Ok(Readable::Ready(engines, clients)) => (engines, clients),
-                    Ok(Readable::Timeout) => (false, false),
-                    Err(e) => return Err(HubError::Transport(e.into())),
-                };
+            let (engines_ready, clients_ready) = match poll_readable(
+                self.engines_socket.socket(),
+                Some(self.clients_socket.socket()),
+                Some(wait),
+            ) {
+                Ok(Readable::Ready(engines, clients)) => (engines, clients),
+                Ok(Readable::Timeout) => (false, false),
+                Err(e) => return Err(HubError::Transport(e.into())),
+            };
             // Drain each socket in bursts so neither starves the other.
             if engines_ready {
                 for _ in 0..256 {
-                    match message::recv_routed(&self.engines_socket, zmq::DONTWAIT) {
+                    match self.engines_socket.recv_routed(zmq::DONTWAIT) {
                         Ok((identity, envelope)) => self.on_engine(identity, envelope),
                         Err(e) if e.is_timeout() => break,
                         Err(e) => return Err(HubError::Transport(e)),
@@ -397,7 +415,7 @@ impl Hub {
             }
             if clients_ready {
                 for _ in 0..256 {
-                    match message::recv_routed(&self.clients_socket, zmq::DONTWAIT) {
+                    match self.clients_socket.recv_routed(zmq::DONTWAIT) {
                         Ok((identity, envelope)) => self.on_client(identity, envelope),
                         Err(e) if e.is_timeout() => break,
                         Err(e) => return Err(HubError::Transport(e)),
@@ -424,10 +442,7 @@ impl Hub {
     fn on_engine(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
         let envelope = match envelope {
             Ok(envelope) => envelope,
-            Err(e) => {
-                warn!(peer = %String::from_utf8_lossy(&identity), error = %e, "dropping a bad message from an engine");
-                return;
-            }
+            Err(e) => return self.refuse("engine", &identity, &e),
         };
         let known = self.by_identity.get(&identity).copied();
         if let Some(id) = known {
@@ -646,8 +661,9 @@ impl Hub {
         }
         let client = job.client.clone();
         let header = envelope.header;
-        if let Err(e) =
-            message::send_raw_routed(&self.clients_socket, &client, &header, envelope.body())
+        if let Err(e) = self
+            .clients_socket
+            .send_raw_routed(&client, &header, envelope.body())
         {
             debug!(error = %e, job = key.0, "result not delivered (client gone); it stays in the store");
         }
@@ -717,12 +733,10 @@ impl Hub {
                 job: job_id,
                 id: task_id,
             };
-            if let Err(e) = message::send_raw_routed(
-                &self.engines_socket,
-                &engine.identity,
-                &header,
-                &task.request,
-            ) {
+            if let Err(e) =
+                self.engines_socket
+                    .send_raw_routed(&engine.identity, &header, &task.request)
+            {
                 // With ROUTER_MANDATORY an engine that is gone (a ghost
                 // left by a reconnect) is an error here: drop it, keep the
                 // task, and try again with the engines that are left.
@@ -767,12 +781,10 @@ impl Hub {
         let mut waiting = HashSet::new();
         for id in targets {
             if let Some(engine) = self.engines.get(&id) {
-                match message::send_routed(
-                    &self.engines_socket,
-                    &engine.identity,
-                    &header,
-                    &command,
-                ) {
+                match self
+                    .engines_socket
+                    .send_routed(&engine.identity, &header, &command)
+                {
                     Ok(()) => {
                         waiting.insert(id);
                     }
@@ -860,10 +872,7 @@ impl Hub {
     fn on_client(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
         let envelope = match envelope {
             Ok(envelope) => envelope,
-            Err(e) => {
-                warn!(peer = %String::from_utf8_lossy(&identity), error = %e, "dropping a bad message from a client");
-                return;
-            }
+            Err(e) => return self.refuse("client", &identity, &e),
         };
         match envelope.header.kind {
             MessageKind::Request => self.on_task(identity, &envelope),
@@ -1334,6 +1343,18 @@ impl Hub {
 
     // ----- sending -----
 
+    /// Drops a message that failed its checks (unsigned, forged, replayed,
+    /// malformed): logged at warn level once per peer, then at debug level.
+    fn refuse(&mut self, side: &'static str, identity: &[u8], error: &MessageError) {
+        self.refused += 1;
+        let peer = String::from_utf8_lossy(identity);
+        if self.warned.len() < MAX_WARNED_PEERS && self.warned.insert(identity.to_vec()) {
+            warn!(%peer, side, %error, "dropping a bad message (further ones from this peer are logged at debug level)");
+        } else {
+            debug!(%peer, side, %error, "dropping a bad message");
+        }
+    }
+
     /// Answers a task that will never run with a failed result from the
     /// hub itself, so its client never waits for it.
     fn fail_task(&self, client: &[u8], job: JobId, id: u64, reason: &str) {
@@ -1356,7 +1377,7 @@ impl Hub {
             job,
             id,
         };
-        if let Err(e) = message::send_routed(&self.clients_socket, client, &header, &result) {
+        if let Err(e) = self.clients_socket.send_routed(client, &header, &result) {
             debug!(error = %e, "cannot tell a client its task failed");
         }
     }
@@ -1367,7 +1388,7 @@ impl Hub {
             job: 0,
             id: 0,
         };
-        if let Err(e) = message::send_routed(&self.engines_socket, identity, &header, message) {
+        if let Err(e) = self.engines_socket.send_routed(identity, &header, message) {
             debug!(error = %e, "cannot reach an engine");
         }
     }
@@ -1378,13 +1399,12 @@ impl Hub {
             job: 0,
             id: request,
         };
-        match message::send_routed(&self.clients_socket, client, &header, reply) {
+        match self.clients_socket.send_routed(client, &header, reply) {
             Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
                 let error = Reply::Error(format!(
                     "the answer is too large to send ({e}); ask for fewer tasks, or status only"
                 ));
-                if let Err(e) = message::send_routed(&self.clients_socket, client, &header, &error)
-                {
+                if let Err(e) = self.clients_socket.send_routed(client, &header, &error) {
                     debug!(error = %e, "cannot reply to a client");
                 }
             }
@@ -1399,7 +1419,10 @@ impl Hub {
             job: 0,
             id: 0,
         };
-        if let Err(e) = message::send(&self.notifications, &header, notification, zmq::DONTWAIT) {
+        if let Err(e) = self
+            .notifications
+            .send(&header, notification, zmq::DONTWAIT)
+        {
             debug!(error = %e, "cannot publish a notification");
         }
     }

@@ -1,0 +1,458 @@
+//! Message signing: only holders of the cluster's key get in.
+//!
+//! Every message on a hub socket carries, in its signature frame (frame 1 of
+//! the [wire format](crate::message)), a nonce and an HMAC-SHA256 tag:
+//!
+//! | bytes | content |
+//! | --- | --- |
+//! | 0..8 | session: random per signing socket, little endian |
+//! | 8..16 | sequence number within the session, from 1, strictly increasing |
+//! | 16..24 | milliseconds since the Unix epoch when it was signed |
+//! | 24..56 | HMAC-SHA256 over the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
+//!
+//! A [`Verifier`] accepts a message only if its tag verifies (compared in
+//! constant time) and it is fresh:
+//!
+//! - signed within [`REPLAY_WINDOW`] of the receiver's clock, either way;
+//! - with a sequence number above every one already seen from its session
+//!   (ZeroMQ keeps order per connection, so a genuine sender only counts up);
+//! - and, from a session the receiver has not heard yet, signed no earlier
+//!   than [`CLOCK_SLACK`] before the receiver started. A receiver forgets
+//!   sessions when it restarts; this rule keeps a message captured before the
+//!   restart from being played to the new process.
+//!
+//! A session's highest sequence number is kept until the session has been
+//! quiet for the whole window (after which anything it ever signed is stale
+//! anyway), so memory follows the number of live peers. Clocks across the lab
+//! must agree to within the window; a peer whose clock lags by more than the
+//! slack waits that long after a receiver's restart before it is heard.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes in a signature frame.
+pub const SIGNATURE_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+const NONCE_BYTES: usize = 24;
+const TAG_BYTES: usize = 32;
+
+/// How far a message's signing time may be from the receiver's clock.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+
+/// How long before a receiver started a message from an unknown session may
+/// have been signed (clock differences between machines, messages in flight).
+pub const CLOCK_SLACK: Duration = Duration::from_secs(2);
+
+/// Most sessions a verifier remembers; past this, new sessions are refused
+/// until old ones go quiet (only key holders can make sessions at all).
+const MAX_SESSIONS: usize = 1 << 16;
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No signature where one is required.
+    #[error("unsigned message (this socket requires the cluster's key)")]
+    Unsigned,
+    /// A signature frame of the wrong size.
+    #[error("signature frame of {0} bytes (expected {SIGNATURE_BYTES})")]
+    Malformed(usize),
+    /// The tag does not match: another key, or altered frames.
+    #[error("bad signature (another key, or the message was altered)")]
+    Forged,
+    /// A sequence number already seen from its session.
+    #[error("replayed message (session {session:016x}, number {seq}, last seen {last})")]
+    Replayed {
+        /// The session.
+        session: u64,
+        /// The message's number.
+        seq: u64,
+        /// The highest number seen from that session.
+        last: u64,
+    },
+    /// Signed too long ago or too far ahead.
+    #[error("message signed {0} from this machine's clock (allowed: {window:?}); a replay, or clocks out of step", window = REPLAY_WINDOW)]
+    Stale(Skew),
+    /// A first message from a session, signed before this receiver started.
+    #[error("first message of a session signed {0:?} before this process started: a replay, or a lagging clock")]
+    BeforeStart(Duration),
+    /// Too many live sessions.
+    #[error("too many live sessions ({MAX_SESSIONS}); refusing a new one")]
+    TooManySessions,
+}
+
+/// A signed distance between two clocks, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skew {
+    /// How far.
+    pub by: Duration,
+    /// Whether the message's time is ahead of the receiver's.
+    pub ahead: bool,
+}
+
+impl fmt::Display for Skew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = if self.ahead { "ahead" } else { "behind" };
+        write!(f, "{:.1} s {word}", self.by.as_secs_f64())
+    }
+}
+
+/// The cluster's shared secret.
+#[derive(Clone)]
+pub struct Key(HmacSha256);
+
+impl Key {
+    /// A key from the hex string of a connection file (at least 16 bytes).
+    pub fn from_hex(hex: &str) -> Result<Self, String> {
+        let hex = hex.trim();
+        if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the key is not a hex string".into());
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("checked hex"))
+            .collect();
+        if bytes.len() < 16 {
+            return Err(format!(
+                "the key has {} bytes; at least 16 are needed",
+                bytes.len()
+            ));
+        }
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Key(HmacSha256::new_from_slice(bytes).expect("HMAC takes keys of any length"))
+    }
+
+    /// The tag over a message's parts, each preceded by its length.
+    fn tag(&self, protocol: &[u8], nonce: &[u8], header: &[u8], body: &[u8]) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        for part in [protocol, nonce, header, body] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(…)")
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 64 random bits (time and pid mixed, without OS randomness).
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without OS randomness, fall back on time and pid: sessions only need
+    // to differ, not to be secret.
+    if getrandom::fill(&mut bytes).is_err() {
+        let mixed = now_millis() ^ (u64::from(std::process::id()) << 40);
+        bytes = mixed.to_le_bytes();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Signs the messages one socket sends.
+#[derive(Debug)]
+pub struct Signer {
+    key: Key,
+    session: u64,
+    seq: AtomicU64,
+}
+
+impl Signer {
+    /// A signer with a fresh random session.
+    pub fn new(key: Key) -> Self {
+        Signer {
+            key,
+            session: random_u64(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The signature frame for a message.
+    pub fn sign(&self, protocol: &[u8], header: &[u8], body: &[u8]) -> [u8; SIGNATURE_BYTES] {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut frame = [0u8; SIGNATURE_BYTES];
+        frame[0..8].copy_from_slice(&self.session.to_le_bytes());
+        frame[8..16].copy_from_slice(&seq.to_le_bytes());
+        frame[16..24].copy_from_slice(&now_millis().to_le_bytes());
+        let tag = self
+            .key
+            .tag(protocol, &frame[..NONCE_BYTES], header, body)
+            .finalize()
+            .into_bytes();
+        frame[NONCE_BYTES..].copy_from_slice(&tag);
+        frame
+    }
+}
+
+struct Seen {
+    last_seq: u64,
+    last_heard: Instant,
+}
+
+/// Checks the messages one socket receives.
+pub struct Verifier {
+    key: Key,
+    started_millis: u64,
+    sessions: HashMap<u64, Seen>,
+    next_prune: Instant,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier that has heard no session yet.
+    pub fn new(key: Key) -> Self {
+        Verifier {
+            key,
+            started_millis: now_millis(),
+            sessions: HashMap::new(),
+            next_prune: Instant::now() + REPLAY_WINDOW,
+        }
+    }
+
+    /// Sessions remembered now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Accepts a message or says why not. Nothing is remembered about a
+    /// message that is refused.
+    pub fn verify(
+        &mut self,
+        signature: &[u8],
+        protocol: &[u8],
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        if signature.is_empty() {
+            return Err(AuthError::Unsigned);
+        }
+        if signature.len() != SIGNATURE_BYTES {
+            return Err(AuthError::Malformed(signature.len()));
+        }
+        let (nonce, tag) = signature.split_at(NONCE_BYTES);
+        self.key
+            .tag(protocol, nonce, header, body)
+            .verify_slice(tag)
+            .map_err(|_| AuthError::Forged)?;
+        let field = |i: usize| u64::from_le_bytes(nonce[i * 8..i * 8 + 8].try_into().expect("8"));
+        let (session, seq, signed) = (field(0), field(1), field(2));
+        let now = now_millis();
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        if signed.abs_diff(now) > window {
+            return Err(AuthError::Stale(Skew {
+                by: Duration::from_millis(signed.abs_diff(now)),
+                ahead: signed > now,
+            }));
+        }
+        let clock = Instant::now();
+        if clock >= self.next_prune {
+            self.sessions
+                .retain(|_, seen| clock.duration_since(seen.last_heard) <= REPLAY_WINDOW);
+            self.next_prune = clock + REPLAY_WINDOW / 4;
+        }
+        match self.sessions.get_mut(&session) {
+            Some(seen) if seq <= seen.last_seq => Err(AuthError::Replayed {
+                session,
+                seq,
+                last: seen.last_seq,
+            }),
+            Some(seen) => {
+                seen.last_seq = seq;
+                seen.last_heard = clock;
+                Ok(())
+            }
+            None => {
+                let earliest = self
+                    .started_millis
+                    .saturating_sub(CLOCK_SLACK.as_millis() as u64);
+                if signed < earliest {
+                    return Err(AuthError::BeforeStart(Duration::from_millis(
+                        self.started_millis - signed,
+                    )));
+                }
+                if self.sessions.len() >= MAX_SESSIONS {
+                    return Err(AuthError::TooManySessions);
+                }
+                self.sessions.insert(
+                    session,
+                    Seen {
+                        last_seq: seq,
+                        last_heard: clock,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Signing and checking for one socket: its own session out, every peer's
+/// sessions in.
+#[derive(Debug)]
+pub struct Auth {
+    /// Signs what this socket sends.
+    pub signer: Signer,
+    /// Checks what this socket receives.
+    pub verifier: Verifier,
+}
+
+impl Auth {
+    /// Both halves from one key.
+    pub fn new(key: &Key) -> Self {
+        Auth {
+            signer: Signer::new(key.clone()),
+            verifier: Verifier::new(key.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        Key::from_hex(&"ab".repeat(32)).unwrap()
+    }
+
+    fn nonce_with(signature: &mut [u8; SIGNATURE_BYTES], field: usize, value: u64, key: &Key) {
+        signature[field * 8..field * 8 + 8].copy_from_slice(&value.to_le_bytes());
+        let tag = key
+            .tag(b"p", &signature[..NONCE_BYTES], b"h", b"b")
+            .finalize()
+            .into_bytes();
+        signature[NONCE_BYTES..].copy_from_slice(&tag);
+    }
+
+    #[test]
+    fn signed_messages_verify_once() {
+        let signer = Signer::new(key());
+        let mut verifier = Verifier::new(key());
+        let first = signer.sign(b"p", b"h", b"b");
+        let second = signer.sign(b"p", b"h", b"b");
+        assert_ne!(
+            first, second,
+            "the same message signs differently each time"
+        );
+        assert_eq!(verifier.verify(&first, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(verifier.verify(&second, b"p", b"h", b"b"), Ok(()));
+        assert!(matches!(
+            verifier.verify(&first, b"p", b"h", b"b"),
+            Err(AuthError::Replayed {
+                seq: 1,
+                last: 2,
+                ..
+            })
+        ));
+        assert_eq!(verifier.sessions(), 1);
+    }
+
+    #[test]
+    fn any_change_is_a_forgery() {
+        let signer = Signer::new(key());
+        let mut verifier = Verifier::new(key());
+        let signature = signer.sign(b"p", b"header", b"body");
+        for (protocol, header, body) in [
+            (&b"q"[..], &b"header"[..], &b"body"[..]),
+            (b"p", b"headeR", b"body"),
+            (b"p", b"header", b"bodyy"),
+            // Moving bytes between frames changes the length prefixes.
+            (b"p", b"headerb", b"ody"),
+        ] {
+            assert_eq!(
+                verifier.verify(&signature, protocol, header, body),
+                Err(AuthError::Forged)
+            );
+        }
+        let other = Signer::new(Key::from_bytes(b"another key of enough length"));
+        let forged = other.sign(b"p", b"header", b"body");
+        assert_eq!(
+            verifier.verify(&forged, b"p", b"header", b"body"),
+            Err(AuthError::Forged)
+        );
+        let mut flipped = signature;
+        flipped[SIGNATURE_BYTES - 1] ^= 1;
+        assert_eq!(
+            verifier.verify(&flipped, b"p", b"header", b"body"),
+            Err(AuthError::Forged)
+        );
+        assert_eq!(
+            verifier.verify(&[], b"p", b"header", b"body"),
+            Err(AuthError::Unsigned)
+        );
+        assert_eq!(
+            verifier.verify(&signature[..10], b"p", b"header", b"body"),
+            Err(AuthError::Malformed(10))
+        );
+        // Nothing refused was remembered; the genuine one still passes.
+        assert_eq!(verifier.sessions(), 0);
+        assert_eq!(
+            verifier.verify(&signature, b"p", b"header", b"body"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn stale_future_and_pre_start_messages_are_refused() {
+        let key = key();
+        let mut verifier = Verifier::new(key.clone());
+        let mut signature = Signer::new(key.clone()).sign(b"p", b"h", b"b");
+        let now = now_millis();
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        nonce_with(&mut signature, 2, now - window - 5_000, &key);
+        assert!(matches!(
+            verifier.verify(&signature, b"p", b"h", b"b"),
+            Err(AuthError::Stale(Skew { ahead: false, .. }))
+        ));
+        nonce_with(&mut signature, 2, now + window + 5_000, &key);
+        assert!(matches!(
+            verifier.verify(&signature, b"p", b"h", b"b"),
+            Err(AuthError::Stale(Skew { ahead: true, .. }))
+        ));
+        // Inside the window but from before the verifier existed, from a
+        // session it has never heard: a replay across a restart.
+        nonce_with(&mut signature, 2, now - 60_000, &key);
+        assert!(matches!(
+            verifier.verify(&signature, b"p", b"h", b"b"),
+            Err(AuthError::BeforeStart(d)) if d >= Duration::from_secs(59)
+        ));
+        // A known session may send what it signed a little earlier.
+        nonce_with(&mut signature, 2, now, &key);
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        nonce_with(&mut signature, 1, 2, &key);
+        nonce_with(&mut signature, 2, now - 60_000, &key);
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+    }
+
+    #[test]
+    fn keys_parse_from_hex() {
+        assert!(Key::from_hex(&"0f".repeat(16)).is_ok());
+        assert!(Key::from_hex("abc").is_err());
+        assert!(Key::from_hex(&"zz".repeat(16)).is_err());
+        assert!(Key::from_hex(&"00".repeat(8)).unwrap_err().contains("16"));
+        assert_eq!(format!("{:?}", key()), "Key(…)");
+    }
+}
