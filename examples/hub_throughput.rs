@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         retries: 0,
         halt_on_failure: false,
     })?;
-    let Reply::JobOpened { job, credit } = opened else {
+    let Reply::JobOpened { job, credit, .. } = opened else {
         anyhow::bail!("unexpected answer: {opened:?}");
     };
     let credit = if args.latency { 1 } else { u64::from(credit) };

@@ -39,13 +39,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::hub::client::{ClientError, HubClient};
+use crate::hub::client::{ClientError, HubClient, JobHandle};
 use crate::hub::connection::{ConnectionError, ConnectionInfo};
 use crate::hub::embedded::{EmbeddedCluster, EmbeddedError};
 use crate::hub::engine::{
     run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
 };
-use crate::hub::protocol::{ClientCall, JobId, JobKind, Reply};
+use crate::hub::protocol::{ClientCall, JobKind};
 use crate::message::{
     decode_value, encode_value, ClusterRequest, ClusterResult, MessageError, ResultStatus,
 };
@@ -57,10 +57,6 @@ pub const REDUCE_KEY: &str = "zcluster.reduce";
 
 /// Default inputs per request.
 pub const DEFAULT_CHUNKSIZE: usize = 64;
-
-/// How long a pool waits for a result before asking whether the hub is
-/// still there.
-const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(10);
 
 /// Errors that stop a pool call.
 #[derive(Debug, thiserror::Error)]
@@ -461,7 +457,7 @@ impl Answer {
 /// answers.
 struct Run<'p, I> {
     pool: &'p mut Pool,
-    job: JobId,
+    job: JobHandle,
     handler: String,
     reducer: Option<String>,
     inputs: std::iter::Fuse<I>,
@@ -474,7 +470,6 @@ struct Run<'p, I> {
     /// than the credit of chunks is sent past it, however many answered
     /// chunks wait behind a slow one.
     floor: Option<u64>,
-    quiet: std::time::Instant,
 }
 
 impl<'p, I, In> Run<'p, I>
@@ -489,27 +484,27 @@ where
         reducer: Option<&str>,
     ) -> Result<Self, PoolError> {
         pool.stats.clear();
-        let reply = pool.client.call(&ClientCall::OpenJob {
-            kind: JobKind::Handler(handler.to_string()),
-            description: format!("{handler} (pool)"),
-            retries: 0,
-            halt_on_failure: false,
-        })?;
-        let Reply::JobOpened { job, credit } = reply else {
-            return Err(ClientError::Unexpected(format!("{reply:?}")).into());
-        };
+        let job = JobHandle::open(
+            &mut pool.client,
+            ClientCall::OpenJob {
+                kind: JobKind::Handler(handler.to_string()),
+                description: format!("{handler} (pool)"),
+                retries: 0,
+                halt_on_failure: false,
+            },
+        )?;
+        let credit = job.credit();
         Ok(Run {
             pool,
             job,
             handler: handler.to_string(),
             reducer: reducer.map(str::to_string),
             inputs: inputs.fuse(),
-            credit: credit.max(1) as usize,
+            credit,
             chunks_sent: 0,
             inputs_sent: 0,
             outstanding: HashMap::new(),
             floor: None,
-            quiet: std::time::Instant::now(),
         })
     }
 
@@ -535,7 +530,7 @@ where
             })?;
             let id = self.chunks_sent;
             let request = self.request(id, payload);
-            self.pool.client.send_task(self.job, &request)?;
+            self.job.send(&mut self.pool.client, request)?;
             self.outstanding
                 .insert(id, (self.inputs_sent, chunk.len() as u64));
             self.chunks_sent += 1;
@@ -551,23 +546,12 @@ where
             if self.outstanding.is_empty() {
                 return Ok(None);
             }
-            let Some(envelope) = self.pool.client.next_result(Duration::from_millis(200))? else {
-                if self.quiet.elapsed() > QUIET_BEFORE_CHECK {
-                    self.pool
-                        .client
-                        .call(&ClientCall::CheckJob { job: self.job })?;
-                    self.quiet = std::time::Instant::now();
-                }
+            let Some(result) = self
+                .job
+                .next_result(&mut self.pool.client, Duration::from_millis(200))?
+            else {
                 continue;
             };
-            self.quiet = std::time::Instant::now();
-            if envelope.header.job != self.job {
-                continue;
-            }
-            let result = envelope.result().map_err(|source| PoolError::Codec {
-                what: "decode a result",
-                source,
-            })?;
             let Some((first, len)) = self.outstanding.remove(&result.id) else {
                 continue; // a duplicate after a requeue: the first won
             };
@@ -584,7 +568,7 @@ where
             source,
         })?;
         let request = self.request(0, payload);
-        self.pool.client.send_task(self.job, &request)?;
+        self.job.send(&mut self.pool.client, request)?;
         self.outstanding.insert(0, (0, 1));
         self.chunks_sent = 1;
         self.next_chunk()?.ok_or_else(|| {
@@ -664,17 +648,9 @@ impl<I> Drop for Run<'_, I> {
     /// chunks do not go on taking the cluster's slots.
     fn drop(&mut self) {
         if !self.outstanding.is_empty() {
-            let cancel = ClientCall::CancelJob {
-                job: self.job,
-                kill_running: false,
-            };
-            let _ = self.pool.client.call(&cancel);
+            self.job.cancel(&mut self.pool.client, false);
         }
-        let close = ClientCall::CloseJob {
-            job: self.job,
-            total: self.chunks_sent,
-        };
-        let _ = self.pool.client.call(&close);
+        self.job.close(&mut self.pool.client, self.chunks_sent);
     }
 }
 

@@ -1418,3 +1418,152 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(log.contains("bad signature"), "{log}");
     assert!(log.contains("replayed message"), "{log}");
 }
+
+/// `sh -c 'sleep S; echo INPUT'`: a task slow enough to be caught running.
+fn slow_echo(seconds: &str) -> Vec<String> {
+    [
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep {seconds}; echo \"$0\""),
+        "{}",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The job's records in the store, after checking it holds each of its
+/// `count` tasks exactly once.
+fn assert_each_task_once(hub: &Hub, job: u64, count: usize) -> Vec<Value> {
+    let (_, records) = hub.results(job);
+    let mut seqs: Vec<u64> = records.iter().map(|r| field_u64(r, "seq")).collect();
+    assert_eq!(seqs.len(), count, "one record per input: {records:?}");
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), count, "each input recorded once: {records:?}");
+    records
+}
+
+/// The hub killed with SIGKILL mid-job and started again: the job carries on
+/// from the store, the waiting map reattaches by itself (sending again what
+/// the hub never recorded, fetching what finished meanwhile), and it gets
+/// every result exactly once, in order.
+#[test]
+fn a_waiting_map_carries_on_across_a_hub_restart() {
+    let mut hub = Hub::start();
+    let _workers = hub.workers(2, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "survive", "s", 80);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.05"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("survive", &args);
+    wait_until("a quarter of the results", || {
+        map.stdout().lines().count() >= 20
+    });
+    let job = map.job().expect("the map printed its job");
+    kill(Pid::from_raw(hub.proc.pid()), Signal::SIGKILL).unwrap();
+    hub.proc.wait();
+    hub.proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &[]);
+    hub.wait_ready();
+    assert!(
+        map.wait().success(),
+        "{}\nhub:\n{}",
+        map.stderr(),
+        hub.proc.log()
+    );
+    assert_eq!(
+        map.stdout(),
+        lines_text(&lines),
+        "every result once, in order"
+    );
+    let log = hub.proc.log();
+    assert!(log.contains("carried on 1 unfinished job"), "{log}");
+    let records = assert_each_task_once(&hub, job, 80);
+    assert!(records.iter().all(|r| r["status"] == "ok"), "{records:?}");
+}
+
+/// A map killed mid-job leaves its job running; `map --attach JOB` with the
+/// same inputs and command prints every result once, in order, from the
+/// store and from the tasks still to run, and sends nothing twice.
+#[test]
+fn map_attach_carries_on_a_job_whose_client_died() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "orphan", "o", 60);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.05"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = hub.spawn_map("orphan", &args);
+    wait_until("some results", || first.stdout().lines().count() >= 10);
+    let job = first.job().expect("the map printed its job");
+    kill(Pid::from_raw(first.guard.pid()), Signal::SIGKILL).unwrap();
+    first.wait();
+
+    // Another command is refused, not mixed into the job.
+    let mut wrong = vec!["--attach".to_string(), job.to_string()];
+    wrong.push(inputs.to_str().unwrap().to_string());
+    wrong.extend(slow_echo("0.01"));
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let mut refused = hub.spawn_map("wrong", &wrong);
+    assert!(!refused.wait().success());
+    assert!(refused.stderr().contains("differs"), "{}", refused.stderr());
+
+    let mut attach = vec!["--attach".to_string(), job.to_string()];
+    attach.extend(args.iter().map(|a| a.to_string()));
+    let attach: Vec<&str> = attach.iter().map(String::as_str).collect();
+    let mut second = hub.spawn_map("attached", &attach);
+    assert!(second.wait().success(), "{}", second.stderr());
+    assert!(
+        second.stderr().contains(&format!("attached to job {job}")),
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(second.stdout(), lines_text(&lines));
+    let records = assert_each_task_once(&hub, job, 60);
+    assert!(records.iter().all(|r| r["status"] == "ok"), "{records:?}");
+    assert_eq!(
+        field_u64(&hub.job(job).expect("job in status"), "total"),
+        60,
+        "the attached map closed the job"
+    );
+}
+
+/// An input whose task kills the worker running it is failed, with that
+/// reason, after it has taken down `--poison-limit` workers; the rest of the
+/// job completes on the workers left.
+#[test]
+fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
+    let mut hub = Hub::start();
+    hub.proc = {
+        kill(Pid::from_raw(hub.proc.pid()), Signal::SIGTERM).unwrap();
+        hub.proc.wait();
+        let proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &["--poison-limit=2"]);
+        proc
+    };
+    hub.wait_ready();
+    let _workers = hub.workers(3, 1);
+    let inputs = input_file(hub.dir(), "poison", &["a", "b", "poison", "c", "d"]);
+    // The shell's parent is the worker process.
+    let script = "if [ \"$0\" = poison ]; then kill -9 $PPID; sleep 5; fi; echo \"$0\"";
+    let mut map = hub.spawn_map(
+        "poison",
+        &[inputs.to_str().unwrap(), "--", "sh", "-c", script, "{}"],
+    );
+    let status = map.wait();
+    assert_eq!(status.code(), Some(1), "{}", map.stderr());
+    assert_eq!(map.stdout(), "a\nb\nc\nd\n");
+    let job = map.job().expect("job id");
+    let records = assert_each_task_once(&hub, job, 5);
+    let poison = records
+        .iter()
+        .find(|r| r["input"] == "poison")
+        .expect("the poison task");
+    assert_eq!(poison["status"], "failed", "{poison}");
+    assert!(
+        poison["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 engines died")),
+        "{poison}"
+    );
+    wait_until("the survivor alone registered", || hub.engines().len() == 1);
+}

@@ -1,16 +1,16 @@
 //! The client side of a hub: calls (status, results, kill, ...) and the
 //! [`map::Backend`](crate::map::Backend) that runs `zcluster map --hub`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
-use super::protocol::{ClientCall, JobId, JobKind, Reply};
+use super::protocol::{AttachInfo, ClientCall, JobId, JobKind, Reply, TaskReport};
 use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
 use crate::message::{
-    self, ClusterRequest, Envelope, Header, MessageError, MessageKind, SignedSocket,
+    self, ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind, SignedSocket,
 };
 use crate::socket::{millis, DEFAULT_LINGER};
 
@@ -209,17 +209,312 @@ impl HubClient {
     }
 }
 
-/// How long a map waits without any result before checking that the hub is
-/// still there.
-const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(10);
+/// How long a job's client waits without any result before asking the hub
+/// whether the job is live and the hub the same (not restarted).
+const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long such a check waits for its answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a job's client waits for a hub that does not answer at all (it
+/// is being restarted, say) before giving up.
+pub const HUB_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Finished tasks fetched per `Results` call.
+const FETCH_PAGE: u64 = 64;
+
+/// One job as its client sees it: the tasks sent and not answered, and what
+/// it takes to carry on when the hub restarts.
+///
+/// Results come back at least once; a `JobHandle` hands each task's result
+/// out exactly once (by task id). When no result has come for a while it
+/// asks the hub about the job; if the hub restarted (another epoch) or no
+/// longer runs the job, it reattaches: it sends again the tasks the hub never
+/// recorded and fetches from the store the ones that finished meanwhile.
+pub struct JobHandle {
+    job: JobId,
+    epoch: u64,
+    credit: usize,
+    /// Sent, no result yet: the request, kept to send again should a
+    /// restarted hub not have recorded it (`None`: a task the hub had before
+    /// this client attached).
+    outstanding: HashMap<u64, Option<ClusterRequest>>,
+    /// Results fetched from the store, to hand out first.
+    ready: VecDeque<ClusterResult>,
+    /// Stored reports fetched ahead by [`expect`](Self::expect).
+    fetched: BTreeMap<u64, TaskReport>,
+    /// Tasks the store held when this client attached.
+    known: u64,
+    last_heard: Instant,
+    silent_since: Option<Instant>,
+}
+
+impl JobHandle {
+    /// Opens a new job.
+    pub fn open(client: &mut HubClient, call: ClientCall) -> Result<Self, ClientError> {
+        match client.call(&call)? {
+            Reply::JobOpened { job, credit, epoch } => Ok(Self::new(job, epoch, credit, 0)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Takes over a job whose client is gone (or that finished): what the
+    /// store holds of it is fetched by [`expect`](Self::expect).
+    pub fn attach(client: &mut HubClient, job: JobId) -> Result<(Self, AttachInfo), ClientError> {
+        let call = ClientCall::Attach {
+            job,
+            outstanding: None,
+        };
+        match client.call(&call)? {
+            Reply::Attached(info) => {
+                Ok((Self::new(job, info.epoch, info.credit, info.known), info))
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    fn new(job: JobId, epoch: u64, credit: u32, known: u64) -> Self {
+        JobHandle {
+            job,
+            epoch,
+            credit: credit.max(1) as usize,
+            outstanding: HashMap::new(),
+            ready: VecDeque::new(),
+            fetched: BTreeMap::new(),
+            known,
+            last_heard: Instant::now(),
+            silent_since: None,
+        }
+    }
+
+    /// The job's id in the hub's store.
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// Tasks that may be outstanding at once.
+    pub fn credit(&self) -> usize {
+        self.credit
+    }
+
+    /// Tasks the store held when this client attached (0 for a new job).
+    pub fn known(&self) -> u64 {
+        self.known
+    }
+
+    /// Tasks sent (or expected) and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len() + self.ready.len()
+    }
+
+    /// Sends a task.
+    pub fn send(
+        &mut self,
+        client: &mut HubClient,
+        request: ClusterRequest,
+    ) -> Result<(), ClientError> {
+        client.send_task(self.job, &request)?;
+        self.outstanding.insert(request.id, Some(request));
+        Ok(())
+    }
+
+    /// Takes on a task the store already holds (`id < known()`): its result
+    /// is handed out by [`next_result`](Self::next_result), from the store
+    /// if it finished. Returns its recorded request body, so the caller can
+    /// check it is the task it means.
+    pub fn expect(&mut self, client: &mut HubClient, id: u64) -> Result<Vec<u8>, ClientError> {
+        if !self.fetched.contains_key(&id) {
+            let ids: Vec<u64> = (id..self.known.min(id + FETCH_PAGE)).collect();
+            let reports = self.fetch(client, ids, false)?;
+            self.fetched.extend(reports);
+        }
+        let Some(report) = self.fetched.remove(&id) else {
+            return Err(ClientError::Unexpected(format!(
+                "task {id} of job {} is not in the store",
+                self.job
+            )));
+        };
+        let request = report.request.clone().unwrap_or_default();
+        if report.finished() {
+            self.ready.push_back(report.into_result());
+        } else {
+            self.outstanding.insert(id, None);
+        }
+        Ok(request)
+    }
+
+    /// The next result of this job, each task's once, or `None` after
+    /// `timeout`.
+    pub fn next_result(
+        &mut self,
+        client: &mut HubClient,
+        timeout: Duration,
+    ) -> Result<Option<ClusterResult>, ClientError> {
+        if let Some(result) = self.ready.pop_front() {
+            return Ok(Some(result));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(envelope) = client.next_result(left)? else {
+                if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
+                    self.check(client)?;
+                    if let Some(result) = self.ready.pop_front() {
+                        return Ok(Some(result));
+                    }
+                }
+                return Ok(None);
+            };
+            if envelope.header.job != self.job {
+                continue;
+            }
+            let result = envelope.result()?;
+            self.last_heard = Instant::now();
+            if self.outstanding.remove(&result.id).is_some() {
+                return Ok(Some(result));
+            }
+            // A duplicate (a task run again after a restart): the first won.
+            debug!(
+                job = self.job,
+                task = result.id,
+                "dropping a duplicate result"
+            );
+        }
+    }
+
+    /// Asks whether the job is live under the same hub start; reattaches if
+    /// not. A hub that does not answer is waited for up to [`HUB_PATIENCE`].
+    fn check(&mut self, client: &mut HubClient) -> Result<(), ClientError> {
+        let answer = client.call_waiting(&ClientCall::CheckJob { job: self.job }, CHECK_TIMEOUT);
+        self.last_heard = Instant::now();
+        match answer {
+            Ok(Reply::JobLive { epoch, yours: true }) if epoch == self.epoch => {
+                self.silent_since = None;
+                Ok(())
+            }
+            Ok(Reply::JobLive {
+                epoch,
+                yours: false,
+            }) if epoch == self.epoch => Err(ClientError::Refused(format!(
+                "job {} was attached by another client",
+                self.job
+            ))),
+            // The hub restarted, or finished the job while this client was
+            // away: take it (back) and catch up.
+            Ok(_) | Err(ClientError::Refused(_)) => {
+                self.silent_since = None;
+                self.reattach(client)
+            }
+            Err(ClientError::NoAnswer { url, .. }) => {
+                let since = *self.silent_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > HUB_PATIENCE {
+                    return Err(ClientError::NoAnswer {
+                        url,
+                        waited: since.elapsed(),
+                    });
+                }
+                warn!(hub = %url, "the hub does not answer; waiting for it");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reattach(&mut self, client: &mut HubClient) -> Result<(), ClientError> {
+        let mut ids: Vec<u64> = self.outstanding.keys().copied().collect();
+        ids.sort_unstable();
+        let call = ClientCall::Attach {
+            job: self.job,
+            outstanding: Some(ids),
+        };
+        let info = match client.call(&call)? {
+            Reply::Attached(info) => info,
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        info!(
+            job = self.job,
+            resent = info.missing.len(),
+            fetched = info.finished.len(),
+            "reattached to the job (the hub restarted)"
+        );
+        self.epoch = info.epoch;
+        for id in &info.missing {
+            match self.outstanding.get(id) {
+                Some(Some(request)) => client.send_task(self.job, request)?,
+                _ => {
+                    return Err(ClientError::Unexpected(format!(
+                        "the hub lost task {id} of job {}, which this client cannot send again",
+                        self.job
+                    )))
+                }
+            }
+        }
+        for page in info.finished.chunks(FETCH_PAGE as usize) {
+            for (id, report) in self.fetch(client, page.to_vec(), false)? {
+                if self.outstanding.remove(&id).is_some() {
+                    self.ready.push_back(report.into_result());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch(
+        &self,
+        client: &mut HubClient,
+        ids: Vec<u64>,
+        status_only: bool,
+    ) -> Result<Vec<(u64, TaskReport)>, ClientError> {
+        let call = ClientCall::Results {
+            job: self.job,
+            ids: Some(ids),
+            status_only,
+        };
+        match client.call(&call)? {
+            Reply::Results(reports) => Ok(reports.into_iter().map(|r| (r.id, r)).collect()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Drops the job's queued tasks (and kills its running ones when asked);
+    /// returns the ids dropped before they started.
+    pub fn cancel(&mut self, client: &mut HubClient, kill_running: bool) -> Vec<u64> {
+        let call = ClientCall::CancelJob {
+            job: self.job,
+            kill_running,
+        };
+        match client.call(&call) {
+            Ok(Reply::Cancelled(dropped)) => {
+                for id in &dropped {
+                    self.outstanding.remove(id);
+                }
+                dropped
+            }
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                debug!(error = %e, "cannot cancel the job");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Tells the hub the job has `total` tasks, so it can retire it.
+    pub fn close(&mut self, client: &mut HubClient, total: u64) {
+        let close = ClientCall::CloseJob {
+            job: self.job,
+            total: total.max(self.known),
+        };
+        if let Err(e) = client.call(&close) {
+            debug!(error = %e, "cannot close the job");
+        }
+    }
+}
 
 /// `zcluster map --hub`: chunks become tasks of one hub job.
 pub struct HubBackend {
     client: HubClient,
-    job: JobId,
-    credit: usize,
+    handle: JobHandle,
     submitted: u64,
-    last_heard: Instant,
 }
 
 impl HubBackend {
@@ -232,26 +527,39 @@ impl HubBackend {
         retries: u32,
         halt_on_failure: bool,
     ) -> Result<Self, ClientError> {
-        match client.call(&ClientCall::OpenJob {
+        let call = ClientCall::OpenJob {
             kind: JobKind::Exec,
             description,
             retries,
             halt_on_failure,
-        })? {
-            Reply::JobOpened { job, credit } => Ok(HubBackend {
+        };
+        let handle = JobHandle::open(&mut client, call)?;
+        Ok(HubBackend {
+            client,
+            handle,
+            submitted: 0,
+        })
+    }
+
+    /// Carries on job `job` (`zcluster map --attach`), whose client died or
+    /// that finished: given the same inputs, command and chunk size as the
+    /// original map, chunks the hub already has are not sent again, finished
+    /// ones come from the store, and the rest are sent.
+    pub fn attach(mut client: HubClient, job: JobId) -> Result<(Self, AttachInfo), ClientError> {
+        let (handle, info) = JobHandle::attach(&mut client, job)?;
+        Ok((
+            HubBackend {
                 client,
-                job,
-                credit: credit.max(1) as usize,
+                handle,
                 submitted: 0,
-                last_heard: Instant::now(),
-            }),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+            },
+            info,
+        ))
     }
 
     /// The job's id in the hub's store.
     pub fn job(&self) -> JobId {
-        self.job
+        self.handle.job()
     }
 }
 
@@ -261,75 +569,51 @@ fn backend_error(e: ClientError) -> MapError {
 
 impl Backend for HubBackend {
     fn slots(&self) -> usize {
-        self.credit
+        self.handle.credit()
     }
 
     fn submit(&mut self, id: u64, chunk: &ExecChunk) -> Result<(), MapError> {
+        self.submitted = self.submitted.max(id + 1);
+        if id < self.handle.known() {
+            let stored = self
+                .handle
+                .expect(&mut self.client, id)
+                .map_err(backend_error)?;
+            return match ExecChunk::from_request_body(&stored) {
+                Ok(recorded) if recorded == *chunk => Ok(()),
+                _ => Err(MapError::Backend(format!(
+                    "input chunk {id} differs from what job {} recorded: attach with the same inputs, command and --chunksize as the original map",
+                    self.handle.job()
+                ))),
+            };
+        }
         let request =
             ClusterRequest::encode(id, chunk).map_err(|e| MapError::Backend(e.to_string()))?;
-        self.client
-            .send_task(self.job, &request)
-            .map_err(backend_error)?;
-        self.submitted += 1;
-        Ok(())
+        self.handle
+            .send(&mut self.client, request)
+            .map_err(backend_error)
     }
 
     fn next_done(&mut self, timeout: Duration) -> Result<Option<ChunkDone>, MapError> {
-        let Some(envelope) = self.client.next_result(timeout).map_err(backend_error)? else {
-            // Long tasks are quiet; a vanished hub is too. Ask.
-            if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
-                self.client
-                    .call(&ClientCall::Hello)
-                    .map_err(backend_error)?;
-                self.last_heard = Instant::now();
-            }
-            return Ok(None);
-        };
-        self.last_heard = Instant::now();
-        if envelope.header.job != self.job {
-            return Ok(None);
-        }
-        let result = envelope
-            .result()
-            .map_err(|e| MapError::Backend(e.to_string()))?;
-        Ok(Some(ChunkDone::from_result(result)))
+        let result = self
+            .handle
+            .next_result(&mut self.client, timeout)
+            .map_err(backend_error)?;
+        Ok(result.map(ChunkDone::from_result))
     }
 
     fn withdraw(&mut self) -> Vec<u64> {
-        self.cancel_job(false)
+        self.handle.cancel(&mut self.client, false)
     }
 
     fn cancel(&mut self) -> Vec<u64> {
-        self.cancel_job(true)
-    }
-}
-
-impl HubBackend {
-    fn cancel_job(&mut self, kill_running: bool) -> Vec<u64> {
-        let call = ClientCall::CancelJob {
-            job: self.job,
-            kill_running,
-        };
-        match self.client.call(&call) {
-            Ok(Reply::Cancelled(dropped)) => dropped,
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                debug!(error = %e, "cannot cancel the job");
-                Vec::new()
-            }
-        }
+        self.handle.cancel(&mut self.client, true)
     }
 }
 
 impl Drop for HubBackend {
     /// Tells the hub every task has been sent, so it can retire the job.
     fn drop(&mut self) {
-        let close = ClientCall::CloseJob {
-            job: self.job,
-            total: self.submitted,
-        };
-        if let Err(e) = self.client.call(&close) {
-            debug!(error = %e, "cannot close the job");
-        }
+        self.handle.close(&mut self.client, self.submitted);
     }
 }

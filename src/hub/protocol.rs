@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::CommandReply;
+use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, ResultStatus};
 
 /// An engine's number, never reused in the life of a store.
 pub type EngineId = u64;
@@ -102,11 +102,22 @@ pub enum ClientCall {
         /// How many tasks it has.
         total: u64,
     },
-    /// Is this job still running here? (A client that has heard nothing
-    /// for a while asks, so a hub that restarted without it is noticed.)
+    /// Is this job still running here, and under which hub start? (A
+    /// client that has heard nothing for a while asks, so it notices a hub
+    /// that restarted and reattaches.)
     CheckJob {
         /// The job.
         job: JobId,
+    },
+    /// Take over a job (a client reconnecting to a restarted hub, or
+    /// `zcluster map --attach` after the job's client died): its results go
+    /// to this client from now on.
+    Attach {
+        /// The job.
+        job: JobId,
+        /// The client's tasks that have no result yet; the answer says which
+        /// of them the hub never recorded and which already finished.
+        outstanding: Option<Vec<u64>>,
     },
     /// Drop the job's queued tasks, and kill its running ones when asked.
     CancelJob {
@@ -182,7 +193,19 @@ pub enum Reply {
         /// How many of the job's tasks may be outstanding (sent, no result
         /// yet) at once: the flow control that bounds the hub's memory.
         credit: u32,
+        /// Which start of the hub this is (see [`Reply::JobLive`]).
+        epoch: u64,
     },
+    /// Answer to `CheckJob`: the job is live.
+    JobLive {
+        /// A random number drawn at each hub start: a client that sees it
+        /// change knows the hub restarted and reattaches.
+        epoch: u64,
+        /// Whether the job is still this client's.
+        yours: bool,
+    },
+    /// Answer to `Attach`.
+    Attached(AttachInfo),
     /// Answer to `CancelJob`: the tasks dropped before they started (they
     /// get no result).
     Cancelled(Vec<u64>),
@@ -198,6 +221,28 @@ pub enum Reply {
     Killed(Vec<EngineId>),
     /// Answer to `Ping`.
     Pong(Vec<CommandReply>),
+}
+
+/// What a client needs to carry on with a job it attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachInfo {
+    /// The hub's start (as in [`Reply::JobLive`]).
+    pub epoch: u64,
+    /// Tasks that may be outstanding at once.
+    pub credit: u32,
+    /// The job's task count, if its client closed it.
+    pub total: Option<u64>,
+    /// Tasks of the job the store holds (a client that died while sending
+    /// had sent this many).
+    pub known: u64,
+    /// Of the `outstanding` ids, those the hub has no record of: send them
+    /// again.
+    pub missing: Vec<u64>,
+    /// Of the `outstanding` ids, those already finished: fetch them with
+    /// `Results`.
+    pub finished: Vec<u64>,
+    /// Whether the job is still running (otherwise every task finished).
+    pub live: bool,
 }
 
 /// Facts about a hub.
@@ -292,6 +337,44 @@ pub struct TaskReport {
     /// The result message body, a bincode [`ClusterResult`](crate::message::ClusterResult)
     /// (absent for status-only queries or unfinished tasks).
     pub result: Option<Vec<u8>>,
+}
+
+impl TaskReport {
+    /// Whether the task finished (ok or failed).
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "ok" | "failed")
+    }
+
+    /// A finished task's result message: the worker's as recorded, or, for
+    /// a task that failed without running (cancelled, or a poison input),
+    /// a failed result with the hub's reason.
+    pub fn into_result(self) -> ClusterResult {
+        if let Some(result) = self
+            .result
+            .as_deref()
+            .and_then(|bytes| decode_value::<ClusterResult>(bytes, "stored result").ok())
+        {
+            return result;
+        }
+        ClusterResult {
+            id: self.id,
+            status: if self.state == "ok" {
+                ResultStatus::Ok
+            } else {
+                ResultStatus::Fail
+            },
+            payload: Vec::new(),
+            request_metadata: Default::default(),
+            metadata: ResultMetadata {
+                host: String::new(),
+                pid: 0,
+                worker: self.engine.map_or("hub".into(), |e| format!("engine-{e}")),
+                started: self.started.unwrap_or(self.submitted),
+                elapsed: Duration::ZERO,
+            },
+            exception: self.error,
+        }
+    }
 }
 
 /// Published on the hub's notification socket.

@@ -31,12 +31,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{
-    ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine, JobId,
-    JobKind, JobStatus, Notification, PurgeTarget, Reply, TaskReport,
+    AttachInfo, ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine,
+    JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, TaskReport,
 };
 use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
@@ -45,11 +46,16 @@ use crate::auth::Key;
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
     Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket,
+    MAX_MESSAGE_BYTES,
 };
 use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LINGER};
 
 /// Default tasks a client may have outstanding per job.
 pub const DEFAULT_CREDIT: u32 = 1024;
+
+/// Engines a task may take down with it (they died while running it)
+/// before it is failed instead of tried again.
+pub const DEFAULT_POISON_LIMIT: u32 = 3;
 
 /// How long kill and ping wait for engines to answer.
 const COMMAND_WAIT: Duration = Duration::from_secs(5);
@@ -119,6 +125,13 @@ pub struct HubOptions {
     pub credit: u32,
     /// The signing key (hex); a fresh one when `None`.
     pub key: Option<String>,
+    /// Engines that may die while running one task before the task is
+    /// failed (a poison input) rather than tried on yet another.
+    pub poison_limit: u32,
+    /// Largest frame the hub accepts (at most [`MAX_MESSAGE_BYTES`]); a
+    /// peer that sends a larger one is disconnected by ZeroMQ before any of
+    /// it is buffered.
+    pub max_message: usize,
 }
 
 impl Default for HubOptions {
@@ -134,6 +147,8 @@ impl Default for HubOptions {
             heartbeat_misses: 3,
             credit: DEFAULT_CREDIT,
             key: None,
+            poison_limit: DEFAULT_POISON_LIMIT,
+            max_message: MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -181,8 +196,34 @@ struct Task {
     request: Vec<u8>,
     engine: Option<EngineId>,
     attempts: u32,
-    /// Engines it failed on: a retry prefers another.
+    /// Engines it failed on or took down: a retry prefers another.
     failed_on: Vec<EngineId>,
+    /// Engines that died while running it.
+    lost: u32,
+}
+
+impl Task {
+    fn new(store_id: TaskId, request: Vec<u8>, attempts: u32) -> Self {
+        Task {
+            store_id,
+            request,
+            engine: None,
+            attempts,
+            failed_on: Vec::new(),
+            lost: 0,
+        }
+    }
+}
+
+/// What the store keeps of a job besides its id: enough for a restarted hub
+/// to carry it on, and to route its results to its client.
+#[derive(Serialize, Deserialize)]
+struct JobSpec {
+    kind: JobKind,
+    description: String,
+    retries: u32,
+    halt_on_failure: bool,
+    client: Vec<u8>,
 }
 
 struct Job {
@@ -256,6 +297,8 @@ pub struct Hub {
     warned: HashSet<Vec<u8>>,
     /// Messages refused (unsigned, forged, replayed, malformed) since start.
     refused: u64,
+    /// Drawn at each start: clients that see it change reattach.
+    epoch: u64,
 }
 
 /// Peers remembered for log-once; past this, refusals are logged at debug
@@ -274,10 +317,17 @@ fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
     }
 }
 
+/// Messages buffered per peer before the hub stops reading that peer's
+/// connection (TCP pushes back on it; nothing is dropped): one peer's flood
+/// cannot take the hub's memory, and honest peers stay far below it, since
+/// credit bounds what they send unanswered.
+const INBOUND_PER_PEER: i32 = 4096;
+
 fn router(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     url: &str,
+    max_message: usize,
 ) -> Result<(zmq::Socket, String), HubError> {
     let bind = |operation, source| HubError::Bind {
         operation,
@@ -290,10 +340,12 @@ fn router(
     socket
         .set_linger(millis(DEFAULT_LINGER))
         .map_err(|e| bind("configure", e))?;
-    // Flow control is the hub's (slots, credit), not the socket's: never
-    // drop a task or result because a pipe is full.
+    // Outbound flow control is the hub's (slots, credit), not the
+    // socket's: never drop a task or result because a pipe is full.
     socket.set_sndhwm(0).map_err(|e| bind("configure", e))?;
-    socket.set_rcvhwm(0).map_err(|e| bind("configure", e))?;
+    socket
+        .set_rcvhwm(INBOUND_PER_PEER)
+        .map_err(|e| bind("configure", e))?;
     if kind == zmq::ROUTER {
         // A send to a peer that is gone is an error, not a silent drop; and
         // a peer reconnecting under its identity takes its old place.
@@ -306,7 +358,7 @@ fn router(
     }
     if kind != zmq::PUB {
         socket
-            .set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64)
+            .set_maxmsgsize(max_message.clamp(1024, MAX_MESSAGE_BYTES) as i64)
             .map_err(|e| bind("configure", e))?;
     }
     socket.bind(url).map_err(|e| bind("bind", e))?;
@@ -318,6 +370,8 @@ fn router(
 impl Hub {
     /// Binds the sockets, opens the store and writes the connection file.
     pub fn bind(ctx: &zmq::Context, options: HubOptions) -> Result<Self, HubError> {
+        // Recovery happens before the connection file is (re)written, so
+        // nobody reaches a hub that has not yet taken its jobs back.
         let (engines_url, clients_url, notifications_url) = match &options.endpoints {
             Endpoints::Tcp { ip, port_base } => {
                 let port = |offset: u16| match port_base {
@@ -337,9 +391,11 @@ impl Hub {
                 notifications,
             } => (engines.clone(), clients.clone(), notifications.clone()),
         };
-        let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url)?;
-        let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url)?;
-        let (notifications, notifications_endpoint) = router(ctx, zmq::PUB, &notifications_url)?;
+        let max = options.max_message;
+        let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url, max)?;
+        let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max)?;
+        let (notifications, notifications_endpoint) =
+            router(ctx, zmq::PUB, &notifications_url, max)?;
         let store = store::open(&options.store)?;
         let key = match &options.key {
             Some(key) => key.clone(),
@@ -358,11 +414,7 @@ impl Hub {
             key,
             store: store.location(),
         };
-        if let Some(path) = &options.connection_file {
-            connection.write(path)?;
-        }
-        info!(engines = %connection.engines, clients = %connection.clients, store = %connection.store, "hub bound");
-        Ok(Hub {
+        let hub = Hub {
             engines_socket,
             clients_socket,
             notifications,
@@ -379,7 +431,82 @@ impl Hub {
             shutdown: false,
             warned: HashSet::new(),
             refused: 0,
-        })
+            epoch: crate::auth::random_u64(),
+        }
+        .recovered()?;
+        if let Some(path) = &hub.options.connection_file {
+            hub.connection.write(path)?;
+        }
+        info!(engines = %hub.connection.engines, clients = %hub.connection.clients, store = %hub.connection.store, "hub bound");
+        Ok(hub)
+    }
+
+    /// Carries on the unfinished jobs a previous run of this hub left in
+    /// the store: their pending and running tasks are queued again (engines
+    /// register by themselves), finished ones stay finished, and results go
+    /// to each job's client once it is back.
+    fn recovered(mut self) -> Result<Self, HubError> {
+        let unfinished: Vec<_> = self
+            .store
+            .jobs()?
+            .into_iter()
+            .filter(|j| j.total.is_none() || j.pending + j.running > 0)
+            .collect();
+        if unfinished.is_empty() {
+            return Ok(self);
+        }
+        for summary in &unfinished {
+            let Some(record) = self.store.job(summary.id)? else {
+                continue;
+            };
+            let spec = decode_value::<JobSpec>(&record.spec, "job spec").unwrap_or(JobSpec {
+                kind: JobKind::Exec,
+                description: record.client.clone(),
+                retries: 0,
+                halt_on_failure: false,
+                client: Vec::new(),
+            });
+            let mut job = Job::new(spec.client, spec.kind, spec.description);
+            job.retries = spec.retries;
+            job.halt_on_failure = spec.halt_on_failure;
+            job.total = summary.total;
+            job.finished = summary.ok + summary.failed;
+            self.jobs.insert(summary.id, job);
+        }
+        let mut requeued = 0;
+        for task in self.store.unfinished()? {
+            let Some(job) = self.jobs.get_mut(&task.job) else {
+                continue;
+            };
+            if task.state == TaskState::Running {
+                self.store.task_requeued(task.id)?;
+            }
+            let request = task.request.unwrap_or_default();
+            job.tasks
+                .insert(task.seq, Task::new(task.id, request, task.attempts));
+            job.queue.push_back(task.seq);
+            requeued += 1;
+        }
+        self.store.flush()?;
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            if self.jobs.get(&id).is_some_and(|j| !j.queue.is_empty()) {
+                self.turns.push_back(id);
+            }
+            self.retire_if_done(id);
+        }
+        info!(
+            jobs = self.jobs.len(),
+            tasks = requeued,
+            "carrying on unfinished jobs from the store"
+        );
+        Ok(self)
+    }
+
+    /// Jobs it is running (after a restart: the unfinished ones it took
+    /// back from the store).
+    pub fn live_jobs(&self) -> usize {
+        self.jobs.len()
     }
 
     /// What engines and clients need to reach this hub.
@@ -471,7 +598,7 @@ impl Hub {
                 Ok(EngineMessage::Heartbeat) => {}
                 Ok(EngineMessage::Unregister) => {
                     if let Some(id) = known {
-                        self.unregister(id, "left");
+                        self.unregister(id, "left", false);
                     }
                 }
                 Err(e) => warn!(error = %e, "dropping a bad control message from an engine"),
@@ -549,8 +676,9 @@ impl Hub {
     }
 
     /// Removes an engine and puts its running tasks back at the front of
-    /// their queues.
-    fn unregister(&mut self, id: EngineId, reason: &str) {
+    /// their queues; when it `died` (rather than left), a task that has now
+    /// taken down `poison_limit` engines is failed instead.
+    fn unregister(&mut self, id: EngineId, reason: &str, died: bool) {
         let Some(engine) = self.engines.remove(&id) else {
             return;
         };
@@ -562,12 +690,19 @@ impl Hub {
             requeued = engine.running.len(),
             "engine unregistered"
         );
+        let mut poisoned = Vec::new();
         for (job_id, task_id) in engine.running {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
             if let Some(task) = job.tasks.get_mut(&task_id).filter(|t| t.engine == Some(id)) {
                 task.engine = None;
+                task.failed_on.push(id);
+                task.lost += u32::from(died);
+                if died && task.lost >= self.options.poison_limit.max(1) {
+                    poisoned.push((job_id, task_id, task.lost));
+                    continue;
+                }
                 if let Err(e) = self.store.task_requeued(task.store_id) {
                     warn!(error = %e, "cannot record a requeue");
                 }
@@ -576,6 +711,13 @@ impl Hub {
                     self.turns.push_back(job_id);
                 }
             }
+        }
+        for (job_id, task_id, lost) in poisoned {
+            let reason =
+                format!("{lost} engines died while running this task; it is not tried again");
+            warn!(job = job_id, task = task_id, %reason, "failing a poison task");
+            self.finish_unrun(job_id, task_id, &reason);
+            self.retire_if_done(job_id);
         }
         for command in self.commands.values_mut() {
             command.waiting.remove(&id);
@@ -597,7 +739,7 @@ impl Hub {
         for id in dead {
             let reason = format!("missed {} heartbeats", self.options.heartbeat_misses);
             warn!(engine = id, %reason, "engine declared dead");
-            self.unregister(id, &reason);
+            self.unregister(id, &reason, true);
         }
         let identities: Vec<Vec<u8>> = self.engines.values().map(|e| e.identity.clone()).collect();
         for identity in identities {
@@ -746,7 +888,7 @@ impl Hub {
                 if !self.turns.contains(&job_id) {
                     self.turns.push_back(job_id);
                 }
-                self.unregister(gone, "unreachable");
+                self.unregister(gone, "unreachable", false);
                 continue;
             }
             task.engine = Some(engine.id);
@@ -959,16 +1101,7 @@ impl Hub {
         if let Err(e) = self.store.add_tasks(vec![new]) {
             warn!(error = %e, "cannot record a task");
         }
-        job.tasks.insert(
-            task_id,
-            Task {
-                store_id,
-                request,
-                engine: None,
-                attempts: 0,
-                failed_on: Vec::new(),
-            },
-        );
+        job.tasks.insert(task_id, Task::new(store_id, request, 0));
         job.queue.push_back(task_id);
         if !self.turns.contains(&job_id) {
             self.turns.push_back(job_id);
@@ -1000,12 +1133,15 @@ impl Hub {
             },
             ClientCall::CancelJob { job, kill_running } => self.cancel_job(job, kill_running),
             ClientCall::CheckJob { job } => match self.jobs.get(&job) {
-                Some(j) if j.client == client => Reply::Ok,
-                Some(_) => Reply::Error(format!("job {job} belongs to another client")),
+                Some(j) => Reply::JobLive {
+                    epoch: self.epoch,
+                    yours: j.client == client,
+                },
                 None => Reply::Error(format!(
-                    "job {job} is not running on this hub (did the hub restart?); its finished results are in the store"
+                    "job {job} is not running on this hub; its results are in the store (zcluster results {job})"
                 )),
             },
+            ClientCall::Attach { job, outstanding } => self.attach(client.clone(), job, outstanding)?,
             ClientCall::Status { verbose } => Reply::Status(self.status(verbose)?),
             ClientCall::Results {
                 job,
@@ -1014,13 +1150,20 @@ impl Hub {
             } => self.results(job, ids, status_only)?,
             ClientCall::Purge(target) => {
                 let outcome = match target {
-                    PurgeTarget::Job(job) if self.jobs.contains_key(&job) => {
+                    PurgeTarget::Job(job)
+                        if self.jobs.get(&job).is_some_and(|j| !j.tasks.is_empty()) =>
+                    {
                         Err(StoreError::PendingTasks {
                             job,
                             pending: self.jobs.get(&job).map_or(0, |j| j.tasks.len() as u64),
                         })
                     }
-                    PurgeTarget::Job(job) => self.store.purge_job(job),
+                    // A job with nothing in flight (its client died before
+                    // closing it) is retired with its records.
+                    PurgeTarget::Job(job) => {
+                        self.jobs.remove(&job);
+                        self.store.purge_job(job)
+                    }
                     PurgeTarget::Engine(engine) => self.store.purge_engine(engine),
                     PurgeTarget::AllCompleted => self.store.purge_completed(),
                 };
@@ -1103,7 +1246,14 @@ impl Hub {
         }
         let id = self.store.next_job_id()?;
         let submitted = SystemTime::now();
-        let spec = encode_value(&(&kind, &description), "job spec").unwrap_or_default();
+        let spec = JobSpec {
+            kind: kind.clone(),
+            description: description.clone(),
+            retries,
+            halt_on_failure,
+            client: client.clone(),
+        };
+        let spec = encode_value(&spec, "job spec")?;
         self.store.add_job(&JobRecord {
             id,
             submitted,
@@ -1120,7 +1270,53 @@ impl Hub {
         Ok(Reply::JobOpened {
             job: id,
             credit: self.options.credit,
+            epoch: self.epoch,
         })
+    }
+
+    /// Hands a job to `client` (a client back after a hub restart, or a new
+    /// one attaching to a job whose client died) and says which of its
+    /// outstanding tasks the hub never recorded and which already finished.
+    fn attach(
+        &mut self,
+        client: Vec<u8>,
+        job_id: JobId,
+        outstanding: Option<Vec<u64>>,
+    ) -> Result<Reply, HubError> {
+        let Some(record) = self.store.job(job_id)? else {
+            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+        };
+        let live = match self.jobs.get_mut(&job_id) {
+            Some(job) => {
+                if job.client != client {
+                    info!(job = job_id, "job attached by a new client");
+                    job.client = client;
+                }
+                true
+            }
+            None => false,
+        };
+        let tasks = self.store.tasks(&TaskFilter::Job(job_id), false)?;
+        let (mut missing, mut finished) = (Vec::new(), Vec::new());
+        if let Some(ids) = outstanding {
+            let states: HashMap<u64, TaskState> = tasks.iter().map(|t| (t.seq, t.state)).collect();
+            for id in ids {
+                match states.get(&id) {
+                    None => missing.push(id),
+                    Some(TaskState::Ok | TaskState::Failed) => finished.push(id),
+                    Some(TaskState::Pending | TaskState::Running) => {}
+                }
+            }
+        }
+        Ok(Reply::Attached(AttachInfo {
+            epoch: self.epoch,
+            credit: self.options.credit,
+            total: record.total,
+            known: tasks.len() as u64,
+            missing,
+            finished,
+            live,
+        }))
     }
 
     fn offered_handlers(&self) -> String {
@@ -1144,34 +1340,17 @@ impl Hub {
         };
         // Nothing more of it starts, retries included.
         job.halted = true;
-        // Queued tasks never run: record them as failed, cancelled.
-        let dropped: Vec<u64> = job.queue.iter().copied().collect();
-        let client = job.client.clone();
-        for task_id in job.queue.drain(..) {
-            if let Some(task) = job.tasks.remove(&task_id) {
-                job.finished += 1;
-                let finished = Finished {
-                    status: TaskState::Failed,
-                    result: Vec::new(),
-                    error: Some("cancelled before it started".into()),
-                    completed: SystemTime::now(),
-                    engine: 0,
-                    attempts: task.attempts,
-                };
-                if let Err(e) = self.store.task_finished(task.store_id, finished) {
-                    warn!(error = %e, "cannot record a cancellation");
-                }
-            }
-        }
+        // Queued tasks never run: they are failed, cancelled. The reply
+        // lists them, but a client whose call timed out never sees it, so
+        // each is answered as well.
+        let dropped: Vec<u64> = job.queue.drain(..).collect();
         let engines: HashSet<EngineId> = if kill_running {
             job.tasks.values().filter_map(|t| t.engine).collect()
         } else {
             HashSet::new()
         };
-        // The reply lists them, but a client whose call timed out never sees
-        // it: answer each as well, so nobody waits for them.
         for &task_id in &dropped {
-            self.fail_task(&client, job_id, task_id, "cancelled before it started");
+            self.finish_unrun(job_id, task_id, "cancelled before it started");
         }
         for id in engines {
             if let Some(engine) = self.engines.get(&id) {
@@ -1305,8 +1484,10 @@ impl Hub {
             Err(e) => return Ok(Reply::Error(e.to_string())),
         };
         let count = tasks.len() as u64;
-        let (kind, description) = decode_value::<(JobKind, String)>(&record.spec, "job spec")
-            .unwrap_or((JobKind::Exec, record.client.clone()));
+        let (kind, description) = decode_value::<JobSpec>(&record.spec, "job spec")
+            .map_or((JobKind::Exec, record.client.clone()), |spec| {
+                (spec.kind, spec.description)
+            });
         // A job still running takes the tasks back into its count; a finished
         // one is revived with exactly them outstanding.
         let revived = !self.jobs.contains_key(&job_id);
@@ -1317,13 +1498,7 @@ impl Hub {
         for task in tasks {
             job.tasks.insert(
                 task.seq,
-                Task {
-                    store_id: task.id,
-                    request: task.request.unwrap_or_default(),
-                    engine: None,
-                    attempts: task.attempts,
-                    failed_on: Vec::new(),
-                },
+                Task::new(task.id, task.request.unwrap_or_default(), task.attempts),
             );
             job.queue.push_back(task.seq);
         }
@@ -1339,6 +1514,32 @@ impl Hub {
         }
         self.retire_if_done(job_id);
         Ok(Reply::Resubmitted(count))
+    }
+
+    /// Ends a task that will not run (again) as failed with `reason`: in
+    /// the store, in the job's count, and at its client. The caller has
+    /// taken it off the queue and any engine.
+    fn finish_unrun(&mut self, job_id: JobId, task_id: u64, reason: &str) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let Some(task) = job.tasks.remove(&task_id) else {
+            return;
+        };
+        job.finished += 1;
+        let client = job.client.clone();
+        let finished = Finished {
+            status: TaskState::Failed,
+            result: Vec::new(),
+            error: Some(reason.to_string()),
+            completed: SystemTime::now(),
+            engine: 0,
+            attempts: task.attempts,
+        };
+        if let Err(e) = self.store.task_finished(task.store_id, finished) {
+            warn!(error = %e, "cannot record a failure");
+        }
+        self.fail_task(&client, job_id, task_id, reason);
     }
 
     // ----- sending -----

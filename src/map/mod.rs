@@ -192,6 +192,18 @@ pub fn run_chunk(
 }
 
 impl ChunkDone {
+    /// One outcome per task: the chunk's own, or, when the whole chunk
+    /// failed, that failure for each of `seqs` (its tasks).
+    pub fn outcomes_for(&self, seqs: &[u64]) -> Vec<(u64, ExecOutcome)> {
+        match &self.outcomes {
+            Ok(outcomes) => outcomes.clone(),
+            Err(reason) => seqs
+                .iter()
+                .map(|&seq| (seq, failed_outcome(format!("worker failed: {reason}"))))
+                .collect(),
+        }
+    }
+
     /// The chunk's outcome from a worker's result: its outcomes on success,
     /// the worker's error for the whole chunk on failure.
     pub fn from_result(result: ClusterResult) -> Self {
@@ -374,14 +386,7 @@ where
         let Some(seqs) = outstanding.remove(&done.id) else {
             continue; // a chunk answered twice: the first answer won
         };
-        let outcomes: Vec<(u64, ExecOutcome)> = match done.outcomes {
-            Ok(outcomes) => outcomes,
-            Err(reason) => seqs
-                .iter()
-                .map(|&seq| (seq, failed_outcome(format!("worker failed: {reason}"))))
-                .collect(),
-        };
-        for (seq, outcome) in outcomes {
+        for (seq, outcome) in done.outcomes_for(&seqs) {
             let Some(task) = pending.remove(&seq) else {
                 continue; // not ours, or already finished
             };

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use zcluster::hub::connection::{self, ConnectionInfo};
-use zcluster::hub::server::{Endpoints, Hub, HubOptions, DEFAULT_CREDIT};
+use zcluster::hub::server::{Endpoints, Hub, HubOptions, DEFAULT_CREDIT, DEFAULT_POISON_LIMIT};
+use zcluster::message::MAX_MESSAGE_BYTES;
 
 #[derive(Args)]
 pub struct HubArgs {
@@ -36,6 +37,14 @@ pub struct HubArgs {
     /// Tasks a client may have outstanding per job.
     #[arg(long, default_value_t = DEFAULT_CREDIT, hide = true)]
     credit: u32,
+    /// Engines that may die while running one task before that task is
+    /// failed as a poison input instead of tried on another.
+    #[arg(long, default_value_t = DEFAULT_POISON_LIMIT, value_name = "N")]
+    poison_limit: u32,
+    /// Largest message frame accepted from engines and clients; a peer
+    /// sending more is disconnected.
+    #[arg(long, default_value_t = MAX_MESSAGE_BYTES, value_name = "BYTES")]
+    max_message: usize,
     /// Start afresh: a new key and new ports even if the connection file exists.
     #[arg(long)]
     fresh: bool,
@@ -88,6 +97,8 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         heartbeat_misses: args.heartbeat_misses.max(1),
         credit: args.credit.max(1),
         key,
+        poison_limit: args.poison_limit.max(1),
+        max_message: args.max_message,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -102,6 +113,11 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         info.engines, info.clients
     );
     eprintln!("zcluster: task store {}", info.store);
+    match hub.live_jobs() {
+        0 => {}
+        1 => eprintln!("zcluster: carried on 1 unfinished job from the store"),
+        n => eprintln!("zcluster: carried on {n} unfinished jobs from the store"),
+    }
     eprintln!(
         "zcluster: start workers with: zcluster worker --hub {}",
         path.display()

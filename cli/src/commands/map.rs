@@ -69,6 +69,11 @@ pub struct MapArgs {
     /// (`-` for ~/.zcluster/hub.json; or set ZCLUSTER_HUB).
     #[arg(long, value_name = "FILE", env = "ZCLUSTER_HUB")]
     hub: Option<std::path::PathBuf>,
+    /// Carry on job JOB of the hub, whose map was killed: give the same
+    /// inputs, command and --chunksize. What the hub has is not sent again,
+    /// finished results come from its store, the rest run now.
+    #[arg(long, value_name = "JOB", requires = "hub")]
+    attach: Option<u64>,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -155,17 +160,32 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                 hub: Some(path.clone()).filter(|p| p.as_os_str() != "-"),
             };
             let ctx = zmq::Context::new();
-            let backend = HubBackend::open(
-                hub.client(&ctx)?,
-                description,
-                options.retries,
-                halt_on_failure,
-            )?;
-            eprintln!(
-                "zcluster: job {} on {}",
-                backend.job(),
-                hub.path().display()
-            );
+            let backend = match args.attach {
+                Some(job) => {
+                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job)?;
+                    let state = if info.live { "running" } else { "finished" };
+                    eprintln!(
+                        "zcluster: attached to job {job} on {} ({state}; {} tasks recorded)",
+                        hub.path().display(),
+                        info.known
+                    );
+                    backend
+                }
+                None => {
+                    let backend = HubBackend::open(
+                        hub.client(&ctx)?,
+                        description,
+                        options.retries,
+                        halt_on_failure,
+                    )?;
+                    eprintln!(
+                        "zcluster: job {} on {}",
+                        backend.job(),
+                        hub.path().display()
+                    );
+                    backend
+                }
+            };
             (None, backend)
         }
     };

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 use zcluster::exec::ExecOutcome;
+use zcluster::map::ChunkDone;
 use zcluster::map::TaskRecord;
-use zcluster::message::{decode_value, ClusterResult};
 
 use super::{chunk_of, job_reports, HubArg};
 
@@ -57,19 +57,15 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         let Some(chunk) = chunk_of(&report) else {
             continue;
         };
-        let result = report
-            .result
-            .as_deref()
-            .and_then(|r| decode_value::<ClusterResult>(r, "result").ok());
-        let Some(result) = result else {
+        if !report.finished() {
             unfinished += chunk.tasks.len();
             continue;
-        };
-        let mut outcomes: std::collections::HashMap<u64, ExecOutcome> = result
-            .decode::<Vec<(u64, ExecOutcome)>>()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        }
+        let attempts = report.attempts;
+        let done = ChunkDone::from_result(report.into_result());
+        let seqs: Vec<u64> = chunk.tasks.iter().map(|t| t.seq).collect();
+        let mut outcomes: std::collections::HashMap<u64, ExecOutcome> =
+            done.outcomes_for(&seqs).into_iter().collect();
         for task in chunk.tasks {
             let Some(outcome) = outcomes.remove(&task.seq) else {
                 unfinished += 1;
@@ -81,10 +77,10 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
                 raw_input: None,
                 command: task.argv,
                 outcome,
-                attempts: report.attempts,
-                host: result.metadata.host.clone(),
-                pid: result.metadata.pid,
-                worker: result.metadata.worker.clone(),
+                attempts,
+                host: done.host.clone(),
+                pid: done.pid,
+                worker: done.worker.clone(),
             });
         }
     }
