@@ -1567,3 +1567,82 @@ fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
     );
     wait_until("the survivor alone registered", || hub.engines().len() == 1);
 }
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            String::from_utf8_lossy(cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+        .count()
+}
+
+/// A task that hangs on one worker (alive, heartbeating) does not hold the
+/// job: once nothing is queued and it has run past the straggler rule, a
+/// second copy runs on an idle worker, its result wins, and the hanging
+/// copy is killed.
+#[test]
+fn a_straggler_is_run_again_elsewhere_and_the_loser_is_killed() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 1);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "straggle", "t", 12);
+    let lock = hub.dir().join("first-copy-of-t6");
+    // The first copy of t6 hangs; any later copy finds the lock and is quick.
+    let script = format!(
+        "if [ \"$0\" = t6 ] && mkdir {} 2>/dev/null; then sleep 600.25; fi; sleep 0.05; echo \"$0\"",
+        lock.display()
+    );
+    let mut map = hub.spawn_map(
+        "straggle",
+        &[inputs.to_str().unwrap(), "--", "sh", "-c", &script, "{}"],
+    );
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+    assert!(lock.exists(), "the first copy did hang");
+    wait_until("the hanging copy to be killed", || {
+        processes_with("sleep 600.25") == 0
+    });
+    wait_until("both slots free again", || {
+        hub.engines().iter().all(|e| e["running"] == 0)
+    });
+}
+
+/// A worker that stops answering without closing its connection (SIGSTOP:
+/// no FIN, as when its machine vanishes) is declared dead after its missed
+/// heartbeats; its tasks run elsewhere and every input yields one result.
+/// When it wakes up it registers again and gets work.
+#[test]
+fn a_frozen_worker_is_declared_dead_and_comes_back() {
+    let hub = Hub::start();
+    let mut workers = hub.workers(2, 1);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "frozen", "f", 40);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.05"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("frozen", &args);
+    wait_until("some results", || map.stdout().lines().count() >= 5);
+    let frozen = Pid::from_raw(workers[0].pid());
+    kill(frozen, Signal::SIGSTOP).unwrap();
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+    let job = map.job().expect("job id");
+    assert_each_task_once(&hub, job, 40);
+    assert_eq!(
+        hub.engines().len(),
+        1,
+        "the frozen worker was declared dead"
+    );
+    kill(frozen, Signal::SIGCONT).unwrap();
+    wait_until("the woken worker to register again", || {
+        hub.engines().len() == 2
+    });
+    assert!(workers[0].running());
+    let (inputs, lines) = numbered_inputs(hub.dir(), "after", "a", 10);
+    let mut map = hub.spawn_map("after", &[inputs.to_str().unwrap(), "--", "echo"]);
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+}

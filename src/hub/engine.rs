@@ -11,7 +11,7 @@
 //! drops its connection, reconnects and registers again, as many times as it
 //! takes, with its running tasks still running.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -85,14 +85,56 @@ pub struct EngineOptions {
     pub handlers: BTreeMap<String, HandlerFn>,
 }
 
-/// Per-job cancel flags shared with the slot handlers.
-type CancelFlags = Arc<Mutex<HashMap<JobId, Arc<AtomicBool>>>>;
+/// Cancel flags shared with the slot handlers: one per task running here,
+/// by its slot ticket (what a handler sees as the request id), and the jobs
+/// cancelled as a whole (a task of one that starts later is cancelled at
+/// once).
+#[derive(Default)]
+struct Cancels {
+    jobs: HashSet<JobId>,
+    tasks: HashMap<u64, (JobId, Arc<AtomicBool>)>,
+}
 
-fn cancel_flag(flags: &CancelFlags, job: JobId) -> Arc<AtomicBool> {
-    let mut flags = flags
+type CancelFlags = Arc<Mutex<Cancels>>;
+
+fn cancels(flags: &CancelFlags) -> std::sync::MutexGuard<'_, Cancels> {
+    flags
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    flags.entry(job).or_default().clone()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The flag a starting task (its slot ticket) watches.
+fn task_flag(flags: &CancelFlags, job: JobId, ticket: u64) -> Arc<AtomicBool> {
+    let mut cancels = cancels(flags);
+    let cancelled = cancels.jobs.contains(&job);
+    let flag = cancels
+        .tasks
+        .entry(ticket)
+        .or_insert((job, Arc::default()))
+        .1
+        .clone();
+    if cancelled {
+        flag.store(true, Ordering::SeqCst);
+    }
+    flag
+}
+
+fn cancel_job(flags: &CancelFlags, job: JobId) {
+    let mut cancels = cancels(flags);
+    cancels.jobs.insert(job);
+    for (j, flag) in cancels.tasks.values() {
+        if *j == job {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn job_of(request: &ClusterRequest) -> JobId {
+    request
+        .metadata
+        .get(JOB_KEY)
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Connection {
@@ -122,12 +164,7 @@ pub fn run_engine(
                 })?;
                 return handler(request);
             }
-            let job = request
-                .metadata
-                .get(JOB_KEY)
-                .and_then(|j| j.parse().ok())
-                .unwrap_or(0);
-            let flag = cancel_flag(&flags, job);
+            let flag = task_flag(&flags, job_of(request), request.id);
             if stop.load(Ordering::Relaxed) {
                 flag.store(true, Ordering::Relaxed);
             }
@@ -147,7 +184,8 @@ pub fn run_engine(
         handlers: options.handlers.keys().cloned().collect(),
     };
     let mut conn = connect(ctx, options, &identity, &register, stop)?;
-    let mut tickets: HashMap<u64, JobId> = HashMap::new();
+    // Slot ticket → (job, task id).
+    let mut tickets: HashMap<u64, (JobId, u64)> = HashMap::new();
     // Tasks beyond the free slots wait here: a hub that restarted believes
     // every slot is free while the old tasks still run.
     let mut waiting: VecDeque<ClusterRequest> = VecDeque::new();
@@ -157,7 +195,7 @@ pub fn run_engine(
     let mut next_beat = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
-            for flag in flags.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            for (_, flag) in cancels(&flags).tasks.values() {
                 flag.store(true, Ordering::Relaxed);
             }
             send_control(&conn.socket, &EngineMessage::Unregister);
@@ -168,13 +206,9 @@ pub fn run_engine(
             let Some(request) = waiting.pop_front() else {
                 break;
             };
-            let job = request
-                .metadata
-                .get(JOB_KEY)
-                .and_then(|j| j.parse().ok())
-                .unwrap_or(0);
+            let task = (job_of(&request), request.id);
             let ticket = slots.submit(request)?;
-            tickets.insert(ticket, job);
+            tickets.insert(ticket, task);
         }
         if let Some(exit) = leaving {
             if tickets.is_empty() && waiting.is_empty() {
@@ -209,7 +243,8 @@ pub fn run_engine(
         };
         if slots_ready {
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
-                let job = tickets.remove(&ticket).unwrap_or(0);
+                let job = tickets.remove(&ticket).map_or(0, |(job, _)| job);
+                cancels(&flags).tasks.remove(&ticket);
                 if !result.request_metadata.contains_key(HANDLER_KEY) {
                     mark_failed_commands(&mut result);
                 }
@@ -234,7 +269,7 @@ pub fn run_engine(
                     }
                 };
                 conn.last_heard = Instant::now();
-                match on_hub(&envelope, &mut conn, &mut waiting, &flags)? {
+                match on_hub(&envelope, &mut conn, &mut waiting, &tickets, &flags)? {
                     HubEvent::None => {}
                     HubEvent::Reregister => {
                         conn = connect(ctx, options, &identity, &register, stop)?;
@@ -278,28 +313,20 @@ pub fn run_engine(
     }
 }
 
-/// Drops the cancel flag of a job once none of its tasks is running or
-/// waiting here: a later resubmit of the same job then runs, and flags of
-/// finished jobs do not pile up.
+/// Forgets a cancelled job once none of its tasks is running or waiting
+/// here: a later resubmit of the same job then runs, and cancelled jobs do
+/// not pile up.
 fn forget_finished_cancels(
     flags: &CancelFlags,
-    tickets: &HashMap<u64, JobId>,
+    tickets: &HashMap<u64, (JobId, u64)>,
     waiting: &VecDeque<ClusterRequest>,
 ) {
-    let mut flags = flags
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if flags.is_empty() {
+    let mut cancels = cancels(flags);
+    if cancels.jobs.is_empty() {
         return;
     }
-    flags.retain(|job, _| {
-        tickets.values().any(|j| j == job)
-            || waiting.iter().any(|r| {
-                r.metadata
-                    .get(JOB_KEY)
-                    .and_then(|j| j.parse::<JobId>().ok())
-                    == Some(*job)
-            })
+    cancels.jobs.retain(|job| {
+        tickets.values().any(|(j, _)| j == job) || waiting.iter().any(|r| job_of(r) == *job)
     });
 }
 
@@ -313,6 +340,7 @@ fn on_hub(
     envelope: &Envelope,
     conn: &mut Connection,
     waiting: &mut VecDeque<ClusterRequest>,
+    tickets: &HashMap<u64, (JobId, u64)>,
     flags: &CancelFlags,
 ) -> Result<HubEvent, EngineError> {
     match envelope.header.kind {
@@ -324,20 +352,8 @@ fn on_hub(
                     // Answer it, or its slot at the hub stays taken and its
                     // client waits for ever.
                     warn!(error = %e, "refusing a bad task");
-                    let failed = ClusterResult {
-                        id: envelope.header.id,
-                        status: ResultStatus::Fail,
-                        payload: Vec::new(),
-                        request_metadata: Default::default(),
-                        metadata: ResultMetadata {
-                            host: crate::host_name(),
-                            pid: std::process::id(),
-                            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
-                            started: SystemTime::now(),
-                            elapsed: Duration::ZERO,
-                        },
-                        exception: Some(format!("bad request: {e}")),
-                    };
+                    let failed =
+                        failed_here(conn, envelope.header.id, &format!("bad request: {e}"));
                     if let Err(e) = result_to_hub(&conn.socket, job, &failed) {
                         warn!(error = %e, "cannot answer a bad task");
                     }
@@ -351,7 +367,29 @@ fn on_hub(
             Ok(HubToEngine::Heartbeat) => {}
             Ok(HubToEngine::CancelJob { job }) => {
                 info!(job, "cancelling a job's tasks");
-                cancel_flag(flags, job).store(true, Ordering::SeqCst);
+                cancel_job(flags, job);
+            }
+            Ok(HubToEngine::CancelTask { job, id }) => {
+                debug!(
+                    job,
+                    task = id,
+                    "cancelling a task (another copy finished first)"
+                );
+                let running = tickets.iter().find(|(_, task)| **task == (job, id));
+                if let Some((ticket, _)) = running {
+                    if let Some((_, flag)) = cancels(flags).tasks.get(ticket) {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }
+                // One not started yet is answered at once, so its slot at
+                // the hub is freed.
+                if let Some(at) = waiting.iter().position(|r| r.id == id && job_of(r) == job) {
+                    waiting.remove(at);
+                    let cancelled = failed_here(conn, id, "cancelled: another copy finished first");
+                    if let Err(e) = result_to_hub(&conn.socket, job, &cancelled) {
+                        warn!(error = %e, "cannot answer a cancelled task");
+                    }
+                }
             }
             Ok(HubToEngine::Refused { reason }) => {
                 if conn.engine.is_some() {
@@ -370,6 +408,24 @@ fn on_hub(
         kind => debug!(%kind, "dropping an unexpected message from the hub"),
     }
     Ok(HubEvent::None)
+}
+
+/// A failed result for a task this engine answers without running it.
+fn failed_here(conn: &Connection, id: u64, reason: &str) -> ClusterResult {
+    ClusterResult {
+        id,
+        status: ResultStatus::Fail,
+        payload: Vec::new(),
+        request_metadata: Default::default(),
+        metadata: ResultMetadata {
+            host: crate::host_name(),
+            pid: std::process::id(),
+            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
+            started: SystemTime::now(),
+            elapsed: Duration::ZERO,
+        },
+        exception: Some(reason.to_string()),
+    }
 }
 
 /// Connects and registers, retrying until the hub answers.

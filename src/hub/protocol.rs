@@ -66,6 +66,13 @@ pub enum HubToEngine {
         /// The job.
         job: JobId,
     },
+    /// Drop or kill one task: another copy of it finished first.
+    CancelTask {
+        /// The job.
+        job: JobId,
+        /// The task.
+        id: u64,
+    },
 }
 
 /// What a job runs.

@@ -132,6 +132,9 @@ pub struct HubOptions {
     /// peer that sends a larger one is disconnected by ZeroMQ before any of
     /// it is buffered.
     pub max_message: usize,
+    /// Re-run stragglers speculatively on idle slots (see
+    /// [`Hub`]'s straggler rule).
+    pub speculate: bool,
 }
 
 impl Default for HubOptions {
@@ -149,6 +152,7 @@ impl Default for HubOptions {
             key: None,
             poison_limit: DEFAULT_POISON_LIMIT,
             max_message: MAX_MESSAGE_BYTES,
+            speculate: true,
         }
     }
 }
@@ -200,6 +204,12 @@ struct Task {
     failed_on: Vec<EngineId>,
     /// Engines that died while running it.
     lost: u32,
+    /// When it was last sent to an engine.
+    started: Option<Instant>,
+    /// Where a second copy runs (a straggler, speculatively re-run).
+    spare: Option<EngineId>,
+    /// A second copy was started once; never again.
+    speculated: bool,
 }
 
 impl Task {
@@ -211,9 +221,25 @@ impl Task {
             attempts,
             failed_on: Vec::new(),
             lost: 0,
+            started: None,
+            spare: None,
+            speculated: false,
         }
     }
 }
+
+/// Successful task times a job keeps for its median.
+const DURATION_SAMPLES: usize = 101;
+
+/// Finished tasks a job needs before any of its tasks counts as a straggler.
+const SPECULATE_AFTER: usize = 5;
+
+/// A task counts as a straggler once it has run this many times the job's
+/// median task time...
+const STRAGGLER_FACTOR: u32 = 4;
+
+/// ...and at least this long.
+const STRAGGLER_FLOOR: Duration = Duration::from_secs(2);
 
 /// What the store keeps of a job besides its id: enough for a restarted hub
 /// to carry it on, and to route its results to its client.
@@ -240,6 +266,8 @@ struct Job {
     halt_on_failure: bool,
     /// A failure happened with `halt_on_failure`: dispatch nothing more.
     halted: bool,
+    /// The latest successful task times, for the straggler rule.
+    durations: VecDeque<Duration>,
 }
 
 impl Job {
@@ -256,7 +284,29 @@ impl Job {
             retries: 0,
             halt_on_failure: false,
             halted: false,
+            durations: VecDeque::new(),
         }
+    }
+
+    fn record_duration(&mut self, took: Duration) {
+        if self.durations.len() == DURATION_SAMPLES {
+            self.durations.pop_front();
+        }
+        self.durations.push_back(took);
+    }
+
+    /// How long a task of this job may run before a second copy is started
+    /// on an idle slot: [`STRAGGLER_FACTOR`] times the median of its recent
+    /// successful tasks, at least [`STRAGGLER_FLOOR`]; `None` until
+    /// [`SPECULATE_AFTER`] tasks have finished.
+    fn straggler_after(&self) -> Option<Duration> {
+        if self.durations.len() < SPECULATE_AFTER {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2];
+        Some((median * STRAGGLER_FACTOR).max(STRAGGLER_FLOOR))
     }
 }
 
@@ -556,6 +606,9 @@ impl Hub {
             if now >= next_beat {
                 self.heartbeat();
                 self.expire_commands();
+                if self.options.speculate {
+                    self.speculate();
+                }
                 next_beat = now + self.options.heartbeat;
             }
         }
@@ -695,7 +748,19 @@ impl Hub {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            if let Some(task) = job.tasks.get_mut(&task_id).filter(|t| t.engine == Some(id)) {
+            let Some(task) = job.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            // With two copies running, the one left carries on.
+            if task.spare == Some(id) {
+                task.spare = None;
+                continue;
+            }
+            if task.engine == Some(id) && task.spare.is_some() {
+                task.engine = task.spare.take();
+                continue;
+            }
+            if task.engine == Some(id) {
                 task.engine = None;
                 task.failed_on.push(id);
                 task.lost += u32::from(died);
@@ -757,15 +822,43 @@ impl Hub {
         let Some(job) = self.jobs.get_mut(&key.0) else {
             return;
         };
-        let Some(mut task) = job.tasks.remove(&key.1) else {
+        let Some(task) = job.tasks.get_mut(&key.1) else {
             debug!(job = key.0, task = key.1, "dropping a duplicate result");
             return;
         };
+        // A straggler's second copy may still be running elsewhere.
+        let other = if task.engine == Some(engine_id) {
+            task.spare
+        } else if task.spare == Some(engine_id) {
+            task.engine
+        } else {
+            None
+        };
+        if status == ResultStatus::Fail && other.is_some() {
+            // One copy failed while the other runs on: that one decides.
+            task.engine = other;
+            task.spare = None;
+            return;
+        }
+        let Some(mut task) = job.tasks.remove(&key.1) else {
+            return;
+        };
+        if status == ResultStatus::Ok {
+            if let Some(started) = task.started {
+                job.record_duration(started.elapsed());
+            }
+        }
+        // The first result wins; the other copy is stopped.
+        let loser = other
+            .and_then(|id| self.engines.get(&id))
+            .map(|e| e.identity.clone());
         if status == ResultStatus::Fail && task.attempts <= job.retries && !job.halted {
             // Run it again, preferably elsewhere; the client sees only the
             // last attempt, which tells it how many there were.
             task.failed_on.push(engine_id);
             task.engine = None;
+            task.spare = None;
+            task.started = None;
             task.request = with_attempt(&task.request, task.attempts + 1);
             if let Err(e) = self.store.task_requeued(task.store_id) {
                 warn!(error = %e, "cannot record a retry");
@@ -803,6 +896,13 @@ impl Hub {
         }
         let client = job.client.clone();
         let header = envelope.header;
+        if let Some(identity) = loser {
+            let cancel = HubToEngine::CancelTask {
+                job: key.0,
+                id: key.1,
+            };
+            self.to_engine(&identity, &cancel);
+        }
         if let Err(e) = self
             .clients_socket
             .send_raw_routed(&client, &header, envelope.body())
@@ -892,6 +992,7 @@ impl Hub {
                 continue;
             }
             task.engine = Some(engine.id);
+            task.started = Some(Instant::now());
             task.attempts += 1;
             engine.running.insert((job_id, task_id));
             if let Err(e) =
@@ -900,6 +1001,72 @@ impl Hub {
             {
                 warn!(error = %e, "cannot record a start");
             }
+        }
+    }
+
+    /// Starts a second copy of each straggler on an idle slot of another
+    /// engine, for jobs with nothing queued (so the copy takes no slot a
+    /// waiting task could use). A straggler has run longer than its job's
+    /// [`straggler_after`](Job::straggler_after); each task gets at most one
+    /// copy, the first result wins and the other copy is cancelled.
+    fn speculate(&mut self) {
+        if !self.engines.values().any(|e| e.free(false) > 0) {
+            return;
+        }
+        let mut stragglers: Vec<(JobId, u64, Duration)> = Vec::new();
+        for (&job_id, job) in &self.jobs {
+            if !job.queue.is_empty() || job.halted {
+                continue;
+            }
+            let Some(limit) = job.straggler_after() else {
+                continue;
+            };
+            for (&task_id, task) in &job.tasks {
+                let ran = task.started.map_or(Duration::ZERO, |s| s.elapsed());
+                if task.engine.is_some() && task.spare.is_none() && !task.speculated && ran > limit
+                {
+                    stragglers.push((job_id, task_id, ran));
+                }
+            }
+        }
+        for (job_id, task_id, ran) in stragglers {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(task) = job.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            let running_on = task.engine;
+            let Some(engine) = self
+                .engines
+                .values_mut()
+                .filter(|e| e.free(false) > 0 && e.can_run(&job.kind) && Some(e.id) != running_on)
+                .max_by_key(|e| e.free(false))
+            else {
+                return;
+            };
+            let header = Header {
+                kind: MessageKind::Request,
+                job: job_id,
+                id: task_id,
+            };
+            if let Err(e) =
+                self.engines_socket
+                    .send_raw_routed(&engine.identity, &header, &task.request)
+            {
+                debug!(engine = engine.id, error = %e, "cannot send a second copy");
+                continue;
+            }
+            info!(
+                job = job_id,
+                task = task_id,
+                engine = engine.id,
+                ran_for = ?ran,
+                "straggler: running a second copy"
+            );
+            task.spare = Some(engine.id);
+            task.speculated = true;
+            engine.running.insert((job_id, task_id));
         }
     }
 

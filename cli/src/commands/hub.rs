@@ -45,6 +45,9 @@ pub struct HubArgs {
     /// sending more is disconnected.
     #[arg(long, default_value_t = MAX_MESSAGE_BYTES, value_name = "BYTES")]
     max_message: usize,
+    /// Never run a second copy of a straggling task (see README: stragglers).
+    #[arg(long)]
+    no_speculation: bool,
     /// Start afresh: a new key and new ports even if the connection file exists.
     #[arg(long)]
     fresh: bool,
@@ -99,6 +102,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         key,
         poison_limit: args.poison_limit.max(1),
         max_message: args.max_message,
+        speculate: !args.no_speculation,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
