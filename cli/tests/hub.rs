@@ -1646,3 +1646,28 @@ fn a_frozen_worker_is_declared_dead_and_comes_back() {
     assert!(map.wait().success(), "{}", map.stderr());
     assert_eq!(map.stdout(), lines_text(&lines));
 }
+
+/// Nothing done is redone across a hub restart: the worker keeps the tasks
+/// it was running (it says so when it registers again) and sends again the
+/// results the dead hub never recorded, so every task ran exactly once.
+#[test]
+fn a_hub_restart_reruns_nothing_a_worker_finished_or_holds() {
+    let mut hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "once", "n", 24);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("once", &args);
+    wait_until("two results", || map.stdout().lines().count() >= 2);
+    let job = map.job().expect("job id");
+    kill(Pid::from_raw(hub.proc.pid()), Signal::SIGKILL).unwrap();
+    hub.proc.wait();
+    hub.proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &[]);
+    hub.wait_ready();
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+    let records = assert_each_task_once(&hub, job, 24);
+    let rerun: Vec<&Value> = records.iter().filter(|r| r["attempts"] != 1).collect();
+    assert!(rerun.is_empty(), "tasks run twice: {rerun:?}");
+}

@@ -176,19 +176,37 @@ pub fn run_engine(
     let started = SystemTime::now();
     // Unguessable, so another peer cannot take over its routing.
     let identity = random_identity(&format!("{host}-{pid}"));
-    let register = EngineMessage::Register {
-        identity: identity.clone(),
-        host: host.clone(),
-        pid,
-        slots: options.slots as u32,
-        handlers: options.handlers.keys().cloned().collect(),
-    };
-    let mut conn = connect(ctx, options, &identity, &register, stop)?;
     // Slot ticket → (job, task id).
     let mut tickets: HashMap<u64, (JobId, u64)> = HashMap::new();
     // Tasks beyond the free slots wait here: a hub that restarted believes
     // every slot is free while the old tasks still run.
     let mut waiting: VecDeque<ClusterRequest> = VecDeque::new();
+    let mut recent = Recent::default();
+    // Registering again, it tells the hub what it still holds and what it
+    // finished lately (it sends those results again once registered).
+    let register = |tickets: &HashMap<u64, (JobId, u64)>,
+                    waiting: &VecDeque<ClusterRequest>,
+                    recent: &Recent| EngineMessage::Register {
+        identity: identity.clone(),
+        host: host.clone(),
+        pid,
+        slots: options.slots as u32,
+        handlers: options.handlers.keys().cloned().collect(),
+        running: tickets
+            .values()
+            .copied()
+            .chain(waiting.iter().map(|r| (job_of(r), r.id)))
+            .chain(recent.results.iter().map(|(_, job, r)| (*job, r.id)))
+            .collect(),
+    };
+    let mut conn = connect(
+        ctx,
+        options,
+        &identity,
+        &register(&tickets, &waiting, &recent),
+        stop,
+    )?;
+    let mut warned = false;
     let mut leaving: Option<WorkerExit> = None;
     let mut handled: u64 = 0;
     let mut busy = Duration::ZERO;
@@ -225,7 +243,14 @@ pub fn run_engine(
             // hub that shut down: it finishes its tasks and exits.
             if leaving.is_none() && conn.last_heard.elapsed() > conn.heartbeat * options.misses {
                 warn!("the hub stopped answering; reconnecting");
-                conn = connect(ctx, options, &identity, &register, stop)?;
+                conn = connect(
+                    ctx,
+                    options,
+                    &identity,
+                    &register(&tickets, &waiting, &recent),
+                    stop,
+                )?;
+                recent.resend(&conn.socket);
                 continue;
             }
         }
@@ -253,6 +278,7 @@ pub fn run_engine(
                 if let Err(e) = result_to_hub(&conn.socket, job, &result) {
                     warn!(error = %e, "cannot send a result to the hub");
                 }
+                recent.keep(job, result, conn.heartbeat * (options.misses + 2));
             }
         }
         if hub_ready {
@@ -263,8 +289,13 @@ pub fn run_engine(
                     Err(MessageError::Zmq(e)) => {
                         return Err(transport("receive from the hub", e.into()))
                     }
+                    Err(e) if !warned => {
+                        warned = true;
+                        warn!(error = %e, "dropping a bad message from the hub (logged once)");
+                        continue;
+                    }
                     Err(e) => {
-                        warn!(error = %e, "dropping a bad message from the hub");
+                        debug!(error = %e, "dropping a bad message from the hub");
                         continue;
                     }
                 };
@@ -272,7 +303,14 @@ pub fn run_engine(
                 match on_hub(&envelope, &mut conn, &mut waiting, &tickets, &flags)? {
                     HubEvent::None => {}
                     HubEvent::Reregister => {
-                        conn = connect(ctx, options, &identity, &register, stop)?;
+                        conn = connect(
+                            ctx,
+                            options,
+                            &identity,
+                            &register(&tickets, &waiting, &recent),
+                            stop,
+                        )?;
+                        recent.resend(&conn.socket);
                         break;
                     }
                     HubEvent::Command(token, command) => {
@@ -408,6 +446,48 @@ fn on_hub(
         kind => debug!(%kind, "dropping an unexpected message from the hub"),
     }
     Ok(HubEvent::None)
+}
+
+/// Results sent lately. Registering anew (the hub restarted, or lost this
+/// engine), an engine sends them again: a hub that went away meanwhile
+/// never got them and would otherwise run their tasks again. The hub drops
+/// any it already had.
+#[derive(Default)]
+struct Recent {
+    results: VecDeque<(Instant, JobId, ClusterResult)>,
+    bytes: usize,
+}
+
+/// Most results, and bytes of payload, kept for sending again.
+const RECENT_RESULTS: usize = 4096;
+const RECENT_BYTES: usize = 64 << 20;
+
+impl Recent {
+    /// Keeps `result` for `window`, forgetting older ones and the oldest
+    /// past the bounds.
+    fn keep(&mut self, job: JobId, result: ClusterResult, window: Duration) {
+        self.bytes += result.payload.len();
+        self.results.push_back((Instant::now(), job, result));
+        while let Some((sent, _, result)) = self.results.front() {
+            let over = self.results.len() > RECENT_RESULTS || self.bytes > RECENT_BYTES;
+            if !over && sent.elapsed() <= window {
+                break;
+            }
+            self.bytes -= result.payload.len();
+            self.results.pop_front();
+        }
+    }
+
+    fn resend(&self, socket: &SignedSocket) {
+        for (_, job, result) in &self.results {
+            if let Err(e) = result_to_hub(socket, *job, result) {
+                debug!(error = %e, "cannot send a result again");
+            }
+        }
+        if !self.results.is_empty() {
+            info!(results = self.results.len(), "sent recent results again");
+        }
+    }
 }
 
 /// A failed result for a task this engine answers without running it.

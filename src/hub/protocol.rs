@@ -37,6 +37,11 @@ pub enum EngineMessage {
         slots: u32,
         /// Named handlers compiled into it.
         handlers: Vec<String>,
+        /// Tasks it is running or holds, and those it finished lately and
+        /// sends the results of again right after registering (registering
+        /// again after the hub restarted or lost it): the hub leaves them to
+        /// it instead of running them again.
+        running: Vec<(JobId, u64)>,
     },
     /// Still alive.
     Heartbeat,

@@ -638,7 +638,11 @@ impl Hub {
                     pid,
                     slots,
                     handlers,
-                }) => self.register(identity, name, host, pid, slots, handlers),
+                    running,
+                }) => {
+                    self.register(identity.clone(), name, host, pid, slots, handlers);
+                    self.adopt(&identity, running);
+                }
                 Ok(EngineMessage::Heartbeat) if known.is_none() => {
                     // A hub restarted under it, or it was declared dead.
                     self.to_engine(
@@ -726,6 +730,53 @@ impl Hub {
                 leaving: false,
             },
         );
+    }
+
+    /// Takes a (re-)registered engine's word for the tasks it still holds
+    /// (after a hub restart, or after it was wrongly declared dead): those
+    /// still queued here are left to it instead of being run again.
+    fn adopt(&mut self, identity: &[u8], running: Vec<(JobId, u64)>) {
+        let Some(engine) = self
+            .by_identity
+            .get(identity)
+            .and_then(|id| self.engines.get_mut(id))
+        else {
+            return;
+        };
+        let mut adopted = 0;
+        for (job_id, task_id) in running {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(task) = job.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if task.engine.is_some() {
+                continue; // already running elsewhere: whichever ends first wins
+            }
+            let Some(at) = job.queue.iter().position(|&t| t == task_id) else {
+                continue;
+            };
+            job.queue.remove(at);
+            task.engine = Some(engine.id);
+            task.started = Some(Instant::now());
+            task.attempts = task.attempts.max(1);
+            engine.running.insert((job_id, task_id));
+            if let Err(e) =
+                self.store
+                    .task_started(task.store_id, engine.id, SystemTime::now(), task.attempts)
+            {
+                warn!(error = %e, "cannot record a start");
+            }
+            adopted += 1;
+        }
+        if adopted > 0 {
+            info!(
+                engine = engine.id,
+                tasks = adopted,
+                "engine kept the tasks it was running"
+            );
+        }
     }
 
     /// Removes an engine and puts its running tasks back at the front of
