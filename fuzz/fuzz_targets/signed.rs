@@ -1,0 +1,28 @@
+//! Signature checking: arbitrary signature frames never verify or panic, a
+//! genuine signature verifies exactly once, and any change to a signed
+//! message is refused.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use zcluster::auth::{Key, Signer, Verifier, SIGNATURE_BYTES};
+use zcluster::message::PROTOCOL;
+
+fuzz_target!(|data: &[u8]| {
+    let key = Key::from_bytes(b"a fuzzing key of enough length");
+    let mut verifier = Verifier::new(key.clone());
+    // Arbitrary frames: the first bytes as a signature, the rest split.
+    let cut = data.len().min(SIGNATURE_BYTES);
+    let (signature, rest) = data.split_at(cut);
+    let (header, body) = rest.split_at(rest.len() / 2);
+    assert!(verifier.verify(signature, PROTOCOL, header, body).is_err());
+
+    let signer = Signer::new(key);
+    let genuine = signer.sign(PROTOCOL, header, body);
+    assert!(verifier.verify(&genuine, PROTOCOL, header, body).is_ok());
+    assert!(verifier.verify(&genuine, PROTOCOL, header, body).is_err());
+    if let Some((&first, tail)) = data.split_first() {
+        let mut altered = vec![first ^ 0x01];
+        altered.extend_from_slice(tail);
+        let signature = signer.sign(PROTOCOL, data, b"");
+        assert!(verifier.verify(&signature, PROTOCOL, &altered, b"").is_err());
+    }
+});
