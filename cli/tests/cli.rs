@@ -4,5 +4,6 @@
 
 mod common;
 mod devices;
+mod hostile;
 mod hub;
 mod map;
