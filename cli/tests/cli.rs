@@ -2,7 +2,9 @@
 //! signals, real files. One test binary (`autotests = false`) links once;
 //! each capability is a module.
 
+mod chaos;
 mod common;
 mod devices;
+mod hostile;
 mod hub;
 mod map;

@@ -1,10 +1,13 @@
-//! Shared set-up: the binary under test, a temp dir, and a child guard that
-//! kills and reaps on drop.
+//! Shared set-up: the binary under test, a temp dir, a child guard that
+//! kills and reaps on drop, and (in `cluster`) a real hub with workers.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+mod cluster;
+pub use cluster::*;
 
 /// A bound on waits that a passing test never comes near.
 pub const FAIL_AFTER: Duration = Duration::from_secs(20);
