@@ -140,7 +140,6 @@ fn workers_sigkilled_mid_map_lose_and_repeat_nothing() {
 /// The contract's "nothing lost on a crash": a restarted hub carries on its
 /// unfinished jobs and the waiting map gets all of its results.
 #[test]
-#[ignore = "needs hub crash recovery (restarted hub resumes unfinished jobs, map reattaches)"]
 fn hub_sigkilled_and_restarted_mid_map_loses_and_repeats_nothing() {
     map_under_chaos(true);
 }

@@ -17,10 +17,10 @@ use nix::unistd::Pid;
 use predicates::prelude::*;
 use serde_json::Value;
 use tempfile::TempDir;
-use zcluster::auth::{Key, Signer};
+use zcluster::auth::{Key, Signer, Verifier};
 use zcluster::hub::connection::ConnectionInfo;
-use zcluster::hub::protocol::ClientCall;
-use zcluster::message::{encode_value, Envelope, Header, MessageKind, PROTOCOL};
+use zcluster::hub::protocol::{ClientCall, Notification};
+use zcluster::message::{decode_value, encode_value, Envelope, Header, MessageKind, PROTOCOL};
 
 use crate::common::*;
 
@@ -1380,4 +1380,44 @@ fn a_hub_restart_reruns_nothing_a_worker_finished_or_holds() {
     let records = assert_each_task_once(&hub, job, 24);
     let rerun: Vec<&Value> = records.iter().filter(|r| r["attempts"] != 1).collect();
     assert!(rerun.is_empty(), "tasks run twice: {rerun:?}");
+}
+
+/// The notification socket publishes engine (un)registrations, signed like
+/// every hub message, to subscribers of everything.
+#[test]
+fn registrations_are_published_signed() {
+    let hub = Hub::start();
+    let info: ConnectionInfo =
+        serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    sub.set_rcvtimeo(5_000).unwrap();
+    sub.set_subscribe(b"").unwrap();
+    sub.connect(&info.notifications).unwrap();
+    // Subscriptions are taken in at the hub's next heartbeat.
+    std::thread::sleep(Duration::from_millis(3 * HEARTBEAT_MS));
+    let mut workers = hub.workers(1, 1);
+    let frames = sub.recv_multipart(0).expect("a notification");
+    let [protocol, signature, header, body] = &frames[..] else {
+        panic!("four frames, got {}", frames.len());
+    };
+    let mut verifier = Verifier::new(info.signing_key().unwrap());
+    verifier
+        .verify(signature, protocol, header, body)
+        .expect("signed with the cluster's key");
+    let notification: Notification = decode_value(body, "notification").unwrap();
+    let pid = workers[0].pid();
+    assert!(
+        matches!(notification, Notification::Registered { pid: p, .. } if p as i32 == pid),
+        "{notification:?}"
+    );
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    workers[0].wait();
+    let frames = sub.recv_multipart(0).expect("a second notification");
+    let notification: Notification = decode_value(&frames[3], "notification").unwrap();
+    assert!(
+        matches!(notification, Notification::Unregistered { .. }),
+        "{notification:?}"
+    );
 }

@@ -373,6 +373,35 @@ fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
 /// credit bounds what they send unanswered.
 const INBOUND_PER_PEER: i32 = 4096;
 
+/// Largest subscription message the notification socket takes (a flag byte
+/// and a topic; the only topic honoured is the empty one).
+const SUBSCRIPTION_BYTES: i64 = 64;
+
+/// Subscription messages buffered per peer before the hub stops reading it.
+const SUBSCRIPTIONS_IN_FLIGHT: i32 = 64;
+
+/// Puts an XPUB socket in manual mode: subscriptions arrive as messages and
+/// apply only when the owner applies them.
+fn set_xpub_manual(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+    let on: libc::c_int = 1;
+    // SAFETY: `socket` is a live socket for the whole call, and the option
+    // value points at a c_int of the size given, as zmq_setsockopt wants.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: zmq_errno only reads this thread's last libzmq error.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
 fn router(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
@@ -384,7 +413,7 @@ fn router(
         url: url.to_string(),
         source,
     };
-    let socket = ctx
+    let mut socket = ctx
         .socket(kind)
         .map_err(|e| bind("create a socket for", e))?;
     socket
@@ -406,7 +435,20 @@ fn router(
             .set_router_handover(true)
             .map_err(|e| bind("configure", e))?;
     }
-    if kind != zmq::PUB {
+    if kind == zmq::XPUB {
+        // Subscriptions are ZMTP, below signing: anyone who reaches the
+        // port can send them. libzmq keeps each one (about 32 bytes per
+        // byte) until its peer leaves, so the hub takes them in by hand:
+        // only the empty one (everything) is ever applied, the rest are
+        // read and dropped, and they are tiny and few in flight.
+        set_xpub_manual(&mut socket).map_err(|e| bind("configure", e))?;
+        socket
+            .set_maxmsgsize(SUBSCRIPTION_BYTES)
+            .map_err(|e| bind("configure", e))?;
+        socket
+            .set_rcvhwm(SUBSCRIPTIONS_IN_FLIGHT)
+            .map_err(|e| bind("configure", e))?;
+    } else {
         socket
             .set_maxmsgsize(max_message.clamp(1024, MAX_MESSAGE_BYTES) as i64)
             .map_err(|e| bind("configure", e))?;
@@ -445,7 +487,7 @@ impl Hub {
         let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url, max)?;
         let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max)?;
         let (notifications, notifications_endpoint) =
-            router(ctx, zmq::PUB, &notifications_url, max)?;
+            router(ctx, zmq::XPUB, &notifications_url, max)?;
         let store = store::open(&options.store)?;
         let key = match &options.key {
             Some(key) => key.clone(),
@@ -604,6 +646,7 @@ impl Hub {
             // that stalled (a big query, a slow flush) does not blame them.
             let now = Instant::now();
             if now >= next_beat {
+                self.accept_subscriptions();
                 self.heartbeat();
                 self.expire_commands();
                 if self.options.speculate {
@@ -1832,7 +1875,25 @@ impl Hub {
         }
     }
 
+    /// Takes in what subscribers sent: a subscription to everything (the
+    /// empty topic) is applied to its peer, anything else is dropped.
+    fn accept_subscriptions(&self) {
+        let socket = self.notifications.socket();
+        while let Ok(message) = socket.recv_bytes(zmq::DONTWAIT) {
+            // In manual mode this applies to the peer that just sent.
+            let applied = match message.as_slice() {
+                [1] => socket.set_subscribe(b""),
+                [0] => socket.set_unsubscribe(b""),
+                _ => Ok(()),
+            };
+            if let Err(e) = applied {
+                debug!(error = %e, "cannot apply a subscription");
+            }
+        }
+    }
+
     fn publish(&self, notification: &Notification) {
+        self.accept_subscriptions();
         let header = Header {
             kind: MessageKind::Control,
             job: 0,
