@@ -6,12 +6,30 @@
 #     request/result pair recorded, with the SQLite store and in memory
 #     (examples/hub_throughput.rs).
 # Usage: scripts/bench-hub.sh   (RUNS=5 medians, COUNT=100000 tasks); also
-# prints the idle round trip of one task (median and p99).
+# prints the idle round trip of one task (median and p99) and peak memory
+# (below). QUICK=1: one run of 20000 tasks, memory at 10000 vs 100000.
+# Also prints RESULT lines for scripts/bench.sh.
 source "$(dirname "$0")/common.sh"
-COUNT=${COUNT:-100000}
+COUNT=${COUNT:-$(sized 100000 20000)}
 build_release
+Z=$ROOT/target/release/zcluster
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# Processes started in the background (the memory runs), stopped on any exit.
+background=()
+cleanup() {
+    local pid
+    if [ ${#background[@]} -gt 0 ]; then
+        if [ -s "$tmp/hub.json" ]; then
+            timeout 10 "$Z" shutdown --hub "$tmp/hub.json" --workers >/dev/null 2>&1 || true
+        fi
+        for pid in "${background[@]}"; do
+            pkill -P "$pid" 2>/dev/null || true
+            kill "$pid" 2>/dev/null || true
+        done
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
 rate_of() {
     local i out=()
     for ((i = 0; i < RUNS; i++)); do
@@ -28,19 +46,57 @@ printf '%-44s %10.0f tasks/s\n' "toolkit, 2 workers, no-op" "$toolkit" \
     "hub + memory store, 2 slots, no-op" "$memory"
 printf '%-44s %10.2f\n' "ratio hub(SQLite) / toolkit" "$(ratio "$sqlite" "$toolkit")" \
     "ratio hub(SQLite) / hub(memory)" "$(ratio "$sqlite" "$memory")"
+result hub.count "$COUNT" tasks
+result hub.toolkit "$toolkit" tasks/s
+result hub.sqlite "$sqlite" tasks/s
+result hub.memory "$memory" tasks/s
 # Round trip of one task through an idle hub (client -> hub -> engine ->
 # slot -> engine -> hub -> client), SQLite store; target: median under 1 ms.
 rm -f "$tmp"/store.sqlite*
-"$ROOT/target/release/examples/hub_throughput" --latency --count 2000 --store "$tmp/store.sqlite" |
-    awk '{ printf "%-44s %6d us median, %d us p99 (target: median < 1000 us)\n", "idle round trip, SQLite store", $3, $4 }'
-# Peak memory of client + hub + engine (one process) for 100,000 vs 1,000,000
-# no-op tasks with the SQLite store: it should stay flat (the in-memory store
-# keeps every pair, so it grows by design). Set MEMORY=0 to skip (~40 s).
+"$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store "$tmp/store.sqlite" >"$tmp/latency"
+awk '{ printf "%-44s %6d us median, %d us p99 (target: median < 1000 us)\n", "idle round trip, SQLite store", $3, $4 }' "$tmp/latency"
+result hub.rtt_median "$(awk '{ print $3 }' "$tmp/latency")" us
+result hub.rtt_p99 "$(awk '{ print $4 }' "$tmp/latency")" us
+# Peak memory for a small and a ten times larger no-op job (100,000 vs
+# 1,000,000 tasks), SQLite store: it should stay flat (the in-memory store
+# keeps every pair, so it grows by design). Measured twice:
+#   - one process: client + hub + engine (examples/hub_throughput.rs);
+#   - separate processes: `zcluster hub`, an engine, and a zcluster::pool
+#     client (benches/pool_client.rs; imap, one input per task), each under
+#     /usr/bin/time, so the client and the hub each get their own figure.
+# Set MEMORY=0 to skip (~2 minutes).
+MEMORY_COUNTS=${MEMORY_COUNTS:-$(sized "100000 1000000" "10000 100000")}
 if [ "${MEMORY:-1}" != 0 ] && [ -x /usr/bin/time ]; then
-    for n in 100000 1000000; do
+    for n in $MEMORY_COUNTS; do
         rm -f "$tmp"/store.sqlite*
         /usr/bin/time -f "%M" -o "$tmp/rss" "$ROOT/target/release/examples/hub_throughput" \
             --count "$n" --store "$tmp/store.sqlite" >/dev/null
         printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, SQLite store" "$(cat "$tmp/rss")"
+        result "hub.rss_one_process_$n" "$(cat "$tmp/rss")" KiB
+    done
+    pool=$(bench_executable pool_client)
+    for n in $MEMORY_COUNTS; do
+        rm -f "$tmp"/hub.json "$tmp"/pool.sqlite*
+        /usr/bin/time -f "%M" -o "$tmp/hub.rss" "$Z" hub --connection-file "$tmp/hub.json" \
+            --store "$tmp/pool.sqlite" --fresh >"$tmp/hub.log" 2>&1 &
+        hub=$!
+        background+=("$hub")
+        for ((i = 0; i < 200; i++)); do
+            [ -s "$tmp/hub.json" ] && break
+            sleep 0.05
+        done
+        "$pool" serve "$tmp/hub.json" 2 >"$tmp/engine.log" 2>&1 &
+        engine=$!
+        background+=("$engine")
+        /usr/bin/time -f "%M" -o "$tmp/client.rss" "$pool" map "$tmp/hub.json" "$n" >"$tmp/pool"
+        "$Z" shutdown --hub "$tmp/hub.json" --workers >/dev/null 2>&1
+        wait "$hub" "$engine"
+        background=()
+        printf '%-44s %10d KiB peak RSS (%s tasks/s)\n' "$n no-op tasks, zcluster hub process" \
+            "$(cat "$tmp/hub.rss")" "$(awk '{ print $4 }' "$tmp/pool")"
+        printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, pool client process" "$(cat "$tmp/client.rss")"
+        result "hub.rss_hub_$n" "$(cat "$tmp/hub.rss")" KiB
+        result "hub.rss_client_$n" "$(cat "$tmp/client.rss")" KiB
+        result "hub.pool_$n" "$(awk '{ print $4 }' "$tmp/pool")" tasks/s
     done
 fi

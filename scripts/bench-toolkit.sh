@@ -4,9 +4,10 @@
 # (typed bincode payloads, four-frame zcluster messages) vs raw libzmq
 # PUSH -> PULL/PUSH -> PULL of 64-byte messages in the same topology
 # (examples/throughput.rs). Prints messages/s for each and the ratio.
-# Usage: scripts/bench-toolkit.sh   (RUNS=5 medians, COUNT=300000 messages)
+# Usage: scripts/bench-toolkit.sh   (RUNS=5 medians, COUNT=300000 messages;
+# QUICK=1: one run of 50000). Also prints RESULT lines for scripts/bench.sh.
 source "$(dirname "$0")/common.sh"
-COUNT=${COUNT:-300000}
+COUNT=${COUNT:-$(sized 300000 50000)}
 build_release
 bin=$ROOT/target/release/examples/throughput
 rates() {
@@ -22,3 +23,6 @@ toolkit=$(rates toolkit)
 printf '%-46s %10.0f msgs/s\n' "raw libzmq PUSH/PULL, 2 pass-through workers" "$raw" \
     "toolkit Ventilator/2 Workers/Sink, no-op" "$toolkit"
 printf '%-46s %10.2f (target >= 0.6)\n' "ratio toolkit / raw" "$(ratio "$toolkit" "$raw")"
+result toolkit.count "$COUNT" msgs
+result toolkit.raw "$raw" msgs/s
+result toolkit.toolkit "$toolkit" msgs/s

@@ -3,10 +3,32 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-RUNS=${RUNS:-5}
+# QUICK=1: smaller sizes and one run each, a smoke test of the scripts
+# rather than a measurement. Each script picks its own sizes from it.
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-5}; fi
+
+# sized FULL QUICK: FULL, or QUICK when QUICK=1.
+sized() {
+    if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi
+}
+
+# result NAME VALUE UNIT: one machine-readable line for scripts/bench.sh,
+# which collects these from every script into one table (names are
+# SCRIPT.FIGURE; the human lines around them stay as they were).
+result() {
+    printf 'RESULT %s %s %s\n' "$1" "$2" "$3"
+}
 
 build_release() {
     cargo build --release --quiet --workspace --bins --examples
+}
+
+# bench_executable NAME: builds the `[[bench]]` target NAME (release
+# settings, the `bench` profile) and prints the path of its executable.
+bench_executable() {
+    cargo bench --quiet --no-run --bench "$1" --message-format=json |
+        grep "\"name\":\"$1\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
 }
 
 # seconds CMD...: wall seconds of one run (output discarded).

@@ -1,0 +1,134 @@
+//! Micro benchmarks of the wire format (`zcluster::message`): what every
+//! message costs to encode and decode before any socket is involved.
+//!
+//! Sizes are payload bytes: 8 is a no-op task's `u64`, 256 a typical
+//! parameter set or path, 4 KiB and 64 KiB larger records. The end-to-end
+//! figures in `scripts/bench.sh` say how much of a task's cost this is.
+//!
+//! ```sh
+//! cargo bench --bench codec                                   # full run
+//! cargo bench --bench codec -- --sample-count 20 --max-time 0.5   # a quick look
+//! cargo bench --bench codec -- decode                         # only names matching `decode`
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use divan::counter::BytesCount;
+use divan::{black_box, Bencher};
+use zcluster::message::{
+    decode_value, encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header,
+    MessageKind, ResultMetadata, ResultStatus,
+};
+
+fn main() {
+    divan::main();
+}
+
+/// Payload sizes in bytes.
+const SIZES: [usize; 4] = [8, 256, 4096, 65536];
+
+/// A request as a hub client sends it: a payload and the handler's name.
+fn request(size: usize) -> ClusterRequest {
+    ClusterRequest::new(17, vec![7; size]).with_metadata("zcluster.handler", "noop")
+}
+
+/// The result a worker sends back for [`request`], with its full metadata.
+fn result(size: usize) -> ClusterResult {
+    let request = request(size);
+    ClusterResult {
+        id: request.id,
+        status: ResultStatus::Ok,
+        payload: vec![9; size],
+        request_metadata: request.metadata,
+        metadata: ResultMetadata {
+            host: "node-07.lab".into(),
+            pid: 41_234,
+            worker: "engine-3/slot-1".into(),
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000),
+            elapsed: Duration::from_micros(1_250),
+        },
+        exception: None,
+    }
+}
+
+fn header_of_request(request: &ClusterRequest) -> Header {
+    Header {
+        kind: MessageKind::Request,
+        job: 3,
+        id: request.id,
+    }
+}
+
+fn header_of_result(result: &ClusterResult) -> Header {
+    Header {
+        kind: MessageKind::Result(result.status),
+        job: 3,
+        id: result.id,
+    }
+}
+
+/// The four frames of a request, as `message::frames` builds them.
+#[divan::bench(args = SIZES)]
+fn encode_request(bencher: Bencher, size: usize) {
+    let request = request(size);
+    let header = header_of_request(&request);
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| frames(black_box(&header), black_box(&request)));
+}
+
+/// The four frames of a result.
+#[divan::bench(args = SIZES)]
+fn encode_result(bencher: Bencher, size: usize) {
+    let result = result(size);
+    let header = header_of_result(&result);
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| frames(black_box(&header), black_box(&result)));
+}
+
+/// Checking received frames: protocol, signature, header decode, body size
+/// (and, from frames rather than a socket, a copy of the body).
+#[divan::bench(args = SIZES)]
+fn envelope_from_frames(bencher: Bencher, size: usize) {
+    let request = request(size);
+    let frames = frames(&header_of_request(&request), &request).expect("a request encodes");
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| Envelope::from_frames(black_box(&frames)));
+}
+
+/// Decoding a request's body from a checked envelope.
+#[divan::bench(args = SIZES)]
+fn decode_request(bencher: Bencher, size: usize) {
+    let request = request(size);
+    let frames = frames(&header_of_request(&request), &request).expect("a request encodes");
+    let envelope = Envelope::from_frames(&frames).expect("valid frames");
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| black_box(&envelope).request());
+}
+
+/// Decoding a result's body from a checked envelope.
+#[divan::bench(args = SIZES)]
+fn decode_result(bencher: Bencher, size: usize) {
+    let result = result(size);
+    let frames = frames(&header_of_result(&result), &result).expect("a result encodes");
+    let envelope = Envelope::from_frames(&frames).expect("valid frames");
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| black_box(&envelope).result());
+}
+
+/// The header alone: what a device or the hub decodes to route and record
+/// a message without touching its body.
+#[divan::bench]
+fn decode_header(bencher: Bencher) {
+    let header = Header {
+        kind: MessageKind::Result(ResultStatus::Ok),
+        job: 1_234,
+        id: 9_876_543,
+    };
+    let bytes = encode_value(&header, "header").expect("a header encodes");
+    bencher.bench_local(|| decode_value::<Header>(black_box(&bytes), "header"));
+}
