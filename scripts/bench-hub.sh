@@ -62,7 +62,7 @@ result hub.rtt_p99 "$(awk '{ print $4 }' "$tmp/latency")" us
 # keeps every pair, so it grows by design). Measured twice:
 #   - one process: client + hub + engine (examples/hub_throughput.rs);
 #   - separate processes: `zcluster hub`, an engine, and a zcluster::pool
-#     client (benches/pool_client.rs; imap, one input per task), each under
+#     client (examples/pool_client.rs; imap, one input per task), each under
 #     /usr/bin/time, so the client and the hub each get their own figure.
 # Set MEMORY=0 to skip (~2 minutes).
 MEMORY_COUNTS=${MEMORY_COUNTS:-$(sized "100000 1000000" "10000 100000")}
@@ -74,7 +74,7 @@ if [ "${MEMORY:-1}" != 0 ] && [ -x /usr/bin/time ]; then
         printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, SQLite store" "$(cat "$tmp/rss")"
         result "hub.rss_one_process_$n" "$(cat "$tmp/rss")" KiB
     done
-    pool=$(bench_executable pool_client)
+    pool="$ROOT/target/release/examples/pool_client"
     for n in $MEMORY_COUNTS; do
         rm -f "$tmp"/hub.json "$tmp"/pool.sqlite*
         /usr/bin/time -f "%M" -o "$tmp/hub.rss" "$Z" hub --connection-file "$tmp/hub.json" \
