@@ -6,13 +6,10 @@
 //!
 //! ```sh
 //! pool_client serve HUB_FILE SLOTS   # an engine whose slots run a no-op handler
-//! pool_client map HUB_FILE COUNT     # a client: imap over COUNT inputs, one per task
+//! pool_client map HUB_FILE COUNT [CHUNK]  # a client: imap over COUNT inputs, CHUNK per task (1)
 //! ```
 //!
-//! `map` prints `pool COUNT SECONDS TASKS_PER_SECOND`. Run with anything
-//! else (as `cargo bench` runs every bench with `--bench`), it only says
-//! how it is used. It lives in `benches/` because it is a measuring tool
-//! like the micro benchmarks beside it, built with the same profile.
+//! `map` prints `pool COUNT SECONDS INPUTS_PER_SECOND`.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -36,14 +33,18 @@ fn main() -> ExitCode {
             .parse()
             .map_err(|e| format!("bad SLOTS {n:?}: {e}"))
             .and_then(|slots| serve(Path::new(hub), slots)),
-        [mode, hub, n] if mode == "map" => n
-            .parse()
-            .map_err(|e| format!("bad COUNT {n:?}: {e}"))
-            .and_then(|count| map(Path::new(hub), count)),
+        [mode, hub, n, rest @ ..] if mode == "map" && rest.len() <= 1 => {
+            let chunk = rest.first().map_or(Ok(1), |c| {
+                c.parse::<usize>().map_err(|e| format!("bad CHUNK {c:?}: {e}"))
+            });
+            n.parse()
+                .map_err(|e| format!("bad COUNT {n:?}: {e}"))
+                .and_then(|count| map(Path::new(hub), count, chunk?))
+        }
         _ => {
             eprintln!(
                 "pool_client: run by scripts/bench-hub.sh \
-                 (usage: pool_client serve HUB_FILE SLOTS | pool_client map HUB_FILE COUNT)"
+                 (usage: pool_client serve HUB_FILE SLOTS | pool_client map HUB_FILE COUNT [CHUNK])"
             );
             Ok(())
         }
@@ -70,10 +71,10 @@ fn text(error: impl Display) -> String {
     error.to_string()
 }
 
-fn map(hub: &Path, count: u64) -> Result<(), String> {
-    // One input per task, so the hub records (and must not hold) one task
-    // per input, as with hub_throughput.
-    let mut pool = Pool::connect(hub).map_err(text)?.chunksize(1);
+fn map(hub: &Path, count: u64, chunk: usize) -> Result<(), String> {
+    // One input per task by default, so the hub records (and must not
+    // hold) one task per input, as with hub_throughput.
+    let mut pool = Pool::connect(hub).map_err(text)?.chunksize(chunk.max(1));
     let waited = Instant::now();
     let start = loop {
         // Opening the job is refused until an engine offers the handler.

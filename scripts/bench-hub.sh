@@ -57,6 +57,43 @@ rm -f "$tmp"/store.sqlite*
 awk '{ printf "%-44s %6d us median, %d us p99 (target: median < 1000 us)\n", "idle round trip, SQLite store", $3, $4 }' "$tmp/latency"
 result hub.rtt_median "$(awk '{ print $3 }' "$tmp/latency")" us
 result hub.rtt_p99 "$(awk '{ print $4 }' "$tmp/latency")" us
+# pool_run N CHUNK: a `zcluster hub` (SQLite store), an engine with 2 slots
+# and a pool client mapping N no-op inputs, CHUNK per task, as separate
+# processes; peak RSS of hub and client in $tmp/hub.rss and
+# $tmp/client.rss, the client's line in $tmp/pool.
+# timed FILE CMD...: runs CMD, its peak RSS (KiB) into FILE (0 without
+# /usr/bin/time).
+timed() {
+    local out=$1
+    shift
+    if [ -x /usr/bin/time ]; then
+        /usr/bin/time -f "%M" -o "$out" "$@"
+    else
+        echo 0 >"$out"
+        "$@"
+    fi
+}
+
+pool_run() {
+    local pool="$ROOT/target/release/examples/pool_client" hub engine i
+    rm -f "$tmp"/hub.json "$tmp"/pool.sqlite*
+    timed "$tmp/hub.rss" "$Z" hub --connection-file "$tmp/hub.json" \
+        --store "$tmp/pool.sqlite" --fresh >"$tmp/hub.log" 2>&1 &
+    hub=$!
+    background+=("$hub")
+    for ((i = 0; i < 200; i++)); do
+        [ -s "$tmp/hub.json" ] && break
+        sleep 0.05
+    done
+    "$pool" serve "$tmp/hub.json" 2 >"$tmp/engine.log" 2>&1 &
+    engine=$!
+    background+=("$engine")
+    timed "$tmp/client.rss" "$pool" map "$tmp/hub.json" "$1" "$2" >"$tmp/pool"
+    "$Z" shutdown --hub "$tmp/hub.json" --workers >/dev/null 2>&1
+    wait "$hub" "$engine"
+    background=()
+}
+
 # Peak memory for a small and a ten times larger no-op job (100,000 vs
 # 1,000,000 tasks), SQLite store: it should stay flat (the in-memory store
 # keeps every pair, so it grows by design). Measured twice:
@@ -74,24 +111,8 @@ if [ "${MEMORY:-1}" != 0 ] && [ -x /usr/bin/time ]; then
         printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, SQLite store" "$(cat "$tmp/rss")"
         result "hub.rss_one_process_$n" "$(cat "$tmp/rss")" KiB
     done
-    pool="$ROOT/target/release/examples/pool_client"
     for n in $MEMORY_COUNTS; do
-        rm -f "$tmp"/hub.json "$tmp"/pool.sqlite*
-        /usr/bin/time -f "%M" -o "$tmp/hub.rss" "$Z" hub --connection-file "$tmp/hub.json" \
-            --store "$tmp/pool.sqlite" --fresh >"$tmp/hub.log" 2>&1 &
-        hub=$!
-        background+=("$hub")
-        for ((i = 0; i < 200; i++)); do
-            [ -s "$tmp/hub.json" ] && break
-            sleep 0.05
-        done
-        "$pool" serve "$tmp/hub.json" 2 >"$tmp/engine.log" 2>&1 &
-        engine=$!
-        background+=("$engine")
-        /usr/bin/time -f "%M" -o "$tmp/client.rss" "$pool" map "$tmp/hub.json" "$n" >"$tmp/pool"
-        "$Z" shutdown --hub "$tmp/hub.json" --workers >/dev/null 2>&1
-        wait "$hub" "$engine"
-        background=()
+        pool_run "$n" 1
         printf '%-44s %10d KiB peak RSS (%s tasks/s)\n' "$n no-op tasks, zcluster hub process" \
             "$(cat "$tmp/hub.rss")" "$(awk '{ print $4 }' "$tmp/pool")"
         printf '%-44s %10d KiB peak RSS\n' "$n no-op tasks, pool client process" "$(cat "$tmp/client.rss")"
@@ -100,3 +121,13 @@ if [ "${MEMORY:-1}" != 0 ] && [ -x /usr/bin/time ]; then
         result "hub.pool_$n" "$(awk '{ print $4 }' "$tmp/pool")" tasks/s
     done
 fi
+
+# Inputs per second with chunking, as a Rust user maps small inputs: a
+# zcluster::pool client, a `zcluster hub` process (SQLite store, one pair
+# recorded per chunk) and an engine with 2 slots, over tcp, 64 inputs per
+# task (ipyparallel's 28,000/s reference is with chunksize 64 too).
+CHUNKED=${CHUNKED:-$(sized 1000000 200000)}
+pool_run "$CHUNKED" 64
+printf '%-44s %10.0f inputs/s\n' "pool imap, tcp hub + SQLite, chunksize 64" "$(awk '{ print $4 }' "$tmp/pool")"
+result hub.chunked_count "$CHUNKED" inputs
+result hub.chunked "$(awk '{ print $4 }' "$tmp/pool")" inputs/s

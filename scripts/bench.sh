@@ -149,6 +149,10 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         "toolkit $(human "$hub_toolkit" /s)" "$(quotient "$memory" "$hub_toolkit")"
     row "  hub, SQLite store vs memory store" "$(human "$sqlite" task/s)" \
         "memory store $(human "$memory" /s)" "$(quotient "$sqlite" "$memory")"
+    chunked=$(get hub.chunked)
+    r=$(quotient "$chunked" "$raw")
+    row "  pool, tcp hub + SQLite, chunksize 64" "$(human "$chunked" input/s)" \
+        "raw libzmq $(human "$raw" /s)" "$r" ">= 0.25" "$(verdict "$r" ">=" 0.25)"
 
     z=$(get map.zcluster) f=$(get map.forkexec) p=$(get map.parallel)
     r=$(quotient "$z" "$f")
