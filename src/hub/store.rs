@@ -862,6 +862,12 @@ impl Store for MemoryStore {
 // ---------------------------------------------------------------------------
 // SQLite store
 
+/// Page cache of the writer connection, KiB. Writes append (new rows,
+/// updates of recent ones), so a small cache serves them; it is also the
+/// part of the hub's memory that grows with the store until it is full, so
+/// small keeps the hub's memory flat early.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+
 /// `PRAGMA user_version` of the schema below; a file with a larger one was
 /// written by a newer zcluster and is refused.
 const SCHEMA_VERSION: i64 = 1;
@@ -1582,7 +1588,7 @@ impl SqliteStore {
             .pragma_update(None, "foreign_keys", true)
             .map_err(sqlite_error("enabling foreign keys"))?;
         write
-            .pragma_update(None, "cache_size", -32_768)
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(sqlite_error("setting the page cache size"))?;
         migrate(&mut write, &path)?;
 
