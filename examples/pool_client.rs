@@ -35,7 +35,8 @@ fn main() -> ExitCode {
             .and_then(|slots| serve(Path::new(hub), slots)),
         [mode, hub, n, rest @ ..] if mode == "map" && rest.len() <= 1 => {
             let chunk = rest.first().map_or(Ok(1), |c| {
-                c.parse::<usize>().map_err(|e| format!("bad CHUNK {c:?}: {e}"))
+                c.parse::<usize>()
+                    .map_err(|e| format!("bad CHUNK {c:?}: {e}"))
             });
             n.parse()
                 .map_err(|e| format!("bad COUNT {n:?}: {e}"))

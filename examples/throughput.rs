@@ -6,7 +6,8 @@
 //!   through: the transport ceiling.
 //! * `--mode toolkit`: `Ventilator` → `Worker` with a typed no-op handler →
 //!   `Sink`, i.e. four-frame zcluster messages with bincode bodies, result
-//!   metadata, and every check the real path makes.
+//!   metadata, and every check the real path makes; `--batch N` sends N
+//!   requests per message (and gets N results per message back).
 //!
 //! Prints one line: `MODE N WORKERS SECONDS MESSAGES_PER_SECOND`. Timing runs
 //! from the first send to the last receive, after the workers connected.
@@ -38,6 +39,9 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Toolkit requests per message (`Ventilator::batch`).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 /// Time for workers to connect before the clock starts (not measured).
@@ -119,7 +123,8 @@ fn toolkit(ctx: &zmq::Context, args: &Args) -> anyhow::Result<(f64, u64)> {
         ctx,
         FutureSocket::bind("tcp://127.0.0.1:*", SocketKind::Push),
     )?
-    .worker_connect_delay(CONNECT);
+    .worker_connect_delay(CONNECT)
+    .batch(args.batch);
     let requests = last_endpoint(ventilator.socket())?;
     let mut sink = Sink::new(
         ctx,

@@ -138,6 +138,10 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
     r=$(quotient "$toolkit" "$raw")
     row "1 toolkit no-op, $(count "$(get toolkit.count)") msgs, 2 workers" "$(human "$toolkit" msg/s)" \
         "raw libzmq pass-through $(human "$raw" /s)" "$r" ">= 0.6" "$(verdict "$r" ">=" 0.6)"
+    batched=$(get toolkit.batched)
+    r=$(quotient "$batched" "$raw")
+    row "  same, Ventilator::batch($(get toolkit.batch))" "$(human "$batched" req/s)" \
+        "raw libzmq pass-through $(human "$raw" /s)" "$r" ">= 0.6" "$(verdict "$r" ">=" 0.6)"
 
     hub_toolkit=$(get hub.toolkit) sqlite=$(get hub.sqlite) memory=$(get hub.memory)
     row "2 hub + SQLite store, 2 slots, $(count "$(get hub.count)") no-op" "$(human "$sqlite" task/s)" \

@@ -176,6 +176,12 @@ pub enum MessageKind {
     /// A hub protocol message (registration, heartbeat, a client's query or
     /// its reply); the body's type belongs to the hub layer.
     Control,
+    /// Several [`ClusterRequest`]s in one message (a batching ventilator);
+    /// the header id is the first one's.
+    Requests,
+    /// Several [`ClusterResult`]s in one message, answering a
+    /// [`Requests`](MessageKind::Requests); the header id is the first one's.
+    Results,
 }
 
 impl fmt::Display for MessageKind {
@@ -186,6 +192,8 @@ impl fmt::Display for MessageKind {
             MessageKind::Command => "command",
             MessageKind::Reply => "reply",
             MessageKind::Control => "control",
+            MessageKind::Requests => "request batch",
+            MessageKind::Results => "result batch",
         })
     }
 }
@@ -455,6 +463,18 @@ impl Envelope {
         Ok(reply)
     }
 
+    /// The body of a [`MessageKind::Requests`] message.
+    pub fn requests(&self) -> Result<Vec<ClusterRequest>, MessageError> {
+        self.expect(self.header.kind == MessageKind::Requests, "request batch")?;
+        decode_value(self.body(), "request batch")
+    }
+
+    /// The body of a [`MessageKind::Results`] message.
+    pub fn results(&self) -> Result<Vec<ClusterResult>, MessageError> {
+        self.expect(self.header.kind == MessageKind::Results, "result batch")?;
+        decode_value(self.body(), "result batch")
+    }
+
     /// The body of a [`MessageKind::Control`] message as `T`.
     pub fn control<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         self.expect(self.header.kind == MessageKind::Control, "control")?;
@@ -673,6 +693,35 @@ pub fn send_request(
         id: request.id,
     };
     send(socket, &header, request, 0)
+}
+
+/// Sends several requests as one message ([`MessageKind::Requests`]).
+pub fn send_requests(
+    socket: &zmq::Socket,
+    job: u64,
+    requests: &[ClusterRequest],
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Requests,
+        job,
+        id: requests.first().map_or(0, |r| r.id),
+    };
+    send(socket, &header, requests, 0)
+}
+
+/// Sends several results as one message ([`MessageKind::Results`]).
+pub fn send_results(
+    socket: &zmq::Socket,
+    job: u64,
+    results: &[ClusterResult],
+    flags: i32,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Results,
+        job,
+        id: results.first().map_or(0, |r| r.id),
+    };
+    send(socket, &header, results, flags)
 }
 
 /// Sends a result. `flags` may hold `zmq::DONTWAIT`.

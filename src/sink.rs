@@ -6,13 +6,14 @@
 //! iterator over results as they arrive; a failed result surfaces as
 //! [`SinkError::Worker`], carrying the worker's message and whereabouts.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::message::{self, ClusterResult, Command, MessageError, ResultStatus};
+use crate::message::{self, ClusterResult, Command, MessageError, MessageKind, ResultStatus};
 use crate::socket::{init_socket, poll_readable, Readable, SocketError, SocketKind, SocketSource};
 
 /// A worker reported a failure for one request (glimpse's `WorkerException`).
@@ -82,6 +83,8 @@ pub enum SinkError {
 pub struct Sink {
     results: zmq::Socket,
     commands: Option<zmq::Socket>,
+    /// The rest of a batch of results already received.
+    batched: VecDeque<ClusterResult>,
 }
 
 impl Sink {
@@ -90,6 +93,7 @@ impl Sink {
         Ok(Sink {
             results: init_socket(ctx, results, SocketKind::Pull, "sink results")?,
             commands: None,
+            batched: VecDeque::new(),
         })
     }
 
@@ -150,6 +154,9 @@ impl Sink {
         &mut self,
         timeout: Option<Duration>,
     ) -> Option<Result<ClusterResult, SinkError>> {
+        if let Some(result) = self.batched.pop_front() {
+            return Some(deliver(result));
+        }
         // One deadline for the whole wait: commands and bad messages that
         // wake the poll do not restart the clock.
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -172,13 +179,19 @@ impl Sink {
                 continue;
             }
             match message::recv(&self.results, zmq::DONTWAIT) {
-                Ok(envelope) => match envelope.result() {
-                    Ok(result) if result.status == ResultStatus::Ok => return Some(Ok(result)),
-                    Ok(result) => {
-                        return Some(Err(SinkError::Worker(WorkerException {
-                            result: Box::new(result),
-                        })))
+                Ok(envelope) if envelope.header.kind == MessageKind::Results => {
+                    match envelope.results() {
+                        Ok(results) => {
+                            self.batched.extend(results);
+                            if let Some(result) = self.batched.pop_front() {
+                                return Some(deliver(result));
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "dropping a bad result batch"),
                     }
+                }
+                Ok(envelope) => match envelope.result() {
+                    Ok(result) => return Some(deliver(result)),
                     Err(e) => warn!(error = %e, "dropping a bad result"),
                 },
                 Err(e) if e.is_timeout() => {}
@@ -206,6 +219,17 @@ impl Sink {
                 Err(e) => warn!(error = %e, "dropping a bad message on the command socket"),
             }
         }
+    }
+}
+
+/// A result as the sink hands it out: a failure is an error.
+fn deliver(result: ClusterResult) -> Result<ClusterResult, SinkError> {
+    if result.status == ResultStatus::Ok {
+        Ok(result)
+    } else {
+        Err(SinkError::Worker(WorkerException {
+            result: Box::new(result),
+        }))
     }
 }
 

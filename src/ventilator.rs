@@ -42,6 +42,7 @@ pub struct Ventilator {
     socket: zmq::Socket,
     job: u64,
     ready_at: Instant,
+    batch: usize,
 }
 
 impl Ventilator {
@@ -55,6 +56,7 @@ impl Ventilator {
             socket,
             job: 0,
             ready_at: Instant::now() + DEFAULT_WORKER_CONNECT_DELAY,
+            batch: 1,
         })
     }
 
@@ -71,6 +73,15 @@ impl Ventilator {
         self
     }
 
+    /// Sends up to `n` requests per message (default 1). Small requests
+    /// then cost a fraction of a message each, at the price of coarser load
+    /// balancing: a worker takes a whole batch, and answers it with one
+    /// message once every request in it is handled.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
     /// Sends every request, blocking while workers' queues are full, and
     /// returns how many were sent.
     pub fn send<I>(&mut self, requests: I) -> Result<usize, VentilatorError>
@@ -83,14 +94,30 @@ impl Ventilator {
             thread::sleep(wait);
         }
         let mut sent = 0;
-        for request in requests {
-            message::send_request(&self.socket, self.job, &request).map_err(|source| {
-                VentilatorError::Send {
-                    id: request.id,
-                    source,
-                }
-            })?;
-            sent += 1;
+        if self.batch == 1 {
+            for request in requests {
+                message::send_request(&self.socket, self.job, &request).map_err(|source| {
+                    VentilatorError::Send {
+                        id: request.id,
+                        source,
+                    }
+                })?;
+                sent += 1;
+            }
+        } else {
+            let mut batch = Vec::with_capacity(self.batch);
+            let mut requests = requests.into_iter().peekable();
+            while requests.peek().is_some() {
+                batch.clear();
+                batch.extend(requests.by_ref().take(self.batch));
+                message::send_requests(&self.socket, self.job, &batch).map_err(|source| {
+                    VentilatorError::Send {
+                        id: batch[0].id,
+                        source,
+                    }
+                })?;
+                sent += batch.len();
+            }
         }
         debug!(sent, "ventilator sent requests");
         Ok(sent)

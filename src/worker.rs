@@ -375,9 +375,60 @@ impl<H: Handler> Worker<H> {
 
     fn handle_request(&mut self, envelope: Envelope) -> Result<(), WorkerError> {
         let job = envelope.header.job;
+        if envelope.header.kind == MessageKind::Requests {
+            return self.handle_batch(&envelope);
+        }
+        let request = match envelope.request() {
+            Ok(request) => Ok(request),
+            Err(e) if envelope.header.kind == MessageKind::Request => {
+                // The id is known: answer with a failure rather than leave
+                // the sender waiting for a result that will never come.
+                warn!(id = envelope.header.id, error = %e, "bad request body");
+                Err((envelope.header.id, format!("bad request: {e}")))
+            }
+            Err(e) => {
+                warn!(error = %e, "dropping a message that is not a request");
+                return Ok(());
+            }
+        };
+        let result = self.run_one(request);
+        self.send_result(job, result)
+    }
+
+    /// A batch of requests, answered with one message of results.
+    fn handle_batch(&mut self, envelope: &Envelope) -> Result<(), WorkerError> {
+        let job = envelope.header.job;
+        let requests = match envelope.requests() {
+            Ok(requests) => requests,
+            Err(e) => {
+                // Which ids it held is unknown: nothing can be answered.
+                warn!(error = %e, "dropping a bad request batch");
+                return Ok(());
+            }
+        };
+        let results: Vec<ClusterResult> = requests
+            .into_iter()
+            .map(|request| self.run_one(Ok(request)))
+            .collect();
+        match message::send_results(&self.results, job, &results, 0) {
+            // Too large together: each goes alone, a too large one as its
+            // own failure.
+            Err(MessageError::TooLarge { .. } | MessageError::Encode { .. }) => {
+                for result in results {
+                    self.send_result(job, result)?;
+                }
+                Ok(())
+            }
+            sent => sent.map_err(|e| transport("send results", e)),
+        }
+    }
+
+    /// Runs the handler on one request (or answers a bad one) and makes its
+    /// result.
+    fn run_one(&mut self, request: Result<ClusterRequest, (u64, String)>) -> ClusterResult {
         let started = SystemTime::now();
         let clock = Instant::now();
-        let (request, outcome) = match envelope.request() {
+        let (request, outcome) = match request {
             Ok(request) => {
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&request)))
                     .unwrap_or_else(|panic| {
@@ -388,17 +439,10 @@ impl<H: Handler> Worker<H> {
                     });
                 (request, outcome)
             }
-            Err(e) if envelope.header.kind == MessageKind::Request => {
-                // The id is known: answer with a failure rather than leave
-                // the sender waiting for a result that will never come.
-                warn!(id = envelope.header.id, error = %e, "bad request body");
-                let request = ClusterRequest::new(envelope.header.id, Vec::new());
-                (request, Err(HandlerError(format!("bad request: {e}"))))
-            }
-            Err(e) => {
-                warn!(error = %e, "dropping a message that is not a request");
-                return Ok(());
-            }
+            Err((id, reason)) => (
+                ClusterRequest::new(id, Vec::new()),
+                Err(HandlerError(reason)),
+            ),
         };
         let elapsed = clock.elapsed();
         self.stats.requests_handled += 1;
@@ -410,7 +454,7 @@ impl<H: Handler> Worker<H> {
                 (ResultStatus::Fail, Vec::new(), Some(e.0))
             }
         };
-        let result = ClusterResult {
+        ClusterResult {
             id: request.id,
             status,
             payload,
@@ -423,7 +467,10 @@ impl<H: Handler> Worker<H> {
                 elapsed,
             },
             exception,
-        };
+        }
+    }
+
+    fn send_result(&mut self, job: u64, result: ClusterResult) -> Result<(), WorkerError> {
         match message::send_result(&self.results, job, &result, 0) {
             // A result that cannot be encoded or is too large is that
             // request's failure, not the end of the worker.

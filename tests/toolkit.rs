@@ -537,6 +537,54 @@ fn handler_panic_and_error_fail_one_request_and_the_worker_goes_on() {
     cluster.kill_workers(workers);
 }
 
+/// With a batching ventilator (7 requests per message, so the last batch
+/// is short), every request still gets exactly one result, a panic or an
+/// error fails only its own request, and the workers go on.
+#[test]
+fn batched_requests_get_one_result_each_and_fail_alone() {
+    init_tracing();
+    const N: u64 = 500;
+    let mut cluster = Cluster::new(Transport::Tcp);
+    cluster.batch(7);
+    let workers = cluster.spawn_workers("batched", 2, |_| fragile);
+    cluster.wait_for_workers(2);
+    let requests = (0..N)
+        .map(|id| {
+            ClusterRequest::encode(id, &id)
+                .unwrap()
+                .with_metadata("n", id.to_string())
+        })
+        .collect();
+    let results = cluster.run(requests);
+    let mut seen = BTreeSet::new();
+    for item in &results {
+        let result = match item {
+            Ok(result) => result,
+            Err(SinkError::Worker(exception)) => &exception.result,
+            Err(e) => panic!("unexpected {e}"),
+        };
+        assert!(seen.insert(result.id), "result {} twice", result.id);
+        assert_eq!(
+            result.request_metadata.get("n"),
+            Some(&result.id.to_string())
+        );
+        match result.id {
+            13 => assert!(result.exception.as_deref().unwrap().contains("panicked")),
+            7 => assert_eq!(result.exception.as_deref(), Some("7 is not allowed")),
+            id => assert_eq!(expect_ok(item).decode::<u64>().unwrap(), id * id),
+        }
+    }
+    assert_eq!(seen.len() as u64, N);
+    assert_no_more_results(&mut cluster.sink);
+    let handled: u64 = cluster
+        .wait_for_workers(2)
+        .iter()
+        .map(|r| r.requests_handled)
+        .sum();
+    assert_eq!(handled, N);
+    cluster.kill_workers(workers);
+}
+
 #[test]
 fn overflow_in_a_worker_process_is_a_failure() {
     init_tracing();

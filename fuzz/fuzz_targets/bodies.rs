@@ -8,11 +8,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    let kind = match kind % 5 {
+    let kind = match kind % 7 {
         0 => MessageKind::Request,
         1 => MessageKind::Result(ResultStatus::Ok),
         2 => MessageKind::Result(ResultStatus::Fail),
         3 => MessageKind::Command,
+        4 => MessageKind::Requests,
+        5 => MessageKind::Results,
         _ => MessageKind::Reply,
     };
     let Ok(header) = encode_value(&Header { kind, job: 0, id: 0 }, "header") else {
@@ -24,5 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = envelope.result();
         let _ = envelope.command();
         let _ = envelope.reply();
+        let _ = envelope.requests();
+        let _ = envelope.results();
     }
 });

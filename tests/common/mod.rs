@@ -230,6 +230,11 @@ impl Cluster {
         }
     }
 
+    /// Sends `n` requests per message from now on.
+    pub fn batch(&mut self, n: usize) {
+        self.ventilator = self.ventilator.take().map(|v| v.batch(n));
+    }
+
     /// The ventilator's PUSH socket, to send raw frames to the workers.
     pub fn ventilator_socket(&self) -> &zmq::Socket {
         self.ventilator
