@@ -174,15 +174,11 @@ struct Engine {
 impl Engine {
     /// Tasks it can take now: its free slots, or, while there is a backlog,
     /// as many again to queue locally (prefetch).
-    fn free(&self, prefetch: bool) -> u32 {
+    fn free(&self, depth: u32) -> u32 {
         if self.leaving {
             0
         } else {
-            let capacity = if prefetch {
-                self.slots.saturating_mul(2)
-            } else {
-                self.slots
-            };
+            let capacity = self.slots.saturating_mul(depth.max(1));
             capacity.saturating_sub(self.running.len() as u32)
         }
     }
@@ -268,6 +264,11 @@ struct Job {
     halted: bool,
     /// The latest successful task times, for the straggler rule.
     durations: VecDeque<Duration>,
+    /// Their median, refreshed every few results (sorting on every dispatch
+    /// would cost more than a no-op task).
+    median: Option<Duration>,
+    /// Successful task times recorded in all.
+    recorded: u64,
 }
 
 impl Job {
@@ -285,6 +286,8 @@ impl Job {
             halt_on_failure: false,
             halted: false,
             durations: VecDeque::new(),
+            median: None,
+            recorded: 0,
         }
     }
 
@@ -293,6 +296,28 @@ impl Job {
             self.durations.pop_front();
         }
         self.durations.push_back(took);
+        self.recorded += 1;
+        if self.recorded < 16 || self.recorded % 16 == 0 {
+            let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
+            sorted.sort_unstable();
+            self.median = sorted.get(sorted.len() / 2).copied();
+        }
+    }
+
+    /// Tasks per slot an engine may hold while the job's backlog is long:
+    /// the shorter its tasks, the more it takes to hide the round trip
+    /// between a result and the next task (a few for tasks of a second,
+    /// many for tasks of microseconds, which cost nothing to wait behind).
+    fn prefetch_depth(&self) -> u32 {
+        match self.median() {
+            Some(m) if m < Duration::from_millis(1) => 16,
+            Some(m) if m < Duration::from_millis(10) => 4,
+            _ => 2,
+        }
+    }
+
+    fn median(&self) -> Option<Duration> {
+        self.median
     }
 
     /// How long a task of this job may run before a second copy is started
@@ -303,9 +328,7 @@ impl Job {
         if self.durations.len() < SPECULATE_AFTER {
             return None;
         }
-        let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
-        sorted.sort_unstable();
-        let median = sorted[sorted.len() / 2];
+        let median = self.median()?;
         Some((median * STRAGGLER_FACTOR).max(STRAGGLER_FLOOR))
     }
 }
@@ -1042,14 +1065,18 @@ impl Hub {
             // slots: it hides the round trip between a result and the next
             // task, and at the tail, where a task queued behind a long one
             // would wait while another engine idles, there is none.
-            let prefetch = job.queue.len() > self.total_slots;
+            let depth = if job.queue.len() > self.total_slots {
+                job.prefetch_depth()
+            } else {
+                1
+            };
             // The engine with the most room, preferring one the task has not
             // failed on.
             let engine = self
                 .engines
                 .values_mut()
-                .filter(|e| e.free(prefetch) > 0 && e.can_run(&job.kind))
-                .max_by_key(|e| (!failed_on.contains(&e.id), e.free(prefetch)));
+                .filter(|e| e.free(depth) > 0 && e.can_run(&job.kind))
+                .max_by_key(|e| (!failed_on.contains(&e.id), e.free(depth)));
             let Some(engine) = engine else {
                 // Nothing free for this job now; try the others.
                 self.turns.push_back(job_id);
@@ -1104,7 +1131,7 @@ impl Hub {
     /// [`straggler_after`](Job::straggler_after); each task gets at most one
     /// copy, the first result wins and the other copy is cancelled.
     fn speculate(&mut self) {
-        if !self.engines.values().any(|e| e.free(false) > 0) {
+        if !self.engines.values().any(|e| e.free(1) > 0) {
             return;
         }
         let mut stragglers: Vec<(JobId, u64, Duration)> = Vec::new();
@@ -1134,8 +1161,8 @@ impl Hub {
             let Some(engine) = self
                 .engines
                 .values_mut()
-                .filter(|e| e.free(false) > 0 && e.can_run(&job.kind) && Some(e.id) != running_on)
-                .max_by_key(|e| e.free(false))
+                .filter(|e| e.free(1) > 0 && e.can_run(&job.kind) && Some(e.id) != running_on)
+                .max_by_key(|e| e.free(1))
             else {
                 return;
             };
