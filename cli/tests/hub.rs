@@ -1243,14 +1243,7 @@ fn map_attach_carries_on_a_job_whose_client_died() {
 /// job completes on the workers left.
 #[test]
 fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
-    let mut hub = Hub::start();
-    hub.proc = {
-        kill(Pid::from_raw(hub.proc.pid()), Signal::SIGTERM).unwrap();
-        hub.proc.wait();
-        let proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &["--poison-limit=2"]);
-        proc
-    };
-    hub.wait_ready();
+    let hub = Hub::start_with(&["--poison-limit=2"]);
     let _workers = hub.workers(3, 1);
     let inputs = input_file(hub.dir(), "poison", &["a", "b", "poison", "c", "d"]);
     // The shell's parent is the worker process.
@@ -1420,4 +1413,43 @@ fn registrations_are_published_signed() {
         matches!(notification, Notification::Unregistered { .. }),
         "{notification:?}"
     );
+}
+
+/// Resubmitting failed tasks into a job that is still running does not use
+/// up its client's credit: the map goes on sending, and no task of it is
+/// refused.
+#[test]
+fn resubmit_into_a_running_job_leaves_the_client_its_credit() {
+    let hub = Hub::start_with(&["--credit=4"]);
+    let _workers = hub.workers(1, 2);
+    let mut inputs = vec!["f1".to_string(), "f2".into(), "f3".into()];
+    inputs.extend((4..=16).map(|i| format!("s{i}")));
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let file = input_file(hub.dir(), "credit.txt", &refs);
+    let results = hub.dir().join("credit.jsonl");
+    let script = "case $0 in f*) exit 1;; esac; sleep 0.2; echo \"$0\"";
+    let mut map = hub.spawn_map(
+        "credit",
+        &[
+            file.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+            "{}",
+        ],
+    );
+    wait_until("the map's job", || map.job().is_some());
+    let job = map.job().unwrap();
+    wait_until("the three failures", || {
+        hub.job(job).is_some_and(|j| field_u64(&j, "failed") >= 3)
+    });
+    hub.cmd("resubmit").arg(job.to_string()).assert().success();
+    assert_eq!(map.wait().code(), Some(1), "{}", map.stderr());
+    let expected: String = (4..=16).map(|i| format!("s{i}\n")).collect();
+    assert_eq!(map.stdout(), expected);
+    let records = fs::read_to_string(&results).unwrap();
+    assert!(!records.contains("credit"), "a task was refused: {records}");
 }

@@ -53,6 +53,10 @@ use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LING
 /// Default tasks a client may have outstanding per job.
 pub const DEFAULT_CREDIT: u32 = 1024;
 
+/// Jobs one client may have running at once: with the credit per job, this
+/// bounds what one client can make the hub hold.
+const MAX_JOBS_PER_CLIENT: usize = 256;
+
 /// Engines a task may take down with it (they died while running it)
 /// before it is failed instead of tried again.
 pub const DEFAULT_POISON_LIMIT: u32 = 3;
@@ -206,6 +210,9 @@ struct Task {
     spare: Option<EngineId>,
     /// A second copy was started once; never again.
     speculated: bool,
+    /// Put back by `resubmit` into a running job: not the client's, so not
+    /// counted against its credit.
+    resubmitted: bool,
 }
 
 impl Task {
@@ -220,6 +227,7 @@ impl Task {
             started: None,
             spare: None,
             speculated: false,
+            resubmitted: false,
         }
     }
 }
@@ -269,6 +277,8 @@ struct Job {
     median: Option<Duration>,
     /// Successful task times recorded in all.
     recorded: u64,
+    /// Tasks in `tasks` that `resubmit` put there (see [`Task::resubmitted`]).
+    resubmitted: usize,
 }
 
 impl Job {
@@ -288,7 +298,28 @@ impl Job {
             durations: VecDeque::new(),
             median: None,
             recorded: 0,
+            resubmitted: 0,
         }
+    }
+
+    /// Takes a task out of the job.
+    fn take(&mut self, id: u64) -> Option<Task> {
+        let task = self.tasks.remove(&id)?;
+        self.resubmitted -= usize::from(task.resubmitted);
+        Some(task)
+    }
+
+    /// Puts a task (back) into the job.
+    fn put(&mut self, id: u64, task: Task) {
+        self.resubmitted += usize::from(task.resubmitted);
+        if let Some(old) = self.tasks.insert(id, task) {
+            self.resubmitted -= usize::from(old.resubmitted);
+        }
+    }
+
+    /// Tasks the client has outstanding, against its credit.
+    fn client_tasks(&self) -> usize {
+        self.tasks.len() - self.resubmitted
     }
 
     fn record_duration(&mut self, took: Duration) {
@@ -597,8 +628,7 @@ impl Hub {
                 self.store.task_requeued(task.id)?;
             }
             let request = task.request.unwrap_or_default();
-            job.tasks
-                .insert(task.seq, Task::new(task.id, request, task.attempts));
+            job.put(task.seq, Task::new(task.id, request, task.attempts));
             job.queue.push_back(task.seq);
             requeued += 1;
         }
@@ -957,7 +987,7 @@ impl Hub {
             task.spare = None;
             return;
         }
-        let Some(mut task) = job.tasks.remove(&key.1) else {
+        let Some(mut task) = job.take(key.1) else {
             return;
         };
         if status == ResultStatus::Ok {
@@ -980,7 +1010,7 @@ impl Hub {
             if let Err(e) = self.store.task_requeued(task.store_id) {
                 warn!(error = %e, "cannot record a retry");
             }
-            job.tasks.insert(key.1, task);
+            job.put(key.1, task);
             job.queue.push_back(key.1);
             if !self.turns.contains(&key.0) {
                 self.turns.push_back(key.0);
@@ -1352,7 +1382,7 @@ impl Hub {
             debug!(job = job_id, task = task_id, "dropping a task sent twice");
             return;
         }
-        if job.tasks.len() >= credit {
+        if job.client_tasks() >= credit {
             warn!(
                 job = job_id,
                 credit, "client exceeded its credit; refusing a task"
@@ -1389,7 +1419,7 @@ impl Hub {
         if let Err(e) = self.store.add_tasks(vec![new]) {
             warn!(error = %e, "cannot record a task");
         }
-        job.tasks.insert(task_id, Task::new(store_id, request, 0));
+        job.put(task_id, Task::new(store_id, request, 0));
         job.queue.push_back(task_id);
         if !self.turns.contains(&job_id) {
             self.turns.push_back(job_id);
@@ -1524,6 +1554,12 @@ impl Hub {
         retries: u32,
         halt_on_failure: bool,
     ) -> Result<Reply, HubError> {
+        let open = self.jobs.values().filter(|j| j.client == client).count();
+        if open >= MAX_JOBS_PER_CLIENT {
+            return Ok(Reply::Error(format!(
+                "this client already has {open} jobs running; close some first"
+            )));
+        }
         if let JobKind::Handler(name) = &kind {
             if !self.engines.values().any(|e| e.can_run(&kind)) {
                 return Ok(Reply::Error(format!(
@@ -1784,10 +1820,9 @@ impl Hub {
             .entry(job_id)
             .or_insert_with(|| Job::new(client, kind, description));
         for task in tasks {
-            job.tasks.insert(
-                task.seq,
-                Task::new(task.id, task.request.unwrap_or_default(), task.attempts),
-            );
+            let mut again = Task::new(task.id, task.request.unwrap_or_default(), task.attempts);
+            again.resubmitted = !revived;
+            job.put(task.seq, again);
             job.queue.push_back(task.seq);
         }
         if revived {
@@ -1811,7 +1846,7 @@ impl Hub {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        let Some(task) = job.tasks.remove(&task_id) else {
+        let Some(task) = job.take(task_id) else {
             return;
         };
         job.finished += 1;

@@ -87,10 +87,15 @@ pub struct Hub {
 impl Hub {
     /// Starts a hub (with short heartbeats) and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with more `zcluster hub` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = TempDir::new().unwrap();
         let file = dir.path().join("hub.json");
         let store = dir.path().join("tasks.sqlite");
-        let proc = Self::spawn_hub(dir.path(), &file, &store, &[]);
+        let proc = Self::spawn_hub(dir.path(), &file, &store, extra);
         let hub = Hub {
             proc,
             file,
