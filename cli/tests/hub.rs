@@ -5,6 +5,7 @@
 //! pick free ports, and bounds every wait. Hub and worker logs go to files in
 //! the temp dir and are shown when an assertion about them fails.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -1452,4 +1453,102 @@ fn resubmit_into_a_running_job_leaves_the_client_its_credit() {
     assert_eq!(map.stdout(), expected);
     let records = fs::read_to_string(&results).unwrap();
     assert!(!records.contains("credit"), "a task was refused: {records}");
+}
+
+/// `--retries` runs a failed task again on another engine when there is
+/// one: each input fails on the first worker that runs it and succeeds only
+/// on a different one.
+#[test]
+fn a_retry_goes_to_another_engine() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 1);
+    let marks: Vec<String> = (0..6)
+        .map(|i| hub.dir().join(format!("first-{i}")).display().to_string())
+        .collect();
+    let refs: Vec<&str> = marks.iter().map(String::as_str).collect();
+    let file = input_file(hub.dir(), "retry.txt", &refs);
+    // The shell's parent is the worker process running it.
+    let script = "if [ ! -e \"$0\" ]; then echo $PPID > \"$0\"; exit 3; fi; \
+                  if [ \"$(cat \"$0\")\" = \"$PPID\" ]; then exit 4; fi; echo elsewhere";
+    let output = hub
+        .cmd("map")
+        .args(["--retries", "1"])
+        .arg(&file)
+        .args(["--", "sh", "-c", script])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "elsewhere\n".repeat(6)
+    );
+    let (_, records) = hub.results(job_of(&output));
+    assert!(records.iter().all(|r| r["attempts"] == 2), "{records:?}");
+}
+
+/// A client that disappears leaves its job running: it finishes, and its
+/// results stay in the store until purged.
+#[test]
+fn a_job_whose_client_died_finishes_and_keeps_its_results() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "orphaned", "d", 30);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.05"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("orphaned", &args);
+    wait_until("some results", || map.stdout().lines().count() >= 3);
+    let job = map.job().expect("job id");
+    kill(Pid::from_raw(map.guard.pid()), Signal::SIGKILL).unwrap();
+    map.wait();
+    // Everything it had sent runs to the end.
+    wait_until("the job's tasks to finish", || {
+        hub.job(job)
+            .is_some_and(|j| field_u64(&j, "pending") + field_u64(&j, "running") == 0)
+    });
+    let records = hub.results(job).1;
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r["status"] == "ok"), "{records:?}");
+    let printed: Vec<&str> = records
+        .iter()
+        .map(|r| r["input"].as_str().unwrap())
+        .collect();
+    assert!(printed.iter().all(|p| lines.iter().any(|l| l == p)));
+    hub.cmd("purge")
+        .args(["--job", &job.to_string()])
+        .assert()
+        .success();
+    assert!(hub.job(job).is_none(), "purged");
+}
+
+/// A worker that joins while a job runs gets its tasks at once.
+#[test]
+fn a_worker_joining_mid_job_gets_work() {
+    let hub = Hub::start();
+    let _first = hub.workers(1, 1);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "late", "l", 30);
+    let results = hub.dir().join("late.jsonl");
+    let mut args = vec![
+        inputs.to_str().unwrap().to_string(),
+        "--results".to_string(),
+        results.display().to_string(),
+    ];
+    args.extend(slow_echo("0.1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("late", &args);
+    wait_until("two results", || map.stdout().lines().count() >= 2);
+    let _late = hub.workers(1, 1);
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+    let pids: BTreeSet<u64> = fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| field_u64(&serde_json::from_str(l).unwrap(), "pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "both workers ran tasks: {pids:?}");
 }

@@ -1100,15 +1100,30 @@ impl Hub {
             } else {
                 1
             };
-            // The engine with the most room, preferring one the task has not
-            // failed on.
+            // A retry goes to an engine it has not failed on while there
+            // is one (busy or not); only when every engine that can run it
+            // has failed it may it go back to one.
+            let elsewhere = !failed_on.is_empty()
+                && self
+                    .engines
+                    .values()
+                    .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
+            // The engine with the most room.
             let engine = self
                 .engines
                 .values_mut()
-                .filter(|e| e.free(depth) > 0 && e.can_run(&job.kind))
-                .max_by_key(|e| (!failed_on.contains(&e.id), e.free(depth)));
+                .filter(|e| {
+                    e.free(depth) > 0
+                        && e.can_run(&job.kind)
+                        && !(elsewhere && failed_on.contains(&e.id))
+                })
+                .max_by_key(|e| e.free(depth));
             let Some(engine) = engine else {
-                // Nothing free for this job now; try the others.
+                // Nothing free for this job now; try the others. A retry
+                // waiting for another engine lets the tasks behind it go.
+                if elsewhere && job.queue.len() > 1 {
+                    job.queue.rotate_left(1);
+                }
                 self.turns.push_back(job_id);
                 idle_turns += 1;
                 continue;
