@@ -21,6 +21,7 @@
 #   SEED=N                      which workers get killed (default: the pid)
 #   KEEP=1                      keep the scratch dir (logs, outputs)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TASKS=${TASKS:-20000}
@@ -44,18 +45,7 @@ live=()     # worker pids now running
 started=()  # every pid this script started, for cleanup
 
 cleanup() {
-    local pid i
-    for pid in "${started[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${started[@]}"; do
-        for ((i = 0; i < 30; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids 30 "${started[@]}"
     if [ -n "$tmp" ]; then
         if [ "$KEEP" = 1 ]; then
             echo "chaos: logs and outputs kept in $tmp" >&2

@@ -18,6 +18,7 @@
 # Without the privileges to create namespaces it prints one `SKIP:` line and
 # exits 0.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
 skip() {
     echo "SKIP: $*"
@@ -40,18 +41,7 @@ pids=()
 tmp=
 
 cleanup() {
-    local pid i
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids 50 "${pids[@]}"
     for ns in "${created[@]}"; do
         ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
         ip netns del "$ns" >/dev/null 2>&1 || true

@@ -409,6 +409,22 @@ pub struct Hub {
 /// level only, so a flood of fresh identities cannot grow the set.
 const MAX_WARNED_PEERS: usize = 4096;
 
+/// Sends a task's recorded request to the engine `identity`.
+fn send_task(
+    socket: &SignedSocket,
+    identity: &[u8],
+    job: JobId,
+    id: u64,
+    request: &[u8],
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Request,
+        job,
+        id,
+    };
+    socket.send_raw_routed(identity, &header, request)
+}
+
 /// The request body with its attempt number in the metadata (re-encoded
 /// only on a retry, which is rare).
 fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
@@ -1136,15 +1152,13 @@ impl Hub {
             let Some(task) = job.tasks.get_mut(&task_id) else {
                 continue;
             };
-            let header = Header {
-                kind: MessageKind::Request,
-                job: job_id,
-                id: task_id,
-            };
-            if let Err(e) =
-                self.engines_socket
-                    .send_raw_routed(&engine.identity, &header, &task.request)
-            {
+            if let Err(e) = send_task(
+                &self.engines_socket,
+                &engine.identity,
+                job_id,
+                task_id,
+                &task.request,
+            ) {
                 // With ROUTER_MANDATORY an engine that is gone (a ghost
                 // left by a reconnect) is an error here: drop it, keep the
                 // task, and try again with the engines that are left.
@@ -1211,15 +1225,13 @@ impl Hub {
             else {
                 return;
             };
-            let header = Header {
-                kind: MessageKind::Request,
-                job: job_id,
-                id: task_id,
-            };
-            if let Err(e) =
-                self.engines_socket
-                    .send_raw_routed(&engine.identity, &header, &task.request)
-            {
+            if let Err(e) = send_task(
+                &self.engines_socket,
+                &engine.identity,
+                job_id,
+                task_id,
+                &task.request,
+            ) {
                 debug!(engine = engine.id, error = %e, "cannot send a second copy");
                 continue;
             }
