@@ -8,7 +8,12 @@
 //! | 0..8 | session: random per signing socket, little endian |
 //! | 8..16 | sequence number within the session, from 1, strictly increasing |
 //! | 16..24 | milliseconds since the Unix epoch when it was signed |
-//! | 24..56 | HMAC-SHA256 over the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
+//! | 24..56 | HMAC-SHA256 over the [`Channel`] label, the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
+//!
+//! The channel names the direction (engine to hub, hub to client, ...), so
+//! a message signed for one direction is refused in any other: one the hub
+//! sent cannot be played back to the hub, nor one meant for an engine to a
+//! client.
 //!
 //! A [`Verifier`] accepts a message only if its tag verifies (compared in
 //! constant time) and it is fresh:
@@ -22,8 +27,9 @@
 //!   restart from being played to the new process.
 //!
 //! A session's highest sequence number is kept until the session has been
-//! quiet for the whole window (after which anything it ever signed is stale
-//! anyway), so memory follows the number of live peers. Clocks across the lab
+//! quiet for the whole window and everything it signed is stale (a sender
+//! whose clock runs ahead signs messages that stay fresh longer), so memory
+//! follows the number of live peers. Clocks across the lab
 //! must agree to within the window; a peer whose clock lags by more than the
 //! slack waits that long after a receiver's restart before it is heard.
 
@@ -102,6 +108,33 @@ impl fmt::Display for Skew {
     }
 }
 
+/// Which way a message goes; part of what is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Hub to engine: tasks, commands, heartbeats.
+    HubToEngine,
+    /// Engine to hub: registration, heartbeats, results, replies.
+    EngineToHub,
+    /// Client to hub: calls and tasks.
+    ClientToHub,
+    /// Hub to client: replies and results.
+    HubToClient,
+    /// Hub to subscribers: notifications.
+    Notifications,
+}
+
+impl Channel {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Channel::HubToEngine => b"zcluster hub->engine",
+            Channel::EngineToHub => b"zcluster engine->hub",
+            Channel::ClientToHub => b"zcluster client->hub",
+            Channel::HubToClient => b"zcluster hub->client",
+            Channel::Notifications => b"zcluster hub->subscribers",
+        }
+    }
+}
+
 /// The cluster's shared secret.
 #[derive(Clone)]
 pub struct Key(HmacSha256);
@@ -132,9 +165,16 @@ impl Key {
     }
 
     /// The tag over a message's parts, each preceded by its length.
-    fn tag(&self, protocol: &[u8], nonce: &[u8], header: &[u8], body: &[u8]) -> HmacSha256 {
+    fn tag(
+        &self,
+        channel: Channel,
+        protocol: &[u8],
+        nonce: &[u8],
+        header: &[u8],
+        body: &[u8],
+    ) -> HmacSha256 {
         let mut mac = self.0.clone();
-        for part in [protocol, nonce, header, body] {
+        for part in [channel.label(), protocol, nonce, header, body] {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part);
         }
@@ -170,15 +210,17 @@ pub(crate) fn random_u64() -> u64 {
 #[derive(Debug)]
 pub struct Signer {
     key: Key,
+    channel: Channel,
     session: u64,
     seq: AtomicU64,
 }
 
 impl Signer {
-    /// A signer with a fresh random session.
-    pub fn new(key: Key) -> Self {
+    /// A signer for `channel` with a fresh random session.
+    pub fn new(key: Key, channel: Channel) -> Self {
         Signer {
             key,
+            channel,
             session: random_u64(),
             seq: AtomicU64::new(0),
         }
@@ -193,7 +235,7 @@ impl Signer {
         frame[16..24].copy_from_slice(&now_millis().to_le_bytes());
         let tag = self
             .key
-            .tag(protocol, &frame[..NONCE_BYTES], header, body)
+            .tag(self.channel, protocol, &frame[..NONCE_BYTES], header, body)
             .finalize()
             .into_bytes();
         frame[NONCE_BYTES..].copy_from_slice(&tag);
@@ -204,14 +246,19 @@ impl Signer {
 struct Seen {
     last_seq: u64,
     last_heard: Instant,
+    /// The latest signing time seen: nothing of the session is stale
+    /// before this plus the window.
+    last_signed: u64,
 }
 
 /// Checks the messages one socket receives.
 pub struct Verifier {
     key: Key,
+    channel: Channel,
     started_millis: u64,
     sessions: HashMap<u64, Seen>,
     next_prune: Instant,
+    window: Duration,
 }
 
 impl fmt::Debug for Verifier {
@@ -223,14 +270,24 @@ impl fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier that has heard no session yet.
-    pub fn new(key: Key) -> Self {
+    /// A verifier for messages on `channel` that has heard no session yet.
+    pub fn new(key: Key, channel: Channel) -> Self {
         Verifier {
             key,
+            channel,
             started_millis: now_millis(),
             sessions: HashMap::new(),
             next_prune: Instant::now() + REPLAY_WINDOW,
+            window: REPLAY_WINDOW,
         }
+    }
+
+    /// The same with another window (tests shrink it to see pruning).
+    #[cfg(test)]
+    fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self.next_prune = Instant::now() + window;
+        self
     }
 
     /// Sessions remembered now.
@@ -255,13 +312,13 @@ impl Verifier {
         }
         let (nonce, tag) = signature.split_at(NONCE_BYTES);
         self.key
-            .tag(protocol, nonce, header, body)
+            .tag(self.channel, protocol, nonce, header, body)
             .verify_slice(tag)
             .map_err(|_| AuthError::Forged)?;
         let field = |i: usize| u64::from_le_bytes(nonce[i * 8..i * 8 + 8].try_into().expect("8"));
         let (session, seq, signed) = (field(0), field(1), field(2));
         let now = now_millis();
-        let window = REPLAY_WINDOW.as_millis() as u64;
+        let window = self.window.as_millis() as u64;
         if signed.abs_diff(now) > window {
             return Err(AuthError::Stale(Skew {
                 by: Duration::from_millis(signed.abs_diff(now)),
@@ -270,9 +327,14 @@ impl Verifier {
         }
         let clock = Instant::now();
         if clock >= self.next_prune {
-            self.sessions
-                .retain(|_, seen| clock.duration_since(seen.last_heard) <= REPLAY_WINDOW);
-            self.next_prune = clock + REPLAY_WINDOW / 4;
+            // Forget a session only once it has been quiet for the window
+            // and all it signed is stale: a sender whose clock runs ahead
+            // signs messages that stay fresh after it falls quiet.
+            self.sessions.retain(|_, seen| {
+                clock.duration_since(seen.last_heard) <= self.window
+                    || now <= seen.last_signed.saturating_add(window)
+            });
+            self.next_prune = clock + self.window / 4;
         }
         match self.sessions.get_mut(&session) {
             Some(seen) if seq <= seen.last_seq => Err(AuthError::Replayed {
@@ -283,6 +345,7 @@ impl Verifier {
             Some(seen) => {
                 seen.last_seq = seq;
                 seen.last_heard = clock;
+                seen.last_signed = seen.last_signed.max(signed);
                 Ok(())
             }
             None => {
@@ -302,6 +365,7 @@ impl Verifier {
                     Seen {
                         last_seq: seq,
                         last_heard: clock,
+                        last_signed: signed,
                     },
                 );
                 Ok(())
@@ -321,11 +385,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Both halves from one key.
-    pub fn new(key: &Key) -> Self {
+    /// Both halves from one key: signing what goes out on `sends`, checking
+    /// that what comes in was signed for `receives`.
+    pub fn new(key: &Key, sends: Channel, receives: Channel) -> Self {
         Auth {
-            signer: Signer::new(key.clone()),
-            verifier: Verifier::new(key.clone()),
+            signer: Signer::new(key.clone(), sends),
+            verifier: Verifier::new(key.clone(), receives),
         }
     }
 }
@@ -338,10 +403,12 @@ mod tests {
         Key::from_hex(&"ab".repeat(32)).unwrap()
     }
 
+    const C: Channel = Channel::ClientToHub;
+
     fn nonce_with(signature: &mut [u8; SIGNATURE_BYTES], field: usize, value: u64, key: &Key) {
         signature[field * 8..field * 8 + 8].copy_from_slice(&value.to_le_bytes());
         let tag = key
-            .tag(b"p", &signature[..NONCE_BYTES], b"h", b"b")
+            .tag(C, b"p", &signature[..NONCE_BYTES], b"h", b"b")
             .finalize()
             .into_bytes();
         signature[NONCE_BYTES..].copy_from_slice(&tag);
@@ -349,8 +416,8 @@ mod tests {
 
     #[test]
     fn signed_messages_verify_once() {
-        let signer = Signer::new(key());
-        let mut verifier = Verifier::new(key());
+        let signer = Signer::new(key(), C);
+        let mut verifier = Verifier::new(key(), C);
         let first = signer.sign(b"p", b"h", b"b");
         let second = signer.sign(b"p", b"h", b"b");
         assert_ne!(
@@ -372,8 +439,8 @@ mod tests {
 
     #[test]
     fn any_change_is_a_forgery() {
-        let signer = Signer::new(key());
-        let mut verifier = Verifier::new(key());
+        let signer = Signer::new(key(), C);
+        let mut verifier = Verifier::new(key(), C);
         let signature = signer.sign(b"p", b"header", b"body");
         for (protocol, header, body) in [
             (&b"q"[..], &b"header"[..], &b"body"[..]),
@@ -387,7 +454,7 @@ mod tests {
                 Err(AuthError::Forged)
             );
         }
-        let other = Signer::new(Key::from_bytes(b"another key of enough length"));
+        let other = Signer::new(Key::from_bytes(b"another key of enough length"), C);
         let forged = other.sign(b"p", b"header", b"body");
         assert_eq!(
             verifier.verify(&forged, b"p", b"header", b"body"),
@@ -418,8 +485,8 @@ mod tests {
     #[test]
     fn stale_future_and_pre_start_messages_are_refused() {
         let key = key();
-        let mut verifier = Verifier::new(key.clone());
-        let mut signature = Signer::new(key.clone()).sign(b"p", b"h", b"b");
+        let mut verifier = Verifier::new(key.clone(), C);
+        let mut signature = Signer::new(key.clone(), C).sign(b"p", b"h", b"b");
         let now = now_millis();
         let window = REPLAY_WINDOW.as_millis() as u64;
         nonce_with(&mut signature, 2, now - window - 5_000, &key);
@@ -445,6 +512,50 @@ mod tests {
         nonce_with(&mut signature, 1, 2, &key);
         nonce_with(&mut signature, 2, now - 60_000, &key);
         assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+    }
+
+    #[test]
+    fn a_message_signed_for_one_direction_is_refused_in_another() {
+        let signer = Signer::new(key(), Channel::HubToEngine);
+        let signature = signer.sign(b"p", b"h", b"b");
+        for channel in [
+            Channel::EngineToHub,
+            Channel::ClientToHub,
+            Channel::HubToClient,
+            Channel::Notifications,
+        ] {
+            let mut verifier = Verifier::new(key(), channel);
+            assert_eq!(
+                verifier.verify(&signature, b"p", b"h", b"b"),
+                Err(AuthError::Forged),
+                "{channel:?}"
+            );
+        }
+        let mut engine = Verifier::new(key(), Channel::HubToEngine);
+        assert_eq!(engine.verify(&signature, b"p", b"h", b"b"), Ok(()));
+    }
+
+    /// A sender whose clock runs ahead signs messages that stay fresh after
+    /// it falls quiet: its session is kept until they are stale, so a replay
+    /// in between is still refused.
+    #[test]
+    fn a_quiet_session_is_remembered_while_its_messages_are_fresh() {
+        let key = key();
+        let window = Duration::from_millis(300);
+        let mut verifier = Verifier::new(key.clone(), C).with_window(window);
+        let mut signature = Signer::new(key.clone(), C).sign(b"p", b"h", b"b");
+        nonce_with(&mut signature, 2, now_millis() + 250, &key);
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        // Quiet for longer than the window, but the message (signed 250 ms
+        // ahead) is fresh until 550 ms: it must still be known.
+        std::thread::sleep(Duration::from_millis(400));
+        let mut other = Signer::new(key.clone(), C).sign(b"p", b"h", b"b");
+        nonce_with(&mut other, 2, now_millis(), &key);
+        assert_eq!(verifier.verify(&other, b"p", b"h", b"b"), Ok(()), "prunes");
+        assert!(matches!(
+            verifier.verify(&signature, b"p", b"h", b"b"),
+            Err(AuthError::Replayed { .. })
+        ));
     }
 
     #[test]

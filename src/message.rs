@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Auth, AuthError, Key, Signer, Verifier};
+use crate::auth::{Auth, AuthError, Channel, Key, Signer, Verifier};
 
 /// First frame of every message: protocol name and version.
 pub const PROTOCOL: &[u8] = b"zcluster/1";
@@ -788,11 +788,12 @@ impl fmt::Debug for SignedSocket {
 }
 
 impl SignedSocket {
-    /// Wraps a socket; it signs with a fresh session of `key`.
-    pub fn new(socket: zmq::Socket, key: &Key) -> Self {
+    /// Wraps a socket: it signs what it sends for `sends` (with a fresh
+    /// session of `key`) and accepts only messages signed for `receives`.
+    pub fn new(socket: zmq::Socket, key: &Key, sends: Channel, receives: Channel) -> Self {
         SignedSocket {
             socket,
-            auth: Auth::new(key),
+            auth: Auth::new(key, sends, receives),
         }
     }
 

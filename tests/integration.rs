@@ -7,6 +7,7 @@
 //! tests/, which would not be built.
 
 mod common;
+mod job_handle;
 mod map;
 mod pool;
 mod toolkit;

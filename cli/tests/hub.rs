@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use predicates::prelude::*;
 use serde_json::Value;
 use tempfile::TempDir;
-use zcluster::auth::{Key, Signer, Verifier};
+use zcluster::auth::{Channel, Key, Signer, Verifier};
 use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::protocol::{ClientCall, Notification};
 use zcluster::message::{decode_value, encode_value, Envelope, Header, MessageKind, PROTOCOL};
@@ -1085,7 +1085,10 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     let ctx = zmq::Context::new();
     let intruder = raw_client(&ctx, &hub, b"intruder");
     let forger = raw_client(&ctx, &hub, b"forger");
-    let other_key = Signer::new(Key::from_bytes(b"a key of some other cluster"));
+    let other_key = Signer::new(
+        Key::from_bytes(b"a key of some other cluster"),
+        Channel::ClientToHub,
+    );
     let kill = ClientCall::Kill {
         engines: None,
         restart: false,
@@ -1103,7 +1106,7 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(!answered(&forger, 50), "a forged call got an answer");
 
     let member = raw_client(&ctx, &hub, b"member");
-    let signer = Signer::new(info.signing_key().unwrap());
+    let signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
     let ping = call_frames(Some(&signer), 1, &ClientCall::Ping);
     member.send_multipart(&ping, 0).unwrap();
     assert!(answered(&member, 1), "a signed ping is answered");
@@ -1396,7 +1399,7 @@ fn registrations_are_published_signed() {
     let [protocol, signature, header, body] = &frames[..] else {
         panic!("four frames, got {}", frames.len());
     };
-    let mut verifier = Verifier::new(info.signing_key().unwrap());
+    let mut verifier = Verifier::new(info.signing_key().unwrap(), Channel::Notifications);
     verifier
         .verify(signature, protocol, header, body)
         .expect("signed with the cluster's key");

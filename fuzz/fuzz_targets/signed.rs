@@ -3,19 +3,19 @@
 //! message is refused.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use zcluster::auth::{Key, Signer, Verifier, SIGNATURE_BYTES};
+use zcluster::auth::{Channel, Key, Signer, Verifier, SIGNATURE_BYTES};
 use zcluster::message::PROTOCOL;
 
 fuzz_target!(|data: &[u8]| {
     let key = Key::from_bytes(b"a fuzzing key of enough length");
-    let mut verifier = Verifier::new(key.clone());
+    let mut verifier = Verifier::new(key.clone(), Channel::ClientToHub);
     // Arbitrary frames: the first bytes as a signature, the rest split.
     let cut = data.len().min(SIGNATURE_BYTES);
     let (signature, rest) = data.split_at(cut);
     let (header, body) = rest.split_at(rest.len() / 2);
     assert!(verifier.verify(signature, PROTOCOL, header, body).is_err());
 
-    let signer = Signer::new(key);
+    let signer = Signer::new(key, Channel::ClientToHub);
     let genuine = signer.sign(PROTOCOL, header, body);
     assert!(verifier.verify(&genuine, PROTOCOL, header, body).is_ok());
     assert!(verifier.verify(&genuine, PROTOCOL, header, body).is_err());

@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{AttachInfo, ClientCall, JobId, JobKind, Reply, TaskReport};
+use crate::auth::Channel;
 use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
 use crate::message::{
     self, ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind, SignedSocket,
@@ -93,7 +94,7 @@ impl HubClient {
             .map_err(fail)?;
         socket.connect(&url).map_err(fail)?;
         Ok(HubClient {
-            socket: SignedSocket::new(socket, &key),
+            socket: SignedSocket::new(socket, &key, Channel::ClientToHub, Channel::HubToClient),
             url,
             next_request: 1,
             timeout: DEFAULT_CALL_TIMEOUT,
@@ -243,6 +244,13 @@ pub struct JobHandle {
     ready: VecDeque<ClusterResult>,
     /// Stored reports fetched ahead by [`expect`](Self::expect).
     fetched: BTreeMap<u64, TaskReport>,
+    /// Live results of tasks the store held that arrived before their
+    /// `expect` (the store said they were running when their page was
+    /// fetched): kept for it. At most the job's unfinished tasks.
+    early: HashMap<u64, ClusterResult>,
+    /// The next id [`expect`](Self::expect) will be called with (they come
+    /// in order).
+    next_expected: u64,
     /// Tasks the store held when this client attached.
     known: u64,
     last_heard: Instant,
@@ -281,6 +289,8 @@ impl JobHandle {
             outstanding: HashMap::new(),
             ready: VecDeque::new(),
             fetched: BTreeMap::new(),
+            early: HashMap::new(),
+            next_expected: 0,
             known,
             last_heard: Instant::now(),
             silent_since: None,
@@ -323,6 +333,7 @@ impl JobHandle {
     /// if it finished. Returns its recorded request body, so the caller can
     /// check it is the task it means.
     pub fn expect(&mut self, client: &mut HubClient, id: u64) -> Result<Vec<u8>, ClientError> {
+        self.next_expected = self.next_expected.max(id + 1);
         if !self.fetched.contains_key(&id) {
             let ids: Vec<u64> = (id..self.known.min(id + FETCH_PAGE)).collect();
             let reports = self.fetch(client, ids, false)?;
@@ -335,7 +346,10 @@ impl JobHandle {
             )));
         };
         let request = report.request.clone().unwrap_or_default();
-        if report.finished() {
+        if let Some(result) = self.early.remove(&id) {
+            // Finished after its page was fetched, and already here.
+            self.ready.push_back(result);
+        } else if report.finished() {
             self.ready.push_back(report.into_result());
         } else {
             self.outstanding.insert(id, None);
@@ -372,6 +386,11 @@ impl JobHandle {
             self.last_heard = Instant::now();
             if self.outstanding.remove(&result.id).is_some() {
                 return Ok(Some(result));
+            }
+            if result.id >= self.next_expected && result.id < self.known {
+                // A stored task not taken on yet: its `expect` will want it.
+                self.early.entry(result.id).or_insert(result);
+                continue;
             }
             // A duplicate (a task run again after a restart): the first won.
             debug!(

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::client::random_identity;
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
+use crate::auth::Channel;
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
     self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
@@ -538,7 +539,8 @@ fn connect(
             .and_then(|()| socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64))
             .and_then(|()| socket.connect(&options.connection.engines));
         setup.map_err(|e| transport("connect to the hub", e.into()))?;
-        let mut socket = SignedSocket::new(socket, &key);
+        let mut socket =
+            SignedSocket::new(socket, &key, Channel::EngineToHub, Channel::HubToEngine);
         send_control(&socket, register);
         let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
         while Instant::now() < deadline {

@@ -42,7 +42,7 @@ use super::protocol::{
 use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
 };
-use crate::auth::Key;
+use crate::auth::{Channel, Key};
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
     Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket,
@@ -564,9 +564,25 @@ impl Hub {
             None => ConnectionInfo::new_key()?,
         };
         let signing = Key::from_hex(&key).map_err(ConnectionError::BadKey)?;
-        let engines_socket = SignedSocket::new(engines_socket, &signing);
-        let clients_socket = SignedSocket::new(clients_socket, &signing);
-        let notifications = SignedSocket::new(notifications, &signing);
+        let engines_socket = SignedSocket::new(
+            engines_socket,
+            &signing,
+            Channel::HubToEngine,
+            Channel::EngineToHub,
+        );
+        let clients_socket = SignedSocket::new(
+            clients_socket,
+            &signing,
+            Channel::HubToClient,
+            Channel::ClientToHub,
+        );
+        // Nothing signed is read from subscribers; the channel is unused.
+        let notifications = SignedSocket::new(
+            notifications,
+            &signing,
+            Channel::Notifications,
+            Channel::Notifications,
+        );
         // A wildcard bind (0.0.0.0) is reachable at the machine's name.
         let reachable = |url: String| url.replace("0.0.0.0", &crate::host_name());
         let connection = ConnectionInfo {
