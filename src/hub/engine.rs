@@ -227,6 +227,9 @@ pub fn run_engine(
             };
             let task = (job_of(&request), request.id);
             let ticket = slots.submit(request)?;
+            // The flag exists from now on, so a cancel that comes before
+            // the slot starts the task is not lost.
+            task_flag(&flags, task.0, ticket);
             tickets.insert(ticket, task);
         }
         if let Some(exit) = leaving {
@@ -270,7 +273,10 @@ pub fn run_engine(
         if slots_ready {
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
                 let job = tickets.remove(&ticket).map_or(0, |(job, _)| job);
-                cancels(&flags).tasks.remove(&ticket);
+                let cancelled = cancels(&flags)
+                    .tasks
+                    .remove(&ticket)
+                    .is_some_and(|(_, flag)| flag.load(Ordering::SeqCst));
                 if !result.request_metadata.contains_key(HANDLER_KEY) {
                     mark_failed_commands(&mut result);
                 }
@@ -279,7 +285,11 @@ pub fn run_engine(
                 if let Err(e) = result_to_hub(&conn.socket, job, &result) {
                     warn!(error = %e, "cannot send a result to the hub");
                 }
-                recent.keep(job, result, conn.heartbeat * (options.misses + 2));
+                // A cancelled copy's failure says nothing about its task:
+                // never send it again to a hub that may take it as final.
+                if !cancelled {
+                    recent.keep(job, result, conn.heartbeat * (options.misses + 2));
+                }
             }
         }
         if hub_ready {

@@ -210,9 +210,11 @@ struct Task {
     spare: Option<EngineId>,
     /// A second copy was started once; never again.
     speculated: bool,
-    /// Put back by `resubmit` into a running job: not the client's, so not
-    /// counted against its credit.
-    resubmitted: bool,
+    /// Not counted against the client's credit: put back by `resubmit`
+    /// into a running job, or taken back from the store by a restarted hub
+    /// (some of which the client already has results for, and which it
+    /// does not count).
+    uncounted: bool,
 }
 
 impl Task {
@@ -227,7 +229,7 @@ impl Task {
             started: None,
             spare: None,
             speculated: false,
-            resubmitted: false,
+            uncounted: false,
         }
     }
 }
@@ -277,8 +279,9 @@ struct Job {
     median: Option<Duration>,
     /// Successful task times recorded in all.
     recorded: u64,
-    /// Tasks in `tasks` that `resubmit` put there (see [`Task::resubmitted`]).
-    resubmitted: usize,
+    /// Tasks in `tasks` not counted against the client's credit (see
+    /// [`Task::uncounted`]).
+    uncounted: usize,
 }
 
 impl Job {
@@ -298,28 +301,28 @@ impl Job {
             durations: VecDeque::new(),
             median: None,
             recorded: 0,
-            resubmitted: 0,
+            uncounted: 0,
         }
     }
 
     /// Takes a task out of the job.
     fn take(&mut self, id: u64) -> Option<Task> {
         let task = self.tasks.remove(&id)?;
-        self.resubmitted -= usize::from(task.resubmitted);
+        self.uncounted -= usize::from(task.uncounted);
         Some(task)
     }
 
     /// Puts a task (back) into the job.
     fn put(&mut self, id: u64, task: Task) {
-        self.resubmitted += usize::from(task.resubmitted);
+        self.uncounted += usize::from(task.uncounted);
         if let Some(old) = self.tasks.insert(id, task) {
-            self.resubmitted -= usize::from(old.resubmitted);
+            self.uncounted -= usize::from(old.uncounted);
         }
     }
 
     /// Tasks the client has outstanding, against its credit.
     fn client_tasks(&self) -> usize {
-        self.tasks.len() - self.resubmitted
+        self.tasks.len() - self.uncounted
     }
 
     fn record_duration(&mut self, took: Duration) {
@@ -660,7 +663,9 @@ impl Hub {
                 self.store.task_requeued(task.id)?;
             }
             let request = task.request.unwrap_or_default();
-            job.put(task.seq, Task::new(task.id, request, task.attempts));
+            let mut recovered = Task::new(task.id, request, task.attempts);
+            recovered.uncounted = true;
+            job.put(task.seq, recovered);
             job.queue.push_back(task.seq);
             requeued += 1;
         }
@@ -1005,18 +1010,21 @@ impl Hub {
             debug!(job = key.0, task = key.1, "dropping a duplicate result");
             return;
         };
-        // A straggler's second copy may still be running elsewhere.
-        let other = if task.engine == Some(engine_id) {
-            task.spare
-        } else if task.spare == Some(engine_id) {
-            task.engine
-        } else {
-            None
-        };
-        if status == ResultStatus::Fail && other.is_some() {
-            // One copy failed while the other runs on: that one decides.
-            task.engine = other;
-            task.spare = None;
+        // Copies of it that may still run elsewhere: a straggler's second
+        // copy, or (for a result from an engine that lost the task, say one
+        // wrongly declared dead) whatever runs it now.
+        let others: Vec<EngineId> = [task.engine, task.spare]
+            .into_iter()
+            .flatten()
+            .filter(|&e| e != engine_id)
+            .collect();
+        if status == ResultStatus::Fail && !others.is_empty() && !job.halted {
+            // This copy failed while another runs on: that one decides.
+            if task.engine == Some(engine_id) {
+                task.engine = task.spare.take();
+            } else if task.spare == Some(engine_id) {
+                task.spare = None;
+            }
             return;
         }
         let Some(mut task) = job.take(key.1) else {
@@ -1027,10 +1035,12 @@ impl Hub {
                 job.record_duration(started.elapsed());
             }
         }
-        // The first result wins; the other copy is stopped.
-        let loser = other
-            .and_then(|id| self.engines.get(&id))
-            .map(|e| e.identity.clone());
+        // The first result wins; the other copies are stopped.
+        let losers: Vec<Vec<u8>> = others
+            .iter()
+            .filter_map(|id| self.engines.get(id))
+            .map(|e| e.identity.clone())
+            .collect();
         if status == ResultStatus::Fail && task.attempts <= job.retries && !job.halted {
             // Run it again, preferably elsewhere; the client sees only the
             // last attempt, which tells it how many there were.
@@ -1075,7 +1085,7 @@ impl Hub {
         }
         let client = job.client.clone();
         let header = envelope.header;
-        if let Some(identity) = loser {
+        for identity in losers {
             let cancel = HubToEngine::CancelTask {
                 job: key.0,
                 id: key.1,
@@ -1233,10 +1243,16 @@ impl Hub {
                 continue;
             };
             let running_on = task.engine;
+            let failed_on = &task.failed_on;
             let Some(engine) = self
                 .engines
                 .values_mut()
-                .filter(|e| e.free(1) > 0 && e.can_run(&job.kind) && Some(e.id) != running_on)
+                .filter(|e| {
+                    e.free(1) > 0
+                        && e.can_run(&job.kind)
+                        && Some(e.id) != running_on
+                        && !failed_on.contains(&e.id)
+                })
                 .max_by_key(|e| e.free(1))
             else {
                 return;
@@ -1712,7 +1728,11 @@ impl Hub {
         // each is answered as well.
         let dropped: Vec<u64> = job.queue.drain(..).collect();
         let engines: HashSet<EngineId> = if kill_running {
-            job.tasks.values().filter_map(|t| t.engine).collect()
+            job.tasks
+                .values()
+                .flat_map(|t| [t.engine, t.spare])
+                .flatten()
+                .collect()
         } else {
             HashSet::new()
         };
@@ -1864,7 +1884,7 @@ impl Hub {
             .or_insert_with(|| Job::new(client, kind, description));
         for task in tasks {
             let mut again = Task::new(task.id, task.request.unwrap_or_default(), task.attempts);
-            again.resubmitted = !revived;
+            again.uncounted = !revived;
             job.put(task.seq, again);
             job.queue.push_back(task.seq);
         }
