@@ -178,7 +178,7 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         "$r" "<= 1.05" "$(verdict "$r" "<=" 1.05)"
 
     # Flat: at most 1.25x the memory for 10x the tasks. At QUICK sizes the
-    # SQLite page cache (32 MiB) is still filling, so no verdict there.
+    # SQLite page cache (8 MiB) may still be filling, so no verdict there.
     memory_row() { # WHAT PREFIX
         local counts small large a b r v
         counts=$(sizes "$2")
@@ -221,7 +221,7 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
     fi
     echo
     echo "5: flat means at most 1.25x the peak RSS for 10x the tasks. The hub's SQLite page"
-    echo "   cache (up to 32 MiB) is still filling at 100k tasks, so growth up to that much"
+    echo "   cache (up to 8 MiB) may still be filling at 100k tasks, so growth up to that much"
     echo "   is the bounded cache, not per-task state."
     echo "Run time $(($(date +%s) - started)) s. Logs, RESULT lines and full micro benchmark"
     echo "output: $OUT (cargo bench --bench codec|store for the full micro benchmarks)."
