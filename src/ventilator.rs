@@ -88,11 +88,7 @@ impl Ventilator {
     where
         I: IntoIterator<Item = ClusterRequest>,
     {
-        let wait = self.ready_at.saturating_duration_since(Instant::now());
-        if !wait.is_zero() {
-            debug!(?wait, "waiting for workers to connect");
-            thread::sleep(wait);
-        }
+        self.wait_for_workers();
         let mut sent = 0;
         if self.batch == 1 {
             for request in requests {
@@ -110,17 +106,40 @@ impl Ventilator {
             while requests.peek().is_some() {
                 batch.clear();
                 batch.extend(requests.by_ref().take(self.batch));
-                message::send_requests(&self.socket, self.job, &batch).map_err(|source| {
-                    VentilatorError::Send {
-                        id: batch[0].id,
-                        source,
-                    }
-                })?;
-                sent += batch.len();
+                sent += self.send_batch_now(&batch)?;
             }
         }
         debug!(sent, "ventilator sent requests");
         Ok(sent)
+    }
+
+    /// Sends `requests` as one message ([`MessageKind::Requests`]), whatever
+    /// [`batch`](Self::batch) says: for a caller that sizes its own batches.
+    /// Returns how many were sent.
+    ///
+    /// [`MessageKind::Requests`]: crate::message::MessageKind::Requests
+    pub fn send_batch(&mut self, requests: &[ClusterRequest]) -> Result<usize, VentilatorError> {
+        self.wait_for_workers();
+        self.send_batch_now(requests)
+    }
+
+    /// Sleeps out what is left of the worker-connect delay.
+    fn wait_for_workers(&self) {
+        let wait = self.ready_at.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            debug!(?wait, "waiting for workers to connect");
+            thread::sleep(wait);
+        }
+    }
+
+    fn send_batch_now(&self, requests: &[ClusterRequest]) -> Result<usize, VentilatorError> {
+        message::send_requests(&self.socket, self.job, requests).map_err(|source| {
+            VentilatorError::Send {
+                id: requests.first().map_or(0, |r| r.id),
+                source,
+            }
+        })?;
+        Ok(requests.len())
     }
 
     /// The underlying socket, e.g. to read the endpoint it bound.

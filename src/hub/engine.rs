@@ -183,6 +183,7 @@ pub fn run_engine(
     // every slot is free while the old tasks still run.
     let mut waiting: VecDeque<ClusterRequest> = VecDeque::new();
     let mut recent = Recent::default();
+    let mut pace = Pace::default();
     // Registering again, it tells the hub what it still holds and what it
     // finished lately (it sends those results again once registered).
     let register = |tickets: &HashMap<u64, (JobId, u64)>,
@@ -221,16 +222,16 @@ pub fn run_engine(
             return Ok(WorkerExit::Killed);
         }
         forget_finished_cancels(&flags, &tickets, &waiting);
-        while slots.free() > 0 {
-            let Some(request) = waiting.pop_front() else {
-                break;
-            };
-            let task = (job_of(&request), request.id);
-            let ticket = slots.submit(request)?;
-            // The flag exists from now on, so a cancel that comes before
-            // the slot starts the task is not lost.
-            task_flag(&flags, task.0, ticket);
-            tickets.insert(ticket, task);
+        while slots.free() > 0 && !waiting.is_empty() {
+            let batch = pace.batch(&waiting, slots.free());
+            let requests: Vec<ClusterRequest> = waiting.drain(..batch).collect();
+            let tasks: Vec<(JobId, u64)> = requests.iter().map(|r| (job_of(r), r.id)).collect();
+            for (ticket, task) in slots.submit_batch(requests)?.into_iter().zip(tasks) {
+                // The flag exists from now on, so a cancel that comes
+                // before the slot starts the task is not lost.
+                task_flag(&flags, task.0, ticket);
+                tickets.insert(ticket, task);
+            }
         }
         if let Some(exit) = leaving {
             if tickets.is_empty() && waiting.is_empty() {
@@ -282,6 +283,7 @@ pub fn run_engine(
                 }
                 handled += 1;
                 busy += result.metadata.elapsed;
+                pace.record(result.metadata.elapsed);
                 if let Err(e) = result_to_hub(&conn.socket, job, &result) {
                     warn!(error = %e, "cannot send a result to the hub");
                 }
@@ -359,6 +361,63 @@ pub fn run_engine(
                 }
             }
         }
+    }
+}
+
+/// Longest a batch of tasks given to one slot should take: short tasks go
+/// several to a message (one message and one wake-up each way for the lot),
+/// long ones one at a time, so batching never holds a task back for long
+/// behind others on a busy slot while another slot could have run it.
+const SLOT_BATCH_TIME: Duration = Duration::from_millis(1);
+
+/// Most tasks in one batch to a slot...
+const SLOT_BATCH_TASKS: usize = 32;
+
+/// ...and most payload bytes, well under the message size limit.
+const SLOT_BATCH_BYTES: usize = 1 << 20;
+
+/// How long this engine's tasks take lately, to size batches to slots.
+#[derive(Default)]
+struct Pace {
+    /// Moving average of task times (none yet: run one at a time).
+    mean: Option<Duration>,
+}
+
+impl Pace {
+    fn record(&mut self, took: Duration) {
+        // An exponential average over about the last 16 tasks: it follows
+        // a job that changes pace, and one odd task moves it little.
+        self.mean = Some(match self.mean {
+            Some(mean) => (mean * 15 + took) / 16,
+            None => took,
+        });
+    }
+
+    /// How many of the `waiting` tasks to give the next free slot, with
+    /// `free` slots free: as many as fit in [`SLOT_BATCH_TIME`] at the
+    /// current pace, no more than a fair share of what waits (so every free
+    /// slot gets some), and within [`SLOT_BATCH_TASKS`] and
+    /// [`SLOT_BATCH_BYTES`]. At least one.
+    fn batch(&self, waiting: &VecDeque<ClusterRequest>, free: usize) -> usize {
+        let by_time = match self.mean {
+            Some(mean) if mean < SLOT_BATCH_TIME => {
+                let nanos = mean.as_nanos().max(1);
+                usize::try_from(SLOT_BATCH_TIME.as_nanos() / nanos).unwrap_or(usize::MAX)
+            }
+            _ => 1,
+        };
+        let share = waiting.len().div_ceil(free.max(1));
+        let want = by_time.min(share).clamp(1, SLOT_BATCH_TASKS);
+        let mut bytes = 0;
+        let fits = waiting
+            .iter()
+            .take(want)
+            .take_while(|r| {
+                bytes += r.payload.len();
+                bytes <= SLOT_BATCH_BYTES
+            })
+            .count();
+        fits.max(1)
     }
 }
 
@@ -608,4 +667,68 @@ fn send_control(socket: &SignedSocket, message: &EngineMessage) {
 
 fn transport(operation: &'static str, source: MessageError) -> EngineError {
     EngineError::Transport { operation, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(n: usize, payload: usize) -> VecDeque<ClusterRequest> {
+        (0..n as u64)
+            .map(|id| ClusterRequest::new(id, vec![0; payload]))
+            .collect()
+    }
+
+    fn paced(mean: Duration) -> Pace {
+        Pace { mean: Some(mean) }
+    }
+
+    #[test]
+    fn unknown_or_long_tasks_go_one_at_a_time() {
+        let queue = waiting(100, 8);
+        assert_eq!(Pace::default().batch(&queue, 2), 1);
+        assert_eq!(paced(SLOT_BATCH_TIME).batch(&queue, 2), 1);
+        assert_eq!(paced(Duration::from_secs(3)).batch(&queue, 1), 1);
+    }
+
+    #[test]
+    fn short_tasks_fill_a_batch_of_about_the_batch_time() {
+        let queue = waiting(100, 8);
+        assert_eq!(paced(Duration::from_micros(100)).batch(&queue, 1), 10);
+        assert_eq!(paced(Duration::from_micros(400)).batch(&queue, 1), 2);
+        assert_eq!(
+            paced(Duration::from_nanos(1)).batch(&queue, 1),
+            SLOT_BATCH_TASKS
+        );
+        assert_eq!(paced(Duration::ZERO).batch(&queue, 1), SLOT_BATCH_TASKS);
+    }
+
+    #[test]
+    fn every_free_slot_gets_a_share_of_what_waits() {
+        let fast = paced(Duration::from_micros(1));
+        assert_eq!(fast.batch(&waiting(10, 8), 2), 5);
+        assert_eq!(fast.batch(&waiting(3, 8), 4), 1);
+        assert_eq!(fast.batch(&waiting(1, 8), 1), 1);
+    }
+
+    #[test]
+    fn a_batch_stays_under_its_byte_bound_but_holds_at_least_one() {
+        let fast = paced(Duration::from_micros(1));
+        let big = SLOT_BATCH_BYTES / 4;
+        assert_eq!(fast.batch(&waiting(32, big), 1), 4);
+        assert_eq!(fast.batch(&waiting(32, SLOT_BATCH_BYTES * 2), 1), 1);
+    }
+
+    #[test]
+    fn the_pace_follows_recent_tasks() {
+        let mut pace = Pace::default();
+        pace.record(Duration::from_millis(10));
+        assert_eq!(pace.mean, Some(Duration::from_millis(10)));
+        for _ in 0..200 {
+            pace.record(Duration::from_micros(2));
+        }
+        let mean = pace.mean.unwrap();
+        assert!(mean < Duration::from_micros(3), "{mean:?}");
+        assert!(pace.batch(&waiting(64, 8), 2) > 1);
+    }
 }

@@ -344,6 +344,10 @@ impl Job {
     /// many for tasks of microseconds, which cost nothing to wait behind).
     fn prefetch_depth(&self) -> u32 {
         match self.median() {
+            // Engines run tasks this short several to a message on one
+            // slot, and need a deep queue to keep each slot busy through
+            // the round trip to the hub.
+            Some(m) if m < Duration::from_micros(100) => 64,
             Some(m) if m < Duration::from_millis(1) => 16,
             Some(m) if m < Duration::from_millis(10) => 4,
             _ => 2,
