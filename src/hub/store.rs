@@ -1036,6 +1036,16 @@ impl Write {
             _ => 1,
         }
     }
+
+    /// The task a start, requeue or finish is about.
+    fn task(&self) -> Option<i64> {
+        match self {
+            Write::Started { task, .. }
+            | Write::Requeued { task }
+            | Write::Finished { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
 }
 
 /// Runs on the writer thread after everything queued before it is committed,
@@ -1395,14 +1405,15 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
             }
         };
         let mut rows = first.rows();
-        apply(&conn, first, &deferred);
+        let mut fold = Fold::default();
+        fold.apply(&conn, first, &deferred);
         let mut call = None;
         let mut stop = false;
         while rows < MAX_BATCH_ROWS {
             match ops.try_recv() {
                 Ok(Op::Write(write)) => {
                     rows += write.rows();
-                    apply(&conn, write, &deferred);
+                    fold.apply(&conn, write, &deferred);
                 }
                 Ok(Op::Call(c)) => {
                     call = Some(c);
@@ -1417,6 +1428,7 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
                 Err(TryRecvError::Empty) => break,
             }
         }
+        fold.flush(&conn, &deferred);
         if in_transaction {
             if let Err(source) = conn.execute_batch("COMMIT") {
                 deferred.report(StoreError::Sqlite {
@@ -1435,6 +1447,189 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
         }
         if stop {
             break;
+        }
+    }
+}
+
+/// A task inserted in the writer's current batch, and the events that
+/// followed its insert in the same batch.
+struct FreshTask {
+    task: SqlTask,
+    events: Vec<Write>,
+}
+
+/// The final columns of a fresh task, as its events in order leave them.
+struct FinalRow<'a> {
+    state: TaskState,
+    engine: Option<i64>,
+    started: Option<i64>,
+    completed: Option<i64>,
+    result: Option<&'a [u8]>,
+    error: Option<&'a str>,
+    attempts: u32,
+}
+
+impl FreshTask {
+    /// Folds the events into the row, each applying under the same
+    /// condition as its SQL (`state IN ('pending', 'running')` for a start
+    /// or a finish, `state = 'running'` for a requeue).
+    fn final_row(&self) -> FinalRow<'_> {
+        let mut row = FinalRow {
+            state: TaskState::Pending,
+            engine: None,
+            started: None,
+            completed: None,
+            result: None,
+            error: None,
+            attempts: 0,
+        };
+        for event in &self.events {
+            match event {
+                Write::Started {
+                    engine,
+                    started,
+                    attempts,
+                    ..
+                } if !row.state.is_completed() => {
+                    row.state = TaskState::Running;
+                    row.engine = Some(*engine);
+                    row.started = Some(*started);
+                    row.attempts = *attempts;
+                }
+                Write::Requeued { .. } if row.state == TaskState::Running => {
+                    row.state = TaskState::Pending;
+                    row.engine = None;
+                    row.started = None;
+                }
+                Write::Finished {
+                    state,
+                    result,
+                    error,
+                    completed,
+                    engine,
+                    attempts,
+                    ..
+                } if !row.state.is_completed() => {
+                    row.state = *state;
+                    row.result = Some(result);
+                    row.error = error.as_deref();
+                    row.completed = Some(*completed);
+                    row.engine = Some(*engine);
+                    row.attempts = *attempts;
+                }
+                Write::Started { .. } => {
+                    ignored("start", self.task.id.unsigned_abs(), Some(row.state))
+                }
+                Write::Requeued { .. } => {
+                    ignored("requeue", self.task.id.unsigned_abs(), Some(row.state))
+                }
+                Write::Finished { .. } => {
+                    ignored("finish", self.task.id.unsigned_abs(), Some(row.state))
+                }
+                _ => {}
+            }
+        }
+        row
+    }
+}
+
+/// The writes of one batch (one transaction), folded per task.
+///
+/// At a busy hub a task is usually inserted, started and finished within one
+/// batch: three statements, each updating the row and its indexes. Folded,
+/// it is one INSERT of its final state at the end of the batch, which is what
+/// the three leave in the table anyway, since nothing reads inside the
+/// writer's transaction. Events for tasks inserted in earlier batches go to
+/// SQL in order, as before; they cannot touch the rows held here. Should a
+/// folded INSERT fail (its id taken: a bug elsewhere), its events are
+/// applied one by one after all, as they would have been unfolded.
+#[derive(Default)]
+struct Fold {
+    fresh: HashMap<i64, FreshTask>,
+    /// Insert order of `fresh`.
+    order: Vec<i64>,
+}
+
+impl Fold {
+    fn apply(&mut self, conn: &Connection, write: Write, deferred: &Deferred) {
+        if let Write::AddTasks(tasks) = write {
+            for task in tasks {
+                // The same id twice in one batch (a bug elsewhere): what
+                // came before goes in first, as it would have unfolded.
+                if self.fresh.contains_key(&task.id) {
+                    self.flush(conn, deferred);
+                }
+                self.order.push(task.id);
+                self.fresh.insert(
+                    task.id,
+                    FreshTask {
+                        task,
+                        events: Vec::new(),
+                    },
+                );
+            }
+            return;
+        }
+        match write.task().and_then(|id| self.fresh.get_mut(&id)) {
+            Some(fresh) => fresh.events.push(write),
+            None => apply(conn, write, deferred),
+        }
+    }
+
+    /// Inserts the folded tasks, in the order they were added.
+    fn flush(&mut self, conn: &Connection, deferred: &Deferred) {
+        if self.order.is_empty() {
+            return;
+        }
+        let insert = conn.prepare_cached(
+            "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
+                                completed, result, error, attempts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        );
+        let mut insert = match insert {
+            Ok(insert) => Some(insert),
+            Err(source) => {
+                deferred.report(StoreError::Sqlite {
+                    operation: format!("recording {} tasks", self.order.len()),
+                    source,
+                });
+                None
+            }
+        };
+        for id in self.order.drain(..) {
+            let Some(fresh) = self.fresh.remove(&id) else {
+                continue;
+            };
+            let Some(insert) = insert.as_mut() else {
+                continue;
+            };
+            let (task, row) = (&fresh.task, fresh.final_row());
+            let inserted = insert.execute(params![
+                task.id,
+                task.job,
+                task.seq,
+                task.request,
+                task.submitted,
+                row.state,
+                row.engine,
+                row.started,
+                row.completed,
+                row.result,
+                row.error,
+                row.attempts
+            ]);
+            if let Err(source) = inserted {
+                deferred.report(StoreError::Sqlite {
+                    operation: format!(
+                        "recording task {} (job {}, seq {})",
+                        task.id, task.job, task.seq
+                    ),
+                    source,
+                });
+                for event in fresh.events {
+                    apply(conn, event, deferred);
+                }
+            }
         }
     }
 }
