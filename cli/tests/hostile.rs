@@ -713,3 +713,66 @@ fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Forged messages as large as the hub takes cost it a full HMAC each
+/// before it can refuse them: a burst of them keeps the hub away from its
+/// sockets for longer than an engine may be silent. That time is the hub's,
+/// not the engine's: no engine is declared dead for it, and no task runs
+/// twice.
+#[test]
+fn a_hub_busy_refusing_large_forged_messages_declares_no_engine_dead() {
+    const FORGED: usize = 8;
+    const FORGED_BYTES: usize = 24 << 20;
+    let hub = Hub::start();
+    let _worker = hub.workers(1, 2);
+    let ports = Ports::read(&hub);
+    let inputs = input_file(hub.dir(), "sleeps", &["1.5", "1.5"]);
+    let mut map = hub.spawn_map("stall", &[inputs.to_str().unwrap(), "--", "sleep"]);
+    wait_until("both tasks to start", || {
+        hub.status()["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| field_u64(j, "running") == 2))
+    });
+    let ctx = zmq::Context::new();
+    let attacker = ctx.socket(zmq::DEALER).unwrap();
+    attacker.set_linger(LINGER_MS).unwrap();
+    attacker.set_sndhwm(FORGED as i32).unwrap();
+    attacker.connect(&ports.clients).unwrap();
+    let header = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 1,
+    };
+    let header = message::encode_value(&header, "header").unwrap();
+    let body = vec![0x5a; FORGED_BYTES];
+    let signature = vec![0xa5; zcluster::auth::SIGNATURE_BYTES];
+    let started = Instant::now();
+    for _ in 0..FORGED {
+        let frames: [&[u8]; 4] = [PROTOCOL, &signature, &header, &body];
+        attacker.send_multipart(frames, 0).unwrap();
+    }
+    drop(attacker);
+    drop(ctx);
+    eprintln!(
+        "{FORGED} forged messages of {FORGED_BYTES} bytes sent in {:?}",
+        started.elapsed()
+    );
+    let status = map.wait();
+    assert!(status.success(), "map failed: {}", map.stderr());
+    let log = hub.proc.log();
+    assert!(
+        !log.contains("declared dead"),
+        "an engine was declared dead:\n{}",
+        tail(&log, 30)
+    );
+    let (code, records) = hub.results(map.job().expect("a job id"));
+    assert_eq!(code, Some(0));
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        assert_eq!(
+            field_u64(record, "attempts"),
+            1,
+            "a task ran twice: {record}"
+        );
+    }
+}

@@ -234,6 +234,10 @@ impl Task {
     }
 }
 
+/// Time away from the sockets in one turn of the hub's loop past which the
+/// engines are not held responsible for it (see [`Hub::run`]).
+const STALL: Duration = Duration::from_millis(100);
+
 /// Successful task times a job keeps for its median.
 const DURATION_SAMPLES: usize = 101;
 
@@ -707,11 +711,13 @@ impl Hub {
             let wait = next_beat
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
-            let (engines_ready, clients_ready) = match poll_readable(
+            let polled = poll_readable(
                 self.engines_socket.socket(),
                 Some(self.clients_socket.socket()),
                 Some(wait),
-            ) {
+            );
+            let busy_from = Instant::now();
+            let (engines_ready, clients_ready) = match polled {
                 Ok(Readable::Ready(engines, clients)) => (engines, clients),
                 Ok(Readable::Timeout) => (false, false),
                 Err(e) => return Err(HubError::Transport(e.into())),
@@ -736,9 +742,22 @@ impl Hub {
                 }
             }
             self.dispatch();
-            // Death checks come after reading what engines sent, so a hub
-            // that stalled (a big query, a slow flush) does not blame them.
+            // Time the hub spent away from its sockets (a big query, a slow
+            // flush, a burst of large messages) is not the engines' silence:
+            // their heartbeats wait unread meanwhile. Credit it to them before
+            // any death check, or a long enough stall declares every engine
+            // dead and counts a death against each running task.
             let now = Instant::now();
+            let away = now.duration_since(busy_from);
+            if away > STALL {
+                debug!(
+                    ?away,
+                    "hub was busy; engines' silence meanwhile not counted"
+                );
+                for engine in self.engines.values_mut() {
+                    engine.last_seen = (engine.last_seen + away).min(now);
+                }
+            }
             if now >= next_beat {
                 self.accept_subscriptions();
                 self.heartbeat();
