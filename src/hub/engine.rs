@@ -620,8 +620,18 @@ fn connect(
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(transport("wait for the hub", e.into())),
             }
-            let Ok(envelope) = socket.recv(zmq::DONTWAIT) else {
-                continue;
+            let envelope = match socket.recv(zmq::DONTWAIT) {
+                Ok(envelope) => envelope,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => {
+                    // Said, not swallowed: a hub whose clock is behind this
+                    // machine's, or another key, would otherwise look like
+                    // a hub that never answers.
+                    if attempt == 1 || attempt % 10 == 0 {
+                        warn!(hub = %options.connection.engines, error = %e, "refusing the hub's answer");
+                    }
+                    continue;
+                }
             };
             match envelope.control::<HubToEngine>() {
                 Ok(HubToEngine::Registered { engine, heartbeat }) => {
