@@ -1451,14 +1451,20 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
     }
 }
 
-/// A task inserted in the writer's current batch, and the events that
-/// followed its insert in the same batch.
-struct FreshTask {
-    task: SqlTask,
+/// A task whose writes in the writer's current batch are held and folded:
+/// one inserted in this batch, or one whose start came in this batch, with
+/// the events that followed.
+struct Folded {
+    /// The insert, for a task new in this batch; `None` for a task already
+    /// in the table, whose first held event is its start.
+    insert: Option<SqlTask>,
     events: Vec<Write>,
 }
 
-/// The final columns of a fresh task, as its events in order leave them.
+/// The columns a task's held events leave, applied in order from a
+/// pending task. A held start applies under the same condition as its SQL
+/// (`state IN ('pending', 'running')`), so after it the state is known and
+/// every later event is decided here as SQL would decide it.
 struct FinalRow<'a> {
     state: TaskState,
     engine: Option<i64>,
@@ -1469,11 +1475,17 @@ struct FinalRow<'a> {
     attempts: u32,
 }
 
-impl FreshTask {
-    /// Folds the events into the row, each applying under the same
-    /// condition as its SQL (`state IN ('pending', 'running')` for a start
-    /// or a finish, `state = 'running'` for a requeue).
+impl Folded {
+    fn id(&self) -> i64 {
+        match (&self.insert, self.events.first().and_then(Write::task)) {
+            (Some(task), _) => task.id,
+            (None, Some(id)) => id,
+            (None, None) => 0,
+        }
+    }
+
     fn final_row(&self) -> FinalRow<'_> {
+        let id = self.id().unsigned_abs();
         let mut row = FinalRow {
             state: TaskState::Pending,
             engine: None,
@@ -1517,15 +1529,9 @@ impl FreshTask {
                     row.engine = Some(*engine);
                     row.attempts = *attempts;
                 }
-                Write::Started { .. } => {
-                    ignored("start", self.task.id.unsigned_abs(), Some(row.state))
-                }
-                Write::Requeued { .. } => {
-                    ignored("requeue", self.task.id.unsigned_abs(), Some(row.state))
-                }
-                Write::Finished { .. } => {
-                    ignored("finish", self.task.id.unsigned_abs(), Some(row.state))
-                }
+                Write::Started { .. } => ignored("start", id, Some(row.state)),
+                Write::Requeued { .. } => ignored("requeue", id, Some(row.state)),
+                Write::Finished { .. } => ignored("finish", id, Some(row.state)),
                 _ => {}
             }
         }
@@ -1535,18 +1541,22 @@ impl FreshTask {
 
 /// The writes of one batch (one transaction), folded per task.
 ///
-/// At a busy hub a task is usually inserted, started and finished within one
-/// batch: three statements, each updating the row and its indexes. Folded,
-/// it is one INSERT of its final state at the end of the batch, which is what
-/// the three leave in the table anyway, since nothing reads inside the
-/// writer's transaction. Events for tasks inserted in earlier batches go to
-/// SQL in order, as before; they cannot touch the rows held here. Should a
-/// folded INSERT fail (its id taken: a bug elsewhere), its events are
-/// applied one by one after all, as they would have been unfolded.
+/// At a busy hub a task is usually inserted, started and finished within a
+/// batch or two: three statements, each rewriting the row and its indexes.
+/// Nothing reads inside the writer's transaction, so what matters is only
+/// the state a task's writes leave at commit. A task inserted in this batch
+/// is held and written once, as one INSERT of that state; a task already in
+/// the table whose start comes in this batch is held from its start and
+/// written as one UPDATE (guarded, as the start is, by `state IN
+/// ('pending', 'running')`: a task a purge or another finish has completed
+/// meanwhile is left alone, as unfolded). Other writes go to SQL in order,
+/// as before; they cannot touch the held tasks. Should a folded INSERT fail
+/// (its id taken: a bug elsewhere), its events are applied one by one after
+/// all, as they would have been unfolded.
 #[derive(Default)]
 struct Fold {
-    fresh: HashMap<i64, FreshTask>,
-    /// Insert order of `fresh`.
+    held: HashMap<i64, Folded>,
+    /// Order in which tasks were first held.
     order: Vec<i64>,
 }
 
@@ -1556,81 +1566,118 @@ impl Fold {
             for task in tasks {
                 // The same id twice in one batch (a bug elsewhere): what
                 // came before goes in first, as it would have unfolded.
-                if self.fresh.contains_key(&task.id) {
+                if self.held.contains_key(&task.id) {
                     self.flush(conn, deferred);
                 }
-                self.order.push(task.id);
-                self.fresh.insert(
+                self.hold(
                     task.id,
-                    FreshTask {
-                        task,
+                    Folded {
+                        insert: Some(task),
                         events: Vec::new(),
                     },
                 );
             }
             return;
         }
-        match write.task().and_then(|id| self.fresh.get_mut(&id)) {
-            Some(fresh) => fresh.events.push(write),
-            None => apply(conn, write, deferred),
+        let Some(id) = write.task() else {
+            return apply(conn, write, deferred);
+        };
+        if let Some(held) = self.held.get_mut(&id) {
+            held.events.push(write);
+        } else if matches!(write, Write::Started { .. }) {
+            self.hold(
+                id,
+                Folded {
+                    insert: None,
+                    events: vec![write],
+                },
+            );
+        } else {
+            apply(conn, write, deferred);
         }
     }
 
-    /// Inserts the folded tasks, in the order they were added.
+    fn hold(&mut self, id: i64, folded: Folded) {
+        self.order.push(id);
+        self.held.insert(id, folded);
+    }
+
+    /// Writes the held tasks, in the order they were first held.
     fn flush(&mut self, conn: &Connection, deferred: &Deferred) {
-        if self.order.is_empty() {
-            return;
-        }
-        let insert = conn.prepare_cached(
-            "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
-                                completed, result, error, attempts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        );
-        let mut insert = match insert {
-            Ok(insert) => Some(insert),
-            Err(source) => {
-                deferred.report(StoreError::Sqlite {
-                    operation: format!("recording {} tasks", self.order.len()),
-                    source,
-                });
-                None
-            }
-        };
-        for id in self.order.drain(..) {
-            let Some(fresh) = self.fresh.remove(&id) else {
-                continue;
-            };
-            let Some(insert) = insert.as_mut() else {
-                continue;
-            };
-            let (task, row) = (&fresh.task, fresh.final_row());
-            let inserted = insert.execute(params![
-                task.id,
-                task.job,
-                task.seq,
-                task.request,
-                task.submitted,
-                row.state,
-                row.engine,
-                row.started,
-                row.completed,
-                row.result,
-                row.error,
-                row.attempts
-            ]);
-            if let Err(source) = inserted {
-                deferred.report(StoreError::Sqlite {
-                    operation: format!(
-                        "recording task {} (job {}, seq {})",
-                        task.id, task.job, task.seq
-                    ),
-                    source,
-                });
-                for event in fresh.events {
-                    apply(conn, event, deferred);
-                }
+        for id in std::mem::take(&mut self.order) {
+            if let Some(folded) = self.held.remove(&id) {
+                write_folded(conn, folded, deferred);
             }
         }
+    }
+}
+
+/// Writes one folded task: an INSERT of its final row, or an UPDATE of an
+/// existing row to it.
+fn write_folded(conn: &Connection, folded: Folded, deferred: &Deferred) {
+    let id = folded.id();
+    let row = folded.final_row();
+    let written = match &folded.insert {
+        Some(task) => conn
+            .prepare_cached(
+                "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
+                                    completed, result, error, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    task.id,
+                    task.job,
+                    task.seq,
+                    task.request,
+                    task.submitted,
+                    row.state,
+                    row.engine,
+                    row.started,
+                    row.completed,
+                    row.result,
+                    row.error,
+                    row.attempts
+                ])
+            }),
+        None => conn
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
+                                  result = ?6, error = ?7, attempts = ?8
+                 WHERE id = ?1 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    row.state,
+                    row.engine,
+                    row.started,
+                    row.completed,
+                    row.result,
+                    row.error,
+                    row.attempts
+                ])
+            }),
+    };
+    match (written, folded.insert) {
+        (Ok(0), None) => note_ignored(conn, "start", id),
+        (Ok(_), _) => {}
+        (Err(source), Some(task)) => {
+            deferred.report(StoreError::Sqlite {
+                operation: format!(
+                    "recording task {} (job {}, seq {})",
+                    task.id, task.job, task.seq
+                ),
+                source,
+            });
+            for event in folded.events {
+                apply(conn, event, deferred);
+            }
+        }
+        (Err(source), None) => deferred.report(StoreError::Sqlite {
+            operation: format!("recording the start of task {}", id),
+            source,
+        }),
     }
 }
 
@@ -2434,6 +2481,183 @@ mod tests {
             .iter()
             .map(|t| t.state)
             .collect()
+    }
+
+    /// Each task's writes, queued with no flush between (so the SQLite
+    /// writer may fold them into one statement), leave the same row in both
+    /// stores: inserted and finished in one go, started again after a
+    /// requeue, a start for a completed task ignored, a requeue of a task
+    /// never started ignored.
+    #[test]
+    fn writes_queued_together_leave_what_they_leave_one_by_one() {
+        both(|store| {
+            let j = job(store, "ruth");
+            let old = tasks(store, j, &[0, 1, 2]);
+            store.task_started(old[2], 7, at(3), 1).unwrap();
+            store
+                .task_finished(old[2], finished(TaskState::Ok, 7, "first"))
+                .unwrap();
+            store.flush().unwrap();
+            // Old tasks: start then finish; start, requeue; a completed
+            // one started and finished again.
+            store.task_started(old[0], 7, at(5), 1).unwrap();
+            store
+                .task_finished(old[0], finished(TaskState::Failed, 7, "boom"))
+                .unwrap();
+            store.task_started(old[1], 7, at(6), 1).unwrap();
+            store.task_requeued(old[1]).unwrap();
+            store.task_started(old[2], 8, at(7), 2).unwrap();
+            store
+                .task_finished(old[2], finished(TaskState::Ok, 8, "second"))
+                .unwrap();
+            // New tasks: inserted, started, requeued, started elsewhere,
+            // finished; and one requeued without a start.
+            let new = tasks(store, j, &[3, 4]);
+            store.task_started(new[0], 7, at(8), 1).unwrap();
+            store.task_requeued(new[0]).unwrap();
+            store.task_started(new[0], 8, at(9), 2).unwrap();
+            store
+                .task_finished(new[0], finished(TaskState::Ok, 8, "done"))
+                .unwrap();
+            store.task_requeued(new[1]).unwrap();
+            store.flush().unwrap();
+            let rows = store.tasks(&TaskFilter::Job(j), true).unwrap();
+            let row = |seq: u64| rows.iter().find(|t| t.seq == seq).unwrap();
+            assert_eq!(row(0).state, TaskState::Failed);
+            assert_eq!(row(0).started, Some(at(5)));
+            assert_eq!(row(0).error.as_deref(), Some("failed: boom"));
+            assert_eq!(row(1).state, TaskState::Pending);
+            assert_eq!((row(1).engine, row(1).started), (None, None));
+            assert_eq!(row(2).state, TaskState::Ok);
+            assert_eq!(
+                row(2).result.as_deref(),
+                Some(&b"first"[..]),
+                "first result kept"
+            );
+            assert_eq!((row(2).engine, row(2).started), (Some(7), Some(at(3))));
+            assert_eq!(row(3).state, TaskState::Ok);
+            assert_eq!((row(3).engine, row(3).attempts), (Some(8), 1));
+            assert_eq!(row(3).started, Some(at(9)));
+            assert_eq!(row(3).result.as_deref(), Some(&b"done"[..]));
+            assert_eq!(row(4).state, TaskState::Pending);
+            assert_eq!(row(4).request.as_deref(), Some(&b"request 4"[..]));
+        });
+    }
+
+    /// One event of a task, for the fold equivalence property.
+    #[derive(Debug, Clone)]
+    enum Event {
+        Add,
+        Start(i64),
+        Requeue,
+        Finish(bool),
+    }
+
+    fn event() -> impl Strategy<Value = (usize, Event)> {
+        let kind = prop_oneof![
+            Just(Event::Add),
+            (1..4i64).prop_map(Event::Start),
+            Just(Event::Requeue),
+            any::<bool>().prop_map(Event::Finish),
+        ];
+        (0..4usize, kind)
+    }
+
+    /// A connection with the schema, one job, and tasks 1 and 2 already in
+    /// the table (tasks 3 and 4 may be added by the events).
+    fn fold_table() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, submitted, client, spec) VALUES (1, 0, 'c', x'')",
+            [],
+        )
+        .unwrap();
+        for id in [1, 2] {
+            apply(
+                &conn,
+                Write::AddTasks(vec![sql_task(id)]),
+                &Deferred::default(),
+            );
+        }
+        conn
+    }
+
+    fn sql_task(id: i64) -> SqlTask {
+        SqlTask {
+            id,
+            job: 1,
+            seq: id as u64 as i64,
+            request: vec![id as u8],
+            submitted: id,
+        }
+    }
+
+    fn write_of(n: usize, (task, event): &(usize, Event)) -> Write {
+        let (task, at) = (*task as i64 + 1, n as i64);
+        match event {
+            Event::Add => Write::AddTasks(vec![sql_task(task)]),
+            Event::Start(engine) => Write::Started {
+                task,
+                engine: *engine,
+                started: at,
+                attempts: n as u32,
+            },
+            Event::Requeue => Write::Requeued { task },
+            Event::Finish(ok) => Write::Finished {
+                task,
+                state: if *ok {
+                    TaskState::Ok
+                } else {
+                    TaskState::Failed
+                },
+                result: vec![n as u8; 3],
+                error: (!ok).then(|| format!("error {n}")),
+                completed: at,
+                engine: 9,
+                attempts: n as u32,
+            },
+        }
+    }
+
+    fn table(conn: &Connection) -> Vec<String> {
+        conn.prepare(concat!(
+            "SELECT ",
+            task_columns!(payloads),
+            " FROM tasks ORDER BY id"
+        ))
+        .unwrap()
+        .query_map([], |row| {
+            Ok((0..12)
+                .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    proptest! {
+        /// The writer's fold leaves the table as the same writes applied
+        /// one by one do, whatever their order: adds (a duplicate id
+        /// included), starts, requeues and finishes of old and new tasks.
+        #[test]
+        fn folded_writes_leave_the_table_unfolded_writes_leave(
+            events in proptest::collection::vec(event(), 0..24)
+        ) {
+            let (plain, folded) = (fold_table(), fold_table());
+            let (plain_errors, folded_errors) = (Deferred::default(), Deferred::default());
+            let mut fold = Fold::default();
+            for (n, e) in events.iter().enumerate() {
+                apply(&plain, write_of(n, e), &plain_errors);
+                fold.apply(&folded, write_of(n, e), &folded_errors);
+            }
+            fold.flush(&folded, &folded_errors);
+            prop_assert_eq!(table(&plain), table(&folded));
+            let failures = |d: &Deferred| d.slot.lock().unwrap().as_ref().map(|(_, more)| more + 1);
+            prop_assert_eq!(failures(&plain_errors), failures(&folded_errors));
+        }
     }
 
     #[test]
