@@ -1834,9 +1834,20 @@ impl Hub {
             return Ok(Reply::Error(format!("no job {job} in the store")));
         }
         let wanted: Option<HashSet<u64>> = ids.map(|ids| ids.into_iter().collect());
+        // A few tasks of a large job: read only the seqs they span.
+        let filter = match wanted.as_ref() {
+            Some(w) => match (w.iter().min(), w.iter().max()) {
+                (Some(&from), Some(&to)) => TaskFilter::Seqs {
+                    job,
+                    seqs: from..=to,
+                },
+                _ => return Ok(Reply::Results(Vec::new())),
+            },
+            None => TaskFilter::Job(job),
+        };
         let reports = self
             .store
-            .tasks(&TaskFilter::Job(job), !status_only)?
+            .tasks(&filter, !status_only)?
             .into_iter()
             .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.seq)))
             .map(|t| TaskReport {

@@ -230,6 +230,15 @@ pub struct EngineCounts {
 pub enum TaskFilter {
     /// Every task of one job.
     Job(JobId),
+    /// The tasks of one job whose seq is in this range (the client's own
+    /// task ids), read through the (job, seq) index, so that asking about a
+    /// few tasks of a large job costs a few rows.
+    Seqs {
+        /// The job.
+        job: JobId,
+        /// Lowest and highest seq wanted.
+        seqs: std::ops::RangeInclusive<u64>,
+    },
     /// These tasks; ids not in the store are skipped, duplicates returned once.
     Ids(Vec<TaskId>),
 }
@@ -717,6 +726,16 @@ impl Store for MemoryStore {
                     .map(|t| view(t, with_payloads))
                     .collect(),
                 None => Vec::new(),
+            },
+            TaskFilter::Seqs { job, seqs } => match self.jobs.get(job) {
+                // (A reversed range would make BTreeSet::range panic.)
+                Some(job) if !seqs.is_empty() => job
+                    .tasks
+                    .range((*seqs.start(), TaskId::MIN)..=(*seqs.end(), TaskId::MAX))
+                    .filter_map(|(_, id)| self.tasks.get(id))
+                    .map(|t| view(t, with_payloads))
+                    .collect(),
+                _ => Vec::new(),
             },
             TaskFilter::Ids(ids) => {
                 let ids: BTreeSet<TaskId> = ids.iter().copied().collect();
@@ -1801,6 +1820,43 @@ fn note_ignored(conn: &Connection, event: &str, task: i64) {
 }
 
 impl SqliteStore {
+    /// The tasks of `job` with a seq in `seqs`, in (seq, id) order.
+    fn job_tasks(
+        &mut self,
+        job: JobId,
+        seqs: std::ops::RangeInclusive<u64>,
+        with_payloads: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let Ok(id) = i64::try_from(job) else {
+            return Ok(Vec::new());
+        };
+        // Seqs are stored as SQLite's signed integers; past i64::MAX there
+        // are none.
+        let clamp = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
+        let (from, to) = (clamp(*seqs.start()), clamp(*seqs.end()));
+        let sql = if with_payloads {
+            concat!(
+                "SELECT ",
+                task_columns!(payloads),
+                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, id"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                task_columns!(status),
+                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, id"
+            )
+        };
+        self.read(
+            || format!("reading the tasks of job {job}"),
+            |conn| {
+                conn.prepare_cached(sql)?
+                    .query_map(params![id, from, to], task_row)?
+                    .collect()
+            },
+        )
+    }
+
     /// Opens (creating if absent, with its directory) the store at `path`,
     /// refusing a file whose schema is newer than this build's, and starts
     /// its writer thread.
@@ -2260,32 +2316,8 @@ impl Store for SqliteStore {
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         match filter {
-            TaskFilter::Job(job) => {
-                let Ok(id) = i64::try_from(*job) else {
-                    return Ok(Vec::new());
-                };
-                let sql = if with_payloads {
-                    concat!(
-                        "SELECT ",
-                        task_columns!(payloads),
-                        " FROM tasks WHERE job = ?1 ORDER BY seq, id"
-                    )
-                } else {
-                    concat!(
-                        "SELECT ",
-                        task_columns!(status),
-                        " FROM tasks WHERE job = ?1 ORDER BY seq, id"
-                    )
-                };
-                self.read(
-                    || format!("reading the tasks of job {job}"),
-                    |conn| {
-                        conn.prepare_cached(sql)?
-                            .query_map([id], task_row)?
-                            .collect()
-                    },
-                )
-            }
+            TaskFilter::Job(job) => self.job_tasks(*job, 0..=u64::MAX, with_payloads),
+            TaskFilter::Seqs { job, seqs } => self.job_tasks(*job, seqs.clone(), with_payloads),
             TaskFilter::Ids(ids) => {
                 let ids: Vec<i64> = ids
                     .iter()
@@ -2717,6 +2749,22 @@ mod tests {
                 .tasks(&TaskFilter::Ids(vec![t2, t0, t0, 999_999]), true)
                 .unwrap();
             assert_eq!(picked.iter().map(|t| t.id).collect::<Vec<_>>(), [t0, t2]);
+            let seqs = |store: &mut dyn Store, job, seqs, payloads| {
+                store
+                    .tasks(&TaskFilter::Seqs { job, seqs }, payloads)
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t.seq, t.request.is_some()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(seqs(store, j, 1..=2, true), [(1, true), (2, true)]);
+            assert_eq!(
+                seqs(store, j, 0..=u64::MAX, false),
+                [(0, false), (1, false), (2, false)]
+            );
+            assert_eq!(seqs(store, j, 2..=1, true), []);
+            assert_eq!(seqs(store, j, 3..=9, true), []);
+            assert_eq!(seqs(store, j + 1, 0..=9, true), []);
             assert!(store
                 .tasks(&TaskFilter::Job(j + 1), true)
                 .unwrap()
