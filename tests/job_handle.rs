@@ -101,3 +101,46 @@ fn an_attached_client_gets_results_that_arrive_before_it_expects_them() {
     assert_eq!(delivered, (0..12).collect::<Vec<u64>>());
     assert_eq!(attached.outstanding(), 0);
 }
+
+/// A result the hub finished but that never reached the job's handle (here
+/// taken off the socket before the handle sees it, as a connection that was
+/// down when the hub sent it would lose it) is fetched from the store once
+/// the job has made no progress for a while: the job ends with every result
+/// once, instead of waiting for ever on a hub that stays up.
+#[test]
+fn a_result_lost_on_the_way_is_taken_from_the_store() {
+    let handlers = BTreeMap::from([("nap".to_string(), nap())]);
+    let cluster = EmbeddedCluster::with(2, ":memory:", handlers).unwrap();
+    let mut client = cluster.client().unwrap();
+    let open = ClientCall::OpenJob {
+        kind: JobKind::Handler("nap".into()),
+        description: "lost result".into(),
+        retries: 0,
+        halt_on_failure: false,
+    };
+    let mut handle = JobHandle::open(&mut client, open).unwrap();
+    handle.send(&mut client, nap_request(0, 0)).unwrap();
+    let lost = client
+        .next_result(Duration::from_secs(10))
+        .unwrap()
+        .expect("the first result");
+    assert_eq!(lost.header.id, 0);
+    handle.send(&mut client, nap_request(1, 0)).unwrap();
+    handle.send(&mut client, nap_request(2, 0)).unwrap();
+    let started = Instant::now();
+    let mut got = collect(&mut handle, &mut client, Duration::from_secs(30), |ids| {
+        ids.len() >= 3
+    });
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2], "every result once");
+    assert_eq!(handle.outstanding(), 0);
+    eprintln!(
+        "the lost result came from the store after {:?}",
+        started.elapsed()
+    );
+    // Nothing more comes.
+    assert!(handle
+        .next_result(&mut client, Duration::from_millis(300))
+        .unwrap()
+        .is_none());
+}

@@ -224,6 +224,14 @@ pub const HUB_PATIENCE: Duration = Duration::from_secs(60);
 /// Finished tasks fetched per `Results` call.
 const FETCH_PAGE: u64 = 64;
 
+/// Task states asked for per status-only `Results` call.
+const STATUS_PAGE: usize = 1024;
+
+/// How long a job's client waits with tasks outstanding and no result for
+/// any of them before it asks the store whether some finished anyway (their
+/// results lost on the way; see [`JobHandle::reconcile`]).
+const RECONCILE_AFTER: Duration = Duration::from_secs(10);
+
 /// One job as its client sees it: the tasks sent and not answered, and what
 /// it takes to carry on when the hub restarts.
 ///
@@ -255,6 +263,9 @@ pub struct JobHandle {
     known: u64,
     last_heard: Instant,
     silent_since: Option<Instant>,
+    /// When a result of an outstanding task last came, or the store was
+    /// last asked for the ones that did not (see [`RECONCILE_AFTER`]).
+    last_progress: Instant,
 }
 
 impl JobHandle {
@@ -294,6 +305,7 @@ impl JobHandle {
             known,
             last_heard: Instant::now(),
             silent_since: None,
+            last_progress: Instant::now(),
         }
     }
 
@@ -385,6 +397,7 @@ impl JobHandle {
             let result = envelope.result()?;
             self.last_heard = Instant::now();
             if self.outstanding.remove(&result.id).is_some() {
+                self.last_progress = Instant::now();
                 return Ok(Some(result));
             }
             if result.id >= self.next_expected && result.id < self.known {
@@ -409,6 +422,9 @@ impl JobHandle {
         match answer {
             Ok(Reply::JobLive { epoch, yours: true }) if epoch == self.epoch => {
                 self.silent_since = None;
+                if !self.outstanding.is_empty() && self.last_progress.elapsed() > RECONCILE_AFTER {
+                    self.reconcile(client)?;
+                }
                 Ok(())
             }
             Ok(Reply::JobLive {
@@ -437,6 +453,42 @@ impl JobHandle {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Asks the store which outstanding tasks finished and takes their
+    /// results from it: a result the hub could not deliver (this client's
+    /// connection was down at that moment, say) is in the store, and without
+    /// this the job would wait for it for ever while the hub stays up.
+    fn reconcile(&mut self, client: &mut HubClient) -> Result<(), ClientError> {
+        self.last_progress = Instant::now();
+        let mut ids: Vec<u64> = self.outstanding.keys().copied().collect();
+        ids.sort_unstable();
+        let mut finished = Vec::new();
+        for page in ids.chunks(STATUS_PAGE) {
+            let reports = self.fetch(client, page.to_vec(), true)?;
+            finished.extend(
+                reports
+                    .into_iter()
+                    .filter(|(_, r)| r.finished())
+                    .map(|(id, _)| id),
+            );
+        }
+        let mut recovered = 0;
+        for page in finished.chunks(FETCH_PAGE as usize) {
+            for (id, report) in self.fetch(client, page.to_vec(), false)? {
+                if self.outstanding.remove(&id).is_some() {
+                    self.ready.push_back(report.into_result());
+                    recovered += 1;
+                }
+            }
+        }
+        if recovered > 0 {
+            warn!(
+                job = self.job,
+                recovered, "took from the store results the hub finished but never delivered"
+            );
+        }
+        Ok(())
     }
 
     fn reattach(&mut self, client: &mut HubClient) -> Result<(), ClientError> {
