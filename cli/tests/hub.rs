@@ -1555,3 +1555,61 @@ fn a_worker_joining_mid_job_gets_work() {
         .collect();
     assert_eq!(pids.len(), 2, "both workers ran tasks: {pids:?}");
 }
+
+/// `zcluster results` reads a job in pages of bounded size: a job whose
+/// recorded output is larger than one message may be (80 tasks of about
+/// 1 MB each, over the 64 MiB message limit together) comes back whole.
+#[test]
+fn results_of_a_job_larger_than_a_message_come_back_whole() {
+    const TASKS: usize = 80;
+    const LINES: &str = "150000";
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (file, _) = numbered_inputs(hub.dir(), "in.txt", "", TASKS);
+    let output = hub
+        .cmd("map")
+        .arg(&file)
+        .args(["--shell", "--", "seq", "{}", LINES])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = job_of(&output);
+    let mapped = output.stdout;
+    assert!(
+        mapped.len() > 64 << 20,
+        "only {} bytes of output",
+        mapped.len()
+    );
+    let results = hub
+        .cmd("results")
+        .arg(job.to_string())
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&results.stderr);
+    assert!(results.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{TASKS} results, 0 failed, 0 unfinished")),
+        "{stderr}"
+    );
+    assert!(
+        results.stdout == mapped,
+        "results differ from what the map printed"
+    );
+    let status = hub
+        .cmd("results")
+        .arg(job.to_string())
+        .arg("--status-only")
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout).lines().count(),
+        TASKS + 1
+    );
+}

@@ -176,6 +176,17 @@ pub enum ClientCall {
         /// Kill the engines too.
         workers: bool,
     },
+    /// One page of a job's recorded tasks, in (seq, task) order after a
+    /// cursor, answered by [`Reply::ResultsPage`]: how `zcluster results`
+    /// reads a job of any size in replies of bounded size.
+    ResultsPage {
+        /// The job.
+        job: JobId,
+        /// The `next` of the page before (`None`: from the start).
+        after: Option<(u64, u64)>,
+        /// Leave out request and result payloads.
+        status_only: bool,
+    },
 }
 
 /// What to purge.
@@ -233,6 +244,14 @@ pub enum Reply {
     Killed(Vec<EngineId>),
     /// Answer to `Ping`.
     Pong(Vec<CommandReply>),
+    /// Answer to `ResultsPage`: the tasks, and the cursor of the next page
+    /// (`None`: this was the last).
+    ResultsPage {
+        /// The tasks of this page.
+        reports: Vec<TaskReport>,
+        /// Where the next page starts.
+        next: Option<(u64, u64)>,
+    },
 }
 
 /// What a client needs to carry on with a job it attached to.

@@ -40,7 +40,8 @@ use super::protocol::{
     JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, TaskReport,
 };
 use super::store::{
-    self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskState,
+    self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskRecord,
+    TaskState,
 };
 use crate::auth::{Channel, Key};
 use crate::message::{
@@ -231,6 +232,31 @@ impl Task {
             speculated: false,
             uncounted: false,
         }
+    }
+}
+
+/// Most tasks in one page of [`ClientCall::ResultsPage`]...
+const PAGE_TASKS: usize = 1024;
+
+/// ...and most bytes of payload in it, well under the message size limit.
+const PAGE_BYTES: usize = 16 << 20;
+
+/// What a report costs besides its payloads, roughly (times, state, ids).
+const REPORT_OVERHEAD_BYTES: usize = 64;
+
+/// A stored task as a client sees it.
+fn task_report(t: TaskRecord) -> TaskReport {
+    TaskReport {
+        id: t.seq,
+        state: t.state.as_str().into(),
+        engine: t.engine,
+        attempts: t.attempts,
+        submitted: t.submitted,
+        started: t.started,
+        completed: t.completed,
+        error: t.error,
+        request: t.request,
+        result: t.result.filter(|r| !r.is_empty()),
     }
 }
 
@@ -1548,6 +1574,11 @@ impl Hub {
                 ids,
                 status_only,
             } => self.results(job, ids, status_only)?,
+            ClientCall::ResultsPage {
+                job,
+                after,
+                status_only,
+            } => self.results_page(job, after, status_only)?,
             ClientCall::Purge(target) => {
                 let outcome = match target {
                     PurgeTarget::Job(job)
@@ -1850,26 +1881,49 @@ impl Hub {
             .tasks(&filter, !status_only)?
             .into_iter()
             .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.seq)))
-            .map(|t| TaskReport {
-                id: t.seq,
-                state: match t.state {
-                    TaskState::Pending => "pending",
-                    TaskState::Running => "running",
-                    TaskState::Ok => "ok",
-                    TaskState::Failed => "failed",
-                }
-                .into(),
-                engine: t.engine,
-                attempts: t.attempts,
-                submitted: t.submitted,
-                started: t.started,
-                completed: t.completed,
-                error: t.error,
-                request: t.request,
-                result: t.result.filter(|r| !r.is_empty()),
-            })
+            .map(task_report)
             .collect();
         Ok(Reply::Results(reports))
+    }
+
+    /// One page of a job's tasks after `after`: up to [`PAGE_TASKS`], and
+    /// no more payload bytes than [`PAGE_BYTES`] (but at least one task),
+    /// so every reply fits a message however large the job.
+    fn results_page(
+        &mut self,
+        job: JobId,
+        after: Option<(u64, u64)>,
+        status_only: bool,
+    ) -> Result<Reply, HubError> {
+        if self.store.job(job)?.is_none() {
+            return Ok(Reply::Error(format!("no job {job} in the store")));
+        }
+        let filter = TaskFilter::Page {
+            job,
+            after,
+            limit: PAGE_TASKS,
+        };
+        let tasks = self.store.tasks(&filter, !status_only)?;
+        let read = tasks.len();
+        let mut bytes = 0;
+        let mut next = None;
+        let mut reports = Vec::with_capacity(read);
+        for task in tasks {
+            bytes += REPORT_OVERHEAD_BYTES
+                + task.request.as_ref().map_or(0, Vec::len)
+                + task.result.as_ref().map_or(0, Vec::len)
+                + task.error.as_ref().map_or(0, String::len);
+            if bytes > PAGE_BYTES && !reports.is_empty() {
+                break;
+            }
+            next = Some((task.seq, task.id));
+            reports.push(task_report(task));
+        }
+        // A full or cut page may have more after it; a short one is the last.
+        if reports.len() == read && read < PAGE_TASKS {
+            next = None;
+        }
+        Ok(Reply::ResultsPage { reports, next })
     }
 
     fn resubmit(

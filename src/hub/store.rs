@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -241,6 +241,17 @@ pub enum TaskFilter {
     },
     /// These tasks; ids not in the store are skipped, duplicates returned once.
     Ids(Vec<TaskId>),
+    /// Up to `limit` tasks of one job in (seq, id) order, after the cursor
+    /// `after` (a (seq, id) pair; `None`: from the start): keyset pages of a
+    /// job of any size.
+    Page {
+        /// The job.
+        job: JobId,
+        /// The (seq, id) of the last task of the page before.
+        after: Option<(u64, TaskId)>,
+        /// Most tasks in the page.
+        limit: usize,
+    },
 }
 
 /// What went wrong in the task store, and with what.
@@ -736,6 +747,21 @@ impl Store for MemoryStore {
                     .map(|t| view(t, with_payloads))
                     .collect(),
                 _ => Vec::new(),
+            },
+            TaskFilter::Page { job, after, limit } => match self.jobs.get(job) {
+                Some(job) => {
+                    let from = match after {
+                        Some(cursor) => Bound::Excluded(*cursor),
+                        None => Bound::Unbounded,
+                    };
+                    job.tasks
+                        .range((from, Bound::Unbounded))
+                        .take(*limit)
+                        .filter_map(|(_, id)| self.tasks.get(id))
+                        .map(|t| view(t, with_payloads))
+                        .collect()
+                }
+                None => Vec::new(),
             },
             TaskFilter::Ids(ids) => {
                 let ids: BTreeSet<TaskId> = ids.iter().copied().collect();
@@ -1857,6 +1883,47 @@ impl SqliteStore {
         )
     }
 
+    /// A keyset page of `job`'s tasks: up to `limit` after `after`, in
+    /// (seq, id) order.
+    fn job_page(
+        &mut self,
+        job: JobId,
+        after: Option<(u64, TaskId)>,
+        limit: usize,
+        with_payloads: bool,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let Ok(id) = i64::try_from(job) else {
+            return Ok(Vec::new());
+        };
+        // No cursor: start before every (seq, id) there can be.
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (seq, task) = after.map_or((-1, -1), |(seq, task)| (clamp(seq), clamp(task)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = if with_payloads {
+            concat!(
+                "SELECT ",
+                task_columns!(payloads),
+                " FROM tasks WHERE job = ?1 AND (seq > ?2 OR (seq = ?2 AND id > ?3))",
+                " ORDER BY seq, id LIMIT ?4"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                task_columns!(status),
+                " FROM tasks WHERE job = ?1 AND (seq > ?2 OR (seq = ?2 AND id > ?3))",
+                " ORDER BY seq, id LIMIT ?4"
+            )
+        };
+        self.read(
+            || format!("reading a page of the tasks of job {job}"),
+            |conn| {
+                conn.prepare_cached(sql)?
+                    .query_map(params![id, seq, task, limit], task_row)?
+                    .collect()
+            },
+        )
+    }
+
     /// Opens (creating if absent, with its directory) the store at `path`,
     /// refusing a file whose schema is newer than this build's, and starts
     /// its writer thread.
@@ -2318,6 +2385,9 @@ impl Store for SqliteStore {
         match filter {
             TaskFilter::Job(job) => self.job_tasks(*job, 0..=u64::MAX, with_payloads),
             TaskFilter::Seqs { job, seqs } => self.job_tasks(*job, seqs.clone(), with_payloads),
+            TaskFilter::Page { job, after, limit } => {
+                self.job_page(*job, *after, *limit, with_payloads)
+            }
             TaskFilter::Ids(ids) => {
                 let ids: Vec<i64> = ids
                     .iter()
@@ -2765,6 +2835,26 @@ mod tests {
             let (high, low) = (2, 1);
             assert_eq!(seqs(store, j, high..=low, true), [], "a reversed range");
             assert_eq!(seqs(store, j, 3..=9, true), []);
+            let page = |store: &mut dyn Store, after, limit| {
+                store
+                    .tasks(
+                        &TaskFilter::Page {
+                            job: j,
+                            after,
+                            limit,
+                        },
+                        false,
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t.seq, t.id))
+                    .collect::<Vec<_>>()
+            };
+            let first = page(store, None, 2);
+            assert_eq!(first, [(0, t0), (1, all[1].id)]);
+            assert_eq!(page(store, first.last().copied(), 2), [(2, t2)]);
+            assert_eq!(page(store, Some((2, t2)), 2), []);
+            assert_eq!(page(store, None, 0), []);
             assert_eq!(seqs(store, j + 1, 0..=9, true), []);
             assert!(store
                 .tasks(&TaskFilter::Job(j + 1), true)

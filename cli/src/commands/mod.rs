@@ -74,7 +74,8 @@ impl HubArg {
     }
 }
 
-/// The recorded tasks of `job`; an unknown job is a usage error.
+/// The recorded tasks of `job`, read page by page (a job of any size comes
+/// back in replies of bounded size); an unknown job is a usage error.
 pub fn job_reports(
     client: &mut zcluster::hub::client::HubClient,
     job: u64,
@@ -82,16 +83,26 @@ pub fn job_reports(
 ) -> anyhow::Result<Vec<zcluster::hub::protocol::TaskReport>> {
     use zcluster::hub::client::ClientError;
     use zcluster::hub::protocol::{ClientCall, Reply};
-    let call = ClientCall::Results {
-        job,
-        ids: None,
-        status_only,
-    };
-    match client.call(&call) {
-        Ok(Reply::Results(reports)) => Ok(reports),
-        Ok(_) => anyhow::bail!("unexpected answer to a results call"),
-        Err(ClientError::Refused(reason)) => Err(UsageError(reason).into()),
-        Err(e) => Err(e.into()),
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let call = ClientCall::ResultsPage {
+            job,
+            after,
+            status_only,
+        };
+        match client.call(&call) {
+            Ok(Reply::ResultsPage { reports, next }) => {
+                all.extend(reports);
+                match next {
+                    Some(cursor) if Some(cursor) != after => after = Some(cursor),
+                    _ => return Ok(all),
+                }
+            }
+            Ok(_) => anyhow::bail!("unexpected answer to a results call"),
+            Err(ClientError::Refused(reason)) => return Err(UsageError(reason).into()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
