@@ -7,15 +7,21 @@
 # and store (it binds the same ports with the same key). Both runs must print
 # exactly the inputs, each once, in order, and exit 0; the script prints what
 # it killed and when, and the chaotic run's time against the undisturbed one.
-# It exits non-zero on any mismatch, a failed map, or a map still running
-# after TIMEOUT seconds.
+# It exits non-zero on any mismatch, a failed map, a map still running after
+# TIMEOUT seconds, or a chaotic run that ended before anything was killed
+# (no worker, or with HUB_KILL=1 not the hub): a PASS always means the job
+# survived what it says was killed.
 #
 # Usage: scripts/chaos.sh
 #   ZCLUSTER=/path/to/zcluster  binary (default: target/release/zcluster,
 #                               built with cargo first)
-#   TASKS=20000 WORKERS=4 SLOTS=1 INTERVAL=2   sizes and the kill period (s)
+#   TASKS=20000 WORKERS=4 SLOTS=1 INTERVAL=2   sizes and the kill period (s;
+#                                              default 2, or a quarter of the
+#                                              undisturbed time if shorter)
 #   HUB_KILL=1 HUB_KILL_AT=5 HUB_DOWN=0.5      SIGKILL the hub once, at this
-#                                              time (s), dead this long (0: never)
+#                                              time (s; default 5, or 40% of the
+#                                              undisturbed time if shorter),
+#                                              dead this long (HUB_KILL=0: never)
 #   TIMEOUT=...                 bound on the chaotic run (default 60 s + 5x
 #                               the undisturbed time)
 #   SEED=N                      which workers get killed (default: the pid)
@@ -27,9 +33,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TASKS=${TASKS:-20000}
 WORKERS=${WORKERS:-4}
 SLOTS=${SLOTS:-1}
-INTERVAL=${INTERVAL:-2}
+INTERVAL=${INTERVAL:-}
 HUB_KILL=${HUB_KILL:-1}
-HUB_KILL_AT=${HUB_KILL_AT:-5}
+HUB_KILL_AT=${HUB_KILL_AT:-}
 HUB_DOWN=${HUB_DOWN:-0.5}
 TIMEOUT=${TIMEOUT:-}
 SEED=${SEED:-$$}
@@ -173,7 +179,7 @@ check() {
     return 1
 }
 
-echo "chaos: $TASKS tasks on $WORKERS workers x $SLOTS slot(s); a worker SIGKILLed every ${INTERVAL} s; seed $SEED"
+echo "chaos: $TASKS tasks on $WORKERS workers x $SLOTS slot(s); seed $SEED"
 echo "chaos: $Z; scratch in $tmp"
 start_hub
 wait_for "the hub to answer" hub_answers
@@ -200,6 +206,11 @@ fi
 
 # 2. The same job under chaos.
 [ -n "$TIMEOUT" ] || TIMEOUT=$(calc "60 + 5 * $calm")
+# Kills early enough to land inside the chaotic run, which takes at least
+# as long as the undisturbed one.
+[ -n "$INTERVAL" ] || INTERVAL=$(awk -v c="$calm" 'BEGIN { i = c / 4; print (i < 2 ? i : 2) }')
+[ -n "$HUB_KILL_AT" ] || HUB_KILL_AT=$(awk -v c="$calm" 'BEGIN { k = c * 0.4; print (k < 5 ? k : 5) }')
+echo "chaos run: a worker SIGKILLed every ${INTERVAL} s$([ "$HUB_KILL" = 1 ] && echo ", the hub at ${HUB_KILL_AT} s")"
 worker_kills=()
 hub_events=()
 hung=0
@@ -263,8 +274,13 @@ if [ "$HUB_KILL" = 1 ]; then
     if [ "$hub_killed" = 1 ]; then
         echo "hub:         ${hub_events[*]}"
     else
-        echo "hub:         not killed (the job ended before ${HUB_KILL_AT} s)"
+        echo "error: the hub was not killed (the job ended before ${HUB_KILL_AT} s); raise TASKS or lower HUB_KILL_AT" >&2
+        failed=1
     fi
+fi
+if [ ${#worker_kills[@]} -eq 0 ]; then
+    echo "error: no worker was killed (the job ended before ${INTERVAL} s); raise TASKS or lower INTERVAL" >&2
+    failed=1
 fi
 if [ "$chaos_status" != 0 ]; then
     failed=1
