@@ -1613,3 +1613,37 @@ fn results_of_a_job_larger_than_a_message_come_back_whole() {
         TASKS + 1
     );
 }
+
+/// A hub started on a connection file it cannot use (here one others may
+/// read) refuses to start and says how to fix it, instead of replacing it
+/// with new ports and a new key that would cut off every worker.
+#[test]
+fn a_hub_refuses_to_replace_a_connection_file_it_cannot_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut hub = Hub::start();
+    hub.cmd("shutdown").assert().success();
+    hub.proc.wait();
+    let before = std::fs::read(&hub.file).unwrap();
+    std::fs::set_permissions(&hub.file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = zcluster()
+        .arg("hub")
+        .arg("--connection-file")
+        .arg(&hub.file)
+        .arg("--store")
+        .arg(&hub.store)
+        .args(["--ip", "127.0.0.1"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("chmod 600") && stderr.contains("--fresh"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&hub.file).unwrap(),
+        before,
+        "the file was rewritten"
+    );
+}

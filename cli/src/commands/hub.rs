@@ -13,6 +13,8 @@ use zcluster::hub::connection::{self, ConnectionInfo};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions, DEFAULT_CREDIT, DEFAULT_POISON_LIMIT};
 use zcluster::message::MAX_MESSAGE_BYTES;
 
+use super::UsageError;
+
 #[derive(Args)]
 pub struct HubArgs {
     /// Interface to listen on (a lab sets 0.0.0.0 or an interface address).
@@ -66,10 +68,18 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     });
     // A restarted hub binds the ports and keeps the key of its old file, so
     // engines and clients reconnect without being told anything.
-    let previous = if args.fresh {
+    // One that exists but cannot be used (others may read it, it is
+    // damaged) is an error, never silently replaced: a new key and new ports
+    // would cut off every worker of the cluster.
+    let previous = if args.fresh || !path.exists() {
         None
     } else {
-        ConnectionInfo::read(&path).ok()
+        Some(ConnectionInfo::read(&path).map_err(|e| {
+            UsageError(format!(
+                "{e}\n(fix it, or start the hub with --fresh for new ports and a new key, \
+                 which every worker and client must then be given)"
+            ))
+        })?)
     };
     let rebind = |url: &str| {
         url.rsplit_once(':')
