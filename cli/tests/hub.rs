@@ -413,18 +413,7 @@ fn status_matches_results_and_purge_removes_finished_jobs_only() {
     let workers = hub.workers(2, 1);
     let (file, inputs) = numbered_inputs(hub.dir(), "in.txt", "", 25);
     let run_map = || {
-        let output = hub
-            .cmd("map")
-            .arg(&file)
-            .args(["--", "echo"])
-            .timeout(FAIL_AFTER)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = hub.map_ok(&file, &["--", "echo"]);
         assert_eq!(String::from_utf8_lossy(&output.stdout), lines_text(&inputs));
         job_of(&output)
     };
@@ -636,17 +625,9 @@ fn found_job(hub: &Hub) -> (u64, Vec<PathBuf>) {
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let file = input_file(hub.dir(), "found.txt", &refs);
-    let output = hub
-        .cmd("map")
-        .arg(&file)
-        .args(["--", "sh", "-c", "test -e \"$0\" && echo found $0"])
-        .timeout(FAIL_AFTER)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = hub.map_ok(
+        &file,
+        &["--", "sh", "-c", "test -e \"$0\" && echo found $0"],
     );
     (job_of(&output), paths)
 }
@@ -789,23 +770,16 @@ fn an_input_retried_to_success_is_not_a_failed_task() {
         .collect();
     let refs: Vec<&str> = marks.iter().map(String::as_str).collect();
     let file = input_file(hub.dir(), "marks.txt", &refs);
-    let output = hub
-        .cmd("map")
-        .args(["--retries", "1"])
-        .arg(&file)
-        .args([
+    let output = hub.map_ok(
+        &file,
+        &[
+            "--retries",
+            "1",
             "--",
             "sh",
             "-c",
             "if [ -e \"$0\" ]; then echo second; else touch \"$0\"; exit 3; fi",
-        ])
-        .timeout(FAIL_AFTER)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     let job = job_of(&output);
     let (code, records) = hub.results(job);
@@ -1473,19 +1447,7 @@ fn a_retry_goes_to_another_engine() {
     // The shell's parent is the worker process running it.
     let script = "if [ ! -e \"$0\" ]; then echo $PPID > \"$0\"; exit 3; fi; \
                   if [ \"$(cat \"$0\")\" = \"$PPID\" ]; then exit 4; fi; echo elsewhere";
-    let output = hub
-        .cmd("map")
-        .args(["--retries", "1"])
-        .arg(&file)
-        .args(["--", "sh", "-c", script])
-        .timeout(FAIL_AFTER)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = hub.map_ok(&file, &["--retries", "1", "--", "sh", "-c", script]);
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         "elsewhere\n".repeat(6)
@@ -1566,18 +1528,7 @@ fn results_of_a_job_larger_than_a_message_come_back_whole() {
     let hub = Hub::start();
     let _workers = hub.workers(1, 2);
     let (file, _) = numbered_inputs(hub.dir(), "in.txt", "", TASKS);
-    let output = hub
-        .cmd("map")
-        .arg(&file)
-        .args(["--shell", "--", "seq", "{}", LINES])
-        .timeout(FAIL_AFTER)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = hub.map_ok(&file, &["--shell", "--", "seq", "{}", LINES]);
     let job = job_of(&output);
     let mapped = output.stdout;
     assert!(

@@ -215,6 +215,24 @@ impl Hub {
         (output.status.code(), records)
     }
 
+    /// Runs `zcluster map --hub FILE INPUTS ARGS` to the end and checks that
+    /// it succeeded (its stderr in the failure message); its output.
+    pub fn map_ok(&self, inputs: &Path, args: &[&str]) -> std::process::Output {
+        let output = self
+            .cmd("map")
+            .arg(inputs)
+            .args(args)
+            .timeout(FAIL_AFTER)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "map failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
     /// Runs `zcluster map --hub FILE ARGS` in the background, stdout and
     /// stderr to files.
     pub fn spawn_map(&self, name: &str, args: &[&str]) -> MapRun {
