@@ -1603,7 +1603,13 @@ struct Fold {
     held: HashMap<i64, Folded>,
     /// Order in which tasks were first held.
     order: Vec<i64>,
+    /// Payload bytes held; past [`FOLD_BYTES`] the held tasks are written
+    /// out at once (still in the batch's transaction).
+    bytes: usize,
 }
+
+/// Most payload bytes the writer holds back for folding.
+const FOLD_BYTES: usize = 64 << 20;
 
 impl Fold {
     fn apply(&mut self, conn: &Connection, write: Write, deferred: &Deferred) {
@@ -1614,6 +1620,7 @@ impl Fold {
                 if self.held.contains_key(&task.id) {
                     self.flush(conn, deferred);
                 }
+                self.bytes += task.request.len();
                 self.hold(
                     task.id,
                     Folded {
@@ -1622,13 +1629,17 @@ impl Fold {
                     },
                 );
             }
-            return;
+            return self.flush_if_full(conn, deferred);
         }
         let Some(id) = write.task() else {
             return apply(conn, write, deferred);
         };
         if let Some(held) = self.held.get_mut(&id) {
+            if let Write::Finished { result, error, .. } = &write {
+                self.bytes += result.len() + error.as_ref().map_or(0, String::len);
+            }
             held.events.push(write);
+            self.flush_if_full(conn, deferred);
         } else if matches!(write, Write::Started { .. }) {
             self.hold(
                 id,
@@ -1647,8 +1658,15 @@ impl Fold {
         self.held.insert(id, folded);
     }
 
+    fn flush_if_full(&mut self, conn: &Connection, deferred: &Deferred) {
+        if self.bytes > FOLD_BYTES {
+            self.flush(conn, deferred);
+        }
+    }
+
     /// Writes the held tasks, in the order they were first held.
     fn flush(&mut self, conn: &Connection, deferred: &Deferred) {
+        self.bytes = 0;
         for id in std::mem::take(&mut self.order) {
             if let Some(folded) = self.held.remove(&id) {
                 write_folded(conn, folded, deferred);
@@ -2738,6 +2756,41 @@ mod tests {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+    }
+
+    /// A batch holding more payload than [`FOLD_BYTES`] writes what it
+    /// holds at once instead of keeping it to the end of the batch.
+    #[test]
+    fn the_fold_writes_out_what_it_holds_past_its_byte_bound() {
+        let conn = fold_table();
+        let deferred = Deferred::default();
+        let mut fold = Fold::default();
+        fold.apply(&conn, write_of(1, &(0, Event::Start(1))), &deferred);
+        fold.apply(&conn, write_of(2, &(1, Event::Start(1))), &deferred);
+        assert_eq!(fold.held.len(), 2);
+        let big = Write::Finished {
+            task: 1,
+            state: TaskState::Ok,
+            result: vec![7; FOLD_BYTES + 1],
+            error: None,
+            completed: 3,
+            engine: 1,
+            attempts: 1,
+        };
+        fold.apply(&conn, big, &deferred);
+        assert!(
+            fold.held.is_empty() && fold.order.is_empty(),
+            "nothing held"
+        );
+        assert_eq!(fold.bytes, 0);
+        let states: Vec<String> = conn
+            .prepare("SELECT state FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(states, ["ok", "running"]);
     }
 
     proptest! {
