@@ -182,6 +182,14 @@ pub enum MessageKind {
     /// Several [`ClusterResult`]s in one message, answering a
     /// [`Requests`](MessageKind::Requests); the header id is the first one's.
     Results,
+    /// Several tasks of one job from the hub to an engine: a list of (task
+    /// id, encoded [`ClusterRequest`]) pairs, each decoded on its own so
+    /// that a bad one fails alone. The header id is the first task's.
+    Tasks,
+    /// Several results from an engine to the hub: a list of (job, task id,
+    /// status, encoded [`ClusterResult`]), which the hub records and
+    /// forwards one by one without decoding. The header id is the first's.
+    TaskResults,
 }
 
 impl fmt::Display for MessageKind {
@@ -194,6 +202,8 @@ impl fmt::Display for MessageKind {
             MessageKind::Control => "control",
             MessageKind::Requests => "request batch",
             MessageKind::Results => "result batch",
+            MessageKind::Tasks => "task batch",
+            MessageKind::TaskResults => "task result batch",
         })
     }
 }

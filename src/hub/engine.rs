@@ -24,8 +24,8 @@ use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
 use crate::auth::Channel;
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
-    self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
-    MessageKind, ResultMetadata, ResultStatus, SignedSocket, WorkerInfo,
+    self, decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
+    MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable, DEFAULT_LINGER};
@@ -272,6 +272,7 @@ pub fn run_engine(
             Err(e) => return Err(transport("poll", e.into())),
         };
         if slots_ready {
+            let mut drained: Vec<(JobId, ClusterResult, bool)> = Vec::new();
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
                 let job = tickets.remove(&ticket).map_or(0, |(job, _)| job);
                 let cancelled = cancels(&flags)
@@ -284,9 +285,10 @@ pub fn run_engine(
                 handled += 1;
                 busy += result.metadata.elapsed;
                 pace.record(result.metadata.elapsed);
-                if let Err(e) = result_to_hub(&conn.socket, job, &result) {
-                    warn!(error = %e, "cannot send a result to the hub");
-                }
+                drained.push((job, result, cancelled));
+            }
+            results_to_hub(&conn.socket, &drained);
+            for (job, result, cancelled) in drained {
                 // A cancelled copy's failure says nothing about its task:
                 // never send it again to a hub that may take it as final.
                 if !cancelled {
@@ -453,23 +455,27 @@ fn on_hub(
 ) -> Result<HubEvent, EngineError> {
     match envelope.header.kind {
         MessageKind::Request => {
+            take_task(
+                conn,
+                waiting,
+                envelope.header.job,
+                envelope.header.id,
+                envelope.request(),
+            );
+        }
+        MessageKind::Tasks => {
             let job = envelope.header.job;
-            let mut request = match envelope.request() {
-                Ok(request) => request,
-                Err(e) => {
-                    // Answer it, or its slot at the hub stays taken and its
-                    // client waits for ever.
-                    warn!(error = %e, "refusing a bad task");
-                    let failed =
-                        failed_here(conn, envelope.header.id, &format!("bad request: {e}"));
-                    if let Err(e) = result_to_hub(&conn.socket, job, &failed) {
-                        warn!(error = %e, "cannot answer a bad task");
+            match decode_value::<Vec<(u64, serde_bytes::ByteBuf)>>(envelope.body(), "tasks") {
+                Ok(tasks) => {
+                    for (id, request) in tasks {
+                        let request = decode_value::<ClusterRequest>(&request, "request");
+                        take_task(conn, waiting, job, id, request);
                     }
-                    return Ok(HubEvent::None);
                 }
-            };
-            request.metadata.insert(JOB_KEY.into(), job.to_string());
-            waiting.push_back(request);
+                // Only the hub sends these, and it builds them from bodies it
+                // holds: which tasks it meant is unknown here.
+                Err(e) => warn!(error = %e, "dropping a bad task batch"),
+            }
         }
         MessageKind::Control => match envelope.control::<HubToEngine>() {
             Ok(HubToEngine::Heartbeat) => {}
@@ -516,6 +522,31 @@ fn on_hub(
         kind => debug!(%kind, "dropping an unexpected message from the hub"),
     }
     Ok(HubEvent::None)
+}
+
+/// Queues a task the hub sent, or answers it at once as failed when its
+/// request does not decode (otherwise its slot at the hub stays taken and
+/// its client waits for ever).
+fn take_task(
+    conn: &Connection,
+    waiting: &mut VecDeque<ClusterRequest>,
+    job: JobId,
+    id: u64,
+    request: Result<ClusterRequest, MessageError>,
+) {
+    match request {
+        Ok(mut request) => {
+            request.metadata.insert(JOB_KEY.into(), job.to_string());
+            waiting.push_back(request);
+        }
+        Err(e) => {
+            warn!(error = %e, "refusing a bad task");
+            let failed = failed_here(conn, id, &format!("bad request: {e}"));
+            if let Err(e) = result_to_hub(&conn.socket, job, &failed) {
+                warn!(error = %e, "cannot answer a bad task");
+            }
+        }
+    }
 }
 
 /// Results sent lately. Registering anew (the hub restarted, or lost this
@@ -662,6 +693,69 @@ fn result_to_hub(
     result: &ClusterResult,
 ) -> Result<(), MessageError> {
     socket.send(&Header::result(job, result), result, zmq::DONTWAIT)
+}
+
+/// Most bytes of results sent to the hub in one message: small, since an
+/// engine does not know the hub's `--max-message` and a message over it is
+/// lost with the connection; a larger result goes alone, as always.
+const RESULT_BATCH_BYTES: usize = 64 << 10;
+
+/// Sends results to the hub, several in one [`MessageKind::TaskResults`]
+/// message where there are several (up to [`RESULT_BATCH_BYTES`] each), a
+/// lone one as a plain result; never blocking (see [`result_to_hub`]).
+fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)]) {
+    if let [(job, result, _)] = results {
+        if let Err(e) = result_to_hub(socket, *job, result) {
+            warn!(error = %e, "cannot send a result to the hub");
+        }
+        return;
+    }
+    let mut batch: Vec<(JobId, u64, ResultStatus, serde_bytes::ByteBuf)> = Vec::new();
+    let mut bytes = 0;
+    for (job, result, _) in results {
+        let body = match message::encode_value(result, "result") {
+            Ok(body) => body,
+            Err(e) => {
+                warn!(error = %e, "cannot send a result to the hub");
+                continue;
+            }
+        };
+        if body.len() > RESULT_BATCH_BYTES {
+            if let Err(e) = result_to_hub(socket, *job, result) {
+                warn!(error = %e, "cannot send a result to the hub");
+            }
+            continue;
+        }
+        if bytes + body.len() > RESULT_BATCH_BYTES {
+            send_result_batch(socket, &std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += body.len();
+        batch.push((
+            *job,
+            result.id,
+            result.status,
+            serde_bytes::ByteBuf::from(body),
+        ));
+    }
+    send_result_batch(socket, &batch);
+}
+
+fn send_result_batch(
+    socket: &SignedSocket,
+    batch: &[(JobId, u64, ResultStatus, serde_bytes::ByteBuf)],
+) {
+    let Some((_, first, _, _)) = batch.first() else {
+        return;
+    };
+    let header = Header {
+        kind: MessageKind::TaskResults,
+        job: 0,
+        id: *first,
+    };
+    if let Err(e) = socket.send(&header, batch, zmq::DONTWAIT) {
+        warn!(error = %e, results = batch.len(), "cannot send results to the hub");
+    }
 }
 
 fn send_control(socket: &SignedSocket, message: &EngineMessage) {

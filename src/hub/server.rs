@@ -462,6 +462,42 @@ fn send_task(
     socket.send_raw_routed(identity, &header, request)
 }
 
+/// Sends tasks of `job` (id, recorded request) to the engine `identity`:
+/// one alone as a plain request, several as one [`MessageKind::Tasks`]
+/// message of (id, request) pairs.
+fn send_tasks(
+    socket: &SignedSocket,
+    identity: &[u8],
+    job: JobId,
+    tasks: &[(u64, &[u8])],
+) -> Result<(), MessageError> {
+    match tasks {
+        [] => Ok(()),
+        [(id, request)] => send_task(socket, identity, job, *id, request),
+        [(first, _), ..] => {
+            let header = Header {
+                kind: MessageKind::Tasks,
+                job,
+                id: *first,
+            };
+            let items: Vec<(u64, &serde_bytes::Bytes)> = tasks
+                .iter()
+                .map(|(id, request)| (*id, serde_bytes::Bytes::new(request)))
+                .collect();
+            socket.send_routed(identity, &header, &items)
+        }
+    }
+}
+
+/// Most tasks the hub sends an engine in one message...
+const DISPATCH_BATCH: usize = 32;
+
+/// ...and most bytes of requests in it (a larger one goes alone)...
+const DISPATCH_BATCH_BYTES: usize = 1 << 20;
+
+/// ...and only for a job whose median task takes less than this.
+const DISPATCH_BATCH_BELOW: Duration = Duration::from_millis(1);
+
 /// The request body with its attempt number in the metadata (re-encoded
 /// only on a retry, which is rare).
 fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
@@ -843,7 +879,23 @@ impl Hub {
                 Err(e) => warn!(error = %e, "dropping a bad control message from an engine"),
             },
             (MessageKind::Result(status), Some(engine)) => {
-                self.on_result(engine, &envelope, status)
+                self.on_result(engine, envelope.header, envelope.body(), status)
+            }
+            (MessageKind::TaskResults, Some(engine)) => {
+                type Item = (JobId, u64, ResultStatus, serde_bytes::ByteBuf);
+                match decode_value::<Vec<Item>>(envelope.body(), "task results") {
+                    Ok(results) => {
+                        for (job, id, status, body) in results {
+                            let header = Header {
+                                kind: MessageKind::Result(status),
+                                job,
+                                id,
+                            };
+                            self.on_result(engine, header, &body, status);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "dropping a bad result batch from an engine"),
+                }
             }
             (MessageKind::Reply, Some(engine)) => match envelope.reply() {
                 Ok(reply) => self.on_command_reply(engine, reply),
@@ -1045,8 +1097,14 @@ impl Hub {
         }
     }
 
-    fn on_result(&mut self, engine_id: EngineId, envelope: &Envelope, status: ResultStatus) {
-        let key = (envelope.header.job, envelope.header.id);
+    fn on_result(
+        &mut self,
+        engine_id: EngineId,
+        header: Header,
+        body: &[u8],
+        status: ResultStatus,
+    ) {
+        let key = (header.job, header.id);
         if let Some(engine) = self.engines.get_mut(&engine_id) {
             if engine.running.remove(&key) {
                 engine.completed += 1;
@@ -1114,7 +1172,7 @@ impl Hub {
         }
         let error = match status {
             ResultStatus::Ok => None,
-            ResultStatus::Fail => decode_value::<ClusterResult>(envelope.body(), "result")
+            ResultStatus::Fail => decode_value::<ClusterResult>(body, "result")
                 .ok()
                 .and_then(|r| r.exception),
         };
@@ -1123,7 +1181,7 @@ impl Hub {
                 ResultStatus::Ok => TaskState::Ok,
                 ResultStatus::Fail => TaskState::Failed,
             },
-            result: envelope.body().to_vec(),
+            result: body.to_vec(),
             error,
             completed: SystemTime::now(),
             engine: engine_id,
@@ -1133,7 +1191,6 @@ impl Hub {
             warn!(error = %e, "cannot record a result");
         }
         let client = job.client.clone();
-        let header = envelope.header;
         for identity in losers {
             let cancel = HubToEngine::CancelTask {
                 job: key.0,
@@ -1141,10 +1198,7 @@ impl Hub {
             };
             self.to_engine(&identity, &cancel);
         }
-        if let Err(e) = self
-            .clients_socket
-            .send_raw_routed(&client, &header, envelope.body())
-        {
+        if let Err(e) = self.clients_socket.send_raw_routed(&client, &header, body) {
             debug!(error = %e, job = key.0, "result not delivered (client gone); it stays in the store");
         }
         self.retire_if_done(key.0);
@@ -1220,41 +1274,83 @@ impl Hub {
                 continue;
             };
             idle_turns = 0;
+            // The front task, and while the engine has room more of the
+            // job's first-time tasks behind it (a retry stays for its own
+            // turn, which looks for an engine it has not failed on), up to
+            // DISPATCH_BATCH in one message: short tasks then cost a
+            // fraction of a message each on this hop and the next.
+            // Only tasks known to be short go several at a time: longer
+            // ones are spread one by one over the engines with the most
+            // room, which batching to one engine would not do. Each task
+            // behind the first goes only where it could have gone alone:
+            // the prefetch depth is decided again with the backlog it
+            // leaves.
+            let most = if job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
+                DISPATCH_BATCH
+            } else {
+                1
+            };
+            let prefetch = job.prefetch_depth();
+            let mut batch = vec![task_id];
+            let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
             job.queue.pop_front();
+            while batch.len() < most {
+                let depth = if job.queue.len() > self.total_slots {
+                    prefetch
+                } else {
+                    1
+                };
+                if engine.free(depth) as usize <= batch.len() {
+                    break;
+                }
+                let Some(next) = job.queue.front().and_then(|id| job.tasks.get(id)) else {
+                    break;
+                };
+                bytes += next.request.len();
+                if !next.failed_on.is_empty() || bytes > DISPATCH_BATCH_BYTES {
+                    break;
+                }
+                if let Some(id) = job.queue.pop_front() {
+                    batch.push(id);
+                }
+            }
             if !job.queue.is_empty() {
                 self.turns.push_back(job_id);
             }
-            let Some(task) = job.tasks.get_mut(&task_id) else {
-                continue;
-            };
-            if let Err(e) = send_task(
-                &self.engines_socket,
-                &engine.identity,
-                job_id,
-                task_id,
-                &task.request,
-            ) {
+            let items: Vec<(u64, &[u8])> = batch
+                .iter()
+                .filter_map(|id| job.tasks.get(id).map(|t| (*id, t.request.as_slice())))
+                .collect();
+            if let Err(e) = send_tasks(&self.engines_socket, &engine.identity, job_id, &items) {
                 // With ROUTER_MANDATORY an engine that is gone (a ghost
                 // left by a reconnect) is an error here: drop it, keep the
-                // task, and try again with the engines that are left.
-                warn!(engine = engine.id, error = %e, "cannot send a task; engine dropped, task requeued");
+                // tasks, and try again with the engines that are left.
+                warn!(engine = engine.id, error = %e, "cannot send tasks; engine dropped, tasks requeued");
                 let gone = engine.id;
-                job.queue.push_front(task_id);
+                for id in batch.into_iter().rev() {
+                    job.queue.push_front(id);
+                }
                 if !self.turns.contains(&job_id) {
                     self.turns.push_back(job_id);
                 }
                 self.unregister(gone, "unreachable", false);
                 continue;
             }
-            task.engine = Some(engine.id);
-            task.started = Some(Instant::now());
-            task.attempts += 1;
-            engine.running.insert((job_id, task_id));
-            if let Err(e) =
-                self.store
-                    .task_started(task.store_id, engine.id, SystemTime::now(), task.attempts)
-            {
-                warn!(error = %e, "cannot record a start");
+            let now = (Instant::now(), SystemTime::now());
+            for id in batch {
+                let Some(task) = job.tasks.get_mut(&id) else {
+                    continue;
+                };
+                task.engine = Some(engine.id);
+                task.started = Some(now.0);
+                task.attempts += 1;
+                engine.running.insert((job_id, id));
+                if let Err(e) =
+                    self.store
+                        .task_started(task.store_id, engine.id, now.1, task.attempts)
+                {
+                    warn!(error = %e, "cannot record a start");
+                }
             }
         }
     }
