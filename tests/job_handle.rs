@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zcluster::hub::client::JobHandle;
+use zcluster::hub::client::{HubClient, JobHandle};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{HandlerFn, HANDLER_KEY};
 use zcluster::hub::protocol::{ClientCall, JobKind};
@@ -27,10 +27,26 @@ fn nap_request(id: u64, ms: u64) -> ClusterRequest {
         .with_metadata(HANDLER_KEY, "nap")
 }
 
+/// An embedded cluster with `slots` slots running `nap`, a client, and a
+/// job of `nap` tasks opened by it.
+fn nap_job(slots: usize, description: &str) -> (EmbeddedCluster, HubClient, JobHandle) {
+    let handlers = BTreeMap::from([("nap".to_string(), nap())]);
+    let cluster = EmbeddedCluster::with(slots, ":memory:", handlers).unwrap();
+    let mut client = cluster.client().unwrap();
+    let open = ClientCall::OpenJob {
+        kind: JobKind::Handler("nap".into()),
+        description: description.into(),
+        retries: 0,
+        halt_on_failure: false,
+    };
+    let handle = JobHandle::open(&mut client, open).unwrap();
+    (cluster, client, handle)
+}
+
 /// Results until `until` says stop or `limit` passes.
 fn collect(
     handle: &mut JobHandle,
-    client: &mut zcluster::hub::client::HubClient,
+    client: &mut HubClient,
     limit: Duration,
     mut until: impl FnMut(&[u64]) -> bool,
 ) -> Vec<u64> {
@@ -54,16 +70,7 @@ fn collect(
 /// the attached map waiting for ever.)
 #[test]
 fn an_attached_client_gets_results_that_arrive_before_it_expects_them() {
-    let handlers = BTreeMap::from([("nap".to_string(), nap())]);
-    let cluster = EmbeddedCluster::with(4, ":memory:", handlers).unwrap();
-    let mut first = cluster.client().unwrap();
-    let open = ClientCall::OpenJob {
-        kind: JobKind::Handler("nap".into()),
-        description: "attach".into(),
-        retries: 0,
-        halt_on_failure: false,
-    };
-    let mut handle = JobHandle::open(&mut first, open).unwrap();
+    let (cluster, mut first, mut handle) = nap_job(4, "attach");
     let job = handle.job();
     let naps = [1500, 0, 0, 0, 0, 0, 0, 0, 0, 0, 400, 400];
     for (id, ms) in naps.into_iter().enumerate() {
@@ -109,16 +116,7 @@ fn an_attached_client_gets_results_that_arrive_before_it_expects_them() {
 /// once, instead of waiting for ever on a hub that stays up.
 #[test]
 fn a_result_lost_on_the_way_is_taken_from_the_store() {
-    let handlers = BTreeMap::from([("nap".to_string(), nap())]);
-    let cluster = EmbeddedCluster::with(2, ":memory:", handlers).unwrap();
-    let mut client = cluster.client().unwrap();
-    let open = ClientCall::OpenJob {
-        kind: JobKind::Handler("nap".into()),
-        description: "lost result".into(),
-        retries: 0,
-        halt_on_failure: false,
-    };
-    let mut handle = JobHandle::open(&mut client, open).unwrap();
+    let (_cluster, mut client, mut handle) = nap_job(2, "lost result");
     handle.send(&mut client, nap_request(0, 0)).unwrap();
     let lost = client
         .next_result(Duration::from_secs(10))
