@@ -8,13 +8,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    let kind = match kind % 7 {
+    let kind = match kind % 9 {
         0 => MessageKind::Request,
         1 => MessageKind::Result(ResultStatus::Ok),
         2 => MessageKind::Result(ResultStatus::Fail),
         3 => MessageKind::Command,
         4 => MessageKind::Requests,
         5 => MessageKind::Results,
+        6 => MessageKind::Tasks,
+        7 => MessageKind::TaskResults,
         _ => MessageKind::Reply,
     };
     let Ok(header) = encode_value(&Header { kind, job: 0, id: 0 }, "header") else {

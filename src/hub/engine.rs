@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::client::random_identity;
 use super::connection::{ConnectionError, ConnectionInfo};
-use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
+use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, ResultItem, TaskItem};
 use crate::auth::Channel;
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
@@ -465,7 +465,7 @@ fn on_hub(
         }
         MessageKind::Tasks => {
             let job = envelope.header.job;
-            match decode_value::<Vec<(u64, serde_bytes::ByteBuf)>>(envelope.body(), "tasks") {
+            match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
                 Ok(tasks) => {
                     for (id, request) in tasks {
                         let request = decode_value::<ClusterRequest>(&request, "request");
@@ -710,7 +710,7 @@ fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)
         }
         return;
     }
-    let mut batch: Vec<(JobId, u64, ResultStatus, serde_bytes::ByteBuf)> = Vec::new();
+    let mut batch: Vec<ResultItem> = Vec::new();
     let mut bytes = 0;
     for (job, result, _) in results {
         let body = match message::encode_value(result, "result") {
@@ -741,10 +741,7 @@ fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)
     send_result_batch(socket, &batch);
 }
 
-fn send_result_batch(
-    socket: &SignedSocket,
-    batch: &[(JobId, u64, ResultStatus, serde_bytes::ByteBuf)],
-) {
+fn send_result_batch(socket: &SignedSocket, batch: &[ResultItem]) {
     let Some((_, first, _, _)) = batch.first() else {
         return;
     };

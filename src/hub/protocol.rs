@@ -22,6 +22,19 @@ pub type EngineId = u64;
 /// A job's number, never reused in the life of a store.
 pub type JobId = u64;
 
+/// One task of a [`MessageKind::Tasks`] message from the hub: its id and
+/// its encoded [`ClusterRequest`](crate::message::ClusterRequest).
+///
+/// [`MessageKind::Tasks`]: crate::message::MessageKind::Tasks
+pub type TaskItem = (u64, serde_bytes::ByteBuf);
+
+/// One result of a [`MessageKind::TaskResults`] message from an engine:
+/// its job, its task id, its status and the encoded
+/// [`ClusterResult`](crate::message::ClusterResult).
+///
+/// [`MessageKind::TaskResults`]: crate::message::MessageKind::TaskResults
+pub type ResultItem = (JobId, u64, ResultStatus, serde_bytes::ByteBuf);
+
 /// Engine to hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EngineMessage {

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{
     AttachInfo, ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine,
-    JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, TaskReport,
+    JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, ResultItem, TaskReport,
 };
 use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskRecord,
@@ -882,8 +882,7 @@ impl Hub {
                 self.on_result(engine, envelope.header, envelope.body(), status)
             }
             (MessageKind::TaskResults, Some(engine)) => {
-                type Item = (JobId, u64, ResultStatus, serde_bytes::ByteBuf);
-                match decode_value::<Vec<Item>>(envelope.body(), "task results") {
+                match decode_value::<Vec<ResultItem>>(envelope.body(), "task results") {
                     Ok(results) => {
                         for (job, id, status, body) in results {
                             let header = Header {
