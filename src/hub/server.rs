@@ -1273,18 +1273,15 @@ impl Hub {
                 continue;
             };
             idle_turns = 0;
-            // The front task, and while the engine has room more of the
-            // job's first-time tasks behind it (a retry stays for its own
-            // turn, which looks for an engine it has not failed on), up to
-            // DISPATCH_BATCH in one message: short tasks then cost a
-            // fraction of a message each on this hop and the next.
-            // Only tasks known to be short go several at a time: longer
-            // ones are spread one by one over the engines with the most
-            // room, which batching to one engine would not do. Each task
-            // behind the first goes only where it could have gone alone:
-            // the prefetch depth is decided again with the backlog it
-            // leaves.
-            let most = if job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
+            // The front task and, for a job of short tasks, the first-time
+            // tasks behind it (a retry waits for its own turn, which looks
+            // for an engine it has not failed on), up to DISPATCH_BATCH in
+            // one message, so each costs a fraction of a message on this
+            // hop and the next. Each one goes only where it could have gone
+            // alone (the prefetch depth decided again with the backlog it
+            // leaves). Longer tasks go one by one, each to the engine with
+            // the most room, which a batch to one engine would not do.
+            let most_tasks = if job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
                 DISPATCH_BATCH
             } else {
                 1
@@ -1293,7 +1290,7 @@ impl Hub {
             let mut batch = vec![task_id];
             let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
             job.queue.pop_front();
-            while batch.len() < most {
+            while batch.len() < most_tasks {
                 let depth = if job.queue.len() > self.total_slots {
                     prefetch
                 } else {
