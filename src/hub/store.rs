@@ -254,6 +254,47 @@ pub enum TaskFilter {
     },
 }
 
+/// The tasks of one job that [`TaskFilter::Job`], [`TaskFilter::Seqs`] and
+/// [`TaskFilter::Page`] ask for, in the one form both stores read: up to
+/// `limit` tasks in (seq, id) order after (`from_seq`, `after_id`), with a
+/// seq of at most `to_seq`.
+struct TaskRange {
+    from_seq: u64,
+    /// Tasks at `from_seq` are taken only past this id (`None`: all of them).
+    after_id: Option<TaskId>,
+    to_seq: u64,
+    limit: usize,
+}
+
+impl TaskRange {
+    fn whole() -> Self {
+        TaskRange {
+            from_seq: 0,
+            after_id: None,
+            to_seq: u64::MAX,
+            limit: usize::MAX,
+        }
+    }
+
+    fn seqs(seqs: &std::ops::RangeInclusive<u64>) -> Self {
+        TaskRange {
+            from_seq: *seqs.start(),
+            to_seq: *seqs.end(),
+            ..Self::whole()
+        }
+    }
+
+    fn page(after: Option<(u64, TaskId)>, limit: usize) -> Self {
+        let (from_seq, after_id) = after.map_or((0, None), |(seq, id)| (seq, Some(id)));
+        TaskRange {
+            from_seq,
+            after_id,
+            limit,
+            ..Self::whole()
+        }
+    }
+}
+
 /// What went wrong in the task store, and with what.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -495,6 +536,31 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The tasks of `job` in `range`, in (seq, id) order.
+    fn job_range(&self, job: JobId, range: &TaskRange, with_payloads: bool) -> Vec<TaskRecord> {
+        let Some(job) = self.jobs.get(&job) else {
+            return Vec::new();
+        };
+        let to = (range.to_seq, TaskId::MAX);
+        let (from, start) = match range.after_id {
+            Some(id) => (Bound::Excluded((range.from_seq, id)), (range.from_seq, id)),
+            None => {
+                let start = (range.from_seq, TaskId::MIN);
+                (Bound::Included(start), start)
+            }
+        };
+        // (A start past the end would make BTreeSet::range panic.)
+        if start > to {
+            return Vec::new();
+        }
+        job.tasks
+            .range((from, Bound::Included(to)))
+            .take(range.limit)
+            .filter_map(|(_, id)| self.tasks.get(id))
+            .map(|t| view(t, with_payloads))
+            .collect()
+    }
+
     /// What [`Store::location`] says, and the [`open`] spec that selects this store.
     pub const LOCATION: &'static str = ":memory:";
 
@@ -729,40 +795,13 @@ impl Store for MemoryStore {
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         Ok(match filter {
-            TaskFilter::Job(job) => match self.jobs.get(job) {
-                Some(job) => job
-                    .tasks
-                    .iter()
-                    .filter_map(|(_, id)| self.tasks.get(id))
-                    .map(|t| view(t, with_payloads))
-                    .collect(),
-                None => Vec::new(),
-            },
-            TaskFilter::Seqs { job, seqs } => match self.jobs.get(job) {
-                // (A reversed range would make BTreeSet::range panic.)
-                Some(job) if !seqs.is_empty() => job
-                    .tasks
-                    .range((*seqs.start(), TaskId::MIN)..=(*seqs.end(), TaskId::MAX))
-                    .filter_map(|(_, id)| self.tasks.get(id))
-                    .map(|t| view(t, with_payloads))
-                    .collect(),
-                _ => Vec::new(),
-            },
-            TaskFilter::Page { job, after, limit } => match self.jobs.get(job) {
-                Some(job) => {
-                    let from = match after {
-                        Some(cursor) => Bound::Excluded(*cursor),
-                        None => Bound::Unbounded,
-                    };
-                    job.tasks
-                        .range((from, Bound::Unbounded))
-                        .take(*limit)
-                        .filter_map(|(_, id)| self.tasks.get(id))
-                        .map(|t| view(t, with_payloads))
-                        .collect()
-                }
-                None => Vec::new(),
-            },
+            TaskFilter::Job(job) => self.job_range(*job, &TaskRange::whole(), with_payloads),
+            TaskFilter::Seqs { job, seqs } => {
+                self.job_range(*job, &TaskRange::seqs(seqs), with_payloads)
+            }
+            TaskFilter::Page { job, after, limit } => {
+                self.job_range(*job, &TaskRange::page(*after, *limit), with_payloads)
+            }
             TaskFilter::Ids(ids) => {
                 let ids: BTreeSet<TaskId> = ids.iter().copied().collect();
                 self.sorted_views(
@@ -1500,6 +1539,8 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
 /// one inserted in this batch, or one whose start came in this batch, with
 /// the events that followed.
 struct Folded {
+    /// The task.
+    id: i64,
     /// The insert, for a task new in this batch; `None` for a task already
     /// in the table, whose first held event is its start.
     insert: Option<SqlTask>,
@@ -1521,16 +1562,8 @@ struct FinalRow<'a> {
 }
 
 impl Folded {
-    fn id(&self) -> i64 {
-        match (&self.insert, self.events.first().and_then(Write::task)) {
-            (Some(task), _) => task.id,
-            (None, Some(id)) => id,
-            (None, None) => 0,
-        }
-    }
-
     fn final_row(&self) -> FinalRow<'_> {
-        let id = self.id().unsigned_abs();
+        let id = self.id.unsigned_abs();
         let mut row = FinalRow {
             state: TaskState::Pending,
             engine: None,
@@ -1621,13 +1654,11 @@ impl Fold {
                     self.flush(conn, deferred);
                 }
                 self.bytes += task.request.len();
-                self.hold(
-                    task.id,
-                    Folded {
-                        insert: Some(task),
-                        events: Vec::new(),
-                    },
-                );
+                self.hold(Folded {
+                    id: task.id,
+                    insert: Some(task),
+                    events: Vec::new(),
+                });
             }
             return self.flush_if_full(conn, deferred);
         }
@@ -1641,21 +1672,19 @@ impl Fold {
             held.events.push(write);
             self.flush_if_full(conn, deferred);
         } else if matches!(write, Write::Started { .. }) {
-            self.hold(
+            self.hold(Folded {
                 id,
-                Folded {
-                    insert: None,
-                    events: vec![write],
-                },
-            );
+                insert: None,
+                events: vec![write],
+            });
         } else {
             apply(conn, write, deferred);
         }
     }
 
-    fn hold(&mut self, id: i64, folded: Folded) {
-        self.order.push(id);
-        self.held.insert(id, folded);
+    fn hold(&mut self, folded: Folded) {
+        self.order.push(folded.id);
+        self.held.insert(folded.id, folded);
     }
 
     fn flush_if_full(&mut self, conn: &Connection, deferred: &Deferred) {
@@ -1678,7 +1707,7 @@ impl Fold {
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
 fn write_folded(conn: &Connection, folded: Folded, deferred: &Deferred) {
-    let id = folded.id();
+    let id = folded.id;
     let row = folded.final_row();
     let written = match &folded.insert {
         Some(task) => conn
@@ -1864,79 +1893,48 @@ fn note_ignored(conn: &Connection, event: &str, task: i64) {
 }
 
 impl SqliteStore {
-    /// The tasks of `job` with a seq in `seqs`, in (seq, id) order.
-    fn job_tasks(
+    /// The tasks of `job` in `range`, in (seq, id) order, read through the
+    /// (job, seq) index between the range's two seqs.
+    fn job_range(
         &mut self,
         job: JobId,
-        seqs: std::ops::RangeInclusive<u64>,
+        range: &TaskRange,
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let Ok(id) = i64::try_from(job) else {
             return Ok(Vec::new());
         };
-        // Seqs are stored as SQLite's signed integers; past i64::MAX there
-        // are none.
-        let clamp = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
-        let (from, to) = (clamp(*seqs.start()), clamp(*seqs.end()));
+        // Stored as SQLite's signed integers; past i64::MAX there are none.
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let after_id = range.after_id.map_or(-1, clamp);
+        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
         let sql = if with_payloads {
             concat!(
                 "SELECT ",
                 task_columns!(payloads),
-                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, id"
+                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?4",
+                " AND (seq > ?2 OR id > ?3) ORDER BY seq, id LIMIT ?5"
             )
         } else {
             concat!(
                 "SELECT ",
                 task_columns!(status),
-                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, id"
+                " FROM tasks WHERE job = ?1 AND seq BETWEEN ?2 AND ?4",
+                " AND (seq > ?2 OR id > ?3) ORDER BY seq, id LIMIT ?5"
             )
         };
+        let params = params![
+            id,
+            clamp(range.from_seq),
+            after_id,
+            clamp(range.to_seq),
+            limit
+        ];
         self.read(
             || format!("reading the tasks of job {job}"),
             |conn| {
                 conn.prepare_cached(sql)?
-                    .query_map(params![id, from, to], task_row)?
-                    .collect()
-            },
-        )
-    }
-
-    /// A keyset page of `job`'s tasks: up to `limit` after `after`, in
-    /// (seq, id) order.
-    fn job_page(
-        &mut self,
-        job: JobId,
-        after: Option<(u64, TaskId)>,
-        limit: usize,
-        with_payloads: bool,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        let Ok(id) = i64::try_from(job) else {
-            return Ok(Vec::new());
-        };
-        // No cursor: start before every (seq, id) there can be.
-        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let (seq, task) = after.map_or((-1, -1), |(seq, task)| (clamp(seq), clamp(task)));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = if with_payloads {
-            concat!(
-                "SELECT ",
-                task_columns!(payloads),
-                " FROM tasks WHERE job = ?1 AND (seq > ?2 OR (seq = ?2 AND id > ?3))",
-                " ORDER BY seq, id LIMIT ?4"
-            )
-        } else {
-            concat!(
-                "SELECT ",
-                task_columns!(status),
-                " FROM tasks WHERE job = ?1 AND (seq > ?2 OR (seq = ?2 AND id > ?3))",
-                " ORDER BY seq, id LIMIT ?4"
-            )
-        };
-        self.read(
-            || format!("reading a page of the tasks of job {job}"),
-            |conn| {
-                conn.prepare_cached(sql)?
-                    .query_map(params![id, seq, task, limit], task_row)?
+                    .query_map(params, task_row)?
                     .collect()
             },
         )
@@ -2401,10 +2399,12 @@ impl Store for SqliteStore {
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         match filter {
-            TaskFilter::Job(job) => self.job_tasks(*job, 0..=u64::MAX, with_payloads),
-            TaskFilter::Seqs { job, seqs } => self.job_tasks(*job, seqs.clone(), with_payloads),
+            TaskFilter::Job(job) => self.job_range(*job, &TaskRange::whole(), with_payloads),
+            TaskFilter::Seqs { job, seqs } => {
+                self.job_range(*job, &TaskRange::seqs(seqs), with_payloads)
+            }
             TaskFilter::Page { job, after, limit } => {
-                self.job_page(*job, *after, *limit, with_payloads)
+                self.job_range(*job, &TaskRange::page(*after, *limit), with_payloads)
             }
             TaskFilter::Ids(ids) => {
                 let ids: Vec<i64> = ids
