@@ -819,9 +819,14 @@ impl SignedSocket {
         body: &T,
         flags: i32,
     ) -> Result<(), MessageError> {
-        with_encoded(body, |bytes| {
-            send_frames(&self.socket, header, bytes, flags, Some(&self.auth.signer))
-        })
+        with_encoded(body, |bytes| self.send_raw(header, bytes, flags))
+    }
+
+    /// Like [`send`](Self::send) with a body already encoded (a result
+    /// encoded once to see whether it fits a batch).
+    pub fn send_raw(&self, header: &Header, body: &[u8], flags: i32) -> Result<(), MessageError> {
+        check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+        send_frames(&self.socket, header, body, flags, Some(&self.auth.signer))
     }
 
     /// Sends one signed message through a ROUTER socket to the peer

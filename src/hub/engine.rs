@@ -702,30 +702,28 @@ const RESULT_BATCH_BYTES: usize = 64 << 10;
 
 /// Sends results to the hub, several in one [`MessageKind::TaskResults`]
 /// message where there are several (up to [`RESULT_BATCH_BYTES`] each), a
-/// lone one as a plain result; never blocking (see [`result_to_hub`]).
+/// lone or larger one as a plain result; each is encoded once, and nothing
+/// blocks (see [`result_to_hub`]).
 fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)]) {
-    if let [(job, result, _)] = results {
-        if let Err(e) = result_to_hub(socket, *job, result) {
-            warn!(error = %e, "cannot send a result to the hub");
-        }
-        return;
-    }
     let mut batch: Vec<ResultItem> = Vec::new();
     let mut bytes = 0;
     for (job, result, _) in results {
-        let body = match message::encode_value(result, "result") {
-            Ok(body) => body,
+        let body = message::encode_value(result, "result");
+        let body = match body {
+            Ok(body) if results.len() > 1 && body.len() <= RESULT_BATCH_BYTES => body,
+            // Alone: the only one, or too large to batch.
+            Ok(body) => {
+                let header = Header::result(*job, result);
+                if let Err(e) = socket.send_raw(&header, &body, zmq::DONTWAIT) {
+                    warn!(error = %e, "cannot send a result to the hub");
+                }
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot send a result to the hub");
                 continue;
             }
         };
-        if body.len() > RESULT_BATCH_BYTES {
-            if let Err(e) = result_to_hub(socket, *job, result) {
-                warn!(error = %e, "cannot send a result to the hub");
-            }
-            continue;
-        }
         if bytes + body.len() > RESULT_BATCH_BYTES {
             send_result_batch(socket, &std::mem::take(&mut batch));
             bytes = 0;
