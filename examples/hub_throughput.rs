@@ -3,7 +3,8 @@
 //! no-op handler. `scripts/bench-hub.sh` compares it with the toolkit alone
 //! (`examples/throughput.rs --mode toolkit`).
 //!
-//! Prints `hub-STORE COUNT SLOTS SECONDS TASKS_PER_SECOND`.
+//! Prints `hub-STORE COUNT SLOTS SECONDS TASKS_PER_SECOND` (`hub-STORE-tcp`
+//! with `--tcp`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use clap::Parser;
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{HandlerFn, HANDLER_KEY};
 use zcluster::hub::protocol::{ClientCall, JobKind, Reply};
+use zcluster::hub::server::{Endpoints, HubOptions};
 use zcluster::message::ClusterRequest;
 
 #[derive(Parser)]
@@ -30,13 +32,29 @@ struct Args {
     /// printing `latency COUNT MEDIAN_US P99_US`.
     #[arg(long)]
     latency: bool,
+    /// Connect over TCP on 127.0.0.1 instead of inproc, as to a
+    /// `zcluster hub` on the network.
+    #[arg(long)]
+    tcp: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let noop: HandlerFn = Arc::new(|request: &ClusterRequest| Ok(request.payload.clone()));
     let handlers = BTreeMap::from([("noop".to_string(), noop)]);
-    let cluster = EmbeddedCluster::with(args.slots, &args.store, handlers)?;
+    let cluster = if args.tcp {
+        let options = HubOptions {
+            endpoints: Endpoints::Tcp {
+                ip: "127.0.0.1".into(),
+                port_base: None,
+            },
+            store: args.store.clone(),
+            ..HubOptions::default()
+        };
+        EmbeddedCluster::with_options(options, args.slots, handlers)?
+    } else {
+        EmbeddedCluster::with(args.slots, &args.store, handlers)?
+    };
     let mut client = cluster.client()?;
     let opened = client.call(&ClientCall::OpenJob {
         kind: JobKind::Handler("noop".into()),
@@ -84,8 +102,9 @@ fn main() -> anyhow::Result<()> {
     } else {
         "sqlite"
     };
+    let over = if args.tcp { "-tcp" } else { "" };
     println!(
-        "hub-{store} {} {} {seconds:.4} {:.0}",
+        "hub-{store}{over} {} {} {seconds:.4} {:.0}",
         args.count,
         args.slots,
         args.count as f64 / seconds

@@ -72,20 +72,29 @@ impl EmbeddedCluster {
         handlers: BTreeMap<String, HandlerFn>,
     ) -> Result<Self, EmbeddedError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let ctx = zmq::Context::new();
         let name = format!(
             "zcluster-embedded-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let hub = Hub::bind(
-            &ctx,
-            HubOptions {
-                endpoints: Endpoints::Inproc(name),
-                store: store.to_string(),
-                ..HubOptions::default()
-            },
-        )?;
+        let options = HubOptions {
+            endpoints: Endpoints::Inproc(name),
+            store: store.to_string(),
+            ..HubOptions::default()
+        };
+        Self::with_options(options, slots, handlers)
+    }
+
+    /// Like [`with`](Self::with) with a hub of these options: over TCP on
+    /// loopback, say, to measure what a network hub's sockets cost, or with
+    /// a smaller `max_message`.
+    pub fn with_options(
+        options: HubOptions,
+        slots: usize,
+        handlers: BTreeMap<String, HandlerFn>,
+    ) -> Result<Self, EmbeddedError> {
+        let ctx = zmq::Context::new();
+        let hub = Hub::bind(&ctx, options)?;
         let connection = hub.connection().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let hub = {
@@ -145,7 +154,7 @@ impl EmbeddedCluster {
         HubClient::connect(&self.ctx, &self.connection)
     }
 
-    /// The embedded hub's connection information (inproc URLs).
+    /// The embedded hub's connection information.
     pub fn connection(&self) -> &ConnectionInfo {
         &self.connection
     }
