@@ -7,6 +7,7 @@
 //! tests/, which would not be built.
 
 mod common;
+mod hub_limits;
 mod job_handle;
 mod map;
 mod pool;

@@ -142,6 +142,15 @@ pub struct HubOptions {
     pub speculate: bool,
 }
 
+impl HubOptions {
+    /// The largest frame the hub's sockets take: `max_message` within
+    /// 1 KiB..=[`MAX_MESSAGE_BYTES`]. Engines and clients learn it when they
+    /// register or open a job, and refuse to send anything larger.
+    pub fn message_limit(&self) -> usize {
+        self.max_message.clamp(1024, MAX_MESSAGE_BYTES)
+    }
+}
+
 impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
@@ -510,11 +519,35 @@ fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
     }
 }
 
-/// Messages buffered per peer before the hub stops reading that peer's
-/// connection (TCP pushes back on it; nothing is dropped): one peer's flood
-/// cannot take the hub's memory, and honest peers stay far below it, since
-/// credit bounds what they send unanswered.
+/// Most messages buffered per peer before the hub stops reading that
+/// peer's connection (TCP pushes back on it; nothing is dropped). Honest
+/// peers stay far below it, since credit bounds what they send unanswered.
 const INBOUND_PER_PEER: i32 = 4096;
+
+/// Bytes of one network peer's messages the hub buffers unread, at most:
+/// the receive high-water mark is this over the largest message...
+const INBOUND_BYTES_PER_PEER: usize = 256 << 20;
+
+/// ...but never below this many messages: over TCP, a mark of 8 costs a
+/// fifth of the hub's task rate and one of 4 a third (libzmq wakes the
+/// reading I/O thread every half mark), while 16 costs nothing measurable.
+const INBOUND_MIN_MESSAGES: i32 = 16;
+
+/// The receive high-water mark of a hub socket. A network peer, which may
+/// not hold the key, can make the hub hold at most
+/// max([`INBOUND_BYTES_PER_PEER`], 16 × `max_message`) of its messages, plus
+/// the one being read: ZeroMQ counts messages, not bytes, so the mark is
+/// derived from the largest message. Inproc peers are this process's own
+/// threads and keep the full mark.
+fn inbound_hwm(url: &str, max_message: usize) -> i32 {
+    if url.starts_with("inproc://") {
+        return INBOUND_PER_PEER;
+    }
+    let fit = INBOUND_BYTES_PER_PEER / max_message.max(1);
+    i32::try_from(fit)
+        .unwrap_or(INBOUND_PER_PEER)
+        .clamp(INBOUND_MIN_MESSAGES, INBOUND_PER_PEER)
+}
 
 /// Largest subscription message the notification socket takes (a flag byte
 /// and a topic; the only topic honoured is the empty one).
@@ -566,7 +599,7 @@ fn router(
     // socket's: never drop a task or result because a pipe is full.
     socket.set_sndhwm(0).map_err(|e| bind("configure", e))?;
     socket
-        .set_rcvhwm(INBOUND_PER_PEER)
+        .set_rcvhwm(inbound_hwm(url, max_message))
         .map_err(|e| bind("configure", e))?;
     if kind == zmq::ROUTER {
         // A send to a peer that is gone is an error, not a silent drop; and
@@ -593,7 +626,7 @@ fn router(
             .map_err(|e| bind("configure", e))?;
     } else {
         socket
-            .set_maxmsgsize(max_message.clamp(1024, MAX_MESSAGE_BYTES) as i64)
+            .set_maxmsgsize(max_message as i64)
             .map_err(|e| bind("configure", e))?;
     }
     socket.bind(url).map_err(|e| bind("bind", e))?;
@@ -626,7 +659,7 @@ impl Hub {
                 notifications,
             } => (engines.clone(), clients.clone(), notifications.clone()),
         };
-        let max = options.max_message;
+        let max = options.message_limit();
         let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url, max)?;
         let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max)?;
         let (notifications, notifications_endpoint) =
@@ -2210,5 +2243,45 @@ impl Hub {
         {
             debug!(error = %e, "cannot publish a notification");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_peer_is_held_to_a_byte_budget_not_just_a_message_count() {
+        let mib = 1 << 20;
+        // The default limit: 16 messages of 64 MiB.
+        assert_eq!(inbound_hwm("tcp://127.0.0.1:5555", 64 * mib), 16);
+        // Smaller messages: as many as fit in 256 MiB...
+        assert_eq!(inbound_hwm("ipc:///tmp/hub", mib), 256);
+        assert_eq!(inbound_hwm("tcp://*:1", 16 * mib), 16);
+        // ...up to the message cap.
+        assert_eq!(inbound_hwm("tcp://*:1", 1024), INBOUND_PER_PEER);
+        // This process's own threads are not held to it.
+        assert_eq!(
+            inbound_hwm("inproc://x-engines", 64 * mib),
+            INBOUND_PER_PEER
+        );
+        for max in [1024, 4096, mib, 3 * mib, 64 * mib] {
+            let hwm = inbound_hwm("tcp://*:1", max) as usize;
+            assert!(hwm * max <= (INBOUND_BYTES_PER_PEER).max(16 * max));
+        }
+    }
+
+    #[test]
+    fn the_message_limit_stays_within_what_every_peer_accepts() {
+        let limit = |max_message| {
+            HubOptions {
+                max_message,
+                ..HubOptions::default()
+            }
+            .message_limit()
+        };
+        assert_eq!(limit(0), 1024);
+        assert_eq!(limit(5 << 20), 5 << 20);
+        assert_eq!(limit(usize::MAX), MAX_MESSAGE_BYTES);
     }
 }

@@ -1,0 +1,218 @@
+//! The hub's bounds against peers, seen from outside its loop: what a peer
+//! without the key can make it hold, and what happens to a message larger
+//! than the hub takes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use zcluster::hub::client::{HubClient, JobHandle};
+use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
+use zcluster::hub::protocol::{ClientCall, JobKind, Reply};
+use zcluster::hub::server::{Endpoints, Hub, HubOptions};
+use zcluster::message::{ClusterRequest, ResultStatus};
+
+use crate::common::join_within;
+
+/// This process's resident set, in bytes.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib << 10
+}
+
+fn tcp_hub(max_message: usize) -> HubOptions {
+    HubOptions {
+        endpoints: Endpoints::Tcp {
+            ip: "127.0.0.1".into(),
+            port_base: None,
+        },
+        max_message,
+        ..HubOptions::default()
+    }
+}
+
+/// Echoes its payload, or answers `n` bytes when the payload is `n`.
+fn echo() -> HandlerFn {
+    Arc::new(|request: &ClusterRequest| match request.decode::<u64>() {
+        Ok(n) if request.payload.len() == 8 => Ok(vec![7; n as usize]),
+        _ => Ok(request.payload.clone()),
+    })
+}
+
+/// A hub with these options running on a thread, and one engine of
+/// `slots` slots offering `echo`.
+struct Running {
+    ctx: zmq::Context,
+    hub: Option<thread::JoinHandle<()>>,
+    engine: Option<thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    connection: zcluster::hub::connection::ConnectionInfo,
+}
+
+impl Running {
+    fn start(ctx: &zmq::Context, hub: Hub, slots: usize) -> Self {
+        let connection = hub.connection().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hub = {
+            let stop = stop.clone();
+            thread::spawn(move || hub.run(&stop).expect("the hub runs"))
+        };
+        let engine = {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            let options = EngineOptions {
+                connection: connection.clone(),
+                slots,
+                misses: DEFAULT_MISSES,
+                handlers: BTreeMap::from([("echo".to_string(), echo())]),
+            };
+            thread::spawn(move || {
+                run_engine(&ctx, &options, &stop).expect("the engine runs");
+            })
+        };
+        let running = Running {
+            ctx: ctx.clone(),
+            hub: Some(hub),
+            engine: Some(engine),
+            stop,
+            connection,
+        };
+        let mut client = running.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Reply::Hello(info)) = client.call(&ClientCall::Hello) {
+                if info.slots as usize >= slots {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the engine never registered");
+            thread::sleep(Duration::from_millis(10));
+        }
+        running
+    }
+
+    fn client(&self) -> HubClient {
+        HubClient::connect(&self.ctx, &self.connection).expect("a client")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for handle in [self.engine.take(), self.hub.take()].into_iter().flatten() {
+            join_within(handle, Duration::from_secs(20));
+        }
+    }
+}
+
+fn echo_job(client: &mut HubClient) -> JobHandle {
+    let open = ClientCall::OpenJob {
+        kind: JobKind::Handler("echo".into()),
+        description: "limits".into(),
+        retries: 0,
+        halt_on_failure: false,
+    };
+    JobHandle::open(client, open).expect("a job")
+}
+
+fn echo_request(id: u64, payload: Vec<u8>) -> ClusterRequest {
+    ClusterRequest::new(id, payload).with_metadata(HANDLER_KEY, "echo")
+}
+
+/// Every result of `count` tasks, by id, within `limit`.
+fn results(
+    handle: &mut JobHandle,
+    client: &mut HubClient,
+    count: usize,
+    limit: Duration,
+) -> BTreeMap<u64, zcluster::message::ClusterResult> {
+    let mut got = BTreeMap::new();
+    let deadline = Instant::now() + limit;
+    while got.len() < count && Instant::now() < deadline {
+        if let Some(result) = handle
+            .next_result(client, Duration::from_millis(100))
+            .expect("results")
+        {
+            assert!(
+                got.insert(result.id, result).is_none(),
+                "a result came twice"
+            );
+        }
+    }
+    got
+}
+
+/// ZeroMQ bounds a peer's unread messages by count; the hub derives that
+/// count from its largest message, so a peer without the key, flooding
+/// messages as large as the hub takes while the hub reads nothing, stops
+/// (TCP pushes back) once about 256 MiB are queued, not 4,096 messages
+/// (16 GiB at this size) later. Afterwards the hub serves a job as usual.
+#[test]
+fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
+    const MAX: usize = 4 << 20;
+    const BUDGET: usize = 256 << 20;
+    // Messages the hub may buffer (its mark), plus what the attacker's own
+    // queue, the one frame being decoded and the kernel's socket buffers
+    // (a few MiB each way on loopback) hold.
+    const ALLOWED: usize = BUDGET / MAX + 8;
+    let ctx = zmq::Context::new();
+    // Bound, not yet running: its I/O threads accept and queue, nobody reads.
+    let hub = Hub::bind(&ctx, tcp_hub(MAX)).expect("a hub");
+    let attacker = ctx.socket(zmq::DEALER).unwrap();
+    attacker.set_sndhwm(1).unwrap();
+    attacker.set_linger(0).unwrap();
+    attacker.connect(&hub.connection().clients).unwrap();
+    let frame = vec![0x5a_u8; MAX - 1024];
+    let before = rss_bytes();
+    let (mut sent, mut last_sent) = (0, Instant::now());
+    while sent < 4 * ALLOWED && last_sent.elapsed() < Duration::from_secs(2) {
+        match attacker.send(&frame[..], zmq::DONTWAIT) {
+            Ok(()) => {
+                sent += 1;
+                last_sent = Instant::now();
+            }
+            Err(zmq::Error::EAGAIN) => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!(
+        "{sent} messages of {} MiB taken before the hub pushed back; this process grew {} MiB",
+        MAX >> 20,
+        grown >> 20
+    );
+    assert!(
+        sent <= ALLOWED,
+        "{sent} messages of {MAX} bytes were taken from one peer (at most {ALLOWED} fit the budget)"
+    );
+    assert!(
+        grown <= BUDGET + (64 << 20),
+        "one peer's flood grew this process by {} MiB",
+        grown >> 20
+    );
+    // The hub reads and drops the flood, then serves.
+    let running = Running::start(&ctx, hub, 2);
+    let mut client = running.client();
+    let mut handle = echo_job(&mut client);
+    for id in 0..20u64 {
+        let request = echo_request(id, id.to_le_bytes().repeat(3));
+        handle.send(&mut client, request).unwrap();
+    }
+    let got = results(&mut handle, &mut client, 20, Duration::from_secs(30));
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    for (id, result) in &got {
+        assert_eq!(result.status, ResultStatus::Ok);
+        assert_eq!(result.payload, id.to_le_bytes().repeat(3));
+    }
+    handle.close(&mut client, 20);
+    drop(attacker);
+}
