@@ -787,6 +787,8 @@ fn recv_checked(
 pub struct SignedSocket {
     socket: zmq::Socket,
     auth: Auth,
+    /// Largest body the peer takes (see [`set_limit`](Self::set_limit)).
+    limit: usize,
 }
 
 impl fmt::Debug for SignedSocket {
@@ -804,7 +806,22 @@ impl SignedSocket {
         SignedSocket {
             socket,
             auth: Auth::new(key, sends, receives),
+            limit: MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Sends nothing with a body over `limit` bytes (at most
+    /// [`MAX_MESSAGE_BYTES`]): the peer's own limit (a hub's
+    /// `--max-message`), so that a message it would not take fails here as
+    /// [`MessageError::TooLarge`] instead of making ZeroMQ drop the
+    /// connection and the message with it.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_MESSAGE_BYTES);
+    }
+
+    /// The largest body this socket sends.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// The socket itself (to poll it, or set options).
@@ -825,7 +842,7 @@ impl SignedSocket {
     /// Like [`send`](Self::send) with a body already encoded (a result
     /// encoded once to see whether it fits a batch).
     pub fn send_raw(&self, header: &Header, body: &[u8], flags: i32) -> Result<(), MessageError> {
-        check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
+        check_size("body", body.len(), self.limit)?;
         send_frames(&self.socket, header, body, flags, Some(&self.auth.signer))
     }
 
@@ -852,6 +869,7 @@ impl SignedSocket {
         header: &Header,
         body: &[u8],
     ) -> Result<(), MessageError> {
+        check_size("body", body.len(), self.limit)?;
         self.socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
         send_frames(
             &self.socket,

@@ -49,6 +49,17 @@ pub enum ClientError {
     /// The hub answered something that does not fit the call.
     #[error("unexpected answer from the hub: {0}")]
     Unexpected(String),
+    /// A task larger than the hub takes: bad input, refused before it is
+    /// sent.
+    #[error("task {id} is {size} bytes, over the hub's message limit of {limit} bytes (zcluster hub --max-message)")]
+    TaskTooLarge {
+        /// The task's id.
+        id: u64,
+        /// Its encoded size.
+        size: usize,
+        /// The hub's limit.
+        limit: usize,
+    },
     /// The connection file's key is unusable.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
@@ -143,7 +154,12 @@ impl HubClient {
             };
             match envelope.header.kind {
                 MessageKind::Control if envelope.header.id == request => {
-                    return match envelope.control::<Reply>()? {
+                    let reply = envelope.control::<Reply>()?;
+                    if let Some(limit) = reply.max_message() {
+                        // Tasks over it are refused here, not lost on the way.
+                        self.socket.set_limit(limit);
+                    }
+                    return match reply {
                         Reply::Error(reason) => Err(ClientError::Refused(reason)),
                         reply => Ok(reply),
                     };
@@ -161,8 +177,14 @@ impl HubClient {
             job,
             id: request.id,
         };
-        self.socket.send(&header, request, 0)?;
-        Ok(())
+        match self.socket.send(&header, request, 0) {
+            Err(MessageError::TooLarge { size, limit, .. }) => Err(ClientError::TaskTooLarge {
+                id: request.id,
+                size,
+                limit,
+            }),
+            sent => Ok(sent?),
+        }
     }
 
     /// The next result message for any of this client's jobs, or `None`
@@ -272,7 +294,9 @@ impl JobHandle {
     /// Opens a new job.
     pub fn open(client: &mut HubClient, call: ClientCall) -> Result<Self, ClientError> {
         match client.call(&call)? {
-            Reply::JobOpened { job, credit, epoch } => Ok(Self::new(job, epoch, credit, 0)),
+            Reply::JobOpened {
+                job, credit, epoch, ..
+            } => Ok(Self::new(job, epoch, credit, 0)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

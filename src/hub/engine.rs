@@ -665,8 +665,13 @@ fn connect(
                 }
             };
             match envelope.control::<HubToEngine>() {
-                Ok(HubToEngine::Registered { engine, heartbeat }) => {
+                Ok(HubToEngine::Registered {
+                    engine,
+                    heartbeat,
+                    max_message,
+                }) => {
                     info!(engine, hub = %options.connection.engines, "registered with the hub");
+                    socket.set_limit(usize::try_from(max_message).unwrap_or(usize::MAX));
                     return Ok(Connection {
                         socket,
                         engine: Some(engine),
@@ -692,12 +697,54 @@ fn result_to_hub(
     job: JobId,
     result: &ClusterResult,
 ) -> Result<(), MessageError> {
-    socket.send(&Header::result(job, result), result, zmq::DONTWAIT)
+    let body = message::encode_value(result, "result")?;
+    alone_to_hub(socket, job, result, &body)
 }
 
-/// Most bytes of results sent to the hub in one message: small, since an
-/// engine does not know the hub's `--max-message` and a message over it is
-/// lost with the connection; a larger result goes alone, as always.
+/// Sends one encoded result by itself. One larger than the hub takes
+/// goes as a failure saying so: sent as it is, ZeroMQ would drop it with
+/// the connection, and its task would wait for ever.
+fn alone_to_hub(
+    socket: &SignedSocket,
+    job: JobId,
+    result: &ClusterResult,
+    body: &[u8],
+) -> Result<(), MessageError> {
+    let header = Header::result(job, result);
+    match socket.send_raw(&header, body, zmq::DONTWAIT) {
+        Err(MessageError::TooLarge { size, limit, .. }) => {
+            let failed = too_large(result, size, limit);
+            warn!(
+                job,
+                task = result.id,
+                size,
+                limit,
+                "result over the hub's message limit; sent as a failure"
+            );
+            socket.send(&Header::result(job, &failed), &failed, zmq::DONTWAIT)
+        }
+        sent => sent,
+    }
+}
+
+/// A failure in place of a result of `size` bytes that the hub, taking at
+/// most `limit`, would not take.
+fn too_large(result: &ClusterResult, size: usize, limit: usize) -> ClusterResult {
+    ClusterResult {
+        id: result.id,
+        status: ResultStatus::Fail,
+        payload: Vec::new(),
+        request_metadata: result.request_metadata.clone(),
+        metadata: result.metadata.clone(),
+        exception: Some(format!(
+            "its result of {size} bytes is over the hub's message limit of {limit} bytes (zcluster hub --max-message)"
+        )),
+    }
+}
+
+/// Most bytes of results sent to the hub in one message: small, so that a
+/// batch never nears even a small `--max-message`; a larger result goes
+/// alone, as always.
 const RESULT_BATCH_BYTES: usize = 64 << 10;
 
 /// Sends results to the hub, several in one [`MessageKind::TaskResults`]
@@ -707,14 +754,15 @@ const RESULT_BATCH_BYTES: usize = 64 << 10;
 fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)]) {
     let mut batch: Vec<ResultItem> = Vec::new();
     let mut bytes = 0;
+    // Room for the batch's own framing within the hub's limit.
+    let batch_bytes = RESULT_BATCH_BYTES.min(socket.limit() / 2);
     for (job, result, _) in results {
         let body = message::encode_value(result, "result");
         let body = match body {
-            Ok(body) if results.len() > 1 && body.len() <= RESULT_BATCH_BYTES => body,
+            Ok(body) if results.len() > 1 && body.len() <= batch_bytes => body,
             // Alone: the only one, or too large to batch.
             Ok(body) => {
-                let header = Header::result(*job, result);
-                if let Err(e) = socket.send_raw(&header, &body, zmq::DONTWAIT) {
+                if let Err(e) = alone_to_hub(socket, *job, result, &body) {
                     warn!(error = %e, "cannot send a result to the hub");
                 }
                 continue;
@@ -724,7 +772,7 @@ fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)
                 continue;
             }
         };
-        if bytes + body.len() > RESULT_BATCH_BYTES {
+        if bytes + body.len() > batch_bytes {
             send_result_batch(socket, &std::mem::take(&mut batch));
             bytes = 0;
         }

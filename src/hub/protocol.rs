@@ -71,6 +71,9 @@ pub enum HubToEngine {
         engine: EngineId,
         /// Heartbeat period.
         heartbeat: Duration,
+        /// Largest message the hub takes (its `--max-message`): a larger
+        /// result is sent as a failure saying so.
+        max_message: u64,
     },
     /// Not welcome, and why.
     Refused {
@@ -231,6 +234,9 @@ pub enum Reply {
         credit: u32,
         /// Which start of the hub this is (see [`Reply::JobLive`]).
         epoch: u64,
+        /// Largest message the hub takes (its `--max-message`): a larger
+        /// task is refused at the client.
+        max_message: u64,
     },
     /// Answer to `CheckJob`: the job is live.
     JobLive {
@@ -267,6 +273,19 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// The hub's message limit, in the replies that carry it.
+    pub fn max_message(&self) -> Option<usize> {
+        let limit = match self {
+            Reply::Hello(info) => info.max_message,
+            Reply::JobOpened { max_message, .. } => *max_message,
+            Reply::Attached(info) => info.max_message,
+            _ => return None,
+        };
+        Some(usize::try_from(limit).unwrap_or(usize::MAX))
+    }
+}
+
 /// What a client needs to carry on with a job it attached to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachInfo {
@@ -287,6 +306,8 @@ pub struct AttachInfo {
     pub finished: Vec<u64>,
     /// Whether the job is still running (otherwise every task finished).
     pub live: bool,
+    /// Largest message the hub takes (as in [`Reply::JobOpened`]).
+    pub max_message: u64,
 }
 
 /// Facts about a hub.
@@ -298,6 +319,8 @@ pub struct HubInfo {
     pub engines: u32,
     /// Their slots in all.
     pub slots: u32,
+    /// Largest message it takes (its `--max-message`).
+    pub max_message: u64,
 }
 
 /// One engine as `zcluster status` shows it.

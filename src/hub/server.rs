@@ -971,6 +971,7 @@ impl Hub {
             &HubToEngine::Registered {
                 engine: id,
                 heartbeat: self.options.heartbeat,
+                max_message: self.options.message_limit() as u64,
             },
         );
         self.publish(&Notification::Registered {
@@ -1665,6 +1666,7 @@ impl Hub {
                 version: env!("CARGO_PKG_VERSION").into(),
                 engines: self.engines.len() as u32,
                 slots: self.engines.values().map(|e| e.slots).sum(),
+                max_message: self.options.message_limit() as u64,
             }),
             ClientCall::OpenJob {
                 kind,
@@ -1833,6 +1835,7 @@ impl Hub {
             job: id,
             credit: self.options.credit,
             epoch: self.epoch,
+            max_message: self.options.message_limit() as u64,
         })
     }
 
@@ -1878,6 +1881,7 @@ impl Hub {
             missing,
             finished,
             live,
+            max_message: self.options.message_limit() as u64,
         }))
     }
 

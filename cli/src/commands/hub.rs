@@ -43,8 +43,10 @@ pub struct HubArgs {
     /// failed as a poison input instead of tried on another.
     #[arg(long, default_value_t = DEFAULT_POISON_LIMIT, value_name = "N")]
     poison_limit: u32,
-    /// Largest message frame accepted from engines and clients; a peer
-    /// sending more is disconnected.
+    /// Largest message frame accepted from engines and clients (1 KiB to
+    /// 64 MiB). Engines and clients learn it: a larger task is refused at
+    /// the client, a larger result comes back as a failure saying so. It
+    /// also bounds what one peer can make the hub buffer (see README).
     #[arg(long, default_value_t = MAX_MESSAGE_BYTES, value_name = "BYTES")]
     max_message: usize,
     /// Never run a second copy of a straggling task (see README: stragglers).
