@@ -8,12 +8,15 @@
 //! | 0..8 | session: random per signing socket, little endian |
 //! | 8..16 | sequence number within the session, from 1, strictly increasing |
 //! | 16..24 | milliseconds since the Unix epoch when it was signed |
-//! | 24..56 | HMAC-SHA256 over the [`Channel`] label, the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
+//! | 24..56 | HMAC-SHA256 over the [`Channel`] label, the recipient, the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
 //!
 //! The channel names the direction (engine to hub, hub to client, ...), so
 //! a message signed for one direction is refused in any other: one the hub
 //! sent cannot be played back to the hub, nor one meant for an engine to a
-//! client.
+//! client. The recipient is the routing identity of the one peer a message
+//! is for (the hub's messages to an engine or a client), or empty for a
+//! message to the hub or to every subscriber: a kill, task or reply meant
+//! for one engine cannot be played to another.
 //!
 //! A [`Verifier`] accepts a message only if its tag verifies (compared in
 //! constant time) and it is fresh:
@@ -168,13 +171,14 @@ impl Key {
     fn tag(
         &self,
         channel: Channel,
+        recipient: &[u8],
         protocol: &[u8],
         nonce: &[u8],
         header: &[u8],
         body: &[u8],
     ) -> HmacSha256 {
         let mut mac = self.0.clone();
-        for part in [channel.label(), protocol, nonce, header, body] {
+        for part in [channel.label(), recipient, protocol, nonce, header, body] {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part);
         }
@@ -226,8 +230,21 @@ impl Signer {
         }
     }
 
-    /// The signature frame for a message.
+    /// The signature frame for a message to the hub, or to every
+    /// subscriber (no particular recipient).
     pub fn sign(&self, protocol: &[u8], header: &[u8], body: &[u8]) -> [u8; SIGNATURE_BYTES] {
+        self.sign_to(&[], protocol, header, body)
+    }
+
+    /// The signature frame for a message to the one peer whose routing
+    /// identity is `recipient`: no other peer accepts it.
+    pub fn sign_to(
+        &self,
+        recipient: &[u8],
+        protocol: &[u8],
+        header: &[u8],
+        body: &[u8],
+    ) -> [u8; SIGNATURE_BYTES] {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let mut frame = [0u8; SIGNATURE_BYTES];
         frame[0..8].copy_from_slice(&self.session.to_le_bytes());
@@ -235,7 +252,14 @@ impl Signer {
         frame[16..24].copy_from_slice(&now_millis().to_le_bytes());
         let tag = self
             .key
-            .tag(self.channel, protocol, &frame[..NONCE_BYTES], header, body)
+            .tag(
+                self.channel,
+                recipient,
+                protocol,
+                &frame[..NONCE_BYTES],
+                header,
+                body,
+            )
             .finalize()
             .into_bytes();
         frame[NONCE_BYTES..].copy_from_slice(&tag);
@@ -255,6 +279,9 @@ struct Seen {
 pub struct Verifier {
     key: Key,
     channel: Channel,
+    /// This receiver's routing identity: only messages signed for it (or,
+    /// when empty, for no particular recipient) are accepted.
+    recipient: Vec<u8>,
     started_millis: u64,
     sessions: HashMap<u64, Seen>,
     next_prune: Instant,
@@ -270,11 +297,19 @@ impl fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for messages on `channel` that has heard no session yet.
+    /// A verifier for messages on `channel` to no particular recipient (a
+    /// hub's sockets, a subscriber) that has heard no session yet.
     pub fn new(key: Key, channel: Channel) -> Self {
+        Self::for_recipient(key, channel, Vec::new())
+    }
+
+    /// A verifier for messages on `channel` signed for the peer whose
+    /// routing identity is `recipient` (see [`Signer::sign_to`]).
+    pub fn for_recipient(key: Key, channel: Channel, recipient: Vec<u8>) -> Self {
         Verifier {
             key,
             channel,
+            recipient,
             started_millis: now_millis(),
             sessions: HashMap::new(),
             next_prune: Instant::now() + REPLAY_WINDOW,
@@ -312,7 +347,7 @@ impl Verifier {
         }
         let (nonce, tag) = signature.split_at(NONCE_BYTES);
         self.key
-            .tag(self.channel, protocol, nonce, header, body)
+            .tag(self.channel, &self.recipient, protocol, nonce, header, body)
             .verify_slice(tag)
             .map_err(|_| AuthError::Forged)?;
         let field = |i: usize| u64::from_le_bytes(nonce[i * 8..i * 8 + 8].try_into().expect("8"));
@@ -386,11 +421,12 @@ pub struct Auth {
 
 impl Auth {
     /// Both halves from one key: signing what goes out on `sends`, checking
-    /// that what comes in was signed for `receives`.
-    pub fn new(key: &Key, sends: Channel, receives: Channel) -> Self {
+    /// that what comes in was signed for `receives` and for `me` (this
+    /// socket's routing identity; empty on a hub's sockets).
+    pub fn new(key: &Key, sends: Channel, receives: Channel, me: Vec<u8>) -> Self {
         Auth {
             signer: Signer::new(key.clone(), sends),
-            verifier: Verifier::new(key.clone(), receives),
+            verifier: Verifier::for_recipient(key.clone(), receives, me),
         }
     }
 }
@@ -408,10 +444,30 @@ mod tests {
     fn nonce_with(signature: &mut [u8; SIGNATURE_BYTES], field: usize, value: u64, key: &Key) {
         signature[field * 8..field * 8 + 8].copy_from_slice(&value.to_le_bytes());
         let tag = key
-            .tag(C, b"p", &signature[..NONCE_BYTES], b"h", b"b")
+            .tag(C, b"", b"p", &signature[..NONCE_BYTES], b"h", b"b")
             .finalize()
             .into_bytes();
         signature[NONCE_BYTES..].copy_from_slice(&tag);
+    }
+
+    #[test]
+    fn a_message_signed_for_one_peer_is_refused_by_every_other() {
+        let signer = Signer::new(key(), C);
+        let to_a = signer.sign_to(b"engine-a", b"p", b"h", b"b");
+        let mut b = Verifier::for_recipient(key(), C, b"engine-b".to_vec());
+        assert_eq!(b.verify(&to_a, b"p", b"h", b"b"), Err(AuthError::Forged));
+        let mut anyone = Verifier::new(key(), C);
+        assert_eq!(
+            anyone.verify(&to_a, b"p", b"h", b"b"),
+            Err(AuthError::Forged)
+        );
+        let mut a = Verifier::for_recipient(key(), C, b"engine-a".to_vec());
+        assert_eq!(a.verify(&to_a, b"p", b"h", b"b"), Ok(()));
+        // A message for no one in particular is not one for a given peer.
+        let to_hub = signer.sign(b"p", b"h", b"b");
+        let mut a = Verifier::for_recipient(key(), C, b"engine-a".to_vec());
+        assert_eq!(a.verify(&to_hub, b"p", b"h", b"b"), Err(AuthError::Forged));
+        assert_eq!(anyone.verify(&to_hub, b"p", b"h", b"b"), Ok(()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! | frame | content |
 //! | --- | --- |
-//! | 0 | protocol name and version, `zcluster/1` |
+//! | 0 | protocol name and version, `zcluster/2` |
 //! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
 //! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
 //! | 3 | body: the record named by the kind, bincode |
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Auth, AuthError, Channel, Key, Signer, Verifier};
 
 /// First frame of every message: protocol name and version.
-pub const PROTOCOL: &[u8] = b"zcluster/1";
+pub const PROTOCOL: &[u8] = b"zcluster/2";
 const PROTOCOL_NAME: &[u8] = b"zcluster/";
 
 /// Largest message (and so body) any zcluster socket accepts: receiving
@@ -86,7 +86,7 @@ pub enum MessageError {
         first: String,
     },
     /// A zcluster peer speaking another version.
-    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/1)")]
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/2)")]
     WrongVersion {
         /// What arrived.
         got: String,
@@ -667,7 +667,7 @@ fn send_frames(
     header: &Header,
     body: &[u8],
     flags: i32,
-    signer: Option<&Signer>,
+    signer: Option<(&Signer, &[u8])>,
 ) -> Result<(), MessageError> {
     let mut header_bytes = [0u8; MAX_HEADER_BYTES];
     let header_len =
@@ -680,7 +680,7 @@ fn send_frames(
     // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
     // queued, ZeroMQ accepts the rest of the multipart message atomically.
     let header_bytes = &header_bytes[..header_len];
-    let signature = signer.map(|s| s.sign(PROTOCOL, header_bytes, body));
+    let signature = signer.map(|(s, recipient)| s.sign_to(recipient, PROTOCOL, header_bytes, body));
     socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
     socket.send(
         signature.as_ref().map_or(&[][..], |s| &s[..]),
@@ -802,10 +802,16 @@ impl fmt::Debug for SignedSocket {
 impl SignedSocket {
     /// Wraps a socket: it signs what it sends for `sends` (with a fresh
     /// session of `key`) and accepts only messages signed for `receives`.
+    ///
+    /// What it receives must also be signed for its routing identity (set
+    /// it before wrapping; a hub's sockets have none), and what it sends
+    /// through a ROUTER is signed for the peer it goes to: a message meant
+    /// for one engine or client is refused by any other.
     pub fn new(socket: zmq::Socket, key: &Key, sends: Channel, receives: Channel) -> Self {
+        let me = socket.get_identity().unwrap_or_default();
         SignedSocket {
             socket,
-            auth: Auth::new(key, sends, receives),
+            auth: Auth::new(key, sends, receives, me),
             limit: MAX_MESSAGE_BYTES,
         }
     }
@@ -843,7 +849,13 @@ impl SignedSocket {
     /// encoded once to see whether it fits a batch).
     pub fn send_raw(&self, header: &Header, body: &[u8], flags: i32) -> Result<(), MessageError> {
         check_size("body", body.len(), self.limit)?;
-        send_frames(&self.socket, header, body, flags, Some(&self.auth.signer))
+        send_frames(
+            &self.socket,
+            header,
+            body,
+            flags,
+            Some((&self.auth.signer, &[])),
+        )
     }
 
     /// Sends one signed message through a ROUTER socket to the peer
@@ -876,7 +888,7 @@ impl SignedSocket {
             header,
             body,
             zmq::DONTWAIT,
-            Some(&self.auth.signer),
+            Some((&self.auth.signer, identity)),
         )
     }
 

@@ -7,7 +7,7 @@
 //! tests/, which would not be built.
 
 mod common;
-mod hub_limits;
+mod hub_peers;
 mod job_handle;
 mod map;
 mod pool;

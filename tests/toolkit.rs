@@ -1168,7 +1168,7 @@ fn worker_drops_garbage_and_fails_requests_with_corrupt_bodies() {
     garbage.push(vec![Vec::new()]);
     garbage.push(vec![vec![0xff; 4]; 4]);
     let mut wrong_version = request_frames(1001, 5);
-    wrong_version[0] = b"zcluster/2".to_vec();
+    wrong_version[0] = b"zcluster/9".to_vec();
     garbage.push(wrong_version);
     let mut signed = request_frames(1002, 5);
     signed[1] = vec![1; 32];
@@ -1287,7 +1287,7 @@ fn sink_drops_garbage_and_wrong_versions() {
         send_frames(&push, &frames);
     }
     let mut wrong_version = result_frames(&result_of(100, ResultStatus::Ok, vec![]));
-    wrong_version[0] = b"zcluster/2".to_vec();
+    wrong_version[0] = b"zcluster/9".to_vec();
     send_frames(&push, &wrong_version);
     send_frames(&push, &request_frames(101, 5));
     // The header says OK, the body says FAIL.

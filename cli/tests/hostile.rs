@@ -421,7 +421,7 @@ fn mismatched_kinds(ports: &Ports) {
             let (socket, monitor) = hostile_socket(&ctx, kind, url);
             socket.set_linger(0).unwrap();
             // With ZMQ_IMMEDIATE nothing is queued without a handshake.
-            let _ = socket.send(&b"zcluster/1"[..], zmq::DONTWAIT);
+            let _ = socket.send(PROTOCOL, zmq::DONTWAIT);
             sockets.push((name, kind, socket, monitor));
         }
     }

@@ -1,7 +1,9 @@
 //! Bodies behind a valid header of every kind, and the header decoder alone.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use zcluster::message::{decode_value, encode_value, Envelope, Header, MessageKind, ResultStatus, PROTOCOL};
+use zcluster::message::{
+    decode_value, encode_value, Envelope, Header, MessageKind, ResultStatus, PROTOCOL,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_value::<Header>(data, "header");
@@ -19,7 +21,14 @@ fuzz_target!(|data: &[u8]| {
         7 => MessageKind::TaskResults,
         _ => MessageKind::Reply,
     };
-    let Ok(header) = encode_value(&Header { kind, job: 0, id: 0 }, "header") else {
+    let Ok(header) = encode_value(
+        &Header {
+            kind,
+            job: 0,
+            id: 0,
+        },
+        "header",
+    ) else {
         return;
     };
     let frames = [PROTOCOL, &[][..], &header, body];

@@ -1,6 +1,6 @@
-//! The hub's bounds against peers, seen from outside its loop: how many
-//! bytes a peer without the key can make it hold, and what happens to a
-//! message larger than the hub takes.
+//! The hub against its peers, seen from outside its loop: how many bytes a
+//! peer without the key can make it hold, what happens to a message larger
+//! than the hub takes, and that what it signs for one peer no other takes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use zcluster::auth::{AuthError, Channel};
 use zcluster::hub::client::{HubClient, JobHandle};
 use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
-use zcluster::hub::protocol::{ClientCall, JobKind, Reply};
+use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind, Reply};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
-use zcluster::message::{ClusterRequest, ResultStatus};
+use zcluster::message::{
+    ClusterRequest, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
+};
 
 use crate::common::join_within;
 
@@ -244,4 +247,79 @@ fn messages_over_the_hubs_limit_fail_instead_of_vanishing() {
         "{reason}"
     );
     handle.close(&mut client, 3);
+}
+
+/// A raw engine socket: a DEALER with this routing identity.
+fn dealer(ctx: &zmq::Context, identity: &[u8], url: &str) -> zmq::Socket {
+    let socket = ctx.socket(zmq::DEALER).unwrap();
+    socket.set_identity(identity).unwrap();
+    socket.set_linger(0).unwrap();
+    socket.connect(url).unwrap();
+    socket
+}
+
+/// The hub signs what it sends one engine for that engine's routing
+/// identity. Its welcome to engine A, captured and played by someone on
+/// the path to engine B, is refused there as forged; the same frames
+/// played to a socket with A's identity are taken (so what B refuses is
+/// the recipient, not the frames).
+#[test]
+fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
+    let ctx = zmq::Context::new();
+    let hub = Hub::bind(&ctx, tcp_hub(1 << 20)).unwrap();
+    let key = hub.connection().signing_key().unwrap();
+    let running = Running::start(&ctx, hub, 1);
+    let engine_a = SignedSocket::new(
+        dealer(&ctx, b"engine-a", &running.connection.engines),
+        &key,
+        Channel::EngineToHub,
+        Channel::HubToEngine,
+    );
+    let register = EngineMessage::Register {
+        identity: "engine-a".into(),
+        host: "nowhere".into(),
+        pid: 1,
+        slots: 1,
+        handlers: Vec::new(),
+        running: Vec::new(),
+    };
+    let header = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 0,
+    };
+    engine_a.send(&header, &register, 0).unwrap();
+    assert!(
+        engine_a.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
+        "no answer to registering"
+    );
+    let welcome = engine_a.socket().recv_multipart(0).unwrap();
+
+    // Someone on the path delivers those frames to other engines.
+    let path = ctx.socket(zmq::ROUTER).unwrap();
+    path.bind("inproc://on-the-path").unwrap();
+    let delivered = |identity: &[u8]| {
+        let mut peer = SignedSocket::new(
+            dealer(&ctx, identity, "inproc://on-the-path"),
+            &key,
+            Channel::EngineToHub,
+            Channel::HubToEngine,
+        );
+        // The ROUTER knows a peer once it has heard from it.
+        peer.socket().send(&b"hello"[..], 0).unwrap();
+        path.recv_multipart(0).unwrap();
+        let mut frames = vec![identity.to_vec()];
+        frames.extend(welcome.iter().cloned());
+        path.send_multipart(frames, 0).unwrap();
+        peer.recv(0)
+    };
+    match delivered(b"engine-b") {
+        Err(MessageError::Auth(AuthError::Forged)) => {}
+        other => panic!("engine B took engine A's welcome: {other:?}"),
+    }
+    let taken = delivered(b"engine-a").expect("A's own welcome verifies");
+    assert!(matches!(
+        taken.control::<HubToEngine>(),
+        Ok(HubToEngine::Registered { .. })
+    ));
 }
