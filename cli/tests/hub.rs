@@ -1328,6 +1328,54 @@ fn a_frozen_worker_is_declared_dead_and_comes_back() {
     assert_eq!(map.stdout(), lines_text(&lines));
 }
 
+/// `ping` and `kill` through the hub say which engines never answered and
+/// exit 1 for them, instead of counting only those that did: a frozen
+/// worker (SIGSTOP, still registered) leaves them short of an answer.
+#[test]
+fn ping_and_kill_through_the_hub_fail_naming_an_engine_that_never_answers() {
+    let hub = Hub::start();
+    let mut workers = hub.workers(2, 1);
+    let frozen_pid = workers[0].pid();
+    let frozen = hub.engine_of(frozen_pid);
+    let awake = hub.engine_of(workers[1].pid());
+    kill(Pid::from_raw(frozen_pid), Signal::SIGSTOP).unwrap();
+    let ping = hub.cmd("ping").timeout(FAIL_AFTER).output().unwrap();
+    let stderr = String::from_utf8_lossy(&ping.stderr);
+    assert_eq!(ping.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("engine(s) {frozen} did not answer")),
+        "{stderr}"
+    );
+    let table = String::from_utf8_lossy(&ping.stdout);
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "a header and the awake one: {table}"
+    );
+
+    // Meanwhile it was declared dead. Awake, it registers again; frozen
+    // again, it never acknowledges a kill.
+    kill(Pid::from_raw(frozen_pid), Signal::SIGCONT).unwrap();
+    wait_until("the woken worker to register again", || {
+        hub.engines().len() == 2
+    });
+    let frozen = hub.engine_of(frozen_pid);
+    kill(Pid::from_raw(frozen_pid), Signal::SIGSTOP).unwrap();
+    let kill_all = hub.cmd("kill").timeout(FAIL_AFTER).output().unwrap();
+    let stderr = String::from_utf8_lossy(&kill_all.stderr);
+    assert_eq!(kill_all.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&kill_all.stdout),
+        format!("{awake}\n")
+    );
+    assert!(
+        stderr.contains(&format!("engine(s) {frozen} did not acknowledge it")),
+        "{stderr}"
+    );
+    assert_eq!(workers[1].wait().code(), Some(0), "{}", workers[1].log());
+    kill(Pid::from_raw(frozen_pid), Signal::SIGCONT).unwrap();
+}
+
 /// Nothing done is redone across a hub restart: the worker keeps the tasks
 /// it was running (it says so when it registers again) and sends again the
 /// results the dead hub never recorded, so every task ran exactly once.

@@ -260,9 +260,19 @@ pub enum Reply {
     /// Answer to `Resubmit`: tasks queued again.
     Resubmitted(u64),
     /// Answer to `Kill`: the engines that acknowledged.
-    Killed(Vec<EngineId>),
+    Killed {
+        /// The engines that acknowledged.
+        acknowledged: Vec<EngineId>,
+        /// The engines asked that did not acknowledge in time.
+        silent: Vec<EngineId>,
+    },
     /// Answer to `Ping`.
-    Pong(Vec<CommandReply>),
+    Pong {
+        /// The engines' answers.
+        replies: Vec<CommandReply>,
+        /// The engines asked that did not answer in time.
+        silent: Vec<EngineId>,
+    },
     /// Answer to `ResultsPage`: the tasks, and the cursor of the next page
     /// (`None`: this was the last).
     ResultsPage {

@@ -422,6 +422,8 @@ struct PendingCommand {
     purpose: CommandPurpose,
     waiting: HashSet<EngineId>,
     replies: Vec<(EngineId, CommandReply)>,
+    /// Engines asked that never answered (gone, or too slow).
+    silent: Vec<EngineId>,
     deadline: Instant,
 }
 
@@ -1102,8 +1104,11 @@ impl Hub {
             self.finish_unrun(job_id, task_id, &reason);
             self.retire_if_done(job_id);
         }
+        // Gone before it answered: it never will.
         for command in self.commands.values_mut() {
-            command.waiting.remove(&id);
+            if command.waiting.remove(&id) {
+                command.silent.push(id);
+            }
         }
         self.publish(&Notification::Unregistered {
             engine: id,
@@ -1472,7 +1477,7 @@ impl Hub {
             job: 0,
             id: token,
         };
-        let mut waiting = HashSet::new();
+        let (mut waiting, mut silent) = (HashSet::new(), Vec::new());
         for id in targets {
             if let Some(engine) = self.engines.get(&id) {
                 match self
@@ -1482,7 +1487,10 @@ impl Hub {
                     Ok(()) => {
                         waiting.insert(id);
                     }
-                    Err(e) => warn!(engine = id, error = %e, "cannot send a command"),
+                    Err(e) => {
+                        warn!(engine = id, error = %e, "cannot send a command");
+                        silent.push(id);
+                    }
                 }
             }
         }
@@ -1494,6 +1502,7 @@ impl Hub {
                 purpose,
                 waiting,
                 replies: Vec::new(),
+                silent,
                 deadline: Instant::now() + COMMAND_WAIT,
             },
         );
@@ -1529,7 +1538,10 @@ impl Hub {
             .collect();
         for token in expired {
             if let Some(command) = self.commands.get_mut(&token) {
-                command.waiting.clear();
+                let mut late: Vec<EngineId> = command.waiting.drain().collect();
+                late.sort_unstable();
+                warn!(engines = ?late, "engines did not answer a command in time");
+                command.silent.extend(late);
             }
             self.finish_command_if_done(token);
         }
@@ -1547,12 +1559,14 @@ impl Hub {
             return;
         };
         let reply = match command.purpose {
-            CommandPurpose::Kill => {
-                Reply::Killed(command.replies.iter().map(|(id, _)| *id).collect())
-            }
-            CommandPurpose::Ping => {
-                Reply::Pong(command.replies.into_iter().map(|(_, r)| r).collect())
-            }
+            CommandPurpose::Kill => Reply::Killed {
+                acknowledged: command.replies.iter().map(|(id, _)| *id).collect(),
+                silent: command.silent,
+            },
+            CommandPurpose::Ping => Reply::Pong {
+                replies: command.replies.into_iter().map(|(_, r)| r).collect(),
+                silent: command.silent,
+            },
             CommandPurpose::Shutdown => {
                 self.shutdown = true;
                 Reply::Ok

@@ -19,26 +19,33 @@ fn through_hub(ctx: &zmq::Context, args: &KillArgs) -> anyhow::Result<ExitCode> 
         engines: (!args.engine.is_empty()).then(|| args.engine.clone()),
         restart: args.restart,
     };
-    let Reply::Killed(engines) = client.call_waiting(&call, Duration::from_secs(15))? else {
+    let Reply::Killed {
+        acknowledged,
+        silent,
+    } = client.call_waiting(&call, Duration::from_secs(15))?
+    else {
         anyhow::bail!("unexpected answer to a kill call");
     };
-    for engine in &engines {
+    for engine in &acknowledged {
         println!("{engine}");
     }
     let verb = if args.restart { "restart" } else { "kill" };
     eprintln!(
         "zcluster: {} engine(s) acknowledged the {verb}",
-        engines.len()
+        acknowledged.len()
     );
-    let wanted = if args.engine.is_empty() {
-        engines.len()
-    } else {
-        args.engine.len()
-    };
-    Ok(if engines.len() < wanted {
-        ExitCode::FAILURE
-    } else {
+    if !silent.is_empty() {
+        eprintln!(
+            "zcluster: engine(s) {} did not acknowledge it",
+            super::id_list(&silent)
+        );
+    }
+    // The hub refuses a kill naming an engine it does not know, so every
+    // engine asked is either acknowledged or silent.
+    Ok(if silent.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

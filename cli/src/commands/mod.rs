@@ -34,6 +34,14 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Engine ids for a message: `3, 5, 8`.
+pub fn id_list(ids: &[u64]) -> String {
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Parses a socket short form given on the command line as a usage error
 /// naming the flag.
 pub fn socket_arg(flag: &str, spec: &str, kind: SocketKind) -> anyhow::Result<FutureSocket> {

@@ -32,23 +32,25 @@ pub struct PingArgs {
 
 pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
-    let replies = match (&args.command, &args.responses) {
+    let (replies, silent) = match (&args.command, &args.responses) {
         (Some(command), Some(responses)) => {
             let sender = CommandSender::new(
                 &ctx,
                 socket_arg("--command", command, SocketKind::Pub)?,
                 Some(socket_arg("--responses", responses, SocketKind::Pull)?.into()),
             )?;
-            sender.ping(Delivery {
+            let replies = sender.ping(Delivery {
                 wait: args.wait,
                 expect: args.expect,
                 ..Delivery::default()
-            })?
+            })?;
+            // Hub-less, nobody knows who should have answered.
+            (replies, Vec::new())
         }
         _ => {
             let mut client = args.hub.client(&ctx)?;
             match client.call_waiting(&ClientCall::Ping, Duration::from_secs(15))? {
-                Reply::Pong(replies) => replies,
+                Reply::Pong { replies, silent } => (replies, silent),
                 _ => anyhow::bail!("unexpected answer to a ping call"),
             }
         }
@@ -67,9 +69,17 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!("zcluster: {} worker(s) answered", replies.len());
-    Ok(if args.expect.is_some_and(|n| replies.len() < n) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    if !silent.is_empty() {
+        eprintln!(
+            "zcluster: engine(s) {} did not answer",
+            super::id_list(&silent)
+        );
+    }
+    Ok(
+        if !silent.is_empty() || args.expect.is_some_and(|n| replies.len() < n) {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
