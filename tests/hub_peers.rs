@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use zcluster::auth::{AuthError, Channel};
 use zcluster::hub::client::{HubClient, JobHandle};
+use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
 use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind, Reply};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
@@ -51,7 +52,7 @@ struct Running {
     hub: Option<thread::JoinHandle<()>>,
     engine: Option<thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    connection: zcluster::hub::connection::ConnectionInfo,
+    connection: ConnectionInfo,
 }
 
 impl Running {
@@ -322,4 +323,86 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
         taken.control::<HubToEngine>(),
         Ok(HubToEngine::Registered { .. })
     ));
+}
+
+/// What a hub refuses a registration for passes (its store failing, an
+/// identity it still holds for an old connection), so an engine refused
+/// while connecting says why and registers again on a fresh connection,
+/// instead of exiting and leaving the lab a worker short. The hub here is
+/// a signed ROUTER playing one: the real one refuses only when its store
+/// fails.
+#[test]
+fn an_engine_refused_at_registration_tries_again() {
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let engines = router.get_last_endpoint().unwrap().unwrap();
+    let key_hex = ConnectionInfo::new_key().unwrap();
+    let connection = ConnectionInfo {
+        engines,
+        clients: "tcp://127.0.0.1:9".into(),
+        notifications: "tcp://127.0.0.1:9".into(),
+        key: key_hex,
+        store: ":memory:".into(),
+    };
+    let mut hub = SignedSocket::new(
+        router,
+        &connection.signing_key().unwrap(),
+        Channel::HubToEngine,
+        Channel::EngineToHub,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        let options = EngineOptions {
+            connection,
+            slots: 1,
+            misses: DEFAULT_MISSES,
+            handlers: BTreeMap::new(),
+        };
+        thread::spawn(move || run_engine(&ctx, &options, &stop))
+    };
+    let registration = |hub: &mut SignedSocket| {
+        assert!(
+            hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
+            "no registration within 10 s"
+        );
+        let (identity, envelope) = hub.recv_routed(0).unwrap();
+        let message = envelope.unwrap().control::<EngineMessage>().unwrap();
+        assert!(
+            matches!(message, EngineMessage::Register { .. }),
+            "{message:?}"
+        );
+        identity
+    };
+    let header = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 0,
+    };
+    let first = registration(&mut hub);
+    let refusal = HubToEngine::Refused {
+        reason: "the task store is locked".into(),
+    };
+    hub.send_routed(&first, &header, &refusal).unwrap();
+    let second = registration(&mut hub);
+    assert_ne!(first, second, "a fresh connection, under a new identity");
+    let welcome = HubToEngine::Registered {
+        engine: 7,
+        heartbeat: Duration::from_secs(1),
+        max_message: 1 << 20,
+    };
+    hub.send_routed(&second, &header, &welcome).unwrap();
+    // Registered, it heartbeats like any engine.
+    assert!(hub.socket().poll(zmq::POLLIN, 5_000).unwrap() > 0);
+    let (identity, envelope) = hub.recv_routed(0).unwrap();
+    assert_eq!(identity, second);
+    assert_eq!(
+        envelope.unwrap().control::<EngineMessage>().unwrap(),
+        EngineMessage::Heartbeat
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let exit = join_within(engine, Duration::from_secs(20));
+    assert!(exit.is_ok(), "{exit:?}");
 }

@@ -622,7 +622,7 @@ fn connect(
     static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
     let key = options.connection.signing_key()?;
     let mut attempt: u32 = 0;
-    loop {
+    'connect: loop {
         if stop.load(Ordering::Relaxed) {
             return Err(EngineError::Stopped);
         }
@@ -679,13 +679,35 @@ fn connect(
                         last_heard: Instant::now(),
                     });
                 }
-                Ok(HubToEngine::Refused { reason }) => return Err(EngineError::Refused(reason)),
+                Ok(HubToEngine::Refused { reason }) => {
+                    // What a hub refuses a registration for passes (its store
+                    // failing, an identity it still holds): say so and try
+                    // again on a fresh connection, rather than leave the lab
+                    // one worker short for good.
+                    warn!(hub = %options.connection.engines, %reason, attempt, "the hub refused the registration; trying again");
+                    pause(REFUSED_PAUSE, stop);
+                    continue 'connect;
+                }
                 _ => {}
             }
         }
         if attempt == 1 || attempt % 10 == 0 {
             warn!(hub = %options.connection.engines, attempt, "no answer from the hub; retrying");
         }
+    }
+}
+
+/// How long an engine waits after a refused registration before trying
+/// again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
+
+/// Sleeps for `length`, or until `stop` is set.
+fn pause(length: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + length;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(
+            Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+        );
     }
 }
 
