@@ -1292,6 +1292,40 @@ fn a_straggler_is_run_again_elsewhere_and_the_loser_is_killed() {
     });
 }
 
+/// A straggler's second copy lost with its worker is replaced: the task is
+/// copied again onto another idle worker, rather than left to the copy
+/// that hangs for ever. (Once copied, a task used to be marked so for
+/// good, lost copy or not.)
+#[test]
+fn a_straggler_copy_lost_with_its_worker_is_copied_again() {
+    let hub = Hub::start();
+    let _workers = hub.workers(3, 1);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "recopy", "t", 12);
+    let hang = hub.dir().join("first-copy-of-t6");
+    let die = hub.dir().join("second-copy-of-t6");
+    // The first copy of t6 hangs, the second kills its worker, a third is
+    // quick.
+    let script = format!(
+        "if [ \"$0\" = t6 ]; then \
+           if mkdir {hang} 2>/dev/null; then sleep 600.5; \
+           elif mkdir {die} 2>/dev/null; then kill -9 $PPID; sleep 5; fi; \
+         fi; sleep 0.05; echo \"$0\"",
+        hang = hang.display(),
+        die = die.display()
+    );
+    let mut map = hub.spawn_map(
+        "recopy",
+        &[inputs.to_str().unwrap(), "--", "sh", "-c", &script, "{}"],
+    );
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines));
+    assert!(hang.exists() && die.exists(), "both earlier copies ran");
+    assert_eq!(hub.engines().len(), 2, "the second copy's worker died");
+    wait_until("the hanging copy to be killed", || {
+        processes_with("sleep 600.5") == 0
+    });
+}
+
 /// A worker that stops answering without closing its connection (SIGSTOP:
 /// no FIN, as when its machine vanishes) is declared dead after its missed
 /// heartbeats; its tasks run elsewhere and every input yields one result.

@@ -216,9 +216,11 @@ struct Task {
     lost: u32,
     /// When it was last sent to an engine.
     started: Option<Instant>,
-    /// Where a second copy runs (a straggler, speculatively re-run).
-    spare: Option<EngineId>,
-    /// A second copy was started once; never again.
+    /// Where a second copy runs (a straggler, speculatively re-run), and
+    /// since when.
+    spare: Option<(EngineId, Instant)>,
+    /// A second copy runs, or won or lost already: no other is started
+    /// while the two copies both stand.
     speculated: bool,
     /// Not counted against the client's credit: put back by `resubmit`
     /// into a running job, or taken back from the store by a restarted hub
@@ -241,6 +243,32 @@ impl Task {
             speculated: false,
             uncounted: false,
         }
+    }
+
+    /// The engine running its second copy.
+    fn spare_engine(&self) -> Option<EngineId> {
+        self.spare.map(|(engine, _)| engine)
+    }
+
+    /// One of its two copies is gone (its engine died, or it failed while
+    /// the other runs): the copy on `engine` is dropped and the other runs
+    /// on alone, as the task's only copy. That one may be copied again if
+    /// it straggles in turn: the lost copy settled nothing, and a copy
+    /// that hangs must never be left to run alone.
+    fn drop_copy(&mut self, engine: EngineId) {
+        if self.spare_engine() == Some(engine) {
+            self.spare = None;
+        } else if let (Some(e), Some((spare, since))) = (self.engine, self.spare) {
+            if e != engine {
+                return;
+            }
+            self.engine = Some(spare);
+            self.started = Some(since);
+            self.spare = None;
+        } else {
+            return;
+        }
+        self.speculated = false;
     }
 }
 
@@ -1072,12 +1100,8 @@ impl Hub {
                 continue;
             };
             // With two copies running, the one left carries on.
-            if task.spare == Some(id) {
-                task.spare = None;
-                continue;
-            }
-            if task.engine == Some(id) && task.spare.is_some() {
-                task.engine = task.spare.take();
+            if task.spare.is_some() {
+                task.drop_copy(id);
                 continue;
             }
             if task.engine == Some(id) {
@@ -1158,18 +1182,14 @@ impl Hub {
         // Copies of it that may still run elsewhere: a straggler's second
         // copy, or (for a result from an engine that lost the task, say one
         // wrongly declared dead) whatever runs it now.
-        let others: Vec<EngineId> = [task.engine, task.spare]
+        let others: Vec<EngineId> = [task.engine, task.spare_engine()]
             .into_iter()
             .flatten()
             .filter(|&e| e != engine_id)
             .collect();
         if status == ResultStatus::Fail && !others.is_empty() && !job.halted {
             // This copy failed while another runs on: that one decides.
-            if task.engine == Some(engine_id) {
-                task.engine = task.spare.take();
-            } else if task.spare == Some(engine_id) {
-                task.spare = None;
-            }
+            task.drop_copy(engine_id);
             return;
         }
         let Some(mut task) = job.take(key.1) else {
@@ -1454,7 +1474,7 @@ impl Hub {
                 ran_for = ?ran,
                 "straggler: running a second copy"
             );
-            task.spare = Some(engine.id);
+            task.spare = Some((engine.id, Instant::now()));
             task.speculated = true;
             engine.running.insert((job_id, task_id));
         }
@@ -1927,7 +1947,7 @@ impl Hub {
         let engines: HashSet<EngineId> = if kill_running {
             job.tasks
                 .values()
-                .flat_map(|t| [t.engine, t.spare])
+                .flat_map(|t| [t.engine, t.spare_engine()])
                 .flatten()
                 .collect()
         } else {
