@@ -651,6 +651,7 @@ impl<I> Drop for Run<'_, I> {
             self.job.cancel(&mut self.pool.client, false);
         }
         self.job.close(&mut self.pool.client, self.chunks_sent);
+        self.pool.client.forget(self.job.job());
     }
 }
 

@@ -142,3 +142,40 @@ fn a_result_lost_on_the_way_is_taken_from_the_store() {
         .unwrap()
         .is_none());
 }
+
+/// Two jobs on one client, read in turn by their handles: each handle gets
+/// every result of its own job as it arrives, none taken by the other. (A
+/// handle used to drop the other job's results it received, which then came
+/// only from the store, after `RECONCILE_AFTER` of silence.)
+#[test]
+fn two_jobs_on_one_client_each_get_their_own_results_live() {
+    let (_cluster, mut client, mut first) = nap_job(2, "first of two");
+    let open = ClientCall::OpenJob {
+        kind: JobKind::Handler("nap".into()),
+        description: "second of two".into(),
+        retries: 0,
+        halt_on_failure: false,
+    };
+    let mut second = JobHandle::open(&mut client, open).unwrap();
+    for id in 0..10 {
+        first.send(&mut client, nap_request(id, 5)).unwrap();
+        second.send(&mut client, nap_request(id, 5)).unwrap();
+    }
+    // Read the first job's results while both jobs' results arrive...
+    let mut got_first = collect(&mut first, &mut client, Duration::from_secs(5), |ids| {
+        ids.len() == 10
+    });
+    // ...then the second's: all of them already came, none may be lost.
+    let mut got_second = collect(&mut second, &mut client, Duration::from_secs(5), |ids| {
+        ids.len() == 10
+    });
+    got_first.sort_unstable();
+    got_second.sort_unstable();
+    let all: Vec<u64> = (0..10).collect();
+    assert_eq!(got_first, all);
+    assert_eq!(got_second, all, "well within the store fallback's 10 s");
+    first.close(&mut client, 10);
+    second.close(&mut client, 10);
+    client.forget(first.job());
+    client.forget(second.job());
+}

@@ -1,7 +1,7 @@
 //! The client side of a hub: calls (status, results, kill, ...) and the
 //! [`map::Backend`](crate::map::Backend) that runs `zcluster map --hub`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -74,8 +74,10 @@ pub struct HubClient {
     url: String,
     next_request: u64,
     timeout: Duration,
-    /// Results that arrived while waiting for a reply.
+    /// Results that arrived while waiting for a reply, or for another job.
     results: VecDeque<Envelope>,
+    /// Jobs this client is done with: their late results are dropped.
+    forgotten: HashSet<JobId>,
     /// A refused message was already logged at warn level.
     warned: bool,
 }
@@ -110,6 +112,7 @@ impl HubClient {
             next_request: 1,
             timeout: DEFAULT_CALL_TIMEOUT,
             results: VecDeque::new(),
+            forgotten: HashSet::new(),
             warned: false,
         })
     }
@@ -200,6 +203,44 @@ impl HubClient {
                 None => return Ok(None),
                 Some(envelope) if matches!(envelope.header.kind, MessageKind::Result(_)) => {
                     return Ok(Some(envelope))
+                }
+                Some(_) => debug!("dropping a stale reply"),
+            }
+        }
+    }
+
+    /// Drops what is kept of job `job`'s results, and any that come later:
+    /// for a job this client is done with (finished, or abandoned with
+    /// tasks still running).
+    pub fn forget(&mut self, job: JobId) {
+        self.results.retain(|e| e.header.job != job);
+        self.forgotten.insert(job);
+    }
+
+    /// The next result message of job `job`, or `None` after `timeout`.
+    /// Results of this client's other jobs that arrive meanwhile are kept
+    /// for them (each job's credit bounds how many; [`forget`](Self::forget)
+    /// a job once done with it), not dropped.
+    pub fn next_result_of(
+        &mut self,
+        job: JobId,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, ClientError> {
+        if let Some(at) = self.results.iter().position(|e| e.header.job == job) {
+            return Ok(self.results.remove(at));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receive(left)? {
+                None => return Ok(None),
+                Some(envelope) if matches!(envelope.header.kind, MessageKind::Result(_)) => {
+                    if envelope.header.job == job {
+                        return Ok(Some(envelope));
+                    }
+                    if !self.forgotten.contains(&envelope.header.job) {
+                        self.results.push_back(envelope);
+                    }
                 }
                 Some(_) => debug!("dropping a stale reply"),
             }
@@ -406,7 +447,7 @@ impl JobHandle {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Some(envelope) = client.next_result(left)? else {
+            let Some(envelope) = client.next_result_of(self.job, left)? else {
                 if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
                     self.check(client)?;
                     if let Some(result) = self.ready.pop_front() {
@@ -415,9 +456,6 @@ impl JobHandle {
                 }
                 return Ok(None);
             };
-            if envelope.header.job != self.job {
-                continue;
-            }
             let result = envelope.result()?;
             self.last_heard = Instant::now();
             if self.outstanding.remove(&result.id).is_some() {
@@ -710,5 +748,6 @@ impl Drop for HubBackend {
     /// Tells the hub every task has been sent, so it can retire the job.
     fn drop(&mut self) {
         self.handle.close(&mut self.client, self.submitted);
+        self.client.forget(self.handle.job());
     }
 }
