@@ -11,17 +11,22 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
+use serde::Serialize;
 use serde_json::Value;
 use tempfile::TempDir;
 use zcluster::auth::{Channel, Key, Signer, Verifier};
+use zcluster::exec::{ExecOutcome, ExitKind};
 use zcluster::hub::connection::ConnectionInfo;
-use zcluster::hub::protocol::{ClientCall, Notification};
-use zcluster::message::{decode_value, encode_value, Envelope, Header, MessageKind, PROTOCOL};
+use zcluster::hub::protocol::{ClientCall, EngineMessage, Notification, ResultItem};
+use zcluster::message::{
+    decode_value, encode_value, ClusterResult, Envelope, Header, MessageKind, ResultMetadata,
+    ResultStatus, PROTOCOL,
+};
 
 use crate::common::*;
 
@@ -1001,32 +1006,42 @@ fn workers_register_again_with_a_restarted_hub() {
     assert_eq!(map.stdout(), lines_text(&lines));
 }
 
-/// The frames of a client call, signed by `signer` (or unsigned).
-fn call_frames(signer: Option<&Signer>, request: u64, call: &ClientCall) -> Vec<Vec<u8>> {
-    let header = encode_value(
-        &Header {
-            kind: MessageKind::Control,
-            job: 0,
-            id: request,
-        },
-        "header",
-    )
-    .unwrap();
-    let body = encode_value(call, "body").unwrap();
+/// The four frames of a message to the hub, signed by `signer` (or
+/// unsigned).
+fn signed_frames<T: Serialize + ?Sized>(
+    signer: Option<&Signer>,
+    header: &Header,
+    body: &T,
+) -> Vec<Vec<u8>> {
+    let header = encode_value(header, "header").unwrap();
+    let body = encode_value(body, "body").unwrap();
     let signature = signer.map_or_else(Vec::new, |s| s.sign(PROTOCOL, &header, &body).to_vec());
     vec![PROTOCOL.to_vec(), signature, header, body]
 }
 
-/// A raw DEALER on the hub's client port, so a test can send exactly the
-/// frames it wants.
-fn raw_client(ctx: &zmq::Context, hub: &Hub, identity: &[u8]) -> zmq::Socket {
-    let info: ConnectionInfo =
-        serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
+/// The header of a control message (a client call numbered `id`, or an
+/// engine's message with id 0).
+fn control(id: u64) -> Header {
+    Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id,
+    }
+}
+
+/// The frames of a client call, signed by `signer` (or unsigned).
+fn call_frames(signer: Option<&Signer>, request: u64, call: &ClientCall) -> Vec<Vec<u8>> {
+    signed_frames(signer, &control(request), call)
+}
+
+/// A raw DEALER on one of the hub's ports (`url`), so a test can send
+/// exactly the frames it wants.
+fn raw_dealer(ctx: &zmq::Context, url: &str, identity: &[u8]) -> zmq::Socket {
     let socket = ctx.socket(zmq::DEALER).unwrap();
     socket.set_identity(identity).unwrap();
     socket.set_linger(0).unwrap();
     socket.set_rcvtimeo(500).unwrap();
-    socket.connect(&info.clients).unwrap();
+    socket.connect(url).unwrap();
     socket
 }
 
@@ -1047,6 +1062,14 @@ fn answered(socket: &zmq::Socket, request: u64) -> bool {
     false
 }
 
+/// Lines of the hub's `log` warning that it dropped a bad message from
+/// `peer` (warned once per peer, then logged at debug level).
+fn warnings(log: &str, peer: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains(peer) && l.contains("bad message"))
+        .count()
+}
+
 /// Only key holders get in: unsigned and forged kills and shutdowns are
 /// dropped (and logged once per peer), a signed call is answered once and
 /// its replay is not; the hub and its worker carry on.
@@ -1057,8 +1080,8 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     let info: ConnectionInfo =
         serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
     let ctx = zmq::Context::new();
-    let intruder = raw_client(&ctx, &hub, b"intruder");
-    let forger = raw_client(&ctx, &hub, b"forger");
+    let intruder = raw_dealer(&ctx, &info.clients, b"intruder");
+    let forger = raw_dealer(&ctx, &info.clients, b"forger");
     let other_key = Signer::new(
         Key::from_bytes(b"a key of some other cluster"),
         Channel::ClientToHub,
@@ -1079,7 +1102,7 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(!answered(&intruder, 50), "an unsigned call got an answer");
     assert!(!answered(&forger, 50), "a forged call got an answer");
 
-    let member = raw_client(&ctx, &hub, b"member");
+    let member = raw_dealer(&ctx, &info.clients, b"member");
     let signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
     let ping = call_frames(Some(&signer), 1, &ClientCall::Ping);
     member.send_multipart(&ping, 0).unwrap();
@@ -1094,14 +1117,187 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(workers[0].running(), "no refused kill reached the worker");
     assert_eq!(hub.engines().len(), 1);
     let log = hub.proc.log();
-    let warnings = |peer: &str| {
-        log.lines()
-            .filter(|l| l.contains("WARN") && l.contains(peer) && l.contains("bad message"))
-            .count()
+    assert_eq!(
+        warnings(&log, "intruder"),
+        1,
+        "logged once per peer:\n{log}"
+    );
+    assert_eq!(warnings(&log, "forger"), 1, "logged once per peer:\n{log}");
+    assert_eq!(warnings(&log, "member"), 1, "the replay is logged:\n{log}");
+    assert!(log.contains("unsigned message"), "{log}");
+    assert!(log.contains("bad signature"), "{log}");
+    assert!(log.contains("replayed message"), "{log}");
+}
+
+/// The ids of `job`'s tasks running on an engine or queued, in a
+/// `status --json --verbose`.
+fn unfinished_tasks(status: &Value, job: u64) -> BTreeSet<u64> {
+    let running = status["engines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["running_tasks"].as_array().cloned().unwrap_or_default())
+        .filter(|task| task[0] == job)
+        .map(|task| task[1].as_u64().expect("a task id"));
+    let queued = status["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["id"] == job)
+        .flat_map(|j| j["queued_tasks"].as_array().cloned().unwrap_or_default())
+        .map(|id| id.as_u64().expect("a task id"));
+    running.chain(queued).collect()
+}
+
+/// A successful result of task `id` (input `id + 1`: one input per task)
+/// whose command "printed" `FORGED\n`, as a fake engine would claim it.
+fn forged_result(id: u64) -> ClusterResult {
+    let outcome = ExecOutcome {
+        exit: ExitKind::Exited(0),
+        stdout: b"FORGED\n".to_vec(),
+        stderr: Vec::new(),
+        started: SystemTime::now(),
+        elapsed: Duration::from_millis(1),
     };
-    assert_eq!(warnings("intruder"), 1, "logged once per peer:\n{log}");
-    assert_eq!(warnings("forger"), 1, "logged once per peer:\n{log}");
-    assert_eq!(warnings("member"), 1, "the replay is logged:\n{log}");
+    ClusterResult {
+        id,
+        status: ResultStatus::Ok,
+        payload: encode_value(&vec![(id + 1, outcome)], "outcomes").unwrap(),
+        request_metadata: Default::default(),
+        metadata: ResultMetadata {
+            host: "fake-host".into(),
+            pid: 4242,
+            worker: "engine-fake".into(),
+            started: SystemTime::now(),
+            elapsed: Duration::from_millis(1),
+        },
+        exception: None,
+    }
+}
+
+/// Only key holders can act as engines. Two fake engines, one unsigned and
+/// one signing with another cluster's key, each register (64 slots,
+/// claiming to hold every task of a running map) and then finish each of
+/// those tasks with forged output, as single results and as a batch; and a
+/// genuine registration, correctly signed, is played again from another
+/// peer after its engine left. Any of these accepted would let a stranger
+/// take tasks it never runs (a phantom engine in `status`, tasks run twice)
+/// or put its own output in the job's results. So the hub must answer none
+/// of them, list only the real worker and warn once per peer, and the map
+/// must get each input's genuine output once, every task run once by the
+/// real worker.
+#[test]
+fn fake_engines_can_neither_register_nor_finish_tasks() {
+    const TASKS: usize = 4;
+    let hub = Hub::start();
+    let info = ConnectionInfo::read(&hub.file).unwrap();
+    let ctx = zmq::Context::new();
+    let register = |name: &str, running: Vec<(u64, u64)>| EngineMessage::Register {
+        identity: name.into(),
+        host: "fake-host".into(),
+        pid: 4242,
+        slots: 64,
+        handlers: Vec::new(),
+        running,
+    };
+
+    // A key holder registers and leaves; its registration, captured and
+    // played again from elsewhere, must not bring it back.
+    let genuine = raw_dealer(&ctx, &info.engines, b"genuine");
+    let signer = Signer::new(info.signing_key().unwrap(), Channel::EngineToHub);
+    let captured = signed_frames(Some(&signer), &control(0), &register("genuine", vec![]));
+    genuine.send_multipart(&captured, 0).unwrap();
+    assert!(answered(&genuine, 0), "a signed registration is answered");
+    let leave = signed_frames(Some(&signer), &control(0), &EngineMessage::Unregister);
+    genuine.send_multipart(&leave, 0).unwrap();
+    wait_until("the genuine engine to leave", || hub.engines().is_empty());
+    drop(genuine);
+    let replayer = raw_dealer(&ctx, &info.engines, b"replayer");
+    replayer.send_multipart(&captured, 0).unwrap();
+    assert!(
+        !answered(&replayer, 0),
+        "a replayed registration is answered"
+    );
+
+    let workers = hub.workers(1, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "in.txt", "e", TASKS);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("map", &args);
+    // Every task sent, none finished: the fakes claim them all.
+    let mut ids = BTreeSet::new();
+    wait_until("every task running or queued", || {
+        if let Some(job) = map.job() {
+            ids = unfinished_tasks(&hub.status_with(&["--verbose"]), job);
+        }
+        ids.len() == TASKS
+    });
+    let job = map.job().unwrap();
+    let other_key = Signer::new(
+        Key::from_bytes(b"a key of some other cluster"),
+        Channel::EngineToHub,
+    );
+    let fakes = [
+        ("fake-unsigned", None),
+        ("fake-other-key", Some(&other_key)),
+    ];
+    for (name, signer) in fakes {
+        let fake = raw_dealer(&ctx, &info.engines, name.as_bytes());
+        let claims = ids.iter().map(|&id| (job, id)).collect();
+        let mut messages = vec![signed_frames(signer, &control(0), &register(name, claims))];
+        for &id in &ids {
+            let result = forged_result(id);
+            messages.push(signed_frames(
+                signer,
+                &Header::result(job, &result),
+                &result,
+            ));
+        }
+        let batch: Vec<ResultItem> = ids
+            .iter()
+            .map(|&id| {
+                let body = encode_value(&forged_result(id), "result").unwrap();
+                (job, id, ResultStatus::Ok, body.into())
+            })
+            .collect();
+        let header = Header {
+            kind: MessageKind::TaskResults,
+            job: 0,
+            id: *ids.first().unwrap(),
+        };
+        messages.push(signed_frames(signer, &header, &batch));
+        for frames in &messages {
+            fake.send_multipart(frames, 0).unwrap();
+        }
+        assert!(!answered(&fake, 0), "{name} was answered");
+        let engines = hub.engines();
+        assert_eq!(engines.len(), 1, "{name} is listed: {engines:?}");
+    }
+
+    assert!(map.wait().success(), "{}", map.stderr());
+    assert_eq!(map.stdout(), lines_text(&lines), "the genuine output, once");
+    let pid = workers[0].pid();
+    let records = assert_each_task_once(&hub, job, TASKS);
+    for (record, line) in records.iter().zip(&lines) {
+        assert_eq!(record["stdout"], format!("{line}\n"), "{record}");
+        assert_eq!(record["pid"], pid, "run by the real worker: {record}");
+        assert_eq!(record["attempts"], 1, "run once: {record}");
+    }
+    let engines = hub.engines();
+    assert_eq!(engines.len(), 1, "{engines:?}");
+    assert_eq!(engines[0]["pid"], pid, "{engines:?}");
+    assert_eq!(field_u64(&engines[0], "completed"), TASKS as u64);
+    let log = hub.proc.log();
+    assert!(!log.contains("declared dead"), "{log}");
+    assert_eq!(warnings(&log, "fake-unsigned"), 1, "once per peer:\n{log}");
+    assert_eq!(warnings(&log, "fake-other-key"), 1, "once per peer:\n{log}");
+    assert_eq!(
+        warnings(&log, "replayer"),
+        1,
+        "the replay is logged:\n{log}"
+    );
+    assert_eq!(warnings(&log, "genuine"), 0, "{log}");
     assert!(log.contains("unsigned message"), "{log}");
     assert!(log.contains("bad signature"), "{log}");
     assert!(log.contains("replayed message"), "{log}");

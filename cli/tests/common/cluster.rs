@@ -166,7 +166,17 @@ impl Hub {
 
     /// `zcluster status --json`.
     pub fn status(&self) -> Value {
-        let output = self.cmd("status").arg("--json").output().unwrap();
+        self.status_with(&[])
+    }
+
+    /// `zcluster status --json ARGS` (say `--verbose`).
+    pub fn status_with(&self, args: &[&str]) -> Value {
+        let output = self
+            .cmd("status")
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             output.status.success(),
             "status failed: {}\nhub log:\n{}",
