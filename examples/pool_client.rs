@@ -6,6 +6,7 @@
 //!
 //! ```sh
 //! pool_client serve HUB_FILE SLOTS   # an engine whose slots run a no-op handler
+//!                                    # (and `poison`, which aborts on input 777)
 //! pool_client map HUB_FILE COUNT [CHUNK]  # a client: imap over COUNT inputs, CHUNK per task (1)
 //! ```
 //!
@@ -59,8 +60,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The one input the `poison` handler dies on.
+pub const POISON_INPUT: u64 = 777;
+
 fn registry() -> Registry {
-    Registry::new().handler(HANDLER, |n: u64| Ok::<_, String>(n))
+    Registry::new()
+        .handler(HANDLER, |n: u64| Ok::<_, String>(n))
+        // For tests of poison inputs: kills the whole engine on one input.
+        .handler("poison", |n: u64| {
+            if n == POISON_INPUT {
+                std::process::abort();
+            }
+            Ok::<_, String>(n)
+        })
 }
 
 fn serve(hub: &Path, slots: usize) -> Result<(), String> {

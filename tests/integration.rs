@@ -10,5 +10,6 @@ mod common;
 mod hub_peers;
 mod job_handle;
 mod map;
+mod poison;
 mod pool;
 mod toolkit;

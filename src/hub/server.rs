@@ -1377,10 +1377,14 @@ impl Hub {
                 .filter_map(|id| job.tasks.get(id).map(|t| (*id, t.request.as_slice())))
                 .collect();
             if let Err(e) = send_tasks(&self.engines_socket, &engine.identity, job_id, &items) {
-                // With ROUTER_MANDATORY an engine that is gone (a ghost
-                // left by a reconnect) is an error here: drop it, keep the
-                // tasks, and try again with the engines that are left.
-                warn!(engine = engine.id, error = %e, "cannot send tasks; engine dropped, tasks requeued");
+                // With ROUTER_MANDATORY an engine whose connection is gone
+                // is an error here: drop it, keep the tasks, and try again
+                // with the engines that are left. Gone with tasks in hand
+                // and without a word is how an engine dies (a task that
+                // aborts it closes its connection at once, long before its
+                // heartbeats are missed), so it counts as a death: else a
+                // poison input would take down every engine in turn.
+                warn!(engine = engine.id, error = %e, "cannot send tasks; engine gone, tasks requeued");
                 let gone = engine.id;
                 for id in batch.into_iter().rev() {
                     job.queue.push_front(id);
@@ -1388,7 +1392,7 @@ impl Hub {
                 if !self.turns.contains(&job_id) {
                     self.turns.push_back(job_id);
                 }
-                self.unregister(gone, "unreachable", false);
+                self.unregister(gone, "unreachable (its connection closed)", true);
                 continue;
             }
             let now = (Instant::now(), SystemTime::now());
