@@ -20,6 +20,9 @@ pub(crate) fn random_identity(prefix: &str) -> String {
     format!("{prefix}-{:016x}", crate::auth::random_u64())
 }
 
+/// Jobs a client remembers having forgotten (their late results dropped).
+const FORGOTTEN_JOBS: usize = 1024;
+
 /// How long a call waits for the hub by default.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -167,9 +170,17 @@ impl HubClient {
                         reply => Ok(reply),
                     };
                 }
-                MessageKind::Result(_) => self.results.push_back(envelope),
+                MessageKind::Result(_) => self.keep(envelope),
                 _ => debug!("dropping a stale reply"),
             }
+        }
+    }
+
+    /// Keeps a result that came while waiting for something else, unless
+    /// its job was forgotten.
+    fn keep(&mut self, envelope: Envelope) {
+        if !self.forgotten.contains(&envelope.header.job) {
+            self.results.push_back(envelope);
         }
     }
 
@@ -214,6 +225,13 @@ impl HubClient {
     /// tasks still running).
     pub fn forget(&mut self, job: JobId) {
         self.results.retain(|e| e.header.job != job);
+        if self.forgotten.len() >= FORGOTTEN_JOBS {
+            // Late results come soon after a job ends; the oldest jobs'
+            // have long come (their results would just be kept again).
+            if let Some(&oldest) = self.forgotten.iter().min() {
+                self.forgotten.remove(&oldest);
+            }
+        }
         self.forgotten.insert(job);
     }
 
@@ -238,9 +256,7 @@ impl HubClient {
                     if envelope.header.job == job {
                         return Ok(Some(envelope));
                     }
-                    if !self.forgotten.contains(&envelope.header.job) {
-                        self.results.push_back(envelope);
-                    }
+                    self.keep(envelope);
                 }
                 Some(_) => debug!("dropping a stale reply"),
             }

@@ -684,7 +684,9 @@ fn connect(
                     // failing, an identity it still holds): say so and try
                     // again on a fresh connection, rather than leave the lab
                     // one worker short for good.
-                    warn!(hub = %options.connection.engines, %reason, attempt, "the hub refused the registration; trying again");
+                    if attempt == 1 || attempt % 10 == 0 {
+                        warn!(hub = %options.connection.engines, %reason, attempt, "the hub refused the registration; trying again");
+                    }
                     pause(REFUSED_PAUSE, stop);
                     continue 'connect;
                 }
