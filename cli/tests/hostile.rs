@@ -708,12 +708,6 @@ fn subscriptions_to_the_notification_port_stay_cheap() {
     });
 }
 
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Forged messages as large as the hub takes cost it a full HMAC each
 /// before it can refuse them: a burst of them keeps the hub away from its
 /// sockets for longer than an engine may be silent. That time is the hub's,

@@ -1522,6 +1522,79 @@ fn a_straggler_copy_lost_with_its_worker_is_copied_again() {
     });
 }
 
+/// A poison input that takes its time to kill straggles, so it is copied;
+/// each engine it kills still counts, copy standing or not, and once it
+/// has taken down `--poison-limit` engines it is failed and its last copy
+/// cancelled. (Deaths with a copy standing used to count for nothing, and
+/// it went on from engine to engine.)
+#[test]
+fn a_slow_poison_input_is_failed_even_while_copies_of_it_run() {
+    let hub = Hub::start_with(&["--poison-limit=2"]);
+    let mut workers = hub.workers(4, 1);
+    let inputs = input_file(hub.dir(), "slow", &["a", "b", "c", "d", "e", "f", "poison"]);
+    let script =
+        "if [ \"$0\" = poison ]; then sleep 3; kill -9 $PPID; sleep 5; fi; sleep 0.05; echo \"$0\"";
+    let mut map = hub.spawn_map(
+        "slow",
+        &[inputs.to_str().unwrap(), "--", "sh", "-c", script, "{}"],
+    );
+    let status = map.wait();
+    assert_eq!(status.code(), Some(1), "{}", map.stderr());
+    assert_eq!(map.stdout(), "a\nb\nc\nd\ne\nf\n");
+    let job = map.job().expect("job id");
+    let records = assert_each_task_once(&hub, job, 7);
+    let poison = records
+        .iter()
+        .find(|r| r["input"] == "poison")
+        .expect("the poison task");
+    assert_eq!(poison["status"], "failed", "{poison}");
+    assert!(
+        poison["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 engines died")),
+        "{poison}"
+    );
+    let alive = workers
+        .iter_mut()
+        .map(|w| w.running())
+        .filter(|&up| up)
+        .count();
+    assert_eq!(alive, 2, "exactly the limit of workers died");
+}
+
+/// A worker that loses the hub for a while (here the hub is stopped)
+/// reconnects under a new identity and registers again, naming the task it
+/// is running: its old record is retired without a death, the task is left
+/// to it, and it runs once. (The old record used to be declared dead later,
+/// counting a death against the task and running it again.)
+#[test]
+fn a_worker_that_reconnects_keeps_its_task_and_nothing_runs_twice() {
+    let hub = Hub::start();
+    let worker = hub.workers(1, 1);
+    let inputs = input_file(hub.dir(), "long", &["2.5"]);
+    let mut map = hub.spawn_map("long", &[inputs.to_str().unwrap(), "--", "sleep"]);
+    wait_until("the task to start", || {
+        hub.engines().iter().any(|e| e["running"] == 1)
+    });
+    let pid = Pid::from_raw(hub.proc.pid());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(8 * HEARTBEAT_MS));
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(map.wait().success(), "{}", map.stderr());
+    let job = map.job().expect("job id");
+    let records = assert_each_task_once(&hub, job, 1);
+    assert_eq!(field_u64(&records[0], "attempts"), 1, "{}", records[0]);
+    let log = worker[0].log();
+    assert!(
+        log.contains("the hub stopped answering; reconnecting"),
+        "the worker did reconnect: {}",
+        tail(&log, 30)
+    );
+    let log = hub.proc.log();
+    assert!(!log.contains("declared dead"), "{}", tail(&log, 30));
+    assert_eq!(hub.engines().len(), 1, "the old record is gone");
+}
+
 /// A worker that stops answering without closing its connection (SIGSTOP:
 /// no FIN, as when its machine vanishes) is declared dead after its missed
 /// heartbeats; its tasks run elsewhere and every input yields one result.

@@ -183,13 +183,19 @@ struct Engine {
     last_seen: Instant,
     /// Acknowledged a kill or restart: no new tasks.
     leaving: bool,
+    /// A send to it failed (its connection is gone): no new tasks until it
+    /// is heard from again, or declared dead by its missed heartbeats.
+    unreachable: bool,
+    /// The name it registered under, one per engine process (its routing
+    /// identity changes with each connection).
+    name: String,
 }
 
 impl Engine {
     /// Tasks it can take now: its free slots, or, while there is a backlog,
     /// as many again to queue locally (prefetch).
     fn free(&self, depth: u32) -> u32 {
-        if self.leaving {
+        if self.leaving || self.unreachable {
             0
         } else {
             let capacity = self.slots.saturating_mul(depth.max(1));
@@ -836,12 +842,18 @@ impl Hub {
             let wait = next_beat
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
+            let poll_from = Instant::now();
             let polled = poll_readable(
                 self.engines_socket.socket(),
                 Some(self.clients_socket.socket()),
                 Some(wait),
             );
             let busy_from = Instant::now();
+            // A poll that returns well past its timeout means the hub was
+            // not running (stopped, suspended, starved): away as well.
+            let overslept = busy_from
+                .duration_since(poll_from)
+                .saturating_sub(wait + STALL);
             let (engines_ready, clients_ready) = match polled {
                 Ok(Readable::Ready(engines, clients)) => (engines, clients),
                 Ok(Readable::Timeout) => (false, false),
@@ -873,7 +885,7 @@ impl Hub {
             // any death check, or a long enough stall declares every engine
             // dead and counts a death against each running task.
             let now = Instant::now();
-            let away = now.duration_since(busy_from);
+            let away = now.duration_since(busy_from) + overslept;
             if away > STALL {
                 debug!(
                     ?away,
@@ -909,6 +921,8 @@ impl Hub {
         if let Some(id) = known {
             if let Some(engine) = self.engines.get_mut(&id) {
                 engine.last_seen = Instant::now();
+                // Back under the same identity (ZeroMQ reconnected it).
+                engine.unreachable = false;
             }
         }
         match (envelope.header.kind, known) {
@@ -995,6 +1009,19 @@ impl Hub {
                 return;
             }
         };
+        // The same process on a new connection (it reconnected after
+        // missing the hub): its old record is a ghost, retired without a
+        // death; the tasks it still holds it names in its registration, and
+        // `adopt` gives them back to it.
+        let ghosts: Vec<EngineId> = self
+            .engines
+            .values()
+            .filter(|e| e.name == name)
+            .map(|e| e.id)
+            .collect();
+        for ghost in ghosts {
+            self.unregister(ghost, "registered again on a new connection", false);
+        }
         info!(engine = id, %host, pid, slots, "engine registered");
         self.to_engine(
             &identity,
@@ -1025,6 +1052,8 @@ impl Hub {
                 completed: 0,
                 last_seen: Instant::now(),
                 leaving: false,
+                unreachable: false,
+                name,
             },
         );
     }
@@ -1099,9 +1128,18 @@ impl Hub {
             let Some(task) = job.tasks.get_mut(&task_id) else {
                 continue;
             };
-            // With two copies running, the one left carries on.
+            // With two copies running, the one left carries on; the death
+            // still counts against the task, or a poison input that takes
+            // its time to kill would be copied from engine to engine.
             if task.spare.is_some() {
                 task.drop_copy(id);
+                if died {
+                    task.failed_on.push(id);
+                    task.lost += 1;
+                    if task.lost >= self.options.poison_limit.max(1) {
+                        poisoned.push((job_id, task_id, task.lost));
+                    }
+                }
                 continue;
             }
             if task.engine == Some(id) {
@@ -1125,14 +1163,34 @@ impl Hub {
             let reason =
                 format!("{lost} engines died while running this task; it is not tried again");
             warn!(job = job_id, task = task_id, %reason, "failing a poison task");
+            // A copy still running elsewhere would take that engine too.
+            let survivor = self
+                .jobs
+                .get(&job_id)
+                .and_then(|j| j.tasks.get(&task_id))
+                .and_then(|t| t.engine)
+                .and_then(|e| self.engines.get(&e))
+                .map(|e| e.identity.clone());
+            if let Some(identity) = survivor {
+                let cancel = HubToEngine::CancelTask {
+                    job: job_id,
+                    id: task_id,
+                };
+                self.to_engine(&identity, &cancel);
+            }
             self.finish_unrun(job_id, task_id, &reason);
             self.retire_if_done(job_id);
         }
         // Gone before it answered: it never will.
-        for command in self.commands.values_mut() {
+        let mut answered = Vec::new();
+        for (&token, command) in &mut self.commands {
             if command.waiting.remove(&id) {
                 command.silent.push(id);
+                answered.push(token);
             }
+        }
+        for token in answered {
+            self.finish_command_if_done(token);
         }
         self.publish(&Notification::Unregistered {
             engine: id,
@@ -1188,8 +1246,10 @@ impl Hub {
             .filter(|&e| e != engine_id)
             .collect();
         if status == ResultStatus::Fail && !others.is_empty() && !job.halted {
-            // This copy failed while another runs on: that one decides.
+            // This copy failed while another runs on: that one decides
+            // (and any further copy goes to an engine it has not failed on).
             task.drop_copy(engine_id);
+            task.failed_on.push(engine_id);
             return;
         }
         let Some(mut task) = job.take(key.1) else {
@@ -1377,22 +1437,30 @@ impl Hub {
                 .filter_map(|id| job.tasks.get(id).map(|t| (*id, t.request.as_slice())))
                 .collect();
             if let Err(e) = send_tasks(&self.engines_socket, &engine.identity, job_id, &items) {
+                if let MessageError::TooLarge { size, limit, .. } = e {
+                    // A retry's attempt number took the request past the
+                    // limit: it can go nowhere.
+                    let reason = format!("its request of {size} bytes is over the hub's message limit of {limit} bytes");
+                    for id in batch {
+                        self.finish_unrun(job_id, id, &reason);
+                    }
+                    self.retire_if_done(job_id);
+                    continue;
+                }
                 // With ROUTER_MANDATORY an engine whose connection is gone
-                // is an error here: drop it, keep the tasks, and try again
-                // with the engines that are left. Gone with tasks in hand
-                // and without a word is how an engine dies (a task that
-                // aborts it closes its connection at once, long before its
-                // heartbeats are missed), so it counts as a death: else a
-                // poison input would take down every engine in turn.
-                warn!(engine = engine.id, error = %e, "cannot send tasks; engine gone, tasks requeued");
-                let gone = engine.id;
+                // is an error here. Keep the tasks and send no more there:
+                // the engine died (a task that aborts it closes its
+                // connection at once), and its missed heartbeats will say
+                // so and count the death against what it held; or ZeroMQ is
+                // reconnecting it, and it is heard from again.
+                warn!(engine = engine.id, error = %e, "cannot send tasks; engine unreachable, tasks requeued");
+                engine.unreachable = true;
                 for id in batch.into_iter().rev() {
                     job.queue.push_front(id);
                 }
                 if !self.turns.contains(&job_id) {
                     self.turns.push_back(job_id);
                 }
-                self.unregister(gone, "unreachable (its connection closed)", true);
                 continue;
             }
             let now = (Instant::now(), SystemTime::now());
@@ -1563,9 +1631,11 @@ impl Hub {
         for token in expired {
             if let Some(command) = self.commands.get_mut(&token) {
                 let mut late: Vec<EngineId> = command.waiting.drain().collect();
-                late.sort_unstable();
-                warn!(engines = ?late, "engines did not answer a command in time");
-                command.silent.extend(late);
+                if !late.is_empty() {
+                    late.sort_unstable();
+                    warn!(engines = ?late, "engines did not answer a command in time");
+                    command.silent.extend(late);
+                }
             }
             self.finish_command_if_done(token);
         }
