@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use zcluster::auth::{AuthError, Channel};
 use zcluster::hub::client::{HubClient, JobHandle};
 use zcluster::hub::connection::ConnectionInfo;
+use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
-use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind, Reply};
+use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
 use zcluster::message::{
     ClusterRequest, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
@@ -45,69 +46,10 @@ fn echo() -> HandlerFn {
     })
 }
 
-/// A hub with these options running on a thread, and one engine of
-/// `slots` slots offering `echo`.
-struct Running {
-    ctx: zmq::Context,
-    hub: Option<thread::JoinHandle<()>>,
-    engine: Option<thread::JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-    connection: ConnectionInfo,
-}
-
-impl Running {
-    fn start(ctx: &zmq::Context, hub: Hub, slots: usize) -> Self {
-        let connection = hub.connection().clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let hub = {
-            let stop = stop.clone();
-            thread::spawn(move || hub.run(&stop).expect("the hub runs"))
-        };
-        let engine = {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            let options = EngineOptions {
-                connection: connection.clone(),
-                slots,
-                misses: DEFAULT_MISSES,
-                handlers: BTreeMap::from([("echo".to_string(), echo())]),
-            };
-            thread::spawn(move || {
-                run_engine(&ctx, &options, &stop).expect("the engine runs");
-            })
-        };
-        let running = Running {
-            ctx: ctx.clone(),
-            hub: Some(hub),
-            engine: Some(engine),
-            stop,
-            connection,
-        };
-        let mut client = running.client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Reply::Hello(info)) = client.call(&ClientCall::Hello) {
-                if info.slots as usize >= slots {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "the engine never registered");
-            thread::sleep(Duration::from_millis(10));
-        }
-        running
-    }
-
-    fn client(&self) -> HubClient {
-        HubClient::connect(&self.ctx, &self.connection).expect("a client")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for handle in [self.engine.take(), self.hub.take()].into_iter().flatten() {
-            join_within(handle, Duration::from_secs(20));
-        }
-    }
+/// `hub` running with one engine of `slots` slots offering `echo`.
+fn running(ctx: &zmq::Context, hub: Hub, slots: usize) -> EmbeddedCluster {
+    let handlers = BTreeMap::from([("echo".to_string(), echo())]);
+    EmbeddedCluster::around(ctx, hub, slots, handlers).expect("the hub and its engine run")
 }
 
 fn echo_job(client: &mut HubClient) -> JobHandle {
@@ -188,8 +130,8 @@ fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
         "{sent} messages of {MAX} bytes were taken from one peer (at most {ALLOWED} fit the budget)"
     );
     // The hub reads and drops the flood, then serves.
-    let running = Running::start(&ctx, hub, 2);
-    let mut client = running.client();
+    let cluster = running(&ctx, hub, 2);
+    let mut client = cluster.client().unwrap();
     let mut handle = echo_job(&mut client);
     for id in 0..20u64 {
         let request = echo_request(id, id.to_le_bytes().repeat(3));
@@ -217,8 +159,8 @@ fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
 fn messages_over_the_hubs_limit_fail_instead_of_vanishing() {
     const MAX: usize = 1 << 20;
     let ctx = zmq::Context::new();
-    let running = Running::start(&ctx, Hub::bind(&ctx, tcp_hub(MAX)).unwrap(), 2);
-    let mut client = running.client();
+    let cluster = running(&ctx, Hub::bind(&ctx, tcp_hub(MAX)).unwrap(), 2);
+    let mut client = cluster.client().unwrap();
     let mut handle = echo_job(&mut client);
     let refused = handle.send(&mut client, echo_request(9, vec![1; MAX + 1]));
     match refused {
@@ -269,9 +211,9 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
     let ctx = zmq::Context::new();
     let hub = Hub::bind(&ctx, tcp_hub(1 << 20)).unwrap();
     let key = hub.connection().signing_key().unwrap();
-    let running = Running::start(&ctx, hub, 1);
+    let cluster = running(&ctx, hub, 1);
     let engine_a = SignedSocket::new(
-        dealer(&ctx, b"engine-a", &running.connection.engines),
+        dealer(&ctx, b"engine-a", &cluster.connection().engines),
         &key,
         Channel::EngineToHub,
         Channel::HubToEngine,

@@ -95,6 +95,19 @@ impl EmbeddedCluster {
     ) -> Result<Self, EmbeddedError> {
         let ctx = zmq::Context::new();
         let hub = Hub::bind(&ctx, options)?;
+        Self::around(&ctx, hub, slots, handlers)
+    }
+
+    /// Runs `hub`, bound on `ctx` but not yet running, with an engine of
+    /// `slots` slots and `handlers`, and waits until the engine has
+    /// registered (a test can do things to a bound hub before it runs).
+    pub fn around(
+        ctx: &zmq::Context,
+        hub: Hub,
+        slots: usize,
+        handlers: BTreeMap<String, HandlerFn>,
+    ) -> Result<Self, EmbeddedError> {
+        let ctx = ctx.clone();
         let connection = hub.connection().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let hub = {
