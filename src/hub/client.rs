@@ -204,20 +204,7 @@ impl HubClient {
     /// The next result message for any of this client's jobs, or `None`
     /// after `timeout`.
     pub fn next_result(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
-        if let Some(envelope) = self.results.pop_front() {
-            return Ok(Some(envelope));
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.receive(left)? {
-                None => return Ok(None),
-                Some(envelope) if matches!(envelope.header.kind, MessageKind::Result(_)) => {
-                    return Ok(Some(envelope))
-                }
-                Some(_) => debug!("dropping a stale reply"),
-            }
-        }
+        self.next_result_for(None, timeout)
     }
 
     /// Drops what is kept of job `job`'s results, and any that come later:
@@ -244,7 +231,17 @@ impl HubClient {
         job: JobId,
         timeout: Duration,
     ) -> Result<Option<Envelope>, ClientError> {
-        if let Some(at) = self.results.iter().position(|e| e.header.job == job) {
+        self.next_result_for(Some(job), timeout)
+    }
+
+    /// The next result message of `job`, or of any job for `None`.
+    fn next_result_for(
+        &mut self,
+        job: Option<JobId>,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, ClientError> {
+        let wanted = |e: &Envelope| job.is_none_or(|job| e.header.job == job);
+        if let Some(at) = self.results.iter().position(wanted) {
             return Ok(self.results.remove(at));
         }
         let deadline = Instant::now() + timeout;
@@ -253,7 +250,7 @@ impl HubClient {
             match self.receive(left)? {
                 None => return Ok(None),
                 Some(envelope) if matches!(envelope.header.kind, MessageKind::Result(_)) => {
-                    if envelope.header.job == job {
+                    if wanted(&envelope) {
                         return Ok(Some(envelope));
                     }
                     self.keep(envelope);
