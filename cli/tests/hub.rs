@@ -1412,25 +1412,25 @@ fn map_attach_carries_on_a_job_whose_client_died() {
     );
 }
 
-/// An input whose task kills the worker running it is failed, with that
-/// reason, after it has taken down `--poison-limit` workers; the rest of the
-/// job completes on the workers left.
-#[test]
-fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
-    let hub = Hub::start_with(&["--poison-limit=2"]);
-    let _workers = hub.workers(3, 1);
-    let inputs = input_file(hub.dir(), "poison", &["a", "b", "poison", "c", "d"]);
-    // The shell's parent is the worker process.
-    let script = "if [ \"$0\" = poison ]; then kill -9 $PPID; sleep 5; fi; echo \"$0\"";
+/// Maps `sh -c script` over `inputs`, one of them `poison`: the map exits
+/// 1 having printed the other inputs in order, each task ran once, and the
+/// poison task failed after `deaths` engines died.
+fn poison_map(hub: &Hub, inputs: &[&str], script: &str, deaths: u32) {
+    let file = input_file(hub.dir(), "poison", inputs);
     let mut map = hub.spawn_map(
         "poison",
-        &[inputs.to_str().unwrap(), "--", "sh", "-c", script, "{}"],
+        &[file.to_str().unwrap(), "--", "sh", "-c", script, "{}"],
     );
     let status = map.wait();
     assert_eq!(status.code(), Some(1), "{}", map.stderr());
-    assert_eq!(map.stdout(), "a\nb\nc\nd\n");
+    let others: String = inputs
+        .iter()
+        .filter(|i| **i != "poison")
+        .map(|i| format!("{i}\n"))
+        .collect();
+    assert_eq!(map.stdout(), others);
     let job = map.job().expect("job id");
-    let records = assert_each_task_once(&hub, job, 5);
+    let records = assert_each_task_once(hub, job, inputs.len());
     let poison = records
         .iter()
         .find(|r| r["input"] == "poison")
@@ -1439,9 +1439,21 @@ fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
     assert!(
         poison["error"]
             .as_str()
-            .is_some_and(|e| e.contains("2 engines died")),
+            .is_some_and(|e| e.contains(&format!("{deaths} engines died"))),
         "{poison}"
     );
+}
+
+/// An input whose task kills the worker running it is failed, with that
+/// reason, after it has taken down `--poison-limit` workers; the rest of the
+/// job completes on the workers left.
+#[test]
+fn a_poison_task_is_failed_after_killing_the_limit_of_workers() {
+    let hub = Hub::start_with(&["--poison-limit=2"]);
+    let _workers = hub.workers(3, 1);
+    // The shell's parent is the worker process.
+    let script = "if [ \"$0\" = poison ]; then kill -9 $PPID; sleep 5; fi; echo \"$0\"";
+    poison_map(&hub, &["a", "b", "poison", "c", "d"], script, 2);
     wait_until("the survivor alone registered", || hub.engines().len() == 1);
 }
 
@@ -1531,29 +1543,9 @@ fn a_straggler_copy_lost_with_its_worker_is_copied_again() {
 fn a_slow_poison_input_is_failed_even_while_copies_of_it_run() {
     let hub = Hub::start_with(&["--poison-limit=2"]);
     let mut workers = hub.workers(4, 1);
-    let inputs = input_file(hub.dir(), "slow", &["a", "b", "c", "d", "e", "f", "poison"]);
     let script =
         "if [ \"$0\" = poison ]; then sleep 3; kill -9 $PPID; sleep 5; fi; sleep 0.05; echo \"$0\"";
-    let mut map = hub.spawn_map(
-        "slow",
-        &[inputs.to_str().unwrap(), "--", "sh", "-c", script, "{}"],
-    );
-    let status = map.wait();
-    assert_eq!(status.code(), Some(1), "{}", map.stderr());
-    assert_eq!(map.stdout(), "a\nb\nc\nd\ne\nf\n");
-    let job = map.job().expect("job id");
-    let records = assert_each_task_once(&hub, job, 7);
-    let poison = records
-        .iter()
-        .find(|r| r["input"] == "poison")
-        .expect("the poison task");
-    assert_eq!(poison["status"], "failed", "{poison}");
-    assert!(
-        poison["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("2 engines died")),
-        "{poison}"
-    );
+    poison_map(&hub, &["a", "b", "c", "d", "e", "f", "poison"], script, 2);
     let alive = workers
         .iter_mut()
         .map(|w| w.running())
