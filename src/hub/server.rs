@@ -251,6 +251,15 @@ impl Task {
         }
     }
 
+    /// Engine `engine` lost it (it left, or it `died`): a retry prefers
+    /// another, and a death counts. Whether it has now taken down `limit`
+    /// engines (a poison input).
+    fn lost_on(&mut self, engine: EngineId, died: bool, limit: u32) -> bool {
+        self.failed_on.push(engine);
+        self.lost += u32::from(died);
+        died && self.lost >= limit.max(1)
+    }
+
     /// The engine running its second copy.
     fn spare_engine(&self) -> Option<EngineId> {
         self.spare.map(|(engine, _)| engine)
@@ -1131,22 +1140,17 @@ impl Hub {
             // With two copies running, the one left carries on; the death
             // still counts against the task, or a poison input that takes
             // its time to kill would be copied from engine to engine.
+            let limit = self.options.poison_limit;
             if task.spare.is_some() {
                 task.drop_copy(id);
-                if died {
-                    task.failed_on.push(id);
-                    task.lost += 1;
-                    if task.lost >= self.options.poison_limit.max(1) {
-                        poisoned.push((job_id, task_id, task.lost));
-                    }
+                if task.lost_on(id, died, limit) {
+                    poisoned.push((job_id, task_id, task.lost));
                 }
                 continue;
             }
             if task.engine == Some(id) {
                 task.engine = None;
-                task.failed_on.push(id);
-                task.lost += u32::from(died);
-                if died && task.lost >= self.options.poison_limit.max(1) {
+                if task.lost_on(id, died, limit) {
                     poisoned.push((job_id, task_id, task.lost));
                     continue;
                 }
