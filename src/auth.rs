@@ -8,7 +8,8 @@
 //! | 0..8 | session: random per signing socket, little endian |
 //! | 8..16 | sequence number within the session, from 1, strictly increasing |
 //! | 16..24 | milliseconds since the Unix epoch when it was signed |
-//! | 24..56 | HMAC-SHA256 over the [`Channel`] label, the recipient, the protocol frame, the 24 nonce bytes, the header and the body, each preceded by its length |
+//! | 24..32 | the hub start ([epoch](#epochs)) it belongs to; 0 in a handshake |
+//! | 32..64 | HMAC-SHA256 over the [`Channel`] label, the recipient, the protocol frame, the 32 nonce bytes, the header and the body, each preceded by its length |
 //!
 //! The channel names the direction (engine to hub, hub to client, ...), so
 //! a message signed for one direction is refused in any other: one the hub
@@ -24,10 +25,24 @@
 //! - signed within [`REPLAY_WINDOW`] of the receiver's clock, either way;
 //! - with a sequence number above every one already seen from its session
 //!   (ZeroMQ keeps order per connection, so a genuine sender only counts up);
-//! - and, from a session the receiver has not heard yet, signed no earlier
-//!   than [`CLOCK_SLACK`] before the receiver started. A receiver forgets
-//!   sessions when it restarts; this rule keeps a message captured before the
-//!   restart from being played to the new process.
+//! - and of the hub start the receiver expects ([epochs](#epochs)).
+//!
+//! # Epochs
+//!
+//! A receiver forgets the sessions it heard when it restarts, so sequence
+//! numbers alone cannot stop a message captured before a hub restart from
+//! being played to the new hub (a `shutdown`, a `kill`). Every hub start
+//! draws a random 64-bit epoch, and every message to or from the hub is
+//! signed for it: the hub refuses any other epoch, so nothing captured
+//! before it started is obeyed after, whatever the timing. A peer learns
+//! the epoch by a challenge: it sends a `Hello` signed for epoch 0 whose
+//! header carries a random challenge, the hub answers a `Welcome` with that
+//! challenge signed for its epoch and for the peer's routing identity, and
+//! from then on the peer signs for that epoch and accepts nothing else. A
+//! handshake message is never remembered as a session (replaying one costs
+//! the hub one small answer and changes nothing), and a peer takes the
+//! epoch only from the answer to its own, still open challenge, so a
+//! captured `Welcome` cannot move it to an old hub start.
 //!
 //! A session's highest sequence number is kept until the session has been
 //! quiet for the whole window and everything it signed is stale (a sender
@@ -48,14 +63,16 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes in a signature frame.
 pub const SIGNATURE_BYTES: usize = NONCE_BYTES + TAG_BYTES;
-const NONCE_BYTES: usize = 24;
+const NONCE_BYTES: usize = 32;
 const TAG_BYTES: usize = 32;
 
 /// How far a message's signing time may be from the receiver's clock.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 
 /// How long before a receiver started a message from an unknown session may
-/// have been signed (clock differences between machines, messages in flight).
+/// have been signed (clock differences between machines, messages in
+/// flight). Only for receivers that take any epoch ([`EpochRule::Any`], a
+/// subscriber to notifications): hub traffic is bound to an epoch instead.
 pub const CLOCK_SLACK: Duration = Duration::from_secs(2);
 
 /// Most sessions a verifier remembers; past this, new sessions are refused
@@ -93,6 +110,42 @@ pub enum AuthError {
     /// Too many live sessions.
     #[error("too many live sessions ({MAX_SESSIONS}); refusing a new one")]
     TooManySessions,
+    /// Genuinely signed, but for another hub start: a capture replayed
+    /// across a restart, or a peer that has not noticed the hub restarted.
+    #[error("message of another hub start (epoch {got:016x}, this one is {expected:016x}): a replay across a restart, or a peer that must say hello again")]
+    OtherEpoch {
+        /// The epoch it was signed for.
+        got: u64,
+        /// The epoch this receiver takes.
+        expected: u64,
+    },
+    /// A handshake message (signed for no epoch, or before the epoch is
+    /// known) that is not the handshake this receiver takes.
+    #[error("{0} outside the handshake")]
+    NotHandshake(&'static str),
+}
+
+/// Which hub start ([epoch](self#epochs)) a [`Verifier`] takes messages of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochRule {
+    /// Any epoch, with the [`CLOCK_SLACK`] rule for new sessions: a
+    /// subscriber to the hub's notifications.
+    Any,
+    /// The hub's own sockets: its epoch, or 0 for a peer's `Hello`.
+    Hub(u64),
+    /// A peer of the hub: before its handshake, only handshake answers (of
+    /// any epoch); after it, that epoch alone.
+    Peer(Option<u64>),
+}
+
+/// What [`Verifier::verify`] found in a message it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The epoch it was signed for.
+    pub epoch: u64,
+    /// A handshake message (a `Hello` to a hub, or the answer to one before
+    /// the peer knows the epoch): accepted only as that, and not remembered.
+    pub handshake: bool,
 }
 
 /// A signed distance between two clocks, for messages.
@@ -217,6 +270,8 @@ pub struct Signer {
     channel: Channel,
     session: u64,
     seq: AtomicU64,
+    /// The hub start it signs for (0 until a peer learns it).
+    epoch: u64,
 }
 
 impl Signer {
@@ -227,7 +282,18 @@ impl Signer {
             channel,
             session: random_u64(),
             seq: AtomicU64::new(0),
+            epoch: 0,
         }
+    }
+
+    /// Signs for hub start `epoch` from now on.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+    }
+
+    /// The hub start it signs for.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The signature frame for a message to the hub, or to every
@@ -245,11 +311,25 @@ impl Signer {
         header: &[u8],
         body: &[u8],
     ) -> [u8; SIGNATURE_BYTES] {
+        self.sign_for(self.epoch, recipient, protocol, header, body)
+    }
+
+    /// The signature frame for a message of hub start `epoch` (0: a
+    /// handshake `Hello`, which no hub takes as anything else).
+    pub fn sign_for(
+        &self,
+        epoch: u64,
+        recipient: &[u8],
+        protocol: &[u8],
+        header: &[u8],
+        body: &[u8],
+    ) -> [u8; SIGNATURE_BYTES] {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let mut frame = [0u8; SIGNATURE_BYTES];
         frame[0..8].copy_from_slice(&self.session.to_le_bytes());
         frame[8..16].copy_from_slice(&seq.to_le_bytes());
         frame[16..24].copy_from_slice(&now_millis().to_le_bytes());
+        frame[24..32].copy_from_slice(&epoch.to_le_bytes());
         let tag = self
             .key
             .tag(
@@ -283,6 +363,7 @@ pub struct Verifier {
     /// when empty, for no particular recipient) are accepted.
     recipient: Vec<u8>,
     started_millis: u64,
+    epochs: EpochRule,
     sessions: HashMap<u64, Seen>,
     next_prune: Instant,
     window: Duration,
@@ -311,6 +392,7 @@ impl Verifier {
             channel,
             recipient,
             started_millis: now_millis(),
+            epochs: EpochRule::Any,
             sessions: HashMap::new(),
             next_prune: Instant::now() + REPLAY_WINDOW,
             window: REPLAY_WINDOW,
@@ -325,20 +407,31 @@ impl Verifier {
         self
     }
 
+    /// Takes messages of the hub starts `rule` allows.
+    pub fn set_epochs(&mut self, rule: EpochRule) {
+        self.epochs = rule;
+    }
+
+    /// The hub starts it takes messages of.
+    pub fn epochs(&self) -> EpochRule {
+        self.epochs
+    }
+
     /// Sessions remembered now.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
 
     /// Accepts a message or says why not. Nothing is remembered about a
-    /// message that is refused.
+    /// message that is refused, nor about a handshake message: the caller
+    /// must take a [`Verified::handshake`] message as a handshake only.
     pub fn verify(
         &mut self,
         signature: &[u8],
         protocol: &[u8],
         header: &[u8],
         body: &[u8],
-    ) -> Result<(), AuthError> {
+    ) -> Result<Verified, AuthError> {
         if signature.is_empty() {
             return Err(AuthError::Unsigned);
         }
@@ -351,7 +444,7 @@ impl Verifier {
             .verify_slice(tag)
             .map_err(|_| AuthError::Forged)?;
         let field = |i: usize| u64::from_le_bytes(nonce[i * 8..i * 8 + 8].try_into().expect("8"));
-        let (session, seq, signed) = (field(0), field(1), field(2));
+        let (session, seq, signed, epoch) = (field(0), field(1), field(2), field(3));
         let now = now_millis();
         let window = self.window.as_millis() as u64;
         if signed.abs_diff(now) > window {
@@ -360,6 +453,25 @@ impl Verifier {
                 ahead: signed > now,
             }));
         }
+        let handshake = Verified {
+            epoch,
+            handshake: true,
+        };
+        match self.epochs {
+            EpochRule::Hub(_) if epoch == 0 => return Ok(handshake),
+            EpochRule::Peer(None) => return Ok(handshake),
+            EpochRule::Hub(expected) | EpochRule::Peer(Some(expected)) if epoch != expected => {
+                return Err(AuthError::OtherEpoch {
+                    got: epoch,
+                    expected,
+                })
+            }
+            _ => {}
+        }
+        let verified = Verified {
+            epoch,
+            handshake: false,
+        };
         let clock = Instant::now();
         if clock >= self.next_prune {
             // Forget a session only once it has been quiet for the window
@@ -381,13 +493,15 @@ impl Verifier {
                 seen.last_seq = seq;
                 seen.last_heard = clock;
                 seen.last_signed = seen.last_signed.max(signed);
-                Ok(())
+                Ok(verified)
             }
             None => {
                 let earliest = self
                     .started_millis
                     .saturating_sub(CLOCK_SLACK.as_millis() as u64);
-                if signed < earliest {
+                // Bound to an epoch, a message cannot come from before this
+                // receiver's hub start: no clock rule needed.
+                if self.epochs == EpochRule::Any && signed < earliest {
                     return Err(AuthError::BeforeStart(Duration::from_millis(
                         self.started_millis - signed,
                     )));
@@ -403,7 +517,7 @@ impl Verifier {
                         last_signed: signed,
                     },
                 );
-                Ok(())
+                Ok(verified)
             }
         }
     }
@@ -441,6 +555,13 @@ mod tests {
 
     const C: Channel = Channel::ClientToHub;
 
+    /// Accepted by a verifier that takes any epoch, from a signer that has
+    /// none.
+    const ANY: Result<Verified, AuthError> = Ok(Verified {
+        epoch: 0,
+        handshake: false,
+    });
+
     fn nonce_with(signature: &mut [u8; SIGNATURE_BYTES], field: usize, value: u64, key: &Key) {
         signature[field * 8..field * 8 + 8].copy_from_slice(&value.to_le_bytes());
         let tag = key
@@ -462,12 +583,12 @@ mod tests {
             Err(AuthError::Forged)
         );
         let mut a = Verifier::for_recipient(key(), C, b"engine-a".to_vec());
-        assert_eq!(a.verify(&to_a, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(a.verify(&to_a, b"p", b"h", b"b"), ANY);
         // A message for no one in particular is not one for a given peer.
         let to_hub = signer.sign(b"p", b"h", b"b");
         let mut a = Verifier::for_recipient(key(), C, b"engine-a".to_vec());
         assert_eq!(a.verify(&to_hub, b"p", b"h", b"b"), Err(AuthError::Forged));
-        assert_eq!(anyone.verify(&to_hub, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(anyone.verify(&to_hub, b"p", b"h", b"b"), ANY);
     }
 
     #[test]
@@ -480,8 +601,8 @@ mod tests {
             first, second,
             "the same message signs differently each time"
         );
-        assert_eq!(verifier.verify(&first, b"p", b"h", b"b"), Ok(()));
-        assert_eq!(verifier.verify(&second, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(verifier.verify(&first, b"p", b"h", b"b"), ANY);
+        assert_eq!(verifier.verify(&second, b"p", b"h", b"b"), ANY);
         assert!(matches!(
             verifier.verify(&first, b"p", b"h", b"b"),
             Err(AuthError::Replayed {
@@ -532,10 +653,7 @@ mod tests {
         );
         // Nothing refused was remembered; the genuine one still passes.
         assert_eq!(verifier.sessions(), 0);
-        assert_eq!(
-            verifier.verify(&signature, b"p", b"header", b"body"),
-            Ok(())
-        );
+        assert_eq!(verifier.verify(&signature, b"p", b"header", b"body"), ANY);
     }
 
     #[test]
@@ -564,10 +682,10 @@ mod tests {
         ));
         // A known session may send what it signed a little earlier.
         nonce_with(&mut signature, 2, now, &key);
-        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), ANY);
         nonce_with(&mut signature, 1, 2, &key);
         nonce_with(&mut signature, 2, now - 60_000, &key);
-        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), ANY);
     }
 
     #[test]
@@ -588,7 +706,7 @@ mod tests {
             );
         }
         let mut engine = Verifier::new(key(), Channel::HubToEngine);
-        assert_eq!(engine.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(engine.verify(&signature, b"p", b"h", b"b"), ANY);
     }
 
     /// A sender whose clock runs ahead signs messages that stay fresh after
@@ -601,13 +719,13 @@ mod tests {
         let mut verifier = Verifier::new(key.clone(), C).with_window(window);
         let mut signature = Signer::new(key.clone(), C).sign(b"p", b"h", b"b");
         nonce_with(&mut signature, 2, now_millis() + 250, &key);
-        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), Ok(()));
+        assert_eq!(verifier.verify(&signature, b"p", b"h", b"b"), ANY);
         // Quiet for longer than the window, but the message (signed 250 ms
         // ahead) is fresh until 550 ms: it must still be known.
         std::thread::sleep(Duration::from_millis(400));
         let mut other = Signer::new(key.clone(), C).sign(b"p", b"h", b"b");
         nonce_with(&mut other, 2, now_millis(), &key);
-        assert_eq!(verifier.verify(&other, b"p", b"h", b"b"), Ok(()), "prunes");
+        assert_eq!(verifier.verify(&other, b"p", b"h", b"b"), ANY, "prunes");
         assert!(matches!(
             verifier.verify(&signature, b"p", b"h", b"b"),
             Err(AuthError::Replayed { .. })
@@ -621,5 +739,97 @@ mod tests {
         assert!(Key::from_hex(&"zz".repeat(16)).is_err());
         assert!(Key::from_hex(&"00".repeat(8)).unwrap_err().contains("16"));
         assert_eq!(format!("{:?}", key()), "Key(…)");
+    }
+
+    /// A hub takes only its own epoch, and epoch 0 only as a handshake
+    /// (never remembered): nothing signed for an earlier hub start, however
+    /// recently, passes.
+    #[test]
+    fn a_hub_takes_its_own_epoch_and_handshakes_only() {
+        let key = key();
+        let mut hub = Verifier::new(key.clone(), C);
+        hub.set_epochs(EpochRule::Hub(7));
+        let mut old = Signer::new(key.clone(), C);
+        old.set_epoch(6);
+        // Signed a moment ago for the previous start: refused, not
+        // remembered, and refused again.
+        let captured = old.sign(b"p", b"h", b"b");
+        for _ in 0..2 {
+            assert_eq!(
+                hub.verify(&captured, b"p", b"h", b"b"),
+                Err(AuthError::OtherEpoch {
+                    got: 6,
+                    expected: 7
+                })
+            );
+        }
+        let mut peer = Signer::new(key.clone(), C);
+        let hello = peer.sign(b"p", b"h", b"b");
+        let handshake = Ok(Verified {
+            epoch: 0,
+            handshake: true,
+        });
+        assert_eq!(hub.verify(&hello, b"p", b"h", b"b"), handshake);
+        // A handshake is not a session: played again, it is a handshake
+        // again, and it fills no table.
+        assert_eq!(hub.verify(&hello, b"p", b"h", b"b"), handshake);
+        assert_eq!(hub.sessions(), 0);
+        peer.set_epoch(7);
+        let call = peer.sign(b"p", b"h", b"b");
+        let current = Ok(Verified {
+            epoch: 7,
+            handshake: false,
+        });
+        assert_eq!(hub.verify(&call, b"p", b"h", b"b"), current);
+        assert!(matches!(
+            hub.verify(&call, b"p", b"h", b"b"),
+            Err(AuthError::Replayed { .. })
+        ));
+        assert_eq!(hub.sessions(), 1);
+    }
+
+    /// A peer takes only handshake answers until it learns the epoch, then
+    /// that epoch alone; the epoch is part of what is signed.
+    #[test]
+    fn a_peer_takes_one_epoch_once_it_knows_it() {
+        let key = key();
+        let mut hub = Signer::new(key.clone(), C);
+        hub.set_epoch(9);
+        let mut peer = Verifier::new(key.clone(), C);
+        peer.set_epochs(EpochRule::Peer(None));
+        let welcome = hub.sign(b"p", b"h", b"b");
+        assert_eq!(
+            peer.verify(&welcome, b"p", b"h", b"b"),
+            Ok(Verified {
+                epoch: 9,
+                handshake: true
+            })
+        );
+        peer.set_epochs(EpochRule::Peer(Some(9)));
+        let next = hub.sign(b"p", b"h", b"b");
+        assert_eq!(
+            peer.verify(&next, b"p", b"h", b"b"),
+            Ok(Verified {
+                epoch: 9,
+                handshake: false
+            })
+        );
+        let mut restarted = Signer::new(key.clone(), C);
+        restarted.set_epoch(10);
+        assert!(matches!(
+            peer.verify(&restarted.sign(b"p", b"h", b"b"), b"p", b"h", b"b"),
+            Err(AuthError::OtherEpoch {
+                got: 10,
+                expected: 9
+            })
+        ));
+        // Rewriting the epoch breaks the tag.
+        let mut moved = next;
+        moved[24..32].copy_from_slice(&10u64.to_le_bytes());
+        peer.set_epochs(EpochRule::Peer(Some(10)));
+        assert_eq!(
+            peer.verify(&moved, b"p", b"h", b"b"),
+            Err(AuthError::Forged)
+        );
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | frame | content |
 //! | --- | --- |
-//! | 0 | protocol name and version, `zcluster/2` |
+//! | 0 | protocol name and version, `zcluster/3` |
 //! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
 //! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
 //! | 3 | body: the record named by the kind, bincode |
@@ -38,10 +38,10 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Auth, AuthError, Channel, Key, Signer, Verifier};
+use crate::auth::{Auth, AuthError, Channel, EpochRule, Key, Signer, Verified, Verifier};
 
 /// First frame of every message: protocol name and version.
-pub const PROTOCOL: &[u8] = b"zcluster/2";
+pub const PROTOCOL: &[u8] = b"zcluster/3";
 const PROTOCOL_NAME: &[u8] = b"zcluster/";
 
 /// Largest message (and so body) any zcluster socket accepts: receiving
@@ -86,7 +86,7 @@ pub enum MessageError {
         first: String,
     },
     /// A zcluster peer speaking another version.
-    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/2)")]
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/3)")]
     WrongVersion {
         /// What arrived.
         got: String,
@@ -190,6 +190,12 @@ pub enum MessageKind {
     /// status, encoded [`ClusterResult`]), which the hub records and
     /// forwards one by one without decoding. The header id is the first's.
     TaskResults,
+    /// A peer asks a hub for its epoch (see [`auth`](crate::auth#epochs));
+    /// the header id is a random challenge, the body empty.
+    Hello,
+    /// A hub answers a [`Hello`](MessageKind::Hello): the header id is the
+    /// challenge, and the signature carries the hub's epoch.
+    Welcome,
 }
 
 impl fmt::Display for MessageKind {
@@ -204,6 +210,8 @@ impl fmt::Display for MessageKind {
             MessageKind::Results => "result batch",
             MessageKind::Tasks => "task batch",
             MessageKind::TaskResults => "task result batch",
+            MessageKind::Hello => "hello",
+            MessageKind::Welcome => "welcome",
         })
     }
 }
@@ -417,7 +425,7 @@ impl Envelope {
             return Err(MessageError::FrameCount { got: frames.len() });
         };
         let body = body.as_ref();
-        let header = check_frames(
+        let (header, _) = check_frames(
             protocol.as_ref(),
             signature.as_ref(),
             header.as_ref(),
@@ -549,7 +557,7 @@ fn check_frames(
     header: &[u8],
     body: &[u8],
     verifier: Option<&mut Verifier>,
-) -> Result<Header, MessageError> {
+) -> Result<(Header, Option<Verified>), MessageError> {
     if protocol != PROTOCOL {
         return Err(if protocol.starts_with(PROTOCOL_NAME) {
             MessageError::WrongVersion {
@@ -563,12 +571,12 @@ fn check_frames(
     }
     check_size("header", header.len(), MAX_HEADER_BYTES)?;
     check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
-    match verifier {
-        Some(verifier) => verifier.verify(signature, protocol, header, body)?,
+    let verified = match verifier {
+        Some(verifier) => Some(verifier.verify(signature, protocol, header, body)?),
         None if !signature.is_empty() => return Err(MessageError::UnexpectedSignature),
-        None => {}
-    }
-    decode_value(header, "header")
+        None => None,
+    };
+    Ok((decode_value(header, "header")?, verified))
 }
 
 fn check_size(part: &'static str, size: usize, limit: usize) -> Result<(), MessageError> {
@@ -680,7 +688,15 @@ fn send_frames(
     // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
     // queued, ZeroMQ accepts the rest of the multipart message atomically.
     let header_bytes = &header_bytes[..header_len];
-    let signature = signer.map(|(s, recipient)| s.sign_to(recipient, PROTOCOL, header_bytes, body));
+    let signature = signer.map(|(s, recipient)| {
+        // A hello is signed for no hub start: the peer is asking which.
+        let epoch = if header.kind == MessageKind::Hello {
+            0
+        } else {
+            s.epoch()
+        };
+        s.sign_for(epoch, recipient, PROTOCOL, header_bytes, body)
+    });
     socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
     socket.send(
         signature.as_ref().map_or(&[][..], |s| &s[..]),
@@ -748,14 +764,14 @@ pub fn send_result(
 /// multipart message is consumed even when the message is bad, so the next
 /// receive starts at a message boundary.
 pub fn recv(socket: &zmq::Socket, flags: i32) -> Result<Envelope, MessageError> {
-    recv_checked(socket, flags, None)
+    recv_checked(socket, flags, None).map(|(envelope, _)| envelope)
 }
 
 fn recv_checked(
     socket: &zmq::Socket,
     flags: i32,
     verifier: Option<&mut Verifier>,
-) -> Result<Envelope, MessageError> {
+) -> Result<(Envelope, Option<Verified>), MessageError> {
     let mut parts: [zmq::Message; 4] = std::array::from_fn(|_| zmq::Message::new());
     let mut count = 0;
     loop {
@@ -775,20 +791,28 @@ fn recv_checked(
         return Err(MessageError::FrameCount { got: count });
     }
     let [protocol, signature, header, body] = parts;
-    let header = check_frames(&protocol, &signature, &header, &body, verifier)?;
-    Ok(Envelope {
+    let (header, verified) = check_frames(&protocol, &signature, &header, &body, verifier)?;
+    let envelope = Envelope {
         header,
         body: Body::Zmq(body),
-    })
+    };
+    Ok((envelope, verified))
 }
 
 /// A socket whose messages are all signed and checked with the cluster's
 /// key: every hub socket, and the engines' and clients' sockets to it.
+///
+/// A hub's socket ([`SignedSocket::hub`]) signs for its epoch and takes
+/// nothing else but a peer's `Hello`; a peer's ([`SignedSocket::peer`])
+/// learns the epoch by [`hello`](SignedSocket::hello) and takes nothing
+/// else once it knows it (see [`auth`](crate::auth#epochs)).
 pub struct SignedSocket {
     socket: zmq::Socket,
     auth: Auth,
     /// Largest body the peer takes (see [`set_limit`](Self::set_limit)).
     limit: usize,
+    /// A peer's hello not answered yet: its challenge.
+    challenge: Option<u64>,
 }
 
 impl fmt::Debug for SignedSocket {
@@ -813,7 +837,74 @@ impl SignedSocket {
             socket,
             auth: Auth::new(key, sends, receives, me),
             limit: MAX_MESSAGE_BYTES,
+            challenge: None,
         }
+    }
+
+    /// A hub's socket for hub start `epoch`: what it sends is signed for
+    /// the epoch, and it takes only messages signed for it, or a peer's
+    /// `Hello` (answer with [`welcome`](Self::welcome)).
+    pub fn hub(
+        socket: zmq::Socket,
+        key: &Key,
+        sends: Channel,
+        receives: Channel,
+        epoch: u64,
+    ) -> Self {
+        let mut this = Self::new(socket, key, sends, receives);
+        this.auth.signer.set_epoch(epoch);
+        this.auth.verifier.set_epochs(EpochRule::Hub(epoch));
+        this
+    }
+
+    /// A peer's socket to a hub: it takes nothing but the answer to its
+    /// [`hello`](Self::hello) until it knows the hub's epoch, then only
+    /// messages of that epoch.
+    pub fn peer(socket: zmq::Socket, key: &Key, sends: Channel, receives: Channel) -> Self {
+        let mut this = Self::new(socket, key, sends, receives);
+        this.auth.verifier.set_epochs(EpochRule::Peer(None));
+        this
+    }
+
+    /// Asks the hub for its epoch with a fresh challenge; [`recv`](Self::recv)
+    /// returns the `Welcome` that answers it, and from then on the socket
+    /// signs for and takes that epoch. Until then it takes nothing else
+    /// (sent again after a hub restart, what is still in flight from the
+    /// old hub start is dropped).
+    pub fn hello(&mut self, flags: i32) -> Result<(), MessageError> {
+        // Never 0: the hub answers a message of another epoch with a
+        // welcome for challenge 0, which no open hello takes.
+        let challenge = crate::auth::random_u64() | 1;
+        let header = Header {
+            kind: MessageKind::Hello,
+            job: 0,
+            id: challenge,
+        };
+        self.auth.verifier.set_epochs(EpochRule::Peer(None));
+        self.challenge = Some(challenge);
+        self.send(&header, &(), flags)
+    }
+
+    /// The hub's epoch, once a [`hello`](Self::hello) was answered (a
+    /// hub's socket: its own).
+    pub fn epoch(&self) -> Option<u64> {
+        match self.auth.verifier.epochs() {
+            EpochRule::Hub(epoch) | EpochRule::Peer(Some(epoch)) => Some(epoch),
+            EpochRule::Peer(None) | EpochRule::Any => None,
+        }
+    }
+
+    /// Answers a peer's hello (`challenge` is its header id) through a
+    /// ROUTER: the answer is signed for this hub's epoch and for that peer
+    /// alone. Challenge 0 answers a message of another epoch: it tells the
+    /// peer the hub restarted, and satisfies no hello.
+    pub fn welcome(&self, identity: &[u8], challenge: u64) -> Result<(), MessageError> {
+        let header = Header {
+            kind: MessageKind::Welcome,
+            job: 0,
+            id: challenge,
+        };
+        self.send_routed(identity, &header, &())
     }
 
     /// Sends nothing with a body over `limit` bytes (at most
@@ -833,6 +924,11 @@ impl SignedSocket {
     /// The socket itself (to poll it, or set options).
     pub fn socket(&self) -> &zmq::Socket {
         &self.socket
+    }
+
+    /// The socket itself, mutably (for calls the `zmq` crate does not wrap).
+    pub(crate) fn socket_mut(&mut self) -> &mut zmq::Socket {
+        &mut self.socket
     }
 
     /// Sends one signed message. `flags` may hold `zmq::DONTWAIT`.
@@ -892,9 +988,41 @@ impl SignedSocket {
         )
     }
 
-    /// Receives one message and checks it, signature first.
+    /// Receives one message and checks it, signature first, then its hub
+    /// start: a handshake message is returned only if it is the one this
+    /// socket takes (a `Hello` on a hub's socket; on a peer's, the
+    /// `Welcome` that answers its open challenge, which fixes the epoch).
     pub fn recv(&mut self, flags: i32) -> Result<Envelope, MessageError> {
-        recv_checked(&self.socket, flags, Some(&mut self.auth.verifier))
+        let (envelope, verified) =
+            recv_checked(&self.socket, flags, Some(&mut self.auth.verifier))?;
+        let Some(verified) = verified else {
+            return Ok(envelope);
+        };
+        let kind = envelope.header.kind;
+        match (self.auth.verifier.epochs(), kind) {
+            (EpochRule::Hub(_), MessageKind::Hello) if verified.handshake => Ok(envelope),
+            (EpochRule::Hub(_), _) if verified.handshake => {
+                Err(AuthError::NotHandshake("a message signed for no hub start").into())
+            }
+            (EpochRule::Peer(_), MessageKind::Welcome) => {
+                if self.challenge != Some(envelope.header.id) {
+                    return Err(AuthError::NotHandshake("a welcome to no open hello").into());
+                }
+                self.challenge = None;
+                self.auth.signer.set_epoch(verified.epoch);
+                self.auth
+                    .verifier
+                    .set_epochs(EpochRule::Peer(Some(verified.epoch)));
+                Ok(envelope)
+            }
+            (EpochRule::Peer(_), _) if verified.handshake => {
+                Err(AuthError::NotHandshake("a message from the hub before its welcome").into())
+            }
+            (_, MessageKind::Hello | MessageKind::Welcome) => {
+                Err(AuthError::NotHandshake("a hello or welcome").into())
+            }
+            _ => Ok(envelope),
+        }
     }
 
     /// Receives one message on a ROUTER socket: the sender's identity and

@@ -20,6 +20,7 @@ use zcluster::message::{
 };
 
 use crate::common::join_within;
+use crate::common::say_hello;
 
 fn tcp_hub(max_message: usize) -> HubOptions {
     HubOptions {
@@ -212,12 +213,13 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
     let hub = Hub::bind(&ctx, tcp_hub(1 << 20)).unwrap();
     let key = hub.connection().signing_key().unwrap();
     let cluster = running(&ctx, hub, 1);
-    let engine_a = SignedSocket::new(
+    let mut engine_a = SignedSocket::peer(
         dealer(&ctx, b"engine-a", &cluster.connection().engines),
         &key,
         Channel::EngineToHub,
         Channel::HubToEngine,
     );
+    say_hello(&mut engine_a);
     let register = EngineMessage::Register {
         identity: "engine-a".into(),
         host: "nowhere".into(),
@@ -288,11 +290,12 @@ fn an_engine_refused_at_registration_tries_again() {
         key: key_hex,
         store: ":memory:".into(),
     };
-    let mut hub = SignedSocket::new(
+    let mut hub = SignedSocket::hub(
         router,
         &connection.signing_key().unwrap(),
         Channel::HubToEngine,
         Channel::EngineToHub,
+        5,
     );
     let stop = Arc::new(AtomicBool::new(false));
     let engine = {
@@ -306,12 +309,20 @@ fn an_engine_refused_at_registration_tries_again() {
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };
     let registration = |hub: &mut SignedSocket| {
-        assert!(
-            hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
-            "no registration within 10 s"
-        );
-        let (identity, envelope) = hub.recv_routed(0).unwrap();
-        let message = envelope.unwrap().control::<EngineMessage>().unwrap();
+        // Each connection says hello first, and registers once welcomed.
+        let (identity, envelope) = loop {
+            assert!(
+                hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
+                "no registration within 10 s"
+            );
+            let (identity, envelope) = hub.recv_routed(0).unwrap();
+            let envelope = envelope.unwrap();
+            if envelope.header.kind != MessageKind::Hello {
+                break (identity, envelope);
+            }
+            hub.welcome(&identity, envelope.header.id).unwrap();
+        };
+        let message = envelope.control::<EngineMessage>().unwrap();
         assert!(
             matches!(message, EngineMessage::Register { .. }),
             "{message:?}"

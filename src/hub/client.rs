@@ -7,17 +7,32 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
+use super::link::HubLink;
 use super::protocol::{AttachInfo, ClientCall, JobId, JobKind, Reply, TaskReport};
-use crate::auth::Channel;
+use crate::auth::{AuthError, Channel, Key};
 use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
-use crate::message::{
-    self, ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind, SignedSocket,
-};
-use crate::socket::{millis, DEFAULT_LINGER};
+use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
+use crate::socket::millis;
 
 /// `PREFIX-` and 16 random hex digits: a routing identity no other peer has.
 pub(crate) fn random_identity(prefix: &str) -> String {
     format!("{prefix}-{:016x}", crate::auth::random_u64())
+}
+
+/// A new connection to the hub's client socket, under a new identity.
+fn open_link(ctx: &zmq::Context, url: &str, key: &Key) -> Result<HubLink, ClientError> {
+    HubLink::open(
+        ctx,
+        url,
+        key,
+        Channel::ClientToHub,
+        Channel::HubToClient,
+        "client",
+    )
+    .map_err(|source| ClientError::Connect {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// Jobs a client remembers having forgotten (their late results dropped).
@@ -41,6 +56,15 @@ pub enum ClientError {
     /// The hub did not answer.
     #[error("the hub at {url} did not answer within {}", humantime::format_duration(*.waited))]
     NoAnswer {
+        /// The URL concerned.
+        url: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Something that speaks ZeroMQ took the connection but never answered
+    /// the signed hello: most likely a hub with another key.
+    #[error("the hub at {url} took the connection but did not answer a signed hello within {}: the connection file's key is probably not this hub's (a hub with another key logs \"bad signature\"), or the hub is stuck", humantime::format_duration(*.waited))]
+    NotWelcomed {
         /// The URL concerned.
         url: String,
         /// How long it waited.
@@ -72,8 +96,20 @@ pub enum ClientError {
 }
 
 /// A connection to a hub's client socket.
+///
+/// It says hello before its first message, to learn the hub's epoch, and
+/// again when the hub restarts. When its connection closes it opens a new
+/// one under a new identity ([`HubLink`]); [`JobHandle`]s notice
+/// ([`generation`](Self::generation)) and reattach their jobs, which binds
+/// them to the new connection.
 pub struct HubClient {
-    socket: SignedSocket,
+    ctx: zmq::Context,
+    key: Key,
+    link: HubLink,
+    /// Links opened so far.
+    generation: u64,
+    /// Largest body the hub takes, once it said.
+    limit: Option<usize>,
     url: String,
     next_request: u64,
     timeout: Duration,
@@ -91,26 +127,13 @@ impl HubClient {
     pub fn connect(ctx: &zmq::Context, connection: &ConnectionInfo) -> Result<Self, ClientError> {
         let url = connection.clients.clone();
         let key = connection.signing_key()?;
-        let fail = |source| ClientError::Connect {
-            url: url.clone(),
-            source,
-        };
-        let socket = ctx.socket(zmq::DEALER).map_err(fail)?;
-        // A fixed identity: after a dropped connection the client comes back
-        // as the same peer, and the hub (ROUTER_HANDOVER) routes its results
-        // to it again.
-        socket
-            .set_identity(random_identity("client").as_bytes())
-            .map_err(fail)?;
-        socket.set_linger(millis(DEFAULT_LINGER)).map_err(fail)?;
-        socket.set_sndhwm(0).map_err(fail)?;
-        socket.set_rcvhwm(0).map_err(fail)?;
-        socket
-            .set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64)
-            .map_err(fail)?;
-        socket.connect(&url).map_err(fail)?;
+        let link = open_link(ctx, &url, &key)?;
         Ok(HubClient {
-            socket: SignedSocket::new(socket, &key, Channel::ClientToHub, Channel::HubToClient),
+            ctx: ctx.clone(),
+            key,
+            link,
+            generation: 1,
+            limit: None,
             url,
             next_request: 1,
             timeout: DEFAULT_CALL_TIMEOUT,
@@ -118,6 +141,54 @@ impl HubClient {
             forgotten: HashSet::new(),
             warned: false,
         })
+    }
+
+    /// Counts the connections this client has opened: a job attached on an
+    /// older one must attach again to get its results here.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Replaces a closed connection with a new one, under a new identity.
+    fn relink(&mut self) -> Result<(), ClientError> {
+        info!(hub = %self.url, "the connection to the hub closed; connecting again");
+        self.link = open_link(&self.ctx, &self.url, &self.key)?;
+        if let Some(limit) = self.limit {
+            self.link.socket.set_limit(limit);
+        }
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Makes sure the connection is open and the hub's epoch known, saying
+    /// hello and waiting up to `timeout` for the answer if needed.
+    fn ready(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        if self.link.closed() {
+            self.relink()?;
+        }
+        if self.link.socket.epoch().is_some() {
+            return Ok(());
+        }
+        self.link.socket.hello(0)?;
+        let deadline = Instant::now() + timeout;
+        while self.link.socket.epoch().is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.receive(left)?.is_none() {
+                return Err(self.no_answer(timeout));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why nothing came within `waited`: a hub that never answered a hello
+    /// although its port took the connection has another key, most likely.
+    fn no_answer(&mut self, waited: Duration) -> ClientError {
+        let url = self.url.clone();
+        if self.link.socket.epoch().is_none() && self.link.reached() {
+            ClientError::NotWelcomed { url, waited }
+        } else {
+            ClientError::NoAnswer { url, waited }
+        }
     }
 
     /// Waits this long for each answer.
@@ -138,6 +209,8 @@ impl HubClient {
         call: &ClientCall,
         timeout: Duration,
     ) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.ready(timeout)?;
         let request = self.next_request;
         self.next_request += 1;
         let header = Header {
@@ -145,25 +218,31 @@ impl HubClient {
             job: 0,
             id: request,
         };
-        self.socket.send(&header, call, 0)?;
-        let deadline = Instant::now() + timeout;
+        self.link.socket.send(&header, call, 0)?;
+        let mut sent_to = (self.generation, self.link.socket.epoch());
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let envelope = match self.receive(left)? {
                 Some(envelope) => envelope,
-                None => {
-                    return Err(ClientError::NoAnswer {
-                        url: self.url.clone(),
-                        waited: timeout,
-                    })
-                }
+                None => return Err(self.no_answer(timeout)),
             };
             match envelope.header.kind {
+                MessageKind::Welcome => {
+                    // Said hello again (the hub restarted, or the connection
+                    // was replaced): the call went to a hub start that will
+                    // never answer it; send it to this one.
+                    let now = (self.generation, self.link.socket.epoch());
+                    if now.1.is_some() && now != sent_to {
+                        self.link.socket.send(&header, call, 0)?;
+                        sent_to = now;
+                    }
+                }
                 MessageKind::Control if envelope.header.id == request => {
                     let reply = envelope.control::<Reply>()?;
                     if let Some(limit) = reply.max_message() {
                         // Tasks over it are refused here, not lost on the way.
-                        self.socket.set_limit(limit);
+                        self.limit = Some(limit);
+                        self.link.socket.set_limit(limit);
                     }
                     return match reply {
                         Reply::Error(reason) => Err(ClientError::Refused(reason)),
@@ -186,12 +265,13 @@ impl HubClient {
 
     /// Sends one task of a job (no reply: results come back on their own).
     pub fn send_task(&mut self, job: JobId, request: &ClusterRequest) -> Result<(), ClientError> {
+        self.ready(self.timeout)?;
         let header = Header {
             kind: MessageKind::Request,
             job,
             id: request.id,
         };
-        match self.socket.send(&header, request, 0) {
+        match self.link.socket.send(&header, request, 0) {
             Err(MessageError::TooLarge { size, limit, .. }) => Err(ClientError::TaskTooLarge {
                 id: request.id,
                 size,
@@ -260,22 +340,40 @@ impl HubClient {
         }
     }
 
+    /// The next message from the hub within `timeout`. Looks after the
+    /// connection meanwhile: a closed one is replaced (and says hello), and
+    /// a message of another hub start means the hub restarted, so it says
+    /// hello again. A `Welcome` is returned, so a caller can tell the hub
+    /// start changed.
     fn receive(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
+        let deadline = Instant::now() + timeout;
         loop {
+            if self.link.closed() {
+                self.relink()?;
+                self.link.socket.hello(0)?;
+            }
+            // Woken at least every LINK_CHECK to look at the connection.
+            let left = deadline.saturating_duration_since(Instant::now());
             match self
+                .link
                 .socket
                 .socket()
-                .poll(zmq::POLLIN, i64::from(millis(timeout)))
+                .poll(zmq::POLLIN, i64::from(millis(left.min(LINK_CHECK))))
             {
-                Ok(0) => return Ok(None),
+                Ok(0) if left <= LINK_CHECK => return Ok(None),
+                Ok(0) => continue,
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(ClientError::Transport(e.into())),
             }
-            match self.socket.recv(zmq::DONTWAIT) {
+            match self.link.socket.recv(zmq::DONTWAIT) {
                 Ok(envelope) => return Ok(Some(envelope)),
                 Err(e) if e.is_timeout() => continue,
                 Err(MessageError::Zmq(e)) => return Err(ClientError::Transport(e.into())),
+                Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => {
+                    info!(hub = %self.url, "the hub restarted; saying hello again");
+                    self.link.socket.hello(0)?;
+                }
                 Err(e) if !self.warned => {
                     self.warned = true;
                     warn!(hub = %self.url, error = %e, "dropping a bad message from the hub (logged once)");
@@ -285,6 +383,10 @@ impl HubClient {
         }
     }
 }
+
+/// How often a waiting client looks at its connection (closed, it is
+/// replaced).
+const LINK_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a job's client waits without any result before asking the hub
 /// whether the job is live and the hub the same (not restarted).
@@ -342,6 +444,9 @@ pub struct JobHandle {
     /// When a result of an outstanding task last came, or the store was
     /// last asked for the ones that did not (see [`RECONCILE_AFTER`]).
     last_progress: Instant,
+    /// The client's connection the job was last attached on: on a newer
+    /// one, the hub still sends its results to the old, so it reattaches.
+    generation: u64,
 }
 
 impl JobHandle {
@@ -350,7 +455,7 @@ impl JobHandle {
         match client.call(&call)? {
             Reply::JobOpened {
                 job, credit, epoch, ..
-            } => Ok(Self::new(job, epoch, credit, 0)),
+            } => Ok(Self::new(job, epoch, credit, 0, client.generation())),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -364,13 +469,20 @@ impl JobHandle {
         };
         match client.call(&call)? {
             Reply::Attached(info) => {
-                Ok((Self::new(job, info.epoch, info.credit, info.known), info))
+                let handle = Self::new(
+                    job,
+                    info.epoch,
+                    info.credit,
+                    info.known,
+                    client.generation(),
+                );
+                Ok((handle, info))
             }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
-    fn new(job: JobId, epoch: u64, credit: u32, known: u64) -> Self {
+    fn new(job: JobId, epoch: u64, credit: u32, known: u64, generation: u64) -> Self {
         JobHandle {
             job,
             epoch,
@@ -384,6 +496,7 @@ impl JobHandle {
             last_heard: Instant::now(),
             silent_since: None,
             last_progress: Instant::now(),
+            generation,
         }
     }
 
@@ -459,6 +572,12 @@ impl JobHandle {
         }
         let deadline = Instant::now() + timeout;
         loop {
+            if client.generation() != self.generation {
+                self.reattach(client)?;
+                if let Some(result) = self.ready.pop_front() {
+                    return Ok(Some(result));
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(envelope) = client.next_result_of(self.job, left)? else {
                 if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
@@ -492,6 +611,11 @@ impl JobHandle {
     /// Asks whether the job is live under the same hub start; reattaches if
     /// not. A hub that does not answer is waited for up to [`HUB_PATIENCE`].
     fn check(&mut self, client: &mut HubClient) -> Result<(), ClientError> {
+        if client.generation() != self.generation {
+            // Not this client's job any more as far as the hub knows: it is
+            // bound to the old connection.
+            return self.reattach(client);
+        }
         let answer = client.call_waiting(&ClientCall::CheckJob { job: self.job }, CHECK_TIMEOUT);
         self.last_heard = Instant::now();
         match answer {
@@ -515,7 +639,9 @@ impl JobHandle {
                 self.silent_since = None;
                 self.reattach(client)
             }
-            Err(ClientError::NoAnswer { url, .. }) => {
+            // Not welcomed: it was the hub a moment ago, so it is stuck or
+            // restarting, not another key.
+            Err(ClientError::NoAnswer { url, .. } | ClientError::NotWelcomed { url, .. }) => {
                 let since = *self.silent_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > HUB_PATIENCE {
                     return Err(ClientError::NoAnswer {
@@ -581,9 +707,10 @@ impl JobHandle {
             job = self.job,
             resent = info.missing.len(),
             fetched = info.finished.len(),
-            "reattached to the job (the hub restarted)"
+            "reattached to the job (the hub restarted, or this client connected again)"
         );
         self.epoch = info.epoch;
+        self.generation = client.generation();
         for id in &info.missing {
             match self.outstanding.get(id) {
                 Some(Some(request)) => client.send_task(self.job, request)?,

@@ -12,7 +12,7 @@
 //! takes, with its running tasks still running.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,15 +20,16 @@ use tracing::{debug, info, warn};
 
 use super::client::random_identity;
 use super::connection::{ConnectionError, ConnectionInfo};
+use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, ResultItem, TaskItem};
-use crate::auth::Channel;
+use crate::auth::{AuthError, Channel};
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
     self, decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
-use crate::socket::{millis, poll_readable, Readable, DEFAULT_LINGER};
+use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
 
 /// Missed hub heartbeats before an engine reconnects.
@@ -139,7 +140,7 @@ fn job_of(request: &ClusterRequest) -> JobId {
 }
 
 struct Connection {
-    socket: SignedSocket,
+    link: HubLink,
     engine: Option<EngineId>,
     heartbeat: Duration,
     last_heard: Instant,
@@ -213,12 +214,25 @@ pub fn run_engine(
     let mut handled: u64 = 0;
     let mut busy = Duration::ZERO;
     let mut next_beat = Instant::now();
+    // Why the connection is to be replaced before the next poll, if it is.
+    let mut reconnect: Option<&str> = None;
     loop {
+        if let Some(why) = reconnect.take() {
+            info!(why, "connecting to the hub again");
+            conn = connect(
+                ctx,
+                options,
+                &identity,
+                &register(&tickets, &waiting, &recent),
+                stop,
+            )?;
+            recent.resend(&conn.link.socket);
+        }
         if stop.load(Ordering::Relaxed) {
             for (_, flag) in cancels(&flags).tasks.values() {
                 flag.store(true, Ordering::Relaxed);
             }
-            send_control(&conn.socket, &EngineMessage::Unregister);
+            send_control(&conn.link.socket, &EngineMessage::Unregister);
             return Ok(WorkerExit::Killed);
         }
         forget_finished_cancels(&flags, &tickets, &waiting);
@@ -235,27 +249,20 @@ pub fn run_engine(
         }
         if let Some(exit) = leaving {
             if tickets.is_empty() && waiting.is_empty() {
-                send_control(&conn.socket, &EngineMessage::Unregister);
+                send_control(&conn.link.socket, &EngineMessage::Unregister);
                 info!(?exit, "engine leaving");
                 return Ok(exit);
             }
         }
         let now = Instant::now();
         if now >= next_beat {
-            send_control(&conn.socket, &EngineMessage::Heartbeat);
+            send_control(&conn.link.socket, &EngineMessage::Heartbeat);
             next_beat = now + conn.heartbeat;
             // A leaving engine (kill or restart acknowledged) does not chase a
             // hub that shut down: it finishes its tasks and exits.
             if leaving.is_none() && conn.last_heard.elapsed() > conn.heartbeat * options.misses {
                 warn!("the hub stopped answering; reconnecting");
-                conn = connect(
-                    ctx,
-                    options,
-                    &identity,
-                    &register(&tickets, &waiting, &recent),
-                    stop,
-                )?;
-                recent.resend(&conn.socket);
+                reconnect = Some("the hub stopped answering");
                 continue;
             }
         }
@@ -263,7 +270,7 @@ pub fn run_engine(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
         let (hub_ready, slots_ready) = match poll_readable(
-            conn.socket.socket(),
+            conn.link.socket.socket(),
             Some(slots.results_socket()),
             Some(wait),
         ) {
@@ -271,6 +278,15 @@ pub fn run_engine(
             Ok(Readable::Timeout) => (false, false),
             Err(e) => return Err(transport("poll", e.into())),
         };
+        // A closed connection is never reopened under its identity (see
+        // `HubLink`); looked at when idle, and at least every heartbeat.
+        if (!hub_ready && !slots_ready || Instant::now() >= next_beat)
+            && leaving.is_none()
+            && conn.link.closed()
+        {
+            reconnect = Some("the connection to the hub closed");
+            continue;
+        }
         if slots_ready {
             let mut drained: Vec<(JobId, ClusterResult, bool)> = Vec::new();
             while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
@@ -287,7 +303,7 @@ pub fn run_engine(
                 pace.record(result.metadata.elapsed);
                 drained.push((job, result, cancelled));
             }
-            results_to_hub(&conn.socket, &drained);
+            results_to_hub(&conn.link.socket, &drained);
             for (job, result, cancelled) in drained {
                 // A cancelled copy's failure says nothing about its task:
                 // never send it again to a hub that may take it as final.
@@ -298,11 +314,15 @@ pub fn run_engine(
         }
         if hub_ready {
             loop {
-                let envelope = match conn.socket.recv(zmq::DONTWAIT) {
+                let envelope = match conn.link.socket.recv(zmq::DONTWAIT) {
                     Ok(envelope) => envelope,
                     Err(e) if e.is_timeout() => break,
                     Err(MessageError::Zmq(e)) => {
                         return Err(transport("receive from the hub", e.into()))
+                    }
+                    Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => {
+                        reconnect = Some("the hub restarted");
+                        break;
                     }
                     Err(e) if !warned => {
                         warned = true;
@@ -318,14 +338,7 @@ pub fn run_engine(
                 match on_hub(&envelope, &mut conn, &mut waiting, &tickets, &flags)? {
                     HubEvent::None => {}
                     HubEvent::Reregister => {
-                        conn = connect(
-                            ctx,
-                            options,
-                            &identity,
-                            &register(&tickets, &waiting, &recent),
-                            stop,
-                        )?;
-                        recent.resend(&conn.socket);
+                        reconnect = Some("the hub no longer knows this engine");
                         break;
                     }
                     HubEvent::Command(token, command) => {
@@ -351,7 +364,7 @@ pub fn run_engine(
                             job: 0,
                             id: token,
                         };
-                        if let Err(e) = conn.socket.send(&header, &reply, zmq::DONTWAIT) {
+                        if let Err(e) = conn.link.socket.send(&header, &reply, zmq::DONTWAIT) {
                             warn!(error = %e, "cannot answer a command");
                         }
                         match command {
@@ -500,7 +513,7 @@ fn on_hub(
                 if let Some(at) = waiting.iter().position(|r| r.id == id && job_of(r) == job) {
                     waiting.remove(at);
                     let cancelled = failed_here(conn, id, "cancelled: another copy finished first");
-                    if let Err(e) = result_to_hub(&conn.socket, job, &cancelled) {
+                    if let Err(e) = result_to_hub(&conn.link.socket, job, &cancelled) {
                         warn!(error = %e, "cannot answer a cancelled task");
                     }
                 }
@@ -542,7 +555,7 @@ fn take_task(
         Err(e) => {
             warn!(error = %e, "refusing a bad task");
             let failed = failed_here(conn, id, &format!("bad request: {e}"));
-            if let Err(e) = result_to_hub(&conn.socket, job, &failed) {
+            if let Err(e) = result_to_hub(&conn.link.socket, job, &failed) {
                 warn!(error = %e, "cannot answer a bad task");
             }
         }
@@ -609,71 +622,79 @@ fn failed_here(conn: &Connection, id: u64, reason: &str) -> ClusterResult {
     }
 }
 
-/// Connects and registers, retrying until the hub answers.
+/// Connects, says hello and registers, retrying until the hub answers.
+/// Each attempt is a new [`HubLink`], under a routing identity never used
+/// before (`name` and a number): the hub binds this engine to the
+/// connection it registers on.
 fn connect(
     ctx: &zmq::Context,
     options: &EngineOptions,
-    identity: &str,
+    name: &str,
     register: &EngineMessage,
     stop: &AtomicBool,
 ) -> Result<Connection, EngineError> {
-    // One counter for the whole process: a reconnect never reuses a routing
-    // identity the hub may still hold for the old connection.
-    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
     let key = options.connection.signing_key()?;
+    let url = &options.connection.engines;
     let mut attempt: u32 = 0;
     'connect: loop {
         if stop.load(Ordering::Relaxed) {
             return Err(EngineError::Stopped);
         }
         attempt += 1;
-        let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let socket = ctx
-            .socket(zmq::DEALER)
-            .map_err(|e| transport("create a socket", e.into()))?;
-        let setup = socket
-            .set_linger(millis(DEFAULT_LINGER))
-            .and_then(|()| socket.set_identity(format!("{identity}-{connection}").as_bytes()))
-            .and_then(|()| socket.set_sndhwm(0))
-            .and_then(|()| socket.set_rcvhwm(0))
-            .and_then(|()| socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64))
-            .and_then(|()| socket.connect(&options.connection.engines));
-        setup.map_err(|e| transport("connect to the hub", e.into()))?;
-        let mut socket =
-            SignedSocket::new(socket, &key, Channel::EngineToHub, Channel::HubToEngine);
-        send_control(&socket, register);
+        let mut link = HubLink::open(
+            ctx,
+            url,
+            &key,
+            Channel::EngineToHub,
+            Channel::HubToEngine,
+            name,
+        )
+        .map_err(|e| transport("connect to the hub", e.into()))?;
+        link.socket
+            .hello(zmq::DONTWAIT)
+            .map_err(|e| transport("say hello to the hub", e))?;
         let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            match socket.socket().poll(zmq::POLLIN, i64::from(millis(left))) {
+            match link
+                .socket
+                .socket()
+                .poll(zmq::POLLIN, i64::from(millis(left)))
+            {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(transport("wait for the hub", e.into())),
             }
-            let envelope = match socket.recv(zmq::DONTWAIT) {
+            let envelope = match link.socket.recv(zmq::DONTWAIT) {
                 Ok(envelope) => envelope,
                 Err(e) if e.is_timeout() => continue,
                 Err(e) => {
-                    // Said, not swallowed: a hub whose clock is behind this
-                    // machine's, or another key, would otherwise look like
-                    // a hub that never answers.
+                    // Said, not swallowed: a hub whose clock is far from
+                    // this machine's, or another key, would otherwise look
+                    // like a hub that never answers.
                     if attempt == 1 || attempt % 10 == 0 {
-                        warn!(hub = %options.connection.engines, error = %e, "refusing the hub's answer");
+                        warn!(hub = %url, error = %e, "refusing the hub's answer");
                     }
                     continue;
                 }
             };
+            if envelope.header.kind == MessageKind::Welcome {
+                // The hub's epoch is known: now register, signed for it.
+                send_control(&link.socket, register);
+                continue;
+            }
             match envelope.control::<HubToEngine>() {
                 Ok(HubToEngine::Registered {
                     engine,
                     heartbeat,
                     max_message,
                 }) => {
-                    info!(engine, hub = %options.connection.engines, "registered with the hub");
-                    socket.set_limit(usize::try_from(max_message).unwrap_or(usize::MAX));
+                    info!(engine, hub = %url, "registered with the hub");
+                    link.socket
+                        .set_limit(usize::try_from(max_message).unwrap_or(usize::MAX));
                     return Ok(Connection {
-                        socket,
+                        link,
                         engine: Some(engine),
                         heartbeat,
                         last_heard: Instant::now(),
@@ -681,11 +702,11 @@ fn connect(
                 }
                 Ok(HubToEngine::Refused { reason }) => {
                     // What a hub refuses a registration for passes (its store
-                    // failing, an identity it still holds): say so and try
-                    // again on a fresh connection, rather than leave the lab
-                    // one worker short for good.
+                    // failing, say): say so and try again on a fresh
+                    // connection, rather than leave the lab one worker short
+                    // for good.
                     if attempt == 1 || attempt % 10 == 0 {
-                        warn!(hub = %options.connection.engines, %reason, attempt, "the hub refused the registration; trying again");
+                        warn!(hub = %url, %reason, attempt, "the hub refused the registration; trying again");
                     }
                     pause(REFUSED_PAUSE, stop);
                     continue 'connect;
@@ -694,7 +715,11 @@ fn connect(
             }
         }
         if attempt == 1 || attempt % 10 == 0 {
-            warn!(hub = %options.connection.engines, attempt, "no answer from the hub; retrying");
+            if link.reached() {
+                warn!(hub = %url, attempt, "the hub's port answers, but not to this engine's signed hello: is the connection file's key this hub's? (a hub with another key logs \"bad signature\"); retrying");
+            } else {
+                warn!(hub = %url, attempt, "no answer from the hub; retrying");
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | [`protocol`] | what engines, clients and the hub say to each other |
 //! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
+//! | [`link`] | a peer's connection to the hub: a fresh identity per connection, the epoch handshake |
 //! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
 //! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
@@ -16,6 +17,7 @@ pub mod client;
 pub mod connection;
 pub mod embedded;
 pub mod engine;
+pub mod link;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -43,7 +43,7 @@ use super::store::{
     self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskRecord,
     TaskState,
 };
-use crate::auth::{Channel, Key};
+use crate::auth::{AuthError, Channel, Key};
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Command, CommandReply,
     Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket,
@@ -500,6 +500,27 @@ pub struct Hub {
 /// level only, so a flood of fresh identities cannot grow the set.
 const MAX_WARNED_PEERS: usize = 4096;
 
+/// Answers what belongs to the handshake (see [`crate::auth#epochs`]): a
+/// peer's hello gets its welcome, and a genuine message of another hub
+/// start gets a welcome for no challenge, which tells its sender the hub
+/// restarted and it must say hello again. True for a hello, which needs
+/// nothing more; the other is still refused (and logged) by the caller.
+fn answer_handshake(
+    socket: &SignedSocket,
+    identity: &[u8],
+    envelope: &Result<Envelope, MessageError>,
+) -> bool {
+    let challenge = match envelope {
+        Ok(envelope) if envelope.header.kind == MessageKind::Hello => envelope.header.id,
+        Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => 0,
+        _ => return false,
+    };
+    if let Err(e) = socket.welcome(identity, challenge) {
+        debug!(error = %e, "cannot answer a hello");
+    }
+    challenge != 0
+}
+
 /// Sends a task's recorded request to the engine `identity`.
 fn send_task(
     socket: &SignedSocket,
@@ -647,13 +668,14 @@ fn router(
         .set_rcvhwm(inbound_hwm(url, max_message))
         .map_err(|e| bind("configure", e))?;
     if kind == zmq::ROUTER {
-        // A send to a peer that is gone is an error, not a silent drop; and
-        // a peer reconnecting under its identity takes its old place.
+        // A send to a peer that is gone is an error, not a silent drop.
+        // Handover stays off: a routing identity is chosen by the peer and
+        // travels in clear, so with it anyone could take over an engine's
+        // or a client's route by connecting under its identity. Without it,
+        // a connection keeps its identity until it closes, and a peer that
+        // reconnects does so under a fresh one (see `hub::link`).
         socket
             .set_router_mandatory(true)
-            .map_err(|e| bind("configure", e))?;
-        socket
-            .set_router_handover(true)
             .map_err(|e| bind("configure", e))?;
     }
     if kind == zmq::XPUB {
@@ -715,24 +737,31 @@ impl Hub {
             None => ConnectionInfo::new_key()?,
         };
         let signing = Key::from_hex(&key).map_err(ConnectionError::BadKey)?;
-        let engines_socket = SignedSocket::new(
+        // This start's epoch: every message to or from the hub is signed for
+        // it, so nothing captured before this start is obeyed (never 0,
+        // which marks a peer's hello).
+        let epoch = crate::auth::random_u64().max(1);
+        let engines_socket = SignedSocket::hub(
             engines_socket,
             &signing,
             Channel::HubToEngine,
             Channel::EngineToHub,
+            epoch,
         );
-        let clients_socket = SignedSocket::new(
+        let clients_socket = SignedSocket::hub(
             clients_socket,
             &signing,
             Channel::HubToClient,
             Channel::ClientToHub,
+            epoch,
         );
         // Nothing signed is read from subscribers; the channel is unused.
-        let notifications = SignedSocket::new(
+        let notifications = SignedSocket::hub(
             notifications,
             &signing,
             Channel::Notifications,
             Channel::Notifications,
+            epoch,
         );
         // A wildcard bind (0.0.0.0) is reachable at the machine's name.
         let reachable = |url: String| url.replace("0.0.0.0", &crate::host_name());
@@ -760,7 +789,7 @@ impl Hub {
             shutdown: false,
             warned: HashSet::new(),
             refused: 0,
-            epoch: crate::auth::random_u64(),
+            epoch,
         }
         .recovered()?;
         if let Some(path) = &hub.options.connection_file {
@@ -922,6 +951,9 @@ impl Hub {
     // ----- engines -----
 
     fn on_engine(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
+        if answer_handshake(&self.engines_socket, &identity, &envelope) {
+            return;
+        }
         let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(e) => return self.refuse("engine", &identity, &e),
@@ -1676,6 +1708,9 @@ impl Hub {
     // ----- clients -----
 
     fn on_client(&mut self, identity: Vec<u8>, envelope: Result<Envelope, MessageError>) {
+        if answer_handshake(&self.clients_socket, &identity, &envelope) {
+            return;
+        }
         let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(e) => return self.refuse("client", &identity, &e),

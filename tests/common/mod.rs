@@ -423,3 +423,17 @@ impl Drop for Processes {
         }
     }
 }
+
+/// Says hello on a peer's signed socket and waits (up to 10 s) for the
+/// hub's welcome, as an engine or a client does before anything else: from
+/// then on the socket signs for the hub's epoch.
+pub fn say_hello(socket: &mut zcluster::message::SignedSocket) {
+    socket.hello(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.epoch().is_none() {
+        assert!(Instant::now() < deadline, "no welcome within 10 s");
+        if socket.socket().poll(zmq::POLLIN, 100).unwrap() > 0 {
+            let _ = socket.recv(0);
+        }
+    }
+}
