@@ -2,6 +2,7 @@
 //! signals, real files. One test binary (`autotests = false`) links once;
 //! each capability is a module.
 
+mod attacks;
 mod chaos;
 mod common;
 mod devices;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use predicates::prelude::*;
-use serde::Serialize;
 use serde_json::Value;
 use tempfile::TempDir;
 use zcluster::auth::{Channel, Key, Signer, Verifier};
@@ -24,8 +23,7 @@ use zcluster::exec::{ExecOutcome, ExitKind};
 use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::protocol::{ClientCall, EngineMessage, Notification, ResultItem};
 use zcluster::message::{
-    decode_value, encode_value, ClusterResult, Envelope, Header, MessageKind, ResultMetadata,
-    ResultStatus, PROTOCOL,
+    decode_value, encode_value, ClusterResult, Header, MessageKind, ResultMetadata, ResultStatus,
 };
 
 use crate::common::*;
@@ -1006,62 +1004,6 @@ fn workers_register_again_with_a_restarted_hub() {
     assert_eq!(map.stdout(), lines_text(&lines));
 }
 
-/// The four frames of a message to the hub, signed by `signer` (or
-/// unsigned).
-fn signed_frames<T: Serialize + ?Sized>(
-    signer: Option<&Signer>,
-    header: &Header,
-    body: &T,
-) -> Vec<Vec<u8>> {
-    let header = encode_value(header, "header").unwrap();
-    let body = encode_value(body, "body").unwrap();
-    let signature = signer.map_or_else(Vec::new, |s| s.sign(PROTOCOL, &header, &body).to_vec());
-    vec![PROTOCOL.to_vec(), signature, header, body]
-}
-
-/// The header of a control message (a client call numbered `id`, or an
-/// engine's message with id 0).
-fn control(id: u64) -> Header {
-    Header {
-        kind: MessageKind::Control,
-        job: 0,
-        id,
-    }
-}
-
-/// The frames of a client call, signed by `signer` (or unsigned).
-fn call_frames(signer: Option<&Signer>, request: u64, call: &ClientCall) -> Vec<Vec<u8>> {
-    signed_frames(signer, &control(request), call)
-}
-
-/// A raw DEALER on one of the hub's ports (`url`), so a test can send
-/// exactly the frames it wants.
-fn raw_dealer(ctx: &zmq::Context, url: &str, identity: &[u8]) -> zmq::Socket {
-    let socket = ctx.socket(zmq::DEALER).unwrap();
-    socket.set_identity(identity).unwrap();
-    socket.set_linger(0).unwrap();
-    socket.set_rcvtimeo(500).unwrap();
-    socket.connect(url).unwrap();
-    socket
-}
-
-/// Whether an answer to `request` arrives within the socket's timeout.
-fn answered(socket: &zmq::Socket, request: u64) -> bool {
-    while let Ok(frames) = socket.recv_multipart(0) {
-        let envelope = Envelope::from_frames(&[
-            frames[0].clone(),
-            Vec::new(),
-            frames[2].clone(),
-            frames[3].clone(),
-        ])
-        .unwrap();
-        if envelope.header.id == request {
-            return true;
-        }
-    }
-    false
-}
-
 /// Lines of the hub's `log` warning that it dropped a bad message from
 /// `peer` (warned once per peer, then logged at debug level).
 fn warnings(log: &str, peer: &str) -> usize {
@@ -1103,7 +1045,8 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(!answered(&forger, 50), "a forged call got an answer");
 
     let member = raw_dealer(&ctx, &info.clients, b"member");
-    let signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
+    let mut signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
+    learn_epoch(&member, &mut signer);
     let ping = call_frames(Some(&signer), 1, &ClientCall::Ping);
     member.send_multipart(&ping, 0).unwrap();
     assert!(answered(&member, 1), "a signed ping is answered");
@@ -1204,7 +1147,8 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
     // A key holder registers and leaves; its registration, captured and
     // played again from elsewhere, must not bring it back.
     let genuine = raw_dealer(&ctx, &info.engines, b"genuine");
-    let signer = Signer::new(info.signing_key().unwrap(), Channel::EngineToHub);
+    let mut signer = Signer::new(info.signing_key().unwrap(), Channel::EngineToHub);
+    learn_epoch(&genuine, &mut signer);
     let captured = signed_frames(Some(&signer), &control(0), &register("genuine", vec![]));
     genuine.send_multipart(&captured, 0).unwrap();
     assert!(answered(&genuine, 0), "a signed registration is answered");

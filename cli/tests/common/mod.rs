@@ -7,7 +7,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod raw;
 pub use cluster::*;
+pub use raw::*;
 
 /// A bound on waits that a passing test never comes near.
 pub const FAIL_AFTER: Duration = Duration::from_secs(20);
