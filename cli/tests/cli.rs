@@ -5,6 +5,7 @@
 mod chaos;
 mod common;
 mod devices;
+mod files;
 mod hostile;
 mod hub;
 mod map;

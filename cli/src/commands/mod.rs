@@ -66,7 +66,7 @@ impl HubArg {
     pub fn connection(&self) -> anyhow::Result<ConnectionInfo> {
         let path = self.path();
         ConnectionInfo::read(&path).map_err(|e| {
-            let hint = if path.exists() {
+            let hint = if std::fs::symlink_metadata(&path).is_ok() {
                 String::new()
             } else {
                 " (start one with `zcluster hub`, or pass --hub FILE or set ZCLUSTER_HUB)"
