@@ -71,6 +71,8 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(code) => code,
+        // Whoever read our output has all they wanted.
+        Err(e) if commands::stopped_by_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zcluster: {e:#}");
             if e.downcast_ref::<commands::UsageError>().is_some() {

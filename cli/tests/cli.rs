@@ -9,3 +9,4 @@ mod files;
 mod hostile;
 mod hub;
 mod map;
+mod pipes;
