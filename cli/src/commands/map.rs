@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcluster::hub::client::HubBackend;
+use zcluster::hub::client::{AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{run_map, Halt, InputLine, MapOptions, MapSummary, TaskStatus, DEFAULT_WINDOW};
 use zcluster::template::CommandTemplate;
@@ -79,6 +79,12 @@ pub struct MapArgs {
     /// finished results come from its store, the rest run now.
     #[arg(long, value_name = "JOB", requires = "hub")]
     attach: Option<u64>,
+    /// With --attach: accept inputs that end before the job's recorded
+    /// tasks (only their results are printed; the job's other tasks run
+    /// on) or go on past those of a job whose map had sent them all (the
+    /// rest become new tasks of the job). Without it, either is an error.
+    #[arg(long, requires = "attach")]
+    attach_any_length: bool,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -167,7 +173,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             let ctx = zmq::Context::new();
             let backend = match args.attach {
                 Some(job) => {
-                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job)?;
+                    let length = if args.attach_any_length {
+                        AttachLength::Any
+                    } else {
+                        AttachLength::Same
+                    };
+                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job, length)?;
                     let state = if info.live { "running" } else { "finished" };
                     eprintln!(
                         "zcluster: attached to job {job} on {} ({state}; {} tasks recorded)",
