@@ -11,7 +11,7 @@
 //! | layer | module | what it holds |
 //! | --- | --- | --- |
 //! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` |
-//! | message | [`message`], [`auth`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets |
+//! | message | [`message`], [`auth`], [`untrusted`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets; network bytes escaped before they are shown |
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
 //! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
 //! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation |
@@ -93,6 +93,7 @@ pub mod sink;
 pub mod slots;
 pub mod socket;
 pub mod template;
+pub mod untrusted;
 pub mod ventilator;
 pub mod worker;
 

@@ -589,12 +589,7 @@ fn check_size(part: &'static str, size: usize, limit: usize) -> Result<(), Messa
 
 /// At most 32 bytes of a frame, escaped, for an error message.
 fn printable(bytes: &[u8]) -> String {
-    let shown = &bytes[..bytes.len().min(32)];
-    let mut s: String = shown.escape_ascii().to_string();
-    if bytes.len() > shown.len() {
-        s.push('…');
-    }
-    s
+    crate::untrusted::escape_at_most(bytes, 32)
 }
 
 /// Encodes a value with the wire configuration.

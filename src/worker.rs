@@ -539,7 +539,7 @@ impl<H: Handler> Worker<H> {
         let action = catch_unwind(AssertUnwindSafe(|| self.handler.handle_command(command)))
             .unwrap_or_else(|panic| {
                 warn!(
-                    command = command.name(),
+                    command = %crate::untrusted::escape(command.name().as_bytes()),
                     "command handler panicked: {}",
                     panic_message(&panic)
                 );
@@ -554,12 +554,19 @@ impl<H: Handler> Worker<H> {
                 Command::Ping => None,
                 Command::KillSink => return None,
                 Command::Custom { name, .. } => {
-                    warn!(command = %name, "ignoring an unknown command");
+                    warn!(
+                        command = %crate::untrusted::escape(name.as_bytes()),
+                        "ignoring an unknown command"
+                    );
                     return None;
                 }
             },
         };
-        info!(worker = %self.info.worker, command = command.name(), "command received");
+        info!(
+            worker = %self.info.worker,
+            command = %crate::untrusted::escape(command.name().as_bytes()),
+            "command received"
+        );
         self.reply(token, command);
         exit
     }

@@ -2,6 +2,7 @@
 //! flags into the library's plain option types and calls the library (see
 //! `commands/`); nothing here knows ZeroMQ beyond descriptors.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text, so a raw
+        // ESC byte in it can only mean something went wrong.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -67,6 +71,8 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(code) => code,
+        // Whoever read our output has all they wanted.
+        Err(e) if commands::stopped_by_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zcluster: {e:#}");
             if e.downcast_ref::<commands::UsageError>().is_some() {

@@ -6,6 +6,8 @@ mod attacks;
 mod chaos;
 mod common;
 mod devices;
+mod files;
 mod hostile;
 mod hub;
 mod map;
+mod pipes;

@@ -770,3 +770,50 @@ fn a_hub_busy_refusing_large_forged_messages_declares_no_engine_dead() {
         );
     }
 }
+
+/// A keyless peer picks its own routing identity, bytes and all. One that
+/// holds a newline and a terminal escape, sending garbage to the engine
+/// and client ports, reaches the hub's log escaped: no forged log line, no
+/// escape acting on whoever reads the log on a terminal.
+#[test]
+fn a_peer_identity_with_a_newline_and_escapes_is_logged_escaped() {
+    const FORGED_LINE: &str = "WARN forged: engine 99 declared dead";
+    let hub = Hub::start();
+    let ports = Ports::read(&hub);
+    let ctx = zmq::Context::new();
+    let mut sockets = Vec::new();
+    for (n, (side, url)) in [("engines", &ports.engines), ("clients", &ports.clients)]
+        .into_iter()
+        .enumerate()
+    {
+        let identity = format!("evil-{side}\n{FORGED_LINE}\x1b[2J");
+        let socket = ctx.socket(zmq::DEALER).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.set_identity(identity.as_bytes()).unwrap();
+        socket.connect(url).unwrap();
+        let garbage: [&[u8]; 2] = [b"garbage\n\x1b[31m", b"\x1b]0;title\x07"];
+        socket.send_multipart(garbage, 0).unwrap();
+        sockets.push(socket);
+        wait_until(
+            &format!("the hub to log the peer on its {side} port"),
+            || hub.proc.log().matches("dropping a bad message").count() > n,
+        );
+        let log = hub.proc.log();
+        let escaped = format!("evil-{side}\\x0a{FORGED_LINE}\\x1b[2J");
+        assert!(
+            log.contains(&escaped),
+            "no `{escaped}` in the hub's log:\n{log}"
+        );
+    }
+    let log = hub.proc.log();
+    assert!(
+        !log.contains('\x1b'),
+        "a raw ESC byte in the hub's log:\n{}",
+        log.escape_debug()
+    );
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with(FORGED_LINE))
+        .collect();
+    assert!(forged.is_empty(), "a peer forged log lines: {forged:?}");
+}

@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
@@ -1354,6 +1354,137 @@ fn map_attach_carries_on_a_job_whose_client_died() {
         60,
         "the attached map closed the job"
     );
+}
+
+/// `zcluster map --hub H --attach JOB ARGS`, run to the end.
+fn attach_map(hub: &Hub, name: &str, job: u64, args: &[&str]) -> (ExitStatus, MapRun) {
+    let mut attach = vec!["--attach".to_string(), job.to_string()];
+    attach.extend(args.iter().map(|a| a.to_string()));
+    let attach: Vec<&str> = attach.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map(name, &attach);
+    (map.wait(), map)
+}
+
+/// `--attach` with fewer inputs than the job recorded is an error naming
+/// both counts, before it prints anything: printing a third of the job
+/// and exiting 0 passed for the whole while the rest ran on for nobody.
+/// With `--attach-any-length` it prints what its inputs give; and the job,
+/// not closed by the refused attach, is carried on whole afterwards.
+#[test]
+fn map_attach_with_fewer_inputs_is_an_error_naming_the_counts() {
+    let hub = Hub::start();
+    let _workers = hub.workers(2, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "all", "a", 60);
+    let (prefix, first_lines) = numbered_inputs(hub.dir(), "prefix", "a", 20);
+    let mut first = vec![inputs.to_str().unwrap().to_string()];
+    first.extend(slow_echo("0.05"));
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("first", &first);
+    wait_until("some results", || map.stdout().lines().count() >= 5);
+    let job = map.job().expect("the map printed its job");
+    kill(Pid::from_raw(map.guard.pid()), Signal::SIGKILL).unwrap();
+    map.wait();
+
+    let mut short = vec![prefix.to_str().unwrap().to_string()];
+    short.extend(slow_echo("0.05"));
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let (status, refused) = attach_map(&hub, "short", job, &short);
+    let said = refused.stderr();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the inputs end after 20 tasks, but job")
+            && said.contains("has 60 recorded")
+            && said.contains("--attach-any-length"),
+        "{said}"
+    );
+    assert_eq!(refused.stdout(), "", "a refused attach printed results");
+
+    let mut short_any = vec!["--attach-any-length".to_string()];
+    short_any.extend(short.iter().map(|a| a.to_string()));
+    let short_any: Vec<&str> = short_any.iter().map(String::as_str).collect();
+    let (status, partial) = attach_map(&hub, "short-any", job, &short_any);
+    assert!(status.success(), "{}", partial.stderr());
+    assert_eq!(partial.stdout(), lines_text(&first_lines));
+
+    let (status, whole) = attach_map(&hub, "whole", job, &first);
+    assert!(status.success(), "{}", whole.stderr());
+    assert_eq!(whole.stdout(), lines_text(&lines));
+    assert_each_task_once(&hub, job, 60);
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `--attach` with more inputs than the job of a map that had read all of
+/// its own (and died) is an error naming the count, and adds nothing to
+/// the job; with `--attach-any-length` the rest become new tasks of the
+/// job. A job whose map died while still reading its inputs takes the rest
+/// without a flag: that is carrying it on. A finished job takes no more.
+#[test]
+fn map_attach_with_more_inputs_than_the_job_is_an_error() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (inputs, lines) = numbered_inputs(hub.dir(), "all", "m", 50);
+    let (prefix, _) = numbered_inputs(hub.dir(), "prefix", "m", 30);
+    let with_inputs = |inputs: &Path, extra: &[&str], seconds: &str| -> Vec<String> {
+        let mut args = vec![inputs.to_str().unwrap().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(slow_echo(seconds));
+        args
+    };
+
+    // 30 tasks of 0.3 s on 2 slots: the job runs on for seconds after its
+    // map, which had read all 30 inputs, is killed.
+    let first = with_inputs(&prefix, &[], "0.2");
+    let mut map = hub.spawn_map("first", &refs(&first));
+    wait_until("some results", || map.stdout().lines().count() >= 2);
+    let job = map.job().expect("the map printed its job");
+    kill(Pid::from_raw(map.guard.pid()), Signal::SIGKILL).unwrap();
+    map.wait();
+    let longer = with_inputs(&inputs, &[], "0.2");
+    let (status, refused) = attach_map(&hub, "longer", job, &refs(&longer));
+    let said = refused.stderr();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("the inputs go on past the 30 tasks of job {job}"))
+            && said.contains("--attach-any-length"),
+        "{said}"
+    );
+    assert_eq!(refused.stdout(), "", "a refused attach printed results");
+    let longer_any = with_inputs(&inputs, &["--attach-any-length"], "0.2");
+    let (status, extended) = attach_map(&hub, "longer-any", job, &refs(&longer_any));
+    assert!(status.success(), "{}", extended.stderr());
+    assert_eq!(extended.stdout(), lines_text(&lines));
+    assert_each_task_once(&hub, job, 50);
+
+    // Finished: no new tasks, flag or not.
+    let (status, finished) = attach_map(&hub, "finished", job, &refs(&longer_any));
+    let said = finished.stderr();
+    assert!(status.success(), "the same 50 inputs: {said}");
+    let (more, _) = numbered_inputs(hub.dir(), "more", "m", 60);
+    let more = with_inputs(&more, &["--attach-any-length"], "0.2");
+    let (status, refused) = attach_map(&hub, "more", job, &refs(&more));
+    let said = refused.stderr();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("has finished and takes no new tasks"),
+        "{said}"
+    );
+    assert_each_task_once(&hub, job, 50);
+
+    // A map killed while it still had inputs to read (a window of 4 keeps
+    // it from reading ahead): attaching with all of them carries it on.
+    let slow = with_inputs(&inputs, &["--window=4"], "0.05");
+    let mut map = hub.spawn_map("unfinished", &refs(&slow));
+    wait_until("some results", || map.stdout().lines().count() >= 3);
+    let job = map.job().expect("the map printed its job");
+    kill(Pid::from_raw(map.guard.pid()), Signal::SIGKILL).unwrap();
+    map.wait();
+    let (status, carried) = attach_map(&hub, "carried", job, &refs(&slow));
+    assert!(status.success(), "{}", carried.stderr());
+    assert_eq!(carried.stdout(), lines_text(&lines));
+    assert_each_task_once(&hub, job, 50);
 }
 
 /// Maps `sh -c script` over `inputs`, one of them `poison`: the map exits

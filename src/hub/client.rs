@@ -788,6 +788,37 @@ pub struct HubBackend {
     client: HubClient,
     handle: JobHandle,
     submitted: u64,
+    /// Attached to a recorded job: what its inputs may be.
+    attached: Option<Attached>,
+    /// Whether dropping closes the job: not after inputs that do not match
+    /// it, so that attaching again with the right ones can carry it on.
+    close_on_drop: bool,
+}
+
+/// What a map attached to a recorded job knows of it.
+#[derive(Debug, Clone, Copy)]
+struct Attached {
+    length: AttachLength,
+    /// Its task count, if the map that ran it read all its inputs.
+    total: Option<u64>,
+    /// Whether the hub still runs it (a finished job takes no new tasks).
+    live: bool,
+}
+
+/// How many inputs `zcluster map --attach` accepts, against the tasks the
+/// job recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachLength {
+    /// The job's own inputs: an error, naming the counts, when they end
+    /// before the job's recorded tasks, or go on past those of a job whose
+    /// map had sent everything. (Going on past a job whose map died while
+    /// sending is carrying it on.)
+    #[default]
+    Same,
+    /// Any number: fewer print only their results (the job's other tasks
+    /// run on, their results kept in the store); more become new tasks of
+    /// the job.
+    Any,
 }
 
 impl HubBackend {
@@ -811,20 +842,33 @@ impl HubBackend {
             client,
             handle,
             submitted: 0,
+            attached: None,
+            close_on_drop: true,
         })
     }
 
     /// Carries on job `job` (`zcluster map --attach`), whose client died or
     /// that finished: given the same inputs, command and chunk size as the
     /// original map, chunks the hub already has are not sent again, finished
-    /// ones come from the store, and the rest are sent.
-    pub fn attach(mut client: HubClient, job: JobId) -> Result<(Self, AttachInfo), ClientError> {
+    /// ones come from the store, and the rest are sent. `length` says
+    /// whether inputs of another length are an error.
+    pub fn attach(
+        mut client: HubClient,
+        job: JobId,
+        length: AttachLength,
+    ) -> Result<(Self, AttachInfo), ClientError> {
         let (handle, info) = JobHandle::attach(&mut client, job)?;
         Ok((
             HubBackend {
                 client,
                 handle,
                 submitted: 0,
+                attached: Some(Attached {
+                    length,
+                    total: info.total,
+                    live: info.live,
+                }),
+                close_on_drop: true,
             },
             info,
         ))
@@ -854,11 +898,35 @@ impl Backend for HubBackend {
                 .map_err(backend_error)?;
             return match ExecChunk::from_request_body(&stored) {
                 Ok(recorded) if recorded == *chunk => Ok(()),
-                _ => Err(MapError::Backend(format!(
-                    "input chunk {id} differs from what job {} recorded: attach with the same inputs, command and --chunksize as the original map",
-                    self.handle.job()
-                ))),
+                _ => {
+                    self.close_on_drop = false;
+                    Err(MapError::Backend(format!(
+                        "input chunk {id} differs from what job {} recorded: attach with the same inputs, command and --chunksize as the original map",
+                        self.handle.job()
+                    )))
+                }
             };
+        }
+        if let Some(attached) = self.attached {
+            let job = self.handle.job();
+            let recorded = self.handle.known();
+            let refused = if !attached.live {
+                Some(MapError::FinishedJobLonger { job, recorded })
+            } else {
+                match (attached.length, attached.total) {
+                    (AttachLength::Same, Some(total)) if id >= total => {
+                        Some(MapError::InputsLonger {
+                            job,
+                            recorded: total,
+                        })
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(error) = refused {
+                self.close_on_drop = false;
+                return Err(error);
+            }
         }
         let request =
             ClusterRequest::encode(id, chunk).map_err(|e| MapError::Backend(e.to_string()))?;
@@ -882,12 +950,35 @@ impl Backend for HubBackend {
     fn cancel(&mut self) -> Vec<u64> {
         self.handle.cancel(&mut self.client, true)
     }
+
+    fn end_of_inputs(&mut self, chunks: u64) -> Result<(), MapError> {
+        let recorded = self.handle.known();
+        let same = self
+            .attached
+            .is_some_and(|a| a.length == AttachLength::Same);
+        if same && chunks < recorded {
+            self.close_on_drop = false;
+            return Err(MapError::InputsShorter {
+                job: self.handle.job(),
+                recorded,
+                given: chunks,
+            });
+        }
+        // Every task is sent: the hub records the job's length now, not
+        // only when this map ends, so that should the map die, attaching to
+        // the job again knows how long it is (and refuses longer inputs).
+        // Dropping closes it again, in case the hub missed this.
+        self.handle.close(&mut self.client, chunks);
+        Ok(())
+    }
 }
 
 impl Drop for HubBackend {
     /// Tells the hub every task has been sent, so it can retire the job.
     fn drop(&mut self) {
-        self.handle.close(&mut self.client, self.submitted);
+        if self.close_on_drop {
+            self.handle.close(&mut self.client, self.submitted);
+        }
         self.client.forget(self.handle.job());
     }
 }

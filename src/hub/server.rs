@@ -50,6 +50,7 @@ use crate::message::{
     MAX_MESSAGE_BYTES,
 };
 use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LINGER};
+use crate::untrusted::{escape, escape_error};
 
 /// Default tasks a client may have outstanding per job.
 pub const DEFAULT_CREDIT: u32 = 1024;
@@ -994,7 +995,9 @@ impl Hub {
                         self.unregister(id, "left", false);
                     }
                 }
-                Err(e) => warn!(error = %e, "dropping a bad control message from an engine"),
+                Err(e) => {
+                    warn!(error = %escape_error(&e), "dropping a bad control message from an engine")
+                }
             },
             (MessageKind::Result(status), Some(engine)) => {
                 self.on_result(engine, envelope.header, envelope.body(), status)
@@ -1011,12 +1014,14 @@ impl Hub {
                             self.on_result(engine, header, &body, status);
                         }
                     }
-                    Err(e) => warn!(error = %e, "dropping a bad result batch from an engine"),
+                    Err(e) => {
+                        warn!(error = %escape_error(&e), "dropping a bad result batch from an engine")
+                    }
                 }
             }
             (MessageKind::Reply, Some(engine)) => match envelope.reply() {
                 Ok(reply) => self.on_command_reply(engine, reply),
-                Err(e) => warn!(error = %e, "dropping a bad reply"),
+                Err(e) => warn!(error = %escape_error(&e), "dropping a bad reply"),
             },
             (kind, None) => debug!(%kind, "dropping a message from an unregistered engine"),
             (kind, Some(_)) => warn!(%kind, "dropping an unexpected message from an engine"),
@@ -1033,7 +1038,10 @@ impl Hub {
         handlers: Vec<String>,
     ) {
         if let Some(id) = self.by_identity.get(&identity) {
-            let reason = format!("identity {name} is already registered as engine {id}");
+            let reason = format!(
+                "identity {} is already registered as engine {id}",
+                escape(name.as_bytes())
+            );
             warn!(%reason, "refusing a registration");
             self.to_engine(&identity, &HubToEngine::Refused { reason });
             return;
@@ -1063,7 +1071,7 @@ impl Hub {
         for ghost in ghosts {
             self.unregister(ghost, "registered again on a new connection", false);
         }
-        info!(engine = id, %host, pid, slots, "engine registered");
+        info!(engine = id, host = %escape(host.as_bytes()), pid, slots, "engine registered");
         self.to_engine(
             &identity,
             &HubToEngine::Registered {
@@ -1729,7 +1737,7 @@ impl Hub {
                         }
                     }
                     Err(e) => {
-                        warn!(error = %e, "dropping a bad call");
+                        warn!(error = %escape_error(&e), "dropping a bad call");
                         self.reply(&identity, request, &Reply::Error(format!("bad call: {e}")));
                     }
                 }
@@ -2298,7 +2306,7 @@ impl Hub {
     /// malformed): logged at warn level once per peer, then at debug level.
     fn refuse(&mut self, side: &'static str, identity: &[u8], error: &MessageError) {
         self.refused += 1;
-        let peer = String::from_utf8_lossy(identity);
+        let peer = escape(identity);
         if self.warned.len() < MAX_WARNED_PEERS && self.warned.insert(identity.to_vec()) {
             warn!(%peer, side, %error, "dropping a bad message (further ones from this peer are logged at debug level)");
         } else {

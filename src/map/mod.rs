@@ -104,6 +104,37 @@ pub enum MapError {
     /// The backend failed.
     #[error("{0}")]
     Backend(String),
+    /// `zcluster map --attach` with inputs that end before the job's
+    /// recorded tasks: printing fewer results and exiting 0 would pass
+    /// for the whole job while the rest of it runs on for nobody.
+    #[error("the inputs end after {given} tasks, but job {job} has {recorded} recorded: attach with the job's own inputs (or pass --attach-any-length to print only these and leave the rest of the job to run)")]
+    InputsShorter {
+        /// The job attached to.
+        job: u64,
+        /// Tasks (chunks) the job's store holds.
+        recorded: u64,
+        /// Tasks (chunks) the inputs make.
+        given: u64,
+    },
+    /// `zcluster map --attach` with inputs that go on past the tasks of a
+    /// job whose map had sent them all: the extra inputs would silently
+    /// become new tasks of an old job.
+    #[error("the inputs go on past the {recorded} tasks of job {job}, whose map had sent all its inputs: attach with the job's own inputs (or pass --attach-any-length to add the rest to the job)")]
+    InputsLonger {
+        /// The job attached to.
+        job: u64,
+        /// Tasks (chunks) the job had when its map finished sending.
+        recorded: u64,
+    },
+    /// `zcluster map --attach` with inputs that go on past the tasks of a
+    /// job that has finished: the hub runs no new tasks for it.
+    #[error("the inputs go on past the {recorded} tasks of job {job}, which has finished and takes no new tasks: map the rest as a new job")]
+    FinishedJobLonger {
+        /// The job attached to.
+        job: u64,
+        /// Tasks (chunks) the job has.
+        recorded: u64,
+    },
 }
 
 /// One task as it travels to a worker.
@@ -250,6 +281,14 @@ pub trait Backend {
     /// with cancelled outcomes. Returns the ids of chunks that had not
     /// started and never will (they get no answer).
     fn cancel(&mut self) -> Vec<u64>;
+    /// Called once, when the inputs ran out, with the number of chunks they
+    /// made: a backend carrying on a recorded job refuses inputs that end
+    /// before it does (an error stops the map before it prints a partial
+    /// job as if it were whole).
+    fn end_of_inputs(&mut self, chunks: u64) -> Result<(), MapError> {
+        let _ = chunks;
+        Ok(())
+    }
 }
 
 /// What a map did, for the summary line and the exit status.
@@ -328,6 +367,7 @@ where
     let mut order = Reorder::new(options.keep_order);
     let mut summary = MapSummary::default();
     let mut halted = false;
+    let mut told_end = false;
     let chunksize = options.chunksize.max(1);
     let window = options.window.max(chunksize);
 
@@ -376,6 +416,10 @@ where
             backend.submit(next_chunk, &ExecChunk { tasks })?;
             outstanding.insert(next_chunk, seqs);
             next_chunk += 1;
+        }
+        if exhausted && !told_end {
+            told_end = true;
+            backend.end_of_inputs(next_chunk)?;
         }
         if outstanding.is_empty() && (exhausted || halted) {
             break;

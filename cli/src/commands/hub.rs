@@ -1,6 +1,7 @@
 //! `zcluster hub`: run a hub in the foreground until Ctrl-C, SIGTERM or
 //! `zcluster shutdown`.
 
+use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -73,7 +74,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     // One that exists but cannot be used (others may read it, it is
     // damaged) is an error, never silently replaced: a new key and new ports
     // would cut off every worker of the cluster.
-    let previous = if args.fresh || !path.exists() {
+    let previous = if args.fresh || fs::symlink_metadata(&path).is_err() {
         None
     } else {
         Some(ConnectionInfo::read(&path).map_err(|e| {
@@ -120,6 +121,12 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .context("cannot install signal handlers")?;
+    }
+    // The hub's directory (~/.zcluster by default) holds the key and the
+    // store: made 0700 before anything (the store included) creates it.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        connection::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let ctx = zmq::Context::new();
     let hub = Hub::bind(&ctx, options)?;

@@ -2,6 +2,7 @@
 //! request: through a hub (`--hub`, the default), or on a hub-less
 //! cluster's command socket (`--command`).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,9 +27,12 @@ fn through_hub(ctx: &zmq::Context, args: &KillArgs) -> anyhow::Result<ExitCode> 
     else {
         anyhow::bail!("unexpected answer to a kill call");
     };
+    // Errors returned, not println!'s panic: see `Stdout`.
+    let mut out = super::stdout();
     for engine in &acknowledged {
-        println!("{engine}");
+        writeln!(out, "{engine}")?;
     }
+    out.flush()?;
     let verb = if args.restart { "restart" } else { "kill" };
     eprintln!(
         "zcluster: {} engine(s) acknowledged the {verb}",
@@ -98,12 +102,15 @@ pub fn run(args: KillArgs) -> anyhow::Result<ExitCode> {
         ("kill", sender.send_kill(delivery)?)
     };
     if args.responses.is_some() {
+        let mut out = super::stdout();
         for ack in &acks {
-            println!(
+            writeln!(
+                out,
                 "{}\t{}\t{}",
                 ack.worker.host, ack.worker.pid, ack.worker.worker
-            );
+            )?;
         }
+        out.flush()?;
         eprintln!("zcluster: {} worker(s) acknowledged the {verb}", acks.len());
         if args.expect.is_some_and(|n| acks.len() < n) {
             return Ok(ExitCode::FAILURE);

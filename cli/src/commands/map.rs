@@ -6,14 +6,14 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcluster::hub::client::HubBackend;
+use zcluster::hub::client::{AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{run_map, Halt, InputLine, MapOptions, MapSummary, TaskStatus, DEFAULT_WINDOW};
 use zcluster::template::CommandTemplate;
@@ -22,6 +22,11 @@ use super::{HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
+
+/// Exit status when standard output was closed mid-map (`zcluster map …
+/// | head -3`), as shells report a process a closed pipe killed (128 +
+/// SIGPIPE). Not 0: inputs were left unrun.
+const STDOUT_CLOSED_EXIT: u8 = 141;
 
 #[derive(Args)]
 #[command(
@@ -74,6 +79,12 @@ pub struct MapArgs {
     /// finished results come from its store, the rest run now.
     #[arg(long, value_name = "JOB", requires = "hub")]
     attach: Option<u64>,
+    /// With --attach: accept inputs that end before the job's recorded
+    /// tasks (only their results are printed; the job's other tasks run
+    /// on) or go on past those of a job whose map had sent them all (the
+    /// rest become new tasks of the job). Without it, either is an error.
+    #[arg(long, requires = "attach")]
+    attach_any_length: bool,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -162,7 +173,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             let ctx = zmq::Context::new();
             let backend = match args.attach {
                 Some(job) => {
-                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job)?;
+                    let length = if args.attach_any_length {
+                        AttachLength::Any
+                    } else {
+                        AttachLength::Same
+                    };
+                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job, length)?;
                     let state = if info.live { "running" } else { "finished" };
                     eprintln!(
                         "zcluster: attached to job {job} on {} ({state}; {} tasks recorded)",
@@ -189,12 +205,26 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             (None, backend)
         }
     };
-    let mut stdout = io::stdout().lock();
+    let mut stdout = super::stdout();
+    let mut stdout_closed = false;
+    let stop = options.stop.clone();
     let mut failed = 0u64;
     let summary = run_map(lines(reader), &template, &options, &mut backend, |record| {
-        if !record.outcome.stdout.is_empty() {
-            stdout.write_all(&record.outcome.stdout)?;
-            stdout.flush()?;
+        if !record.outcome.stdout.is_empty() && !stdout_closed {
+            match stdout
+                .write_all(&record.outcome.stdout)
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => {}
+                // Nobody reads the output any more: stop as after Ctrl-C
+                // (nothing new starts, running tasks are killed), still
+                // writing the results file, and exit quietly.
+                Err(e) if super::is_stdout_closed(&e) => {
+                    stdout_closed = true;
+                    stop.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
         }
         if !record.outcome.stderr.is_empty() {
             progress.suspend(|| io::stderr().write_all(&record.outcome.stderr))?;
@@ -215,8 +245,10 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &mut results {
         out.flush().context("cannot write the results file")?;
     }
-    eprintln!("{}", summary_line(&summary));
-    Ok(if summary.interrupted {
+    eprintln!("{}", summary_line(&summary, stdout_closed));
+    Ok(if stdout_closed {
+        ExitCode::from(STDOUT_CLOSED_EXIT)
+    } else if summary.interrupted {
         ExitCode::from(INTERRUPTED_EXIT)
     } else if summary.success() {
         ExitCode::SUCCESS
@@ -281,7 +313,7 @@ fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
     bar
 }
 
-fn summary_line(s: &MapSummary) -> String {
+fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     let mut line = format!(
         "zcluster: {} tasks: {} ok, {} failed, {} timed out",
         s.total, s.ok, s.failed, s.timed_out
@@ -296,7 +328,9 @@ fn summary_line(s: &MapSummary) -> String {
         line += ", rest of the input not read";
     }
     line += &format!(" in {:.2}s ({:.0} tasks/s)", s.wall.as_secs_f64(), s.rate());
-    if s.interrupted {
+    if stdout_closed {
+        line += "; stopped: standard output closed";
+    } else if s.interrupted {
         line += "; interrupted";
     }
     if !s.failures.is_empty() {

@@ -13,6 +13,7 @@ pub mod status;
 pub mod worker;
 
 use std::fmt;
+use std::io::{self, Write};
 
 use std::path::PathBuf;
 
@@ -48,6 +49,71 @@ pub fn socket_arg(flag: &str, spec: &str, kind: SocketKind) -> anyhow::Result<Fu
     FutureSocket::parse(spec, kind).map_err(|e| UsageError(format!("{flag}: {e}")).into())
 }
 
+/// A command's standard output, through which every command writes what it
+/// prints.
+///
+/// The Rust runtime ignores SIGPIPE, so writing to a pipe whose reader
+/// went away (`zcluster status | head -1`) is an `EPIPE` error, and a
+/// panic (exit 101) in `println!`. Here every write returns its error, and
+/// `EPIPE` comes back marked as [`StdoutClosed`], so `main` ends quietly
+/// on that one and on nothing else (a broken pipe elsewhere, to a task,
+/// say, stays an error). Restoring SIGPIPE's default instead would kill
+/// `zcluster map` without cancelling its running tasks, and a hub or a
+/// worker on any stray pipe write.
+pub struct Stdout(io::StdoutLock<'static>);
+
+/// Locks standard output for a command's results.
+pub fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(mark_closed)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(mark_closed)
+    }
+}
+
+/// The reader of standard output has gone: not a failure of the command.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("standard output closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn mark_closed(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        error
+    }
+}
+
+/// Whether this write error is [`Stdout`] finding its reader gone.
+pub fn is_stdout_closed(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<StdoutClosed>())
+}
+
+/// Whether a command failed only because its stdout was closed (see
+/// [`Stdout`]): `main` then exits quietly with status 0, as ripgrep does.
+pub fn stopped_by_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(is_stdout_closed)
+    })
+}
+
 /// The `--hub FILE` flag every hub client command takes.
 #[derive(Args, Clone, Debug)]
 pub struct HubArg {
@@ -66,7 +132,7 @@ impl HubArg {
     pub fn connection(&self) -> anyhow::Result<ConnectionInfo> {
         let path = self.path();
         ConnectionInfo::read(&path).map_err(|e| {
-            let hint = if path.exists() {
+            let hint = if std::fs::symlink_metadata(&path).is_ok() {
                 String::new()
             } else {
                 " (start one with `zcluster hub`, or pass --hub FILE or set ZCLUSTER_HUB)"

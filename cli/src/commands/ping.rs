@@ -1,6 +1,7 @@
 //! `zcluster ping`: ask workers who they are, through a hub (the default)
 //! or on a hub-less cluster's command socket.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,10 +56,13 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    println!("HOST\tPID\tWORKER\tUP\tREQUESTS\tMEAN");
+    // Errors returned, not println!'s panic: see `Stdout`.
+    let mut out = super::stdout();
+    writeln!(out, "HOST\tPID\tWORKER\tUP\tREQUESTS\tMEAN")?;
     for r in &replies {
         let up = r.worker.started.elapsed().unwrap_or_default();
-        println!(
+        writeln!(
+            out,
             "{}\t{}\t{}\t{}\t{}\t{}",
             r.worker.host,
             r.worker.pid,
@@ -66,8 +70,9 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             humantime::format_duration(Duration::from_secs(up.as_secs())),
             r.requests_handled,
             humantime::format_duration(r.mean_time),
-        );
+        )?;
     }
+    out.flush()?;
     eprintln!("zcluster: {} worker(s) answered", replies.len());
     if !silent.is_empty() {
         eprintln!(

@@ -1,6 +1,6 @@
 //! `zcluster results JOB`: a job's recorded results, at any later time.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -32,18 +32,23 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
     let reports = job_reports(&mut client, args.job, args.status_only)?;
+    // Every write returns its error (no println!), so a closed stdout ends
+    // the command quietly (see `Stdout`) instead of panicking.
+    let mut out = super::stdout();
     if args.status_only {
-        println!("TASK\tSTATE\tENGINE\tATTEMPTS\tERROR");
+        writeln!(out, "TASK\tSTATE\tENGINE\tATTEMPTS\tERROR")?;
         for r in &reports {
             let engine = r.engine.map_or_else(|| "-".to_string(), |e| e.to_string());
-            println!(
+            writeln!(
+                out,
                 "{}\t{}\t{engine}\t{}\t{}",
                 r.id,
                 r.state,
                 r.attempts,
                 r.error.as_deref().unwrap_or("")
-            );
+            )?;
         }
+        out.flush()?;
         let done = reports.iter().all(|r| r.state == "ok");
         return Ok(if done {
             ExitCode::SUCCESS
@@ -92,7 +97,6 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_values()
         .collect();
-    let mut out = io::stdout().lock();
     let mut failed = 0;
     for record in &records {
         let ok = record.status() == zcluster::map::TaskStatus::Ok;

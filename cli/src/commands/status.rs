@@ -1,5 +1,6 @@
 //! `zcluster status`: the hub's engines and jobs.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,13 +30,22 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     else {
         anyhow::bail!("unexpected answer to a status call");
     };
+    // Written through one lock with errors returned, not println!: a
+    // closed stdout (`zcluster status | head -1`) ends the command quietly
+    // (see `Stdout`) instead of panicking.
+    let mut out = super::stdout();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT");
+    writeln!(
+        out,
+        "ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT"
+    )?;
     for e in &status.engines {
-        println!(
+        writeln!(
+            out,
             "{}\t{}\t{}\t{}\t{}\t{}\t{} ago",
             e.id,
             e.host,
@@ -44,7 +54,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             e.running,
             e.completed,
             humantime::format_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
-        );
+        )?;
     }
     if args.verbose {
         for e in &status.engines {
@@ -53,13 +63,17 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(job, id)| format!("{job}/{id}"))
                 .collect();
-            println!("engine {} running: {}", e.id, tasks.join(" "));
+            writeln!(out, "engine {} running: {}", e.id, tasks.join(" "))?;
         }
     }
-    println!();
-    println!("JOB\tSUBMITTED\tDONE\tFAILED\tPENDING\tRUNNING\tTOTAL\tDESCRIPTION");
+    writeln!(out)?;
+    writeln!(
+        out,
+        "JOB\tSUBMITTED\tDONE\tFAILED\tPENDING\tRUNNING\tTOTAL\tDESCRIPTION"
+    )?;
     for j in &status.jobs {
-        println!(
+        writeln!(
+            out,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             j.id,
             humantime::format_rfc3339_seconds(j.submitted),
@@ -69,15 +83,16 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             j.running,
             j.total.map_or_else(|| "?".to_string(), |t| t.to_string()),
             j.description
-        );
+        )?;
     }
     if args.verbose {
         for j in status.jobs.iter().filter(|j| !j.queued_tasks.is_empty()) {
             let tasks: Vec<String> = j.queued_tasks.iter().map(ToString::to_string).collect();
-            println!("job {} queued: {}", j.id, tasks.join(" "));
+            writeln!(out, "job {} queued: {}", j.id, tasks.join(" "))?;
         }
     }
-    println!();
-    println!("store: {}", status.store);
+    writeln!(out)?;
+    writeln!(out, "store: {}", status.store)?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
