@@ -66,10 +66,9 @@
 //! processes is needed.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -77,13 +76,14 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 mod cgroup;
 mod containment;
 mod lineage;
+mod spawn;
 
 pub use containment::TASK_CGROUPS_ENV;
 use containment::{Containment, Enclosure};
@@ -257,7 +257,7 @@ fn run_in(containment: &Containment, argv: &[String], options: &ExecOptions) -> 
     if is_set(options.cancel.as_deref()) {
         return finish(ExitKind::Cancelled, Vec::new(), Vec::new());
     }
-    let (child, enclosure) = match containment::spawn(containment, program, args) {
+    let (process, enclosure) = match containment::spawn(containment, program, args) {
         Ok(spawned) => spawned,
         Err(error) => {
             return finish(
@@ -267,36 +267,21 @@ fn run_in(containment: &Containment, argv: &[String], options: &ExecOptions) -> 
             )
         }
     };
-    let mut supervisor = Supervisor::new(child, enclosure, clock, options);
+    let mut supervisor = Supervisor::new(process, enclosure, clock, options);
     supervisor.supervise();
     let exit = supervisor.reap(program);
     finish(exit, supervisor.stdout, supervisor.stderr)
 }
 
-/// The command as [`run`] starts it, before it is put in its enclosure:
-/// direct execution, stdin from `/dev/null`, output through pipes, a
-/// process group of its own.
-fn command(program: &str, args: &[String]) -> Command {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    command
-}
-
 /// The state of one running command while [`run`] watches it.
 struct Supervisor<'a> {
-    child: Child,
     /// The child's pid, which is also its process group id.
     pgid: Pid,
     /// Everything the task started, wherever it went: its cgroup, or its
     /// traced lineage. Taken when the task ends.
     enclosure: Option<Enclosure>,
-    out_pipe: Option<ChildStdout>,
-    err_pipe: Option<ChildStderr>,
+    out_pipe: Option<File>,
+    err_pipe: Option<File>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     deadline: Option<Instant>,
@@ -313,20 +298,16 @@ struct Supervisor<'a> {
 
 impl<'a> Supervisor<'a> {
     fn new(
-        mut child: Child,
+        process: spawn::Process,
         enclosure: Enclosure,
         clock: Instant,
         options: &'a ExecOptions,
     ) -> Self {
-        // A pid always fits in pid_t; 0 would mean "our own group", so it is
-        // never produced here (the kernel never hands out pid 0).
-        let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         Supervisor {
-            pgid,
+            pgid: process.pid,
             enclosure: Some(enclosure),
-            out_pipe: child.stdout.take(),
-            err_pipe: child.stderr.take(),
-            child,
+            out_pipe: Some(process.stdout),
+            err_pipe: Some(process.stderr),
             stdout: Vec::new(),
             stderr: Vec::new(),
             deadline: options.timeout.and_then(|t| clock.checked_add(t)),
@@ -585,24 +566,25 @@ impl<'a> Supervisor<'a> {
             self.wait_exited();
             enclosure.end(killed, self.options.kill_grace);
         }
-        let status = match self.child.wait() {
-            Ok(status) => status,
-            Err(error) => {
-                tracing::error!(pgid = self.pgid.as_raw(), %error, "cannot wait for task");
-                return ExitKind::SpawnFailed(format!(
-                    "lost track of {program:?}: waiting for it failed: {error}"
-                ));
+        let status = loop {
+            match waitpid(self.pgid, None) {
+                Err(Errno::EINTR) => {}
+                Ok(status) => break status,
+                Err(error) => {
+                    tracing::error!(pgid = self.pgid.as_raw(), %error, "cannot wait for task");
+                    return ExitKind::SpawnFailed(format!(
+                        "lost track of {program:?}: waiting for it failed: {error}"
+                    ));
+                }
             }
         };
-        match self.stop {
-            Some(StopReason::TimedOut) => ExitKind::TimedOut,
-            Some(StopReason::Cancelled) => ExitKind::Cancelled,
-            None => match (status.code(), status.signal()) {
-                (Some(code), _) => ExitKind::Exited(code),
-                (None, Some(signal)) => ExitKind::Signaled(signal),
-                // Neither exited nor signalled cannot happen for a reaped child.
-                (None, None) => ExitKind::Exited(-1),
-            },
+        match (self.stop, status) {
+            (Some(StopReason::TimedOut), _) => ExitKind::TimedOut,
+            (Some(StopReason::Cancelled), _) => ExitKind::Cancelled,
+            (None, WaitStatus::Exited(_, code)) => ExitKind::Exited(code),
+            (None, WaitStatus::Signaled(_, signal, _)) => ExitKind::Signaled(signal as i32),
+            // Nothing else is reported without WUNTRACED or WCONTINUED.
+            (None, _) => ExitKind::Exited(-1),
         }
     }
 }

@@ -21,9 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -180,25 +178,11 @@ pub(crate) struct TaskCgroup {
 }
 
 impl TaskCgroup {
-    /// Makes `command`'s process move itself into this cgroup between fork
-    /// and exec, so that it runs, and forks, only inside it; spawning fails
-    /// if it cannot.
-    pub(crate) fn enter_on_exec(&self, command: &mut Command) {
-        // Close-on-exec: the command never sees it.
-        let procs: RawFd = self.procs.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls are
-        // allowed; write(2) of a static buffer to an fd opened by the parent
-        // is one, and io::Error::last_os_error only reads errno.
-        unsafe {
-            command.pre_exec(move || {
-                // "0" moves the writing process itself.
-                if libc::write(procs, b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
+    /// Its `cgroup.procs`, open for writing (close-on-exec): the task's
+    /// first process writes `0` to it, moving itself in, before it runs
+    /// the command (see `spawn`).
+    pub(crate) fn procs_fd(&self) -> RawFd {
+        self.procs.as_raw_fd()
     }
 
     /// The cgroup's directory.
@@ -463,8 +447,6 @@ fn unescape_mount_field(field: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::Stdio;
 
     /// The worker's task cgroups, or `None` (and a SKIP line) where this
     /// machine does not allow them.
@@ -494,17 +476,9 @@ pub(crate) mod tests {
         let mut task = cgroups.task().unwrap();
         // As on a kernel before 5.14.
         task.kill_file = false;
-        let mut command = Command::new("sh");
-        command
-            .args([
-                "-c",
-                "setsid sleep 300 & setsid sleep 300 & (sleep 300 &); exec sleep 300",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        task.enter_on_exec(&mut command);
-        let mut child = command.spawn().unwrap();
+        let script = "exec >/dev/null 2>&1; setsid sleep 300 & setsid sleep 300 & (sleep 300 &); exec sleep 300";
+        let args = ["-c".to_owned(), script.to_owned()];
+        let process = super::super::spawn::spawn("sh", &args, Some(task.procs_fd()), None).unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while task.members().len() < 4 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
@@ -513,7 +487,10 @@ pub(crate) mod tests {
         assert_eq!(members.len(), 4, "{members:?}");
         let dir = task.dir.clone();
         drop(task);
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(matches!(
+            nix::sys::wait::waitpid(process.pid, None),
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGKILL, _))
+        ));
         for pid in members {
             assert!(gone(pid), "{pid} survived");
         }

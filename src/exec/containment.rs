@@ -17,14 +17,14 @@
 //! lineage instead.
 
 use std::io;
-use std::process::Child;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpgid, Pid};
 
-use super::{cgroup, command, lineage};
+use super::spawn::{self, Process, SpawnError};
+use super::{cgroup, lineage};
 
 /// Set to `off` (or `0`, `no`, `false`) to run tasks without cgroups of
 /// their own even where they could be made, e.g. where another tool owns the
@@ -92,7 +92,7 @@ pub(crate) fn spawn(
     containment: &Containment,
     program: &str,
     args: &[String],
-) -> io::Result<(Child, Enclosure)> {
+) -> io::Result<(Process, Enclosure)> {
     if let Containment::Cgroups(cgroups) = containment {
         if cgroups.usable() {
             match cgroups.task() {
@@ -111,35 +111,30 @@ fn spawn_in_cgroup(
     task_cgroup: cgroup::TaskCgroup,
     program: &str,
     args: &[String],
-) -> io::Result<(Child, Enclosure)> {
-    let mut command = command(program, args);
-    task_cgroup.enter_on_exec(&mut command);
-    match command.spawn() {
-        Ok(child) => Ok((child, Enclosure::Cgroup(task_cgroup))),
-        Err(in_cgroup) => {
+) -> io::Result<(Process, Enclosure)> {
+    match spawn::spawn(program, args, Some(task_cgroup.procs_fd()), None) {
+        Ok(process) => Ok((process, Enclosure::Cgroup(task_cgroup))),
+        Err(SpawnError::Cgroup(error)) => {
             drop(task_cgroup);
-            // Either the command cannot run at all, or entering the cgroup
-            // failed: without the cgroup, the first fails again.
-            let (child, enclosure) = spawn_with_lineage(program, args)?;
             if cgroups.give_up() {
                 tracing::warn!(
-                    error = %in_cgroup,
+                    %error,
                     "tasks cannot enter their cgroups; tracking their lineage instead"
                 );
             }
-            Ok((child, enclosure))
+            spawn_with_lineage(program, args)
         }
+        Err(error) => Err(error.into()),
     }
 }
 
-fn spawn_with_lineage(program: &str, args: &[String]) -> io::Result<(Child, Enclosure)> {
+fn spawn_with_lineage(program: &str, args: &[String]) -> io::Result<(Process, Enclosure)> {
     lineage::become_subreaper();
     let mut lineage = lineage::Lineage::new();
-    let child = command(program, args)
-        .env(lineage::TASK_MARK_ENV, lineage.mark_value())
-        .spawn()?;
-    lineage.set_root(Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)));
-    Ok((child, Enclosure::Lineage(lineage)))
+    let mark = (lineage::TASK_MARK_ENV, lineage.mark_value());
+    let process = spawn::spawn(program, args, None, Some(mark))?;
+    lineage.set_root(process.pid);
+    Ok((process, Enclosure::Lineage(lineage)))
 }
 
 impl Enclosure {
@@ -182,9 +177,14 @@ impl Enclosure {
                 drop(task_cgroup);
             }
             Enclosure::Lineage(mut lineage) => {
-                if !killed && lineage.signal(Signal::SIGTERM) {
+                if !killed {
+                    if !lineage.signal(Signal::SIGTERM) {
+                        return;
+                    }
                     tracing::debug!("task left processes running; stopping them");
-                    lineage.wait_gone(grace);
+                    if lineage.wait_gone(grace) {
+                        return;
+                    }
                 }
                 lineage.kill();
             }
@@ -205,10 +205,13 @@ mod tests {
         // Gone before the task can enter it.
         std::fs::remove_dir(task_cgroup.dir()).unwrap();
         let args = ["-c".to_owned(), "exit 7".to_owned()];
-        let (mut child, enclosure) = spawn_in_cgroup(&cgroups, task_cgroup, "sh", &args).unwrap();
+        let (child, enclosure) = spawn_in_cgroup(&cgroups, task_cgroup, "sh", &args).unwrap();
         assert!(matches!(enclosure, Enclosure::Lineage(_)), "{enclosure:?}");
         assert!(!cgroups.usable(), "cgroups are still tried");
-        assert_eq!(child.wait().unwrap().code(), Some(7));
+        assert!(matches!(
+            nix::sys::wait::waitpid(child.pid, None),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 7))
+        ));
         enclosure.end(false, Duration::from_millis(100));
         // A command that cannot run at all is an error, and not a reason
         // to give up on cgroups.

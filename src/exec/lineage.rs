@@ -107,15 +107,34 @@ impl Lineage {
         self.root = Some(root);
     }
 
-    /// The task's live processes (not zombies) now, its first one included.
+    /// The task's live processes (not zombies) now, its first one included:
+    /// one look through `/proc`, which also reaps the zombies re-parented
+    /// to us that are the task's (seen alive in its lineage) or nobody
+    /// else's to wait for (see [`Spawner`]).
     pub(crate) fn members(&mut self) -> Vec<Pid> {
-        let mut found = Vec::new();
         let mut queue: Vec<Pid> = self.root.into_iter().collect();
-        for pid in children_of(Pid::this()) {
-            if Some(pid) != self.root && self.carries_mark(pid) {
-                queue.push(pid);
+        let spawner = Spawner::this();
+        for pid in orphans() {
+            if Some(pid) == self.root {
+                continue;
+            }
+            let Some(stat) = Stat::read(pid) else {
+                continue;
+            };
+            if !stat.zombie {
+                if self.carries_mark(pid) {
+                    queue.push(pid);
+                }
+            } else if self.seen.contains(&pid)
+                || spawner
+                    .as_ref()
+                    .is_some_and(|s| !s.may_wait_for(pid, &stat))
+            {
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                self.seen.remove(&pid);
             }
         }
+        let mut found = Vec::new();
         let mut visited = HashSet::new();
         while let Some(pid) = queue.pop() {
             if visited.len() >= MAX_TRACKED_PROCESSES || !visited.insert(pid) {
@@ -150,27 +169,24 @@ impl Lineage {
     pub(crate) fn kill(&mut self) {
         let until = Instant::now() + DEATH_WAIT_AFTER_KILL;
         while self.signal(Signal::SIGKILL) {
-            self.reap();
             if Instant::now() >= until {
                 tracing::warn!(
                     mark = %self.value,
                     "task processes still alive {DEATH_WAIT_AFTER_KILL:?} after SIGKILL"
                 );
-                break;
+                return;
             }
             std::thread::sleep(KILL_RECHECK_INTERVAL);
         }
-        self.reap();
     }
 
     /// Waits (bounded) until no process of the task is alive; whether none
-    /// is. Re-parented processes become our zombies, so they are reaped as
-    /// they die.
+    /// is. Re-parented processes become our zombies, and are reaped as they
+    /// die.
     pub(crate) fn wait_gone(&mut self, within: Duration) -> bool {
         let until = Instant::now().checked_add(within);
         let mut pause = KILL_RECHECK_INTERVAL;
         loop {
-            self.reap();
             if self.members().is_empty() {
                 return true;
             }
@@ -179,27 +195,6 @@ impl Lineage {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-
-    /// Reaps the zombies re-parented to us that are this task's (seen alive
-    /// in its lineage) or nobody else's to wait for (see [`Spawner`]); not
-    /// the task's first process, which the supervisor reaps.
-    pub(crate) fn reap(&mut self) {
-        let Some(spawner) = Spawner::this() else {
-            return;
-        };
-        for pid in children_of(Pid::this()) {
-            if Some(pid) == self.root {
-                continue;
-            }
-            let Some(stat) = Stat::read(pid) else {
-                continue;
-            };
-            if stat.zombie && (self.seen.contains(&pid) || !spawner.may_wait_for(pid, &stat)) {
-                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                self.seen.remove(&pid);
-            }
         }
     }
 }
@@ -227,6 +222,23 @@ impl Spawner {
     fn may_wait_for(&self, pid: Pid, stat: &Stat) -> bool {
         (stat.pgid == pid && stat.session == self.session) || stat.pgid == self.group
     }
+}
+
+/// This process's children that are not any thread's own: the kernel
+/// re-parents an orphan to the first live thread of its subreaper, the
+/// main thread, whose children are thus orphans (and whatever the main
+/// thread itself spawned), while tasks are children of the slot threads
+/// that started them.
+fn orphans() -> Vec<Pid> {
+    let this = Pid::this();
+    fs::read_to_string(format!("/proc/{this}/task/{this}/children"))
+        .map(|text| {
+            text.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The children of every thread of `pid` (`/proc/<pid>/task/*/children`,
