@@ -40,11 +40,27 @@ pub(crate) enum Containment {
     Lineage,
 }
 
+static CHOICE: OnceLock<Containment> = OnceLock::new();
+
+/// At the end of the process (`exit`, or `main` returning), removes the
+/// task cgroups kept for later tasks, and the worker's directory.
+extern "C" fn remove_task_cgroups_at_exit() {
+    if let Some(Containment::Cgroups(cgroups)) = CHOICE.get() {
+        cgroups.remove_idle();
+    }
+}
+
 impl Containment {
     /// The process-wide choice, made at the first call.
     pub(crate) fn get() -> &'static Containment {
-        static CHOICE: OnceLock<Containment> = OnceLock::new();
-        CHOICE.get_or_init(Containment::choose)
+        CHOICE.get_or_init(|| {
+            let choice = Containment::choose();
+            if let Containment::Cgroups(_) = choice {
+                // SAFETY: registers a plain function to run at exit.
+                unsafe { libc::atexit(remove_task_cgroups_at_exit) };
+            }
+            choice
+        })
     }
 
     fn choose() -> Containment {
