@@ -8,14 +8,18 @@
 //! | [`protocol`] | what engines, clients and the hub say to each other |
 //! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
+//! | `store_file` | the store's files: private, recognised, checked for a rollback |
+//! | [`commit`] | what waits for the store to commit: tasks to dispatch, results to deliver |
 //! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
 //! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
 
 pub mod client;
+pub mod commit;
 pub mod connection;
 pub mod embedded;
 pub mod engine;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub(crate) mod store_file;
