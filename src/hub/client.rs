@@ -644,15 +644,15 @@ impl JobHandle {
         }
     }
 
-    /// Tells the hub the job has `total` tasks, so it can retire it.
-    pub fn close(&mut self, client: &mut HubClient, total: u64) {
+    /// Tells the hub the job has `total` tasks, so it can retire it. An
+    /// error means the hub did not record it (it cannot write its store,
+    /// say): the job is not finished in the store, and the caller must say so.
+    pub fn close(&mut self, client: &mut HubClient, total: u64) -> Result<(), ClientError> {
         let close = ClientCall::CloseJob {
             job: self.job,
             total: total.max(self.known),
         };
-        if let Err(e) = client.call(&close) {
-            debug!(error = %e, "cannot close the job");
-        }
+        client.call(&close).map(|_| ())
     }
 }
 
@@ -661,6 +661,8 @@ pub struct HubBackend {
     client: HubClient,
     handle: JobHandle,
     submitted: u64,
+    /// [`finish`](Self::finish) closed the job already.
+    closed: bool,
 }
 
 impl HubBackend {
@@ -684,6 +686,7 @@ impl HubBackend {
             client,
             handle,
             submitted: 0,
+            closed: false,
         })
     }
 
@@ -698,6 +701,7 @@ impl HubBackend {
                 client,
                 handle,
                 submitted: 0,
+                closed: false,
             },
             info,
         ))
@@ -706,6 +710,14 @@ impl HubBackend {
     /// The job's id in the hub's store.
     pub fn job(&self) -> JobId {
         self.handle.job()
+    }
+
+    /// Closes the job once the map is done, and says whether the hub
+    /// recorded it: a map whose job the hub could not close (its store
+    /// cannot write) has not finished, whatever it printed.
+    pub fn finish(&mut self) -> Result<(), ClientError> {
+        self.closed = true;
+        self.handle.close(&mut self.client, self.submitted)
     }
 }
 
@@ -758,9 +770,15 @@ impl Backend for HubBackend {
 }
 
 impl Drop for HubBackend {
-    /// Tells the hub every task has been sent, so it can retire the job.
+    /// Tells the hub every task has been sent, so it can retire the job
+    /// (unless [`finish`](HubBackend::finish) did): a map that stops on an
+    /// error has its own error to report, so this one is only logged.
     fn drop(&mut self) {
-        self.handle.close(&mut self.client, self.submitted);
+        if !self.closed {
+            if let Err(e) = self.handle.close(&mut self.client, self.submitted) {
+                debug!(error = %e, "cannot close the job");
+            }
+        }
         self.client.forget(self.handle.job());
     }
 }
