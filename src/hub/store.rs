@@ -1078,6 +1078,18 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('commits', 0);
 ";
 
+/// WAL pages after a commit past which the WAL is copied into the database
+/// file (a checkpoint): SQLite's own default, but done on a thread of its
+/// own. SQLite would do it inside the commit that crosses it, with two
+/// fsyncs, and the hub waits for commits before it lets tasks and results
+/// out (`hub::commit`): one round trip in a hundred would take the fsyncs'
+/// time.
+const CHECKPOINT_PAGES: std::os::raw::c_int = 1000;
+/// ...and past which the writer checkpoints in line after all, should the
+/// checkpoint thread fall behind (writes that never pause leave it no
+/// moment to finish): the WAL stays bounded.
+const INLINE_CHECKPOINT_PAGES: std::os::raw::c_int = 16 * CHECKPOINT_PAGES;
+
 /// Queued operations before `add_tasks` and friends block (back-pressure
 /// instead of unbounded memory if the disk cannot keep up).
 const QUEUE_CAPACITY: usize = 16 * 1024;
@@ -1144,6 +1156,8 @@ pub struct SqliteStore {
     path: PathBuf,
     ops: Sender<Op>,
     writer: Option<JoinHandle<()>>,
+    /// Checkpoints the WAL when the writer's hook asks; ends with the writer.
+    checkpointer: Option<JoinHandle<()>>,
     /// Commit position and sticky failure, shared with the writer and the hub.
     log: Arc<CommitLog>,
     /// Writes queued since the store was opened: the position of the last.
@@ -1691,6 +1705,19 @@ fn run_writer(
         }
         if stop {
             break;
+        }
+    }
+}
+
+/// The checkpoint thread: copies the WAL into the database file each time
+/// the writer's hook asks (the WAL passed [`CHECKPOINT_PAGES`]), without
+/// waiting for readers or the writer (a passive checkpoint), so commits
+/// never wait for its fsyncs. Ends when the writer's connection, which
+/// holds the hook and so the other end of `wants`, is closed.
+fn run_checkpointer(conn: Connection, wants: Receiver<()>) {
+    while wants.recv().is_ok() {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(%error, "task store: a checkpoint failed; the next one copies what it did not");
         }
     }
 }
@@ -2277,6 +2304,29 @@ impl SqliteStore {
             counter_floor(&read, "task", Some("tasks"))?,
         );
 
+        let checkpointer = {
+            let (wanted, wants) = crossbeam_channel::bounded(1);
+            write
+                .wal_hook(Some(
+                    move |wal: &mut rusqlite::hooks::Wal, pages: std::os::raw::c_int| {
+                        // Whatever a checkpoint meets (one already running,
+                        // a full disk) says nothing of the commit that
+                        // called this hook: never fail it.
+                        if pages >= INLINE_CHECKPOINT_PAGES {
+                            let _ = wal.checkpoint();
+                        } else if pages >= CHECKPOINT_PAGES {
+                            let _ = wanted.try_send(());
+                        }
+                        Ok(())
+                    },
+                ))
+                .map_err(sqlite_error("installing the checkpoint hook"))?;
+            let conn = open_connection(&path)?;
+            std::thread::Builder::new()
+                .name("zcluster-store-checkpoint".into())
+                .spawn(move || run_checkpointer(conn, wants))
+                .map_err(StoreError::SpawnWriter)?
+        };
         let (ops, queue) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let log = Arc::new(CommitLog::with_wake().map_err(StoreError::SpawnWriter)?);
         let writer = {
@@ -2290,6 +2340,7 @@ impl SqliteStore {
             path,
             ops,
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
             log,
             written: 0,
             read,
@@ -2353,8 +2404,11 @@ impl SqliteStore {
     #[cfg(test)]
     fn crash(mut self) {
         let _ = self.ops.send(Op::Crash);
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        for thread in [self.writer.take(), self.checkpointer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
         std::mem::forget(self);
     }
@@ -2367,9 +2421,14 @@ impl Drop for SqliteStore {
             tracing::error!(error = %ErrorChain(&error), path = %self.path.display(), "task store: closing");
         }
         let _ = self.ops.send(Op::Shutdown);
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "task store: the writer thread panicked");
+        // The checkpoint thread ends with the writer's connection, which
+        // holds the other end of its channel.
+        for thread in [self.writer.take(), self.checkpointer.take()]
+            .into_iter()
+            .flatten()
+        {
+            if thread.join().is_err() {
+                tracing::error!(path = %self.path.display(), "task store: a thread of the store panicked");
             }
         }
     }
@@ -3798,6 +3857,38 @@ mod tests {
         assert!(text.contains("damaged"), "{text}");
         drop(SqliteStore::open_with(&path, &accept).unwrap());
         drop(reopen(&path));
+    }
+
+    /// Past [`CHECKPOINT_PAGES`] of WAL the checkpoint thread copies the
+    /// WAL into the database file, without the writer waiting for it.
+    #[test]
+    fn the_wal_is_checkpointed_by_a_thread_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.sqlite");
+        let mut store = reopen(&path);
+        let j = job(&mut store, "nina");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let ids: Vec<TaskId> = store.next_task_ids(1500).unwrap().collect();
+        store
+            .add_tasks(
+                ids.iter()
+                    .map(|&id| NewTask {
+                        id,
+                        job: j,
+                        seq: id,
+                        request: vec![7; 4096],
+                        submitted: at(0),
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        store.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + (4 << 20) {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(states(&mut store, j).len(), 1500);
     }
 
     /// A new store's file, its side file and the directories made for it
