@@ -8,3 +8,4 @@ mod devices;
 mod hostile;
 mod hub;
 mod map;
+mod store;
