@@ -648,11 +648,28 @@ impl JobHandle {
     /// error means the hub did not record it (it cannot write its store,
     /// say): the job is not finished in the store, and the caller must say so.
     pub fn close(&mut self, client: &mut HubClient, total: u64) -> Result<(), ClientError> {
-        let close = ClientCall::CloseJob {
+        client.call(&self.close_call(total)).map(|_| ())
+    }
+
+    /// Like [`close`](Self::close), waiting up to `timeout` for the answer:
+    /// for a caller that reports the outcome, and would rather wait out a
+    /// busy hub than call a finished job unfinished.
+    pub fn close_waiting(
+        &mut self,
+        client: &mut HubClient,
+        total: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        client
+            .call_waiting(&self.close_call(total), timeout)
+            .map(|_| ())
+    }
+
+    fn close_call(&self, total: u64) -> ClientCall {
+        ClientCall::CloseJob {
             job: self.job,
             total: total.max(self.known),
-        };
-        client.call(&close).map(|_| ())
+        }
     }
 }
 
@@ -714,10 +731,12 @@ impl HubBackend {
 
     /// Closes the job once the map is done, and says whether the hub
     /// recorded it: a map whose job the hub could not close (its store
-    /// cannot write) has not finished, whatever it printed.
+    /// cannot write) has not finished, whatever it printed. A busy hub is
+    /// waited for as long as a job waits for its results ([`HUB_PATIENCE`]).
     pub fn finish(&mut self) -> Result<(), ClientError> {
         self.closed = true;
-        self.handle.close(&mut self.client, self.submitted)
+        self.handle
+            .close_waiting(&mut self.client, self.submitted, HUB_PATIENCE)
     }
 }
 

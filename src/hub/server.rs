@@ -1904,7 +1904,15 @@ impl Hub {
                     self.retire_if_done(job);
                     Reply::Ok
                 }
-                None => Reply::Error(format!("no running job {job}")),
+                // Closed already (by another client of the job) with the
+                // same count: the store holds what this close would say.
+                None => match self.store.job(job)?.and_then(|record| record.total) {
+                    Some(recorded) if recorded == total => Reply::Ok,
+                    Some(recorded) => Reply::Error(format!(
+                        "job {job} was closed already with {recorded} tasks, not {total}"
+                    )),
+                    None => Reply::Error(format!("no running job {job}")),
+                },
             },
             ClientCall::CancelJob { job, kill_running } => {
                 // Tasks still held for their insert are queued first, so
