@@ -11,3 +11,4 @@ mod hostile;
 mod hub;
 mod map;
 mod pipes;
+mod store;
