@@ -85,20 +85,6 @@ impl Drop for SmallFs {
     }
 }
 
-/// A hub on `store` (any path), its connection file and logs in `dir`.
-fn hub_on(dir: TempDir, store: PathBuf, extra: &[&str]) -> Hub {
-    let file = dir.path().join("hub.json");
-    let proc = Hub::spawn_hub(dir.path(), &file, &store, extra);
-    let hub = Hub {
-        proc,
-        file,
-        store,
-        dir,
-    };
-    hub.wait_ready();
-    hub
-}
-
 fn mode(path: &Path) -> u32 {
     fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -164,7 +150,7 @@ fn a_full_disk_stops_the_map_loudly_and_nothing_printed_runs_again() {
     fs::write(&filler, vec![0u8; FILLER_BYTES]).unwrap();
     let store = small.dir.join("tasks.sqlite");
     let runs = dir.path().join("runs.log");
-    let mut hub = hub_on(dir, store, &[]);
+    let mut hub = Hub::start_on(dir, store, &[]);
     let _workers = hub.workers(2, 2);
     let (inputs, _) = numbered_inputs(hub.dir(), "full", "f", INPUTS);
     let mut args = vec![inputs.to_str().unwrap().to_string()];

@@ -93,8 +93,13 @@ impl Hub {
     /// Like [`start`](Self::start), with more `zcluster hub` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = TempDir::new().unwrap();
-        let file = dir.path().join("hub.json");
         let store = dir.path().join("tasks.sqlite");
+        Self::start_on(dir, store, extra)
+    }
+
+    /// A hub on `store` (any path), its connection file and logs in `dir`.
+    pub fn start_on(dir: TempDir, store: PathBuf, extra: &[&str]) -> Self {
+        let file = dir.path().join("hub.json");
         let proc = Self::spawn_hub(dir.path(), &file, &store, extra);
         let hub = Hub {
             proc,
