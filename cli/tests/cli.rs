@@ -10,4 +10,5 @@ mod files;
 mod hostile;
 mod hub;
 mod map;
+mod map_person;
 mod pipes;

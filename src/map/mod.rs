@@ -38,8 +38,14 @@ pub use record::{TaskRecord, TaskStatus};
 /// Default largest span of tasks in memory (see the module docs).
 pub const DEFAULT_WINDOW: usize = 4096;
 
-/// How often the front end wakes up with nothing to do, to notice a stop.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the front end wakes up with nothing to do, to notice a stop
+/// (Ctrl-C stops new tasks within this).
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// How long the front end waits for a result while it also waits for an
+/// input line to arrive (tasks running, free slots, the input slow): the
+/// most a new line waits before its task starts.
+const STARVED_POLL: Duration = Duration::from_millis(2);
 
 /// What to do after the first failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -308,15 +314,20 @@ pub struct MapSummary {
     pub not_run: u64,
     /// A halt or stop came before the end of the input.
     pub unread: bool,
-    /// The first failures: seq and input.
+    /// The failed (or timed-out) tasks with the lowest seqs, in input
+    /// order: seq and input.
     pub failures: Vec<(u64, String)>,
+    /// The cancelled tasks with the lowest seqs, in input order: listed
+    /// apart, since a task a halt or Ctrl-C killed did not fail.
+    pub cancelled_tasks: Vec<(u64, String)>,
     /// The map was stopped through [`MapOptions::stop`].
     pub interrupted: bool,
     /// Wall-clock time.
     pub wall: Duration,
 }
 
-/// How many failures the summary lists by name.
+/// How many failed (and how many cancelled) tasks the summary lists by
+/// name.
 const LISTED_FAILURES: usize = 10;
 
 impl MapSummary {
@@ -346,23 +357,55 @@ struct Pending {
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
 /// `emit` exactly once (in input order when `options.keep_order`).
+///
+/// The inputs are read on a thread of their own (see [`run_map_with`]).
 pub fn run_map<I, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
     backend: &mut dyn Backend,
+    emit: F,
+) -> Result<MapSummary, MapError>
+where
+    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    F: FnMut(TaskRecord) -> std::io::Result<()>,
+{
+    run_map_with(inputs, template, options, backend, |_| Ok(()), emit)
+}
+
+/// [`run_map`], also calling `finished` with each task the moment it
+/// finishes, before it waits for its turn to be handed to `emit`: a caller
+/// that must keep a record of finished work whatever happens next (a
+/// second Ctrl-C exits at once) keeps it from there.
+///
+/// The inputs are read on a thread of their own, so a slow or blocked
+/// input (a pipe, a terminal) never holds back a finished result or a
+/// stop: the loop here only takes the lines that have arrived. That thread
+/// reads no further than the loop allows (the window), and is left behind
+/// blocked in its read if the input never ends.
+pub fn run_map_with<I, D, F>(
+    inputs: I,
+    template: &CommandTemplate,
+    options: &MapOptions,
+    backend: &mut dyn Backend,
+    mut finished: D,
     mut emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>>,
+    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    D: FnMut(&TaskRecord) -> std::io::Result<()>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     let started = Instant::now();
-    let mut inputs = inputs.fuse();
+    let mut reader = InputReader::spawn(inputs).map_err(MapError::Input)?;
     let mut exhausted = false;
     let mut next_seq: u64 = 1;
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut outstanding: HashMap<u64, Vec<u64>> = HashMap::new();
+    // A chunk being filled: with --chunksize above 1 it waits for its last
+    // input rather than go out short, so that chunks are the same
+    // whatever the pace of the input (`--attach` matches them).
+    let mut building: Vec<ExecTask> = Vec::new();
     let mut next_chunk: u64 = 0;
     let mut order = Reorder::new(options.keep_order);
     let mut summary = MapSummary::default();
@@ -373,29 +416,47 @@ where
 
     loop {
         if options.stop.load(Ordering::Relaxed) && !summary.interrupted {
+            tracing::debug!("stop requested: cancelling the running tasks");
             summary.interrupted = true;
             halted = true;
             for id in backend.cancel() {
                 outstanding.remove(&id);
             }
         }
-        // Fill every free slot with a chunk of new inputs, reading no
-        // further than the window allows.
+        // Let the reader run ahead as far as memory allows: the window in
+        // input order, else enough to fill every slot.
+        let ahead = if options.keep_order {
+            window as u64
+        } else {
+            (backend.slots() * chunksize).clamp(chunksize, window) as u64
+        };
+        if !halted {
+            reader.allow(order.oldest(next_seq) - 1 + ahead);
+        }
+        // Fill every free slot with a chunk of the inputs that have
+        // arrived, reading no further than the window allows.
+        let mut starved = false;
         while !halted && outstanding.len() < backend.slots() {
-            let mut tasks = Vec::with_capacity(chunksize);
-            while tasks.len() < chunksize
+            while building.len() < chunksize
                 && !exhausted
                 && (next_seq - order.oldest(next_seq)) < window as u64
             {
-                let Some(line) = inputs.next() else {
-                    exhausted = true;
-                    break;
+                let line = match reader.next() {
+                    Arrival::Line(line) => line,
+                    Arrival::Waiting => {
+                        starved = true;
+                        break;
+                    }
+                    Arrival::End => {
+                        exhausted = true;
+                        break;
+                    }
                 };
                 let seq = next_seq;
                 next_seq += 1;
                 match prepare(template, line.map_err(MapError::Input)?, seq) {
                     Ok(p) => {
-                        tasks.push(ExecTask {
+                        building.push(ExecTask {
                             seq,
                             input: p.input.clone(),
                             argv: p.argv.clone(),
@@ -405,13 +466,15 @@ where
                     }
                     Err(record) => {
                         count(&mut summary, &record);
+                        finished(&record).map_err(MapError::Output)?;
                         order.push(*record, &mut emit)?;
                     }
                 }
             }
-            if tasks.is_empty() {
+            if building.is_empty() || (building.len() < chunksize && !exhausted) {
                 break;
             }
+            let tasks = std::mem::take(&mut building);
             let seqs = tasks.iter().map(|t| t.seq).collect();
             backend.submit(next_chunk, &ExecChunk { tasks })?;
             outstanding.insert(next_chunk, seqs);
@@ -424,7 +487,14 @@ where
         if outstanding.is_empty() && (exhausted || halted) {
             break;
         }
-        let Some(done) = backend.next_done(IDLE_POLL)? else {
+        if outstanding.is_empty() {
+            // Nothing runs: wait for the input itself.
+            reader.wait(IDLE_POLL);
+            continue;
+        }
+        // Waiting for inputs as well as results: look at the input often.
+        let poll = if starved { STARVED_POLL } else { IDLE_POLL };
+        let Some(done) = backend.next_done(poll)? else {
             continue;
         };
         let Some(seqs) = outstanding.remove(&done.id) else {
@@ -446,6 +516,8 @@ where
                 worker: done.worker.clone(),
             };
             count(&mut summary, &record);
+            tracing::debug!(seq, status = record.status().as_str(), "task finished");
+            finished(&record).map_err(MapError::Output)?;
             if record.status() != TaskStatus::Ok && !summary.interrupted {
                 match options.halt {
                     Halt::Never => {}
@@ -480,6 +552,107 @@ where
     Ok(summary)
 }
 
+/// What the input thread has for the loop right now.
+enum Arrival {
+    /// The next line (or the error reading it).
+    Line(std::io::Result<InputLine>),
+    /// Nothing yet: the input is slow, or the loop has not allowed more.
+    Waiting,
+    /// The input ended (or its first error was taken).
+    End,
+}
+
+/// The input, read on a thread of its own, lines passed over a channel.
+/// The thread reads only as many lines as the loop allows (its credit), so
+/// the memory bound holds as if the loop read them itself.
+struct InputReader {
+    credit: crossbeam_channel::Sender<u64>,
+    lines: crossbeam_channel::Receiver<std::io::Result<InputLine>>,
+    /// A line taken by [`wait`](Self::wait), handed out first.
+    early: Option<std::io::Result<InputLine>>,
+    /// Lines allowed so far, in all.
+    allowed: u64,
+    ended: bool,
+}
+
+impl InputReader {
+    fn spawn<I>(inputs: I) -> std::io::Result<Self>
+    where
+        I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    {
+        let (credit_tx, credit_rx) = crossbeam_channel::unbounded::<u64>();
+        let (line_tx, line_rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("zcluster-inputs".into())
+            .spawn(move || {
+                let mut credit = 0u64;
+                for line in inputs {
+                    while credit == 0 {
+                        match credit_rx.recv() {
+                            Ok(more) => credit += more,
+                            Err(_) => return, // the map ended
+                        }
+                    }
+                    credit -= 1;
+                    let failed = line.is_err();
+                    if line_tx.send(line).is_err() || failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(InputReader {
+            credit: credit_tx,
+            lines: line_rx,
+            early: None,
+            allowed: 0,
+            ended: false,
+        })
+    }
+
+    /// Lets the thread read up to `total` lines in all.
+    fn allow(&mut self, total: u64) {
+        if total > self.allowed && self.credit.send(total - self.allowed).is_ok() {
+            self.allowed = total;
+        }
+    }
+
+    fn next(&mut self) -> Arrival {
+        if let Some(line) = self.early.take() {
+            return self.arrived(line);
+        }
+        if self.ended {
+            return Arrival::End;
+        }
+        match self.lines.try_recv() {
+            Ok(line) => self.arrived(line),
+            Err(crossbeam_channel::TryRecvError::Empty) => Arrival::Waiting,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.ended = true;
+                Arrival::End
+            }
+        }
+    }
+
+    fn arrived(&mut self, line: std::io::Result<InputLine>) -> Arrival {
+        if line.is_err() {
+            self.ended = true;
+        }
+        Arrival::Line(line)
+    }
+
+    /// Waits up to `timeout` for a line (or the end) to arrive.
+    fn wait(&mut self, timeout: Duration) {
+        if self.early.is_some() || self.ended {
+            return;
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => self.early = Some(line),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => self.ended = true,
+        }
+    }
+}
+
 fn count(summary: &mut MapSummary, record: &TaskRecord) {
     summary.total += 1;
     match record.status() {
@@ -488,8 +661,16 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
         TaskStatus::Timeout => summary.timed_out += 1,
         TaskStatus::Cancelled => summary.cancelled += 1,
     }
-    if record.status() != TaskStatus::Ok && summary.failures.len() < LISTED_FAILURES {
-        summary.failures.push((record.seq, record.input.clone()));
+    let listed = match record.status() {
+        TaskStatus::Ok => return,
+        TaskStatus::Cancelled => &mut summary.cancelled_tasks,
+        TaskStatus::Failed | TaskStatus::Timeout => &mut summary.failures,
+    };
+    // Tasks finish in any order: keep the lowest seqs, sorted.
+    if listed.len() < LISTED_FAILURES || listed.last().is_some_and(|(seq, _)| record.seq < *seq) {
+        let at = listed.partition_point(|(seq, _)| *seq < record.seq);
+        listed.insert(at, (record.seq, record.input.clone()));
+        listed.truncate(LISTED_FAILURES);
     }
 }
 

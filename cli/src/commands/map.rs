@@ -2,20 +2,24 @@
 //! results in input order. The engine is `zcluster::map`; this file only turns
 //! flags into `MapOptions`, reads the inputs, and writes what comes back.
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use zcluster::exec::ExitKind;
 use zcluster::hub::client::{AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
-use zcluster::map::{run_map, Halt, InputLine, MapOptions, MapSummary, TaskStatus, DEFAULT_WINDOW};
+use zcluster::map::{
+    run_map_with, Halt, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus, DEFAULT_WINDOW,
+};
 use zcluster::template::CommandTemplate;
 
 use super::{HubArg, UsageError};
@@ -101,34 +105,27 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let template =
         CommandTemplate::parse(&args.command, args.shell).map_err(|e| UsageError(e.to_string()))?;
     let input_path = args.inputs.clone().filter(|p| p.as_os_str() != "-");
-    let reader: Box<dyn BufRead> = match &input_path {
+    let reader: Box<dyn BufRead + Send> = match &input_path {
         Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
             UsageError(format!("cannot open input file {}: {e}", path.display()))
         })?)),
-        None => Box::new(io::stdin().lock()),
+        // Not `stdin().lock()`: the lines are read on a thread of their own.
+        None => Box::new(BufReader::new(io::stdin())),
     };
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
-    let mut results = match &args.results {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|e| {
-            UsageError(format!("cannot create {}: {e}", path.display()))
-        })?)),
+    let results = match &args.results {
+        Some(path) => Some(
+            ResultsLog::create(path)
+                .map_err(|e| UsageError(format!("cannot create {}: {e}", path.display())))?,
+        ),
         None => None,
     };
+    let results = Arc::new(Mutex::new(results));
 
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once.
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            i32::from(INTERRUPTED_EXIT),
-            stop.clone(),
-        )
-        .context("cannot install signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    watch_signals(stop.clone(), results.clone())?;
     let defaults = MapOptions::default();
     let options = MapOptions {
         jobs: args.jobs.unwrap_or(defaults.jobs),
@@ -209,42 +206,62 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let mut stdout_closed = false;
     let stop = options.stop.clone();
     let mut failed = 0u64;
-    let summary = run_map(lines(reader), &template, &options, &mut backend, |record| {
-        if !record.outcome.stdout.is_empty() && !stdout_closed {
-            match stdout
-                .write_all(&record.outcome.stdout)
-                .and_then(|()| stdout.flush())
-            {
-                Ok(()) => {}
-                // Nobody reads the output any more: stop as after Ctrl-C
-                // (nothing new starts, running tasks are killed), still
-                // writing the results file, and exit quietly.
-                Err(e) if super::is_stdout_closed(&e) => {
-                    stdout_closed = true;
-                    stop.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
+    let timeout = options.timeout;
+    let finished_results = results.clone();
+    let summary = run_map_with(
+        lines(reader),
+        &template,
+        &options,
+        &mut backend,
+        |record| {
+            if let Some(log) = lock(&finished_results).as_mut() {
+                log.finished(record)?;
             }
-        }
-        if !record.outcome.stderr.is_empty() {
-            progress.suspend(|| io::stderr().write_all(&record.outcome.stderr))?;
-        }
-        if let Some(out) = &mut results {
-            record.write_json_line(out)?;
-        }
-        if record.status() != TaskStatus::Ok {
-            failed += 1;
-            progress.set_message(failed.to_string());
-        }
-        progress.inc(1);
-        Ok(())
-    })?;
+            Ok(())
+        },
+        |record| {
+            if !record.outcome.stdout.is_empty() && !stdout_closed {
+                match stdout
+                    .write_all(&record.outcome.stdout)
+                    .and_then(|()| stdout.flush())
+                {
+                    Ok(()) => {}
+                    // Nobody reads the output any more: stop as after Ctrl-C
+                    // (nothing new starts, running tasks are killed), still
+                    // writing the results file, and exit quietly.
+                    Err(e) if super::is_stdout_closed(&e) => {
+                        stdout_closed = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let failure = failure_line(&record, timeout);
+            if !record.outcome.stderr.is_empty() || failure.is_some() {
+                // The task's own stderr as one block, then why it failed.
+                progress.suspend(|| {
+                    let mut stderr = io::stderr().lock();
+                    stderr.write_all(&record.outcome.stderr)?;
+                    if let Some(line) = &failure {
+                        writeln!(stderr, "{line}")?;
+                    }
+                    stderr.flush()
+                })?;
+            }
+            if let Some(log) = lock(&results).as_mut() {
+                log.released(&record)?;
+            }
+            if record.status() != TaskStatus::Ok {
+                failed += 1;
+                progress.set_message(failed.to_string());
+            }
+            progress.inc(1);
+            Ok(())
+        },
+    )?;
     drop(backend);
     drop(cluster);
     progress.finish_and_clear();
-    if let Some(out) = &mut results {
-        out.flush().context("cannot write the results file")?;
-    }
     eprintln!("{}", summary_line(&summary, stdout_closed));
     Ok(if stdout_closed {
         ExitCode::from(STDOUT_CLOSED_EXIT)
@@ -257,9 +274,129 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--results FILE`: one JSON line per task, each written (one `write`,
+/// no buffer) the moment the task is handed out, so that a client killed
+/// by SIGKILL leaves a valid JSON Lines file of everything handed out but
+/// the line being written. A task that finished but waits for its turn
+/// (input order) is kept here as its line, so that a second Ctrl-C, which
+/// exits at once, still writes it (see [`watch_signals`]).
+struct ResultsLog {
+    file: File,
+    held: BTreeMap<u64, Vec<u8>>,
+}
+
+impl ResultsLog {
+    fn create(path: &std::path::Path) -> io::Result<Self> {
+        Ok(ResultsLog {
+            file: File::create(path)?,
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// A task finished: its line is ready.
+    fn finished(&mut self, record: &TaskRecord) -> io::Result<()> {
+        let mut line = Vec::new();
+        record.write_json_line(&mut line)?;
+        self.held.insert(record.seq, line);
+        Ok(())
+    }
+
+    /// A task is handed out: its line goes to the file.
+    fn released(&mut self, record: &TaskRecord) -> io::Result<()> {
+        let line = match self.held.remove(&record.seq) {
+            Some(line) => line,
+            None => {
+                let mut line = Vec::new();
+                record.write_json_line(&mut line)?;
+                line
+            }
+        };
+        self.file.write_all(&line)
+    }
+
+    /// Exiting at once: the finished tasks not handed out yet, in input
+    /// order, after the others.
+    fn write_held(&mut self) {
+        for line in std::mem::take(&mut self.held).into_values() {
+            if self.file.write_all(&line).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The results log, whoever panicked while holding it.
+fn lock(results: &Mutex<Option<ResultsLog>>) -> MutexGuard<'_, Option<ResultsLog>> {
+    results
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SIGINT and SIGTERM, on a thread of their own: the first sets `stop` (the
+/// map stops starting tasks, kills running ones, writes what finished and
+/// exits 130); a second exits at once with 130, after writing to the
+/// results file every finished task it did not have yet.
+fn watch_signals(
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Option<ResultsLog>>>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("zcluster-signals".into())
+        .spawn(move || {
+            let mut seen = 0u32;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    stop.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                // Held until the exit: no line is left half written.
+                let mut log = lock(&results);
+                if let Some(log) = log.as_mut() {
+                    log.write_held();
+                }
+                signal_hook::low_level::exit(i32::from(INTERRUPTED_EXIT));
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// The line on stderr that says why a task did not succeed (`None` for one
+/// that did, or that a halt or Ctrl-C cancelled: the summary lists those).
+fn failure_line(record: &TaskRecord, timeout: Option<Duration>) -> Option<String> {
+    let reason = match &record.outcome.exit {
+        ExitKind::Exited(0) | ExitKind::Cancelled => return None,
+        ExitKind::TimedOut => match timeout {
+            Some(limit) => format!("timed out after {}", humantime::format_duration(limit)),
+            None => "timed out".to_string(),
+        },
+        ExitKind::SpawnFailed(message) => {
+            let program = record.command.first().map_or("", String::as_str);
+            if program.contains(' ') && message.contains("No such file") {
+                format!(
+                    "{message} (a program name with a space: to run a command line, pass --shell)"
+                )
+            } else {
+                message.clone()
+            }
+        }
+        other => other.to_string(),
+    };
+    Some(format!(
+        "zcluster: task #{} {:?} failed: {reason}",
+        record.seq, record.input
+    ))
+}
+
 /// Input lines without their `\n` (or `\r\n`), read lazily; a line that is
 /// not UTF-8 is passed on as bytes and becomes a failed task.
-fn lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<InputLine>> {
+fn lines(
+    mut reader: Box<dyn BufRead + Send>,
+) -> impl Iterator<Item = io::Result<InputLine>> + Send + 'static {
     let mut buf = Vec::new();
     std::iter::from_fn(move || {
         buf.clear();
@@ -333,14 +470,19 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     } else if s.interrupted {
         line += "; interrupted";
     }
-    if !s.failures.is_empty() {
-        let listed: Vec<String> = s
-            .failures
+    for (what, listed, all) in [
+        ("failed", &s.failures, s.failed + s.timed_out),
+        ("cancelled", &s.cancelled_tasks, s.cancelled),
+    ] {
+        if listed.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = listed
             .iter()
             .map(|(seq, input)| format!("#{seq} {input:?}"))
             .collect();
-        let more = (s.total - s.ok).saturating_sub(s.failures.len() as u64);
-        line += &format!("\nzcluster: failed: {}", listed.join(", "));
+        line += &format!("\nzcluster: {what}: {}", names.join(", "));
+        let more = all.saturating_sub(listed.len() as u64);
         if more > 0 {
             line += &format!(" and {more} more");
         }

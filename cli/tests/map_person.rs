@@ -1,0 +1,340 @@
+//! `zcluster map` as a person meets it (issue 15): output that streams while
+//! the input blocks, signals that work whatever the input does, a results
+//! file that survives a SIGKILL, and failures that say why. Real processes,
+//! real pipes, real signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// A map whose stdin the test writes to (and keeps open), whose stdout
+/// lines arrive on a channel as they are printed, and whose stderr is kept.
+struct LiveMap {
+    child: ChildGuard,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl LiveMap {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(zcluster_path());
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = ChildGuard::spawn(&mut command);
+        let process = child.0.as_mut().expect("spawned");
+        let stdin = process.stdin.take();
+        let stdout = process.stdout.take().expect("piped stdout");
+        let mut stderr_pipe = process.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                kept.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        LiveMap {
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    fn write(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next line on stdout, failing after `limit`.
+    fn line_within(&self, limit: Duration) -> String {
+        self.lines.recv_timeout(limit).unwrap_or_else(|_| {
+            panic!("no output line within {limit:?}; stderr: {}", self.stderr())
+        })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.pid()), signal).unwrap();
+    }
+
+    /// Waits for the stderr text to contain `what` (bounded).
+    fn wait_stderr(&self, what: &str) {
+        wait_until(what, || self.stderr().contains(what));
+    }
+}
+
+/// Waits for `path` to hold at least `count` complete lines (bounded).
+fn wait_lines(path: &Path, count: usize) {
+    wait_until(&format!("{count} lines in {}", path.display()), || {
+        std::fs::read_to_string(path).is_ok_and(|text| text.matches('\n').count() >= count)
+    });
+}
+
+/// Item 1: a finished task is printed at once though the input blocks, and
+/// the first SIGINT stops the map within a bound whatever the input does.
+#[test]
+fn output_streams_and_ctrl_c_works_while_the_input_blocks() {
+    let dir = TempDir::new().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let results_arg = results.display().to_string();
+    let mut map = LiveMap::spawn(&["map", "--results", &results_arg, "--", "echo", "{}"], &[]);
+    map.write("a\n");
+    // stdin stays open: the input blocks from here on.
+    assert_eq!(map.line_within(Duration::from_secs(5)), "a");
+    let signalled = Instant::now();
+    map.signal(Signal::SIGINT);
+    let status = map.child.wait();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(130), "{}", map.stderr());
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGINT took {took:?} to stop a map blocked on its input"
+    );
+    let records = json_lines(&results);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["input"], "a");
+    map.wait_stderr("interrupted");
+}
+
+/// Item 1: a second signal exits at once (while the first one's stop
+/// waits on a task that ignores SIGTERM for its grace period), and still
+/// leaves every finished task in the results file, even those waiting for
+/// their turn behind the running task.
+#[test]
+fn a_second_signal_exits_at_once_with_finished_work_recorded() {
+    let dir = TempDir::new().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let results_arg = results.display().to_string();
+    let pid_file = dir.path().join("slow.pid");
+    let script = format!(
+        "if [ $0 = slow ]; then trap '' TERM; echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 30; fi; echo $0",
+        pid_file.display()
+    );
+    let mut map = LiveMap::spawn(
+        &[
+            "map",
+            "-j",
+            "3",
+            "--results",
+            &results_arg,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("RUST_LOG", "zcluster::map=debug")],
+    );
+    // Input order: the slow task holds the two quick ones back.
+    map.write("slow\nquick1\nquick2\n");
+    wait_until("the slow task to start", || pid_file.exists());
+    // The client logs each task it receives: both quick ones are in.
+    wait_until("both quick tasks to reach the client", || {
+        map.stderr().matches("task finished").count() >= 2
+    });
+    let slow: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    map.signal(Signal::SIGINT);
+    // The slow task ignores SIGTERM: the stop waits out its grace period.
+    map.wait_stderr("stop requested");
+    map.signal(Signal::SIGINT);
+    let status = map.child.wait();
+    let _ = kill(Pid::from_raw(-slow), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(slow), Signal::SIGKILL);
+    assert_eq!(status.code(), Some(130), "{}", map.stderr());
+    let records = json_lines(&results);
+    let inputs: Vec<&str> = records
+        .iter()
+        .map(|r| r["input"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inputs,
+        ["quick1", "quick2"],
+        "finished tasks missing from the results file"
+    );
+}
+
+/// Item 2: each result is in the file, flushed, as soon as it is handed
+/// out; a SIGKILL of the client leaves valid JSON Lines of what was.
+#[test]
+fn results_file_survives_a_sigkill() {
+    let dir = TempDir::new().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let pid_file = dir.path().join("slow.pid");
+    let script = format!(
+        "if [ $0 = slow ]; then echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 30; fi; echo $0",
+        pid_file.display()
+    );
+    let inputs = input_file(dir.path(), "in.txt", &["a", "b", "slow"]);
+    let mut child = ChildGuard::spawn(
+        Command::new(zcluster_path())
+            .args(["map", "-j", "3", "--results"])
+            .arg(&results)
+            .arg(&inputs)
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_lines(&results, 2);
+    wait_until("the slow task to start", || pid_file.exists());
+    kill(Pid::from_raw(child.pid()), Signal::SIGKILL).unwrap();
+    child.wait();
+    let slow: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = kill(Pid::from_raw(-slow), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(slow), Signal::SIGKILL);
+    let text = std::fs::read_to_string(&results).unwrap();
+    assert!(text.ends_with('\n'), "a partial line: {text:?}");
+    let records = json_lines(&results);
+    let seqs: Vec<u64> = records.iter().map(|r| field_u64(r, "seq")).collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+/// Item 5: why each task failed is on stderr, one line per task, after the
+/// task's own stderr block, with a hint when a command line was taken for
+/// a program name.
+#[test]
+fn failure_reasons_reach_the_terminal() {
+    let output = zcluster()
+        .args(["map", "--", "nosuchcmd-zc", "{}"])
+        .write_stdin("x\ny\n")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (seq, input) in [(1, "x"), (2, "y")] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("task #{seq} \"{input}\" failed")))
+            .unwrap_or_else(|| panic!("no failure line for #{seq}: {stderr}"));
+        assert!(
+            line.contains("nosuchcmd-zc") && line.contains("No such file"),
+            "{line}"
+        );
+    }
+
+    let output = zcluster()
+        .args(["map", "--", "sh", "-c", "echo oops-$0 >&2; exit 3"])
+        .write_stdin("a\n")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("oops-a\nzcluster: task #1 \"a\" failed: exited with status 3\n"),
+        "{stderr}"
+    );
+
+    let output = zcluster()
+        .args(["map", "--", "echo-zc {}"])
+        .write_stdin("a\n")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--shell"), "{stderr}");
+
+    let output = zcluster()
+        .args(["map", "--timeout", "200ms", "--", "sleep"])
+        .write_stdin("5\n")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("task #1 \"5\" failed: timed out after 200ms"),
+        "{stderr}"
+    );
+}
+
+/// Item 7: tasks a Ctrl-C (or a halt) killed are counted and listed apart
+/// from failures, in input order.
+#[test]
+fn cancelled_tasks_are_listed_apart_in_input_order() {
+    let dir = TempDir::new().unwrap();
+    let script = format!(
+        "[ $0 = fail ] && exit 1; [ $0 = done ] && exit 0; touch {}/$0; exec sleep 30",
+        dir.path().display()
+    );
+    let mut map = LiveMap::spawn(
+        &["map", "-j", "5", "--unordered", "--", "sh", "-c", &script],
+        &[],
+    );
+    map.write("s1\nfail\ns2\ndone\ns3\n");
+    drop(map.stdin.take());
+    wait_until("the three sleeps to start", || {
+        ["s1", "s2", "s3"]
+            .iter()
+            .all(|name| dir.path().join(name).exists())
+    });
+    map.wait_stderr("task #2");
+    map.signal(Signal::SIGINT);
+    let status = map.child.wait();
+    assert_eq!(status.code(), Some(130));
+    map.wait_stderr("interrupted");
+    wait_until("the summary's lists", || {
+        map.stderr().contains("cancelled: ")
+    });
+    let stderr = map.stderr();
+    assert!(
+        stderr.contains("1 failed") && stderr.contains("3 cancelled"),
+        "{stderr}"
+    );
+    let failed = stderr
+        .lines()
+        .find(|l| l.starts_with("zcluster: failed: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(failed, "zcluster: failed: #2 \"fail\"");
+    let cancelled = stderr
+        .lines()
+        .find(|l| l.starts_with("zcluster: cancelled: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        cancelled,
+        "zcluster: cancelled: #1 \"s1\", #3 \"s2\", #5 \"s3\""
+    );
+}
