@@ -75,7 +75,8 @@ fn main() -> ExitCode {
         Err(e) if commands::stopped_by_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zcluster: {e:#}");
-            if e.downcast_ref::<commands::UsageError>().is_some() {
+            if e.downcast_ref::<commands::UsageError>().is_some() || commands::asked_for_unknown(&e)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

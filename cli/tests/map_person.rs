@@ -338,3 +338,50 @@ fn cancelled_tasks_are_listed_apart_in_input_order() {
         "zcluster: cancelled: #1 \"s1\", #3 \"s2\", #5 \"s3\""
     );
 }
+
+/// Item 9: a directory given as the input file is a usage error said once;
+/// a job or engine the hub does not know is exit 2 with one line, whatever
+/// the command; a ping that no engine answers is not a success.
+#[test]
+fn exit_codes_and_messages_say_what_was_wrong_once() {
+    let dir = TempDir::new().unwrap();
+    let output = zcluster()
+        .arg("map")
+        .arg(dir.path())
+        .args(["--", "echo"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+
+    let hub = Hub::start();
+    for args in [vec!["99"], vec!["99", "--task", "1"]] {
+        let output = hub
+            .cmd("resubmit")
+            .args(&args)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("99"), "{stderr}");
+    }
+    for (command, args) in [("results", vec!["99"]), ("kill", vec!["--engine", "99"])] {
+        let output = hub
+            .cmd(command)
+            .args(&args)
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+    }
+    let output = hub.cmd("ping").assert().code(1).get_output().clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no engine"), "{stderr}");
+}

@@ -102,10 +102,10 @@ impl Default for MapOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     /// The inputs could not be read.
-    #[error("cannot read inputs: {0}")]
+    #[error("cannot read inputs")]
     Input(#[source] std::io::Error),
     /// The caller's record handler failed (e.g. stdout closed).
-    #[error("cannot write results: {0}")]
+    #[error("cannot write results")]
     Output(#[source] std::io::Error),
     /// The backend failed.
     #[error("{0}")]

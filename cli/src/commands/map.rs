@@ -106,6 +106,14 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         CommandTemplate::parse(&args.command, args.shell).map_err(|e| UsageError(e.to_string()))?;
     let input_path = args.inputs.clone().filter(|p| p.as_os_str() != "-");
     let reader: Box<dyn BufRead + Send> = match &input_path {
+        // Opening a directory succeeds; reading it is what fails.
+        Some(path) if path.is_dir() => {
+            return Err(UsageError(format!(
+                "{} is a directory: give a file with one input per line",
+                path.display()
+            ))
+            .into())
+        }
         Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
             UsageError(format!("cannot open input file {}: {e}", path.display()))
         })?)),

@@ -104,6 +104,22 @@ pub fn is_stdout_closed(error: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<StdoutClosed>())
 }
 
+/// Whether a command failed because the hub knows no such job or engine
+/// as it was given: a mistake in what was asked (exit status 2, as for
+/// `zcluster results 99`), not a failure while doing it. The hub's refusal
+/// carries only its words, so they are what is matched.
+pub fn asked_for_unknown(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<zcluster::hub::client::ClientError>(),
+            Some(zcluster::hub::client::ClientError::Refused(reason))
+                if ["no job ", "no running job ", "no engine "]
+                    .iter()
+                    .any(|prefix| reason.starts_with(prefix))
+        )
+    })
+}
+
 /// Whether a command failed only because its stdout was closed (see
 /// [`Stdout`]): `main` then exits quietly with status 0, as ripgrep does.
 pub fn stopped_by_closed_stdout(error: &anyhow::Error) -> bool {

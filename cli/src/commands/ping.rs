@@ -80,8 +80,19 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             super::id_list(&silent)
         );
     }
+    if replies.is_empty() && silent.is_empty() && args.command.is_none() {
+        eprintln!(
+            "zcluster: no engine is registered with {}",
+            args.hub.path().display()
+        );
+    }
+    // Nobody answered: nothing is there to run work, which a script that
+    // pings before it maps must be able to tell.
     Ok(
-        if !silent.is_empty() || args.expect.is_some_and(|n| replies.len() < n) {
+        if replies.is_empty()
+            || !silent.is_empty()
+            || args.expect.is_some_and(|n| replies.len() < n)
+        {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
