@@ -385,3 +385,170 @@ fn exit_codes_and_messages_say_what_was_wrong_once() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no engine"), "{stderr}");
 }
+
+/// What a person would see on a terminal after `raw` was written to it: a
+/// small emulator of the few controls a progress bar uses (carriage
+/// return, erase in line, cursor up and down), each line as text.
+fn screen(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                row += 1;
+                col = 0;
+            }
+            '\r' => col = 0,
+            '\x08' => col = col.saturating_sub(1),
+            '\x1b' => {
+                if chars.peek() != Some(&'[') {
+                    continue;
+                }
+                chars.next();
+                let mut params = String::new();
+                let mut last = ' ';
+                for p in chars.by_ref() {
+                    if p.is_ascii_alphabetic() || p == '~' {
+                        last = p;
+                        break;
+                    }
+                    params.push(p);
+                }
+                let n: usize = params.trim_start_matches('?').parse().unwrap_or(1);
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                match last {
+                    'A' => row = row.saturating_sub(n.max(1)),
+                    'B' => row += n.max(1),
+                    'G' => col = n.saturating_sub(1),
+                    'K' => {
+                        let line = &mut rows[row];
+                        match params.as_str() {
+                            "2" => line.clear(),
+                            "1" => line.iter_mut().take(col + 1).for_each(|c| *c = ' '),
+                            _ => line.truncate(col),
+                        }
+                    }
+                    'J' => rows.truncate(row + 1),
+                    _ => {}
+                }
+            }
+            c if c.is_control() => {}
+            c => {
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+/// `zcluster ARGS` on a real pseudo-terminal (util-linux `script`), its
+/// standard input from `stdin`; returns everything the terminal got.
+fn on_a_terminal(args: &str, stdin: &[u8]) -> (Option<i32>, Vec<u8>) {
+    let command = format!("{} {args}", zcluster_path().display());
+    let mut child = ChildGuard::spawn(
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let process = child.0.as_mut().expect("spawned");
+    let mut input = process.stdin.take().expect("piped stdin");
+    input.write_all(stdin).unwrap();
+    let mut stdout = process.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        let _ = stdout.read_to_end(&mut raw);
+        raw
+    });
+    let status = child.wait();
+    drop(input);
+    (status.code(), reader.join().unwrap())
+}
+
+/// Item 3: on a terminal, task output goes through the bar: no stale bar
+/// line stays between two lines of output.
+#[test]
+fn progress_bar_leaves_no_stale_lines_between_outputs() {
+    let dir = TempDir::new().unwrap();
+    let inputs = input_file(dir.path(), "in.txt", &["1", "2", "3", "4"]);
+    let (code, raw) = on_a_terminal(
+        &format!(
+            "map -j1 {} -- sh -c 'echo line-$0; sleep 0.3'",
+            inputs.display()
+        ),
+        b"",
+    );
+    let rows = screen(&raw);
+    assert_eq!(code, Some(0), "{rows:#?}");
+    let shown: Vec<&String> = rows.iter().filter(|r| !r.is_empty()).collect();
+    let at = shown
+        .iter()
+        .position(|r| r.contains("line-1"))
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    let want = ["line-1", "line-2", "line-3", "line-4"];
+    let got: Vec<&str> = shown[at..at + 4].iter().map(|r| r.as_str()).collect();
+    assert_eq!(got, want, "what the terminal shows:\n{}", rows.join("\n"));
+    assert!(
+        shown[at + 4].starts_with("zcluster: 4 tasks"),
+        "{}",
+        rows.join("\n")
+    );
+}
+
+/// Item 3: inputs typed at the terminal: the map says once that it reads
+/// them until Ctrl-D, and the bar shows what it knows (tasks done, rate,
+/// time) rather than `0/0 ETA 0s`.
+#[test]
+fn inputs_from_the_terminal_are_announced_and_counted() {
+    let (code, raw) = on_a_terminal("map -j1 -- sh -c 'sleep 0.5; echo got-$0'", b"a\nb\n\x04");
+    let rows = screen(&raw);
+    let all = rows.join("\n");
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(all.matches("until Ctrl-D").count(), 1, "{all}");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(!text.contains("0/0"), "a bar with no total: {text:?}");
+    assert!(text.contains(" done "), "no count in the bar: {text:?}");
+    assert!(all.contains("got-a") && all.contains("got-b"), "{all}");
+}
+
+/// Item 3: a map on a hub with no engine says so within 2 s, and again
+/// when one registers.
+#[test]
+fn a_hub_with_no_engine_is_said_to_be_waited_for() {
+    let hub = Hub::start();
+    let hub_file = hub.file.display().to_string();
+    let mut map = LiveMap::spawn(&["map", "--hub", &hub_file, "--", "echo"], &[]);
+    map.write("x\n");
+    drop(map.stdin.take());
+    let started = Instant::now();
+    map.wait_stderr("waiting for an engine: none registered with");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "said after {:?}",
+        started.elapsed()
+    );
+    let _worker = hub.worker(2);
+    map.wait_stderr("registered");
+    assert_eq!(map.line_within(FAIL_AFTER), "x");
+    assert_eq!(map.child.wait().code(), Some(0), "{}", map.stderr());
+}

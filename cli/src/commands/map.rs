@@ -154,6 +154,11 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         !args.no_progress && io::stderr().is_terminal(),
         input_path.clone(),
     );
+    if input_path.is_none() && io::stdin().is_terminal() {
+        progress.suspend(|| {
+            eprintln!("zcluster: reading inputs from the terminal, one per line, until Ctrl-D")
+        });
+    }
     // With no hub, a hub and an engine start inside this process: the same
     // code path as a lab's cluster.
     let description = args.command.join(" ");
@@ -207,6 +212,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                     backend
                 }
             };
+            watch_for_engines(hub, progress.clone(), options.stop.clone());
             (None, backend)
         }
     };
@@ -229,10 +235,20 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         },
         |record| {
             if !record.outcome.stdout.is_empty() && !stdout_closed {
-                match stdout
-                    .write_all(&record.outcome.stdout)
-                    .and_then(|()| stdout.flush())
-                {
+                let mut write = || {
+                    stdout
+                        .write_all(&record.outcome.stdout)
+                        .and_then(|()| stdout.flush())
+                };
+                // Through the bar: it is cleared, the output printed, and
+                // the bar drawn again below it, so that on a terminal no
+                // stale bar line stays between two lines of output.
+                let written = if progress.is_hidden() {
+                    write()
+                } else {
+                    progress.suspend(write)
+                };
+                match written {
                     Ok(()) => {}
                     // Nobody reads the output any more: stop as after Ctrl-C
                     // (nothing new starts, running tasks are killed), still
@@ -426,24 +442,81 @@ fn lines(
     })
 }
 
-/// A bar on stderr when it is a terminal, hidden otherwise. The total is
-/// counted on a background thread for a file (standard input has none).
+/// How often the map asks a hub with no engine whether one came.
+const ENGINE_POLL: Duration = Duration::from_millis(500);
+
+/// Over a hub, says on stderr (at once, so well within 2 s) when no engine
+/// is registered to run anything, and again when one arrives: otherwise a
+/// map on an empty cluster just sits there. Asks on a connection of its
+/// own, on a thread that ends when an engine is there (or the map stops).
+fn watch_for_engines(hub: HubArg, progress: ProgressBar, stop: Arc<AtomicBool>) {
+    use zcluster::hub::protocol::{ClientCall, Reply};
+    let spawned = std::thread::Builder::new()
+        .name("zcluster-engines".into())
+        .spawn(move || {
+            let ctx = zmq::Context::new();
+            let Ok(mut client) = hub.client(&ctx) else {
+                return;
+            };
+            let mut waiting = false;
+            while !stop.load(Ordering::Relaxed) {
+                let engines = match client.call(&ClientCall::Status { verbose: false }) {
+                    Ok(Reply::Status(status)) => status.engines,
+                    _ => return,
+                };
+                if let Some(first) = engines.first() {
+                    if waiting {
+                        let slots: u32 = engines.iter().map(|e| e.slots).sum();
+                        progress.suspend(|| {
+                            eprintln!(
+                                "zcluster: engine {} registered ({} on {}): tasks are starting",
+                                first.id,
+                                plural(u64::from(slots), "slot"),
+                                first.host
+                            )
+                        });
+                    }
+                    return;
+                }
+                if !waiting {
+                    waiting = true;
+                    progress.suspend(|| {
+                        eprintln!(
+                            "zcluster: waiting for an engine: none registered with {} (start one with `zcluster worker --hub {}`)",
+                            hub.path().display(),
+                            hub.path().display()
+                        )
+                    });
+                }
+                std::thread::sleep(ENGINE_POLL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot watch for engines");
+    }
+}
+
+/// `1 slot`, `2 slots`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A bar on stderr when it is a terminal, hidden otherwise. Until the total
+/// is known (a file's lines are counted on a background thread; standard
+/// input has none), it shows what is known: tasks done, their rate and the
+/// time so far, not `0/0 ETA 0s`.
 fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta} failed: {msg}",
-    )
-    .map(|style| {
-        // Whole tasks per second: indicatif's {per_sec} prints four decimals.
-        style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.0}/s", state.per_sec());
-        })
-    })
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    bar.set_style(bar_style(
+        "{spinner} [{elapsed_precise}] {human_pos} done {rate} failed: {msg}",
+    ));
     bar.set_message("0");
     bar.enable_steady_tick(Duration::from_millis(200));
     if let Some(path) = input {
@@ -452,10 +525,27 @@ fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
             if let Ok(file) = File::open(path) {
                 let total = BufReader::new(file).split(b'\n').count();
                 bar.set_length(total as u64);
+                bar.set_style(bar_style(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta} failed: {msg}",
+                ));
             }
         });
     }
     bar
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|style| {
+            // Whole tasks per second: indicatif's {per_sec} prints four decimals.
+            style.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
