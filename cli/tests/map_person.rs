@@ -552,3 +552,50 @@ fn a_hub_with_no_engine_is_said_to_be_waited_for() {
     assert_eq!(map.line_within(FAIL_AFTER), "x");
     assert_eq!(map.child.wait().code(), Some(0), "{}", map.stderr());
 }
+
+/// Item 10: a bare number is seconds, zero or less is a usage error, and
+/// `N%` limits a task to N% of the median time of those that succeeded.
+#[test]
+fn timeouts_take_seconds_and_percentages_and_refuse_zero() {
+    let dir = TempDir::new().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let started = Instant::now();
+    zcluster()
+        .args(["map", "--timeout", "1", "--results"])
+        .arg(&results)
+        .args(["--", "sleep"])
+        .write_stdin("0\n30\n")
+        .assert()
+        .code(1);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let statuses: Vec<String> = json_lines(&results)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["ok", "timeout"]);
+
+    for zero in ["0", "0s", "-1"] {
+        zcluster()
+            .args(["map", &format!("--timeout={zero}"), "--", "true"])
+            .write_stdin("a\n")
+            .assert()
+            .code(2);
+    }
+
+    // Five tasks of 0.1 s, then one of 30 s: killed at 200% of 0.1 s.
+    let started = Instant::now();
+    zcluster()
+        .args(["map", "-j1", "--timeout", "200%", "--results"])
+        .arg(&results)
+        .args(["--", "sleep"])
+        .write_stdin("0.1\n0.1\n0.1\n0.1\n30\n")
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("median task time"));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let statuses: Vec<String> = json_lines(&results)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "ok", "ok", "timeout"]);
+}

@@ -69,6 +69,12 @@ pub struct MapOptions {
     pub keep_order: bool,
     /// Per-task time limit: the task's process group is killed.
     pub timeout: Option<Duration>,
+    /// Per-task time limit as a percentage of the median time of the tasks
+    /// that succeeded so far (GNU parallel's `--timeout 200%`): none until
+    /// [`MEDIAN_SAMPLES_MIN`] have; then it replaces `timeout`. A task's
+    /// limit is set when it is sent, so with this no more than `jobs` tasks
+    /// are sent at once.
+    pub timeout_of_median: Option<u32>,
     /// Extra attempts for a failed or timed-out task, made by the backend
     /// (the hub retries on another engine when it can).
     pub retries: u32,
@@ -89,6 +95,7 @@ impl Default for MapOptions {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             keep_order: true,
             timeout: None,
+            timeout_of_median: None,
             retries: 0,
             halt: Halt::Never,
             chunksize: 1,
@@ -409,6 +416,7 @@ where
     let mut next_chunk: u64 = 0;
     let mut order = Reorder::new(options.keep_order);
     let mut summary = MapSummary::default();
+    let mut task_times = TaskTimes::default();
     let mut halted = false;
     let mut told_end = false;
     let chunksize = options.chunksize.max(1);
@@ -436,7 +444,14 @@ where
         // Fill every free slot with a chunk of the inputs that have
         // arrived, reading no further than the window allows.
         let mut starved = false;
-        while !halted && outstanding.len() < backend.slots() {
+        // With a limit relative to the median, a task's limit is set when
+        // it is sent: send no more than run at once, so it is set as the
+        // task starts, from every task finished before.
+        let slots = match options.timeout_of_median {
+            Some(_) => backend.slots().min(options.jobs.max(1)),
+            None => backend.slots(),
+        };
+        while !halted && outstanding.len() < slots {
             while building.len() < chunksize
                 && !exhausted
                 && (next_seq - order.oldest(next_seq)) < window as u64
@@ -460,7 +475,7 @@ where
                             seq,
                             input: p.input.clone(),
                             argv: p.argv.clone(),
-                            timeout: options.timeout,
+                            timeout: task_times.timeout(options),
                         });
                         pending.insert(seq, p);
                     }
@@ -516,6 +531,9 @@ where
                 worker: done.worker.clone(),
             };
             count(&mut summary, &record);
+            if record.status() == TaskStatus::Ok {
+                task_times.add(record.outcome.elapsed);
+            }
             tracing::debug!(seq, status = record.status().as_str(), "task finished");
             finished(&record).map_err(MapError::Output)?;
             if record.status() != TaskStatus::Ok && !summary.interrupted {
@@ -550,6 +568,47 @@ where
     order.flush(&mut emit)?;
     summary.wall = started.elapsed();
     Ok(summary)
+}
+
+/// Successful tasks needed before `--timeout N%` applies.
+pub const MEDIAN_SAMPLES_MIN: usize = 3;
+
+/// How many recent task times the median is taken over: it follows a job
+/// whose tasks change pace, in bounded memory.
+const MEDIAN_SAMPLES_MAX: usize = 1001;
+
+/// The times of the latest successful tasks, for `--timeout N%`.
+#[derive(Default)]
+struct TaskTimes {
+    recent: std::collections::VecDeque<Duration>,
+    sorted: Vec<Duration>,
+}
+
+impl TaskTimes {
+    fn add(&mut self, elapsed: Duration) {
+        if self.recent.len() == MEDIAN_SAMPLES_MAX {
+            if let Some(oldest) = self.recent.pop_front() {
+                if let Ok(at) = self.sorted.binary_search(&oldest) {
+                    self.sorted.remove(at);
+                }
+            }
+        }
+        self.recent.push_back(elapsed);
+        let at = self.sorted.partition_point(|t| *t < elapsed);
+        self.sorted.insert(at, elapsed);
+    }
+
+    /// The time limit of a task starting now.
+    fn timeout(&self, options: &MapOptions) -> Option<Duration> {
+        match options.timeout_of_median {
+            Some(percent) if self.sorted.len() >= MEDIAN_SAMPLES_MIN => {
+                let median = self.sorted[self.sorted.len() / 2];
+                // At least a millisecond: a limit of zero would kill all.
+                Some((median * percent / 100).max(Duration::from_millis(1)))
+            }
+            _ => options.timeout,
+        }
+    }
 }
 
 /// What the input thread has for the loop right now.

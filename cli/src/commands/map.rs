@@ -56,9 +56,11 @@ pub struct MapArgs {
     /// Also write one JSON object per input to FILE (JSON Lines).
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
-    /// Kill a task (its whole process group) after this long, e.g. `30s`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
+    /// Kill a task (its whole process group) after this long: seconds
+    /// (`30`, `0.5`), a duration (`30s`, `2m`), or a percentage of the
+    /// median time of the tasks that succeeded so far (`200%`).
+    #[arg(long, value_parser = parse_timeout, allow_hyphen_values = true, value_name = "TIME")]
+    timeout: Option<TimeoutArg>,
     /// Run a failed or timed-out task up to N more times.
     #[arg(long, default_value_t = 0, value_name = "N")]
     retries: u32,
@@ -92,6 +94,40 @@ pub struct MapArgs {
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
+}
+
+/// `--timeout`: a fixed limit, or a percentage of the median task time.
+#[derive(Clone, Copy, Debug)]
+enum TimeoutArg {
+    Fixed(Duration),
+    OfMedian(u32),
+}
+
+/// Parses `--timeout`: a bare number is seconds, as in GNU parallel; zero or
+/// less is refused (it would time out every task).
+fn parse_timeout(text: &str) -> Result<TimeoutArg, String> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        return match percent.trim().parse::<u32>() {
+            Ok(p) if p > 0 => Ok(TimeoutArg::OfMedian(p)),
+            _ => Err(format!(
+                "{text:?}: a percentage of the median task time must be a whole number above 0, e.g. 200%"
+            )),
+        };
+    }
+    let limit = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?
+        }
+        Ok(_) => return Err(format!("{text:?}: the time limit must be above zero")),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("{text:?}: {e} (give seconds, a duration such as 30s or 2m, or a percentage such as 200%)")
+        })?,
+    };
+    if limit.is_zero() {
+        return Err(format!("{text:?}: the time limit must be above zero"));
+    }
+    Ok(TimeoutArg::Fixed(limit))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,7 +174,14 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let options = MapOptions {
         jobs: args.jobs.unwrap_or(defaults.jobs),
         keep_order: !args.unordered,
-        timeout: args.timeout,
+        timeout: match args.timeout {
+            Some(TimeoutArg::Fixed(limit)) => Some(limit),
+            _ => None,
+        },
+        timeout_of_median: match args.timeout {
+            Some(TimeoutArg::OfMedian(percent)) => Some(percent),
+            _ => None,
+        },
         retries: args.retries,
         halt: match args.halt {
             HaltArg::Never => Halt::Never,
@@ -220,7 +263,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let mut stdout_closed = false;
     let stop = options.stop.clone();
     let mut failed = 0u64;
-    let timeout = options.timeout;
+    let timeout = args.timeout;
     let finished_results = results.clone();
     let summary = run_map_with(
         lines(reader),
@@ -391,11 +434,16 @@ fn watch_signals(
 
 /// The line on stderr that says why a task did not succeed (`None` for one
 /// that did, or that a halt or Ctrl-C cancelled: the summary lists those).
-fn failure_line(record: &TaskRecord, timeout: Option<Duration>) -> Option<String> {
+fn failure_line(record: &TaskRecord, timeout: Option<TimeoutArg>) -> Option<String> {
     let reason = match &record.outcome.exit {
         ExitKind::Exited(0) | ExitKind::Cancelled => return None,
         ExitKind::TimedOut => match timeout {
-            Some(limit) => format!("timed out after {}", humantime::format_duration(limit)),
+            Some(TimeoutArg::Fixed(limit)) => {
+                format!("timed out after {}", humantime::format_duration(limit))
+            }
+            Some(TimeoutArg::OfMedian(percent)) => {
+                format!("timed out (over {percent}% of the median task time)")
+            }
             None => "timed out".to_string(),
         },
         ExitKind::SpawnFailed(message) => {
@@ -586,4 +634,29 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_as_gnu_parallel_spells_them() {
+        assert!(
+            matches!(parse_timeout("1"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_secs(1))
+        );
+        assert!(
+            matches!(parse_timeout("0.5"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_millis(500))
+        );
+        assert!(
+            matches!(parse_timeout("2m"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_secs(120))
+        );
+        assert!(matches!(
+            parse_timeout("200%"),
+            Ok(TimeoutArg::OfMedian(200))
+        ));
+        for bad in ["0", "0s", "-1", "-2s", "0%", "x%", "soon", "nan", "inf"] {
+            assert!(parse_timeout(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
