@@ -14,6 +14,12 @@
 //!   cancellation can signal the command *and everything it started*. (It
 //!   also means a terminal's Ctrl-C does not reach tasks directly: the
 //!   caller's SIGINT handler should set the cancel flag, see below.)
+//! * It is also put in an **enclosure** that nothing it starts can leave,
+//!   not even by `setsid` or a double fork: a cgroup v2 of its own where the
+//!   machine allows, else its lineage traced through `/proc` with the worker
+//!   as child subreaper (chosen once per process, logged at debug level; see
+//!   [`TASK_CGROUPS_ENV`] to turn cgroups off). Every signal below goes to
+//!   the process group *and* to whatever of the task left it.
 //! * Both pipes are read in the calling thread with `poll(2)`: no thread,
 //!   sleep or busy loop per task. Without a timeout or cancel flag, the
 //!   thread just blocks in `poll`.
@@ -23,22 +29,30 @@
 //! * The child is always reaped before [`run`] returns, and the process group
 //!   is only ever signalled before that, while the group id cannot have been
 //!   reused by an unrelated process.
+//! * **Nothing outlives the task.** Once the command has exited and its
+//!   output is closed, whatever it left running (a daemon, a background job
+//!   that does not hold its output) gets SIGTERM, up to
+//!   [`ExecOptions::kill_grace`] to exit, then SIGKILL; [`run`] returns when
+//!   it is gone. (A background process that keeps the output open is part
+//!   of the task: it is read until it closes it, within the timeout.)
 //!
 //! # Timeout, cancellation and the kill sequence
 //!
 //! When [`ExecOptions::timeout`] expires, or the shared cancel flag is set:
 //!
-//! 1. SIGTERM is sent to the whole process group;
+//! 1. SIGTERM is sent to the whole process group and everything of the task
+//!    outside it;
 //! 2. the pipes keep being drained for up to [`ExecOptions::kill_grace`]
 //!    (default 1 s), so output written while shutting down is kept;
 //! 3. when the command has exited and its pipes are closed, or when the grace
-//!    runs out, SIGKILL is sent to the group (this also kills group members
-//!    that ignored SIGTERM or outlived the command);
+//!    runs out, SIGKILL is sent to the group and the enclosure (this also
+//!    kills processes that ignored SIGTERM or outlived the command);
 //! 4. the child is reaped, and the outcome is [`ExitKind::TimedOut`] or
 //!    [`ExitKind::Cancelled`] with whatever output was captured.
 //!
-//! A process that left the group (`setsid`, `setpgid`) and keeps the pipes
-//! open is not waited for longer than another `kill_grace` after SIGKILL.
+//! A process that escaped even the enclosure (only possible in the fallback,
+//! see `lineage`) and keeps the pipes open is not waited for longer than
+//! another `kill_grace` after SIGKILL.
 //!
 //! # Stopping everything at once
 //!
@@ -52,10 +66,9 @@
 //! processes is needed.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -63,9 +76,17 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+mod cgroup;
+mod containment;
+mod lineage;
+mod spawn;
+
+pub use containment::TASK_CGROUPS_ENV;
+use containment::{Containment, Enclosure};
 
 /// Default time between SIGTERM and SIGKILL: long enough for a well-behaved
 /// program to clean up, short enough that a halt feels prompt.
@@ -167,8 +188,8 @@ impl ExecOutcome {
 /// runs to be able to stop them all at once.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Kill the task's process group once it has run this long (`None`: no
-    /// limit).
+    /// Kill the task, everything it started included, once it has run this
+    /// long (`None`: no limit).
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when killing a task.
     pub kill_grace: Duration,
@@ -212,6 +233,11 @@ enum Phase {
 /// command that cannot be started is [`ExitKind::SpawnFailed`].
 #[must_use = "the outcome is the task's result"]
 pub fn run(argv: &[String], options: &ExecOptions) -> ExecOutcome {
+    run_in(Containment::get(), argv, options)
+}
+
+/// [`run`] with the way of containing the task given (tests use both).
+fn run_in(containment: &Containment, argv: &[String], options: &ExecOptions) -> ExecOutcome {
     let started = SystemTime::now();
     let clock = Instant::now();
     let finish = |exit, stdout, stderr| ExecOutcome {
@@ -231,15 +257,8 @@ pub fn run(argv: &[String], options: &ExecOptions) -> ExecOutcome {
     if is_set(options.cancel.as_deref()) {
         return finish(ExitKind::Cancelled, Vec::new(), Vec::new());
     }
-    let spawned = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn();
-    let child = match spawned {
-        Ok(child) => child,
+    let (process, enclosure) = match containment::spawn(containment, program, args) {
+        Ok(spawned) => spawned,
         Err(error) => {
             return finish(
                 ExitKind::SpawnFailed(format!("cannot run {program:?}: {error}")),
@@ -248,7 +267,7 @@ pub fn run(argv: &[String], options: &ExecOptions) -> ExecOutcome {
             )
         }
     };
-    let mut supervisor = Supervisor::new(child, clock, options);
+    let mut supervisor = Supervisor::new(process, enclosure, clock, options);
     supervisor.supervise();
     let exit = supervisor.reap(program);
     finish(exit, supervisor.stdout, supervisor.stderr)
@@ -256,11 +275,13 @@ pub fn run(argv: &[String], options: &ExecOptions) -> ExecOutcome {
 
 /// The state of one running command while [`run`] watches it.
 struct Supervisor<'a> {
-    child: Child,
     /// The child's pid, which is also its process group id.
     pgid: Pid,
-    out_pipe: Option<ChildStdout>,
-    err_pipe: Option<ChildStderr>,
+    /// Everything the task started, wherever it went: its cgroup, or its
+    /// traced lineage. Taken when the task ends.
+    enclosure: Option<Enclosure>,
+    out_pipe: Option<File>,
+    err_pipe: Option<File>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     deadline: Option<Instant>,
@@ -276,15 +297,17 @@ struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(mut child: Child, clock: Instant, options: &'a ExecOptions) -> Self {
-        // A pid always fits in pid_t; 0 would mean "our own group", so it is
-        // never produced here (the kernel never hands out pid 0).
-        let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    fn new(
+        process: spawn::Process,
+        enclosure: Enclosure,
+        clock: Instant,
+        options: &'a ExecOptions,
+    ) -> Self {
         Supervisor {
-            pgid,
-            out_pipe: child.stdout.take(),
-            err_pipe: child.stderr.take(),
-            child,
+            pgid: process.pid,
+            enclosure: Some(enclosure),
+            out_pipe: Some(process.stdout),
+            err_pipe: Some(process.stderr),
             stdout: Vec::new(),
             stderr: Vec::new(),
             deadline: options.timeout.and_then(|t| clock.checked_add(t)),
@@ -357,7 +380,7 @@ impl<'a> Supervisor<'a> {
         }
         if let Phase::Terminating { kill_at } = self.phase {
             if reached(kill_at, now) {
-                self.signal_group(Signal::SIGKILL);
+                self.signal_task(Signal::SIGKILL);
                 self.phase = Phase::Killed {
                     abandon_at: now.checked_add(self.options.kill_grace),
                 };
@@ -368,10 +391,19 @@ impl<'a> Supervisor<'a> {
     fn begin_stop(&mut self, reason: StopReason, now: Instant) {
         tracing::debug!(pgid = self.pgid.as_raw(), ?reason, "stopping task");
         self.stop = Some(reason);
-        self.signal_group(Signal::SIGTERM);
+        self.signal_task(Signal::SIGTERM);
         self.phase = Phase::Terminating {
             kill_at: now.checked_add(self.options.kill_grace),
         };
+    }
+
+    /// Sends `signal` to every process of the task: its process group and
+    /// whatever left it (see [`Enclosure`]).
+    fn signal_task(&mut self, signal: Signal) {
+        self.signal_group(signal);
+        if let Some(enclosure) = self.enclosure.as_mut() {
+            enclosure.signal_outside(self.pgid, signal);
+        }
     }
 
     /// Sends `signal` to the task's process group. Only called before the
@@ -414,6 +446,13 @@ impl<'a> Supervisor<'a> {
                 _ => return true,
             }
         }
+    }
+
+    /// Blocks until the child has exited, without reaping it. Errors are
+    /// left for [`Supervisor::reap`]'s wait to report.
+    fn wait_exited(&self) {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        while waitid(Id::Pid(self.pgid), flags) == Err(Errno::EINTR) {}
     }
 
     /// Opens a pidfd for the child so its exit can be polled for together
@@ -510,31 +549,42 @@ impl<'a> Supervisor<'a> {
     /// Finishes the kill sequence if one was started, reaps the child and
     /// says how the task ended.
     fn reap(&mut self, program: &str) -> ExitKind {
-        if self.stop.is_some() || self.internal_error {
+        let killed = self.stop.is_some() || self.internal_error;
+        if killed {
             // Kill stragglers (e.g. ones that ignored SIGTERM) while the
             // unreaped child still reserves the group id.
             self.signal_group(Signal::SIGKILL);
         }
         self.out_pipe = None;
         self.err_pipe = None;
-        let status = match self.child.wait() {
-            Ok(status) => status,
-            Err(error) => {
-                tracing::error!(pgid = self.pgid.as_raw(), %error, "cannot wait for task");
-                return ExitKind::SpawnFailed(format!(
-                    "lost track of {program:?}: waiting for it failed: {error}"
-                ));
+        // Whatever the task left running dies with it: at once after a
+        // timeout or cancellation, after SIGTERM and the grace otherwise.
+        // The task has ended once its first process has exited (its output
+        // may close a moment before): wait for that, without reaping it, so
+        // its pid cannot be reused meanwhile.
+        if let Some(enclosure) = self.enclosure.take() {
+            self.wait_exited();
+            enclosure.end(killed, self.options.kill_grace);
+        }
+        let status = loop {
+            match waitpid(self.pgid, None) {
+                Err(Errno::EINTR) => {}
+                Ok(status) => break status,
+                Err(error) => {
+                    tracing::error!(pgid = self.pgid.as_raw(), %error, "cannot wait for task");
+                    return ExitKind::SpawnFailed(format!(
+                        "lost track of {program:?}: waiting for it failed: {error}"
+                    ));
+                }
             }
         };
-        match self.stop {
-            Some(StopReason::TimedOut) => ExitKind::TimedOut,
-            Some(StopReason::Cancelled) => ExitKind::Cancelled,
-            None => match (status.code(), status.signal()) {
-                (Some(code), _) => ExitKind::Exited(code),
-                (None, Some(signal)) => ExitKind::Signaled(signal),
-                // Neither exited nor signalled cannot happen for a reaped child.
-                (None, None) => ExitKind::Exited(-1),
-            },
+        match (self.stop, status) {
+            (Some(StopReason::TimedOut), _) => ExitKind::TimedOut,
+            (Some(StopReason::Cancelled), _) => ExitKind::Cancelled,
+            (None, WaitStatus::Exited(_, code)) => ExitKind::Exited(code),
+            (None, WaitStatus::Signaled(_, signal, _)) => ExitKind::Signaled(signal as i32),
+            // Nothing else is reported without WUNTRACED or WCONTINUED.
+            (None, _) => ExitKind::Exited(-1),
         }
     }
 }
@@ -923,6 +973,226 @@ mod tests {
             let pid = first_line_pid(&outcome.stdout);
             assert!(!is_our_child(pid), "{script:?} left {pid} unreaped");
         }
+    }
+
+    /// Both ways of keeping hold of a task: this machine's choice (a cgroup
+    /// per task where it allows) and the fallback, forced.
+    fn containments() -> [(&'static str, &'static Containment); 2] {
+        static LINEAGE: Containment = Containment::Lineage;
+        [("default", Containment::get()), ("lineage", &LINEAGE)]
+    }
+
+    /// Daemons a task may leave: each writes its own pid to the file named
+    /// by the task's `$0` and sleeps, outside the task's process group
+    /// (`setsid`) or tree (a double fork), or both.
+    const DAEMONS: [(&str, &str); 3] = [
+        (
+            "setsid",
+            r#"setsid sh -c 'echo $$ > "$0"; exec sleep 300' "$0" &"#,
+        ),
+        (
+            "double fork",
+            r#"( sh -c 'echo $$ > "$0"; exec sleep 300' "$0" & ) &"#,
+        ),
+        (
+            "double fork and setsid",
+            r#"( setsid sh -c 'echo $$ > "$0"; exec sleep 300' "$0" & ) &"#,
+        ),
+    ];
+
+    /// Waits, inside the task, until the daemon has written its pid.
+    const AWAIT_PID_FILE: &str = r#"while [ ! -s "$0" ]; do sleep 0.01; done"#;
+
+    /// Kills what a failing test leaves behind (each pid and its process
+    /// group), so a 300 s sleep does not outlive it.
+    struct KillOnDrop(Vec<i32>);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                if !process_gone(pid) {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Creates a file when dropped: tells a task waiting for it to end,
+    /// also when the test fails first.
+    struct TouchOnDrop(std::path::PathBuf);
+
+    impl Drop for TouchOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+
+    fn read_pid(path: &std::path::Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Runs `script` (with the pid file as `$0`) for every containment and
+    /// daemon at once; each one's outcome and daemon pid.
+    fn run_daemons(
+        script: impl Fn(&str) -> String,
+        options: &ExecOptions,
+    ) -> Vec<(String, ExecOutcome, i32)> {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<_> = containments()
+            .into_iter()
+            .flat_map(|containment| DAEMONS.map(|daemon| (containment, daemon)))
+            .enumerate()
+            .map(|(n, ((how, containment), (daemon, start)))| {
+                let pid_file = dir.path().join(format!("{n}.pid"));
+                let mut args = sh(&script(start));
+                args.push(pid_file.display().to_string());
+                let options = options.clone();
+                let label = format!("{daemon}, {how}");
+                thread::spawn(move || {
+                    let outcome = run_in(containment, &args, &options);
+                    (label, outcome, read_pid(&pid_file))
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_timeout_kills_daemons_that_left_the_group() {
+        let options = with_timeout(Duration::from_secs(1), Duration::from_millis(200));
+        let runs = run_daemons(
+            |start| format!("{start} {AWAIT_PID_FILE}; sleep 30"),
+            &options,
+        );
+        let _cleanup = KillOnDrop(runs.iter().map(|run| run.2).collect());
+        for (label, outcome, daemon) in &runs {
+            assert_eq!(outcome.exit, ExitKind::TimedOut, "{label}");
+            assert!(wait_gone(*daemon), "{label}: daemon {daemon} survived");
+        }
+    }
+
+    #[test]
+    fn a_daemon_left_behind_is_killed_when_the_task_ends() {
+        let runs = run_daemons(
+            |start| format!("exec >/dev/null 2>&1; {start} {AWAIT_PID_FILE}; exit 0"),
+            &ExecOptions::default(),
+        );
+        let _cleanup = KillOnDrop(runs.iter().map(|run| run.2).collect());
+        for (label, outcome, daemon) in &runs {
+            assert_eq!(outcome.exit, ExitKind::Exited(0), "{label}");
+            assert!(wait_gone(*daemon), "{label}: daemon {daemon} survived");
+        }
+    }
+
+    #[test]
+    fn a_daemon_left_behind_gets_sigterm_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for (how, containment) in containments() {
+            let said = dir.path().join(format!("{how}.term"));
+            let pid_file = dir.path().join(format!("{how}.pid"));
+            let script = format!(
+                r#"exec >/dev/null 2>&1
+                setsid sh -c 'trap "echo bye > $1; exit 0" TERM; echo $$ > "$0"; sleep 300 & wait' "$0" "$1" &
+                {AWAIT_PID_FILE}"#
+            );
+            let mut args = sh(&script);
+            args.extend([pid_file.display().to_string(), said.display().to_string()]);
+            let outcome = run_in(containment, &args, &ExecOptions::default());
+            let daemon = read_pid(&pid_file);
+            let _cleanup = KillOnDrop(vec![daemon]);
+            assert_eq!(outcome.exit, ExitKind::Exited(0), "{how}");
+            assert!(wait_gone(daemon), "{how}: daemon {daemon} survived");
+            assert_eq!(
+                std::fs::read_to_string(&said).unwrap_or_default(),
+                "bye\n",
+                "{how}"
+            );
+        }
+    }
+
+    #[test]
+    fn ending_one_task_leaves_another_tasks_processes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        for (how, containment) in containments() {
+            let other_pid = dir.path().join(format!("{how}-other.pid"));
+            let go = dir.path().join(format!("{how}.go"));
+            // The other task keeps a background sleep of its own (same
+            // group) until told to end.
+            let mut other = sh(r#"exec >/dev/null 2>&1; sleep 300 & echo $! > "$0"
+                i=0; while [ ! -e "$1" ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done"#);
+            other.extend([other_pid.display().to_string(), go.display().to_string()]);
+            let go_on_drop = TouchOnDrop(go.clone());
+            let runner = thread::spawn(move || {
+                run_in(
+                    containment,
+                    &other,
+                    &with_timeout(Duration::from_secs(20), Duration::from_millis(200)),
+                )
+            });
+            let until = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(&other_pid).map_or(true, |pid| !pid.ends_with('\n'))
+                && Instant::now() < until
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let sleeper = read_pid(&other_pid);
+            let _cleanup = KillOnDrop(vec![sleeper]);
+            // This task leaves a daemon and ends: only its daemon dies.
+            let pid_file = dir.path().join(format!("{how}.pid"));
+            let mut leaves = sh(&format!(
+                "exec >/dev/null 2>&1; {} {AWAIT_PID_FILE}",
+                DAEMONS[2].1
+            ));
+            leaves.push(pid_file.display().to_string());
+            assert_eq!(
+                run_in(containment, &leaves, &ExecOptions::default()).exit,
+                ExitKind::Exited(0)
+            );
+            let daemon = read_pid(&pid_file);
+            let _cleanup_daemon = KillOnDrop(vec![daemon]);
+            assert!(wait_gone(daemon), "{how}: daemon {daemon} survived");
+            assert!(
+                !process_gone(sleeper),
+                "{how}: the other task's sleep {sleeper} was killed"
+            );
+            drop(go_on_drop);
+            assert_eq!(runner.join().unwrap().exit, ExitKind::Exited(0), "{how}");
+            assert!(
+                wait_gone(sleeper),
+                "{how}: the other task's sleep survived its end"
+            );
+        }
+    }
+
+    #[test]
+    fn each_task_has_a_cgroup_of_its_own_left_empty_at_its_end() {
+        let Containment::Cgroups(cgroups) = Containment::get() else {
+            eprintln!("SKIP: no task cgroups on this machine");
+            return;
+        };
+        let script = "cat /proc/self/cgroup; exec >/dev/null 2>&1; sleep 300 & setsid sleep 300 &";
+        let outcome = run_default(&sh(script));
+        assert_eq!(outcome.exit, ExitKind::Exited(0));
+        let text = String::from_utf8(outcome.stdout).unwrap();
+        let path = text
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .unwrap_or_else(|| panic!("no cgroup v2 line in {text:?}"));
+        let (parent, name) = path.rsplit_once('/').unwrap();
+        assert!(name.starts_with("task-"), "{path}");
+        assert!(
+            parent.ends_with(&format!("/zcluster-{}", std::process::id())),
+            "{path}"
+        );
+        // Removed, or kept empty for a later task.
+        let procs = cgroups.base().join(name).join("cgroup.procs");
+        let left = std::fs::read_to_string(&procs).unwrap_or_default();
+        assert!(left.is_empty(), "{path} still holds {left:?}");
     }
 
     #[test]

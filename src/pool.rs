@@ -650,7 +650,11 @@ impl<I> Drop for Run<'_, I> {
         if !self.outstanding.is_empty() {
             self.job.cancel(&mut self.pool.client, false);
         }
-        self.job.close(&mut self.pool.client, self.chunks_sent);
+        if let Err(e) = self.job.close(&mut self.pool.client, self.chunks_sent) {
+            // Its results came (or the error that ended the call did); the
+            // hub could not record the job's end, so it stays unfinished.
+            tracing::warn!(job = self.job.job(), error = %e, "cannot close the job");
+        }
         self.pool.client.forget(self.job.job());
     }
 }

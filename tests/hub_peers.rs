@@ -147,7 +147,7 @@ fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
         assert_eq!(result.status, ResultStatus::Ok);
         assert_eq!(result.payload, id.to_le_bytes().repeat(3));
     }
-    handle.close(&mut client, 20);
+    handle.close(&mut client, 20).unwrap();
     drop(attacker);
 }
 
@@ -190,7 +190,7 @@ fn messages_over_the_hubs_limit_fail_instead_of_vanishing() {
         reason.contains("over the hub's message limit of 1048576 bytes"),
         "{reason}"
     );
-    handle.close(&mut client, 3);
+    handle.close(&mut client, 3).unwrap();
 }
 
 /// A raw engine socket: a DEALER with this routing identity.

@@ -174,8 +174,8 @@ fn two_jobs_on_one_client_each_get_their_own_results_live() {
     let all: Vec<u64> = (0..10).collect();
     assert_eq!(got_first, all);
     assert_eq!(got_second, all, "well within the store fallback's 10 s");
-    first.close(&mut client, 10);
-    second.close(&mut client, 10);
+    first.close(&mut client, 10).unwrap();
+    second.close(&mut client, 10).unwrap();
     client.forget(first.job());
     client.forget(second.job());
 }

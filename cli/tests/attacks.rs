@@ -300,3 +300,31 @@ fn a_kill_captured_before_a_restart_kills_no_worker_after_it() {
     }
     assert_eq!(hub.engines().len(), 2);
 }
+
+/// A connection file whose key is not the hub's: the hub answers nothing,
+/// and the client says that the key is the likely cause rather than only
+/// that the hub did not answer (the hub's port did complete the ZeroMQ
+/// handshake, so something listens there); the hub logs a bad signature.
+#[test]
+fn a_wrong_key_is_named_as_the_likely_cause() {
+    let hub = Hub::start();
+    let mut info = read_connection(&hub.file);
+    info.key = ConnectionInfo::new_key().unwrap();
+    let wrong = hub.dir().join("wrong-key.json");
+    info.write(&wrong).unwrap();
+    let output = zcluster()
+        .args(["status", "--hub"])
+        .arg(&wrong)
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("did not answer a signed hello")
+            && stderr.contains("key is probably not this hub's"),
+        "{stderr}"
+    );
+    let log = hub.proc.log();
+    assert!(log.contains("bad signature"), "{log}");
+}

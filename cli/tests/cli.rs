@@ -12,3 +12,4 @@ mod hub;
 mod map;
 mod map_person;
 mod pipes;
+mod store;

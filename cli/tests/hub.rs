@@ -861,6 +861,27 @@ fn map_options_work_through_the_hub() {
 }
 
 #[test]
+fn a_worker_kills_the_daemons_its_tasks_leave() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 3);
+    let (script, inputs, daemons) = crate::map::Daemons::inputs(
+        hub.dir(),
+        &["setsid.pid", "double-ends.pid", "both-ends.pid"],
+    );
+    hub.cmd("map")
+        .args(["--timeout", "1s"])
+        .arg(&inputs)
+        .arg("--")
+        .arg("sh")
+        .arg(&script)
+        .timeout(FAIL_AFTER)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("1 timed out"));
+    daemons.assert_all_gone("through a hub worker");
+}
+
+#[test]
 fn usage_errors_name_the_file_the_job_or_the_hub() {
     let dir = TempDir::new().unwrap();
     zcluster()

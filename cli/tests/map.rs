@@ -190,6 +190,140 @@ fn timeout_kills_the_whole_process_group() {
     wait_until("the background sleep to die", || !alive(pid));
 }
 
+/// A task script that leaves a daemon writing its own pid to the file named
+/// by its one argument: `setsid*.pid` leaves the session and process group,
+/// `double*.pid` double-forks, `both*.pid` does both. A `*-ends.pid` task
+/// then exits 0 (the daemon's output detached, so only the daemon is left);
+/// any other sleeps 30 s, for `--timeout` to kill.
+pub const DAEMON_TASK: &str = r#"
+case $1 in *-ends.pid) exec >/dev/null 2>&1 ;; esac
+daemon='echo $$ > "$0"; exec sleep 300'
+case $(basename "$1") in
+  setsid*) setsid sh -c "$daemon" "$1" & ;;
+  double*) ( sh -c "$daemon" "$1" & ) & ;;
+  both*) ( setsid sh -c "$daemon" "$1" & ) & ;;
+esac
+while [ ! -s "$1" ]; do sleep 0.01; done
+case $1 in *-ends.pid) exit 0 ;; esac
+sleep 30
+"#;
+
+/// Daemons a test started; killed (with their groups) if the test fails
+/// before they are checked to be gone, so no 300 s sleep outlives it.
+pub struct Daemons(pub Vec<std::path::PathBuf>);
+
+impl Daemons {
+    /// Writes the task script and one pid file path per name into `dir`;
+    /// the script's path and the inputs file.
+    pub fn inputs(
+        dir: &std::path::Path,
+        names: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf, Self) {
+        let script = dir.join("daemon.sh");
+        std::fs::write(&script, DAEMON_TASK).unwrap();
+        let pid_files: Vec<_> = names.iter().map(|name| dir.join(name)).collect();
+        let lines: Vec<String> = pid_files.iter().map(|p| p.display().to_string()).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let inputs = input_file(dir, "daemons.txt", &lines);
+        (script, inputs, Daemons(pid_files))
+    }
+
+    /// Waits (bounded) until every daemon is dead, naming any that is not.
+    pub fn assert_all_gone(&self, context: &str) {
+        for path in &self.0 {
+            let pid = read_pid(path);
+            wait_until(
+                &format!("{context}: daemon {pid} of {} to die", path.display()),
+                || !alive(pid),
+            );
+        }
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                if alive(pid) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn read_pid(path: &std::path::Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Both ways a worker keeps hold of a task's processes: its own choice (a
+/// cgroup per task where the machine allows) and the fallback.
+const CONTAINMENTS: [Option<&str>; 2] = [None, Some("off")];
+
+fn with_containment(command: &mut assert_cmd::Command, cgroups: Option<&str>) {
+    match cgroups {
+        Some(value) => command.env("ZCLUSTER_TASK_CGROUPS", value),
+        None => command.env_remove("ZCLUSTER_TASK_CGROUPS"),
+    };
+}
+
+#[test]
+fn timeout_kills_daemons_that_left_the_process_group() {
+    for cgroups in CONTAINMENTS {
+        let dir = TempDir::new().unwrap();
+        let (script, inputs, daemons) =
+            Daemons::inputs(dir.path(), &["setsid.pid", "double.pid", "both.pid"]);
+        let mut map = zcluster();
+        with_containment(&mut map, cgroups);
+        map.args(["map", "-j3", "--timeout", "1s"])
+            .arg(&inputs)
+            .arg("--")
+            .arg("sh")
+            .arg(&script)
+            .timeout(FAIL_AFTER)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("3 timed out"));
+        daemons.assert_all_gone(&format!("cgroups {cgroups:?}"));
+    }
+}
+
+#[test]
+fn a_daemon_left_by_a_task_that_ended_is_killed() {
+    for cgroups in CONTAINMENTS {
+        let dir = TempDir::new().unwrap();
+        let (script, inputs, daemons) = Daemons::inputs(
+            dir.path(),
+            &["setsid-ends.pid", "double-ends.pid", "both-ends.pid"],
+        );
+        let mut map = zcluster();
+        with_containment(&mut map, cgroups);
+        map.args(["map", "-j3"])
+            .arg(&inputs)
+            .arg("--")
+            .arg("sh")
+            .arg(&script)
+            .timeout(FAIL_AFTER)
+            .assert()
+            .success();
+        daemons.assert_all_gone(&format!("cgroups {cgroups:?}"));
+    }
+}
+
 #[test]
 fn halt_soon_stops_starting_tasks() {
     let out = zcluster()

@@ -771,14 +771,31 @@ impl JobHandle {
         }
     }
 
-    /// Tells the hub the job has `total` tasks, so it can retire it.
-    pub fn close(&mut self, client: &mut HubClient, total: u64) {
-        let close = ClientCall::CloseJob {
+    /// Tells the hub the job has `total` tasks, so it can retire it. An
+    /// error means the hub did not record it (it cannot write its store,
+    /// say): the job is not finished in the store, and the caller must say so.
+    pub fn close(&mut self, client: &mut HubClient, total: u64) -> Result<(), ClientError> {
+        client.call(&self.close_call(total)).map(|_| ())
+    }
+
+    /// Like [`close`](Self::close), waiting up to `timeout` for the answer:
+    /// for a caller that reports the outcome, and would rather wait out a
+    /// busy hub than call a finished job unfinished.
+    pub fn close_waiting(
+        &mut self,
+        client: &mut HubClient,
+        total: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        client
+            .call_waiting(&self.close_call(total), timeout)
+            .map(|_| ())
+    }
+
+    fn close_call(&self, total: u64) -> ClientCall {
+        ClientCall::CloseJob {
             job: self.job,
             total: total.max(self.known),
-        };
-        if let Err(e) = client.call(&close) {
-            debug!(error = %e, "cannot close the job");
         }
     }
 }
@@ -878,6 +895,19 @@ impl HubBackend {
     pub fn job(&self) -> JobId {
         self.handle.job()
     }
+
+    /// Closes the job once the map is done, and says whether the hub
+    /// recorded it: a map whose job the hub could not close (its store
+    /// cannot write) has not finished, whatever it printed. A busy hub is
+    /// waited for as long as a job waits for its results ([`HUB_PATIENCE`]).
+    pub fn finish(&mut self) -> Result<(), ClientError> {
+        if !self.close_on_drop {
+            return Ok(());
+        }
+        self.close_on_drop = false;
+        self.handle
+            .close_waiting(&mut self.client, self.submitted, HUB_PATIENCE)
+    }
 }
 
 fn backend_error(e: ClientError) -> MapError {
@@ -968,16 +998,23 @@ impl Backend for HubBackend {
         // only when this map ends, so that should the map die, attaching to
         // the job again knows how long it is (and refuses longer inputs).
         // Dropping closes it again, in case the hub missed this.
-        self.handle.close(&mut self.client, chunks);
+        if let Err(e) = self.handle.close(&mut self.client, chunks) {
+            debug!(error = %e, "cannot record the job's length yet");
+        }
         Ok(())
     }
 }
 
 impl Drop for HubBackend {
-    /// Tells the hub every task has been sent, so it can retire the job.
+    /// Tells the hub every task has been sent, so it can retire the job
+    /// (unless [`finish`](HubBackend::finish) did, or its inputs did not
+    /// match an attached job): a map that stops on an
+    /// error has its own error to report, so this one is only logged.
     fn drop(&mut self) {
         if self.close_on_drop {
-            self.handle.close(&mut self.client, self.submitted);
+            if let Err(e) = self.handle.close(&mut self.client, self.submitted) {
+                debug!(error = %e, "cannot close the job");
+            }
         }
         self.client.forget(self.handle.job());
     }

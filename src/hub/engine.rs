@@ -202,13 +202,19 @@ pub fn run_engine(
             .chain(recent.results.iter().map(|(_, job, r)| (*job, r.id)))
             .collect(),
     };
-    let mut conn = connect(
-        ctx,
-        options,
-        &identity,
-        &register(&tickets, &waiting, &recent),
-        stop,
-    )?;
+    // Each connection registers afresh, naming what this engine holds.
+    let open = |tickets: &HashMap<u64, (JobId, u64)>,
+                waiting: &VecDeque<ClusterRequest>,
+                recent: &Recent| {
+        connect(
+            ctx,
+            options,
+            &identity,
+            &register(tickets, waiting, recent),
+            stop,
+        )
+    };
+    let mut conn = open(&tickets, &waiting, &recent)?;
     let mut warned = false;
     let mut leaving: Option<WorkerExit> = None;
     let mut handled: u64 = 0;
@@ -219,13 +225,7 @@ pub fn run_engine(
     loop {
         if let Some(why) = reconnect.take() {
             info!(why, "connecting to the hub again");
-            conn = connect(
-                ctx,
-                options,
-                &identity,
-                &register(&tickets, &waiting, &recent),
-                stop,
-            )?;
+            conn = open(&tickets, &waiting, &recent)?;
             recent.resend(&conn.link.socket);
         }
         if stop.load(Ordering::Relaxed) {

@@ -179,24 +179,19 @@ mod tests {
         let url = router.get_last_endpoint().unwrap().unwrap();
         let mut hub =
             SignedSocket::hub(router, &key, Channel::HubToClient, Channel::ClientToHub, 42);
-        let mut link = HubLink::open(
-            &ctx,
-            &url,
-            &key,
-            Channel::ClientToHub,
-            Channel::HubToClient,
-            "test",
-        )
-        .unwrap();
-        let other = HubLink::open(
-            &ctx,
-            &url,
-            &key,
-            Channel::ClientToHub,
-            Channel::HubToClient,
-            "test",
-        )
-        .unwrap();
+        let open = || {
+            HubLink::open(
+                &ctx,
+                &url,
+                &key,
+                Channel::ClientToHub,
+                Channel::HubToClient,
+                "test",
+            )
+            .unwrap()
+        };
+        let mut link = open();
+        let other = open();
         assert_ne!(
             link.socket.socket().get_identity().unwrap(),
             other.socket.socket().get_identity().unwrap()

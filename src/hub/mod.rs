@@ -9,11 +9,14 @@
 //! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
 //! | [`link`] | a peer's connection to the hub: a fresh identity per connection, the epoch handshake |
+//! | `store_file` | the store's files: private, recognised, checked for a rollback |
+//! | [`commit`] | what waits for the store to commit: tasks to dispatch, results to deliver |
 //! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
 //! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
 
 pub mod client;
+pub mod commit;
 pub mod connection;
 pub mod embedded;
 pub mod engine;
@@ -21,3 +24,4 @@ pub mod link;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub(crate) mod store_file;

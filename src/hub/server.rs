@@ -32,16 +32,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::commit::{self, CommitLog, Gate};
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{
     AttachInfo, ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine,
     JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, ResultItem, TaskReport,
 };
 use super::store::{
-    self, Finished, JobRecord, NewTask, Store, StoreError, TaskFilter, TaskId, TaskRecord,
-    TaskState,
+    self, Finished, JobRecord, NewTask, Store, StoreError, StoreOptions, TaskFilter, TaskId,
+    TaskRecord, TaskState,
 };
 use crate::auth::{AuthError, Channel, Key};
 use crate::message::{
@@ -49,7 +50,7 @@ use crate::message::{
     Envelope, Header, MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket,
     MAX_MESSAGE_BYTES,
 };
-use crate::socket::{last_endpoint, millis, poll_readable, Readable, DEFAULT_LINGER};
+use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
 use crate::untrusted::{escape, escape_error};
 
 /// Default tasks a client may have outstanding per job.
@@ -141,6 +142,9 @@ pub struct HubOptions {
     /// Re-run stragglers speculatively on idle slots (see
     /// [`Hub`]'s straggler rule).
     pub speculate: bool,
+    /// Open a SQLite store that is behind its commit record (see
+    /// [`StoreOptions::accept_rollback`]) instead of refusing to start.
+    pub accept_rollback: bool,
 }
 
 impl HubOptions {
@@ -168,6 +172,7 @@ impl Default for HubOptions {
             poison_limit: DEFAULT_POISON_LIMIT,
             max_message: MAX_MESSAGE_BYTES,
             speculate: true,
+            accept_rollback: false,
         }
     }
 }
@@ -471,6 +476,19 @@ struct PendingCommand {
     deadline: Instant,
 }
 
+/// One job a hub carries on, as [`Hub::carried_on`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedOn {
+    /// The job.
+    pub job: JobId,
+    /// Its tasks not finished (queued, or running).
+    pub to_run: u64,
+    /// Its tasks finished (ok or failed), in the store.
+    pub finished: u64,
+    /// Its number of inputs, if its client said it before the hub stopped.
+    pub total: Option<u64>,
+}
+
 /// A bound hub, ready to [`run`](Hub::run).
 pub struct Hub {
     engines_socket: SignedSocket,
@@ -495,6 +513,32 @@ pub struct Hub {
     refused: u64,
     /// Drawn at each start: clients that see it change reattach.
     epoch: u64,
+    /// The store's commit position and failure (see [`commit`]).
+    commits: Arc<CommitLog>,
+    /// What waits for its write to commit before it goes out.
+    held: Gate<Held>,
+    /// Why the line stopped: the store cannot write (see [`Hub::release`]).
+    stopped: Option<String>,
+}
+
+/// What the hub lets out only once the store has committed its write
+/// (see [`commit`]).
+enum Held {
+    /// A task of a job, to queue for dispatch once its insert is committed.
+    Task { job: JobId, task: u64 },
+    /// A result for its client, once the task's finish is committed.
+    Result {
+        client: Vec<u8>,
+        header: Header,
+        body: Vec<u8>,
+    },
+    /// A failure the hub decided, for its client, once it is committed.
+    Failure {
+        client: Vec<u8>,
+        job: JobId,
+        task: u64,
+        reason: String,
+    },
 }
 
 /// Peers remembered for log-once; past this, refusals are logged at debug
@@ -732,7 +776,13 @@ impl Hub {
         let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max)?;
         let (notifications, notifications_endpoint) =
             router(ctx, zmq::XPUB, &notifications_url, max)?;
-        let store = store::open(&options.store)?;
+        let store = store::open_with(
+            &options.store,
+            &StoreOptions {
+                accept_rollback: options.accept_rollback,
+            },
+        )?;
+        let commits = store.commits();
         let key = match &options.key {
             Some(key) => key.clone(),
             None => ConnectionInfo::new_key()?,
@@ -791,6 +841,9 @@ impl Hub {
             warned: HashSet::new(),
             refused: 0,
             epoch,
+            commits,
+            held: Gate::default(),
+            stopped: None,
         }
         .recovered()?;
         if let Some(path) = &hub.options.connection_file {
@@ -860,7 +913,33 @@ impl Hub {
             tasks = requeued,
             "carrying on unfinished jobs from the store"
         );
+        for job in self.carried_on() {
+            info!(
+                job = job.job,
+                to_run = job.to_run,
+                finished = job.finished,
+                total = ?job.total,
+                "carrying on a job"
+            );
+        }
         Ok(self)
+    }
+
+    /// The jobs it runs and what is left of each, by job id: after a
+    /// restart, what it took back from the store, for its start-up report.
+    pub fn carried_on(&self) -> Vec<CarriedOn> {
+        let mut jobs: Vec<CarriedOn> = self
+            .jobs
+            .iter()
+            .map(|(&id, job)| CarriedOn {
+                job: id,
+                to_run: job.tasks.len() as u64,
+                finished: job.finished,
+                total: job.total,
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.job);
+        jobs
     }
 
     /// Jobs it is running (after a restart: the unfinished ones it took
@@ -882,10 +961,11 @@ impl Hub {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200));
             let poll_from = Instant::now();
-            let polled = poll_readable(
+            let polled = commit::wait_readable(
                 self.engines_socket.socket(),
-                Some(self.clients_socket.socket()),
-                Some(wait),
+                self.clients_socket.socket(),
+                &self.commits,
+                wait,
             );
             let busy_from = Instant::now();
             // A poll that returns well past its timeout means the hub was
@@ -894,8 +974,12 @@ impl Hub {
                 .duration_since(poll_from)
                 .saturating_sub(wait + STALL);
             let (engines_ready, clients_ready) = match polled {
-                Ok(Readable::Ready(engines, clients)) => (engines, clients),
-                Ok(Readable::Timeout) => (false, false),
+                Ok(ready) => {
+                    if ready.commits {
+                        self.commits.take_wake();
+                    }
+                    (ready.first, ready.second)
+                }
                 Err(e) => return Err(HubError::Transport(e.into())),
             };
             // Drain each socket in bursts so neither starves the other.
@@ -917,6 +1001,7 @@ impl Hub {
                     }
                 }
             }
+            self.release();
             self.dispatch();
             // Time the hub spent away from its sockets (a big query, a slow
             // flush, a burst of large messages) is not the engines' silence:
@@ -1349,9 +1434,7 @@ impl Hub {
             engine: engine_id,
             attempts: task.attempts,
         };
-        if let Err(e) = self.store.task_finished(task.store_id, finished) {
-            warn!(error = %e, "cannot record a result");
-        }
+        let recorded = self.store.task_finished(task.store_id, finished);
         let client = job.client.clone();
         for identity in losers {
             let cancel = HubToEngine::CancelTask {
@@ -1360,8 +1443,17 @@ impl Hub {
             };
             self.to_engine(&identity, &cancel);
         }
-        if let Err(e) = self.clients_socket.send_raw_routed(&client, &header, body) {
-            debug!(error = %e, job = key.0, "result not delivered (client gone); it stays in the store");
+        // Delivered once recorded: a result its client printed is never
+        // run again, and one that cannot be recorded is not delivered.
+        match recorded {
+            Ok(()) => self.hold(Held::Result {
+                client,
+                header,
+                body: body.to_vec(),
+            }),
+            Err(e) => {
+                warn!(error = %e, job = key.0, task = key.1, "cannot record a result; not delivering it")
+            }
         }
         self.retire_if_done(key.0);
     }
@@ -1379,6 +1471,9 @@ impl Hub {
     /// Hands queued tasks to free slots: jobs take turns, each task goes to
     /// the engine with the most free slots that can run it.
     fn dispatch(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
         let mut idle_turns = 0;
         while idle_turns < self.turns.len() {
             let Some(job_id) = self.turns.pop_front() else {
@@ -1532,7 +1627,7 @@ impl Hub {
     /// [`straggler_after`](Job::straggler_after); each task gets at most one
     /// copy, the first result wins and the other copy is cancelled.
     fn speculate(&mut self) {
-        if !self.engines.values().any(|e| e.free(1) > 0) {
+        if self.stopped.is_some() || !self.engines.values().any(|e| e.free(1) > 0) {
             return;
         }
         let mut stragglers: Vec<(JobId, u64, Duration)> = Vec::new();
@@ -1784,10 +1879,31 @@ impl Hub {
             );
             return;
         }
-        let store_id = match self.store.next_task_ids(1) {
-            Ok(ids) => ids.start,
+        let request = envelope.body().to_vec();
+        let recorded = self.store.next_task_ids(1).and_then(|ids| {
+            self.store.add_tasks(vec![NewTask {
+                id: ids.start,
+                job: job_id,
+                seq: task_id,
+                request: request.clone(),
+                submitted: SystemTime::now(),
+            }])?;
+            Ok(ids.start)
+        });
+        let store_id = match recorded {
+            Ok(id) => id,
+            // The job is stopped as a whole (see `release`): no task of it
+            // is answered on its own.
+            Err(StoreError::CannotWrite(_)) => {
+                debug!(
+                    job = job_id,
+                    task = task_id,
+                    "dropping a task: the store cannot write"
+                );
+                return;
+            }
             Err(e) => {
-                warn!(error = %e, "cannot number a task; refusing it");
+                warn!(error = %e, "cannot record a task; refusing it");
                 self.fail_task(
                     &client,
                     job_id,
@@ -1797,25 +1913,19 @@ impl Hub {
                 return;
             }
         };
-        let request = envelope.body().to_vec();
-        let new = NewTask {
-            id: store_id,
-            job: job_id,
-            seq: task_id,
-            request: request.clone(),
-            submitted: SystemTime::now(),
-        };
-        if let Err(e) = self.store.add_tasks(vec![new]) {
-            warn!(error = %e, "cannot record a task");
-        }
         job.put(task_id, Task::new(store_id, request, 0));
-        job.queue.push_back(task_id);
-        if !self.turns.contains(&job_id) {
-            self.turns.push_back(job_id);
-        }
+        // Dispatched once its insert is committed.
+        self.hold(Held::Task {
+            job: job_id,
+            task: task_id,
+        });
     }
 
     fn on_call(&mut self, client: Vec<u8>, request: u64, call: ClientCall) -> Result<(), HubError> {
+        if let Some(refusal) = self.refusal_while_stopped(&call) {
+            self.reply(&client, request, &Reply::Error(refusal));
+            return Ok(());
+        }
         let reply = match call {
             ClientCall::Hello => Reply::Hello(HubInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -1837,9 +1947,23 @@ impl Hub {
                     self.retire_if_done(job);
                     Reply::Ok
                 }
-                None => Reply::Error(format!("no running job {job}")),
+                // Closed already (by another client of the job) with the
+                // same count: the store holds what this close would say.
+                None => match self.store.job(job)?.and_then(|record| record.total) {
+                    Some(recorded) if recorded == total => Reply::Ok,
+                    Some(recorded) => Reply::Error(format!(
+                        "job {job} was closed already with {recorded} tasks, not {total}"
+                    )),
+                    None => Reply::Error(format!("no running job {job}")),
+                },
             },
-            ClientCall::CancelJob { job, kill_running } => self.cancel_job(job, kill_running),
+            ClientCall::CancelJob { job, kill_running } => {
+                // Tasks still held for their insert are queued first, so
+                // the cancel drops (and answers) them too.
+                self.store.flush()?;
+                self.release();
+                self.cancel_job(job, kill_running)
+            }
             ClientCall::CheckJob { job } => match self.jobs.get(&job) {
                 Some(j) => Reply::JobLive {
                     epoch: self.epoch,
@@ -2294,10 +2418,124 @@ impl Hub {
             engine: 0,
             attempts: task.attempts,
         };
-        if let Err(e) = self.store.task_finished(task.store_id, finished) {
-            warn!(error = %e, "cannot record a failure");
+        match self.store.task_finished(task.store_id, finished) {
+            Ok(()) => self.hold(Held::Failure {
+                client,
+                job: job_id,
+                task: task_id,
+                reason: reason.to_string(),
+            }),
+            Err(e) => warn!(error = %e, "cannot record a failure; not delivering it"),
         }
-        self.fail_task(&client, job_id, task_id, reason);
+    }
+
+    // ----- the store's commits -----
+
+    /// Lets `held` out once the write queued just before it is committed:
+    /// at once if it is (the memory store), else when [`release`](Self::release)
+    /// sees the store's position reach it.
+    fn hold(&mut self, held: Held) {
+        let position = self.store.written();
+        if self.held.is_empty() && position <= self.commits.committed() {
+            self.let_out(held);
+        } else {
+            self.held.hold(position, held);
+        }
+    }
+
+    /// Lets out everything whose write the store has committed; if the
+    /// store stopped at a failed write, stops the line instead.
+    fn release(&mut self) {
+        if let Some(failure) = self.commits.failure() {
+            if self.stopped.is_none() {
+                let failure = StoreError::CannotWrite(Arc::clone(failure));
+                self.stop_the_line(&failure);
+            }
+            return;
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        for held in self.held.release(self.commits.committed()) {
+            self.let_out(held);
+        }
+    }
+
+    fn let_out(&mut self, held: Held) {
+        match held {
+            Held::Task { job, task } => {
+                let Some(j) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                if j.tasks.contains_key(&task) {
+                    j.queue.push_back(task);
+                    if !self.turns.contains(&job) {
+                        self.turns.push_back(job);
+                    }
+                }
+            }
+            Held::Result {
+                client,
+                header,
+                body,
+            } => {
+                if let Err(e) = self.clients_socket.send_raw_routed(&client, &header, &body) {
+                    debug!(error = %e, job = header.job, "result not delivered (client gone); it stays in the store");
+                }
+            }
+            Held::Failure {
+                client,
+                job,
+                task,
+                reason,
+            } => self.fail_task(&client, job, task, &reason),
+        }
+    }
+
+    /// The store cannot write: nothing more is dispatched, delivered or
+    /// acknowledged. Every job stops; its client learns why from the
+    /// answer to its next call (it asks within a second of hearing
+    /// nothing), and new jobs are refused. The hub stays up to say so and
+    /// to answer queries from what was committed; restarted once the cause
+    /// is fixed, it carries its jobs on from the last commit. (Pausing
+    /// instead, and retrying the lost batch, would keep every client
+    /// waiting on a disk an operator may not look at for hours: a failure
+    /// they see at once is the louder promise.)
+    fn stop_the_line(&mut self, failure: &StoreError) {
+        error!(
+            error = %failure,
+            jobs = self.jobs.len(),
+            held = self.held.len(),
+            "the task store cannot write: nothing more is dispatched, delivered or recorded, \
+             and every job is stopped; make room (or fix the cause), then restart the hub, \
+             which carries its jobs on from the last commit"
+        );
+        self.held.clear();
+        self.stopped = Some(format!("the hub's {failure}"));
+    }
+
+    /// The answer to a job call while the line is stopped, if it is.
+    fn refusal_while_stopped(&self, call: &ClientCall) -> Option<String> {
+        let reason = self.stopped.as_ref()?;
+        let stopped = |job: JobId| {
+            format!(
+                "job {job} stopped: {reason}. Nothing more of it runs or is delivered; \
+                 make room, restart the hub, then `zcluster map --attach {job}` with the same \
+                 inputs and command carries it on (`zcluster results {job}` shows what finished)"
+            )
+        };
+        match call {
+            ClientCall::OpenJob { .. } => Some(format!(
+                "{reason}: the hub takes no jobs until it is restarted with room to write"
+            )),
+            ClientCall::CloseJob { job, .. }
+            | ClientCall::CheckJob { job }
+            | ClientCall::Attach { job, .. }
+            | ClientCall::CancelJob { job, .. }
+            | ClientCall::Resubmit { job, .. } => Some(stopped(*job)),
+            ClientCall::Purge(_) => Some(reason.clone()),
+            _ => None,
+        }
     }
 
     // ----- sending -----

@@ -14,7 +14,10 @@
 //!   in batches, one transaction per batch, so the event loop never waits on
 //!   the disk. [`Store::flush`] waits until everything queued before it is
 //!   committed; every read flushes first, so reads always see every event
-//!   recorded before them.
+//!   recorded before them. Instead of waiting, the hub watches the store's
+//!   [`CommitLog`] and lets out what a write covers once it is committed
+//!   (`hub::commit`). The first write that fails stops the store for good
+//!   ([`StoreError::CannotWrite`]).
 //!
 //! Ids (engines, jobs, tasks) come from counters kept in the store itself, so
 //! an id is never handed out twice in the life of a store, even across hub
@@ -25,8 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::{Bound, Range};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +36,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToSql};
 use serde::{Deserialize, Serialize};
+
+use super::commit::CommitLog;
+use super::store_file::{self, CommitRecord, Contents, Found};
 
 /// Names a job (one `zcluster map` run or one client submission), so clients
 /// can ask about, resubmit or purge it later.
@@ -313,7 +318,7 @@ pub enum StoreError {
     #[error("job {0} is already in the task store")]
     DuplicateJob(JobId),
     /// A task id was added twice (reported synchronously by the memory store;
-    /// the SQLite store reports the constraint failure as [`StoreError::Deferred`]).
+    /// the SQLite store stops at the constraint failure: [`StoreError::CannotWrite`]).
     #[error("task {0} is already in the task store")]
     DuplicateTask(TaskId),
     /// A resubmit named a task that the job does not have.
@@ -396,19 +401,58 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// Queued writes failed on the writer thread and are lost. Logged when
-    /// they fail, and returned once by the next [`Store::flush`] (after it
-    /// committed everything else), or by the next read, purge or resubmit,
-    /// which flush first and are then not performed (repeat them). Writes
-    /// and id allocation never return it: they do not fail for an earlier
-    /// write. The store stays usable.
-    #[error("queued writes failed on the task store's writer thread and are lost (the first is below; {more} more after it)")]
-    Deferred {
-        /// The first failure since the last report.
+    /// A queued write failed on the writer thread (a full disk, an I/O
+    /// error, a constraint a bug broke): its batch is rolled back and the
+    /// store stops there for good, since later writes would land on top of
+    /// the lost ones. Every write, flush, purge and resubmit returns it from
+    /// then on; reads go on showing what was committed. The hub stops its
+    /// jobs on it (see [`CommitLog`]): restarting it once the cause is
+    /// fixed carries them on from the last commit.
+    #[error("task store cannot write: {}", RootCause(.0))]
+    CannotWrite(#[source] Arc<StoreError>),
+    /// The store's path holds something that is not a zcluster store (an
+    /// empty file, another application's database, ...): refused rather
+    /// than taken as a new store or written into.
+    #[error("task store {path}: found {found}; that is not a zcluster task store, so it is left as it is (move it away, or use another store path)")]
+    NotAStore {
+        /// The store's path.
+        path: PathBuf,
+        /// What is there.
+        found: String,
+    },
+    /// The store holds fewer commits than its side file says were made:
+    /// its `-wal` file was lost, or an older copy put back. Results
+    /// delivered since may be gone and their tasks would run again.
+    #[error("task store {path} is behind what was committed: it holds {found} commits, but {record} says {recorded} were made (was its -wal file deleted, or an older copy put back?). Results delivered since may be gone from it, and their tasks would run again; accept the rollback (zcluster hub --accept-rollback) to carry on from what it holds")]
+    RolledBack {
+        /// The store's path.
+        path: PathBuf,
+        /// Its side file.
+        record: PathBuf,
+        /// Commits the store holds.
+        found: u64,
+        /// Commits the side file records.
+        recorded: u64,
+    },
+    /// The side file that detects a rolled-back store is damaged, so a
+    /// rollback cannot be ruled out.
+    #[error("task store commit record {path} is damaged (it holds \"{found}\"), so a rolled-back store cannot be ruled out; accept the rollback (zcluster hub --accept-rollback) to carry on from what the store holds")]
+    BadRecord {
+        /// The side file.
+        path: PathBuf,
+        /// The start of what it holds.
+        found: String,
+    },
+    /// A file of the store could not be created, read or written.
+    #[error("cannot {operation} {path}")]
+    File {
+        /// What was being done.
+        operation: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
         #[source]
-        first: Box<StoreError>,
-        /// How many more failed after it.
-        more: u64,
+        source: std::io::Error,
     },
     /// The writer thread is gone (it panicked, or a test crashed it): nothing more can be recorded.
     #[error("the task store's writer thread has stopped; nothing more can be recorded")]
@@ -456,6 +500,13 @@ pub trait Store: Send {
     /// Makes everything recorded before this call durable (committed) when it
     /// returns: the hub calls it before acknowledging to a client.
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Writes queued so far: the [`CommitLog`] position at which the last
+    /// of them is committed. The hub holds what a write covers until then
+    /// (see [`super::commit`]), instead of waiting with [`flush`](Self::flush).
+    fn written(&self) -> u64;
+    /// The store's commit position and sticky write failure, shared with
+    /// the hub's loop.
+    fn commits(&self) -> Arc<CommitLog>;
     /// One job as submitted, or `None` if it is not in the store.
     fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
     /// Every job with its task counts, by id, for status output.
@@ -501,11 +552,25 @@ pub trait Store: Send {
 /// anything else is the path of a [`SqliteStore`] (its directory is created
 /// if missing). This is how the hub turns its configuration into a store.
 pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_with(spec, &StoreOptions::default())
+}
+
+/// Like [`open`], with options for the SQLite store.
+pub fn open_with(spec: &str, options: &StoreOptions) -> Result<Box<dyn Store>, StoreError> {
     if spec == MemoryStore::LOCATION {
         Ok(Box::new(MemoryStore::new()))
     } else {
-        Ok(Box::new(SqliteStore::open(spec)?))
+        Ok(Box::new(SqliteStore::open_with(spec, options)?))
     }
+}
+
+/// How to open a SQLite store, beyond its path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Open a store that holds fewer commits than its side file records
+    /// (its `-wal` file was lost, or an older copy put back), carrying on
+    /// from what it holds, instead of refusing it: for a user who knows why.
+    pub accept_rollback: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -515,6 +580,8 @@ pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
 /// For tests and for hubs whose history nobody needs.
 #[derive(Debug)]
 pub struct MemoryStore {
+    /// Commits at once: its position stays 0 and it never fails.
+    log: Arc<CommitLog>,
     next_engine: u64,
     next_job: u64,
     next_task: u64,
@@ -567,6 +634,7 @@ impl MemoryStore {
     /// An empty store whose counters start at 1.
     pub fn new() -> Self {
         MemoryStore {
+            log: Arc::new(CommitLog::immediate()),
             next_engine: FIRST_ID,
             next_job: FIRST_ID,
             next_task: FIRST_ID,
@@ -754,6 +822,14 @@ impl Store for MemoryStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        0
+    }
+
+    fn commits(&self) -> Arc<CommitLog> {
+        Arc::clone(&self.log)
     }
 
     fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -953,8 +1029,9 @@ impl Store for MemoryStore {
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// `PRAGMA user_version` of the schema below; a file with a larger one was
-/// written by a newer zcluster and is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// written by a newer zcluster and is refused. Version 2 added the `meta`
+/// table and the application id.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Times are INTEGER nanoseconds since 1970 (negative before); ids and
 /// counts are INTEGER; payloads are BLOBs. `counters.value` is the first id
@@ -989,6 +1066,29 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_job_seq ON tasks (job, seq);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
 ";
+
+/// Version 2: `meta` holds the store's random id (`store`) and its count of
+/// committed batches (`commits`), which its side file repeats, so a store
+/// that lost commits is caught (see `hub::store_file`).
+const META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('commits', 0);
+";
+
+/// WAL pages after a commit past which the WAL is copied into the database
+/// file (a checkpoint): SQLite's own default, but done on a thread of its
+/// own. SQLite would do it inside the commit that crosses it, with two
+/// fsyncs, and the hub waits for commits before it lets tasks and results
+/// out (`hub::commit`): one round trip in a hundred would take the fsyncs'
+/// time.
+const CHECKPOINT_PAGES: std::os::raw::c_int = 1000;
+/// ...and past which the writer checkpoints in line after all, should the
+/// checkpoint thread fall behind (writes that never pause leave it no
+/// moment to finish): the WAL stays bounded.
+const INLINE_CHECKPOINT_PAGES: std::os::raw::c_int = 16 * CHECKPOINT_PAGES;
 
 /// Queued operations before `add_tasks` and friends block (back-pressure
 /// instead of unbounded memory if the disk cannot keep up).
@@ -1032,8 +1132,14 @@ macro_rules! task_columns {
 ///   is committed. Reads flush, then read on a second connection (WAL lets
 ///   it read while the writer writes). Purges and resubmits flush, then run
 ///   on the writer thread in their own transaction, ordered with the writes.
-/// - A write that fails on the writer thread is logged at once and returned
-///   by the next flush (see [`StoreError::Deferred`]).
+/// - Each committed batch moves the store's [`CommitLog`] on by the number
+///   of writes it held, and wakes the hub, which lets out what waited for
+///   them (see [`super::commit`]). A write that fails rolls its batch back
+///   and stops the store for good ([`StoreError::CannotWrite`]).
+/// - Each batch also counts itself in the `meta` table and, once
+///   committed, in the side file `PATH-commits`, so a store that lost
+///   commits (its `-wal` deleted) is caught at the next open (see
+///   `hub::store_file`).
 /// - Ids come from blocks reserved and committed in the `counters` table
 ///   before any id of the block is handed out, so no id is reused after a
 ///   crash; the next block is reserved in the background when half of the
@@ -1050,7 +1156,12 @@ pub struct SqliteStore {
     path: PathBuf,
     ops: Sender<Op>,
     writer: Option<JoinHandle<()>>,
-    deferred: Arc<Deferred>,
+    /// Checkpoints the WAL when the writer's hook asks; ends with the writer.
+    checkpointer: Option<JoinHandle<()>>,
+    /// Commit position and sticky failure, shared with the writer and the hub.
+    log: Arc<CommitLog>,
+    /// Writes queued since the store was opened: the position of the last.
+    written: u64,
     read: Connection,
     /// Jobs in the store, so that writes naming an unknown job fail at once
     /// instead of on the writer thread.
@@ -1145,40 +1256,55 @@ enum Op {
     Crash,
 }
 
-/// The writer thread's failures, kept until the caller's next call reports them.
+/// The failures of the writes of one batch: any one of them fails the
+/// batch, which is rolled back as a whole.
 #[derive(Default)]
-struct Deferred {
-    any: AtomicBool,
-    slot: Mutex<Option<(StoreError, u64)>>,
+struct BatchErrors {
+    first: std::cell::RefCell<Option<StoreError>>,
+    more: std::cell::Cell<u64>,
 }
 
-impl Deferred {
+impl BatchErrors {
     fn report(&self, error: StoreError) {
-        tracing::error!(error = %ErrorChain(&error), "task store: a queued write failed");
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_mut() {
-            Some((_, more)) => *more += 1,
-            None => *slot = Some((error, 0)),
+        let mut first = self.first.borrow_mut();
+        if first.is_none() {
+            *first = Some(error);
+        } else {
+            self.more.set(self.more.get() + 1);
         }
-        self.any.store(true, Ordering::Release);
     }
 
-    fn take(&self) -> Result<(), StoreError> {
-        if !self.any.swap(false, Ordering::AcqRel) {
-            return Ok(());
+    fn any(&self) -> bool {
+        self.first.borrow().is_some()
+    }
+
+    /// The first failure, and how many more there were.
+    fn take(self) -> Option<(StoreError, u64)> {
+        self.first
+            .into_inner()
+            .map(|first| (first, self.more.get()))
+    }
+}
+
+/// Displays what an error comes down to: SQLite's own words (say
+/// "database or disk is full"), or else the innermost source (the OS's).
+/// What a user needs to act on.
+struct RootCause<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for RootCause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut error = self.0;
+        loop {
+            // Below rusqlite's error is only SQLite's bare code.
+            if error.is::<rusqlite::Error>() {
+                break;
+            }
+            match error.source() {
+                Some(source) => error = source,
+                None => break,
+            }
         }
-        let taken = self
-            .slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match taken {
-            Some((first, more)) => Err(StoreError::Deferred {
-                first: Box::new(first),
-                more,
-            }),
-            None => Ok(()),
-        }
+        write!(f, "{error}")
     }
 }
 
@@ -1219,7 +1345,12 @@ impl Counter {
         }
     }
 
-    fn take(&mut self, n: u64, ops: &Sender<Op>) -> Result<Range<u64>, StoreError> {
+    fn take(
+        &mut self,
+        n: u64,
+        ops: &Sender<Op>,
+        log: &Arc<CommitLog>,
+    ) -> Result<Range<u64>, StoreError> {
         if self.end - self.next < n {
             let ahead = match self.ahead.take() {
                 Some(reply) => Some(await_reply(&reply)?),
@@ -1229,7 +1360,7 @@ impl Counter {
                 Some(block) if block.end - block.start >= n => block,
                 other => {
                     let floor = other.map_or(self.end, |b| b.end.max(self.end));
-                    await_reply(&self.request(ops, floor, n.max(self.block))?)?
+                    await_reply(&self.request(ops, log, floor, n.max(self.block))?)?
                 }
             };
             self.next = block.start;
@@ -1238,30 +1369,48 @@ impl Counter {
         let start = self.next;
         self.next += n;
         if self.ahead.is_none() && self.end - self.next < self.block / 2 {
-            self.ahead = Some(self.request(ops, self.end, self.block)?);
+            self.ahead = Some(self.request(ops, log, self.end, self.block)?);
         }
         Ok(start..self.next)
     }
 
+    /// Asks the writer for a block; one it cannot commit stops the store
+    /// (a full disk shows here first when only ids are asked for).
     fn request(
         &self,
         ops: &Sender<Op>,
+        log: &Arc<CommitLog>,
         floor: u64,
         n: u64,
     ) -> Result<Receiver<Result<Range<u64>, StoreError>>, StoreError> {
         let name = self.name;
-        call_async(ops, move |conn| reserve_ids(conn, name, floor, n))
+        let stop = Arc::clone(log);
+        call_async(ops, log, move |conn| {
+            reserve_ids(conn, name, floor, n).map_err(|error| match error {
+                StoreError::Sqlite { .. } => StoreError::CannotWrite(stop.fail(error)),
+                other => other,
+            })
+        })
     }
 }
 
+/// Queues `f` to run on the writer thread after everything queued before
+/// it; on a store stopped at a failed write it answers with the failure
+/// instead of running.
 fn call_async<T: Send + 'static>(
     ops: &Sender<Op>,
+    log: &Arc<CommitLog>,
     f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<Receiver<Result<T, StoreError>>, StoreError> {
     let (reply, replies) = crossbeam_channel::bounded(1);
+    let log = Arc::clone(log);
     let call: Call = Box::new(move |conn| {
+        let answer = match log.failure() {
+            Some(failure) => Err(StoreError::CannotWrite(Arc::clone(failure))),
+            None => f(conn),
+        };
         // The caller may have gone (dropped store): nobody to tell.
-        let _ = reply.send(f(conn));
+        let _ = reply.send(answer);
     });
     ops.send(Op::Call(call))
         .map_err(|_| StoreError::WriterGone)?;
@@ -1401,9 +1550,24 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sqlite_error(operation.clone()))?;
     let found = check_version(&tx, path)?;
-    if found < SCHEMA_VERSION {
+    if found < 1 {
         tx.execute_batch(SCHEMA)
             .map_err(sqlite_error(operation.clone()))?;
+    }
+    if found < 2 {
+        tx.execute_batch(META_SCHEMA)
+            .map_err(sqlite_error(operation.clone()))?;
+        // Positive and within an SQLite integer.
+        let id = (crate::auth::random_u64() >> 1).max(1);
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('store', ?1)",
+            [sql_int("store id", id)?],
+        )
+        .map_err(sqlite_error(operation.clone()))?;
+        tx.pragma_update(None, "application_id", store_file::APPLICATION_ID)
+            .map_err(sqlite_error(operation.clone()))?;
+    }
+    if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite_error(operation.clone()))?;
     }
@@ -1464,8 +1628,17 @@ fn reserve_ids(
     Ok(start..end)
 }
 
-/// The writer thread: applies queued writes, one transaction per batch.
-fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) {
+/// The writer thread: applies queued writes, one transaction per batch;
+/// after each commit, saves the store's commit count in the side file and
+/// moves the commit log on. The first batch that fails is rolled back and
+/// stops the store: later writes are dropped (they would build on the lost
+/// ones), and calls answer with the failure.
+fn run_writer(
+    mut conn: Connection,
+    ops: Receiver<Op>,
+    log: Arc<CommitLog>,
+    mut record: CommitRecord,
+) {
     while let Ok(first) = ops.recv() {
         let first = match first {
             Op::Write(write) => write,
@@ -1477,27 +1650,36 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
             #[cfg(test)]
             Op::Crash => return,
         };
-        let in_transaction = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => true,
-            Err(source) => {
-                deferred.report(StoreError::Sqlite {
-                    operation: "beginning a batch of queued writes (applying them one by one)"
-                        .into(),
-                    source,
-                });
-                false
-            }
+        let errors = BatchErrors::default();
+        let begun = match log.failure() {
+            Some(_) => false,
+            None => match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => true,
+                Err(source) => {
+                    errors.report(StoreError::Sqlite {
+                        operation: "beginning a batch of queued writes".into(),
+                        source,
+                    });
+                    false
+                }
+            },
         };
+        let mut writes: u64 = 1;
         let mut rows = first.rows();
         let mut fold = Fold::default();
-        fold.apply(&conn, first, &deferred);
+        if begun {
+            fold.apply(&conn, first, &errors);
+        }
         let mut call = None;
         let mut stop = false;
         while rows < MAX_BATCH_ROWS {
             match ops.try_recv() {
                 Ok(Op::Write(write)) => {
+                    writes += 1;
                     rows += write.rows();
-                    fold.apply(&conn, write, &deferred);
+                    if begun {
+                        fold.apply(&conn, write, &errors);
+                    }
                 }
                 Ok(Op::Call(c)) => {
                     call = Some(c);
@@ -1512,19 +1694,11 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
                 Err(TryRecvError::Empty) => break,
             }
         }
-        fold.flush(&conn, &deferred);
-        if in_transaction {
-            if let Err(source) = conn.execute_batch("COMMIT") {
-                deferred.report(StoreError::Sqlite {
-                    operation: format!("committing a batch of {rows} queued row writes (lost)"),
-                    source,
-                });
-                if !conn.is_autocommit() {
-                    if let Err(error) = conn.execute_batch("ROLLBACK") {
-                        tracing::error!(%error, "task store: rolling back a failed batch");
-                    }
-                }
-            }
+        if begun {
+            fold.flush(&conn, &errors);
+            commit_batch(&conn, &mut record, &log, writes, rows, errors);
+        } else {
+            stop_store(&log, writes, errors);
         }
         if let Some(call) = call {
             call(&mut conn);
@@ -1532,6 +1706,77 @@ fn run_writer(mut conn: Connection, ops: Receiver<Op>, deferred: Arc<Deferred>) 
         if stop {
             break;
         }
+    }
+}
+
+/// The checkpoint thread: copies the WAL into the database file each time
+/// the writer's hook asks (the WAL passed [`CHECKPOINT_PAGES`]), without
+/// waiting for readers or the writer (a passive checkpoint), so commits
+/// never wait for its fsyncs. Ends when the writer's connection, which
+/// holds the hook and so the other end of `wants`, is closed.
+fn run_checkpointer(conn: Connection, wants: Receiver<()>) {
+    while wants.recv().is_ok() {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(%error, "task store: a checkpoint failed; the next one copies what it did not");
+        }
+    }
+}
+
+/// Ends the writer's open batch of `writes` queued writes: commits it if
+/// every write went in (counting the commit in the store and in its side
+/// file, then moving the log on), or rolls it back and stops the store.
+fn commit_batch(
+    conn: &Connection,
+    record: &mut CommitRecord,
+    log: &CommitLog,
+    writes: u64,
+    rows: usize,
+    errors: BatchErrors,
+) {
+    let next = record.next();
+    if !errors.any() {
+        let counted = sql_int("commit count", next).and_then(|next| {
+            conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'commits'")
+                .and_then(|mut s| s.execute([next]))
+                .map_err(sqlite_error("counting a commit"))
+        });
+        if let Err(error) = counted {
+            errors.report(error);
+        }
+    }
+    if !errors.any() {
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => match record.save(next) {
+                Ok(()) => return log.advance(writes),
+                // Committed, but a later rollback of it could not be told:
+                // nothing it covers goes out.
+                Err(error) => errors.report(error),
+            },
+            Err(source) => errors.report(StoreError::Sqlite {
+                operation: format!("committing a batch of {rows} queued row writes"),
+                source,
+            }),
+        }
+    }
+    if !conn.is_autocommit() {
+        if let Err(error) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(%error, "task store: rolling back a failed batch");
+        }
+    }
+    stop_store(log, writes, errors);
+}
+
+/// Stops the store at the first of `errors` (if any: a batch after the
+/// store stopped brings none, and is just dropped).
+fn stop_store(log: &CommitLog, writes: u64, errors: BatchErrors) {
+    if let Some((first, more)) = errors.take() {
+        tracing::error!(
+            error = %ErrorChain(&first),
+            more_failed_writes = more,
+            lost_writes = writes,
+            "task store: a batch of writes failed and was rolled back; the store records nothing more"
+        );
+        log.fail(first);
     }
 }
 
@@ -1645,13 +1890,13 @@ struct Fold {
 const FOLD_BYTES: usize = 64 << 20;
 
 impl Fold {
-    fn apply(&mut self, conn: &Connection, write: Write, deferred: &Deferred) {
+    fn apply(&mut self, conn: &Connection, write: Write, errors: &BatchErrors) {
         if let Write::AddTasks(tasks) = write {
             for task in tasks {
                 // The same id twice in one batch (a bug elsewhere): what
                 // came before goes in first, as it would have unfolded.
                 if self.held.contains_key(&task.id) {
-                    self.flush(conn, deferred);
+                    self.flush(conn, errors);
                 }
                 self.bytes += task.request.len();
                 self.hold(Folded {
@@ -1660,17 +1905,17 @@ impl Fold {
                     events: Vec::new(),
                 });
             }
-            return self.flush_if_full(conn, deferred);
+            return self.flush_if_full(conn, errors);
         }
         let Some(id) = write.task() else {
-            return apply(conn, write, deferred);
+            return apply(conn, write, errors);
         };
         if let Some(held) = self.held.get_mut(&id) {
             if let Write::Finished { result, error, .. } = &write {
                 self.bytes += result.len() + error.as_ref().map_or(0, String::len);
             }
             held.events.push(write);
-            self.flush_if_full(conn, deferred);
+            self.flush_if_full(conn, errors);
         } else if matches!(write, Write::Started { .. }) {
             self.hold(Folded {
                 id,
@@ -1678,7 +1923,7 @@ impl Fold {
                 events: vec![write],
             });
         } else {
-            apply(conn, write, deferred);
+            apply(conn, write, errors);
         }
     }
 
@@ -1687,18 +1932,18 @@ impl Fold {
         self.held.insert(folded.id, folded);
     }
 
-    fn flush_if_full(&mut self, conn: &Connection, deferred: &Deferred) {
+    fn flush_if_full(&mut self, conn: &Connection, errors: &BatchErrors) {
         if self.bytes > FOLD_BYTES {
-            self.flush(conn, deferred);
+            self.flush(conn, errors);
         }
     }
 
     /// Writes the held tasks, in the order they were first held.
-    fn flush(&mut self, conn: &Connection, deferred: &Deferred) {
+    fn flush(&mut self, conn: &Connection, errors: &BatchErrors) {
         self.bytes = 0;
         for id in std::mem::take(&mut self.order) {
             if let Some(folded) = self.held.remove(&id) {
-                write_folded(conn, folded, deferred);
+                write_folded(conn, folded, errors);
             }
         }
     }
@@ -1706,7 +1951,7 @@ impl Fold {
 
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
-fn write_folded(conn: &Connection, folded: Folded, deferred: &Deferred) {
+fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErrors) {
     let id = folded.id;
     let row = folded.final_row();
     let written = match &folded.insert {
@@ -1755,7 +2000,7 @@ fn write_folded(conn: &Connection, folded: Folded, deferred: &Deferred) {
         (Ok(0), None) => note_ignored(conn, "start", id),
         (Ok(_), _) => {}
         (Err(source), Some(task)) => {
-            deferred.report(StoreError::Sqlite {
+            errors.report(StoreError::Sqlite {
                 operation: format!(
                     "recording task {} (job {}, seq {})",
                     task.id, task.job, task.seq
@@ -1763,20 +2008,19 @@ fn write_folded(conn: &Connection, folded: Folded, deferred: &Deferred) {
                 source,
             });
             for event in folded.events {
-                apply(conn, event, deferred);
+                apply(conn, event, errors);
             }
         }
-        (Err(source), None) => deferred.report(StoreError::Sqlite {
+        (Err(source), None) => errors.report(StoreError::Sqlite {
             operation: format!("recording the start of task {}", id),
             source,
         }),
     }
 }
 
-/// Applies one write in the writer's open transaction; failures go to `deferred`.
-fn apply(conn: &Connection, write: Write, deferred: &Deferred) {
-    let fail =
-        |operation: String, source| deferred.report(StoreError::Sqlite { operation, source });
+/// Applies one write in the writer's open transaction; failures go to `errors`.
+fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
+    let fail = |operation: String, source| errors.report(StoreError::Sqlite { operation, source });
     match write {
         Write::AddJob {
             id,
@@ -1944,17 +2188,53 @@ impl SqliteStore {
     /// refusing a file whose schema is newer than this build's, and starts
     /// its writer thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// Like [`open`](Self::open), with options. A path that holds anything
+    /// but a zcluster store is refused ([`StoreError::NotAStore`]), as is a
+    /// store that holds fewer commits than its side file records
+    /// ([`StoreError::RolledBack`]) unless `options.accept_rollback`. A new
+    /// store's file is created 0600 and its missing directories 0700.
+    pub fn open_with(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if path.as_os_str().is_empty() {
             return Err(StoreError::InvalidSpec(String::new()));
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
+        let found = store_file::prepare(&path)?;
+        let recorded = match store_file::read_record(&path) {
+            Ok(recorded) => recorded,
+            Err(error) if options.accept_rollback => {
+                tracing::warn!(error = %ErrorChain(&error), "task store: carrying on without the damaged commit record, as asked");
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        let rolled_back = |found, recorded| StoreError::RolledBack {
+            path: path.clone(),
+            record: store_file::record_path(&path),
+            found,
+            recorded,
+        };
         let mut write = open_connection(&path)?;
+        if found == Found::Existing {
+            match (store_file::recognise(&write, &path)?, recorded) {
+                (Contents::Store, _) => {}
+                (Contents::Blank, Some(record)) if !options.accept_rollback => {
+                    return Err(rolled_back(0, record.commits));
+                }
+                (Contents::Blank, Some(record)) => tracing::warn!(
+                    error = %rolled_back(0, record.commits),
+                    "task store: starting it again empty, as asked"
+                ),
+                (Contents::Blank, None) => {
+                    return Err(StoreError::NotAStore {
+                        path,
+                        found: "an empty SQLite database (no tables)".into(),
+                    })
+                }
+            }
+        }
         check_version(&write, &path)?;
         let mode: String = write
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -1972,6 +2252,32 @@ impl SqliteStore {
             .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(sqlite_error("setting the page cache size"))?;
         migrate(&mut write, &path)?;
+        let (store_id, commits) = store_file::stored_position(&write, &path)?;
+        match recorded {
+            Some(record) if found == Found::New => tracing::warn!(
+                path = %path.display(),
+                recorded_commits = record.commits,
+                "task store: the store file was missing, so a new, empty one is made; \
+                 its commit record says an earlier store there made commits, whose jobs are gone"
+            ),
+            Some(record) if record.store != store_id => tracing::warn!(
+                path = %path.display(),
+                "task store: its commit record belongs to another store; starting a new record"
+            ),
+            Some(record) if record.commits > commits => {
+                let error = rolled_back(commits, record.commits);
+                if !options.accept_rollback {
+                    return Err(error);
+                }
+                tracing::warn!(error = %error, "task store: carrying on from what it holds, as asked");
+            }
+            None if found == Found::Existing => tracing::info!(
+                path = %path.display(),
+                "task store: no commit record yet (a store from an older zcluster); starting one"
+            ),
+            _ => {}
+        }
+        let record = CommitRecord::open(&path, store_id, commits)?;
 
         let read = open_connection(&path)?;
         read.pragma_update(None, "query_only", true)
@@ -1998,20 +2304,45 @@ impl SqliteStore {
             counter_floor(&read, "task", Some("tasks"))?,
         );
 
+        let checkpointer = {
+            let (wanted, wants) = crossbeam_channel::bounded(1);
+            write
+                .wal_hook(Some(
+                    move |wal: &mut rusqlite::hooks::Wal, pages: std::os::raw::c_int| {
+                        // Whatever a checkpoint meets (one already running,
+                        // a full disk) says nothing of the commit that
+                        // called this hook: never fail it.
+                        if pages >= INLINE_CHECKPOINT_PAGES {
+                            let _ = wal.checkpoint();
+                        } else if pages >= CHECKPOINT_PAGES {
+                            let _ = wanted.try_send(());
+                        }
+                        Ok(())
+                    },
+                ))
+                .map_err(sqlite_error("installing the checkpoint hook"))?;
+            let conn = open_connection(&path)?;
+            std::thread::Builder::new()
+                .name("zcluster-store-checkpoint".into())
+                .spawn(move || run_checkpointer(conn, wants))
+                .map_err(StoreError::SpawnWriter)?
+        };
         let (ops, queue) = crossbeam_channel::bounded(QUEUE_CAPACITY);
-        let deferred = Arc::new(Deferred::default());
+        let log = Arc::new(CommitLog::with_wake().map_err(StoreError::SpawnWriter)?);
         let writer = {
-            let deferred = Arc::clone(&deferred);
+            let log = Arc::clone(&log);
             std::thread::Builder::new()
                 .name("zcluster-store-writer".into())
-                .spawn(move || run_writer(write, queue, deferred))
+                .spawn(move || run_writer(write, queue, log, record))
                 .map_err(StoreError::SpawnWriter)?
         };
         Ok(SqliteStore {
             path,
             ops,
             writer: Some(writer),
-            deferred,
+            checkpointer: Some(checkpointer),
+            log,
+            written: 0,
             read,
             jobs,
             dirty: false,
@@ -2021,13 +2352,23 @@ impl SqliteStore {
         })
     }
 
-    /// Queues a write. Failures of earlier writes are left for the next
-    /// flush: this write does not fail because of them.
+    /// The failure that stopped the store, as the error every write and
+    /// flush returns from then on.
+    fn stopped(&self) -> Result<(), StoreError> {
+        match self.log.failure() {
+            Some(failure) => Err(StoreError::CannotWrite(Arc::clone(failure))),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a write, unless the store has stopped at a failed one.
     fn write(&mut self, write: Write) -> Result<(), StoreError> {
+        self.stopped()?;
         self.ops
             .send(Op::Write(write))
             .map_err(|_| StoreError::WriterGone)?;
         self.dirty = true;
+        self.written += 1;
         Ok(())
     }
 
@@ -2038,16 +2379,20 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.flush()?;
-        await_reply(&call_async(&self.ops, f)?)
+        await_reply(&call_async(&self.ops, &self.log, f)?)
     }
 
-    /// Flushes, then reads on the read connection.
+    /// Flushes, then reads on the read connection. A store stopped at a
+    /// failed write still reads: what was committed.
     fn read<T>(
         &mut self,
         operation: impl FnOnce() -> String,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        self.flush()?;
+        match self.flush() {
+            Ok(()) | Err(StoreError::CannotWrite(_)) => {}
+            Err(error) => return Err(error),
+        }
         f(&self.read).map_err(|source| StoreError::Sqlite {
             operation: operation(),
             source,
@@ -2059,8 +2404,11 @@ impl SqliteStore {
     #[cfg(test)]
     fn crash(mut self) {
         let _ = self.ops.send(Op::Crash);
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        for thread in [self.writer.take(), self.checkpointer.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
         std::mem::forget(self);
     }
@@ -2073,9 +2421,14 @@ impl Drop for SqliteStore {
             tracing::error!(error = %ErrorChain(&error), path = %self.path.display(), "task store: closing");
         }
         let _ = self.ops.send(Op::Shutdown);
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "task store: the writer thread panicked");
+        // The checkpoint thread ends with the writer's connection, which
+        // holds the other end of its channel.
+        for thread in [self.writer.take(), self.checkpointer.take()]
+            .into_iter()
+            .flatten()
+        {
+            if thread.join().is_err() {
+                tracing::error!(path = %self.path.display(), "task store: a thread of the store panicked");
             }
         }
     }
@@ -2236,15 +2589,15 @@ fn reset_in(
 
 impl Store for SqliteStore {
     fn next_engine_id(&mut self) -> Result<EngineId, StoreError> {
-        Ok(self.engine_ids.take(1, &self.ops)?.start)
+        Ok(self.engine_ids.take(1, &self.ops, &self.log)?.start)
     }
 
     fn next_job_id(&mut self) -> Result<JobId, StoreError> {
-        Ok(self.job_ids.take(1, &self.ops)?.start)
+        Ok(self.job_ids.take(1, &self.ops, &self.log)?.start)
     }
 
     fn next_task_ids(&mut self, n: u64) -> Result<Range<TaskId>, StoreError> {
-        self.task_ids.take(n, &self.ops)
+        self.task_ids.take(n, &self.ops, &self.log)
     }
 
     fn add_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
@@ -2340,11 +2693,18 @@ impl Store for SqliteStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            await_reply(&call_async(&self.ops, |_| Ok(()))?)?;
+            await_reply(&call_async(&self.ops, &self.log, |_| Ok(()))?)?;
             self.dirty = false;
         }
-        // Everything that could be committed is; now say what could not.
-        self.deferred.take()
+        self.stopped()
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn commits(&self) -> Arc<CommitLog> {
+        Arc::clone(&self.log)
     }
 
     fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -2697,7 +3057,7 @@ mod tests {
             apply(
                 &conn,
                 Write::AddTasks(vec![sql_task(id)]),
-                &Deferred::default(),
+                &BatchErrors::default(),
             );
         }
         conn
@@ -2763,10 +3123,10 @@ mod tests {
     #[test]
     fn the_fold_writes_out_what_it_holds_past_its_byte_bound() {
         let conn = fold_table();
-        let deferred = Deferred::default();
+        let errors = BatchErrors::default();
         let mut fold = Fold::default();
-        fold.apply(&conn, write_of(1, &(0, Event::Start(1))), &deferred);
-        fold.apply(&conn, write_of(2, &(1, Event::Start(1))), &deferred);
+        fold.apply(&conn, write_of(1, &(0, Event::Start(1))), &errors);
+        fold.apply(&conn, write_of(2, &(1, Event::Start(1))), &errors);
         assert_eq!(fold.held.len(), 2);
         let big = Write::Finished {
             task: 1,
@@ -2777,7 +3137,7 @@ mod tests {
             engine: 1,
             attempts: 1,
         };
-        fold.apply(&conn, big, &deferred);
+        fold.apply(&conn, big, &errors);
         assert!(
             fold.held.is_empty() && fold.order.is_empty(),
             "nothing held"
@@ -2802,7 +3162,7 @@ mod tests {
             events in proptest::collection::vec(event(), 0..24)
         ) {
             let (plain, folded) = (fold_table(), fold_table());
-            let (plain_errors, folded_errors) = (Deferred::default(), Deferred::default());
+            let (plain_errors, folded_errors) = (BatchErrors::default(), BatchErrors::default());
             let mut fold = Fold::default();
             for (n, e) in events.iter().enumerate() {
                 apply(&plain, write_of(n, e), &plain_errors);
@@ -2810,8 +3170,8 @@ mod tests {
             }
             fold.flush(&folded, &folded_errors);
             prop_assert_eq!(table(&plain), table(&folded));
-            let failures = |d: &Deferred| d.slot.lock().unwrap().as_ref().map(|(_, more)| more + 1);
-            prop_assert_eq!(failures(&plain_errors), failures(&folded_errors));
+            let failures = |d: BatchErrors| d.take().map(|(_, more)| more + 1);
+            prop_assert_eq!(failures(plain_errors), failures(folded_errors));
         }
     }
 
@@ -3306,12 +3666,23 @@ mod tests {
         }
     }
 
+    /// A write that fails stops the store: its batch is rolled back (the
+    /// commit position does not cover it), every later write and flush
+    /// fails with the first failure, and reads show what was committed.
     #[test]
-    fn writer_failures_are_reported_once() {
+    fn a_failed_write_stops_the_store_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = reopen(&dir.path().join("errors.db"));
+        let log = store.commits();
         let j = job(&mut store, "ivan");
         let id = tasks(&mut store, j, &[0])[0];
+        store.flush().unwrap();
+        let committed = log.committed();
+        assert_eq!(
+            committed,
+            store.written(),
+            "everything flushed is committed"
+        );
         let dup = |seq| NewTask {
             id,
             job: j,
@@ -3320,22 +3691,232 @@ mod tests {
             submitted: at(0),
         };
         store.add_tasks(vec![dup(1), dup(2)]).unwrap();
-        // Later writes neither fail for it nor get lost.
         store.task_started(id, 3, at(1), 1).unwrap();
-        match store.flush() {
-            Err(StoreError::Deferred { first, more: 1 }) => {
-                assert!(matches!(*first, StoreError::Sqlite { .. }), "{first}");
-                let text = ErrorChain(&StoreError::Deferred { first, more: 1 }).to_string();
-                assert!(
-                    text.contains("recording task") && text.contains("UNIQUE"),
-                    "{text}"
-                );
-            }
-            other => panic!("expected a deferred failure, got {other:?}"),
-        }
-        store.flush().unwrap();
-        assert_eq!(states(&mut store, j), [TaskState::Running]);
+        let failure = store.flush().unwrap_err();
+        assert!(matches!(failure, StoreError::CannotWrite(_)), "{failure}");
+        let text = ErrorChain(&failure).to_string();
+        assert!(
+            text.contains("recording task") && text.contains("UNIQUE"),
+            "{text}"
+        );
+        assert!(
+            failure
+                .to_string()
+                .starts_with("task store cannot write: UNIQUE"),
+            "{failure}"
+        );
+        assert_eq!(
+            log.committed(),
+            committed,
+            "the failed batch is not counted"
+        );
+        assert!(log.failure().is_some());
+        // Sticky: later writes, flushes and purges fail at once...
+        assert!(matches!(
+            store.task_started(id, 4, at(2), 1),
+            Err(StoreError::CannotWrite(_))
+        ));
+        assert!(matches!(store.flush(), Err(StoreError::CannotWrite(_))));
+        assert!(matches!(
+            store.purge_completed(),
+            Err(StoreError::CannotWrite(_))
+        ));
+        // ...while reads show what was committed: the start was rolled back.
+        assert_eq!(states(&mut store, j), [TaskState::Pending]);
         assert_eq!(store.tasks(&TaskFilter::Job(j), false).unwrap()[0].seq, 0);
+    }
+
+    /// Each committed batch moves the position on by its writes; the memory
+    /// store's stays at 0, as its `written` does.
+    #[test]
+    fn the_commit_position_follows_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = reopen(&dir.path().join("position.db"));
+        let log = store.commits();
+        let j = job(&mut store, "kim");
+        let ids = tasks(&mut store, j, &[0, 1, 2]);
+        store.task_started(ids[0], 1, at(1), 1).unwrap();
+        assert_eq!(store.written(), 3);
+        store.flush().unwrap();
+        assert_eq!(log.committed(), 3);
+        let mut memory = MemoryStore::new();
+        let m = job(&mut memory, "kim");
+        tasks(&mut memory, m, &[0]);
+        assert_eq!((memory.written(), memory.commits().committed()), (0, 0));
+    }
+
+    fn refusal(path: &Path, options: &StoreOptions) -> String {
+        match SqliteStore::open_with(path, options) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("{} was opened", path.display()),
+        }
+    }
+
+    /// What is at a store path and is not a zcluster store is refused,
+    /// named, and left as it was: an empty file, other bytes, another
+    /// application's database, an empty database, a directory.
+    #[test]
+    fn a_path_that_holds_no_zcluster_store_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::default();
+        let empty = dir.path().join("empty.sqlite");
+        std::fs::write(&empty, b"").unwrap();
+        let text = refusal(&empty, &options);
+        assert!(text.contains(&empty.display().to_string()), "{text}");
+        assert!(text.contains("an empty file (0 bytes)"), "{text}");
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "left alone");
+
+        let notes = dir.path().join("notes.sqlite");
+        std::fs::write(&notes, "my notes, not a database\n").unwrap();
+        let text = refusal(&notes, &options);
+        assert!(text.contains("not a SQLite database"), "{text}");
+        assert!(text.contains("my notes"), "{text}");
+
+        let other = dir.path().join("other.sqlite");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE photos (id INTEGER); INSERT INTO photos VALUES (1);")
+            .unwrap();
+        let text = refusal(&other, &options);
+        assert!(
+            text.contains("without zcluster's tables (it has: photos)"),
+            "{text}"
+        );
+        let photos: i64 = Connection::open(&other)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(photos, 1, "nothing added to it");
+
+        let foreign = dir.path().join("foreign.sqlite");
+        Connection::open(&foreign)
+            .unwrap()
+            .pragma_update(None, "application_id", 0x1234)
+            .unwrap();
+        let text = refusal(&foreign, &options);
+        assert!(text.contains("another application"), "{text}");
+
+        let blank = dir.path().join("blank.sqlite");
+        Connection::open(&blank)
+            .unwrap()
+            .pragma_update(None, "journal_mode", "WAL")
+            .unwrap();
+        let text = refusal(&blank, &options);
+        assert!(text.contains("an empty SQLite database"), "{text}");
+
+        let text = refusal(dir.path(), &options);
+        assert!(text.contains("a directory"), "{text}");
+    }
+
+    /// A store that holds fewer commits than its side file records is
+    /// refused, unless the rollback is accepted; then it carries on from
+    /// what it holds and the record follows it.
+    #[test]
+    fn a_store_behind_its_commit_record_is_refused_unless_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("behind.sqlite");
+        let mut store = reopen(&path);
+        let j = job(&mut store, "lena");
+        tasks(&mut store, j, &[0, 1]);
+        drop(store);
+        let record = store_file::read_record(&path).unwrap().unwrap();
+        assert!(record.commits >= 2, "{record:?}");
+        // Reopened as it was: fine.
+        drop(reopen(&path));
+        // The record says more than the store holds (what a deleted -wal
+        // leaves behind; the hub tests delete one for real).
+        let ahead = record.commits + 5;
+        std::fs::write(
+            store_file::record_path(&path),
+            format!("zcluster task store {:016x} {ahead:020}\n", record.store),
+        )
+        .unwrap();
+        let text = refusal(&path, &StoreOptions::default());
+        assert!(
+            text.contains("is behind what was committed")
+                && text.contains(&format!("holds {} commits", record.commits))
+                && text.contains(&format!("{ahead} were made"))
+                && text.contains("--accept-rollback"),
+            "{text}"
+        );
+        let accept = StoreOptions {
+            accept_rollback: true,
+        };
+        let mut store = SqliteStore::open_with(&path, &accept).unwrap();
+        assert_eq!(states(&mut store, j).len(), 2, "what it holds");
+        drop(store);
+        assert_eq!(
+            store_file::read_record(&path).unwrap().unwrap().store,
+            record.store
+        );
+        drop(reopen(&path));
+
+        // A damaged record cannot rule a rollback out either.
+        std::fs::write(store_file::record_path(&path), "garbage").unwrap();
+        let text = refusal(&path, &StoreOptions::default());
+        assert!(text.contains("damaged"), "{text}");
+        drop(SqliteStore::open_with(&path, &accept).unwrap());
+        drop(reopen(&path));
+    }
+
+    /// Past [`CHECKPOINT_PAGES`] of WAL the checkpoint thread copies the
+    /// WAL into the database file, without the writer waiting for it.
+    #[test]
+    fn the_wal_is_checkpointed_by_a_thread_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.sqlite");
+        let mut store = reopen(&path);
+        let j = job(&mut store, "nina");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let ids: Vec<TaskId> = store.next_task_ids(1500).unwrap().collect();
+        store
+            .add_tasks(
+                ids.iter()
+                    .map(|&id| NewTask {
+                        id,
+                        job: j,
+                        seq: id,
+                        request: vec![7; 4096],
+                        submitted: at(0),
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        store.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + (4 << 20) {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(states(&mut store, j).len(), 1500);
+    }
+
+    /// A new store's file, its side file and the directories made for it
+    /// are their owner's only; an old store's 0644 files are narrowed.
+    #[test]
+    fn store_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made").join("for").join("it.sqlite");
+        let mut store = reopen(&path);
+        let j = job(&mut store, "mo");
+        tasks(&mut store, j, &[0]);
+        store.flush().unwrap();
+        for file in [
+            path.clone(),
+            store_file::beside(&path, "-wal"),
+            store_file::beside(&path, "-shm"),
+            store_file::record_path(&path),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("made")), 0o700);
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(reopen(&path));
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[test]

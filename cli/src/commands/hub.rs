@@ -56,6 +56,12 @@ pub struct HubArgs {
     /// Start afresh: a new key and new ports even if the connection file exists.
     #[arg(long)]
     fresh: bool,
+    /// Open a task store that holds fewer commits than its side file
+    /// (STORE-commits) records, carrying on from what it holds. Without
+    /// it such a store is refused: its -wal file was lost or an older copy
+    /// put back, and tasks whose results were delivered would run again.
+    #[arg(long)]
+    accept_rollback: bool,
 }
 
 pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
@@ -116,6 +122,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         poison_limit: args.poison_limit.max(1),
         max_message: args.max_message,
         speculate: !args.no_speculation,
+        accept_rollback: args.accept_rollback,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -136,10 +143,21 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         info.engines, info.clients
     );
     eprintln!("zcluster: task store {}", info.store);
-    match hub.live_jobs() {
+    let carried = hub.carried_on();
+    match carried.len() {
         0 => {}
         1 => eprintln!("zcluster: carried on 1 unfinished job from the store"),
         n => eprintln!("zcluster: carried on {n} unfinished jobs from the store"),
+    }
+    for job in &carried {
+        let total = job.total.map_or_else(
+            || "inputs still to come".to_string(),
+            |t| format!("{t} inputs"),
+        );
+        eprintln!(
+            "zcluster:   job {}: {} tasks to run, {} finished ({total})",
+            job.job, job.to_run, job.finished
+        );
     }
     eprintln!(
         "zcluster: start workers with: zcluster worker --hub {}",

@@ -326,6 +326,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         },
     )?;
+    // Everything printed came from the store; a job the hub cannot close
+    // is not finished there, and the map says so.
+    backend.finish()?;
     drop(backend);
     drop(cluster);
     progress.finish_and_clear();
