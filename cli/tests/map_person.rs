@@ -599,3 +599,94 @@ fn timeouts_take_seconds_and_percentages_and_refuse_zero() {
         .collect();
     assert_eq!(statuses, ["ok", "ok", "ok", "ok", "timeout"]);
 }
+
+/// The first column of each row of a table (its header left out).
+fn first_column(table: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(table)
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Item 8: one numbering everywhere: an input's number is 1 for the first,
+/// as `{#}`, the `seq` of the results, the rows of `results --status-only`
+/// (which also prints the times its help promises) and `resubmit --task`.
+#[test]
+fn inputs_are_numbered_from_one_everywhere() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let inputs = input_file(hub.dir(), "codes", &["0", "3", "0"]);
+    let output = hub
+        .cmd("map")
+        .arg(&inputs)
+        .args(["--no-progress", "--", "sh", "-c", "echo {#}; exit {}"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "1\n2\n3\n");
+    let job = job_of(&output).to_string();
+    let (_, records) = hub.results(job.parse().unwrap());
+    let seqs: Vec<u64> = records.iter().map(|r| field_u64(r, "seq")).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(records[1]["status"], "failed");
+
+    let table = hub
+        .cmd("results")
+        .args([&job, "--status-only"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(first_column(&table.stdout), ["1", "2", "3"], "{text}");
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("STARTED") && header.contains("TIME"),
+        "{text}"
+    );
+    let failed: Vec<&str> = text.lines().filter(|l| l.contains("failed")).collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(failed[0].starts_with('2'), "{text}");
+
+    // The number shown is the one resubmit takes; 0 is nobody's.
+    hub.cmd("resubmit")
+        .args([&job, "--task", "2"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("resubmitted 1 task"));
+    let refused = hub
+        .cmd("resubmit")
+        .args([&job, "--task", "0"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("numbered from 1"), "{stderr}");
+
+    // Chunks of several inputs show the inputs they hold.
+    let chunked = job_of(&hub.map_ok(
+        &inputs,
+        &["--no-progress", "--chunksize", "2", "--", "true"],
+    ));
+    let table = hub
+        .cmd("results")
+        .args([&chunked.to_string(), "--status-only"])
+        .output()
+        .unwrap();
+    assert_eq!(first_column(&table.stdout), ["1-2", "3"]);
+
+    // `status --verbose` names running and queued tasks the same way.
+    let sleeps = input_file(hub.dir(), "sleeps", &["30", "30", "30", "30"]);
+    let map = hub.spawn_map("sleeps", &[sleeps.to_str().unwrap(), "--", "sleep"]);
+    wait_until("two tasks running", || {
+        let text = hub.cmd("status").arg("--verbose").output().unwrap().stdout;
+        String::from_utf8_lossy(&text).contains("running: ")
+            && map.job().is_some_and(|job| {
+                let text = String::from_utf8_lossy(&text).into_owned();
+                text.contains(&format!("job {job} queued: 3 4"))
+                    && text.contains(&format!("{job}/1"))
+                    && text.contains(&format!("{job}/2"))
+            })
+    });
+}

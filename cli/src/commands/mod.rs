@@ -12,6 +12,7 @@ pub mod shutdown;
 pub mod status;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use clap::Args;
 use zcluster::hub::client::HubClient;
 use zcluster::hub::connection::{self, ConnectionInfo};
+use zcluster::hub::protocol::{ClientCall, Reply, TaskReport};
 use zcluster::socket::{FutureSocket, SocketKind};
 
 /// An error in what the user asked for (exit status 2), as opposed to a
@@ -171,9 +173,22 @@ pub fn job_reports(
     job: u64,
     status_only: bool,
 ) -> anyhow::Result<Vec<zcluster::hub::protocol::TaskReport>> {
+    let mut all = Vec::new();
+    each_report(client, job, status_only, |report| all.push(report))?;
+    Ok(all)
+}
+
+/// Hands each recorded task of `job` to `visit`, page by page, so that a
+/// caller keeping only a little of each (its inputs' numbers, say) holds
+/// one page at a time, not the job's every output.
+pub fn each_report(
+    client: &mut zcluster::hub::client::HubClient,
+    job: u64,
+    status_only: bool,
+    mut visit: impl FnMut(zcluster::hub::protocol::TaskReport),
+) -> anyhow::Result<()> {
     use zcluster::hub::client::ClientError;
     use zcluster::hub::protocol::{ClientCall, Reply};
-    let mut all = Vec::new();
     let mut after = None;
     loop {
         let call = ClientCall::ResultsPage {
@@ -183,10 +198,10 @@ pub fn job_reports(
         };
         match client.call(&call) {
             Ok(Reply::ResultsPage { reports, next }) => {
-                all.extend(reports);
+                reports.into_iter().for_each(&mut visit);
                 match next {
                     Some(cursor) if Some(cursor) != after => after = Some(cursor),
-                    _ => return Ok(all),
+                    _ => return Ok(()),
                 }
             }
             Ok(_) => anyhow::bail!("unexpected answer to a results call"),
@@ -202,4 +217,93 @@ pub fn chunk_of(report: &zcluster::hub::protocol::TaskReport) -> Option<zcluster
         .request
         .as_deref()
         .and_then(|r| zcluster::map::ExecChunk::from_request_body(r).ok())
+}
+
+/// The inputs each of a job's hub tasks holds, by the numbers a person
+/// meets everywhere else: 1 for the first input, as `{#}`, the `seq` of
+/// `--json` and `zcluster resubmit --task` have it. The hub numbers its
+/// tasks from 0 by chunk (what the map sent it), so this converts at the
+/// edge, without asking the hub for outputs when it can.
+pub enum InputNumbers {
+    /// Task N holds input N + 1 alone (one input per chunk, none skipped).
+    OneEach,
+    /// The inputs of each task (chunks of several, or inputs skipped).
+    Chunks(HashMap<u64, Vec<u64>>),
+    /// Not a `zcluster map` job: the tasks' own ids.
+    Ids,
+}
+
+impl InputNumbers {
+    /// Learns the numbering of the tasks `ids` of `job` (all of them when
+    /// `whole_job`). One task's request settles the usual case: if the
+    /// highest task (chunk k) holds input k + 1 alone, every chunk before
+    /// it holds exactly one input too (each holds at least one, in
+    /// increasing order), so chunk j holds input j + 1. Otherwise the
+    /// requests of `ids` are read (the whole job's a page at a time),
+    /// keeping only the numbers.
+    pub fn of(
+        client: &mut HubClient,
+        job: u64,
+        ids: &[u64],
+        whole_job: bool,
+    ) -> anyhow::Result<Self> {
+        let Some(&last) = ids.iter().max() else {
+            return Ok(InputNumbers::OneEach);
+        };
+        let call = ClientCall::Results {
+            job,
+            ids: Some(vec![last]),
+            status_only: false,
+        };
+        let Reply::Results(found) = client.call(&call)? else {
+            anyhow::bail!("unexpected answer to a results call");
+        };
+        let Some(chunk) = found.iter().find_map(chunk_of) else {
+            return Ok(InputNumbers::Ids);
+        };
+        if matches!(chunk.tasks.as_slice(), [only] if only.seq == last + 1) {
+            return Ok(InputNumbers::OneEach);
+        }
+        let mut chunks = HashMap::new();
+        let mut keep = |report: TaskReport| {
+            if let Some(chunk) = chunk_of(&report) {
+                chunks.insert(report.id, chunk.tasks.iter().map(|t| t.seq).collect());
+            }
+        };
+        if whole_job {
+            each_report(client, job, false, keep)?;
+        } else {
+            let call = ClientCall::Results {
+                job,
+                ids: Some(ids.to_vec()),
+                status_only: false,
+            };
+            let Reply::Results(found) = client.call(&call)? else {
+                anyhow::bail!("unexpected answer to a results call");
+            };
+            found.into_iter().for_each(&mut keep);
+        }
+        Ok(InputNumbers::Chunks(chunks))
+    }
+
+    /// The inputs of task `id`: `4`, or `5-8` for a chunk, `5,7` for one
+    /// with a gap.
+    pub fn label(&self, id: u64) -> String {
+        match self {
+            InputNumbers::OneEach => (id + 1).to_string(),
+            InputNumbers::Ids => id.to_string(),
+            InputNumbers::Chunks(chunks) => match chunks.get(&id).map(Vec::as_slice) {
+                None | Some([]) => "?".to_string(),
+                Some([only]) => only.to_string(),
+                Some(seqs @ [first, .., last]) if seqs.windows(2).all(|w| w[1] == w[0] + 1) => {
+                    format!("{first}-{last}")
+                }
+                Some(seqs) => seqs
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
+        }
+    }
 }
