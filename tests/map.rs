@@ -29,11 +29,11 @@ fn reads_at_most_a_window_ahead_of_the_oldest_unfinished_task() {
         let pulled = pulled.clone();
         (1..=10_000_000u64).map(move |i| {
             pulled.store(i, Ordering::SeqCst);
-            Ok(Ok(if i == 1 {
-                "0.5".to_string()
+            Ok(if i == 1 {
+                b"0.5".to_vec()
             } else {
-                "0".to_string()
-            }))
+                b"0".to_vec()
+            })
         })
     };
     let cluster = EmbeddedCluster::start(options.jobs).unwrap();
@@ -84,7 +84,7 @@ fn every_input_once_in_order_with_chunks() {
             chunksize,
             ..MapOptions::default()
         };
-        let inputs = (1..=300u64).map(|i| Ok(Ok(i.to_string())));
+        let inputs = (1..=300u64).map(|i| Ok(i.to_string().into_bytes()));
         let cluster = EmbeddedCluster::start(options.jobs).unwrap();
         let mut backend =
             HubBackend::open(cluster.client().unwrap(), "echo".into(), 0, false).unwrap();

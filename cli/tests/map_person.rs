@@ -690,3 +690,73 @@ fn inputs_are_numbered_from_one_everywhere() {
             })
     });
 }
+
+/// Item 11: an input line is bytes on Unix: a Latin-1 file name reaches
+/// the command exactly (directly, through `{/.}`, and through `--shell`),
+/// the results file keeps it exact in `input_base64`, and `-0` reads
+/// NUL-terminated inputs (`find -print0`), newlines and all.
+#[test]
+fn inputs_that_are_not_utf8_are_passed_as_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new().unwrap();
+    let name: &[u8] = b"caf\xe9.txt";
+    let path = dir.path().join(std::ffi::OsStr::from_bytes(name));
+    std::fs::write(&path, "contents of the Latin-1 file\n").unwrap();
+    let mut line = path.as_os_str().as_bytes().to_vec();
+    line.push(b'\n');
+    let results = dir.path().join("r.jsonl");
+    for shell in [false, true] {
+        let mut command = zcluster();
+        command.args(["map", "--results"]).arg(&results);
+        if shell {
+            command.arg("--shell");
+        }
+        command
+            .args(["--", "cat", "{}"])
+            .write_stdin(line.clone())
+            .timeout(FAIL_AFTER)
+            .assert()
+            .code(0)
+            .stdout("contents of the Latin-1 file\n");
+        let records = json_lines(&results);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["status"], "ok", "{}", records[0]);
+        assert!(records[0]["input"].is_null(), "{}", records[0]);
+        let exact = base64_decode(records[0]["input_base64"].as_str().unwrap());
+        assert_eq!(exact, path.as_os_str().as_bytes());
+    }
+    let output = zcluster()
+        .args(["map", "--", "printf", "%s\\n", "{/.}"])
+        .write_stdin(line.clone())
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"caf\xe9\n");
+
+    // -0: records end with NUL, and a newline is part of one.
+    zcluster()
+        .args(["map", "-0", "--", "printf", "[%s]"])
+        .write_stdin(&b"x y\nz\0w\0"[..])
+        .timeout(FAIL_AFTER)
+        .assert()
+        .code(0)
+        .stdout("[x y\nz][w]");
+}
+
+/// Standard base64, for the test's own check of `input_base64`.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.bytes().filter(|&b| b != b'=') {
+        let value = ALPHABET.iter().position(|&a| a == byte).expect("base64") as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}

@@ -20,6 +20,8 @@
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -151,16 +153,51 @@ pub enum MapError {
 }
 
 /// One task as it travels to a worker.
+///
+/// The input and the command are bytes: on Unix a line of a file, a file
+/// name, an argument need not be UTF-8 (a Latin-1 name is not), and the
+/// command must get exactly the bytes read. (Encoded, bytes cost what a
+/// string did: a length and the bytes.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecTask {
     /// 1-based input number.
     pub seq: u64,
     /// The input line, so a recorded request explains itself.
-    pub input: String,
-    /// The command to run.
-    pub argv: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// The command to run: the program, then its arguments.
+    pub argv: Vec<serde_bytes::ByteBuf>,
     /// Its time limit.
     pub timeout: Option<Duration>,
+}
+
+impl ExecTask {
+    /// The input as a person reads it (lossy when it is not UTF-8), and its
+    /// exact bytes when they are not UTF-8: [`TaskRecord`]'s `input` and
+    /// `raw_input`.
+    pub fn shown_input(&self) -> (String, Option<Vec<u8>>) {
+        shown(&self.input)
+    }
+
+    /// The command as a person reads it (lossy where not UTF-8).
+    pub fn shown_command(&self) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    }
+}
+
+/// Bytes as a person reads them, and the bytes themselves when they are
+/// not UTF-8 (so they can be kept exactly).
+fn shown(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.to_vec()),
+        ),
+    }
 }
 
 /// Tasks sent together in one request.
@@ -229,7 +266,8 @@ pub fn run_chunk(
                 cancel: Some(cancel.clone()),
                 ..ExecOptions::default()
             };
-            (task.seq, exec::run(&task.argv, &options))
+            let argv: Vec<&OsStr> = task.argv.iter().map(|a| OsStr::from_bytes(a)).collect();
+            (task.seq, exec::run(&argv, &options))
         })
         .collect();
     encode_value(&outcomes, "chunk outcomes").map_err(HandlerError::new)
@@ -354,12 +392,12 @@ impl MapSummary {
     }
 }
 
-/// An input line: its text, or the raw bytes when they are not UTF-8.
-pub type InputLine = Result<String, Vec<u8>>;
+/// An input line, as bytes: on Unix it need not be UTF-8.
+pub type InputLine = Vec<u8>;
 
 struct Pending {
-    input: String,
-    argv: Vec<String>,
+    input: Vec<u8>,
+    argv: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
@@ -519,11 +557,16 @@ where
             let Some(task) = pending.remove(&seq) else {
                 continue; // not ours, or already finished
             };
+            let (input, raw_input) = shown(&task.input);
             let record = TaskRecord {
                 seq,
-                input: task.input,
-                raw_input: None,
-                command: task.argv,
+                input,
+                raw_input,
+                command: task
+                    .argv
+                    .iter()
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect(),
                 outcome,
                 attempts: done.attempts,
                 host: done.host.clone(),
@@ -734,41 +777,30 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
 }
 
 /// Renders one input, or makes the failed record of an input that cannot
-/// become a command (not UTF-8, a NUL byte).
+/// become a command (a NUL byte).
 fn prepare(
     template: &CommandTemplate,
     line: InputLine,
     seq: u64,
 ) -> Result<Pending, Box<TaskRecord>> {
-    let failed = |input: String, raw_input: Option<Vec<u8>>, reason: String| {
-        Box::new(TaskRecord {
-            seq,
-            input,
-            raw_input,
-            command: Vec::new(),
-            outcome: failed_outcome(reason),
-            attempts: 0,
-            host: String::new(),
-            pid: 0,
-            worker: String::new(),
-        })
-    };
-    let input = match line {
-        Ok(input) => input,
-        Err(bytes) => {
-            let shown = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(failed(
-                shown,
-                Some(bytes),
-                "input line is not valid UTF-8".into(),
-            ));
-        }
-    };
-    match template.render(&input, seq) {
-        Ok(argv) => Ok(Pending { input, argv }),
+    match template.render_bytes(&line, seq) {
+        Ok(argv) => Ok(Pending {
+            input: line,
+            argv: argv.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        }),
         Err(e) => {
-            let reason = e.to_string();
-            Err(failed(input, None, reason))
+            let (input, raw_input) = shown(&line);
+            Err(Box::new(TaskRecord {
+                seq,
+                input,
+                raw_input,
+                command: Vec::new(),
+                outcome: failed_outcome(e.to_string()),
+                attempts: 0,
+                host: String::new(),
+                pid: 0,
+                worker: String::new(),
+            }))
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct MapArgs {
     /// Run the command with `sh -c`, inputs quoted.
     #[arg(long)]
     shell: bool,
+    /// Inputs end with a NUL byte, not a newline, as `find -print0` and
+    /// `xargs -0` have them: a file name may hold any byte but NUL.
+    #[arg(short = '0', long)]
+    null: bool,
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -196,6 +200,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let progress = progress_bar(
         !args.no_progress && io::stderr().is_terminal(),
         input_path.clone(),
+        if args.null { b'\0' } else { b'\n' },
     );
     if input_path.is_none() && io::stdin().is_terminal() {
         progress.suspend(|| {
@@ -266,7 +271,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let timeout = args.timeout;
     let finished_results = results.clone();
     let summary = run_map_with(
-        lines(reader),
+        lines(reader, args.null),
         &template,
         &options,
         &mut backend,
@@ -467,26 +472,28 @@ fn failure_line(record: &TaskRecord, timeout: Option<TimeoutArg>) -> Option<Stri
     ))
 }
 
-/// Input lines without their `\n` (or `\r\n`), read lazily; a line that is
-/// not UTF-8 is passed on as bytes and becomes a failed task.
+/// Inputs read lazily, as bytes (on Unix a line need not be UTF-8: it is
+/// passed to the command exactly): lines without their `\n` (or `\r\n`),
+/// or with `-0` NUL-terminated records (`find -print0`), which may hold
+/// any byte but NUL, newlines included.
 fn lines(
     mut reader: Box<dyn BufRead + Send>,
+    null: bool,
 ) -> impl Iterator<Item = io::Result<InputLine>> + Send + 'static {
+    let end = if null { b'\0' } else { b'\n' };
     let mut buf = Vec::new();
     std::iter::from_fn(move || {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
+        match reader.read_until(end, &mut buf) {
             Ok(0) => None,
             Ok(_) => {
-                if buf.last() == Some(&b'\n') {
+                if buf.last() == Some(&end) {
                     buf.pop();
-                    if buf.last() == Some(&b'\r') {
+                    if !null && buf.last() == Some(&b'\r') {
                         buf.pop();
                     }
                 }
-                Some(Ok(
-                    String::from_utf8(buf.clone()).map_err(|e| e.into_bytes())
-                ))
+                Some(Ok(buf.clone()))
             }
             Err(e) => Some(Err(e)),
         }
@@ -560,7 +567,7 @@ fn plural(n: u64, noun: &str) -> String {
 /// is known (a file's lines are counted on a background thread; standard
 /// input has none), it shows what is known: tasks done, their rate and the
 /// time so far, not `0/0 ETA 0s`.
-fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
+fn progress_bar(visible: bool, input: Option<PathBuf>, end: u8) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
@@ -574,7 +581,7 @@ fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
         let bar = bar.clone();
         std::thread::spawn(move || {
             if let Ok(file) = File::open(path) {
-                let total = BufReader::new(file).split(b'\n').count();
+                let total = BufReader::new(file).split(end).count();
                 bar.set_length(total as u64);
                 bar.set_style(bar_style(
                     "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta} failed: {msg}",

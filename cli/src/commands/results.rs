@@ -94,11 +94,12 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
                 unfinished += 1;
                 continue;
             };
+            let (input, raw_input) = task.shown_input();
             records.push(TaskRecord {
                 seq: task.seq,
-                input: task.input,
-                raw_input: None,
-                command: task.argv,
+                input,
+                raw_input,
+                command: task.shown_command(),
                 outcome,
                 attempts,
                 host: done.host.clone(),
