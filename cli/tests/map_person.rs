@@ -760,3 +760,93 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Item 13: the small things: counts in good English, `--results -` on
+/// stdout (task output then on stderr, no file named `-`), a job's
+/// description quoted as it was typed, tables whose columns line up, a
+/// ping's mean in one unit, and JSON from every command that prints a
+/// table or a list.
+#[test]
+fn small_things_a_person_notices() {
+    let dir = TempDir::new().unwrap();
+    let output = zcluster()
+        .current_dir(dir.path())
+        .args(["map", "--results", "-", "--", "echo"])
+        .write_stdin("only\n")
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("zcluster: 1 task: 1 ok"), "{stderr}");
+    assert!(
+        stderr.contains("only\n"),
+        "task output not on stderr: {stderr}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is the JSON record");
+    assert_eq!(record["stdout"], "only\n");
+    assert!(!dir.path().join("-").exists(), "a file named - was created");
+
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let inputs = input_file(hub.dir(), "one", &["x"]);
+    let job = job_of(&hub.map_ok(&inputs, &["--", "sh", "-c", "echo \"a b\""]));
+    assert_eq!(
+        hub.job(job).unwrap()["description"],
+        "sh -c 'echo \"a b\"'",
+        "the command's quoting was lost"
+    );
+
+    // Columns line up: each header's word starts where its cells start.
+    let status = hub.cmd("status").output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| l.starts_with("JOB")).unwrap();
+    let column = lines[header].find("DESCRIPTION").unwrap();
+    assert_eq!(
+        lines[header + 1].find("sh -c"),
+        Some(column),
+        "columns do not line up:\n{text}"
+    );
+    assert!(!text.contains('\t'), "{text}");
+
+    let ping = hub.cmd("ping").output().unwrap();
+    let text = String::from_utf8_lossy(&ping.stdout);
+    let mean = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .last()
+        .unwrap();
+    let (value, unit) = mean
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(value.parse::<f64>().is_ok(), "mean {mean:?} in {text}");
+    assert!(
+        ["ns", "µs", "ms", "s"].contains(&unit),
+        "mean {mean:?} in {text}"
+    );
+
+    let ping: serde_json::Value =
+        serde_json::from_slice(&hub.cmd("ping").arg("--json").output().unwrap().stdout)
+            .expect("ping --json");
+    assert_eq!(ping["answered"].as_array().map(Vec::len), Some(1), "{ping}");
+    let purged = hub
+        .cmd("purge")
+        .args(["--job", &job.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let purged: serde_json::Value = serde_json::from_slice(&purged.stdout).expect("purge --json");
+    assert_eq!(purged["purged"], 1);
+    let killed = hub.cmd("kill").arg("--json").output().unwrap();
+    let killed: serde_json::Value = serde_json::from_slice(&killed.stdout).expect("kill --json");
+    assert_eq!(
+        killed["acknowledged"].as_array().map(Vec::len),
+        Some(1),
+        "{killed}"
+    );
+}

@@ -22,7 +22,7 @@ use zcluster::map::{
 };
 use zcluster::template::CommandTemplate;
 
-use super::{HubArg, UsageError};
+use super::{plural, HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
@@ -163,11 +163,13 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
+    // `--results -`: the records are the output; task output goes to stderr.
+    let results_to_stdout = args.results.as_ref().is_some_and(|p| p.as_os_str() == "-");
     let results = match &args.results {
-        Some(path) => Some(
-            ResultsLog::create(path)
-                .map_err(|e| UsageError(format!("cannot create {}: {e}", path.display())))?,
-        ),
+        Some(_) if results_to_stdout => Some(ResultsLog::new(Box::new(super::SharedStdout))),
+        Some(path) => Some(ResultsLog::new(Box::new(File::create(path).map_err(
+            |e| UsageError(format!("cannot create {}: {e}", path.display())),
+        )?))),
         None => None,
     };
     let results = Arc::new(Mutex::new(results));
@@ -209,7 +211,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     }
     // With no hub, a hub and an engine start inside this process: the same
     // code path as a lab's cluster.
-    let description = args.command.join(" ");
+    // As the user would type it again: quoted where needed.
+    let description = template.to_string();
     // The hub itself retries, and stops dispatching at the first final
     // failure, so a halt never races a task that starts meanwhile.
     let halt_on_failure = options.halt != Halt::Never;
@@ -264,7 +267,11 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             (None, backend)
         }
     };
-    let mut stdout = super::stdout();
+    let mut stdout: Box<dyn Write> = if results_to_stdout {
+        Box::new(io::stderr())
+    } else {
+        Box::new(super::stdout())
+    };
     let mut stdout_closed = false;
     let stop = options.stop.clone();
     let mut failed = 0u64;
@@ -321,7 +328,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                 })?;
             }
             if let Some(log) = lock(&results).as_mut() {
-                log.released(&record)?;
+                match log.released(&record) {
+                    Ok(()) => {}
+                    // `--results -` and nobody reads it: as above.
+                    Err(e) if super::is_stdout_closed(&e) => {
+                        stdout_closed = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if record.status() != TaskStatus::Ok {
                 failed += 1;
@@ -356,16 +371,17 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
 /// (input order) is kept here as its line, so that a second Ctrl-C, which
 /// exits at once, still writes it (see [`watch_signals`]).
 struct ResultsLog {
-    file: File,
+    file: Box<dyn Write + Send>,
     held: BTreeMap<u64, Vec<u8>>,
 }
 
 impl ResultsLog {
-    fn create(path: &std::path::Path) -> io::Result<Self> {
-        Ok(ResultsLog {
-            file: File::create(path)?,
+    /// A log writing to `file` (a file, or standard output for `-`).
+    fn new(file: Box<dyn Write + Send>) -> Self {
+        ResultsLog {
+            file,
             held: BTreeMap::new(),
-        })
+        }
     }
 
     /// A task finished: its line is ready.
@@ -554,15 +570,6 @@ fn watch_for_engines(hub: HubArg, progress: ProgressBar, stop: Arc<AtomicBool>) 
     }
 }
 
-/// `1 slot`, `2 slots`.
-fn plural(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("{n} {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 /// A bar on stderr when it is a terminal, hidden otherwise. Until the total
 /// is known (a file's lines are counted on a background thread; standard
 /// input has none), it shows what is known: tasks done, their rate and the
@@ -608,8 +615,11 @@ fn bar_style(template: &str) -> ProgressStyle {
 
 fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     let mut line = format!(
-        "zcluster: {} tasks: {} ok, {} failed, {} timed out",
-        s.total, s.ok, s.failed, s.timed_out
+        "zcluster: {}: {} ok, {} failed, {} timed out",
+        plural(s.total, "task"),
+        s.ok,
+        s.failed,
+        s.timed_out
     );
     if s.cancelled > 0 {
         line += &format!(", {} cancelled", s.cancelled);

@@ -79,6 +79,22 @@ impl Write for Stdout {
     }
 }
 
+/// Standard output written without holding its lock between writes, for a
+/// writer that another thread may use too (`zcluster map --results -`,
+/// whose log a second Ctrl-C writes out from the signal thread); a closed
+/// reader is marked as for [`Stdout`].
+pub struct SharedStdout;
+
+impl Write for SharedStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stdout().write(buf).map_err(mark_closed)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().flush().map_err(mark_closed)
+    }
+}
+
 /// The reader of standard output has gone: not a failure of the command.
 #[derive(Debug)]
 pub struct StdoutClosed;
@@ -305,5 +321,72 @@ impl InputNumbers {
                     .join(","),
             },
         }
+    }
+}
+
+/// A table written through `out` with its columns aligned: rows are written
+/// with tabs between cells, and lined up when the writer is flushed (a
+/// table is read by a person; `--json` is for programs).
+pub fn table<W: Write>(out: W) -> tabwriter::TabWriter<W> {
+    tabwriter::TabWriter::new(out).padding(2)
+}
+
+/// `1 task`, `2 tasks`: a count as a person writes it.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A short duration as a person reads it, to two significant figures or
+/// so: `2.6 ms`, `350 µs`, `1.2 s`, `3 min 5 s` (humantime's
+/// `2ms 562us 608ns` says more than anyone asked).
+pub fn short_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 60.0 {
+        let whole = d.as_secs();
+        return format!("{} min {} s", whole / 60, whole % 60);
+    }
+    let (value, unit) = if secs >= 1.0 {
+        (secs, "s")
+    } else if secs >= 1e-3 {
+        (secs * 1e3, "ms")
+    } else if secs >= 1e-6 {
+        (secs * 1e6, "µs")
+    } else {
+        (secs * 1e9, "ns")
+    };
+    if value >= 10.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_a_person_writes_them() {
+        assert_eq!(short_duration(Duration::from_nanos(2_562_608)), "2.6 ms");
+        assert_eq!(short_duration(Duration::from_micros(350)), "350 µs");
+        assert_eq!(short_duration(Duration::from_millis(1_234)), "1.2 s");
+        assert_eq!(short_duration(Duration::from_secs(185)), "3 min 5 s");
+        assert_eq!(short_duration(Duration::ZERO), "0.0 ns");
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(2, "slot"), "2 slots");
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let mut t = table(Vec::new());
+        writeln!(t, "A\tBB").unwrap();
+        writeln!(t, "CCCC\tD").unwrap();
+        let text = String::from_utf8(t.into_inner().unwrap()).unwrap();
+        assert_eq!(text, "A     BB\nCCCC  D\n");
     }
 }

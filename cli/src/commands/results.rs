@@ -40,6 +40,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     if args.status_only {
         let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
         let numbers = InputNumbers::of(&mut client, args.job, &ids, true)?;
+        let mut out = super::table(&mut out);
         writeln!(out, "INPUT\tSTATE\tENGINE\tATTEMPTS\tSTARTED\tTIME\tERROR")?;
         for r in &reports {
             let engine = r.engine.map_or_else(|| "-".to_string(), |e| e.to_string());
@@ -56,7 +57,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
                         .duration_since(s)
                         .ok()
                 })
-                .map_or_else(|| "-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()));
+                .map_or_else(|| "-".to_string(), super::short_duration);
             writeln!(
                 out,
                 "{}\t{}\t{engine}\t{}\t{started}\t{time}\t{}",

@@ -59,6 +59,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = super::table(out);
     writeln!(
         out,
         "ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT"
@@ -73,7 +74,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             e.slots,
             e.running,
             e.completed,
-            humantime::format_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
+            super::short_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
         )?;
     }
     // Tasks by their inputs' numbers (1 for the first), as everywhere else.
