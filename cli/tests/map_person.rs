@@ -850,3 +850,41 @@ fn small_things_a_person_notices() {
         "{killed}"
     );
 }
+
+/// Item 12: help in a user's words: the top line says what zcluster is
+/// for, the commands come in the order a person uses them, and every
+/// command's help ends with examples that are zcluster command lines.
+#[test]
+fn help_is_written_for_the_person_running_it() {
+    let output = zcluster().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(
+        !first.contains("clap") && !first.contains("library"),
+        "{first}"
+    );
+    let order = [
+        "map", "hub", "worker", "status", "results", "resubmit", "ping", "kill", "purge",
+        "shutdown", "device",
+    ];
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert_eq!(listed, order, "{help}");
+    for command in order {
+        let output = zcluster().args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        let examples: Vec<&str> = help
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .skip(1)
+            .filter(|l| l.contains("zcluster "))
+            .collect();
+        assert!(examples.len() >= 2, "`zcluster {command} --help`:\n{help}");
+    }
+}

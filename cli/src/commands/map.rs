@@ -35,8 +35,13 @@ const STDOUT_CLOSED_EXIT: u8 = 141;
 #[derive(Args)]
 #[command(
     after_help = "Replacement strings: {} input, {.} without extension, {/} basename, \
-                  {//} dirname, {/.} basename without extension, {#} sequence number. \
-                  With none, the input is appended as the last argument."
+                  {//} dirname, {/.} basename without extension, {#} sequence number \
+                  (1 for the first input). With none, the input is appended as the last \
+                  argument.\n\n\
+                  Examples:\n  \
+                  ls *.png | zcluster map -- convert {} {.}.jpg\n  \
+                  find . -name '*.wav' -print0 | zcluster map -0 -j 4 --results r.jsonl -- flac {}\n  \
+                  zcluster map --hub hub.json inputs.txt -- ./extract {} -o out/{/.}.npy"
 )]
 pub struct MapArgs {
     /// File with one input per line; `-` or absent reads standard input.
