@@ -65,6 +65,7 @@
 //! [`ExitKind::Cancelled`] without spawning anything. No global registry of
 //! processes is needed.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -230,14 +231,21 @@ enum Phase {
 
 /// Runs `argv` (program and arguments) to completion under `options` and
 /// reports how it ended and what it wrote. Never panics and never fails: a
-/// command that cannot be started is [`ExitKind::SpawnFailed`].
+/// command that cannot be started is [`ExitKind::SpawnFailed`]. Arguments
+/// are `OsStr`s: on Unix any bytes but NUL, so a file name that is not
+/// UTF-8 reaches the command exactly.
 #[must_use = "the outcome is the task's result"]
-pub fn run(argv: &[String], options: &ExecOptions) -> ExecOutcome {
+pub fn run<A: AsRef<OsStr>>(argv: &[A], options: &ExecOptions) -> ExecOutcome {
     run_in(Containment::get(), argv, options)
 }
 
 /// [`run`] with the way of containing the task given (tests use both).
-fn run_in(containment: &Containment, argv: &[String], options: &ExecOptions) -> ExecOutcome {
+fn run_in<A: AsRef<OsStr>>(
+    containment: &Containment,
+    argv: &[A],
+    options: &ExecOptions,
+) -> ExecOutcome {
+    let argv: Vec<&OsStr> = argv.iter().map(AsRef::as_ref).collect();
     let started = SystemTime::now();
     let clock = Instant::now();
     let finish = |exit, stdout, stderr| ExecOutcome {
@@ -548,7 +556,7 @@ impl<'a> Supervisor<'a> {
 
     /// Finishes the kill sequence if one was started, reaps the child and
     /// says how the task ended.
-    fn reap(&mut self, program: &str) -> ExitKind {
+    fn reap(&mut self, program: &OsStr) -> ExitKind {
         let killed = self.stop.is_some() || self.internal_error;
         if killed {
             // Kill stragglers (e.g. ones that ignored SIGTERM) while the

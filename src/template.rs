@@ -89,6 +89,7 @@
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 /// The replacement strings this module understands, as listed in error
 /// messages so a user who typed an unknown one sees the alternatives.
@@ -261,26 +262,46 @@ impl CommandTemplate {
     /// the template uses the input; the caller should report that task as
     /// failed rather than stop.
     pub fn render(&self, input: &str, seq: u64) -> Result<Vec<String>, TemplateError> {
-        if self.uses_input && input.contains('\0') {
+        Ok(self
+            .render_bytes(input.as_bytes(), seq)?
+            .into_iter()
+            // UTF-8 in, UTF-8 out: the input is only cut at ASCII bytes.
+            .map(|arg| {
+                String::from_utf8(arg)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
+            .collect())
+    }
+
+    /// [`render`](Self::render) for an input that is bytes, as a file name
+    /// or a line of a file is on Unix (a Latin-1 name is not UTF-8): the
+    /// arguments are bytes too, the input's copied exactly, so that the
+    /// command gets the very name it must open.
+    ///
+    /// # Errors
+    ///
+    /// As [`render`](Self::render).
+    pub fn render_bytes(&self, input: &[u8], seq: u64) -> Result<Vec<Vec<u8>>, TemplateError> {
+        if self.uses_input && input.contains(&0) {
             return Err(TemplateError::NulInInput {
-                input: truncate_chars(input, MAX_INPUT_IN_ERROR),
+                input: truncate_chars(&String::from_utf8_lossy(input), MAX_INPUT_IN_ERROR),
             });
         }
         let paths = PathParts::new(input);
         if self.shell {
-            let mut line = String::with_capacity(self.args_len_hint() + 2 * input.len() + 8);
+            let mut line = Vec::with_capacity(self.args_len_hint() + 2 * input.len() + 8);
             for piece in self.parts.iter().flatten() {
                 render_piece(&mut line, piece, &paths, seq, true)?;
             }
             if !self.has_replacement {
-                line.push(' ');
-                line.push_str(&quote(input)?);
+                line.push(b' ');
+                line.extend_from_slice(&quote(input)?);
             }
-            return Ok(vec!["sh".to_owned(), "-c".to_owned(), line]);
+            return Ok(vec![b"sh".to_vec(), b"-c".to_vec(), line]);
         }
         let mut argv = Vec::with_capacity(self.parts.len() + usize::from(!self.has_replacement));
         for pieces in &self.parts {
-            let mut arg = String::new();
+            let mut arg = Vec::new();
             for piece in pieces {
                 render_piece(&mut arg, piece, &paths, seq, false)?;
             }
@@ -416,13 +437,15 @@ fn parse_arg(arg: &str) -> Result<Vec<Piece>, TemplateError> {
 
 /// The path-derived values of one input, computed once per render. All are
 /// slices of the input (or the constants `.` and `/`), so nothing is copied.
+/// Bytes, not text: a path on Unix is bytes, and the separators looked
+/// for (`/`, `.`) are ASCII, never part of a multi-byte UTF-8 character.
 struct PathParts<'a> {
-    input: &'a str,
-    basename: &'a str,
+    input: &'a [u8],
+    basename: &'a [u8],
 }
 
 impl<'a> PathParts<'a> {
-    fn new(input: &'a str) -> Self {
+    fn new(input: &'a [u8]) -> Self {
         PathParts {
             input,
             basename: basename(input),
@@ -433,7 +456,7 @@ impl<'a> PathParts<'a> {
 /// Appends one piece's value to `out`, shell-quoting substituted values when
 /// `quoted` (shell mode).
 fn render_piece(
-    out: &mut String,
+    out: &mut Vec<u8>,
     piece: &Piece,
     paths: &PathParts<'_>,
     seq: u64,
@@ -441,7 +464,7 @@ fn render_piece(
 ) -> Result<(), TemplateError> {
     let value = match piece {
         Piece::Literal(text) => {
-            out.push_str(text);
+            out.extend_from_slice(text.as_bytes());
             return Ok(());
         }
         Piece::Sequence => {
@@ -456,17 +479,17 @@ fn render_piece(
         Piece::BasenameNoExtension => remove_extension(paths.basename),
     };
     if quoted {
-        out.push_str(&quote(value)?);
+        out.extend_from_slice(&quote(value)?);
     } else {
-        out.push_str(value);
+        out.extend_from_slice(value);
     }
     Ok(())
 }
 
 /// Shell-quotes one value for `sh -c`.
-fn quote(value: &str) -> Result<std::borrow::Cow<'_, str>, TemplateError> {
-    shlex::try_quote(value).map_err(|_| TemplateError::NulInInput {
-        input: truncate_chars(value, MAX_INPUT_IN_ERROR),
+fn quote(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, TemplateError> {
+    shlex::bytes::try_quote(value).map_err(|_| TemplateError::NulInInput {
+        input: truncate_chars(&String::from_utf8_lossy(value), MAX_INPUT_IN_ERROR),
     })
 }
 
@@ -478,29 +501,40 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// The position of the last `byte` in `bytes`.
+fn rfind(bytes: &[u8], byte: u8) -> Option<usize> {
+    bytes.iter().rposition(|&b| b == byte)
+}
+
+/// `bytes` without the `byte`s at its end.
+fn trim_end(bytes: &[u8], byte: u8) -> &[u8] {
+    let keep = bytes.iter().rposition(|&b| b != byte).map_or(0, |i| i + 1);
+    &bytes[..keep]
+}
+
 /// `{/}`: everything after the last `/` (GNU parallel's `s:.*/::`).
-fn basename(path: &str) -> &str {
-    match path.rfind('/') {
+fn basename(path: &[u8]) -> &[u8] {
+    match rfind(path, b'/') {
         Some(slash) => &path[slash + 1..],
         None => path,
     }
 }
 
 /// `{//}`: POSIX `dirname(1)`.
-fn dirname(path: &str) -> &str {
+fn dirname(path: &[u8]) -> &[u8] {
     if path.is_empty() {
-        return ".";
+        return b".";
     }
-    let trimmed = path.trim_end_matches('/');
+    let trimmed = trim_end(path, b'/');
     if trimmed.is_empty() {
-        return "/";
+        return b"/";
     }
-    match trimmed.rfind('/') {
-        None => ".",
+    match rfind(trimmed, b'/') {
+        None => b".",
         Some(slash) => {
-            let parent = trimmed[..slash].trim_end_matches('/');
+            let parent = trim_end(&trimmed[..slash], b'/');
             if parent.is_empty() {
-                "/"
+                b"/"
             } else {
                 parent
             }
@@ -511,16 +545,16 @@ fn dirname(path: &str) -> &str {
 /// `{.}`: removes a final `.ext` where `ext` is non-empty and has no `/` or
 /// `.`, unless only dots precede that dot in its path component (a hidden
 /// file such as `.bashrc` has no extension).
-fn remove_extension(path: &str) -> &str {
-    let Some(dot) = path.rfind('.') else {
+fn remove_extension(path: &[u8]) -> &[u8] {
+    let Some(dot) = rfind(path, b'.') else {
         return path;
     };
     let extension = &path[dot + 1..];
-    if extension.is_empty() || extension.contains('/') {
+    if extension.is_empty() || extension.contains(&b'/') {
         return path;
     }
-    let component_start = path[..dot].rfind('/').map_or(0, |slash| slash + 1);
-    if path[component_start..dot].bytes().all(|b| b == b'.') {
+    let component_start = rfind(&path[..dot], b'/').map_or(0, |slash| slash + 1);
+    if path[component_start..dot].iter().all(|&b| b == b'.') {
         return path;
     }
     &path[..dot]
@@ -530,6 +564,7 @@ fn remove_extension(path: &str) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::process::Command;
 
     fn strings(args: &[&str]) -> Vec<String> {
@@ -556,6 +591,36 @@ mod tests {
         let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
         assert!(out.status.success(), "{argv:?}: {out:?}");
         out.stdout
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_copied_exactly() {
+        let input: &[u8] = b"d\xe9j\xe0/caf\xe9.tar.gz";
+        let argv = parse(&["conv", "{}", "{/.}", "{//}", "{.}.{#}"])
+            .render_bytes(input, 3)
+            .unwrap();
+        let expected: [&[u8]; 5] = [
+            b"conv",
+            input,
+            b"caf\xe9.tar",
+            b"d\xe9j\xe0",
+            b"d\xe9j\xe0/caf\xe9.tar.3",
+        ];
+        assert_eq!(argv, expected);
+        // Shell mode quotes the bytes so `sh` passes them on unchanged.
+        let line = parse_shell(&["printf", "%s", "{}"])
+            .render_bytes(b"it's \xff", 1)
+            .unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(std::ffi::OsStr::from_bytes(&line[2]))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"it's \xff");
+        assert!(matches!(
+            parse(&["cat"]).render_bytes(b"a\0\xff", 1),
+            Err(TemplateError::NulInInput { .. })
+        ));
     }
 
     #[test]

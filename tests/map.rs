@@ -1,9 +1,8 @@
 //! The map engine through the library API, on the embedded backend: what the
 //! command line cannot show directly, such as how far ahead it reads.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use zcluster::hub::client::HubBackend;
 use zcluster::hub::embedded::EmbeddedCluster;
@@ -25,16 +24,16 @@ fn reads_at_most_a_window_ahead_of_the_oldest_unfinished_task() {
         window,
         ..MapOptions::default()
     };
-    let pulled = Rc::new(Cell::new(0u64));
+    let pulled = Arc::new(AtomicU64::new(0));
     let inputs = {
         let pulled = pulled.clone();
         (1..=10_000_000u64).map(move |i| {
-            pulled.set(i);
-            Ok(Ok(if i == 1 {
-                "0.5".to_string()
+            pulled.store(i, Ordering::SeqCst);
+            Ok(if i == 1 {
+                b"0.5".to_vec()
             } else {
-                "0".to_string()
-            }))
+                b"0".to_vec()
+            })
         })
     };
     let cluster = EmbeddedCluster::start(options.jobs).unwrap();
@@ -54,7 +53,7 @@ fn reads_at_most_a_window_ahead_of_the_oldest_unfinished_task() {
                 // After the stop, cancelled tasks and gaps are handed out too.
                 assert_eq!(record.seq, emitted, "records come in input order");
                 assert_eq!(record.status(), TaskStatus::Ok);
-                widest = widest.max(pulled.get() - emitted);
+                widest = widest.max(pulled.load(Ordering::SeqCst) - emitted);
             }
             if emitted == 500 {
                 stop.store(true, Ordering::SeqCst);
@@ -70,9 +69,9 @@ fn reads_at_most_a_window_ahead_of_the_oldest_unfinished_task() {
         "read {widest} inputs ahead of the output with a window of {window}"
     );
     assert!(
-        pulled.get() < 10_000,
+        pulled.load(Ordering::SeqCst) < 10_000,
         "read {} of 10 million inputs",
-        pulled.get()
+        pulled.load(Ordering::SeqCst)
     );
 }
 
@@ -85,7 +84,7 @@ fn every_input_once_in_order_with_chunks() {
             chunksize,
             ..MapOptions::default()
         };
-        let inputs = (1..=300u64).map(|i| Ok(Ok(i.to_string())));
+        let inputs = (1..=300u64).map(|i| Ok(i.to_string().into_bytes()));
         let cluster = EmbeddedCluster::start(options.jobs).unwrap();
         let mut backend =
             HubBackend::open(cluster.client().unwrap(), "echo".into(), 0, false).unwrap();

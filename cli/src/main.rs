@@ -9,39 +9,92 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
-/// Map work over a cluster of machines with ZeroMQ.
+/// Run a command once per input, on every core here or on a lab's
+/// machines, with results in input order and a record of every task.
 #[derive(Parser)]
-#[command(name = "zcluster", version, about, long_about = None)]
+#[command(
+    name = "zcluster",
+    version,
+    about,
+    long_about = None,
+    after_help = "Start with `zcluster map`: it needs no set-up. For a cluster, run \
+                  `zcluster hub` once, `zcluster worker` on each machine, then \
+                  `zcluster map --hub`.\n\n\
+                  Examples:\n  \
+                  ls *.png | zcluster map -- convert {} {.}.jpg\n  \
+                  zcluster hub --ip 0.0.0.0                          # on the head machine\n  \
+                  zcluster worker --hub ~/.zcluster/hub.json -j 8    # on each other one\n  \
+                  zcluster map --hub ~/.zcluster/hub.json inputs.txt -- ./extract {} -o out/{/.}.npy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// In the order a person meets them: map; then a cluster's hub and
+/// workers; then looking at, rerunning and cleaning up jobs; then the
+/// hub-less toolkit's devices.
 #[derive(Subcommand)]
 enum Command {
     /// Run a command once per input line, on every core, results in order.
     Map(commands::map::MapArgs),
-    /// Run a streamer or forwarder device between clients and workers.
-    #[command(subcommand)]
-    Device(commands::device::DeviceCommand),
-    /// Tell workers to exit (or restart) after their current request.
-    Kill(commands::kill::KillArgs),
-    /// Ask workers who they are and what they have done.
-    Ping(commands::ping::PingArgs),
-    /// Run a hub: engines register with it, clients submit jobs to it.
+    /// Start a hub: the machine that hands out tasks and records results.
+    #[command(after_help = "Examples:\n  \
+                  zcluster hub                        # this machine only, ~/.zcluster/hub.json\n  \
+                  zcluster hub --ip 0.0.0.0           # for workers on other machines\n  \
+                  zcluster hub --store /data/tasks.sqlite --connection-file lab.json")]
     Hub(commands::hub::HubArgs),
-    /// Serve a hub as an engine with N slots.
+    /// Lend this machine's cores to a hub, until killed or told to stop.
+    #[command(after_help = "Examples:\n  \
+                  zcluster worker --hub hub.json          # one slot per core\n  \
+                  zcluster worker --hub hub.json -j 4     # four tasks at once")]
     Worker(commands::worker::WorkerArgs),
-    /// Show a hub's engines and jobs.
+    /// Show a hub's workers (engines) and jobs: what runs, what waits.
+    #[command(after_help = "Examples:\n  \
+                  zcluster status --hub hub.json\n  \
+                  zcluster status --hub hub.json --verbose    # which inputs run where\n  \
+                  zcluster status --hub hub.json --json")]
     Status(commands::status::StatusArgs),
-    /// Fetch a job's recorded results from a hub.
+    /// Print a job's results again, later, from the hub's record.
+    #[command(after_help = "Examples:\n  \
+                  zcluster results 4 --hub hub.json > out.txt     # the job's output, in order\n  \
+                  zcluster results 4 --hub hub.json --failed --json\n  \
+                  zcluster results 4 --hub hub.json --status-only # each input's state and times")]
     Results(commands::results::ResultsArgs),
-    /// Forget recorded tasks (a job, an engine's, or all completed).
-    Purge(commands::purge::PurgeArgs),
-    /// Run a job's failed tasks again.
+    /// Run a job's failed inputs again (or the ones named).
+    #[command(after_help = "Examples:\n  \
+                  zcluster resubmit 4 --hub hub.json              # every failed input\n  \
+                  zcluster resubmit 4 --hub hub.json --task 3 --task 7")]
     Resubmit(commands::resubmit::ResubmitArgs),
+    /// Check which workers are there and answering, and how busy they were.
+    #[command(after_help = "Examples:\n  \
+                  zcluster ping --hub hub.json\n  \
+                  zcluster ping --hub hub.json --json")]
+    Ping(commands::ping::PingArgs),
+    /// Stop workers (or restart them) once their current task is done.
+    #[command(after_help = "Examples:\n  \
+                  zcluster kill --hub hub.json                # every worker\n  \
+                  zcluster kill --hub hub.json --engine 3     # one of them\n  \
+                  zcluster kill --hub hub.json --restart      # exit 75, for a supervisor")]
+    Kill(commands::kill::KillArgs),
+    /// Forget finished jobs and tasks the hub recorded, to free its store.
+    #[command(after_help = "Examples:\n  \
+                  zcluster purge --hub hub.json --job 4\n  \
+                  zcluster purge --hub hub.json --all         # every finished task")]
+    Purge(commands::purge::PurgeArgs),
     /// Stop a hub (and its workers with --workers).
+    #[command(after_help = "Examples:\n  \
+                  zcluster shutdown --hub hub.json\n  \
+                  zcluster shutdown --hub hub.json --workers")]
     Shutdown(commands::shutdown::ShutdownArgs),
+    /// Relay tasks or commands between machines without a hub (toolkit).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+                  zcluster device streamer --frontend bind:tcp://*:5557 --backend bind:tcp://*:5558\n  \
+                  zcluster device forwarder --frontend bind:tcp://*:5559 --backend bind:tcp://*:5560"
+    )]
+    Device(commands::device::DeviceCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,7 +128,8 @@ fn main() -> ExitCode {
         Err(e) if commands::stopped_by_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zcluster: {e:#}");
-            if e.downcast_ref::<commands::UsageError>().is_some() {
+            if e.downcast_ref::<commands::UsageError>().is_some() || commands::asked_for_unknown(&e)
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

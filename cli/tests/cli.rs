@@ -10,5 +10,6 @@ mod files;
 mod hostile;
 mod hub;
 mod map;
+mod map_person;
 mod pipes;
 mod store;

@@ -536,8 +536,11 @@ pub(crate) mod tests {
         // As on a kernel before 5.14.
         task.kill_file = false;
         let script = "exec >/dev/null 2>&1; setsid sleep 300 & setsid sleep 300 & (sleep 300 &); exec sleep 300";
-        let args = ["-c".to_owned(), script.to_owned()];
-        let process = super::super::spawn::spawn("sh", &args, Some(task.procs_fd()), None).unwrap();
+        use std::ffi::OsStr;
+        let args = [OsStr::new("-c"), OsStr::new(script)];
+        let process =
+            super::super::spawn::spawn(OsStr::new("sh"), &args, Some(task.procs_fd()), None)
+                .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while task.members().len() < 4 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));

@@ -16,6 +16,7 @@
 //! that task (and, if entering failed, every later one) runs with the
 //! lineage instead.
 
+use std::ffi::OsStr;
 use std::io;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -106,8 +107,8 @@ pub(crate) enum Enclosure {
 /// for; falls back to the lineage when a cgroup cannot be made or entered.
 pub(crate) fn spawn(
     containment: &Containment,
-    program: &str,
-    args: &[String],
+    program: &OsStr,
+    args: &[&OsStr],
 ) -> io::Result<(Process, Enclosure)> {
     if let Containment::Cgroups(cgroups) = containment {
         if cgroups.usable() {
@@ -125,8 +126,8 @@ pub(crate) fn spawn(
 fn spawn_in_cgroup(
     cgroups: &cgroup::TaskCgroups,
     task_cgroup: cgroup::TaskCgroup,
-    program: &str,
-    args: &[String],
+    program: &OsStr,
+    args: &[&OsStr],
 ) -> io::Result<(Process, Enclosure)> {
     match spawn::spawn(program, args, Some(task_cgroup.procs_fd()), None) {
         Ok(process) => Ok((process, Enclosure::Cgroup(task_cgroup))),
@@ -144,7 +145,7 @@ fn spawn_in_cgroup(
     }
 }
 
-fn spawn_with_lineage(program: &str, args: &[String]) -> io::Result<(Process, Enclosure)> {
+fn spawn_with_lineage(program: &OsStr, args: &[&OsStr]) -> io::Result<(Process, Enclosure)> {
     lineage::become_subreaper();
     let mut lineage = lineage::Lineage::new();
     let mark = (lineage::TASK_MARK_ENV, lineage.mark_value());
@@ -220,8 +221,9 @@ mod tests {
         let task_cgroup = cgroups.task().unwrap();
         // Gone before the task can enter it.
         std::fs::remove_dir(task_cgroup.dir()).unwrap();
-        let args = ["-c".to_owned(), "exit 7".to_owned()];
-        let (child, enclosure) = spawn_in_cgroup(&cgroups, task_cgroup, "sh", &args).unwrap();
+        let args = [OsStr::new("-c"), OsStr::new("exit 7")];
+        let (child, enclosure) =
+            spawn_in_cgroup(&cgroups, task_cgroup, OsStr::new("sh"), &args).unwrap();
         assert!(matches!(enclosure, Enclosure::Lineage(_)), "{enclosure:?}");
         assert!(!cgroups.usable(), "cgroups are still tried");
         assert!(matches!(
@@ -232,7 +234,7 @@ mod tests {
         // A command that cannot run at all is an error, and not a reason
         // to give up on cgroups.
         let cgroups = Containment::Cgroups(cgroup::TaskCgroups::create().unwrap());
-        assert!(spawn(&cgroups, "/nonexistent/zcluster-x", &[]).is_err());
+        assert!(spawn(&cgroups, OsStr::new("/nonexistent/zcluster-x"), &[]).is_err());
         assert!(matches!(&cgroups, Containment::Cgroups(c) if c.usable()));
     }
 }

@@ -104,15 +104,15 @@ const STEP_EXEC: i32 = 3;
 /// `/dev/null`, stdout and stderr to new pipes, and first moved into the
 /// cgroup whose `cgroup.procs` is open as `cgroup_procs`, if given.
 pub(crate) fn spawn(
-    program: &str,
-    args: &[String],
+    program: &OsStr,
+    args: &[&OsStr],
     cgroup_procs: Option<RawFd>,
     extra_env: Option<(&str, &str)>,
 ) -> Result<Process, SpawnError> {
     let command = SpawnError::Command;
     let candidates = candidates(program).map_err(command)?;
     let argv = std::iter::once(program)
-        .chain(args.iter().map(String::as_str))
+        .chain(args.iter().copied())
         .map(|arg| c_string(arg.as_bytes()))
         .collect::<io::Result<Vec<_>>>()
         .map_err(command)?;
@@ -280,12 +280,13 @@ impl Drop for BlockedSignals {
 /// The paths to try, as `execvp` would: the program itself if it has a
 /// slash, else it in each directory of `PATH` (an empty entry is the
 /// current directory).
-fn candidates(program: &str) -> io::Result<Vec<CString>> {
+fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
+    let program = program.as_bytes();
     if program.is_empty() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
-    if program.contains('/') {
-        return Ok(vec![c_string(program.as_bytes())?]);
+    if program.contains(&b'/') {
+        return Ok(vec![c_string(program)?]);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from(DEFAULT_PATH));
     path.as_bytes()
@@ -296,7 +297,7 @@ fn candidates(program: &str) -> io::Result<Vec<CString>> {
                 full.extend_from_slice(dir);
                 full.push(b'/');
             }
-            full.extend_from_slice(program.as_bytes());
+            full.extend_from_slice(program);
             c_string(&full)
         })
         .collect()
@@ -364,6 +365,17 @@ fn high_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// [`super::spawn`] with text arguments, as these tests write them.
+    fn spawn(
+        program: &str,
+        args: &[String],
+        cgroup_procs: Option<RawFd>,
+        extra_env: Option<(&str, &str)>,
+    ) -> Result<Process, SpawnError> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        super::spawn(OsStr::new(program), &args, cgroup_procs, extra_env)
+    }
 
     fn output(process: Process) -> (String, i32) {
         let Process {

@@ -20,6 +20,8 @@
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,8 +40,14 @@ pub use record::{TaskRecord, TaskStatus};
 /// Default largest span of tasks in memory (see the module docs).
 pub const DEFAULT_WINDOW: usize = 4096;
 
-/// How often the front end wakes up with nothing to do, to notice a stop.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the front end wakes up with nothing to do, to notice a stop
+/// (Ctrl-C stops new tasks within this).
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// How long the front end waits for a result while it also waits for an
+/// input line to arrive (tasks running, free slots, the input slow): the
+/// most a new line waits before its task starts.
+const STARVED_POLL: Duration = Duration::from_millis(2);
 
 /// What to do after the first failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +71,12 @@ pub struct MapOptions {
     pub keep_order: bool,
     /// Per-task time limit: the task's process group is killed.
     pub timeout: Option<Duration>,
+    /// Per-task time limit as a percentage of the median time of the tasks
+    /// that succeeded so far (GNU parallel's `--timeout 200%`): none until
+    /// [`MEDIAN_SAMPLES_MIN`] have; then it replaces `timeout`. A task's
+    /// limit is set when it is sent, so with this no more than `jobs` tasks
+    /// are sent at once.
+    pub timeout_of_median: Option<u32>,
     /// Extra attempts for a failed or timed-out task, made by the backend
     /// (the hub retries on another engine when it can).
     pub retries: u32,
@@ -83,6 +97,7 @@ impl Default for MapOptions {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             keep_order: true,
             timeout: None,
+            timeout_of_median: None,
             retries: 0,
             halt: Halt::Never,
             chunksize: 1,
@@ -96,10 +111,10 @@ impl Default for MapOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
     /// The inputs could not be read.
-    #[error("cannot read inputs: {0}")]
+    #[error("cannot read inputs")]
     Input(#[source] std::io::Error),
     /// The caller's record handler failed (e.g. stdout closed).
-    #[error("cannot write results: {0}")]
+    #[error("cannot write results")]
     Output(#[source] std::io::Error),
     /// The backend failed.
     #[error("{0}")]
@@ -138,16 +153,51 @@ pub enum MapError {
 }
 
 /// One task as it travels to a worker.
+///
+/// The input and the command are bytes: on Unix a line of a file, a file
+/// name, an argument need not be UTF-8 (a Latin-1 name is not), and the
+/// command must get exactly the bytes read. (Encoded, bytes cost what a
+/// string did: a length and the bytes.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecTask {
     /// 1-based input number.
     pub seq: u64,
     /// The input line, so a recorded request explains itself.
-    pub input: String,
-    /// The command to run.
-    pub argv: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// The command to run: the program, then its arguments.
+    pub argv: Vec<serde_bytes::ByteBuf>,
     /// Its time limit.
     pub timeout: Option<Duration>,
+}
+
+impl ExecTask {
+    /// The input as a person reads it (lossy when it is not UTF-8), and its
+    /// exact bytes when they are not UTF-8: [`TaskRecord`]'s `input` and
+    /// `raw_input`.
+    pub fn shown_input(&self) -> (String, Option<Vec<u8>>) {
+        shown(&self.input)
+    }
+
+    /// The command as a person reads it (lossy where not UTF-8).
+    pub fn shown_command(&self) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    }
+}
+
+/// Bytes as a person reads them, and the bytes themselves when they are
+/// not UTF-8 (so they can be kept exactly).
+fn shown(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.to_vec()),
+        ),
+    }
 }
 
 /// Tasks sent together in one request.
@@ -216,7 +266,8 @@ pub fn run_chunk(
                 cancel: Some(cancel.clone()),
                 ..ExecOptions::default()
             };
-            (task.seq, exec::run(&task.argv, &options))
+            let argv: Vec<&OsStr> = task.argv.iter().map(|a| OsStr::from_bytes(a)).collect();
+            (task.seq, exec::run(&argv, &options))
         })
         .collect();
     encode_value(&outcomes, "chunk outcomes").map_err(HandlerError::new)
@@ -308,15 +359,20 @@ pub struct MapSummary {
     pub not_run: u64,
     /// A halt or stop came before the end of the input.
     pub unread: bool,
-    /// The first failures: seq and input.
+    /// The failed (or timed-out) tasks with the lowest seqs, in input
+    /// order: seq and input.
     pub failures: Vec<(u64, String)>,
+    /// The cancelled tasks with the lowest seqs, in input order: listed
+    /// apart, since a task a halt or Ctrl-C killed did not fail.
+    pub cancelled_tasks: Vec<(u64, String)>,
     /// The map was stopped through [`MapOptions::stop`].
     pub interrupted: bool,
     /// Wall-clock time.
     pub wall: Duration,
 }
 
-/// How many failures the summary lists by name.
+/// How many failed (and how many cancelled) tasks the summary lists by
+/// name.
 const LISTED_FAILURES: usize = 10;
 
 impl MapSummary {
@@ -336,36 +392,69 @@ impl MapSummary {
     }
 }
 
-/// An input line: its text, or the raw bytes when they are not UTF-8.
-pub type InputLine = Result<String, Vec<u8>>;
+/// An input line, as bytes: on Unix it need not be UTF-8.
+pub type InputLine = Vec<u8>;
 
 struct Pending {
-    input: String,
-    argv: Vec<String>,
+    input: Vec<u8>,
+    argv: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
 /// `emit` exactly once (in input order when `options.keep_order`).
+///
+/// The inputs are read on a thread of their own (see [`run_map_with`]).
 pub fn run_map<I, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
     backend: &mut dyn Backend,
+    emit: F,
+) -> Result<MapSummary, MapError>
+where
+    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    F: FnMut(TaskRecord) -> std::io::Result<()>,
+{
+    run_map_with(inputs, template, options, backend, |_| Ok(()), emit)
+}
+
+/// [`run_map`], also calling `finished` with each task the moment it
+/// finishes, before it waits for its turn to be handed to `emit`: a caller
+/// that must keep a record of finished work whatever happens next (a
+/// second Ctrl-C exits at once) keeps it from there.
+///
+/// The inputs are read on a thread of their own, so a slow or blocked
+/// input (a pipe, a terminal) never holds back a finished result or a
+/// stop: the loop here only takes the lines that have arrived. That thread
+/// reads no further than the loop allows (the window), and is left behind
+/// blocked in its read if the input never ends.
+pub fn run_map_with<I, D, F>(
+    inputs: I,
+    template: &CommandTemplate,
+    options: &MapOptions,
+    backend: &mut dyn Backend,
+    mut finished: D,
     mut emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>>,
+    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    D: FnMut(&TaskRecord) -> std::io::Result<()>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     let started = Instant::now();
-    let mut inputs = inputs.fuse();
+    let mut reader = InputReader::spawn(inputs).map_err(MapError::Input)?;
     let mut exhausted = false;
     let mut next_seq: u64 = 1;
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut outstanding: HashMap<u64, Vec<u64>> = HashMap::new();
+    // A chunk being filled: with --chunksize above 1 it waits for its last
+    // input rather than go out short, so that chunks are the same
+    // whatever the pace of the input (`--attach` matches them).
+    let mut building: Vec<ExecTask> = Vec::new();
     let mut next_chunk: u64 = 0;
     let mut order = Reorder::new(options.keep_order);
     let mut summary = MapSummary::default();
+    let mut task_times = TaskTimes::default();
     let mut halted = false;
     let mut told_end = false;
     let chunksize = options.chunksize.max(1);
@@ -373,45 +462,72 @@ where
 
     loop {
         if options.stop.load(Ordering::Relaxed) && !summary.interrupted {
+            tracing::debug!("stop requested: cancelling the running tasks");
             summary.interrupted = true;
             halted = true;
             for id in backend.cancel() {
                 outstanding.remove(&id);
             }
         }
-        // Fill every free slot with a chunk of new inputs, reading no
-        // further than the window allows.
-        while !halted && outstanding.len() < backend.slots() {
-            let mut tasks = Vec::with_capacity(chunksize);
-            while tasks.len() < chunksize
+        // Let the reader run ahead as far as memory allows: the window in
+        // input order, else enough to fill every slot.
+        let ahead = if options.keep_order {
+            window as u64
+        } else {
+            (backend.slots() * chunksize).clamp(chunksize, window) as u64
+        };
+        if !halted {
+            reader.allow(order.oldest(next_seq) - 1 + ahead);
+        }
+        // Fill every free slot with a chunk of the inputs that have
+        // arrived, reading no further than the window allows.
+        let mut starved = false;
+        // With a limit relative to the median, a task's limit is set when
+        // it is sent: send no more than run at once, so it is set as the
+        // task starts, from every task finished before.
+        let slots = match options.timeout_of_median {
+            Some(_) => backend.slots().min(options.jobs.max(1)),
+            None => backend.slots(),
+        };
+        while !halted && outstanding.len() < slots {
+            while building.len() < chunksize
                 && !exhausted
                 && (next_seq - order.oldest(next_seq)) < window as u64
             {
-                let Some(line) = inputs.next() else {
-                    exhausted = true;
-                    break;
+                let line = match reader.next() {
+                    Arrival::Line(line) => line,
+                    Arrival::Waiting => {
+                        starved = true;
+                        break;
+                    }
+                    Arrival::End => {
+                        exhausted = true;
+                        break;
+                    }
                 };
                 let seq = next_seq;
                 next_seq += 1;
                 match prepare(template, line.map_err(MapError::Input)?, seq) {
                     Ok(p) => {
-                        tasks.push(ExecTask {
+                        building.push(ExecTask {
                             seq,
                             input: p.input.clone(),
                             argv: p.argv.clone(),
-                            timeout: options.timeout,
+                            timeout: task_times.timeout(options),
                         });
                         pending.insert(seq, p);
                     }
                     Err(record) => {
                         count(&mut summary, &record);
+                        finished(&record).map_err(MapError::Output)?;
                         order.push(*record, &mut emit)?;
                     }
                 }
             }
-            if tasks.is_empty() {
+            if building.is_empty() || (building.len() < chunksize && !exhausted) {
                 break;
             }
+            let tasks = std::mem::take(&mut building);
             let seqs = tasks.iter().map(|t| t.seq).collect();
             backend.submit(next_chunk, &ExecChunk { tasks })?;
             outstanding.insert(next_chunk, seqs);
@@ -424,7 +540,14 @@ where
         if outstanding.is_empty() && (exhausted || halted) {
             break;
         }
-        let Some(done) = backend.next_done(IDLE_POLL)? else {
+        if outstanding.is_empty() {
+            // Nothing runs: wait for the input itself.
+            reader.wait(IDLE_POLL);
+            continue;
+        }
+        // Waiting for inputs as well as results: look at the input often.
+        let poll = if starved { STARVED_POLL } else { IDLE_POLL };
+        let Some(done) = backend.next_done(poll)? else {
             continue;
         };
         let Some(seqs) = outstanding.remove(&done.id) else {
@@ -434,11 +557,16 @@ where
             let Some(task) = pending.remove(&seq) else {
                 continue; // not ours, or already finished
             };
+            let (input, raw_input) = shown(&task.input);
             let record = TaskRecord {
                 seq,
-                input: task.input,
-                raw_input: None,
-                command: task.argv,
+                input,
+                raw_input,
+                command: task
+                    .argv
+                    .iter()
+                    .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                    .collect(),
                 outcome,
                 attempts: done.attempts,
                 host: done.host.clone(),
@@ -446,6 +574,11 @@ where
                 worker: done.worker.clone(),
             };
             count(&mut summary, &record);
+            if record.status() == TaskStatus::Ok {
+                task_times.add(record.outcome.elapsed);
+            }
+            tracing::debug!(seq, status = record.status().as_str(), "task finished");
+            finished(&record).map_err(MapError::Output)?;
             if record.status() != TaskStatus::Ok && !summary.interrupted {
                 match options.halt {
                     Halt::Never => {}
@@ -480,6 +613,148 @@ where
     Ok(summary)
 }
 
+/// Successful tasks needed before `--timeout N%` applies.
+pub const MEDIAN_SAMPLES_MIN: usize = 3;
+
+/// How many recent task times the median is taken over: it follows a job
+/// whose tasks change pace, in bounded memory.
+const MEDIAN_SAMPLES_MAX: usize = 1001;
+
+/// The times of the latest successful tasks, for `--timeout N%`.
+#[derive(Default)]
+struct TaskTimes {
+    recent: std::collections::VecDeque<Duration>,
+    sorted: Vec<Duration>,
+}
+
+impl TaskTimes {
+    fn add(&mut self, elapsed: Duration) {
+        if self.recent.len() == MEDIAN_SAMPLES_MAX {
+            if let Some(oldest) = self.recent.pop_front() {
+                if let Ok(at) = self.sorted.binary_search(&oldest) {
+                    self.sorted.remove(at);
+                }
+            }
+        }
+        self.recent.push_back(elapsed);
+        let at = self.sorted.partition_point(|t| *t < elapsed);
+        self.sorted.insert(at, elapsed);
+    }
+
+    /// The time limit of a task starting now.
+    fn timeout(&self, options: &MapOptions) -> Option<Duration> {
+        match options.timeout_of_median {
+            Some(percent) if self.sorted.len() >= MEDIAN_SAMPLES_MIN => {
+                let median = self.sorted[self.sorted.len() / 2];
+                // At least a millisecond: a limit of zero would kill all.
+                Some((median * percent / 100).max(Duration::from_millis(1)))
+            }
+            _ => options.timeout,
+        }
+    }
+}
+
+/// What the input thread has for the loop right now.
+enum Arrival {
+    /// The next line (or the error reading it).
+    Line(std::io::Result<InputLine>),
+    /// Nothing yet: the input is slow, or the loop has not allowed more.
+    Waiting,
+    /// The input ended (or its first error was taken).
+    End,
+}
+
+/// The input, read on a thread of its own, lines passed over a channel.
+/// The thread reads only as many lines as the loop allows (its credit), so
+/// the memory bound holds as if the loop read them itself.
+struct InputReader {
+    credit: crossbeam_channel::Sender<u64>,
+    lines: crossbeam_channel::Receiver<std::io::Result<InputLine>>,
+    /// A line taken by [`wait`](Self::wait), handed out first.
+    early: Option<std::io::Result<InputLine>>,
+    /// Lines allowed so far, in all.
+    allowed: u64,
+    ended: bool,
+}
+
+impl InputReader {
+    fn spawn<I>(inputs: I) -> std::io::Result<Self>
+    where
+        I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    {
+        let (credit_tx, credit_rx) = crossbeam_channel::unbounded::<u64>();
+        let (line_tx, line_rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("zcluster-inputs".into())
+            .spawn(move || {
+                let mut credit = 0u64;
+                for line in inputs {
+                    while credit == 0 {
+                        match credit_rx.recv() {
+                            Ok(more) => credit += more,
+                            Err(_) => return, // the map ended
+                        }
+                    }
+                    credit -= 1;
+                    let failed = line.is_err();
+                    if line_tx.send(line).is_err() || failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(InputReader {
+            credit: credit_tx,
+            lines: line_rx,
+            early: None,
+            allowed: 0,
+            ended: false,
+        })
+    }
+
+    /// Lets the thread read up to `total` lines in all.
+    fn allow(&mut self, total: u64) {
+        if total > self.allowed && self.credit.send(total - self.allowed).is_ok() {
+            self.allowed = total;
+        }
+    }
+
+    fn next(&mut self) -> Arrival {
+        if let Some(line) = self.early.take() {
+            return self.arrived(line);
+        }
+        if self.ended {
+            return Arrival::End;
+        }
+        match self.lines.try_recv() {
+            Ok(line) => self.arrived(line),
+            Err(crossbeam_channel::TryRecvError::Empty) => Arrival::Waiting,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.ended = true;
+                Arrival::End
+            }
+        }
+    }
+
+    fn arrived(&mut self, line: std::io::Result<InputLine>) -> Arrival {
+        if line.is_err() {
+            self.ended = true;
+        }
+        Arrival::Line(line)
+    }
+
+    /// Waits up to `timeout` for a line (or the end) to arrive.
+    fn wait(&mut self, timeout: Duration) {
+        if self.early.is_some() || self.ended {
+            return;
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => self.early = Some(line),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => self.ended = true,
+        }
+    }
+}
+
 fn count(summary: &mut MapSummary, record: &TaskRecord) {
     summary.total += 1;
     match record.status() {
@@ -488,47 +763,44 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
         TaskStatus::Timeout => summary.timed_out += 1,
         TaskStatus::Cancelled => summary.cancelled += 1,
     }
-    if record.status() != TaskStatus::Ok && summary.failures.len() < LISTED_FAILURES {
-        summary.failures.push((record.seq, record.input.clone()));
+    let listed = match record.status() {
+        TaskStatus::Ok => return,
+        TaskStatus::Cancelled => &mut summary.cancelled_tasks,
+        TaskStatus::Failed | TaskStatus::Timeout => &mut summary.failures,
+    };
+    // Tasks finish in any order: keep the lowest seqs, sorted.
+    if listed.len() < LISTED_FAILURES || listed.last().is_some_and(|(seq, _)| record.seq < *seq) {
+        let at = listed.partition_point(|(seq, _)| *seq < record.seq);
+        listed.insert(at, (record.seq, record.input.clone()));
+        listed.truncate(LISTED_FAILURES);
     }
 }
 
 /// Renders one input, or makes the failed record of an input that cannot
-/// become a command (not UTF-8, a NUL byte).
+/// become a command (a NUL byte).
 fn prepare(
     template: &CommandTemplate,
     line: InputLine,
     seq: u64,
 ) -> Result<Pending, Box<TaskRecord>> {
-    let failed = |input: String, raw_input: Option<Vec<u8>>, reason: String| {
-        Box::new(TaskRecord {
-            seq,
-            input,
-            raw_input,
-            command: Vec::new(),
-            outcome: failed_outcome(reason),
-            attempts: 0,
-            host: String::new(),
-            pid: 0,
-            worker: String::new(),
-        })
-    };
-    let input = match line {
-        Ok(input) => input,
-        Err(bytes) => {
-            let shown = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(failed(
-                shown,
-                Some(bytes),
-                "input line is not valid UTF-8".into(),
-            ));
-        }
-    };
-    match template.render(&input, seq) {
-        Ok(argv) => Ok(Pending { input, argv }),
+    match template.render_bytes(&line, seq) {
+        Ok(argv) => Ok(Pending {
+            input: line,
+            argv: argv.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        }),
         Err(e) => {
-            let reason = e.to_string();
-            Err(failed(input, None, reason))
+            let (input, raw_input) = shown(&line);
+            Err(Box::new(TaskRecord {
+                seq,
+                input,
+                raw_input,
+                command: Vec::new(),
+                outcome: failed_outcome(e.to_string()),
+                attempts: 0,
+                host: String::new(),
+                pid: 0,
+                worker: String::new(),
+            }))
         }
     }
 }

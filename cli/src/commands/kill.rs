@@ -29,8 +29,13 @@ fn through_hub(ctx: &zmq::Context, args: &KillArgs) -> anyhow::Result<ExitCode> 
     };
     // Errors returned, not println!'s panic: see `Stdout`.
     let mut out = super::stdout();
-    for engine in &acknowledged {
-        writeln!(out, "{engine}")?;
+    if args.json {
+        let value = serde_json::json!({ "acknowledged": acknowledged, "silent": silent });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        for engine in &acknowledged {
+            writeln!(out, "{engine}")?;
+        }
     }
     out.flush()?;
     let verb = if args.restart { "restart" } else { "kill" };
@@ -74,6 +79,10 @@ pub struct KillArgs {
     /// Stop as soon as this many workers acknowledged.
     #[arg(long)]
     expect: Option<usize>,
+    /// Print JSON: `{"acknowledged": [ids], "silent": [ids]}` (hub-less
+    /// with --responses: one object per worker that acknowledged).
+    #[arg(long)]
+    json: bool,
     /// Keep repeating the command for this long (late subscribers get it too).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     wait: Duration,
@@ -103,14 +112,31 @@ pub fn run(args: KillArgs) -> anyhow::Result<ExitCode> {
     };
     if args.responses.is_some() {
         let mut out = super::stdout();
-        for ack in &acks {
-            writeln!(
-                out,
-                "{}\t{}\t{}",
-                ack.worker.host, ack.worker.pid, ack.worker.worker
-            )?;
+        if args.json {
+            let acknowledged: Vec<serde_json::Value> = acks
+                .iter()
+                .map(|ack| {
+                    serde_json::json!({
+                        "host": ack.worker.host,
+                        "pid": ack.worker.pid,
+                        "worker": ack.worker.worker,
+                    })
+                })
+                .collect();
+            let value = serde_json::json!({ "acknowledged": acknowledged });
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            out.flush()?;
+        } else {
+            let mut out = super::table(&mut out);
+            for ack in &acks {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}",
+                    ack.worker.host, ack.worker.pid, ack.worker.worker
+                )?;
+            }
+            out.flush()?;
         }
-        out.flush()?;
         eprintln!("zcluster: {} worker(s) acknowledged the {verb}", acks.len());
         if args.expect.is_some_and(|n| acks.len() < n) {
             return Ok(ExitCode::FAILURE);

@@ -2,23 +2,27 @@
 //! results in input order. The engine is `zcluster::map`; this file only turns
 //! flags into `MapOptions`, reads the inputs, and writes what comes back.
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use zcluster::exec::ExitKind;
 use zcluster::hub::client::{AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
-use zcluster::map::{run_map, Halt, InputLine, MapOptions, MapSummary, TaskStatus, DEFAULT_WINDOW};
+use zcluster::map::{
+    run_map_with, Halt, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus, DEFAULT_WINDOW,
+};
 use zcluster::template::CommandTemplate;
 
-use super::{HubArg, UsageError};
+use super::{plural, HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
@@ -31,8 +35,13 @@ const STDOUT_CLOSED_EXIT: u8 = 141;
 #[derive(Args)]
 #[command(
     after_help = "Replacement strings: {} input, {.} without extension, {/} basename, \
-                  {//} dirname, {/.} basename without extension, {#} sequence number. \
-                  With none, the input is appended as the last argument."
+                  {//} dirname, {/.} basename without extension, {#} sequence number \
+                  (1 for the first input). With none, the input is appended as the last \
+                  argument.\n\n\
+                  Examples:\n  \
+                  ls *.png | zcluster map -- convert {} {.}.jpg\n  \
+                  find . -name '*.wav' -print0 | zcluster map -0 -j 4 --results r.jsonl -- flac {}\n  \
+                  zcluster map --hub hub.json inputs.txt -- ./extract {} -o out/{/.}.npy"
 )]
 pub struct MapArgs {
     /// File with one input per line; `-` or absent reads standard input.
@@ -52,9 +61,11 @@ pub struct MapArgs {
     /// Also write one JSON object per input to FILE (JSON Lines).
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
-    /// Kill a task (its whole process group) after this long, e.g. `30s`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
+    /// Kill a task (its whole process group) after this long: seconds
+    /// (`30`, `0.5`), a duration (`30s`, `2m`), or a percentage of the
+    /// median time of the tasks that succeeded so far (`200%`).
+    #[arg(long, value_parser = parse_timeout, allow_hyphen_values = true, value_name = "TIME")]
+    timeout: Option<TimeoutArg>,
     /// Run a failed or timed-out task up to N more times.
     #[arg(long, default_value_t = 0, value_name = "N")]
     retries: u32,
@@ -67,6 +78,10 @@ pub struct MapArgs {
     /// Run the command with `sh -c`, inputs quoted.
     #[arg(long)]
     shell: bool,
+    /// Inputs end with a NUL byte, not a newline, as `find -print0` and
+    /// `xargs -0` have them: a file name may hold any byte but NUL.
+    #[arg(short = '0', long)]
+    null: bool,
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -90,6 +105,40 @@ pub struct MapArgs {
     window: usize,
 }
 
+/// `--timeout`: a fixed limit, or a percentage of the median task time.
+#[derive(Clone, Copy, Debug)]
+enum TimeoutArg {
+    Fixed(Duration),
+    OfMedian(u32),
+}
+
+/// Parses `--timeout`: a bare number is seconds, as in GNU parallel; zero or
+/// less is refused (it would time out every task).
+fn parse_timeout(text: &str) -> Result<TimeoutArg, String> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        return match percent.trim().parse::<u32>() {
+            Ok(p) if p > 0 => Ok(TimeoutArg::OfMedian(p)),
+            _ => Err(format!(
+                "{text:?}: a percentage of the median task time must be a whole number above 0, e.g. 200%"
+            )),
+        };
+    }
+    let limit = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?
+        }
+        Ok(_) => return Err(format!("{text:?}: the time limit must be above zero")),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("{text:?}: {e} (give seconds, a duration such as 30s or 2m, or a percentage such as 200%)")
+        })?,
+    };
+    if limit.is_zero() {
+        return Err(format!("{text:?}: the time limit must be above zero"));
+    }
+    Ok(TimeoutArg::Fixed(limit))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum HaltArg {
     Never,
@@ -101,39 +150,49 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let template =
         CommandTemplate::parse(&args.command, args.shell).map_err(|e| UsageError(e.to_string()))?;
     let input_path = args.inputs.clone().filter(|p| p.as_os_str() != "-");
-    let reader: Box<dyn BufRead> = match &input_path {
+    let reader: Box<dyn BufRead + Send> = match &input_path {
+        // Opening a directory succeeds; reading it is what fails.
+        Some(path) if path.is_dir() => {
+            return Err(UsageError(format!(
+                "{} is a directory: give a file with one input per line",
+                path.display()
+            ))
+            .into())
+        }
         Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
             UsageError(format!("cannot open input file {}: {e}", path.display()))
         })?)),
-        None => Box::new(io::stdin().lock()),
+        // Not `stdin().lock()`: the lines are read on a thread of their own.
+        None => Box::new(BufReader::new(io::stdin())),
     };
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
-    let mut results = match &args.results {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|e| {
-            UsageError(format!("cannot create {}: {e}", path.display()))
-        })?)),
+    // `--results -`: the records are the output; task output goes to stderr.
+    let results_to_stdout = args.results.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    let results = match &args.results {
+        Some(_) if results_to_stdout => Some(ResultsLog::new(Box::new(super::SharedStdout))),
+        Some(path) => Some(ResultsLog::new(Box::new(File::create(path).map_err(
+            |e| UsageError(format!("cannot create {}: {e}", path.display())),
+        )?))),
         None => None,
     };
+    let results = Arc::new(Mutex::new(results));
 
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once.
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            i32::from(INTERRUPTED_EXIT),
-            stop.clone(),
-        )
-        .context("cannot install signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    watch_signals(stop.clone(), results.clone())?;
     let defaults = MapOptions::default();
     let options = MapOptions {
         jobs: args.jobs.unwrap_or(defaults.jobs),
         keep_order: !args.unordered,
-        timeout: args.timeout,
+        timeout: match args.timeout {
+            Some(TimeoutArg::Fixed(limit)) => Some(limit),
+            _ => None,
+        },
+        timeout_of_median: match args.timeout {
+            Some(TimeoutArg::OfMedian(percent)) => Some(percent),
+            _ => None,
+        },
         retries: args.retries,
         halt: match args.halt {
             HaltArg::Never => Halt::Never,
@@ -148,10 +207,17 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let progress = progress_bar(
         !args.no_progress && io::stderr().is_terminal(),
         input_path.clone(),
+        if args.null { b'\0' } else { b'\n' },
     );
+    if input_path.is_none() && io::stdin().is_terminal() {
+        progress.suspend(|| {
+            eprintln!("zcluster: reading inputs from the terminal, one per line, until Ctrl-D")
+        });
+    }
     // With no hub, a hub and an engine start inside this process: the same
     // code path as a lab's cluster.
-    let description = args.command.join(" ");
+    // As the user would type it again: quoted where needed.
+    let description = template.to_string();
     // The hub itself retries, and stops dispatching at the first final
     // failure, so a halt never races a task that starts meanwhile.
     let halt_on_failure = options.halt != Halt::Never;
@@ -202,52 +268,95 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                     backend
                 }
             };
+            watch_for_engines(hub, progress.clone(), options.stop.clone());
             (None, backend)
         }
     };
-    let mut stdout = super::stdout();
+    let mut stdout: Box<dyn Write> = if results_to_stdout {
+        Box::new(io::stderr())
+    } else {
+        Box::new(super::stdout())
+    };
     let mut stdout_closed = false;
     let stop = options.stop.clone();
     let mut failed = 0u64;
-    let summary = run_map(lines(reader), &template, &options, &mut backend, |record| {
-        if !record.outcome.stdout.is_empty() && !stdout_closed {
-            match stdout
-                .write_all(&record.outcome.stdout)
-                .and_then(|()| stdout.flush())
-            {
-                Ok(()) => {}
-                // Nobody reads the output any more: stop as after Ctrl-C
-                // (nothing new starts, running tasks are killed), still
-                // writing the results file, and exit quietly.
-                Err(e) if super::is_stdout_closed(&e) => {
-                    stdout_closed = true;
-                    stop.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
+    let timeout = args.timeout;
+    let finished_results = results.clone();
+    let summary = run_map_with(
+        lines(reader, args.null),
+        &template,
+        &options,
+        &mut backend,
+        |record| {
+            if let Some(log) = lock(&finished_results).as_mut() {
+                log.finished(record)?;
             }
-        }
-        if !record.outcome.stderr.is_empty() {
-            progress.suspend(|| io::stderr().write_all(&record.outcome.stderr))?;
-        }
-        if let Some(out) = &mut results {
-            record.write_json_line(out)?;
-        }
-        if record.status() != TaskStatus::Ok {
-            failed += 1;
-            progress.set_message(failed.to_string());
-        }
-        progress.inc(1);
-        Ok(())
-    })?;
+            Ok(())
+        },
+        |record| {
+            if !record.outcome.stdout.is_empty() && !stdout_closed {
+                let mut write = || {
+                    stdout
+                        .write_all(&record.outcome.stdout)
+                        .and_then(|()| stdout.flush())
+                };
+                // Through the bar: it is cleared, the output printed, and
+                // the bar drawn again below it, so that on a terminal no
+                // stale bar line stays between two lines of output.
+                let written = if progress.is_hidden() {
+                    write()
+                } else {
+                    progress.suspend(write)
+                };
+                match written {
+                    Ok(()) => {}
+                    // Nobody reads the output any more: stop as after Ctrl-C
+                    // (nothing new starts, running tasks are killed), still
+                    // writing the results file, and exit quietly.
+                    Err(e) if super::is_stdout_closed(&e) => {
+                        stdout_closed = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let failure = failure_line(&record, timeout);
+            if !record.outcome.stderr.is_empty() || failure.is_some() {
+                // The task's own stderr as one block, then why it failed.
+                progress.suspend(|| {
+                    let mut stderr = io::stderr().lock();
+                    stderr.write_all(&record.outcome.stderr)?;
+                    if let Some(line) = &failure {
+                        writeln!(stderr, "{line}")?;
+                    }
+                    stderr.flush()
+                })?;
+            }
+            if let Some(log) = lock(&results).as_mut() {
+                match log.released(&record) {
+                    Ok(()) => {}
+                    // `--results -` and nobody reads it: as above.
+                    Err(e) if super::is_stdout_closed(&e) => {
+                        stdout_closed = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if record.status() != TaskStatus::Ok {
+                failed += 1;
+                progress.set_message(failed.to_string());
+            }
+            progress.inc(1);
+            Ok(())
+        },
+    )?;
     // Everything printed came from the store; a job the hub cannot close
     // is not finished there, and the map says so.
     backend.finish()?;
     drop(backend);
     drop(cluster);
     progress.finish_and_clear();
-    if let Some(out) = &mut results {
-        out.flush().context("cannot write the results file")?;
-    }
     eprintln!("{}", summary_line(&summary, stdout_closed));
     Ok(if stdout_closed {
         ExitCode::from(STDOUT_CLOSED_EXIT)
@@ -260,66 +369,262 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Input lines without their `\n` (or `\r\n`), read lazily; a line that is
-/// not UTF-8 is passed on as bytes and becomes a failed task.
-fn lines(mut reader: Box<dyn BufRead>) -> impl Iterator<Item = io::Result<InputLine>> {
+/// `--results FILE`: one JSON line per task, each written (one `write`,
+/// no buffer) the moment the task is handed out, so that a client killed
+/// by SIGKILL leaves a valid JSON Lines file of everything handed out but
+/// the line being written. A task that finished but waits for its turn
+/// (input order) is kept here as its line, so that a second Ctrl-C, which
+/// exits at once, still writes it (see [`watch_signals`]).
+struct ResultsLog {
+    file: Box<dyn Write + Send>,
+    held: BTreeMap<u64, Vec<u8>>,
+}
+
+impl ResultsLog {
+    /// A log writing to `file` (a file, or standard output for `-`).
+    fn new(file: Box<dyn Write + Send>) -> Self {
+        ResultsLog {
+            file,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// A task finished: its line is ready.
+    fn finished(&mut self, record: &TaskRecord) -> io::Result<()> {
+        let mut line = Vec::new();
+        record.write_json_line(&mut line)?;
+        self.held.insert(record.seq, line);
+        Ok(())
+    }
+
+    /// A task is handed out: its line goes to the file.
+    fn released(&mut self, record: &TaskRecord) -> io::Result<()> {
+        let line = match self.held.remove(&record.seq) {
+            Some(line) => line,
+            None => {
+                let mut line = Vec::new();
+                record.write_json_line(&mut line)?;
+                line
+            }
+        };
+        self.file.write_all(&line)
+    }
+
+    /// Exiting at once: the finished tasks not handed out yet, in input
+    /// order, after the others.
+    fn write_held(&mut self) {
+        for line in std::mem::take(&mut self.held).into_values() {
+            if self.file.write_all(&line).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The results log, whoever panicked while holding it.
+fn lock(results: &Mutex<Option<ResultsLog>>) -> MutexGuard<'_, Option<ResultsLog>> {
+    results
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SIGINT and SIGTERM, on a thread of their own: the first sets `stop` (the
+/// map stops starting tasks, kills running ones, writes what finished and
+/// exits 130); a second exits at once with 130, after writing to the
+/// results file every finished task it did not have yet.
+fn watch_signals(
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Option<ResultsLog>>>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("zcluster-signals".into())
+        .spawn(move || {
+            let mut seen = 0u32;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    stop.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                // Held until the exit: no line is left half written.
+                let mut log = lock(&results);
+                if let Some(log) = log.as_mut() {
+                    log.write_held();
+                }
+                signal_hook::low_level::exit(i32::from(INTERRUPTED_EXIT));
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// The line on stderr that says why a task did not succeed (`None` for one
+/// that did, or that a halt or Ctrl-C cancelled: the summary lists those).
+fn failure_line(record: &TaskRecord, timeout: Option<TimeoutArg>) -> Option<String> {
+    let reason = match &record.outcome.exit {
+        ExitKind::Exited(0) | ExitKind::Cancelled => return None,
+        ExitKind::TimedOut => match timeout {
+            Some(TimeoutArg::Fixed(limit)) => {
+                format!("timed out after {}", humantime::format_duration(limit))
+            }
+            Some(TimeoutArg::OfMedian(percent)) => {
+                format!("timed out (over {percent}% of the median task time)")
+            }
+            None => "timed out".to_string(),
+        },
+        ExitKind::SpawnFailed(message) => {
+            let program = record.command.first().map_or("", String::as_str);
+            if program.contains(' ') && message.contains("No such file") {
+                format!(
+                    "{message} (a program name with a space: to run a command line, pass --shell)"
+                )
+            } else {
+                message.clone()
+            }
+        }
+        other => other.to_string(),
+    };
+    Some(format!(
+        "zcluster: task #{} {:?} failed: {reason}",
+        record.seq, record.input
+    ))
+}
+
+/// Inputs read lazily, as bytes (on Unix a line need not be UTF-8: it is
+/// passed to the command exactly): lines without their `\n` (or `\r\n`),
+/// or with `-0` NUL-terminated records (`find -print0`), which may hold
+/// any byte but NUL, newlines included.
+fn lines(
+    mut reader: Box<dyn BufRead + Send>,
+    null: bool,
+) -> impl Iterator<Item = io::Result<InputLine>> + Send + 'static {
+    let end = if null { b'\0' } else { b'\n' };
     let mut buf = Vec::new();
     std::iter::from_fn(move || {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
+        match reader.read_until(end, &mut buf) {
             Ok(0) => None,
             Ok(_) => {
-                if buf.last() == Some(&b'\n') {
+                if buf.last() == Some(&end) {
                     buf.pop();
-                    if buf.last() == Some(&b'\r') {
+                    if !null && buf.last() == Some(&b'\r') {
                         buf.pop();
                     }
                 }
-                Some(Ok(
-                    String::from_utf8(buf.clone()).map_err(|e| e.into_bytes())
-                ))
+                Some(Ok(buf.clone()))
             }
             Err(e) => Some(Err(e)),
         }
     })
 }
 
-/// A bar on stderr when it is a terminal, hidden otherwise. The total is
-/// counted on a background thread for a file (standard input has none).
-fn progress_bar(visible: bool, input: Option<PathBuf>) -> ProgressBar {
+/// How often the map asks a hub with no engine whether one came.
+const ENGINE_POLL: Duration = Duration::from_millis(500);
+
+/// Over a hub, says on stderr (at once, so well within 2 s) when no engine
+/// is registered to run anything, and again when one arrives: otherwise a
+/// map on an empty cluster just sits there. Asks on a connection of its
+/// own, on a thread that ends when an engine is there (or the map stops).
+fn watch_for_engines(hub: HubArg, progress: ProgressBar, stop: Arc<AtomicBool>) {
+    use zcluster::hub::protocol::{ClientCall, Reply};
+    let spawned = std::thread::Builder::new()
+        .name("zcluster-engines".into())
+        .spawn(move || {
+            let ctx = zmq::Context::new();
+            let Ok(mut client) = hub.client(&ctx) else {
+                return;
+            };
+            let mut waiting = false;
+            while !stop.load(Ordering::Relaxed) {
+                let engines = match client.call(&ClientCall::Status { verbose: false }) {
+                    Ok(Reply::Status(status)) => status.engines,
+                    _ => return,
+                };
+                if let Some(first) = engines.first() {
+                    if waiting {
+                        let slots: u32 = engines.iter().map(|e| e.slots).sum();
+                        progress.suspend(|| {
+                            eprintln!(
+                                "zcluster: engine {} registered ({} on {}): tasks are starting",
+                                first.id,
+                                plural(u64::from(slots), "slot"),
+                                first.host
+                            )
+                        });
+                    }
+                    return;
+                }
+                if !waiting {
+                    waiting = true;
+                    progress.suspend(|| {
+                        eprintln!(
+                            "zcluster: waiting for an engine: none registered with {} (start one with `zcluster worker --hub {}`)",
+                            hub.path().display(),
+                            hub.path().display()
+                        )
+                    });
+                }
+                std::thread::sleep(ENGINE_POLL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot watch for engines");
+    }
+}
+
+/// A bar on stderr when it is a terminal, hidden otherwise. Until the total
+/// is known (a file's lines are counted on a background thread; standard
+/// input has none), it shows what is known: tasks done, their rate and the
+/// time so far, not `0/0 ETA 0s`.
+fn progress_bar(visible: bool, input: Option<PathBuf>, end: u8) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta} failed: {msg}",
-    )
-    .map(|style| {
-        // Whole tasks per second: indicatif's {per_sec} prints four decimals.
-        style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.0}/s", state.per_sec());
-        })
-    })
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    bar.set_style(bar_style(
+        "{spinner} [{elapsed_precise}] {human_pos} done {rate} failed: {msg}",
+    ));
     bar.set_message("0");
     bar.enable_steady_tick(Duration::from_millis(200));
     if let Some(path) = input {
         let bar = bar.clone();
         std::thread::spawn(move || {
             if let Ok(file) = File::open(path) {
-                let total = BufReader::new(file).split(b'\n').count();
+                let total = BufReader::new(file).split(end).count();
                 bar.set_length(total as u64);
+                bar.set_style(bar_style(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} ETA {eta} failed: {msg}",
+                ));
             }
         });
     }
     bar
 }
 
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|style| {
+            // Whole tasks per second: indicatif's {per_sec} prints four decimals.
+            style.with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
 fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     let mut line = format!(
-        "zcluster: {} tasks: {} ok, {} failed, {} timed out",
-        s.total, s.ok, s.failed, s.timed_out
+        "zcluster: {}: {} ok, {} failed, {} timed out",
+        plural(s.total, "task"),
+        s.ok,
+        s.failed,
+        s.timed_out
     );
     if s.cancelled > 0 {
         line += &format!(", {} cancelled", s.cancelled);
@@ -336,17 +641,47 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     } else if s.interrupted {
         line += "; interrupted";
     }
-    if !s.failures.is_empty() {
-        let listed: Vec<String> = s
-            .failures
+    for (what, listed, all) in [
+        ("failed", &s.failures, s.failed + s.timed_out),
+        ("cancelled", &s.cancelled_tasks, s.cancelled),
+    ] {
+        if listed.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = listed
             .iter()
             .map(|(seq, input)| format!("#{seq} {input:?}"))
             .collect();
-        let more = (s.total - s.ok).saturating_sub(s.failures.len() as u64);
-        line += &format!("\nzcluster: failed: {}", listed.join(", "));
+        line += &format!("\nzcluster: {what}: {}", names.join(", "));
+        let more = all.saturating_sub(listed.len() as u64);
         if more > 0 {
             line += &format!(" and {more} more");
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_as_gnu_parallel_spells_them() {
+        assert!(
+            matches!(parse_timeout("1"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_secs(1))
+        );
+        assert!(
+            matches!(parse_timeout("0.5"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_millis(500))
+        );
+        assert!(
+            matches!(parse_timeout("2m"), Ok(TimeoutArg::Fixed(d)) if d == Duration::from_secs(120))
+        );
+        assert!(matches!(
+            parse_timeout("200%"),
+            Ok(TimeoutArg::OfMedian(200))
+        ));
+        for bad in ["0", "0s", "-1", "-2s", "0%", "x%", "soon", "nan", "inf"] {
+            assert!(parse_timeout(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

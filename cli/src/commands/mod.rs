@@ -12,6 +12,7 @@ pub mod shutdown;
 pub mod status;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use clap::Args;
 use zcluster::hub::client::HubClient;
 use zcluster::hub::connection::{self, ConnectionInfo};
+use zcluster::hub::protocol::{ClientCall, Reply, TaskReport};
 use zcluster::socket::{FutureSocket, SocketKind};
 
 /// An error in what the user asked for (exit status 2), as opposed to a
@@ -77,6 +79,22 @@ impl Write for Stdout {
     }
 }
 
+/// Standard output written without holding its lock between writes, for a
+/// writer that another thread may use too (`zcluster map --results -`,
+/// whose log a second Ctrl-C writes out from the signal thread); a closed
+/// reader is marked as for [`Stdout`].
+pub struct SharedStdout;
+
+impl Write for SharedStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stdout().write(buf).map_err(mark_closed)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().flush().map_err(mark_closed)
+    }
+}
+
 /// The reader of standard output has gone: not a failure of the command.
 #[derive(Debug)]
 pub struct StdoutClosed;
@@ -102,6 +120,22 @@ pub fn is_stdout_closed(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<StdoutClosed>())
+}
+
+/// Whether a command failed because the hub knows no such job or engine
+/// as it was given: a mistake in what was asked (exit status 2, as for
+/// `zcluster results 99`), not a failure while doing it. The hub's refusal
+/// carries only its words, so they are what is matched.
+pub fn asked_for_unknown(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<zcluster::hub::client::ClientError>(),
+            Some(zcluster::hub::client::ClientError::Refused(reason))
+                if ["no job ", "no running job ", "no engine "]
+                    .iter()
+                    .any(|prefix| reason.starts_with(prefix))
+        )
+    })
 }
 
 /// Whether a command failed only because its stdout was closed (see
@@ -155,9 +189,22 @@ pub fn job_reports(
     job: u64,
     status_only: bool,
 ) -> anyhow::Result<Vec<zcluster::hub::protocol::TaskReport>> {
+    let mut all = Vec::new();
+    each_report(client, job, status_only, |report| all.push(report))?;
+    Ok(all)
+}
+
+/// Hands each recorded task of `job` to `visit`, page by page, so that a
+/// caller keeping only a little of each (its inputs' numbers, say) holds
+/// one page at a time, not the job's every output.
+pub fn each_report(
+    client: &mut zcluster::hub::client::HubClient,
+    job: u64,
+    status_only: bool,
+    mut visit: impl FnMut(zcluster::hub::protocol::TaskReport),
+) -> anyhow::Result<()> {
     use zcluster::hub::client::ClientError;
     use zcluster::hub::protocol::{ClientCall, Reply};
-    let mut all = Vec::new();
     let mut after = None;
     loop {
         let call = ClientCall::ResultsPage {
@@ -167,10 +214,10 @@ pub fn job_reports(
         };
         match client.call(&call) {
             Ok(Reply::ResultsPage { reports, next }) => {
-                all.extend(reports);
+                reports.into_iter().for_each(&mut visit);
                 match next {
                     Some(cursor) if Some(cursor) != after => after = Some(cursor),
-                    _ => return Ok(all),
+                    _ => return Ok(()),
                 }
             }
             Ok(_) => anyhow::bail!("unexpected answer to a results call"),
@@ -186,4 +233,160 @@ pub fn chunk_of(report: &zcluster::hub::protocol::TaskReport) -> Option<zcluster
         .request
         .as_deref()
         .and_then(|r| zcluster::map::ExecChunk::from_request_body(r).ok())
+}
+
+/// The inputs each of a job's hub tasks holds, by the numbers a person
+/// meets everywhere else: 1 for the first input, as `{#}`, the `seq` of
+/// `--json` and `zcluster resubmit --task` have it. The hub numbers its
+/// tasks from 0 by chunk (what the map sent it), so this converts at the
+/// edge, without asking the hub for outputs when it can.
+pub enum InputNumbers {
+    /// Task N holds input N + 1 alone (one input per chunk, none skipped).
+    OneEach,
+    /// The inputs of each task (chunks of several, or inputs skipped).
+    Chunks(HashMap<u64, Vec<u64>>),
+    /// Not a `zcluster map` job: the tasks' own ids.
+    Ids,
+}
+
+impl InputNumbers {
+    /// Learns the numbering of the tasks `ids` of `job` (all of them when
+    /// `whole_job`). One task's request settles the usual case: if the
+    /// highest task (chunk k) holds input k + 1 alone, every chunk before
+    /// it holds exactly one input too (each holds at least one, in
+    /// increasing order), so chunk j holds input j + 1. Otherwise the
+    /// requests of `ids` are read (the whole job's a page at a time),
+    /// keeping only the numbers.
+    pub fn of(
+        client: &mut HubClient,
+        job: u64,
+        ids: &[u64],
+        whole_job: bool,
+    ) -> anyhow::Result<Self> {
+        let Some(&last) = ids.iter().max() else {
+            return Ok(InputNumbers::OneEach);
+        };
+        let call = ClientCall::Results {
+            job,
+            ids: Some(vec![last]),
+            status_only: false,
+        };
+        let Reply::Results(found) = client.call(&call)? else {
+            anyhow::bail!("unexpected answer to a results call");
+        };
+        let Some(chunk) = found.iter().find_map(chunk_of) else {
+            return Ok(InputNumbers::Ids);
+        };
+        if matches!(chunk.tasks.as_slice(), [only] if only.seq == last + 1) {
+            return Ok(InputNumbers::OneEach);
+        }
+        let mut chunks = HashMap::new();
+        let mut keep = |report: TaskReport| {
+            if let Some(chunk) = chunk_of(&report) {
+                chunks.insert(report.id, chunk.tasks.iter().map(|t| t.seq).collect());
+            }
+        };
+        if whole_job {
+            each_report(client, job, false, keep)?;
+        } else {
+            let call = ClientCall::Results {
+                job,
+                ids: Some(ids.to_vec()),
+                status_only: false,
+            };
+            let Reply::Results(found) = client.call(&call)? else {
+                anyhow::bail!("unexpected answer to a results call");
+            };
+            found.into_iter().for_each(&mut keep);
+        }
+        Ok(InputNumbers::Chunks(chunks))
+    }
+
+    /// The inputs of task `id`: `4`, or `5-8` for a chunk, `5,7` for one
+    /// with a gap.
+    pub fn label(&self, id: u64) -> String {
+        match self {
+            InputNumbers::OneEach => (id + 1).to_string(),
+            InputNumbers::Ids => id.to_string(),
+            InputNumbers::Chunks(chunks) => match chunks.get(&id).map(Vec::as_slice) {
+                None | Some([]) => "?".to_string(),
+                Some([only]) => only.to_string(),
+                Some(seqs @ [first, .., last]) if seqs.windows(2).all(|w| w[1] == w[0] + 1) => {
+                    format!("{first}-{last}")
+                }
+                Some(seqs) => seqs
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
+        }
+    }
+}
+
+/// A table written through `out` with its columns aligned: rows are written
+/// with tabs between cells, and lined up when the writer is flushed (a
+/// table is read by a person; `--json` is for programs).
+pub fn table<W: Write>(out: W) -> tabwriter::TabWriter<W> {
+    tabwriter::TabWriter::new(out).padding(2)
+}
+
+/// `1 task`, `2 tasks`: a count as a person writes it.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A short duration as a person reads it, to two significant figures or
+/// so: `2.6 ms`, `350 µs`, `1.2 s`, `3 min 5 s` (humantime's
+/// `2ms 562us 608ns` says more than anyone asked).
+pub fn short_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 60.0 {
+        let whole = d.as_secs();
+        return format!("{} min {} s", whole / 60, whole % 60);
+    }
+    let (value, unit) = if secs >= 1.0 {
+        (secs, "s")
+    } else if secs >= 1e-3 {
+        (secs * 1e3, "ms")
+    } else if secs >= 1e-6 {
+        (secs * 1e6, "µs")
+    } else {
+        (secs * 1e9, "ns")
+    };
+    if value >= 10.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_a_person_writes_them() {
+        assert_eq!(short_duration(Duration::from_nanos(2_562_608)), "2.6 ms");
+        assert_eq!(short_duration(Duration::from_micros(350)), "350 µs");
+        assert_eq!(short_duration(Duration::from_millis(1_234)), "1.2 s");
+        assert_eq!(short_duration(Duration::from_secs(185)), "3 min 5 s");
+        assert_eq!(short_duration(Duration::ZERO), "0.0 ns");
+        assert_eq!(plural(1, "task"), "1 task");
+        assert_eq!(plural(2, "slot"), "2 slots");
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let mut t = table(Vec::new());
+        writeln!(t, "A\tBB").unwrap();
+        writeln!(t, "CCCC\tD").unwrap();
+        let text = String::from_utf8(t.into_inner().unwrap()).unwrap();
+        assert_eq!(text, "A     BB\nCCCC  D\n");
+    }
 }

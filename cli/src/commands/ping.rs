@@ -29,6 +29,9 @@ pub struct PingArgs {
     /// Stop as soon as this many workers answered.
     #[arg(long)]
     expect: Option<usize>,
+    /// Print JSON instead of a table: `{"answered": [...], "silent": [...]}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
@@ -58,21 +61,41 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
     };
     // Errors returned, not println!'s panic: see `Stdout`.
     let mut out = super::stdout();
-    writeln!(out, "HOST\tPID\tWORKER\tUP\tREQUESTS\tMEAN")?;
-    for r in &replies {
-        let up = r.worker.started.elapsed().unwrap_or_default();
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            r.worker.host,
-            r.worker.pid,
-            r.worker.worker,
-            humantime::format_duration(Duration::from_secs(up.as_secs())),
-            r.requests_handled,
-            humantime::format_duration(r.mean_time),
-        )?;
+    if args.json {
+        let answered: Vec<serde_json::Value> = replies
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "host": r.worker.host,
+                    "pid": r.worker.pid,
+                    "worker": r.worker.worker,
+                    "up_s": r.worker.started.elapsed().unwrap_or_default().as_secs_f64(),
+                    "requests": r.requests_handled,
+                    "mean_s": r.mean_time.as_secs_f64(),
+                })
+            })
+            .collect();
+        let value = serde_json::json!({ "answered": answered, "silent": silent });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        out.flush()?;
+    } else {
+        let mut out = super::table(&mut out);
+        writeln!(out, "HOST\tPID\tWORKER\tUP\tREQUESTS\tMEAN")?;
+        for r in &replies {
+            let up = r.worker.started.elapsed().unwrap_or_default();
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                r.worker.host,
+                r.worker.pid,
+                r.worker.worker,
+                humantime::format_duration(Duration::from_secs(up.as_secs())),
+                r.requests_handled,
+                super::short_duration(r.mean_time),
+            )?;
+        }
+        out.flush()?;
     }
-    out.flush()?;
     eprintln!("zcluster: {} worker(s) answered", replies.len());
     if !silent.is_empty() {
         eprintln!(
@@ -80,8 +103,19 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             super::id_list(&silent)
         );
     }
+    if replies.is_empty() && silent.is_empty() && args.command.is_none() {
+        eprintln!(
+            "zcluster: no engine is registered with {}",
+            args.hub.path().display()
+        );
+    }
+    // Nobody answered: nothing is there to run work, which a script that
+    // pings before it maps must be able to tell.
     Ok(
-        if !silent.is_empty() || args.expect.is_some_and(|n| replies.len() < n) {
+        if replies.is_empty()
+            || !silent.is_empty()
+            || args.expect.is_some_and(|n| replies.len() < n)
+        {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
 //! `zcluster purge`: forget recorded tasks.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -21,6 +22,9 @@ pub struct PurgeArgs {
     /// Purge every completed task.
     #[arg(long)]
     all: bool,
+    /// Print JSON on stdout: `{"purged": N}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
@@ -33,6 +37,11 @@ pub fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let Reply::Purged(n) = args.hub.client(&ctx)?.call(&ClientCall::Purge(target))? else {
         anyhow::bail!("unexpected answer to a purge call");
     };
+    if args.json {
+        let mut out = super::stdout();
+        writeln!(out, "{}", serde_json::json!({ "purged": n }))?;
+        out.flush()?;
+    }
     eprintln!("zcluster: purged {n} task(s)");
     Ok(ExitCode::SUCCESS)
 }

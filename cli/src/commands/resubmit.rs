@@ -38,6 +38,17 @@ fn task_ids(client: &mut HubClient, job: u64, seqs: &[u64]) -> anyhow::Result<Ve
     Ok(ids)
 }
 
+/// An input's number as a person gives it: 1 for the first, never 0.
+fn parse_input_number(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(
+            "inputs are numbered from 1 (as {#} and the `seq` of `zcluster results --json`)".into(),
+        ),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
+}
+
 #[derive(Args)]
 pub struct ResubmitArgs {
     /// The job.
@@ -47,8 +58,10 @@ pub struct ResubmitArgs {
     /// Every failed task (the default).
     #[arg(long, conflicts_with = "task")]
     failed: bool,
-    /// Only these inputs (their `seq`, as `zcluster results --json` shows it).
-    #[arg(long, value_name = "ID")]
+    /// Only these inputs, by number: 1 for the first, as `{#}`, the `seq`
+    /// of `zcluster results --json` and the INPUT of `--status-only` have
+    /// it. Repeat it for several.
+    #[arg(long, value_name = "N", value_parser = parse_input_number)]
     task: Vec<u64>,
 }
 

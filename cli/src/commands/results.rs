@@ -2,13 +2,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use clap::Args;
 use zcluster::exec::ExecOutcome;
 use zcluster::map::ChunkDone;
 use zcluster::map::TaskRecord;
 
-use super::{chunk_of, job_reports, HubArg};
+use super::{chunk_of, job_reports, HubArg, InputNumbers};
 
 #[derive(Args)]
 pub struct ResultsArgs {
@@ -22,8 +23,9 @@ pub struct ResultsArgs {
     /// Only failed inputs.
     #[arg(long)]
     failed: bool,
-    /// Only each task's state (id, state, engine, attempts, times, error),
-    /// without payloads: cheap on a huge job.
+    /// Only each task's state, without outputs: its inputs' numbers (1
+    /// for the first, as `{#}` and `resubmit --task`), state, engine,
+    /// attempts, when it started, how long it ran, and its error.
     #[arg(long, conflicts_with_all = ["json", "failed"])]
     status_only: bool,
 }
@@ -36,13 +38,30 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     // the command quietly (see `Stdout`) instead of panicking.
     let mut out = super::stdout();
     if args.status_only {
-        writeln!(out, "TASK\tSTATE\tENGINE\tATTEMPTS\tERROR")?;
+        let ids: Vec<u64> = reports.iter().map(|r| r.id).collect();
+        let numbers = InputNumbers::of(&mut client, args.job, &ids, true)?;
+        let mut out = super::table(&mut out);
+        writeln!(out, "INPUT\tSTATE\tENGINE\tATTEMPTS\tSTARTED\tTIME\tERROR")?;
         for r in &reports {
             let engine = r.engine.map_or_else(|| "-".to_string(), |e| e.to_string());
+            let started = r.started.map_or_else(
+                || "-".to_string(),
+                |t| humantime::format_rfc3339_seconds(t).to_string(),
+            );
+            // How long it ran (or has been running) since it last started.
+            let time = r
+                .started
+                .and_then(|s| {
+                    r.completed
+                        .unwrap_or_else(SystemTime::now)
+                        .duration_since(s)
+                        .ok()
+                })
+                .map_or_else(|| "-".to_string(), super::short_duration);
             writeln!(
                 out,
-                "{}\t{}\t{engine}\t{}\t{}",
-                r.id,
+                "{}\t{}\t{engine}\t{}\t{started}\t{time}\t{}",
+                numbers.label(r.id),
                 r.state,
                 r.attempts,
                 r.error.as_deref().unwrap_or("")
@@ -76,11 +95,12 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
                 unfinished += 1;
                 continue;
             };
+            let (input, raw_input) = task.shown_input();
             records.push(TaskRecord {
                 seq: task.seq,
-                input: task.input,
-                raw_input: None,
-                command: task.argv,
+                input,
+                raw_input,
+                command: task.shown_command(),
                 outcome,
                 attempts,
                 host: done.host.clone(),

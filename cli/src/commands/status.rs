@@ -1,13 +1,15 @@
 //! `zcluster status`: the hub's engines and jobs.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use zcluster::hub::protocol::{ClientCall, Reply};
+use zcluster::hub::client::HubClient;
+use zcluster::hub::protocol::{ClientCall, HubStatus, Reply};
 
-use super::HubArg;
+use super::{HubArg, InputNumbers};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -19,6 +21,24 @@ pub struct StatusArgs {
     /// Also list the tasks each engine runs and each job has queued.
     #[arg(short, long)]
     verbose: bool,
+}
+
+/// How to number the running and queued tasks of each job `status` lists
+/// (a job that went meanwhile keeps the hub's ids: a status is a glance).
+fn input_numbers(client: &mut HubClient, status: &HubStatus) -> HashMap<u64, InputNumbers> {
+    let mut ids: HashMap<u64, Vec<u64>> = HashMap::new();
+    for e in &status.engines {
+        for &(job, id) in &e.running_tasks {
+            ids.entry(job).or_default().push(id);
+        }
+    }
+    for j in &status.jobs {
+        ids.entry(j.id).or_default().extend(&j.queued_tasks);
+    }
+    ids.into_iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .filter_map(|(job, ids)| Some((job, InputNumbers::of(client, job, &ids, false).ok()?)))
+        .collect()
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +59,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = super::table(out);
     writeln!(
         out,
         "ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT"
@@ -53,15 +74,26 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             e.slots,
             e.running,
             e.completed,
-            humantime::format_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
+            super::short_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
         )?;
     }
+    // Tasks by their inputs' numbers (1 for the first), as everywhere else.
+    let numbers = if args.verbose {
+        input_numbers(&mut client, &status)
+    } else {
+        HashMap::new()
+    };
+    let label = |job: u64, id: u64| {
+        numbers
+            .get(&job)
+            .map_or_else(|| id.to_string(), |n| n.label(id))
+    };
     if args.verbose {
         for e in &status.engines {
             let tasks: Vec<String> = e
                 .running_tasks
                 .iter()
-                .map(|(job, id)| format!("{job}/{id}"))
+                .map(|&(job, id)| format!("{job}/{}", label(job, id)))
                 .collect();
             writeln!(out, "engine {} running: {}", e.id, tasks.join(" "))?;
         }
@@ -87,7 +119,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if args.verbose {
         for j in status.jobs.iter().filter(|j| !j.queued_tasks.is_empty()) {
-            let tasks: Vec<String> = j.queued_tasks.iter().map(ToString::to_string).collect();
+            let tasks: Vec<String> = j.queued_tasks.iter().map(|&id| label(j.id, id)).collect();
             writeln!(out, "job {} queued: {}", j.id, tasks.join(" "))?;
         }
     }

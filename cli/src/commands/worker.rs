@@ -31,7 +31,8 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .context("cannot install signal handlers")?;
     }
     eprintln!(
-        "zcluster: worker with {slots} slots serving {}",
+        "zcluster: worker with {} serving {}",
+        super::plural(slots as u64, "slot"),
         connection.engines
     );
     let ctx = zmq::Context::new();
