@@ -5,11 +5,11 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::state::ignored;
+use super::state::{ignored, Change, Progress};
 use super::types::{TaskRange, FIRST_ID};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
-    StoreError, TaskFilter, TaskId, TaskRecord, TaskState,
+    StoreError, TaskEvent, TaskFilter, TaskId, TaskRecord, TaskState,
 };
 
 /// A store in plain maps: fast and synchronous, but gone when the hub exits.
@@ -22,7 +22,18 @@ pub struct MemoryStore {
     next_job: u64,
     next_task: u64,
     jobs: BTreeMap<JobId, MemoryJob>,
-    tasks: HashMap<TaskId, TaskRecord>,
+    tasks: HashMap<TaskId, MemoryTask>,
+}
+
+/// One task: what it was recorded with, and how far it got.
+#[derive(Debug)]
+struct MemoryTask {
+    id: TaskId,
+    job: JobId,
+    seq: u64,
+    request: Vec<u8>,
+    submitted: SystemTime,
+    progress: Progress<EngineId, SystemTime, Vec<u8>, String>,
 }
 
 #[derive(Debug)]
@@ -31,6 +42,9 @@ struct MemoryJob {
     /// (seq, id) of its tasks, for (job, seq) order.
     tasks: BTreeSet<(u64, TaskId)>,
 }
+
+/// An event as the memory store records it.
+type MemoryChange = Change<EngineId, SystemTime, Vec<u8>, String>;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -87,9 +101,22 @@ impl MemoryStore {
         Ok(start..*counter)
     }
 
+    /// Applies an engine's event to a task, as the state machine allows;
+    /// an event it refuses, or one for an unknown task, is only logged.
+    fn change(&mut self, task: TaskId, change: MemoryChange) {
+        let event = change.event();
+        let refused = match self.tasks.get_mut(&task) {
+            Some(t) => t.progress.apply(change).err().map(|r| Some(r.state)),
+            None => Some(None),
+        };
+        if let Some(state) = refused {
+            ignored(event.name(), task, state);
+        }
+    }
+
     fn sorted_views<'a>(
         &self,
-        tasks: impl Iterator<Item = &'a TaskRecord>,
+        tasks: impl Iterator<Item = &'a MemoryTask>,
         with_payloads: bool,
     ) -> Vec<TaskRecord> {
         let mut out: Vec<TaskRecord> = tasks.map(|t| view(t, with_payloads)).collect();
@@ -99,28 +126,25 @@ impl MemoryStore {
 }
 
 /// A copy of `task`, without payloads unless asked.
-fn view(task: &TaskRecord, with_payloads: bool) -> TaskRecord {
+fn view(task: &MemoryTask, with_payloads: bool) -> TaskRecord {
+    let progress = &task.progress;
     TaskRecord {
         id: task.id,
         job: task.job,
         seq: task.seq,
-        request: if with_payloads {
-            task.request.clone()
-        } else {
-            None
-        },
+        request: with_payloads.then(|| task.request.clone()),
         submitted: task.submitted,
-        engine: task.engine,
-        started: task.started,
-        completed: task.completed,
-        state: task.state,
+        engine: progress.engine,
+        started: progress.started,
+        completed: progress.completed,
+        state: progress.state,
         result: if with_payloads {
-            task.result.clone()
+            progress.result.clone()
         } else {
             None
         },
-        error: task.error.clone(),
-        attempts: task.attempts,
+        error: progress.error.clone(),
+        attempts: progress.attempts,
     }
 }
 
@@ -173,19 +197,13 @@ impl Store for MemoryStore {
             }
             self.tasks.insert(
                 task.id,
-                TaskRecord {
+                MemoryTask {
                     id: task.id,
                     job: task.job,
                     seq: task.seq,
-                    request: Some(task.request),
+                    request: task.request,
                     submitted: task.submitted,
-                    engine: None,
-                    started: None,
-                    completed: None,
-                    state: TaskState::Pending,
-                    result: None,
-                    error: None,
-                    attempts: 0,
+                    progress: Progress::new(),
                 },
             );
         }
@@ -199,27 +217,19 @@ impl Store for MemoryStore {
         started: SystemTime,
         attempts: u32,
     ) -> Result<(), StoreError> {
-        match self.tasks.get_mut(&task) {
-            Some(t) if !t.state.is_completed() => {
-                t.state = TaskState::Running;
-                t.engine = Some(engine);
-                t.started = Some(started);
-                t.attempts = attempts;
-            }
-            other => ignored("start", task, other.map(|t| t.state)),
-        }
+        self.change(
+            task,
+            Change::Start {
+                engine,
+                started,
+                attempts,
+            },
+        );
         Ok(())
     }
 
     fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
-        match self.tasks.get_mut(&task) {
-            Some(t) if t.state == TaskState::Running => {
-                t.state = TaskState::Pending;
-                t.engine = None;
-                t.started = None;
-            }
-            other => ignored("requeue", task, other.map(|t| t.state)),
-        }
+        self.change(task, Change::Requeue);
         Ok(())
     }
 
@@ -230,17 +240,17 @@ impl Store for MemoryStore {
                 state: finished.status,
             });
         }
-        match self.tasks.get_mut(&task) {
-            Some(t) if !t.state.is_completed() => {
-                t.state = finished.status;
-                t.result = Some(finished.result);
-                t.error = finished.error;
-                t.completed = Some(finished.completed);
-                t.engine = Some(finished.engine);
-                t.attempts = finished.attempts;
-            }
-            other => ignored("finish", task, other.map(|t| t.state)),
-        }
+        self.change(
+            task,
+            Change::Finish {
+                state: finished.status,
+                result: finished.result,
+                error: finished.error,
+                completed: finished.completed,
+                engine: finished.engine,
+                attempts: finished.attempts,
+            },
+        );
         Ok(())
     }
 
@@ -276,7 +286,7 @@ impl Store for MemoryStore {
                     failed: 0,
                 };
                 for (_, id) in &job.tasks {
-                    match self.tasks.get(id).map(|t| t.state) {
+                    match self.tasks.get(id).map(|t| t.progress.state) {
                         Some(TaskState::Pending) => summary.pending += 1,
                         Some(TaskState::Running) => summary.running += 1,
                         Some(TaskState::Ok) => summary.ok += 1,
@@ -315,15 +325,15 @@ impl Store for MemoryStore {
     fn engine_counts(&mut self) -> Result<Vec<EngineCounts>, StoreError> {
         let mut counts: BTreeMap<EngineId, EngineCounts> = BTreeMap::new();
         for task in self.tasks.values() {
-            if let Some(engine) = task.engine {
+            if let Some(engine) = task.progress.engine {
                 let entry = counts.entry(engine).or_insert(EngineCounts {
                     engine,
                     running: 0,
                     completed: 0,
                 });
-                if task.state == TaskState::Running {
+                if task.progress.state == TaskState::Running {
                     entry.running += 1;
-                } else if task.state.is_completed() {
+                } else if task.progress.state.is_completed() {
                     entry.completed += 1;
                 }
             }
@@ -333,7 +343,9 @@ impl Store for MemoryStore {
 
     fn unfinished(&mut self) -> Result<Vec<TaskRecord>, StoreError> {
         Ok(self.sorted_views(
-            self.tasks.values().filter(|t| !t.state.is_completed()),
+            self.tasks
+                .values()
+                .filter(|t| !t.progress.state.is_completed()),
             true,
         ))
     }
@@ -343,7 +355,11 @@ impl Store for MemoryStore {
         let pending = entry
             .tasks
             .iter()
-            .filter(|(_, id)| self.tasks.get(id).is_some_and(|t| !t.state.is_completed()))
+            .filter(|(_, id)| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| !t.progress.state.is_completed())
+            })
             .count() as u64;
         if pending > 0 {
             return Err(StoreError::PendingTasks { job, pending });
@@ -359,7 +375,7 @@ impl Store for MemoryStore {
         let doomed: Vec<(JobId, u64, TaskId)> = self
             .tasks
             .values()
-            .filter(|t| t.engine == Some(engine) && t.state.is_completed())
+            .filter(|t| t.progress.engine == Some(engine) && t.progress.state.is_completed())
             .map(|t| (t.job, t.seq, t.id))
             .collect();
         for (job, seq, id) in &doomed {
@@ -373,7 +389,7 @@ impl Store for MemoryStore {
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {
         let before = self.tasks.len();
-        self.tasks.retain(|_, t| !t.state.is_completed());
+        self.tasks.retain(|_, t| !t.progress.state.is_completed());
         let tasks = &self.tasks;
         self.jobs.retain(|_, job| {
             job.tasks.retain(|(_, id)| tasks.contains_key(id));
@@ -396,7 +412,7 @@ impl Store for MemoryStore {
                 .filter(|id| {
                     self.tasks
                         .get(id)
-                        .is_some_and(|t| t.state == TaskState::Failed)
+                        .is_some_and(|t| t.progress.state == TaskState::Failed)
                 })
                 .collect(),
             Some(ids) => {
@@ -408,12 +424,13 @@ impl Store for MemoryStore {
                     }
                     match self.tasks.get(&task) {
                         Some(t) if t.job == job => {
-                            if !t.state.is_completed() {
-                                return Err(StoreError::NotCompleted {
+                            t.progress
+                                .state
+                                .apply(TaskEvent::Resubmit)
+                                .map_err(|refused| StoreError::NotCompleted {
                                     task,
-                                    state: t.state,
-                                });
-                            }
+                                    state: refused.state,
+                                })?;
                         }
                         _ => return Err(StoreError::UnknownTask { job, task }),
                     }
@@ -424,14 +441,11 @@ impl Store for MemoryStore {
         };
         let mut out = Vec::with_capacity(targets.len());
         for id in targets {
+            // Every target was checked above: none refuses.
             if let Some(t) = self.tasks.get_mut(&id) {
-                t.state = TaskState::Pending;
-                t.engine = None;
-                t.started = None;
-                t.completed = None;
-                t.result = None;
-                t.error = None;
-                out.push(t.clone());
+                if t.progress.apply(Change::Resubmit).is_ok() {
+                    out.push(view(t, true));
+                }
             }
         }
         out.sort_by_key(|t| (t.seq, t.id));

@@ -62,7 +62,7 @@ use super::commit::CommitLog;
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
-pub use state::TaskState;
+pub use state::{Refused, TaskEvent, TaskState};
 pub use types::{
     EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, TaskFilter, TaskId,
     TaskRecord,

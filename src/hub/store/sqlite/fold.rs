@@ -2,13 +2,14 @@
 //! statement each.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use rusqlite::{params, Connection};
 
-use super::sql::{apply, note_ignored};
+use super::sql::{apply, guard, note_ignored};
 use super::writer::{BatchErrors, SqlTask, Write};
-use crate::hub::store::state::ignored;
-use crate::hub::store::{StoreError, TaskState};
+use crate::hub::store::state::{ignored, Change, Progress};
+use crate::hub::store::{StoreError, TaskEvent};
 
 /// A task whose writes in the writer's current batch are held and folded:
 /// one inserted in this batch, or one whose start came in this batch, with
@@ -23,49 +24,28 @@ pub(super) struct Folded {
 }
 
 /// The columns a task's held events leave, applied in order from a
-/// pending task. A held start applies under the same condition as its SQL
-/// (`state IN ('pending', 'running')`), so after it the state is known and
-/// every later event is decided here as SQL would decide it.
-pub(super) struct FinalRow<'a> {
-    state: TaskState,
-    engine: Option<i64>,
-    started: Option<i64>,
-    completed: Option<i64>,
-    result: Option<&'a [u8]>,
-    error: Option<&'a str>,
-    attempts: u32,
-}
+/// pending task by the state machine both stores share. A held start
+/// applies under the same guard as its SQL (`sql::guard` of
+/// [`TaskEvent::Start`]), so after it the state is known and every later
+/// event is decided here as SQL would decide it.
+pub(super) type FinalRow<'a> = Progress<i64, i64, &'a [u8], &'a str>;
 
 impl Folded {
     fn final_row(&self) -> FinalRow<'_> {
-        let id = self.id.unsigned_abs();
-        let mut row = FinalRow {
-            state: TaskState::Pending,
-            engine: None,
-            started: None,
-            completed: None,
-            result: None,
-            error: None,
-            attempts: 0,
-        };
+        let mut row = FinalRow::new();
         for event in &self.events {
-            match event {
+            let change = match event {
                 Write::Started {
                     engine,
                     started,
                     attempts,
                     ..
-                } if !row.state.is_completed() => {
-                    row.state = TaskState::Running;
-                    row.engine = Some(*engine);
-                    row.started = Some(*started);
-                    row.attempts = *attempts;
-                }
-                Write::Requeued { .. } if row.state == TaskState::Running => {
-                    row.state = TaskState::Pending;
-                    row.engine = None;
-                    row.started = None;
-                }
+                } => Change::Start {
+                    engine: *engine,
+                    started: *started,
+                    attempts: *attempts,
+                },
+                Write::Requeued { .. } => Change::Requeue,
                 Write::Finished {
                     state,
                     result,
@@ -74,18 +54,22 @@ impl Folded {
                     engine,
                     attempts,
                     ..
-                } if !row.state.is_completed() => {
-                    row.state = *state;
-                    row.result = Some(result);
-                    row.error = error.as_deref();
-                    row.completed = Some(*completed);
-                    row.engine = Some(*engine);
-                    row.attempts = *attempts;
-                }
-                Write::Started { .. } => ignored("start", id, Some(row.state)),
-                Write::Requeued { .. } => ignored("requeue", id, Some(row.state)),
-                Write::Finished { .. } => ignored("finish", id, Some(row.state)),
-                _ => {}
+                } => Change::Finish {
+                    state: *state,
+                    result: result.as_slice(),
+                    error: error.as_deref(),
+                    completed: *completed,
+                    engine: *engine,
+                    attempts: *attempts,
+                },
+                _ => continue,
+            };
+            if let Err(refused) = row.apply(change) {
+                ignored(
+                    refused.event.name(),
+                    self.id.unsigned_abs(),
+                    Some(refused.state),
+                );
             }
         }
         row
@@ -100,9 +84,9 @@ impl Folded {
 /// the state a task's writes leave at commit. A task inserted in this batch
 /// is held and written once, as one INSERT of that state; a task already in
 /// the table whose start comes in this batch is held from its start and
-/// written as one UPDATE (guarded, as the start is, by `state IN
-/// ('pending', 'running')`: a task a purge or another finish has completed
-/// meanwhile is left alone, as unfolded). Other writes go to SQL in order,
+/// written as one UPDATE (guarded as the start is, by the states a start
+/// applies in: a task a purge or another finish has completed meanwhile is
+/// left alone, as unfolded). Other writes go to SQL in order,
 /// as before; they cannot touch the held tasks. Should a folded INSERT fail
 /// (its id taken: a bug elsewhere), its events are applied one by one after
 /// all, as they would have been unfolded.
@@ -179,6 +163,17 @@ impl Fold {
     }
 }
 
+/// Writes the final row of a held task already in the table (`?1`): its
+/// first held event is a start, so the start's guard applies.
+static FOLDED_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
+                          result = ?6, error = ?7, attempts = ?8
+         WHERE id = ?1 AND {}",
+        guard(TaskEvent::Start)
+    )
+});
+
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
 pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErrors) {
@@ -207,27 +202,21 @@ pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErro
                     row.attempts
                 ])
             }),
-        None => conn
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
-                                  result = ?6, error = ?7, attempts = ?8
-                 WHERE id = ?1 AND state IN ('pending', 'running')",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    row.state,
-                    row.engine,
-                    row.started,
-                    row.completed,
-                    row.result,
-                    row.error,
-                    row.attempts
-                ])
-            }),
+        None => conn.prepare_cached(&FOLDED_UPDATE_SQL).and_then(|mut s| {
+            s.execute(params![
+                id,
+                row.state,
+                row.engine,
+                row.started,
+                row.completed,
+                row.result,
+                row.error,
+                row.attempts
+            ])
+        }),
     };
     match (written, folded.insert) {
-        (Ok(0), None) => note_ignored(conn, "start", id),
+        (Ok(0), None) => note_ignored(conn, TaskEvent::Start, id),
         (Ok(_), _) => {}
         (Err(source), Some(task)) => {
             errors.report(StoreError::Sqlite {

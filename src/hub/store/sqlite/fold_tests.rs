@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::hub::store::sqlite::schema::SCHEMA;
-use crate::hub::store::TaskState;
+use crate::hub::store::{TaskEvent, TaskState};
 
 /// One event of a task, for the fold equivalence property.
 #[derive(Debug, Clone)]
@@ -156,4 +156,65 @@ proptest! {
         let failures = |d: BatchErrors| d.take().map(|(_, more)| more + 1);
         prop_assert_eq!(failures(plain_errors), failures(folded_errors));
     }
+}
+
+/// The SQL of each write, plain and folded, moves a task between states
+/// exactly as [`TaskState::apply`] does, from every state: the guards are
+/// built from the state machine, and this checks what they build.
+#[test]
+fn the_sql_of_each_event_follows_the_state_machine() {
+    let events = [
+        (Event::Start(1), TaskEvent::Start),
+        (Event::Requeue, TaskEvent::Requeue),
+        (Event::Finish(true), TaskEvent::Finish(TaskState::Ok)),
+        (Event::Finish(false), TaskEvent::Finish(TaskState::Failed)),
+    ];
+    let state_of = |conn: &Connection| -> TaskState {
+        conn.query_row("SELECT state FROM tasks WHERE id = 1", [], |r| r.get(0))
+            .unwrap()
+    };
+    for from in TaskState::ALL {
+        for (event, machine) in &events {
+            let expected = from.apply(*machine).unwrap_or(from);
+            let (plain, folded) = (fold_table(), fold_table());
+            for conn in [&plain, &folded] {
+                conn.execute(
+                    "UPDATE tasks SET state = ?1, engine = 5, started = 5 WHERE id = 1",
+                    [from],
+                )
+                .unwrap();
+            }
+            let errors = BatchErrors::default();
+            let before = table(&plain);
+            apply(&plain, write_of(1, &(0, event.clone())), &errors);
+            if from.apply(*machine).is_err() {
+                assert_eq!(table(&plain), before, "{from} + {machine:?} refused");
+            }
+            // Folded: held from a start, then this event.
+            let mut fold = Fold::default();
+            let first = write_of(1, &(0, Event::Start(2)));
+            fold.apply(&folded, first, &errors);
+            fold.apply(&folded, write_of(2, &(0, event.clone())), &errors);
+            fold.flush(&folded, &errors);
+            assert!(!errors.any());
+            assert_eq!(state_of(&plain), expected, "{from} + {machine:?}");
+            let after_start = from.apply(TaskEvent::Start).unwrap_or(from);
+            let folded_expected = after_start.apply(*machine).unwrap_or(after_start);
+            assert_eq!(
+                state_of(&folded),
+                folded_expected,
+                "{from} + start + {machine:?}, folded"
+            );
+        }
+    }
+}
+
+/// The schema's CHECK names every state there is, and no other.
+#[test]
+fn the_schema_allows_every_state_and_no_other() {
+    let list = crate::hub::store::sqlite::sql::state_list(TaskState::ALL);
+    assert!(
+        SCHEMA.contains(&format!("CHECK (state IN ({list}))")),
+        "{list}"
+    );
 }

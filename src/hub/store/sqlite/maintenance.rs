@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::sql::{column_u64, sql_int, sqlite_error, task_row};
-use crate::hub::store::{JobId, StoreError, TaskId, TaskRecord, TaskState};
+use super::sql::{column_u64, completed_states, sql_int, sqlite_error, task_row};
+use crate::hub::store::{EngineId, JobId, StoreError, TaskEvent, TaskId, TaskRecord, TaskState};
 
 /// Writer-side body of [`Store::purge_job`].
 pub(super) fn purge_job_in(conn: &mut Connection, job: JobId) -> Result<u64, StoreError> {
@@ -17,7 +17,10 @@ pub(super) fn purge_job_in(conn: &mut Connection, job: JobId) -> Result<u64, Sto
         .map_err(sqlite_error(operation()))?;
     let pending: i64 = tx
         .query_row(
-            "SELECT COUNT(*) FROM tasks WHERE job = ?1 AND state IN ('pending', 'running')",
+            &format!(
+                "SELECT COUNT(*) FROM tasks WHERE job = ?1 AND state IN ({})",
+                completed_states(false)
+            ),
             [id],
             |r| r.get(0),
         )
@@ -41,6 +44,24 @@ pub(super) fn purge_job_in(conn: &mut Connection, job: JobId) -> Result<u64, Sto
     Ok(removed as u64)
 }
 
+/// Writer-side body of [`Store::purge_engine`].
+pub(super) fn purge_engine_in(conn: &mut Connection, engine: EngineId) -> Result<u64, StoreError> {
+    let Ok(id) = i64::try_from(engine) else {
+        return Ok(0);
+    };
+    conn.execute(
+        &format!(
+            "DELETE FROM tasks WHERE engine = ?1 AND state IN ({})",
+            completed_states(true)
+        ),
+        [id],
+    )
+    .map(|n| n as u64)
+    .map_err(sqlite_error(format!(
+        "purging the tasks of engine {engine}"
+    )))
+}
+
 /// Writer-side body of [`Store::purge_completed`]: tasks removed, and the jobs removed.
 pub(super) fn purge_completed_in(conn: &mut Connection) -> Result<(u64, Vec<JobId>), StoreError> {
     let operation = || "purging completed tasks".to_string();
@@ -48,7 +69,13 @@ pub(super) fn purge_completed_in(conn: &mut Connection) -> Result<(u64, Vec<JobI
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(sqlite_error(operation()))?;
     let removed = tx
-        .execute("DELETE FROM tasks WHERE state IN ('ok', 'failed')", [])
+        .execute(
+            &format!(
+                "DELETE FROM tasks WHERE state IN ({})",
+                completed_states(true)
+            ),
+            [],
+        )
         .map_err(sqlite_error(operation()))?;
     let jobs = tx
         .prepare(
@@ -84,9 +111,9 @@ pub(super) fn reset_in(
     }
     let targets: Vec<i64> = match ids {
         None => tx
-            .prepare("SELECT id FROM tasks WHERE job = ?1 AND state = 'failed' ORDER BY seq, id")
+            .prepare("SELECT id FROM tasks WHERE job = ?1 AND state = ?2 ORDER BY seq, id")
             .and_then(|mut s| {
-                s.query_map([job_sql], |r| r.get(0))?
+                s.query_map(params![job_sql, TaskState::Failed], |r| r.get(0))?
                     .collect::<rusqlite::Result<Vec<i64>>>()
             })
             .map_err(sqlite_error(operation()))?,
@@ -112,9 +139,12 @@ pub(super) fn reset_in(
                     .map_err(sqlite_error(operation()))?;
                 match found {
                     Some((owner, state)) if owner == job_sql => {
-                        if !state.is_completed() {
-                            return Err(StoreError::NotCompleted { task, state });
-                        }
+                        state.apply(TaskEvent::Resubmit).map_err(|refused| {
+                            StoreError::NotCompleted {
+                                task,
+                                state: refused.state,
+                            }
+                        })?;
                     }
                     _ => return Err(unknown),
                 }
@@ -126,11 +156,12 @@ pub(super) fn reset_in(
     let mut out = Vec::with_capacity(targets.len());
     {
         let mut reset = tx
-            .prepare(
-                "UPDATE tasks SET state = 'pending', engine = NULL, started = NULL,
+            .prepare(&format!(
+                "UPDATE tasks SET state = '{}', engine = NULL, started = NULL,
                                   completed = NULL, result = NULL, error = NULL
                  WHERE id = ?1",
-            )
+                TaskEvent::Resubmit.leads_to()
+            ))
             .map_err(sqlite_error(operation()))?;
         let mut read = tx
             .prepare(concat!(

@@ -105,14 +105,15 @@ use super::error::ErrorChain;
 use super::types::TaskRange;
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
-    StoreError, StoreOptions, TaskFilter, TaskId, TaskRecord,
+    StoreError, StoreOptions, TaskFilter, TaskId, TaskRecord, TaskState,
 };
 use files::{CommitRecord, Contents, Found};
 use ids::{counter_floor, Counter, ENGINE_BLOCK, JOB_BLOCK, TASK_BLOCK};
-use maintenance::{purge_completed_in, purge_job_in, reset_in};
+use maintenance::{purge_completed_in, purge_engine_in, purge_job_in, reset_in};
 use schema::{check_version, migrate, open_connection};
 use sql::{
-    column_opt_u64, column_time, column_u64, job_row, sql_int, sqlite_error, task_row, time_to_sql,
+    column_opt_u64, column_time, column_u64, completed_states, job_row, sql_int, sqlite_error,
+    task_row, time_to_sql,
 };
 use writer::{
     await_reply, call_async, run_checkpointer, run_writer, Op, SqlTask, Write, CHECKPOINT_PAGES,
@@ -650,13 +651,15 @@ impl Store for SqliteStore {
         self.read(
             || "counting tasks per engine".to_string(),
             |conn| {
-                let mut stmt = conn.prepare_cached(
+                let mut stmt = conn.prepare_cached(&format!(
                     "SELECT engine,
-                            COUNT(CASE WHEN state = 'running' THEN 1 END),
-                            COUNT(CASE WHEN state IN ('ok', 'failed') THEN 1 END)
+                            COUNT(CASE WHEN state = '{}' THEN 1 END),
+                            COUNT(CASE WHEN state IN ({}) THEN 1 END)
                      FROM tasks WHERE engine IS NOT NULL
                      GROUP BY engine ORDER BY engine",
-                )?;
+                    TaskState::Running,
+                    completed_states(true)
+                ))?;
                 let rows = stmt.query_map([], |r| {
                     Ok(EngineCounts {
                         engine: column_u64(r, 0)?,
@@ -673,10 +676,10 @@ impl Store for SqliteStore {
         self.read(
             || "listing unfinished tasks".to_string(),
             |conn| {
-                conn.prepare_cached(concat!(
-                    "SELECT ",
+                conn.prepare_cached(&format!(
+                    "SELECT {} FROM tasks WHERE state IN ({}) ORDER BY job, seq, id",
                     task_columns!(payloads),
-                    " FROM tasks WHERE state IN ('pending', 'running') ORDER BY job, seq, id"
+                    completed_states(false)
                 ))?
                 .query_map([], task_row)?
                 .collect()
@@ -694,19 +697,7 @@ impl Store for SqliteStore {
     }
 
     fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
-        let Ok(id) = i64::try_from(engine) else {
-            return Ok(0);
-        };
-        self.call(move |conn| {
-            conn.execute(
-                "DELETE FROM tasks WHERE engine = ?1 AND state IN ('ok', 'failed')",
-                [id],
-            )
-            .map(|n| n as u64)
-            .map_err(sqlite_error(format!(
-                "purging the tasks of engine {engine}"
-            )))
-        })
+        self.call(move |conn| purge_engine_in(conn, engine))
     }
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {

@@ -1,6 +1,7 @@
 //! The SQL of each queued write, and the conversions between the store's
 //! values and SQLite's (signed 64-bit integers, nanoseconds since 1970).
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
@@ -8,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::writer::{BatchErrors, Write};
 use crate::hub::store::state::ignored;
-use crate::hub::store::{JobRecord, StoreError, TaskRecord, TaskState};
+use crate::hub::store::{JobRecord, StoreError, TaskEvent, TaskRecord, TaskState};
 
 impl ToSql for TaskState {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -112,6 +113,63 @@ pub(super) fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
+/// The quoted names of `states`, for an SQL `IN (...)` list.
+pub(super) fn state_list(states: impl IntoIterator<Item = TaskState>) -> String {
+    let names: Vec<String> = states.into_iter().map(|s| format!("'{s}'")).collect();
+    names.join(", ")
+}
+
+/// The states that are completed (or, with `false`, not yet), as an SQL
+/// list from [`TaskState::is_completed`]: purges remove completed tasks
+/// only, and a restarted hub carries on the others.
+pub(super) fn completed_states(completed: bool) -> String {
+    state_list(
+        TaskState::ALL
+            .into_iter()
+            .filter(|s| s.is_completed() == completed),
+    )
+}
+
+/// `state IN (...)`: the states `event` applies in, as [`TaskState::apply`]
+/// says. Every UPDATE that records an event is guarded by it, so the SQL
+/// store allows what the memory store allows, from one definition.
+pub(super) fn guard(event: TaskEvent) -> String {
+    format!(
+        "state IN ({})",
+        state_list(event.applies_in().iter().copied())
+    )
+}
+
+/// Records a start (`?1` task, `?2` engine, `?3` time, `?4` attempts).
+pub(super) static START_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = '{}', engine = ?2, started = ?3, attempts = ?4
+         WHERE id = ?1 AND {}",
+        TaskEvent::Start.leads_to(),
+        guard(TaskEvent::Start)
+    )
+});
+
+/// Records a requeue (`?1` task).
+pub(super) static REQUEUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = '{}', engine = NULL, started = NULL WHERE id = ?1 AND {}",
+        TaskEvent::Requeue.leads_to(),
+        guard(TaskEvent::Requeue)
+    )
+});
+
+/// Records a result (`?1` task, `?2` its completed state, then the
+/// columns): a finish as ok and one as failed apply in the same states.
+pub(super) static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5,
+                          engine = ?6, attempts = ?7
+         WHERE id = ?1 AND {}",
+        guard(TaskEvent::Finish(TaskState::Ok))
+    )
+});
+
 /// Applies one write in the writer's open transaction; failures go to `errors`.
 pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
     let fail = |operation: String, source| errors.report(StoreError::Sqlite { operation, source });
@@ -172,24 +230,18 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
             started,
             attempts,
         } => match conn
-            .prepare_cached(
-                "UPDATE tasks SET state = 'running', engine = ?2, started = ?3, attempts = ?4
-                 WHERE id = ?1 AND state IN ('pending', 'running')",
-            )
+            .prepare_cached(&START_SQL)
             .and_then(|mut s| s.execute(params![task, engine, started, attempts]))
         {
-            Ok(0) => note_ignored(conn, "start", task),
+            Ok(0) => note_ignored(conn, TaskEvent::Start, task),
             Ok(_) => {}
             Err(e) => fail(format!("recording the start of task {task}"), e),
         },
         Write::Requeued { task } => match conn
-            .prepare_cached(
-                "UPDATE tasks SET state = 'pending', engine = NULL, started = NULL
-                 WHERE id = ?1 AND state = 'running'",
-            )
+            .prepare_cached(&REQUEUE_SQL)
             .and_then(|mut s| s.execute([task]))
         {
-            Ok(0) => note_ignored(conn, "requeue", task),
+            Ok(0) => note_ignored(conn, TaskEvent::Requeue, task),
             Ok(_) => {}
             Err(e) => fail(format!("recording the requeue of task {task}"), e),
         },
@@ -201,18 +253,12 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
             completed,
             engine,
             attempts,
-        } => match conn
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5,
-                                  engine = ?6, attempts = ?7
-                 WHERE id = ?1 AND state IN ('pending', 'running')",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    task, state, result, error, completed, engine, attempts
-                ])
-            }) {
-            Ok(0) => note_ignored(conn, "finish", task),
+        } => match conn.prepare_cached(&FINISH_SQL).and_then(|mut s| {
+            s.execute(params![
+                task, state, result, error, completed, engine, attempts
+            ])
+        }) {
+            Ok(0) => note_ignored(conn, TaskEvent::Finish(state), task),
             Ok(_) => {}
             Err(e) => fail(format!("recording the result of task {task}"), e),
         },
@@ -220,7 +266,8 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
 }
 
 /// Logs an event that changed nothing, saying whether the task is unknown.
-pub(super) fn note_ignored(conn: &Connection, event: &str, task: i64) {
+pub(super) fn note_ignored(conn: &Connection, event: TaskEvent, task: i64) {
+    let event = event.name();
     let state = conn
         .prepare_cached("SELECT state FROM tasks WHERE id = ?1")
         .and_then(|mut s| s.query_row([task], |r| r.get::<_, TaskState>(0)).optional());
