@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::state::{ignored, Change, Progress};
-use super::types::{TaskRange, FIRST_ID};
+use super::types::{Selection, TaskRange, FIRST_ID};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
     StoreError, TaskEvent, TaskFilter, TaskId, TaskRecord, TaskState,
@@ -304,21 +304,12 @@ impl Store for MemoryStore {
         filter: &TaskFilter,
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        Ok(match filter {
-            TaskFilter::Job(job) => self.job_range(*job, &TaskRange::whole(), with_payloads),
-            TaskFilter::Seqs { job, seqs } => {
-                self.job_range(*job, &TaskRange::seqs(seqs), with_payloads)
-            }
-            TaskFilter::Page { job, after, limit } => {
-                self.job_range(*job, &TaskRange::page(*after, *limit), with_payloads)
-            }
-            TaskFilter::Ids(ids) => {
-                let ids: BTreeSet<TaskId> = ids.iter().copied().collect();
-                self.sorted_views(
-                    ids.iter().filter_map(|id| self.tasks.get(id)),
-                    with_payloads,
-                )
-            }
+        Ok(match filter.selection() {
+            Selection::Range(job, range) => self.job_range(job, &range, with_payloads),
+            Selection::Ids(ids) => self.sorted_views(
+                ids.iter().filter_map(|id| self.tasks.get(id)),
+                with_payloads,
+            ),
         })
     }
 

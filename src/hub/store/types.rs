@@ -1,6 +1,7 @@
 //! What the store records and is asked for: ids, jobs, tasks, their
 //! summaries, and the filters that select tasks.
 
+use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -174,8 +175,29 @@ pub(super) struct TaskRange {
     pub(super) limit: usize,
 }
 
+/// What a [`TaskFilter`] selects, in the two forms the stores read: a
+/// range of one job's tasks, or tasks by id (each once, in id order).
+pub(super) enum Selection {
+    Range(JobId, TaskRange),
+    Ids(BTreeSet<TaskId>),
+}
+
+impl TaskFilter {
+    /// The tasks this filter selects, as the stores read them.
+    pub(super) fn selection(&self) -> Selection {
+        match self {
+            TaskFilter::Job(job) => Selection::Range(*job, TaskRange::whole()),
+            TaskFilter::Seqs { job, seqs } => Selection::Range(*job, TaskRange::seqs(seqs)),
+            TaskFilter::Page { job, after, limit } => {
+                Selection::Range(*job, TaskRange::page(*after, *limit))
+            }
+            TaskFilter::Ids(ids) => Selection::Ids(ids.iter().copied().collect()),
+        }
+    }
+}
+
 impl TaskRange {
-    pub(super) fn whole() -> Self {
+    fn whole() -> Self {
         TaskRange {
             from_seq: 0,
             after_id: None,
@@ -184,7 +206,7 @@ impl TaskRange {
         }
     }
 
-    pub(super) fn seqs(seqs: &std::ops::RangeInclusive<u64>) -> Self {
+    fn seqs(seqs: &std::ops::RangeInclusive<u64>) -> Self {
         TaskRange {
             from_seq: *seqs.start(),
             to_seq: *seqs.end(),
@@ -192,7 +214,7 @@ impl TaskRange {
         }
     }
 
-    pub(super) fn page(after: Option<(u64, TaskId)>, limit: usize) -> Self {
+    fn page(after: Option<(u64, TaskId)>, limit: usize) -> Self {
         let (from_seq, after_id) = after.map_or((0, None), |(seq, id)| (seq, Some(id)));
         TaskRange {
             from_seq,

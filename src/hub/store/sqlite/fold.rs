@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params_from_iter, Connection, ToSql};
 
 use super::sql::{apply, guard, note_ignored};
 use super::writer::{BatchErrors, SqlTask, Write};
@@ -174,6 +174,20 @@ static FOLDED_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The columns of a final row, in the order the INSERT and the UPDATE of
+/// [`write_folded`] name them after the task's own.
+fn columns<'a>(row: &'a FinalRow<'_>) -> [&'a dyn ToSql; 7] {
+    [
+        &row.state,
+        &row.engine,
+        &row.started,
+        &row.completed,
+        &row.result,
+        &row.error,
+        &row.attempts,
+    ]
+}
+
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
 pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErrors) {
@@ -187,32 +201,18 @@ pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErro
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
-                s.execute(params![
-                    task.id,
-                    task.job,
-                    task.seq,
-                    task.request,
-                    task.submitted,
-                    row.state,
-                    row.engine,
-                    row.started,
-                    row.completed,
-                    row.result,
-                    row.error,
-                    row.attempts
-                ])
+                let task: [&dyn ToSql; 5] = [
+                    &task.id,
+                    &task.job,
+                    &task.seq,
+                    &task.request,
+                    &task.submitted,
+                ];
+                s.execute(params_from_iter(task.into_iter().chain(columns(&row))))
             }),
         None => conn.prepare_cached(&FOLDED_UPDATE_SQL).and_then(|mut s| {
-            s.execute(params![
-                id,
-                row.state,
-                row.engine,
-                row.started,
-                row.completed,
-                row.result,
-                row.error,
-                row.attempts
-            ])
+            let id: &dyn ToSql = &id;
+            s.execute(params_from_iter(std::iter::once(id).chain(columns(&row))))
         }),
     };
     match (written, folded.insert) {

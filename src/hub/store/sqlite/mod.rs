@@ -90,7 +90,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use super::error::ErrorChain;
-use super::types::TaskRange;
+use super::types::{Selection, TaskRange};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
     StoreError, StoreOptions, TaskFilter, TaskId, TaskRecord, TaskState,
@@ -606,19 +606,10 @@ impl Store for SqliteStore {
         filter: &TaskFilter,
         with_payloads: bool,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        match filter {
-            TaskFilter::Job(job) => self.job_range(*job, &TaskRange::whole(), with_payloads),
-            TaskFilter::Seqs { job, seqs } => {
-                self.job_range(*job, &TaskRange::seqs(seqs), with_payloads)
-            }
-            TaskFilter::Page { job, after, limit } => {
-                self.job_range(*job, &TaskRange::page(*after, *limit), with_payloads)
-            }
-            TaskFilter::Ids(ids) => {
+        match filter.selection() {
+            Selection::Range(job, range) => self.job_range(job, &range, with_payloads),
+            Selection::Ids(ids) => {
                 let ids: Vec<i64> = ids
-                    .iter()
-                    .copied()
-                    .collect::<BTreeSet<TaskId>>()
                     .into_iter()
                     .filter_map(|id| i64::try_from(id).ok())
                     .collect();
