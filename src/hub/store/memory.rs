@@ -5,7 +5,7 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::state::{ignored, Change, Progress};
+use super::state::{ignored, Change, Outcome, Progress};
 use super::types::{Selection, TaskRange, FIRST_ID};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
@@ -242,14 +242,14 @@ impl Store for MemoryStore {
         }
         self.change(
             task,
-            Change::Finish {
+            Change::Finish(Outcome {
                 state: finished.status,
                 result: finished.result,
                 error: finished.error,
                 completed: finished.completed,
                 engine: finished.engine,
                 attempts: finished.attempts,
-            },
+            }),
         );
         Ok(())
     }
@@ -434,7 +434,7 @@ impl Store for MemoryStore {
         for id in targets {
             // Every target was checked above: none refuses.
             if let Some(t) = self.tasks.get_mut(&id) {
-                if t.progress.apply(Change::Resubmit).is_ok() {
+                if t.progress.resubmit().is_ok() {
                     out.push(view(t, true));
                 }
             }

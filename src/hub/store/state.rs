@@ -156,7 +156,9 @@ pub(super) struct Progress<Id, Time, Bytes, Text> {
     pub(super) attempts: u32,
 }
 
-/// An event with the values it records, in a store's own types.
+/// An engine's event with the values it records, in a store's own types:
+/// what the memory store applies at once and the SQLite store queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Change<Id, Time, Bytes, Text> {
     /// [`TaskEvent::Start`] on an engine, at a time, for the nth attempt.
     Start {
@@ -167,16 +169,19 @@ pub(super) enum Change<Id, Time, Bytes, Text> {
     /// [`TaskEvent::Requeue`].
     Requeue,
     /// [`TaskEvent::Finish`] with its result.
-    Finish {
-        state: TaskState,
-        result: Bytes,
-        error: Option<Text>,
-        completed: Time,
-        engine: Id,
-        attempts: u32,
-    },
-    /// [`TaskEvent::Resubmit`].
-    Resubmit,
+    Finish(Outcome<Id, Time, Bytes, Text>),
+}
+
+/// How a task ended, as [`Change::Finish`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Outcome<Id, Time, Bytes, Text> {
+    /// [`TaskState::Ok`] or [`TaskState::Failed`].
+    pub(super) state: TaskState,
+    pub(super) result: Bytes,
+    pub(super) error: Option<Text>,
+    pub(super) completed: Time,
+    pub(super) engine: Id,
+    pub(super) attempts: u32,
 }
 
 impl<Id, Time, Bytes, Text> Change<Id, Time, Bytes, Text> {
@@ -185,8 +190,34 @@ impl<Id, Time, Bytes, Text> Change<Id, Time, Bytes, Text> {
         match self {
             Change::Start { .. } => TaskEvent::Start,
             Change::Requeue => TaskEvent::Requeue,
-            Change::Finish { state, .. } => TaskEvent::Finish(*state),
-            Change::Resubmit => TaskEvent::Resubmit,
+            Change::Finish(outcome) => TaskEvent::Finish(outcome.state),
+        }
+    }
+}
+
+impl<Id: Copy, Time: Copy> Change<Id, Time, Vec<u8>, String> {
+    /// The same change with its payloads borrowed: what the SQLite
+    /// writer's fold applies to the rows it holds.
+    pub(super) fn borrowed(&self) -> Change<Id, Time, &[u8], &str> {
+        match self {
+            Change::Start {
+                engine,
+                started,
+                attempts,
+            } => Change::Start {
+                engine: *engine,
+                started: *started,
+                attempts: *attempts,
+            },
+            Change::Requeue => Change::Requeue,
+            Change::Finish(outcome) => Change::Finish(Outcome {
+                state: outcome.state,
+                result: &outcome.result,
+                error: outcome.error.as_deref(),
+                completed: outcome.completed,
+                engine: outcome.engine,
+                attempts: outcome.attempts,
+            }),
         }
     }
 }
@@ -224,28 +255,26 @@ impl<Id, Time, Bytes, Text> Progress<Id, Time, Bytes, Text> {
                 self.engine = None;
                 self.started = None;
             }
-            Change::Finish {
-                state: _,
-                result,
-                error,
-                completed,
-                engine,
-                attempts,
-            } => {
-                self.result = Some(result);
-                self.error = error;
-                self.completed = Some(completed);
-                self.engine = Some(engine);
-                self.attempts = attempts;
-            }
-            Change::Resubmit => {
-                self.engine = None;
-                self.started = None;
-                self.completed = None;
-                self.result = None;
-                self.error = None;
+            Change::Finish(outcome) => {
+                self.result = Some(outcome.result);
+                self.error = outcome.error;
+                self.completed = Some(outcome.completed);
+                self.engine = Some(outcome.engine);
+                self.attempts = outcome.attempts;
             }
         }
+        Ok(())
+    }
+
+    /// A client's resubmit ([`TaskEvent::Resubmit`]), if the task's state
+    /// allows it: back to pending with all but its attempt count cleared.
+    pub(super) fn resubmit(&mut self) -> Result<(), Refused> {
+        self.state = self.state.apply(TaskEvent::Resubmit)?;
+        self.engine = None;
+        self.started = None;
+        self.completed = None;
+        self.result = None;
+        self.error = None;
         Ok(())
     }
 }

@@ -56,14 +56,14 @@ fn a_finish_that_does_not_complete_is_refused_in_every_state() {
 type Row = Progress<u64, u64, Vec<u8>, String>;
 
 fn finish(state: TaskState, engine: u64) -> Change<u64, u64, Vec<u8>, String> {
-    Change::Finish {
+    Change::Finish(Outcome {
         state,
         result: vec![1],
         error: Some("e".into()),
         completed: 9,
         engine,
         attempts: 2,
-    }
+    })
 }
 
 /// What each event sets and clears, and that a refused one changes nothing.
@@ -95,8 +95,9 @@ fn each_event_sets_its_columns_and_a_refused_one_none() {
     );
     assert!(row.apply(finish(Failed, 7)).is_err());
     assert!(row.apply(Change::Requeue).is_err());
+    assert!(row.clone().apply(finish(Ok, 4)).is_err());
     assert_eq!(row, done, "first result kept");
-    row.apply(Change::Resubmit).unwrap();
+    row.resubmit().unwrap();
     assert_eq!(
         row,
         Row {

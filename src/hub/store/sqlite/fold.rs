@@ -34,37 +34,10 @@ impl Folded {
     fn final_row(&self) -> FinalRow<'_> {
         let mut row = FinalRow::new();
         for event in &self.events {
-            let change = match event {
-                Write::Started {
-                    engine,
-                    started,
-                    attempts,
-                    ..
-                } => Change::Start {
-                    engine: *engine,
-                    started: *started,
-                    attempts: *attempts,
-                },
-                Write::Requeued { .. } => Change::Requeue,
-                Write::Finished {
-                    state,
-                    result,
-                    error,
-                    completed,
-                    engine,
-                    attempts,
-                    ..
-                } => Change::Finish {
-                    state: *state,
-                    result: result.as_slice(),
-                    error: error.as_deref(),
-                    completed: *completed,
-                    engine: *engine,
-                    attempts: *attempts,
-                },
-                _ => continue,
+            let Write::Event { change, .. } = event else {
+                continue;
             };
-            if let Err(refused) = row.apply(change) {
+            if let Err(refused) = row.apply(change.borrowed()) {
                 ignored(
                     refused.event.name(),
                     self.id.unsigned_abs(),
@@ -125,12 +98,22 @@ impl Fold {
             return apply(conn, write, errors);
         };
         if let Some(held) = self.held.get_mut(&id) {
-            if let Write::Finished { result, error, .. } = &write {
-                self.bytes += result.len() + error.as_ref().map_or(0, String::len);
+            if let Write::Event {
+                change: Change::Finish(outcome),
+                ..
+            } = &write
+            {
+                self.bytes += outcome.result.len() + outcome.error.as_ref().map_or(0, String::len);
             }
             held.events.push(write);
             self.flush_if_full(conn, errors);
-        } else if matches!(write, Write::Started { .. }) {
+        } else if matches!(
+            write,
+            Write::Event {
+                change: Change::Start { .. },
+                ..
+            }
+        ) {
             self.hold(Folded {
                 id,
                 insert: None,

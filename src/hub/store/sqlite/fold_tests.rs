@@ -5,6 +5,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::hub::store::sqlite::schema::SCHEMA;
+use crate::hub::store::state::{Change, Outcome};
 use crate::hub::store::{TaskEvent, TaskState};
 
 /// One event of a task, for the fold equivalence property.
@@ -58,17 +59,15 @@ fn sql_task(id: i64) -> SqlTask {
 
 fn write_of(n: usize, (task, event): &(usize, Event)) -> Write {
     let (task, at) = (*task as i64 + 1, n as i64);
-    match event {
-        Event::Add => Write::AddTasks(vec![sql_task(task)]),
-        Event::Start(engine) => Write::Started {
-            task,
+    let change = match event {
+        Event::Add => return Write::AddTasks(vec![sql_task(task)]),
+        Event::Start(engine) => Change::Start {
             engine: *engine,
             started: at,
             attempts: n as u32,
         },
-        Event::Requeue => Write::Requeued { task },
-        Event::Finish(ok) => Write::Finished {
-            task,
+        Event::Requeue => Change::Requeue,
+        Event::Finish(ok) => Change::Finish(Outcome {
             state: if *ok {
                 TaskState::Ok
             } else {
@@ -79,8 +78,9 @@ fn write_of(n: usize, (task, event): &(usize, Event)) -> Write {
             completed: at,
             engine: 9,
             attempts: n as u32,
-        },
-    }
+        }),
+    };
+    Write::Event { task, change }
 }
 
 fn table(conn: &Connection) -> Vec<String> {
@@ -111,14 +111,16 @@ fn the_fold_writes_out_what_it_holds_past_its_byte_bound() {
     fold.apply(&conn, write_of(1, &(0, Event::Start(1))), &errors);
     fold.apply(&conn, write_of(2, &(1, Event::Start(1))), &errors);
     assert_eq!(fold.held.len(), 2);
-    let big = Write::Finished {
+    let big = Write::Event {
         task: 1,
-        state: TaskState::Ok,
-        result: vec![7; FOLD_BYTES + 1],
-        error: None,
-        completed: 3,
-        engine: 1,
-        attempts: 1,
+        change: Change::Finish(Outcome {
+            state: TaskState::Ok,
+            result: vec![7; FOLD_BYTES + 1],
+            error: None,
+            completed: 3,
+            engine: 1,
+            attempts: 1,
+        }),
     };
     fold.apply(&conn, big, &errors);
     assert!(

@@ -102,6 +102,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use super::error::ErrorChain;
+use super::state::{Change, Outcome};
 use super::types::{Selection, TaskRange};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
@@ -506,18 +507,19 @@ impl Store for SqliteStore {
         started: SystemTime,
         attempts: u32,
     ) -> Result<(), StoreError> {
-        let write = Write::Started {
-            task: sql_int("task id", task)?,
+        let task = sql_int("task id", task)?;
+        let change = Change::Start {
             engine: sql_int("engine id", engine)?,
             started: time_to_sql("task start time", started)?,
             attempts,
         };
-        self.write(write)
+        self.write(Write::Event { task, change })
     }
 
     fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
         let task = sql_int("task id", task)?;
-        self.write(Write::Requeued { task })
+        let change = Change::Requeue;
+        self.write(Write::Event { task, change })
     }
 
     fn task_finished(&mut self, task: TaskId, finished: Finished) -> Result<(), StoreError> {
@@ -527,16 +529,16 @@ impl Store for SqliteStore {
                 state: finished.status,
             });
         }
-        let write = Write::Finished {
-            task: sql_int("task id", task)?,
+        let task = sql_int("task id", task)?;
+        let change = Change::Finish(Outcome {
             state: finished.status,
-            result: finished.result,
-            error: finished.error,
             completed: time_to_sql("task completion time", finished.completed)?,
             engine: sql_int("engine id", finished.engine)?,
+            result: finished.result,
+            error: finished.error,
             attempts: finished.attempts,
-        };
-        self.write(write)
+        });
+        self.write(Write::Event { task, change })
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::writer::{BatchErrors, Write};
 use crate::hub::store::state::ignored;
+use crate::hub::store::state::Change;
 use crate::hub::store::{JobRecord, StoreError, TaskEvent, TaskRecord, TaskState};
 
 impl ToSql for TaskState {
@@ -224,44 +225,44 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
                 }
             }
         }
-        Write::Started {
-            task,
-            engine,
-            started,
-            attempts,
-        } => match conn
-            .prepare_cached(&START_SQL)
-            .and_then(|mut s| s.execute(params![task, engine, started, attempts]))
-        {
-            Ok(0) => note_ignored(conn, TaskEvent::Start, task),
-            Ok(_) => {}
-            Err(e) => fail(format!("recording the start of task {task}"), e),
-        },
-        Write::Requeued { task } => match conn
-            .prepare_cached(&REQUEUE_SQL)
-            .and_then(|mut s| s.execute([task]))
-        {
-            Ok(0) => note_ignored(conn, TaskEvent::Requeue, task),
-            Ok(_) => {}
-            Err(e) => fail(format!("recording the requeue of task {task}"), e),
-        },
-        Write::Finished {
-            task,
-            state,
-            result,
-            error,
-            completed,
-            engine,
-            attempts,
-        } => match conn.prepare_cached(&FINISH_SQL).and_then(|mut s| {
-            s.execute(params![
-                task, state, result, error, completed, engine, attempts
-            ])
-        }) {
-            Ok(0) => note_ignored(conn, TaskEvent::Finish(state), task),
-            Ok(_) => {}
-            Err(e) => fail(format!("recording the result of task {task}"), e),
-        },
+        Write::Event { task, change } => {
+            let event = change.event();
+            let (written, what) = match change {
+                Change::Start {
+                    engine,
+                    started,
+                    attempts,
+                } => (
+                    conn.prepare_cached(&START_SQL)
+                        .and_then(|mut s| s.execute(params![task, engine, started, attempts])),
+                    "start",
+                ),
+                Change::Requeue => (
+                    conn.prepare_cached(&REQUEUE_SQL)
+                        .and_then(|mut s| s.execute([task])),
+                    "requeue",
+                ),
+                Change::Finish(outcome) => (
+                    conn.prepare_cached(&FINISH_SQL).and_then(|mut s| {
+                        s.execute(params![
+                            task,
+                            outcome.state,
+                            outcome.result,
+                            outcome.error,
+                            outcome.completed,
+                            outcome.engine,
+                            outcome.attempts
+                        ])
+                    }),
+                    "result",
+                ),
+            };
+            match written {
+                Ok(0) => note_ignored(conn, event, task),
+                Ok(_) => {}
+                Err(e) => fail(format!("recording the {what} of task {task}"), e),
+            }
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use super::fold::Fold;
 use super::sql::{sql_int, sqlite_error};
 use crate::hub::commit::CommitLog;
 use crate::hub::store::error::ErrorChain;
-use crate::hub::store::{StoreError, TaskState};
+use crate::hub::store::state::Change;
+use crate::hub::store::StoreError;
 
 /// WAL pages after a commit past which the WAL is copied into the database
 /// file (a checkpoint): SQLite's own default, but done on a thread of its
@@ -48,25 +49,16 @@ pub(super) enum Write {
         total: i64,
     },
     AddTasks(Vec<SqlTask>),
-    Started {
+    /// A start, requeue or finish of a task.
+    Event {
         task: i64,
-        engine: i64,
-        started: i64,
-        attempts: u32,
-    },
-    Requeued {
-        task: i64,
-    },
-    Finished {
-        task: i64,
-        state: TaskState,
-        result: Vec<u8>,
-        error: Option<String>,
-        completed: i64,
-        engine: i64,
-        attempts: u32,
+        change: SqlChange,
     },
 }
+
+/// An engine's event as the SQLite store queues it: ids and times as SQL
+/// integers.
+pub(super) type SqlChange = Change<i64, i64, Vec<u8>, String>;
 
 pub(super) struct SqlTask {
     pub(super) id: i64,
@@ -87,9 +79,7 @@ impl Write {
     /// The task a start, requeue or finish is about.
     pub(super) fn task(&self) -> Option<i64> {
         match self {
-            Write::Started { task, .. }
-            | Write::Requeued { task }
-            | Write::Finished { task, .. } => Some(*task),
+            Write::Event { task, .. } => Some(*task),
             _ => None,
         }
     }
