@@ -114,7 +114,7 @@ pub enum StoreError {
     /// store stops there for good, since later writes would land on top of
     /// the lost ones. Every write, flush, purge and resubmit returns it from
     /// then on; reads go on showing what was committed. The hub stops its
-    /// jobs on it (see [`CommitLog`]): restarting it once the cause is
+    /// jobs on it (see [`CommitLog`](crate::hub::commit::CommitLog)): restarting it once the cause is
     /// fixed carries them on from the last commit.
     #[error("task store cannot write: {}", RootCause(.0))]
     CannotWrite(#[source] Arc<StoreError>),

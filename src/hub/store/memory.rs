@@ -78,7 +78,7 @@ impl MemoryStore {
             .collect()
     }
 
-    /// What [`Store::location`] says, and the [`open`] spec that selects this store.
+    /// What [`Store::location`] says, and the [`open`](super::open) spec that selects this store.
     pub const LOCATION: &'static str = ":memory:";
 
     /// An empty store whose counters start at 1.

@@ -30,7 +30,7 @@
 //! | --- | --- |
 //! | `mod.rs` | the [`Store`] trait, [`open`] and [`StoreOptions`] |
 //! | `types.rs` | ids, [`JobRecord`], [`NewTask`], [`Finished`], [`TaskRecord`], summaries, [`TaskFilter`] |
-//! | `state.rs` | [`TaskState`] and the task state machine, written once for both stores |
+//! | `state.rs` | [`TaskState`] and the task state machine, written once for both stores: [`TaskState::apply`] (which event a state allows, and where it leads) and `Progress::apply` (which columns it sets) |
 //! | `error.rs` | [`StoreError`] |
 //! | `memory.rs` | [`MemoryStore`] |
 //! | `sqlite/mod.rs` | [`SqliteStore`]: opening a file, the calls of the trait, the reads |
@@ -39,9 +39,14 @@
 //! | `sqlite/writer.rs` | the write queue and the writer thread: a batch is committed in `commit_batch`, which moves the [`CommitLog`] on |
 //! | `sqlite/ids.rs` | id blocks reserved in the `counters` table |
 //! | `sqlite/fold.rs` | the writes of one batch folded per task into one statement |
-//! | `sqlite/sql.rs` | the SQL of each write, and conversions to and from SQLite's values |
+//! | `sqlite/sql.rs` | the SQL of each write (its guards built from the state machine), and conversions to and from SQLite's values |
 //! | `sqlite/maintenance.rs` | purges and resubmits |
-//! | `tests.rs`, `model_tests.rs`, `sqlite/tests.rs`, `sqlite/fold_tests.rs` | tests: both stores alike, the two stores checked against each other, the SQLite store alone, the fold |
+//! | `tests.rs`, `model_tests.rs`, `state_tests.rs`, `sqlite/tests.rs`, `sqlite/fold_tests.rs` | tests: both stores alike, the two stores checked against each other, the state machine, the SQLite store alone, the fold and the SQL of each event |
+//!
+//! A write's way through the SQLite store: `SqliteStore::write` queues it
+//! (`sqlite/mod.rs`), `run_writer` takes a batch of them (`writer.rs`), the
+//! fold and `sql::apply` turn them into statements, and `commit_batch`
+//! commits the batch and moves the [`CommitLog`] on.
 
 mod error;
 mod memory;

@@ -25,7 +25,7 @@ pub(super) const FIRST_ID: u64 = 1;
 /// and to run more of its tasks after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
-    /// From [`Store::next_job_id`].
+    /// From [`Store::next_job_id`](super::Store::next_job_id).
     pub id: JobId,
     /// When the client submitted it.
     pub submitted: SystemTime,
@@ -40,7 +40,7 @@ pub struct JobRecord {
 /// A task to record as `Pending`, as the hub receives an input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTask {
-    /// From [`Store::next_task_ids`].
+    /// From [`Store::next_task_ids`](super::Store::next_task_ids).
     pub id: TaskId,
     /// The job it belongs to; the job must have been added.
     pub job: JobId,
@@ -134,7 +134,7 @@ pub struct EngineCounts {
     pub completed: u64,
 }
 
-/// Which tasks [`Store::tasks`] returns.
+/// Which tasks [`Store::tasks`](super::Store::tasks) returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskFilter {
     /// Every task of one job.

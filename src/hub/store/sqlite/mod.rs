@@ -31,7 +31,7 @@ macro_rules! task_columns {
 ///   on the writer thread in their own transaction, ordered with the writes.
 /// - Each committed batch moves the store's [`CommitLog`] on by the number
 ///   of writes it held, and wakes the hub, which lets out what waited for
-///   them (see [`super::commit`]). A write that fails rolls its batch back
+///   them (see [`crate::hub::commit`]). A write that fails rolls its batch back
 ///   and stops the store for good ([`StoreError::CannotWrite`]).
 /// - Each batch also counts itself in the `meta` table and, once
 ///   committed, in the side file `PATH-commits`, so a store that lost
