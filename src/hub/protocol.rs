@@ -521,6 +521,26 @@ mod tests {
                 format!("\"{name}\"")
             );
         }
+        // A report carries its state by name too.
+        let report = TaskReport {
+            id: 7,
+            state: TaskState::Failed,
+            engine: None,
+            attempts: 1,
+            submitted: std::time::UNIX_EPOCH,
+            started: None,
+            completed: None,
+            error: None,
+            request: None,
+            result: None,
+        };
+        let bytes = encode_value(&report, "report").unwrap();
+        let name = encode_value(&"failed".to_string(), "state").unwrap();
+        assert!(bytes.windows(name.len()).any(|w| w == name));
+        assert_eq!(
+            decode_value::<TaskReport>(&bytes, "report").unwrap(),
+            report
+        );
         let stray = encode_value(&"done".to_string(), "state").unwrap();
         assert!(decode_value::<Named>(&stray, "state").is_err());
     }
