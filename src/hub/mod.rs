@@ -7,9 +7,8 @@
 //! | [`connection`] | the connection file (URLs and key, mode 0600) |
 //! | [`protocol`] | what engines, clients and the hub say to each other |
 //! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
-//! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
+//! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory; its folder's own map says which file holds what |
 //! | [`link`] | a peer's connection to the hub: a fresh identity per connection, the epoch handshake |
-//! | `store_file` | the store's files: private, recognised, checked for a rollback |
 //! | [`commit`] | what waits for the store to commit: tasks to dispatch, results to deliver |
 //! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
@@ -24,4 +23,3 @@ pub mod link;
 pub mod protocol;
 pub mod server;
 pub mod store;
-pub(crate) mod store_file;

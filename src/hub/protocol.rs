@@ -17,10 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, ResultStatus};
 
-/// An engine's number, never reused in the life of a store.
-pub type EngineId = u64;
-/// A job's number, never reused in the life of a store.
-pub type JobId = u64;
+use super::store::TaskState;
+pub use super::store::{EngineId, JobId};
 
 /// One task of a [`MessageKind::Tasks`] message from the hub: its id and
 /// its encoded [`ClusterRequest`](crate::message::ClusterRequest).
@@ -395,8 +393,10 @@ pub struct HubStatus {
 pub struct TaskReport {
     /// The client's id for it (its chunk or input number).
     pub id: u64,
-    /// `pending`, `running`, `ok` or `failed`.
-    pub state: String,
+    /// Where it is in its life; on the wire by its name (`pending`,
+    /// `running`, `ok` or `failed`), as when it was a string.
+    #[serde(with = "state_name")]
+    pub state: TaskState,
     /// The engine that ran it last.
     pub engine: Option<EngineId>,
     /// Times it was started.
@@ -419,7 +419,7 @@ pub struct TaskReport {
 impl TaskReport {
     /// Whether the task finished (ok or failed).
     pub fn finished(&self) -> bool {
-        matches!(self.state.as_str(), "ok" | "failed")
+        self.state.is_completed()
     }
 
     /// A finished task's result message: the worker's as recorded, or, for
@@ -435,7 +435,7 @@ impl TaskReport {
         }
         ClusterResult {
             id: self.id,
-            status: if self.state == "ok" {
+            status: if self.state == TaskState::Ok {
                 ResultStatus::Ok
             } else {
                 ResultStatus::Fail
@@ -451,6 +451,25 @@ impl TaskReport {
             },
             exception: self.error,
         }
+    }
+}
+
+/// A [`TaskState`] on the wire by its name, as [`TaskReport`] carried its
+/// state when that was a string: the encoding stays what it was.
+mod state_name {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::TaskState;
+
+    pub fn serialize<S: Serializer>(state: &TaskState, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_str(state.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<TaskState, D::Error> {
+        let name = String::deserialize(from)?;
+        TaskState::from_name(&name)
+            .ok_or_else(|| D::Error::custom(format!("unknown task state {name:?}")))
     }
 }
 
@@ -475,4 +494,54 @@ pub enum Notification {
         /// Why (`left`, `missed 3 heartbeats`, `killed`).
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::encode_value;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Named(#[serde(with = "state_name")] TaskState);
+
+    /// A report's state is encoded as the string it was before it became a
+    /// [`TaskState`], in bincode and in JSON, and reads back from one.
+    #[test]
+    fn a_task_state_travels_by_its_name() {
+        for state in TaskState::ALL {
+            let name = state.as_str().to_string();
+            let bytes = encode_value(&Named(state), "state").unwrap();
+            assert_eq!(bytes, encode_value(&name, "state").unwrap());
+            assert_eq!(
+                decode_value::<Named>(&bytes, "state").unwrap(),
+                Named(state)
+            );
+            assert_eq!(
+                serde_json::to_string(&Named(state)).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+        // A report carries its state by name too.
+        let report = TaskReport {
+            id: 7,
+            state: TaskState::Failed,
+            engine: None,
+            attempts: 1,
+            submitted: std::time::UNIX_EPOCH,
+            started: None,
+            completed: None,
+            error: None,
+            request: None,
+            result: None,
+        };
+        let bytes = encode_value(&report, "report").unwrap();
+        let name = encode_value(&"failed".to_string(), "state").unwrap();
+        assert!(bytes.windows(name.len()).any(|w| w == name));
+        assert_eq!(
+            decode_value::<TaskReport>(&bytes, "report").unwrap(),
+            report
+        );
+        let stray = encode_value(&"done".to_string(), "state").unwrap();
+        assert!(decode_value::<Named>(&stray, "state").is_err());
+    }
 }

@@ -306,7 +306,7 @@ const REPORT_OVERHEAD_BYTES: usize = 64;
 fn task_report(t: TaskRecord) -> TaskReport {
     TaskReport {
         id: t.seq,
-        state: t.state.as_str().into(),
+        state: t.state,
         engine: t.engine,
         attempts: t.attempts,
         submitted: t.submitted,

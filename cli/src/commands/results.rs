@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 use zcluster::exec::ExecOutcome;
+use zcluster::hub::store::TaskState;
 use zcluster::map::ChunkDone;
 use zcluster::map::TaskRecord;
 
@@ -68,7 +69,7 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
             )?;
         }
         out.flush()?;
-        let done = reports.iter().all(|r| r.state == "ok");
+        let done = reports.iter().all(|r| r.state == TaskState::Ok);
         return Ok(if done {
             ExitCode::SUCCESS
         } else {

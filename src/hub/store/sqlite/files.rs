@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::store::StoreError;
+use crate::hub::store::StoreError;
 
 /// What SQLite writes at the start of every database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";

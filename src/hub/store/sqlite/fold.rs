@@ -1,0 +1,225 @@
+//! The writer's fold: the writes of one batch, folded per task into one
+//! statement each.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use rusqlite::{params_from_iter, Connection, ToSql};
+
+use super::sql::{apply, guard, note_ignored};
+use super::writer::{BatchErrors, SqlTask, Write};
+use crate::hub::store::state::{ignored, Change, Progress};
+use crate::hub::store::{StoreError, TaskEvent};
+
+/// A task whose writes in the writer's current batch are held and folded:
+/// one inserted in this batch, or one whose start came in this batch, with
+/// the events that followed.
+pub(super) struct Folded {
+    /// The task.
+    id: i64,
+    /// The insert, for a task new in this batch; `None` for a task already
+    /// in the table, whose first held event is its start.
+    insert: Option<SqlTask>,
+    events: Vec<Write>,
+}
+
+/// The columns a task's held events leave, applied in order from a
+/// pending task by the state machine both stores share. A held start
+/// applies under the same guard as its SQL (`sql::guard` of
+/// [`TaskEvent::Start`]), so after it the state is known and every later
+/// event is decided here as SQL would decide it.
+pub(super) type FinalRow<'a> = Progress<i64, i64, &'a [u8], &'a str>;
+
+impl Folded {
+    fn final_row(&self) -> FinalRow<'_> {
+        let mut row = FinalRow::new();
+        for event in &self.events {
+            let Write::Event { change, .. } = event else {
+                continue;
+            };
+            if let Err(refused) = row.apply(change.borrowed()) {
+                ignored(
+                    refused.event.name(),
+                    self.id.unsigned_abs(),
+                    Some(refused.state),
+                );
+            }
+        }
+        row
+    }
+}
+
+/// The writes of one batch (one transaction), folded per task.
+///
+/// At a busy hub a task is usually inserted, started and finished within a
+/// batch or two: three statements, each rewriting the row and its indexes.
+/// Nothing reads inside the writer's transaction, so what matters is only
+/// the state a task's writes leave at commit. A task inserted in this batch
+/// is held and written once, as one INSERT of that state; a task already in
+/// the table whose start comes in this batch is held from its start and
+/// written as one UPDATE (guarded as the start is, by the states a start
+/// applies in: a task a purge or another finish has completed meanwhile is
+/// left alone, as unfolded). Other writes go to SQL in order,
+/// as before; they cannot touch the held tasks. Should a folded INSERT fail
+/// (its id taken: a bug elsewhere), its events are applied one by one after
+/// all, as they would have been unfolded.
+#[derive(Default)]
+pub(super) struct Fold {
+    held: HashMap<i64, Folded>,
+    /// Order in which tasks were first held.
+    order: Vec<i64>,
+    /// Payload bytes held; past [`FOLD_BYTES`] the held tasks are written
+    /// out at once (still in the batch's transaction).
+    bytes: usize,
+}
+
+/// Most payload bytes the writer holds back for folding.
+pub(super) const FOLD_BYTES: usize = 64 << 20;
+
+impl Fold {
+    pub(super) fn apply(&mut self, conn: &Connection, write: Write, errors: &BatchErrors) {
+        if let Write::AddTasks(tasks) = write {
+            for task in tasks {
+                // The same id twice in one batch (a bug elsewhere): what
+                // came before goes in first, as it would have unfolded.
+                if self.held.contains_key(&task.id) {
+                    self.flush(conn, errors);
+                }
+                self.bytes += task.request.len();
+                self.hold(Folded {
+                    id: task.id,
+                    insert: Some(task),
+                    events: Vec::new(),
+                });
+            }
+            return self.flush_if_full(conn, errors);
+        }
+        let Some(id) = write.task() else {
+            return apply(conn, write, errors);
+        };
+        if let Some(held) = self.held.get_mut(&id) {
+            if let Write::Event {
+                change: Change::Finish(outcome),
+                ..
+            } = &write
+            {
+                self.bytes += outcome.result.len() + outcome.error.as_ref().map_or(0, String::len);
+            }
+            held.events.push(write);
+            self.flush_if_full(conn, errors);
+        } else if matches!(
+            write,
+            Write::Event {
+                change: Change::Start { .. },
+                ..
+            }
+        ) {
+            self.hold(Folded {
+                id,
+                insert: None,
+                events: vec![write],
+            });
+        } else {
+            apply(conn, write, errors);
+        }
+    }
+
+    fn hold(&mut self, folded: Folded) {
+        self.order.push(folded.id);
+        self.held.insert(folded.id, folded);
+    }
+
+    fn flush_if_full(&mut self, conn: &Connection, errors: &BatchErrors) {
+        if self.bytes > FOLD_BYTES {
+            self.flush(conn, errors);
+        }
+    }
+
+    /// Writes the held tasks, in the order they were first held.
+    pub(super) fn flush(&mut self, conn: &Connection, errors: &BatchErrors) {
+        self.bytes = 0;
+        for id in std::mem::take(&mut self.order) {
+            if let Some(folded) = self.held.remove(&id) {
+                write_folded(conn, folded, errors);
+            }
+        }
+    }
+}
+
+/// Writes the final row of a held task already in the table (`?1`): its
+/// first held event is a start, so the start's guard applies.
+static FOLDED_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
+                          result = ?6, error = ?7, attempts = ?8
+         WHERE id = ?1 AND {}",
+        guard(TaskEvent::Start)
+    )
+});
+
+/// The columns of a final row, in the order the INSERT and the UPDATE of
+/// [`write_folded`] name them after the task's own.
+fn columns<'a>(row: &'a FinalRow<'_>) -> [&'a dyn ToSql; 7] {
+    [
+        &row.state,
+        &row.engine,
+        &row.started,
+        &row.completed,
+        &row.result,
+        &row.error,
+        &row.attempts,
+    ]
+}
+
+/// Writes one folded task: an INSERT of its final row, or an UPDATE of an
+/// existing row to it.
+pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErrors) {
+    let id = folded.id;
+    let row = folded.final_row();
+    let written = match &folded.insert {
+        Some(task) => conn
+            .prepare_cached(
+                "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
+                                    completed, result, error, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut s| {
+                let task: [&dyn ToSql; 5] = [
+                    &task.id,
+                    &task.job,
+                    &task.seq,
+                    &task.request,
+                    &task.submitted,
+                ];
+                s.execute(params_from_iter(task.into_iter().chain(columns(&row))))
+            }),
+        None => conn.prepare_cached(&FOLDED_UPDATE_SQL).and_then(|mut s| {
+            let id: &dyn ToSql = &id;
+            s.execute(params_from_iter(std::iter::once(id).chain(columns(&row))))
+        }),
+    };
+    match (written, folded.insert) {
+        (Ok(0), None) => note_ignored(conn, TaskEvent::Start, id),
+        (Ok(_), _) => {}
+        (Err(source), Some(task)) => {
+            errors.report(StoreError::Sqlite {
+                operation: format!(
+                    "recording task {} (job {}, seq {})",
+                    task.id, task.job, task.seq
+                ),
+                source,
+            });
+            for event in folded.events {
+                apply(conn, event, errors);
+            }
+        }
+        (Err(source), None) => errors.report(StoreError::Sqlite {
+            operation: format!("recording the start of task {}", id),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+#[path = "fold_tests.rs"]
+mod tests;

@@ -1,0 +1,308 @@
+//! The SQLite store's writer thread and its queue: writes are queued by the
+//! hub's thread and committed here in batches, one transaction each; each
+//! commit moves the store's [`CommitLog`] on (where a write is committed:
+//! [`commit_batch`]).
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rusqlite::Connection;
+
+use super::files::CommitRecord;
+use super::fold::Fold;
+use super::sql::{sql_int, sqlite_error};
+use crate::hub::commit::CommitLog;
+use crate::hub::store::error::ErrorChain;
+use crate::hub::store::state::Change;
+use crate::hub::store::StoreError;
+
+/// WAL pages after a commit past which the WAL is copied into the database
+/// file (a checkpoint): SQLite's own default, but done on a thread of its
+/// own. SQLite would do it inside the commit that crosses it, with two
+/// fsyncs, and the hub waits for commits before it lets tasks and results
+/// out (`hub::commit`): one round trip in a hundred would take the fsyncs'
+/// time.
+pub(super) const CHECKPOINT_PAGES: std::os::raw::c_int = 1000;
+/// ...and past which the writer checkpoints in line after all, should the
+/// checkpoint thread fall behind (writes that never pause leave it no
+/// moment to finish): the WAL stays bounded.
+pub(super) const INLINE_CHECKPOINT_PAGES: std::os::raw::c_int = 16 * CHECKPOINT_PAGES;
+
+/// Queued operations before `add_tasks` and friends block (back-pressure
+/// instead of unbounded memory if the disk cannot keep up).
+pub(super) const QUEUE_CAPACITY: usize = 16 * 1024;
+/// Rows written per transaction at most, so a flush never waits behind an
+/// unbounded batch.
+pub(super) const MAX_BATCH_ROWS: usize = 4096;
+
+/// A write, its values already converted (and range-checked) on the caller's thread.
+pub(super) enum Write {
+    AddJob {
+        id: i64,
+        submitted: i64,
+        client: String,
+        spec: Vec<u8>,
+        total: Option<i64>,
+    },
+    SetTotal {
+        job: i64,
+        total: i64,
+    },
+    AddTasks(Vec<SqlTask>),
+    /// A start, requeue or finish of a task.
+    Event {
+        task: i64,
+        change: SqlChange,
+    },
+}
+
+/// An engine's event as the SQLite store queues it: ids and times as SQL
+/// integers.
+pub(super) type SqlChange = Change<i64, i64, Vec<u8>, String>;
+
+pub(super) struct SqlTask {
+    pub(super) id: i64,
+    pub(super) job: i64,
+    pub(super) seq: i64,
+    pub(super) request: Vec<u8>,
+    pub(super) submitted: i64,
+}
+
+impl Write {
+    pub(super) fn rows(&self) -> usize {
+        match self {
+            Write::AddTasks(tasks) => tasks.len(),
+            _ => 1,
+        }
+    }
+
+    /// The task a start, requeue or finish is about.
+    pub(super) fn task(&self) -> Option<i64> {
+        match self {
+            Write::Event { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
+}
+
+/// Runs on the writer thread after everything queued before it is committed,
+/// in its own transaction if it writes; it sends its own reply.
+pub(super) type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub(super) enum Op {
+    Write(Write),
+    Call(Call),
+    Shutdown,
+    /// Stops the writer at once, rolling back its open batch: a crash.
+    #[cfg(test)]
+    Crash,
+}
+
+/// The failures of the writes of one batch: any one of them fails the
+/// batch, which is rolled back as a whole.
+#[derive(Default)]
+pub(super) struct BatchErrors {
+    first: std::cell::RefCell<Option<StoreError>>,
+    more: std::cell::Cell<u64>,
+}
+
+impl BatchErrors {
+    pub(super) fn report(&self, error: StoreError) {
+        let mut first = self.first.borrow_mut();
+        if first.is_none() {
+            *first = Some(error);
+        } else {
+            self.more.set(self.more.get() + 1);
+        }
+    }
+
+    pub(super) fn any(&self) -> bool {
+        self.first.borrow().is_some()
+    }
+
+    /// The first failure, and how many more there were.
+    pub(super) fn take(self) -> Option<(StoreError, u64)> {
+        self.first
+            .into_inner()
+            .map(|first| (first, self.more.get()))
+    }
+}
+
+/// Queues `f` to run on the writer thread after everything queued before
+/// it; on a store stopped at a failed write it answers with the failure
+/// instead of running.
+pub(super) fn call_async<T: Send + 'static>(
+    ops: &Sender<Op>,
+    log: &Arc<CommitLog>,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Receiver<Result<T, StoreError>>, StoreError> {
+    let (reply, replies) = crossbeam_channel::bounded(1);
+    let log = Arc::clone(log);
+    let call: Call = Box::new(move |conn| {
+        let answer = match log.failure() {
+            Some(failure) => Err(StoreError::CannotWrite(Arc::clone(failure))),
+            None => f(conn),
+        };
+        // The caller may have gone (dropped store): nobody to tell.
+        let _ = reply.send(answer);
+    });
+    ops.send(Op::Call(call))
+        .map_err(|_| StoreError::WriterGone)?;
+    Ok(replies)
+}
+
+pub(super) fn await_reply<T>(replies: &Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    replies.recv().map_err(|_| StoreError::WriterGone)?
+}
+
+/// The writer thread: applies queued writes, one transaction per batch;
+/// after each commit, saves the store's commit count in the side file and
+/// moves the commit log on. The first batch that fails is rolled back and
+/// stops the store: later writes are dropped (they would build on the lost
+/// ones), and calls answer with the failure.
+pub(super) fn run_writer(
+    mut conn: Connection,
+    ops: Receiver<Op>,
+    log: Arc<CommitLog>,
+    mut record: CommitRecord,
+) {
+    while let Ok(first) = ops.recv() {
+        let first = match first {
+            Op::Write(write) => write,
+            Op::Call(call) => {
+                call(&mut conn);
+                continue;
+            }
+            Op::Shutdown => break,
+            #[cfg(test)]
+            Op::Crash => return,
+        };
+        let errors = BatchErrors::default();
+        let begun = match log.failure() {
+            Some(_) => false,
+            None => match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => true,
+                Err(source) => {
+                    errors.report(StoreError::Sqlite {
+                        operation: "beginning a batch of queued writes".into(),
+                        source,
+                    });
+                    false
+                }
+            },
+        };
+        let mut writes: u64 = 1;
+        let mut rows = first.rows();
+        let mut fold = Fold::default();
+        if begun {
+            fold.apply(&conn, first, &errors);
+        }
+        let mut call = None;
+        let mut stop = false;
+        while rows < MAX_BATCH_ROWS {
+            match ops.try_recv() {
+                Ok(Op::Write(write)) => {
+                    writes += 1;
+                    rows += write.rows();
+                    if begun {
+                        fold.apply(&conn, write, &errors);
+                    }
+                }
+                Ok(Op::Call(c)) => {
+                    call = Some(c);
+                    break;
+                }
+                Ok(Op::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    stop = true;
+                    break;
+                }
+                #[cfg(test)]
+                Ok(Op::Crash) => return,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if begun {
+            fold.flush(&conn, &errors);
+            commit_batch(&conn, &mut record, &log, writes, rows, errors);
+        } else {
+            stop_store(&log, writes, errors);
+        }
+        if let Some(call) = call {
+            call(&mut conn);
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+/// The checkpoint thread: copies the WAL into the database file each time
+/// the writer's hook asks (the WAL passed [`CHECKPOINT_PAGES`]), without
+/// waiting for readers or the writer (a passive checkpoint), so commits
+/// never wait for its fsyncs. Ends when the writer's connection, which
+/// holds the hook and so the other end of `wants`, is closed.
+pub(super) fn run_checkpointer(conn: Connection, wants: Receiver<()>) {
+    while wants.recv().is_ok() {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(%error, "task store: a checkpoint failed; the next one copies what it did not");
+        }
+    }
+}
+
+/// Ends the writer's open batch of `writes` queued writes: commits it if
+/// every write went in (counting the commit in the store and in its side
+/// file, then moving the log on), or rolls it back and stops the store.
+pub(super) fn commit_batch(
+    conn: &Connection,
+    record: &mut CommitRecord,
+    log: &CommitLog,
+    writes: u64,
+    rows: usize,
+    errors: BatchErrors,
+) {
+    let next = record.next();
+    if !errors.any() {
+        let counted = sql_int("commit count", next).and_then(|next| {
+            conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'commits'")
+                .and_then(|mut s| s.execute([next]))
+                .map_err(sqlite_error("counting a commit"))
+        });
+        if let Err(error) = counted {
+            errors.report(error);
+        }
+    }
+    if !errors.any() {
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => match record.save(next) {
+                Ok(()) => return log.advance(writes),
+                // Committed, but a later rollback of it could not be told:
+                // nothing it covers goes out.
+                Err(error) => errors.report(error),
+            },
+            Err(source) => errors.report(StoreError::Sqlite {
+                operation: format!("committing a batch of {rows} queued row writes"),
+                source,
+            }),
+        }
+    }
+    if !conn.is_autocommit() {
+        if let Err(error) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(%error, "task store: rolling back a failed batch");
+        }
+    }
+    stop_store(log, writes, errors);
+}
+
+/// Stops the store at the first of `errors` (if any: a batch after the
+/// store stopped brings none, and is just dropped).
+pub(super) fn stop_store(log: &CommitLog, writes: u64, errors: BatchErrors) {
+    if let Some((first, more)) = errors.take() {
+        tracing::error!(
+            error = %ErrorChain(&first),
+            more_failed_writes = more,
+            lost_writes = writes,
+            "task store: a batch of writes failed and was rolled back; the store records nothing more"
+        );
+        log.fail(first);
+    }
+}
