@@ -32,6 +32,9 @@ enum Command {
     Hub(commands::hub::HubArgs),
     /// Serve a hub as an engine with N slots.
     Worker(commands::worker::WorkerArgs),
+    /// Start workers on other machines (over ssh) and keep them alive.
+    #[command(subcommand)]
+    Launch(commands::launch::LaunchCommand),
     /// Show a hub's engines and jobs.
     Status(commands::status::StatusArgs),
     /// Fetch a job's recorded results from a hub.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => commands::ping::run(args),
         Command::Hub(args) => commands::hub::run(args),
         Command::Worker(args) => commands::worker::run(args),
+        Command::Launch(command) => commands::launch::run(command),
         Command::Status(args) => commands::status::run(args),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),
