@@ -701,20 +701,11 @@ impl Supervisor {
                 command
             }
         };
+        // Its own process group: a Ctrl-C at the terminal reaches the
+        // launcher alone, which then closes every session in order. A
+        // launcher killed outright closes ssh's stdin all the same (the
+        // pipe's only writer is gone), so the sessions end with it.
         command.process_group(0);
-        // The session ends with this launcher even if it is killed: ssh
-        // gets SIGTERM, the remote stdin closes, the worker stops.
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; it runs in the child between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         command
     }
 
