@@ -18,6 +18,7 @@
 //! | map | [`map`] | the `zcluster map` engine: lazy inputs, ordering, halting, over a [`map::Backend`] (a hub client) |
 //! | pool | [`pool`] | typed `map`, `imap`, `imap_unordered`, `map_reduce` over named handlers in worker binaries |
 //! | hub | [`hub`] | engines, heartbeats, dispatch by credit, the task store, queries and commands |
+//! | launch | [`launch`] | workers started elsewhere and kept alive: over ssh from a host file |
 //!
 //! A Rust function on every core, results in input order, through a hub and
 //! an engine inside this process (the same path as a lab's cluster; a lab
@@ -86,6 +87,7 @@ pub mod config;
 pub mod devices;
 pub mod exec;
 pub mod hub;
+pub mod launch;
 pub mod map;
 pub mod message;
 pub mod pool;

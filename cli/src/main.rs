@@ -49,6 +49,14 @@ enum Command {
                   zcluster worker --hub hub.json          # one slot per core\n  \
                   zcluster worker --hub hub.json -j 4     # four tasks at once")]
     Worker(commands::worker::WorkerArgs),
+    /// Start workers on other machines over ssh, and keep them alive.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+                  zcluster launch ssh hosts.txt --hub hub.json             # foreground: Ctrl-C stops them\n  \
+                  zcluster launch ssh hosts.txt --hub hub.json --detach    # until zcluster kill"
+    )]
+    Launch(commands::launch::LaunchCommand),
     /// Show a hub's workers (engines) and jobs: what runs, what waits.
     #[command(after_help = "Examples:\n  \
                   zcluster status --hub hub.json\n  \
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => commands::ping::run(args),
         Command::Hub(args) => commands::hub::run(args),
         Command::Worker(args) => commands::worker::run(args),
+        Command::Launch(command) => commands::launch::run(command),
         Command::Status(args) => commands::status::run(args),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),

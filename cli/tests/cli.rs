@@ -9,6 +9,7 @@ mod devices;
 mod files;
 mod hostile;
 mod hub;
+mod launch;
 mod map;
 mod map_person;
 mod pipes;

@@ -100,6 +100,8 @@ pub struct MapArgs {
     /// rest become new tasks of the job). Without it, either is an error.
     #[arg(long, requires = "attach")]
     attach_any_length: bool,
+    #[command(flatten)]
+    hosts: super::launch::MapHostsArgs,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -221,7 +223,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     // The hub itself retries, and stops dispatching at the first final
     // failure, so a halt never races a task that starts meanwhile.
     let halt_on_failure = options.halt != Halt::Never;
+    // With --hosts, a hub here and a worker per host over ssh.
+    let hosts = super::launch::cluster_for_map(&args.hosts, options.stop.clone())?;
     let (cluster, mut backend) = match &args.hub {
+        None if hosts.is_some() => {
+            let client = hosts.as_ref().map(|h| h.client()).transpose()?;
+            let client = client.context("no hub for the hosts")?;
+            let backend = HubBackend::open(client, description, options.retries, halt_on_failure)?;
+            (None, backend)
+        }
         None => {
             let cluster = EmbeddedCluster::start(options.jobs)?;
             let backend = HubBackend::open(
@@ -356,6 +366,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     backend.finish()?;
     drop(backend);
     drop(cluster);
+    drop(hosts);
     progress.finish_and_clear();
     eprintln!("{}", summary_line(&summary, stdout_closed));
     Ok(if stdout_closed {

@@ -3,6 +3,7 @@
 pub mod device;
 pub mod hub;
 pub mod kill;
+pub mod launch;
 pub mod map;
 pub mod ping;
 pub mod purge;
