@@ -864,7 +864,7 @@ fn help_is_written_for_the_person_running_it() {
         "{first}"
     );
     let order = [
-        "map", "hub", "worker", "status", "results", "resubmit", "ping", "kill", "purge",
+        "map", "hub", "worker", "launch", "status", "results", "resubmit", "ping", "kill", "purge",
         "shutdown", "device",
     ];
     let listed: Vec<&str> = help
@@ -876,8 +876,15 @@ fn help_is_written_for_the_person_running_it() {
         .filter(|c| *c != "help")
         .collect();
     assert_eq!(listed, order, "{help}");
-    for command in order {
-        let output = zcluster().args([command, "--help"]).output().unwrap();
+    let commands = order.iter().map(|c| {
+        if *c == "launch" {
+            vec![*c, "ssh"]
+        } else {
+            vec![*c]
+        }
+    });
+    for command in commands {
+        let output = zcluster().args(&command).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&output.stdout);
         let examples: Vec<&str> = help
             .lines()
@@ -885,6 +892,7 @@ fn help_is_written_for_the_person_running_it() {
             .skip(1)
             .filter(|l| l.contains("zcluster "))
             .collect();
+        let command = command.join(" ");
         assert!(examples.len() >= 2, "`zcluster {command} --help`:\n{help}");
     }
 }

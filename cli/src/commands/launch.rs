@@ -22,6 +22,10 @@ pub enum LaunchCommand {
     /// Start a worker on every host of HOSTFILE over ssh and keep them
     /// alive until Ctrl-C (GNU parallel's --sshloginfile format:
     /// `[N/][user@]host[:port]` per line, `:` for this machine).
+    #[command(after_help = "Examples:\n  \
+                  zcluster launch ssh hosts.txt --hub hub.json\n  \
+                  zcluster launch ssh hosts.txt --hub hub.json --detach\n  \
+                  zcluster launch ssh hosts.txt --hub hub.json --ssh \"ssh -F lab.conf\" --remote-command /opt/bin/zcluster")]
     Ssh(SshArgs),
 }
 
