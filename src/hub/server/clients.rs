@@ -166,7 +166,18 @@ impl<O: Outbox> Core<O> {
                 description,
                 retries,
                 halt_on_failure,
-            } => self.open_job(client.clone(), kind, description, retries, halt_on_failure)?,
+                cap,
+            } => {
+                let spec = JobSpec {
+                    kind,
+                    description,
+                    retries,
+                    halt_on_failure,
+                    client: client.clone(),
+                    cap,
+                };
+                self.open_job(spec)?
+            }
             ClientCall::CloseJob { job, total } => self.close_job(job, total)?,
             ClientCall::CancelJob { job, kill_running } => {
                 // Tasks still held for their insert are queued first, so
@@ -242,27 +253,25 @@ impl<O: Outbox> Core<O> {
 
     /// Opens a job for `client`, recorded in the store before it is
     /// answered.
-    fn open_job(
-        &mut self,
-        client: Vec<u8>,
-        kind: JobKind,
-        description: String,
-        retries: u32,
-        halt_on_failure: bool,
-    ) -> Result<Reply, HubError> {
+    fn open_job(&mut self, spec: JobSpec) -> Result<Reply, HubError> {
         let open = self
             .state
             .jobs
             .values()
-            .filter(|j| j.client == client)
+            .filter(|j| j.client == spec.client)
             .count();
         if open >= MAX_JOBS_PER_CLIENT {
             return Ok(Reply::Error(format!(
                 "this client already has {open} jobs running; close some first"
             )));
         }
-        if let JobKind::Handler(name) = &kind {
-            if !self.state.engines.values().any(|e| e.can_run(&kind)) {
+        if spec.cap == Some(0) {
+            return Ok(Reply::Error(
+                "a job's cap of tasks running at once must be at least 1".into(),
+            ));
+        }
+        if let JobKind::Handler(name) = &spec.kind {
+            if !self.state.engines.values().any(|e| e.can_run(&spec.kind)) {
                 return Ok(Reply::Error(format!(
                     "no engine offers the handler `{name}` (engines offer: {})",
                     self.offered_handlers()
@@ -271,26 +280,15 @@ impl<O: Outbox> Core<O> {
         }
         let id = self.store.next_job_id()?;
         let submitted = SystemTime::now();
-        let spec = JobSpec {
-            kind: kind.clone(),
-            description: description.clone(),
-            retries,
-            halt_on_failure,
-            client: client.clone(),
-        };
-        let spec = encode_value(&spec, "job spec")?;
         self.store.add_job(&JobRecord {
             id,
             submitted,
-            client: description.clone(),
-            spec,
+            client: spec.description.clone(),
+            spec: encode_value(&spec, "job spec")?,
             total: None,
         })?;
         self.store.flush()?;
-        let mut job = Job::new(client, kind, description);
-        job.retries = retries;
-        job.halt_on_failure = halt_on_failure;
-        self.state.jobs.insert(id, job);
+        self.state.jobs.insert(id, spec.into_job());
         info!(job = id, "job opened");
         Ok(Reply::JobOpened {
             job: id,

@@ -22,19 +22,55 @@ pub(super) struct JobSpec {
     pub(super) retries: u32,
     pub(super) halt_on_failure: bool,
     pub(super) client: Vec<u8>,
+    /// Most tasks running at once (see [`Job::cap`]).
+    pub(super) cap: Option<u32>,
+}
+
+/// A spec as stores written before jobs had a cap hold it.
+#[derive(Deserialize)]
+struct UncappedSpec {
+    kind: JobKind,
+    description: String,
+    retries: u32,
+    halt_on_failure: bool,
+    client: Vec<u8>,
 }
 
 impl JobSpec {
-    /// The spec stored with `record`; a command job with no retries under
-    /// the record's description if it does not decode.
+    /// The spec stored with `record` (one written before caps existed has
+    /// none); a command job with no retries under the record's description
+    /// if it does not decode.
     pub(super) fn of(record: &JobRecord) -> Self {
-        decode_value::<JobSpec>(&record.spec, "job spec").unwrap_or(JobSpec {
-            kind: JobKind::Exec,
-            description: record.client.clone(),
-            retries: 0,
-            halt_on_failure: false,
-            client: Vec::new(),
-        })
+        if let Ok(spec) = decode_value::<JobSpec>(&record.spec, "job spec") {
+            return spec;
+        }
+        match decode_value::<UncappedSpec>(&record.spec, "job spec") {
+            Ok(old) => JobSpec {
+                kind: old.kind,
+                description: old.description,
+                retries: old.retries,
+                halt_on_failure: old.halt_on_failure,
+                client: old.client,
+                cap: None,
+            },
+            Err(_) => JobSpec {
+                kind: JobKind::Exec,
+                description: record.client.clone(),
+                retries: 0,
+                halt_on_failure: false,
+                client: Vec::new(),
+                cap: None,
+            },
+        }
+    }
+
+    /// A running job of this spec, with nothing queued yet.
+    pub(super) fn into_job(self) -> Job {
+        let mut job = Job::new(self.client, self.kind, self.description);
+        job.retries = self.retries;
+        job.halt_on_failure = self.halt_on_failure;
+        job.cap = self.cap;
+        job
     }
 }
 
@@ -71,10 +107,7 @@ impl<O: Outbox> Core<O> {
             let Some(record) = self.store.job(summary.id)? else {
                 continue;
             };
-            let spec = JobSpec::of(&record);
-            let mut job = Job::new(spec.client, spec.kind, spec.description);
-            job.retries = spec.retries;
-            job.halt_on_failure = spec.halt_on_failure;
+            let mut job = JobSpec::of(&record).into_job();
             job.total = summary.total;
             job.finished = summary.ok + summary.failed;
             self.state.jobs.insert(summary.id, job);

@@ -55,6 +55,7 @@ mod reactions {
             description: "test".into(),
             retries: 0,
             halt_on_failure: false,
+            cap: None,
         };
         hub.on_call(CLIENT.to_vec(), 1, open).expect("opened");
         let job = match hub.outbox.take().pop() {
@@ -218,5 +219,68 @@ mod reactions {
         assert_eq!(queued.len(), 1);
         let task = &hub.state.jobs[&job].tasks[&queued[0]];
         assert_eq!((task.engine, task.attempts), (None, 0));
+    }
+}
+
+mod specs {
+    use std::time::SystemTime;
+
+    use serde::Serialize;
+
+    use super::super::recovery::JobSpec;
+    use crate::hub::protocol::JobKind;
+    use crate::hub::store::JobRecord;
+    use crate::message::encode_value;
+
+    fn record(spec: Vec<u8>) -> JobRecord {
+        JobRecord {
+            id: 1,
+            submitted: SystemTime::now(),
+            client: "described".into(),
+            spec,
+            total: None,
+        }
+    }
+
+    #[test]
+    fn a_job_keeps_its_cap_in_the_store_and_older_specs_have_none() {
+        let spec = JobSpec {
+            kind: JobKind::Handler("h".into()),
+            description: "d".into(),
+            retries: 2,
+            halt_on_failure: true,
+            client: b"c".to_vec(),
+            cap: Some(3),
+        };
+        let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
+        assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        // As a hub before caps wrote it: still carried on, retries and all.
+        #[derive(Serialize)]
+        struct Before {
+            kind: JobKind,
+            description: String,
+            retries: u32,
+            halt_on_failure: bool,
+            client: Vec<u8>,
+        }
+        let before = Before {
+            kind: JobKind::Exec,
+            description: "d".into(),
+            retries: 2,
+            halt_on_failure: true,
+            client: b"c".to_vec(),
+        };
+        let back = JobSpec::of(&record(encode_value(&before, "spec").expect("encoded")));
+        assert_eq!(
+            (back.cap, back.retries, back.halt_on_failure),
+            (None, 2, true)
+        );
+        assert_eq!(back.client, b"c");
+        // Not a spec at all: a command job under the record's description.
+        let back = JobSpec::of(&record(vec![0xff; 3]));
+        assert_eq!(
+            (back.kind, back.description),
+            (JobKind::Exec, "described".into())
+        );
     }
 }
