@@ -322,6 +322,26 @@ pub struct ClusterResult {
 }
 
 impl ClusterResult {
+    /// The failure of task `id` answered by `worker` of this process
+    /// without running it (a hub or engine that cannot run it), so its
+    /// client never waits for it.
+    pub fn failed_here(id: u64, worker: String, reason: &str) -> Self {
+        ClusterResult {
+            id,
+            status: ResultStatus::Fail,
+            payload: Vec::new(),
+            request_metadata: Metadata::new(),
+            metadata: ResultMetadata {
+                host: crate::host_name(),
+                pid: std::process::id(),
+                worker,
+                started: SystemTime::now(),
+                elapsed: Duration::ZERO,
+            },
+            exception: Some(reason.to_string()),
+        }
+    }
+
     /// Decodes the payload as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "result payload")

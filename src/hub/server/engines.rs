@@ -268,9 +268,7 @@ impl<O: Outbox> Core<O> {
             // A copy still running elsewhere would take that engine too.
             let survivor = self
                 .state
-                .jobs
-                .get(&job_id)
-                .and_then(|j| j.tasks.get(&task_id))
+                .task(job_id, task_id)
                 .and_then(|t| t.engine)
                 .and_then(|e| self.state.engines.get(&e))
                 .map(|e| e.identity.clone());

@@ -368,30 +368,10 @@ impl Hub {
             };
             // Drain each socket in bursts so neither starves the other.
             if engines_ready {
-                for _ in 0..RECV_BURST {
-                    match core.outbox.engines.recv_routed(zmq::DONTWAIT) {
-                        Ok((identity, envelope)) => {
-                            if !answer_handshake(&core.outbox.engines, &identity, &envelope) {
-                                core.on_engine(identity, envelope);
-                            }
-                        }
-                        Err(e) if e.is_timeout() => break,
-                        Err(e) => return Err(HubError::Transport(e)),
-                    }
-                }
+                drain(core, Peer::Engines)?;
             }
             if clients_ready {
-                for _ in 0..RECV_BURST {
-                    match core.outbox.clients.recv_routed(zmq::DONTWAIT) {
-                        Ok((identity, envelope)) => {
-                            if !answer_handshake(&core.outbox.clients, &identity, &envelope) {
-                                core.on_client(identity, envelope);
-                            }
-                        }
-                        Err(e) if e.is_timeout() => break,
-                        Err(e) => return Err(HubError::Transport(e)),
-                    }
-                }
+                drain(core, Peer::Clients)?;
             }
             core.release();
             core.dispatch();
@@ -419,6 +399,37 @@ impl Hub {
         info!("hub stopped");
         Ok(())
     }
+}
+
+/// The two kinds of peer the hub reads from.
+#[derive(Clone, Copy)]
+enum Peer {
+    Engines,
+    Clients,
+}
+
+/// Reads up to [`RECV_BURST`] messages from one side's socket, answering
+/// handshakes and handing the rest to that side's reactions.
+fn drain(core: &mut Core<Sockets>, peer: Peer) -> Result<(), HubError> {
+    for _ in 0..RECV_BURST {
+        let socket = match peer {
+            Peer::Engines => &mut core.outbox.engines,
+            Peer::Clients => &mut core.outbox.clients,
+        };
+        let (identity, envelope) = match socket.recv_routed(zmq::DONTWAIT) {
+            Ok(received) => received,
+            Err(e) if e.is_timeout() => return Ok(()),
+            Err(e) => return Err(HubError::Transport(e)),
+        };
+        if answer_handshake(socket, &identity, &envelope) {
+            continue;
+        }
+        match peer {
+            Peer::Engines => core.on_engine(identity, envelope),
+            Peer::Clients => core.on_client(identity, envelope),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -223,9 +223,7 @@ impl<O: Outbox> Core<O> {
                     let (job, task) = (assignment.job, assignment.tasks[0]);
                     let ran_for = self
                         .state
-                        .jobs
-                        .get(&job)
-                        .and_then(|j| j.tasks.get(&task))
+                        .task(job, task)
                         .and_then(|t| t.started)
                         .map(|s| s.elapsed());
                     info!(

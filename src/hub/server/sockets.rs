@@ -6,8 +6,6 @@
 //!                             └─ notifications (XPUB): (un)registrations
 //! ```
 
-use std::time::{Duration, SystemTime};
-
 use tracing::debug;
 
 use super::outbox::Outbox;
@@ -15,8 +13,7 @@ use super::{Endpoints, HubError, HubOptions};
 use crate::auth::{AuthError, Channel, Key};
 use crate::hub::protocol::{HubToEngine, JobId, Notification, Reply};
 use crate::message::{
-    ClusterResult, Command, Envelope, Header, MessageError, MessageKind, ResultMetadata,
-    ResultStatus, SignedSocket,
+    ClusterResult, Command, Envelope, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
 };
 use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
 
@@ -347,20 +344,7 @@ impl Outbox for Sockets {
     }
 
     fn failure(&mut self, client: &[u8], job: JobId, task: u64, reason: &str) {
-        let result = ClusterResult {
-            id: task,
-            status: ResultStatus::Fail,
-            payload: Vec::new(),
-            request_metadata: Default::default(),
-            metadata: ResultMetadata {
-                host: crate::host_name(),
-                pid: std::process::id(),
-                worker: "hub".into(),
-                started: SystemTime::now(),
-                elapsed: Duration::ZERO,
-            },
-            exception: Some(reason.to_string()),
-        };
+        let result = ClusterResult::failed_here(task, "hub".into(), reason);
         let header = Header {
             kind: MessageKind::Result(ResultStatus::Fail),
             job,

@@ -326,6 +326,11 @@ impl State {
         Some(engine)
     }
 
+    /// Task `task` of job `job`, if both are live.
+    pub(super) fn task(&self, job: JobId, task: u64) -> Option<&Task> {
+        self.jobs.get(&job).and_then(|j| j.tasks.get(&task))
+    }
+
     /// Forgets `job` if it is closed and every task of it finished.
     pub(super) fn retire_if_done(&mut self, job_id: JobId) -> bool {
         let done = self.jobs.get(&job_id).is_some_and(|job| {
