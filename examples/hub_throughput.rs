@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         description: "hub throughput".into(),
         retries: 0,
         halt_on_failure: false,
+        cap: None,
     })?;
     let Reply::JobOpened { job, credit, .. } = opened else {
         anyhow::bail!("unexpected answer: {opened:?}");

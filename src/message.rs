@@ -7,7 +7,7 @@
 //!
 //! | frame | content |
 //! | --- | --- |
-//! | 0 | protocol name and version, `zcluster/3` |
+//! | 0 | protocol name and version, `zcluster/4` |
 //! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
 //! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
 //! | 3 | body: the record named by the kind, bincode |
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Auth, AuthError, Channel, EpochRule, Key, Signer, Verified, Verifier};
 
 /// First frame of every message: protocol name and version.
-pub const PROTOCOL: &[u8] = b"zcluster/3";
+pub const PROTOCOL: &[u8] = b"zcluster/4";
 const PROTOCOL_NAME: &[u8] = b"zcluster/";
 
 /// Largest message (and so body) any zcluster socket accepts: receiving
@@ -86,7 +86,7 @@ pub enum MessageError {
         first: String,
     },
     /// A zcluster peer speaking another version.
-    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/3)")]
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/4)")]
     WrongVersion {
         /// What arrived.
         got: String,
@@ -322,6 +322,26 @@ pub struct ClusterResult {
 }
 
 impl ClusterResult {
+    /// The failure of task `id` answered by `worker` of this process
+    /// without running it (a hub or engine that cannot run it), so its
+    /// client never waits for it.
+    pub fn failed_here(id: u64, worker: String, reason: &str) -> Self {
+        ClusterResult {
+            id,
+            status: ResultStatus::Fail,
+            payload: Vec::new(),
+            request_metadata: Metadata::new(),
+            metadata: ResultMetadata {
+                host: crate::host_name(),
+                pid: std::process::id(),
+                worker,
+                started: SystemTime::now(),
+                elapsed: Duration::ZERO,
+            },
+            exception: Some(reason.to_string()),
+        }
+    }
+
     /// Decodes the payload as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "result payload")

@@ -491,6 +491,7 @@ where
                 description: format!("{handler} (pool)"),
                 retries: 0,
                 halt_on_failure: false,
+                cap: None,
             },
         )?;
         let credit = job.credit();

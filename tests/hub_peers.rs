@@ -59,6 +59,7 @@ fn echo_job(client: &mut HubClient) -> JobHandle {
         description: "limits".into(),
         retries: 0,
         halt_on_failure: false,
+        cap: None,
     };
     JobHandle::open(client, open).expect("a job")
 }

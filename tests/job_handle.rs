@@ -38,6 +38,7 @@ fn nap_job(slots: usize, description: &str) -> (EmbeddedCluster, HubClient, JobH
         description: description.into(),
         retries: 0,
         halt_on_failure: false,
+        cap: None,
     };
     let handle = JobHandle::open(&mut client, open).unwrap();
     (cluster, client, handle)
@@ -155,6 +156,7 @@ fn two_jobs_on_one_client_each_get_their_own_results_live() {
         description: "second of two".into(),
         retries: 0,
         halt_on_failure: false,
+        cap: None,
     };
     let mut second = JobHandle::open(&mut client, open).unwrap();
     for id in 0..10 {

@@ -2038,3 +2038,46 @@ fn a_hub_refuses_to_replace_a_connection_file_it_cannot_use() {
         "the file was rewritten"
     );
 }
+
+/// Most of `spans` (start, end) running at any one time.
+fn most_at_once(spans: &[(f64, f64)]) -> usize {
+    spans
+        .iter()
+        .map(|&(at, _)| spans.iter().filter(|&&(s, e)| s <= at && at < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `map -j 1` over a hub runs one task of the job at a time across the
+/// cluster, on a worker with two free slots (the hub's scheduler holds the
+/// job to its cap); without `-j` the job takes both slots.
+#[test]
+fn map_jobs_over_a_hub_caps_the_tasks_running_at_once() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let inputs = input_file(hub.dir(), "four.txt", &["1", "2", "3", "4"]);
+    let spans = |name: &str, jobs: &[&str]| -> Vec<(f64, f64)> {
+        let results = hub.dir().join(format!("{name}.jsonl"));
+        let results = results.display().to_string();
+        let mut args = jobs.to_vec();
+        args.extend(["--results", &results, "--", "sh", "-c", "sleep 0.5"]);
+        hub.map_ok(&inputs, &args);
+        json_lines(Path::new(&results))
+            .iter()
+            .map(|record| {
+                let started = record["started_unix_s"].as_f64().unwrap();
+                (started, started + record["elapsed_s"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let capped = spans("capped", &["-j", "1"]);
+    assert_eq!(capped.len(), 4);
+    assert_eq!(
+        most_at_once(&capped),
+        1,
+        "-j 1 ran tasks together: {capped:?}"
+    );
+    let free = spans("free", &[]);
+    assert_eq!(free.len(), 4);
+    assert_eq!(most_at_once(&free), 2, "without -j, both slots: {free:?}");
+}

@@ -840,19 +840,23 @@ pub enum AttachLength {
 
 impl HubBackend {
     /// Opens a command job on the hub: the hub runs a failed task up to
-    /// `retries` more times (elsewhere when it can), and with
-    /// `halt_on_failure` stops dispatching at the first final failure.
+    /// `retries` more times (elsewhere when it can), with
+    /// `halt_on_failure` stops dispatching at the first final failure, and
+    /// with a `cap` runs at most that many of its tasks at once across the
+    /// cluster (`map -j N`; `None`: as many as there are free slots).
     pub fn open(
         mut client: HubClient,
         description: String,
         retries: u32,
         halt_on_failure: bool,
+        cap: Option<u32>,
     ) -> Result<Self, ClientError> {
         let call = ClientCall::OpenJob {
             kind: JobKind::Exec,
             description,
             retries,
             halt_on_failure,
+            cap,
         };
         let handle = JobHandle::open(&mut client, call)?;
         Ok(HubBackend {

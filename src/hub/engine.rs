@@ -26,7 +26,7 @@ use crate::auth::{AuthError, Channel};
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
     self, decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
-    MessageError, MessageKind, ResultMetadata, ResultStatus, SignedSocket, WorkerInfo,
+    MessageError, MessageKind, ResultStatus, SignedSocket, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
@@ -606,20 +606,8 @@ impl Recent {
 
 /// A failed result for a task this engine answers without running it.
 fn failed_here(conn: &Connection, id: u64, reason: &str) -> ClusterResult {
-    ClusterResult {
-        id,
-        status: ResultStatus::Fail,
-        payload: Vec::new(),
-        request_metadata: Default::default(),
-        metadata: ResultMetadata {
-            host: crate::host_name(),
-            pid: std::process::id(),
-            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
-            started: SystemTime::now(),
-            elapsed: Duration::ZERO,
-        },
-        exception: Some(reason.to_string()),
-    }
+    let worker = format!("engine-{}", conn.engine.unwrap_or(0));
+    ClusterResult::failed_here(id, worker, reason)
 }
 
 /// Connects, says hello and registers, retrying until the hub answers.

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | [`connection`] | the connection file (URLs and key, mode 0600) |
 //! | [`protocol`] | what engines, clients and the hub say to each other |
-//! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
+//! | [`server`] | the hub itself, a folder: its state as plain data (`state.rs`), **every placement decision** in `scheduler.rs` (a function of the state, unit-tested without sockets), reactions by peer (`engines.rs`, `clients.rs`, `results.rs`, `queries.rs`, `commands.rs`, `recovery.rs`), one outbox every send goes through (`outbox.rs`), the sockets (`sockets.rs`) and the loop (`mod.rs`) |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory; its folder's own map says which file holds what |
 //! | [`link`] | a peer's connection to the hub: a fresh identity per connection, the epoch handshake |
 //! | [`commit`] | what waits for the store to commit: tasks to dispatch, results to deliver |

@@ -120,6 +120,10 @@ pub enum ClientCall {
         /// Stop dispatching the job's tasks at its first (final) failure
         /// (the client's `--halt`), without waiting for the client to react.
         halt_on_failure: bool,
+        /// Most of the job's tasks running at once across the cluster
+        /// (`zcluster map --hub FILE -j N`), enforced by the hub's
+        /// scheduler; `None`: as many as there are free slots.
+        cap: Option<u32>,
     },
     /// Every task of the job has been sent.
     CloseJob {

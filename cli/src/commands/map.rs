@@ -49,7 +49,8 @@ pub struct MapArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
-    /// Tasks running at once (default: number of cores).
+    /// Tasks running at once (default: number of cores; with --hub, every
+    /// free slot of the cluster, and with -j at most that many across it).
     #[arg(short, long)]
     jobs: Option<usize>,
     /// Print results in input order (the default).
@@ -229,16 +230,21 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         None if hosts.is_some() => {
             let client = hosts.as_ref().map(|h| h.client()).transpose()?;
             let client = client.context("no hub for the hosts")?;
-            let backend = HubBackend::open(client, description, options.retries, halt_on_failure)?;
+            // `-j N` caps the job across the hosts, as over any hub.
+            let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
+            let backend =
+                HubBackend::open(client, description, options.retries, halt_on_failure, cap)?;
             (None, backend)
         }
         None => {
             let cluster = EmbeddedCluster::start(options.jobs)?;
+            // The embedded cluster has `jobs` slots: no cap beyond them.
             let backend = HubBackend::open(
                 cluster.client()?,
                 description,
                 options.retries,
                 halt_on_failure,
+                None,
             )?;
             (Some(cluster), backend)
         }
@@ -264,11 +270,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                     backend
                 }
                 None => {
+                    // `-j N` over a hub: at most N tasks of this job run at
+                    // once across the cluster; without it, every free slot.
+                    let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
                     let backend = HubBackend::open(
                         hub.client(&ctx)?,
                         description,
                         options.retries,
                         halt_on_failure,
+                        cap,
                     )?;
                     eprintln!(
                         "zcluster: job {} on {}",

@@ -1,0 +1,497 @@
+//! Reactions to clients: their tasks, and their calls (open, close, check,
+//! attach, cancel, resubmit, purge; queries and commands are handed to
+//! `queries.rs` and `commands.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use tracing::{debug, info, warn};
+
+use super::outbox::Outbox;
+use super::recovery::JobSpec;
+use super::state::{CommandPurpose, Job, Task};
+use super::{Core, HubError};
+use crate::hub::protocol::{
+    AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, PurgeTarget, Reply,
+};
+use crate::hub::store::{JobRecord, NewTask, StoreError, TaskFilter, TaskId, TaskState};
+use crate::message::{encode_value, Command, Envelope, MessageError, MessageKind};
+use crate::untrusted::escape_error;
+
+/// Jobs one client may have running at once: with the credit per job, this
+/// bounds what one client can make the hub hold.
+const MAX_JOBS_PER_CLIENT: usize = 256;
+
+impl<O: Outbox> Core<O> {
+    /// A message on the clients' socket (the handshake already answered).
+    pub(super) fn on_client(
+        &mut self,
+        identity: Vec<u8>,
+        envelope: Result<Envelope, MessageError>,
+    ) {
+        let envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(e) => return self.refuse("client", &identity, &e),
+        };
+        match envelope.header.kind {
+            MessageKind::Request => self.on_task(identity, &envelope),
+            MessageKind::Control => {
+                let request = envelope.header.id;
+                match envelope.control::<ClientCall>() {
+                    Ok(call) => {
+                        // A failing call (the store refused a write, say)
+                        // is that caller's error, not the end of the hub.
+                        if let Err(e) = self.on_call(identity.clone(), request, call) {
+                            warn!(error = %e, "a client call failed");
+                            self.outbox
+                                .reply(&identity, request, &Reply::Error(e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %escape_error(&e), "dropping a bad call");
+                        self.outbox.reply(
+                            &identity,
+                            request,
+                            &Reply::Error(format!("bad call: {e}")),
+                        );
+                    }
+                }
+            }
+            kind => warn!(%kind, "dropping an unexpected message from a client"),
+        }
+    }
+
+    /// A task of a job: recorded, then queued once the store committed it.
+    fn on_task(&mut self, client: Vec<u8>, envelope: &Envelope) {
+        let (job_id, task_id) = (envelope.header.job, envelope.header.id);
+        let credit = self.options.credit as usize;
+        let Some(job) = self.state.jobs.get_mut(&job_id) else {
+            warn!(job = job_id, "refusing a task for an unknown job");
+            self.outbox.failure(
+                &client,
+                job_id,
+                task_id,
+                "no such job on this hub (did it restart?)",
+            );
+            return;
+        };
+        if job.client != client {
+            warn!(
+                job = job_id,
+                "refusing a task from a client that does not own the job"
+            );
+            self.outbox
+                .failure(&client, job_id, task_id, "this client does not own the job");
+            return;
+        }
+        if job.tasks.contains_key(&task_id) {
+            debug!(job = job_id, task = task_id, "dropping a task sent twice");
+            return;
+        }
+        if job.client_tasks() >= credit {
+            warn!(
+                job = job_id,
+                credit, "client exceeded its credit; refusing a task"
+            );
+            self.outbox.failure(
+                &client,
+                job_id,
+                task_id,
+                "the job's credit is used up; send fewer tasks at once",
+            );
+            return;
+        }
+        let request = envelope.body().to_vec();
+        let recorded = self.store.next_task_ids(1).and_then(|ids| {
+            self.store.add_tasks(vec![NewTask {
+                id: ids.start,
+                job: job_id,
+                seq: task_id,
+                request: request.clone(),
+                submitted: SystemTime::now(),
+            }])?;
+            Ok(ids.start)
+        });
+        let store_id = match recorded {
+            Ok(id) => id,
+            // The job is stopped as a whole (see `release`): no task of it
+            // is answered on its own.
+            Err(StoreError::CannotWrite(_)) => {
+                debug!(
+                    job = job_id,
+                    task = task_id,
+                    "dropping a task: the store cannot write"
+                );
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot record a task; refusing it");
+                self.outbox.failure(
+                    &client,
+                    job_id,
+                    task_id,
+                    &format!("the hub cannot record it: {e}"),
+                );
+                return;
+            }
+        };
+        job.put(task_id, Task::new(store_id, request, 0));
+        // Dispatched once its insert is committed.
+        self.hold(super::Held::Task {
+            job: job_id,
+            task: task_id,
+        });
+    }
+
+    /// A client's call, answered (at once, or once engines answered).
+    pub(super) fn on_call(
+        &mut self,
+        client: Vec<u8>,
+        request: u64,
+        call: ClientCall,
+    ) -> Result<(), HubError> {
+        if let Some(refusal) = self.refusal_while_stopped(&call) {
+            self.outbox.reply(&client, request, &Reply::Error(refusal));
+            return Ok(());
+        }
+        let reply = match call {
+            ClientCall::Hello => Reply::Hello(HubInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                engines: self.state.engines.len() as u32,
+                slots: self.state.engines.values().map(|e| e.slots).sum(),
+                max_message: self.options.message_limit() as u64,
+            }),
+            ClientCall::OpenJob {
+                kind,
+                description,
+                retries,
+                halt_on_failure,
+                cap,
+            } => {
+                let spec = JobSpec {
+                    kind,
+                    description,
+                    retries,
+                    halt_on_failure,
+                    client: client.clone(),
+                    cap,
+                };
+                self.open_job(spec)?
+            }
+            ClientCall::CloseJob { job, total } => self.close_job(job, total)?,
+            ClientCall::CancelJob { job, kill_running } => {
+                // Tasks still held for their insert are queued first, so
+                // the cancel drops (and answers) them too.
+                self.store.flush()?;
+                self.release();
+                self.cancel_job(job, kill_running)
+            }
+            ClientCall::CheckJob { job } => match self.state.jobs.get(&job) {
+                Some(j) => Reply::JobLive {
+                    epoch: self.epoch,
+                    yours: j.client == client,
+                },
+                None => Reply::Error(format!(
+                    "job {job} is not running on this hub; its results are in the store (zcluster results {job})"
+                )),
+            },
+            ClientCall::Attach { job, outstanding } => self.attach(client.clone(), job, outstanding)?,
+            ClientCall::Status { verbose } => Reply::Status(self.status(verbose)?),
+            ClientCall::Results {
+                job,
+                ids,
+                status_only,
+            } => self.results(job, ids, status_only)?,
+            ClientCall::ResultsPage {
+                job,
+                after,
+                status_only,
+            } => self.results_page(job, after, status_only)?,
+            ClientCall::Purge(target) => self.purge(target),
+            ClientCall::Resubmit { job, ids } => self.resubmit(client.clone(), job, ids)?,
+            ClientCall::Kill { engines, restart } => {
+                let targets: Vec<EngineId> = match engines {
+                    Some(ids) => {
+                        if let Some(missing) =
+                            ids.iter().find(|id| !self.state.engines.contains_key(id))
+                        {
+                            let error = Reply::Error(format!("no engine {missing}"));
+                            self.outbox.reply(&client, request, &error);
+                            return Ok(());
+                        }
+                        ids
+                    }
+                    None => self.state.engines.keys().copied().collect(),
+                };
+                let command = if restart {
+                    Command::Restart
+                } else {
+                    Command::Kill
+                };
+                self.start_command(client, request, command, targets, CommandPurpose::Kill);
+                return Ok(());
+            }
+            ClientCall::Ping => {
+                let targets = self.state.engines.keys().copied().collect();
+                self.start_command(client, request, Command::Ping, targets, CommandPurpose::Ping);
+                return Ok(());
+            }
+            ClientCall::Shutdown { workers } => {
+                let targets = if workers {
+                    self.state.engines.keys().copied().collect()
+                } else {
+                    Vec::new()
+                };
+                let purpose = CommandPurpose::Shutdown;
+                self.start_command(client, request, Command::Kill, targets, purpose);
+                return Ok(());
+            }
+        };
+        self.outbox.reply(&client, request, &reply);
+        Ok(())
+    }
+
+    /// Opens a job for `client`, recorded in the store before it is
+    /// answered.
+    fn open_job(&mut self, spec: JobSpec) -> Result<Reply, HubError> {
+        let open = self
+            .state
+            .jobs
+            .values()
+            .filter(|j| j.client == spec.client)
+            .count();
+        if open >= MAX_JOBS_PER_CLIENT {
+            return Ok(Reply::Error(format!(
+                "this client already has {open} jobs running; close some first"
+            )));
+        }
+        if spec.cap == Some(0) {
+            return Ok(Reply::Error(
+                "a job's cap of tasks running at once must be at least 1".into(),
+            ));
+        }
+        if let JobKind::Handler(name) = &spec.kind {
+            if !self.state.engines.values().any(|e| e.can_run(&spec.kind)) {
+                return Ok(Reply::Error(format!(
+                    "no engine offers the handler `{name}` (engines offer: {})",
+                    self.offered_handlers()
+                )));
+            }
+        }
+        let id = self.store.next_job_id()?;
+        let submitted = SystemTime::now();
+        self.store.add_job(&JobRecord {
+            id,
+            submitted,
+            client: spec.description.clone(),
+            spec: encode_value(&spec, "job spec")?,
+            total: None,
+        })?;
+        self.store.flush()?;
+        self.state.jobs.insert(id, spec.into_job());
+        info!(job = id, "job opened");
+        Ok(Reply::JobOpened {
+            job: id,
+            credit: self.options.credit,
+            epoch: self.epoch,
+            max_message: self.options.message_limit() as u64,
+        })
+    }
+
+    /// Every task of a job was sent: it ends once they all have.
+    fn close_job(&mut self, job: JobId, total: u64) -> Result<Reply, HubError> {
+        Ok(match self.state.jobs.get_mut(&job) {
+            Some(j) => {
+                j.total = Some(total);
+                self.store.set_job_total(job, total)?;
+                self.store.flush()?;
+                self.retire_if_done(job);
+                Reply::Ok
+            }
+            // Closed already (by another client of the job) with the
+            // same count: the store holds what this close would say.
+            None => match self.store.job(job)?.and_then(|record| record.total) {
+                Some(recorded) if recorded == total => Reply::Ok,
+                Some(recorded) => Reply::Error(format!(
+                    "job {job} was closed already with {recorded} tasks, not {total}"
+                )),
+                None => Reply::Error(format!("no running job {job}")),
+            },
+        })
+    }
+
+    /// Hands a job to `client` (a client back after a hub restart, or a new
+    /// one attaching to a job whose client died) and says which of its
+    /// outstanding tasks the hub never recorded and which already finished.
+    fn attach(
+        &mut self,
+        client: Vec<u8>,
+        job_id: JobId,
+        outstanding: Option<Vec<u64>>,
+    ) -> Result<Reply, HubError> {
+        let Some(record) = self.store.job(job_id)? else {
+            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+        };
+        let live = match self.state.jobs.get_mut(&job_id) {
+            Some(job) => {
+                if job.client != client {
+                    info!(job = job_id, "job attached by a new client");
+                    job.client = client;
+                }
+                true
+            }
+            None => false,
+        };
+        let tasks = self.store.tasks(&TaskFilter::Job(job_id), false)?;
+        let (mut missing, mut finished) = (Vec::new(), Vec::new());
+        if let Some(ids) = outstanding {
+            let states: HashMap<u64, TaskState> = tasks.iter().map(|t| (t.seq, t.state)).collect();
+            for id in ids {
+                match states.get(&id) {
+                    None => missing.push(id),
+                    Some(TaskState::Ok | TaskState::Failed) => finished.push(id),
+                    Some(TaskState::Pending | TaskState::Running) => {}
+                }
+            }
+        }
+        Ok(Reply::Attached(AttachInfo {
+            epoch: self.epoch,
+            credit: self.options.credit,
+            total: record.total,
+            known: tasks.len() as u64,
+            missing,
+            finished,
+            live,
+            max_message: self.options.message_limit() as u64,
+        }))
+    }
+
+    /// Stops a job: its queued tasks fail as cancelled, and its running
+    /// ones are killed if `kill_running`.
+    fn cancel_job(&mut self, job_id: JobId, kill_running: bool) -> Reply {
+        let engines = if kill_running {
+            self.engines_of(job_id)
+        } else {
+            HashSet::new()
+        };
+        let Some(job) = self.state.jobs.get_mut(&job_id) else {
+            return Reply::Error(format!("no running job {job_id}"));
+        };
+        // Nothing more of it starts, retries included.
+        job.halted = true;
+        // Queued tasks never run: they are failed, cancelled. The reply
+        // lists them, but a client whose call timed out never sees it, so
+        // each is answered as well.
+        let dropped: Vec<u64> = job.queue.drain(..).collect();
+        for &task_id in &dropped {
+            self.finish_unrun(job_id, task_id, "cancelled before it started");
+        }
+        for id in engines {
+            if let Some(engine) = self.state.engines.get(&id) {
+                self.outbox
+                    .to_engine(&engine.identity, &HubToEngine::CancelJob { job: job_id });
+            }
+        }
+        self.retire_if_done(job_id);
+        Reply::Cancelled(dropped)
+    }
+
+    /// Deletes finished records from the store; a job with tasks in flight
+    /// is refused.
+    fn purge(&mut self, target: PurgeTarget) -> Reply {
+        let outcome = match target {
+            PurgeTarget::Job(job)
+                if self
+                    .state
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| !j.tasks.is_empty()) =>
+            {
+                Err(StoreError::PendingTasks {
+                    job,
+                    pending: self
+                        .state
+                        .jobs
+                        .get(&job)
+                        .map_or(0, |j| j.tasks.len() as u64),
+                })
+            }
+            // A job with nothing in flight (its client died before
+            // closing it) is retired with its records.
+            PurgeTarget::Job(job) => {
+                self.state.jobs.remove(&job);
+                self.store.purge_job(job)
+            }
+            PurgeTarget::Engine(engine) => self.store.purge_engine(engine),
+            PurgeTarget::AllCompleted => self.store.purge_completed(),
+        };
+        match outcome {
+            Ok(n) => Reply::Purged(n),
+            Err(e) => Reply::Error(e.to_string()),
+        }
+    }
+
+    /// Runs tasks of a job again (all, or those `ids`), reviving a
+    /// finished job.
+    fn resubmit(
+        &mut self,
+        client: Vec<u8>,
+        job_id: JobId,
+        ids: Option<Vec<u64>>,
+    ) -> Result<Reply, HubError> {
+        let Some(record) = self.store.job(job_id)? else {
+            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+        };
+        // The client's ids are the store's seqs: map them to store task ids.
+        let store_ids: Option<Vec<TaskId>> = match &ids {
+            None => None,
+            Some(ids) => {
+                let wanted: HashSet<u64> = ids.iter().copied().collect();
+                let tasks = self.store.tasks(&TaskFilter::Job(job_id), false)?;
+                let found: Vec<TaskId> = tasks
+                    .iter()
+                    .filter(|t| wanted.contains(&t.seq))
+                    .map(|t| t.id)
+                    .collect();
+                if found.len() != wanted.len() {
+                    return Ok(Reply::Error(format!(
+                        "job {job_id} has no task with some of the ids {ids:?}"
+                    )));
+                }
+                Some(found)
+            }
+        };
+        let tasks = match self.store.reset_for_resubmit(job_id, store_ids.as_deref()) {
+            Ok(tasks) => tasks,
+            Err(e) => return Ok(Reply::Error(e.to_string())),
+        };
+        let count = tasks.len() as u64;
+        let spec = JobSpec::of(&record);
+        // A job still running takes the tasks back into its count; a finished
+        // one is revived with exactly them outstanding.
+        let revived = !self.state.jobs.contains_key(&job_id);
+        let job = self
+            .state
+            .jobs
+            .entry(job_id)
+            .or_insert_with(|| Job::new(client, spec.kind, spec.description));
+        for task in tasks {
+            let mut again = Task::new(task.id, task.request.unwrap_or_default(), task.attempts);
+            again.uncounted = !revived;
+            job.put(task.seq, again);
+            job.queue.push_back(task.seq);
+        }
+        if revived {
+            job.total = Some(count);
+        } else {
+            job.finished = job.finished.saturating_sub(count);
+        }
+        job.halted = false;
+        self.store.flush()?;
+        if count > 0 {
+            self.state.take_turn(job_id);
+        }
+        self.retire_if_done(job_id);
+        Ok(Reply::Resubmitted(count))
+    }
+}

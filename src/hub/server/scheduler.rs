@@ -1,0 +1,363 @@
+//! Where every placement decision is made: which queued task goes to which
+//! engine, how many an engine may hold, which straggler gets a second copy.
+//! Functions of the [`State`] alone, which they update as if what they
+//! return were sent; they send nothing (the hub's loop does, through its
+//! outbox, and hands back with [`unsent`] what could not go).
+//!
+//! The rules, each with its unit test below:
+//!
+//! - **free slots only**: an engine gets a task while it has a free slot
+//!   (dispatch by credit), never one it is leaving or unreachable;
+//! - **prefetch by task length**: while a job's backlog is longer than all
+//!   the slots, an engine may hold a few tasks per slot, the more the
+//!   shorter its tasks (to hide the round trip to the hub), none at the
+//!   tail;
+//! - **fair turns**: jobs with queued tasks take turns, one batch each;
+//! - **retry elsewhere**: a retried task goes to an engine it has not
+//!   failed on while there is one;
+//! - **a job's cap**: a job opened with a cap (`map -j N` over a hub) has at
+//!   most that many tasks running across the cluster;
+//! - **straggler copies**: with nothing queued, a task that has run far
+//!   longer than its job's median gets a second copy on another engine's
+//!   free slot (the first result wins; the hub cancels the loser).
+//!
+//! The poison limit and a dead engine's tasks going back to the front of
+//! their queue are the engine reactions' (`engines.rs`), tested there.
+
+use std::time::{Duration, Instant};
+
+use super::state::{Engine, Job, State};
+use crate::hub::protocol::{EngineId, JobId};
+
+/// Most tasks the hub sends an engine in one message...
+pub(super) const DISPATCH_BATCH: usize = 32;
+
+/// ...and most bytes of requests in it (a larger one goes alone)...
+pub(super) const DISPATCH_BATCH_BYTES: usize = 1 << 20;
+
+/// ...and only for a job whose median task takes less than this.
+pub(super) const DISPATCH_BATCH_BELOW: Duration = Duration::from_millis(1);
+
+/// Finished tasks a job needs before any of its tasks counts as a straggler.
+pub(super) const SPECULATE_AFTER: usize = 5;
+
+/// A task counts as a straggler once it has run this many times the job's
+/// median task time...
+pub(super) const STRAGGLER_FACTOR: u32 = 4;
+
+/// ...and at least this long.
+pub(super) const STRAGGLER_FLOOR: Duration = Duration::from_secs(2);
+
+/// Tasks of one job for one engine, to go in one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Assignment {
+    /// Where they go.
+    pub(super) engine: EngineId,
+    /// Their job.
+    pub(super) job: JobId,
+    /// Their ids, in the order they were queued.
+    pub(super) tasks: Vec<u64>,
+    /// When each was started before (a second copy: whether it is one).
+    pub(super) before: Before,
+}
+
+/// What [`unsent`] needs to undo an assignment whose send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Before {
+    /// A first (or next) run of queued tasks: their previous start times.
+    Queued(Vec<Option<Instant>>),
+    /// A straggler's second copy.
+    Copy,
+}
+
+impl Engine {
+    /// Tasks it can take now: its free slots, or, while there is a backlog,
+    /// as many again `depth` times over to queue locally (prefetch).
+    pub(super) fn free(&self, depth: u32) -> u32 {
+        if self.leaving || self.unreachable {
+            0
+        } else {
+            let capacity = self.slots.saturating_mul(depth.max(1));
+            capacity.saturating_sub(self.running.len() as u32)
+        }
+    }
+}
+
+impl Job {
+    /// Tasks per slot an engine may hold while the job's backlog is long:
+    /// the shorter its tasks, the more it takes to hide the round trip
+    /// between a result and the next task (a few for tasks of a second,
+    /// many for tasks of microseconds, which cost nothing to wait behind).
+    pub(super) fn prefetch_depth(&self) -> u32 {
+        match self.median() {
+            // Engines run tasks this short several to a message on one
+            // slot, and need a deep queue to keep each slot busy through
+            // the round trip to the hub.
+            Some(m) if m < Duration::from_micros(100) => 64,
+            Some(m) if m < Duration::from_millis(1) => 16,
+            Some(m) if m < Duration::from_millis(10) => 4,
+            _ => 2,
+        }
+    }
+
+    /// How long a task of this job may run before a second copy is started
+    /// on an idle slot: [`STRAGGLER_FACTOR`] times the median of its recent
+    /// successful tasks, at least [`STRAGGLER_FLOOR`]; `None` until
+    /// [`SPECULATE_AFTER`] tasks have finished.
+    pub(super) fn straggler_after(&self) -> Option<Duration> {
+        if self.durations.len() < SPECULATE_AFTER {
+            return None;
+        }
+        let median = self.median()?;
+        Some((median * STRAGGLER_FACTOR).max(STRAGGLER_FLOOR))
+    }
+
+    /// More of its tasks it may start now under its cap (unbounded without
+    /// one).
+    fn room(&self) -> usize {
+        self.cap.map_or(usize::MAX, |cap| {
+            (cap as usize).saturating_sub(self.running)
+        })
+    }
+}
+
+/// Hands queued tasks to free slots: jobs take turns, each turn's tasks go
+/// to the engine with the most room that can run them. The tasks returned
+/// are marked started on their engine (attempts counted, slots taken), as
+/// if sent; give those whose send failed back with [`unsent`].
+pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
+    let mut plan = Vec::new();
+    let total_slots = state.total_slots;
+    let mut idle_turns = 0;
+    while idle_turns < state.turns.len() {
+        let Some(job_id) = state.turns.pop_front() else {
+            break;
+        };
+        let Some(job) = state.jobs.get_mut(&job_id) else {
+            continue;
+        };
+        if job.queue.is_empty() || job.halted {
+            continue;
+        }
+        let Some(&task_id) = job.queue.front() else {
+            continue;
+        };
+        let room = job.room();
+        if room == 0 {
+            // At its cap: the others go first, and it waits for a task of
+            // its own to end.
+            state.turns.push_back(job_id);
+            idle_turns += 1;
+            continue;
+        }
+        let failed_on = job
+            .tasks
+            .get(&task_id)
+            .map(|t| t.failed_on.as_slice())
+            .unwrap_or(&[]);
+        // Prefetch only while the job's backlog is longer than all the
+        // slots: it hides the round trip between a result and the next
+        // task, and at the tail, where a task queued behind a long one
+        // would wait while another engine idles, there is none.
+        let depth = if job.queue.len() > total_slots {
+            job.prefetch_depth()
+        } else {
+            1
+        };
+        // A retry goes to an engine it has not failed on while there
+        // is one (busy or not); only when every engine that can run it
+        // has failed it may it go back to one.
+        let elsewhere = !failed_on.is_empty()
+            && state
+                .engines
+                .values()
+                .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
+        // The engine with the most room.
+        let engine = state
+            .engines
+            .values_mut()
+            .filter(|e| {
+                e.free(depth) > 0
+                    && e.can_run(&job.kind)
+                    && !(elsewhere && failed_on.contains(&e.id))
+            })
+            .max_by_key(|e| e.free(depth));
+        let Some(engine) = engine else {
+            // Nothing free for this job now; try the others. A retry
+            // waiting for another engine lets the tasks behind it go.
+            if elsewhere && job.queue.len() > 1 {
+                job.queue.rotate_left(1);
+            }
+            state.turns.push_back(job_id);
+            idle_turns += 1;
+            continue;
+        };
+        idle_turns = 0;
+        // The front task and, for a job of short tasks, the first-time
+        // tasks behind it (a retry waits for its own turn, which looks
+        // for an engine it has not failed on), up to DISPATCH_BATCH in
+        // one message, so each costs a fraction of a message on this
+        // hop and the next. Each one goes only where it could have gone
+        // alone (the prefetch depth decided again with the backlog it
+        // leaves). Longer tasks go one by one, each to the engine with
+        // the most room, which a batch to one engine would not do.
+        let most_tasks = if job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
+            DISPATCH_BATCH
+        } else {
+            1
+        }
+        .min(room);
+        let prefetch = job.prefetch_depth();
+        let mut batch = vec![task_id];
+        let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
+        job.queue.pop_front();
+        while batch.len() < most_tasks {
+            let depth = if job.queue.len() > total_slots {
+                prefetch
+            } else {
+                1
+            };
+            if engine.free(depth) as usize <= batch.len() {
+                break;
+            }
+            let Some(next) = job.queue.front().and_then(|id| job.tasks.get(id)) else {
+                break;
+            };
+            bytes += next.request.len();
+            if !next.failed_on.is_empty() || bytes > DISPATCH_BATCH_BYTES {
+                break;
+            }
+            if let Some(id) = job.queue.pop_front() {
+                batch.push(id);
+            }
+        }
+        if !job.queue.is_empty() {
+            state.turns.push_back(job_id);
+        }
+        let mut before = Vec::with_capacity(batch.len());
+        for &id in &batch {
+            job.set_engine(id, Some(engine.id));
+            let Some(task) = job.tasks.get_mut(&id) else {
+                before.push(None);
+                continue;
+            };
+            before.push(task.started.replace(now));
+            task.attempts += 1;
+            engine.running.insert((job_id, id));
+        }
+        plan.push(Assignment {
+            engine: engine.id,
+            job: job_id,
+            tasks: batch,
+            before: Before::Queued(before),
+        });
+    }
+    plan
+}
+
+/// Starts a second copy of each straggler on an idle slot of another
+/// engine, for jobs with nothing queued (so the copy takes no slot a
+/// waiting task could use). A straggler has run longer than its job's
+/// [`straggler_after`](Job::straggler_after); each task gets at most one
+/// copy, the first result wins and the other copy is cancelled. The copies
+/// returned are marked running, as if sent.
+pub(super) fn speculate(state: &mut State, now: Instant) -> Vec<Assignment> {
+    let mut plan = Vec::new();
+    if !state.engines.values().any(|e| e.free(1) > 0) {
+        return plan;
+    }
+    let mut stragglers: Vec<(JobId, u64)> = Vec::new();
+    for (&job_id, job) in &state.jobs {
+        if !job.queue.is_empty() || job.halted {
+            continue;
+        }
+        let Some(limit) = job.straggler_after() else {
+            continue;
+        };
+        for (&task_id, task) in &job.tasks {
+            let ran = task
+                .started
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            if task.engine.is_some() && task.spare.is_none() && !task.speculated && ran > limit {
+                stragglers.push((job_id, task_id));
+            }
+        }
+    }
+    for (job_id, task_id) in stragglers {
+        let Some(job) = state.jobs.get_mut(&job_id) else {
+            continue;
+        };
+        let Some(task) = job.tasks.get_mut(&task_id) else {
+            continue;
+        };
+        let running_on = task.engine;
+        let failed_on = &task.failed_on;
+        let Some(engine) = state
+            .engines
+            .values_mut()
+            .filter(|e| {
+                e.free(1) > 0
+                    && e.can_run(&job.kind)
+                    && Some(e.id) != running_on
+                    && !failed_on.contains(&e.id)
+            })
+            .max_by_key(|e| e.free(1))
+        else {
+            break;
+        };
+        task.spare = Some((engine.id, now));
+        task.speculated = true;
+        engine.running.insert((job_id, task_id));
+        plan.push(Assignment {
+            engine: engine.id,
+            job: job_id,
+            tasks: vec![task_id],
+            before: Before::Copy,
+        });
+    }
+    plan
+}
+
+/// Undoes an assignment whose send failed: its tasks are as they were, and
+/// go back to the front of their queue if `requeue` (else they are the
+/// caller's to end); a second copy is simply not started. Give back the
+/// failures of one plan last first, so each queue keeps its order.
+pub(super) fn unsent(state: &mut State, assignment: &Assignment, requeue: bool) {
+    let (job_id, engine_id) = (assignment.job, assignment.engine);
+    if let Some(engine) = state.engines.get_mut(&engine_id) {
+        for &id in &assignment.tasks {
+            engine.running.remove(&(job_id, id));
+        }
+    }
+    let Some(job) = state.jobs.get_mut(&job_id) else {
+        return;
+    };
+    match &assignment.before {
+        Before::Copy => {
+            for id in &assignment.tasks {
+                if let Some(task) = job.tasks.get_mut(id) {
+                    task.spare = None;
+                    task.speculated = false;
+                }
+            }
+        }
+        Before::Queued(before) => {
+            for (&id, &started) in assignment.tasks.iter().zip(before).rev() {
+                job.set_engine(id, None);
+                if let Some(task) = job.tasks.get_mut(&id) {
+                    task.started = started;
+                    task.attempts -= 1;
+                    if requeue {
+                        job.queue.push_front(id);
+                    }
+                }
+            }
+            if requeue {
+                state.take_turn(job_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! The hub's three sockets: how they are made and bound, how the handshake
+//! is answered, and how the [`Outbox`] sends through them.
+//!
+//! ```text
+//! engines ══DEALER/ROUTER══▶ hub ◀══ROUTER/DEALER══ clients
+//!                             └─ notifications (XPUB): (un)registrations
+//! ```
+
+use tracing::debug;
+
+use super::outbox::Outbox;
+use super::{Endpoints, HubError, HubOptions};
+use crate::auth::{AuthError, Channel, Key};
+use crate::hub::protocol::{HubToEngine, JobId, Notification, Reply};
+use crate::message::{
+    ClusterResult, Command, Envelope, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
+};
+use crate::socket::{last_endpoint, millis, DEFAULT_LINGER};
+
+/// Most messages buffered per peer before the hub stops reading that
+/// peer's connection (TCP pushes back on it; nothing is dropped). Honest
+/// peers stay far below it, since credit bounds what they send unanswered.
+pub(super) const INBOUND_PER_PEER: i32 = 4096;
+
+/// Bytes of one network peer's messages the hub buffers unread, at most:
+/// the receive high-water mark is this over the largest message...
+pub(super) const INBOUND_BYTES_PER_PEER: usize = 256 << 20;
+
+/// ...but never below this many messages: over TCP, a mark of 8 costs a
+/// fifth of the hub's task rate and one of 4 a third (libzmq wakes the
+/// reading I/O thread every half mark), while 16 costs nothing measurable.
+const INBOUND_MIN_MESSAGES: i32 = 16;
+
+/// The receive high-water mark of a hub socket. A network peer, which may
+/// not hold the key, can make the hub hold at most
+/// max([`INBOUND_BYTES_PER_PEER`], 16 × `max_message`) of its messages, plus
+/// the one being read: ZeroMQ counts messages, not bytes, so the mark is
+/// derived from the largest message. Inproc peers are this process's own
+/// threads and keep the full mark.
+pub(super) fn inbound_hwm(url: &str, max_message: usize) -> i32 {
+    if url.starts_with("inproc://") {
+        return INBOUND_PER_PEER;
+    }
+    let fit = INBOUND_BYTES_PER_PEER / max_message.max(1);
+    i32::try_from(fit)
+        .unwrap_or(INBOUND_PER_PEER)
+        .clamp(INBOUND_MIN_MESSAGES, INBOUND_PER_PEER)
+}
+
+/// Largest subscription message the notification socket takes (a flag byte
+/// and a topic; the only topic honoured is the empty one).
+const SUBSCRIPTION_BYTES: i64 = 64;
+
+/// Subscription messages buffered per peer before the hub stops reading it.
+const SUBSCRIPTIONS_IN_FLIGHT: i32 = 64;
+
+/// Puts an XPUB socket in manual mode: subscriptions arrive as messages and
+/// apply only when the owner applies them.
+fn set_xpub_manual(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
+    let on: libc::c_int = 1;
+    // SAFETY: `socket` is a live socket for the whole call, and the option
+    // value points at a c_int of the size given, as zmq_setsockopt wants.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: zmq_errno only reads this thread's last libzmq error.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
+/// Makes and binds one hub socket (a ROUTER, or the notifications' XPUB)
+/// with its options; returns it with the endpoint it is bound to.
+fn router(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    url: &str,
+    max_message: usize,
+) -> Result<(zmq::Socket, String), HubError> {
+    let bind = |operation, source| HubError::Bind {
+        operation,
+        url: url.to_string(),
+        source,
+    };
+    let mut socket = ctx
+        .socket(kind)
+        .map_err(|e| bind("create a socket for", e))?;
+    socket
+        .set_linger(millis(DEFAULT_LINGER))
+        .map_err(|e| bind("configure", e))?;
+    // Outbound flow control is the hub's (slots, credit), not the
+    // socket's: never drop a task or result because a pipe is full.
+    socket.set_sndhwm(0).map_err(|e| bind("configure", e))?;
+    socket
+        .set_rcvhwm(inbound_hwm(url, max_message))
+        .map_err(|e| bind("configure", e))?;
+    if kind == zmq::ROUTER {
+        // A send to a peer that is gone is an error, not a silent drop.
+        // Handover stays off: a routing identity is chosen by the peer and
+        // travels in clear, so with it anyone could take over an engine's
+        // or a client's route by connecting under its identity. Without it,
+        // a connection keeps its identity until it closes, and a peer that
+        // reconnects does so under a fresh one (see `hub::link`).
+        socket
+            .set_router_mandatory(true)
+            .map_err(|e| bind("configure", e))?;
+    }
+    if kind == zmq::XPUB {
+        // Subscriptions are ZMTP, below signing: anyone who reaches the
+        // port can send them. libzmq keeps each one (about 32 bytes per
+        // byte) until its peer leaves, so the hub takes them in by hand:
+        // only the empty one (everything) is ever applied, the rest are
+        // read and dropped, and they are tiny and few in flight.
+        set_xpub_manual(&mut socket).map_err(|e| bind("configure", e))?;
+        socket
+            .set_maxmsgsize(SUBSCRIPTION_BYTES)
+            .map_err(|e| bind("configure", e))?;
+        socket
+            .set_rcvhwm(SUBSCRIPTIONS_IN_FLIGHT)
+            .map_err(|e| bind("configure", e))?;
+    } else {
+        socket
+            .set_maxmsgsize(max_message as i64)
+            .map_err(|e| bind("configure", e))?;
+    }
+    socket.bind(url).map_err(|e| bind("bind", e))?;
+    let endpoint =
+        last_endpoint(&socket).map_err(|_| bind("read the endpoint of", zmq::Error::EINVAL))?;
+    Ok((socket, endpoint))
+}
+
+/// The hub's bound sockets: what its loop reads, and its real outbox.
+pub(super) struct Sockets {
+    /// Engines' registrations, heartbeats, results and replies.
+    pub(super) engines: SignedSocket,
+    /// Clients' jobs, tasks and calls.
+    pub(super) clients: SignedSocket,
+    /// (Un)registration notices for any subscriber.
+    pub(super) notifications: SignedSocket,
+}
+
+/// Where the sockets ended up bound (free ports resolved).
+pub(super) struct Bound {
+    pub(super) engines: String,
+    pub(super) clients: String,
+    pub(super) notifications: String,
+}
+
+impl Sockets {
+    /// Makes and binds the three sockets where `options` says, signing for
+    /// hub start `epoch` with `key`.
+    pub(super) fn bind(
+        ctx: &zmq::Context,
+        options: &HubOptions,
+        key: &Key,
+        epoch: u64,
+    ) -> Result<(Self, Bound), HubError> {
+        let (engines_url, clients_url, notifications_url) = match &options.endpoints {
+            Endpoints::Tcp { ip, port_base } => {
+                let port = |offset: u16| match port_base {
+                    Some(base) => format!("tcp://{ip}:{}", base.saturating_add(offset)),
+                    None => format!("tcp://{ip}:*"),
+                };
+                (port(0), port(1), port(2))
+            }
+            Endpoints::Inproc(name) => (
+                format!("inproc://{name}-engines"),
+                format!("inproc://{name}-clients"),
+                format!("inproc://{name}-notifications"),
+            ),
+            Endpoints::Urls {
+                engines,
+                clients,
+                notifications,
+            } => (engines.clone(), clients.clone(), notifications.clone()),
+        };
+        let max = options.message_limit();
+        let (engines, engines_at) = router(ctx, zmq::ROUTER, &engines_url, max)?;
+        let (clients, clients_at) = router(ctx, zmq::ROUTER, &clients_url, max)?;
+        let (notifications, notifications_at) = router(ctx, zmq::XPUB, &notifications_url, max)?;
+        let engines = SignedSocket::hub(
+            engines,
+            key,
+            Channel::HubToEngine,
+            Channel::EngineToHub,
+            epoch,
+        );
+        let clients = SignedSocket::hub(
+            clients,
+            key,
+            Channel::HubToClient,
+            Channel::ClientToHub,
+            epoch,
+        );
+        // Nothing signed is read from subscribers; the channel is unused.
+        let notifications = SignedSocket::hub(
+            notifications,
+            key,
+            Channel::Notifications,
+            Channel::Notifications,
+            epoch,
+        );
+        let sockets = Sockets {
+            engines,
+            clients,
+            notifications,
+        };
+        let bound = Bound {
+            engines: engines_at,
+            clients: clients_at,
+            notifications: notifications_at,
+        };
+        Ok((sockets, bound))
+    }
+
+    /// Takes in what subscribers sent: a subscription to everything (the
+    /// empty topic) is applied to its peer, anything else is dropped.
+    pub(super) fn accept_subscriptions(&self) {
+        let socket = self.notifications.socket();
+        while let Ok(message) = socket.recv_bytes(zmq::DONTWAIT) {
+            // In manual mode this applies to the peer that just sent.
+            let applied = match message.as_slice() {
+                [1] => socket.set_subscribe(b""),
+                [0] => socket.set_unsubscribe(b""),
+                _ => Ok(()),
+            };
+            if let Err(e) = applied {
+                debug!(error = %e, "cannot apply a subscription");
+            }
+        }
+    }
+}
+
+/// Answers what belongs to the handshake (see [`crate::auth#epochs`]): a
+/// peer's hello gets its welcome, and a genuine message of another hub
+/// start gets a welcome for no challenge, which tells its sender the hub
+/// restarted and it must say hello again. True for a hello, which needs
+/// nothing more; the other is still refused (and logged) by the caller.
+pub(super) fn answer_handshake(
+    socket: &SignedSocket,
+    identity: &[u8],
+    envelope: &Result<Envelope, MessageError>,
+) -> bool {
+    let challenge = match envelope {
+        Ok(envelope) if envelope.header.kind == MessageKind::Hello => envelope.header.id,
+        Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => 0,
+        _ => return false,
+    };
+    if let Err(e) = socket.welcome(identity, challenge) {
+        debug!(error = %e, "cannot answer a hello");
+    }
+    challenge != 0
+}
+
+/// The header of a control message (registration answers, replies,
+/// notifications): the id is the call it answers, if any.
+fn control(id: u64) -> Header {
+    Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id,
+    }
+}
+
+impl Outbox for Sockets {
+    fn tasks(
+        &mut self,
+        engine: &[u8],
+        job: JobId,
+        tasks: &[(u64, &[u8])],
+    ) -> Result<(), MessageError> {
+        match tasks {
+            [] => Ok(()),
+            [(id, request)] => {
+                let header = Header {
+                    kind: MessageKind::Request,
+                    job,
+                    id: *id,
+                };
+                self.engines.send_raw_routed(engine, &header, request)
+            }
+            [(first, _), ..] => {
+                let header = Header {
+                    kind: MessageKind::Tasks,
+                    job,
+                    id: *first,
+                };
+                let items: Vec<(u64, &serde_bytes::Bytes)> = tasks
+                    .iter()
+                    .map(|(id, request)| (*id, serde_bytes::Bytes::new(request)))
+                    .collect();
+                self.engines.send_routed(engine, &header, &items)
+            }
+        }
+    }
+
+    fn command(
+        &mut self,
+        engine: &[u8],
+        token: u64,
+        command: &Command,
+    ) -> Result<(), MessageError> {
+        let header = Header {
+            kind: MessageKind::Command,
+            job: 0,
+            id: token,
+        };
+        self.engines.send_routed(engine, &header, command)
+    }
+
+    fn to_engine(&mut self, engine: &[u8], message: &HubToEngine) {
+        if let Err(e) = self.engines.send_routed(engine, &control(0), message) {
+            debug!(error = %e, "cannot reach an engine");
+        }
+    }
+
+    fn reply(&mut self, client: &[u8], request: u64, reply: &Reply) {
+        let header = control(request);
+        match self.clients.send_routed(client, &header, reply) {
+            Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
+                let error = Reply::Error(format!(
+                    "the answer is too large to send ({e}); ask for fewer tasks, or status only"
+                ));
+                if let Err(e) = self.clients.send_routed(client, &header, &error) {
+                    debug!(error = %e, "cannot reply to a client");
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot reply to a client"),
+            Ok(()) => {}
+        }
+    }
+
+    fn result(&mut self, client: &[u8], header: &Header, body: &[u8]) {
+        if let Err(e) = self.clients.send_raw_routed(client, header, body) {
+            debug!(error = %e, job = header.job, "result not delivered (client gone); it stays in the store");
+        }
+    }
+
+    fn failure(&mut self, client: &[u8], job: JobId, task: u64, reason: &str) {
+        let result = ClusterResult::failed_here(task, "hub".into(), reason);
+        let header = Header {
+            kind: MessageKind::Result(ResultStatus::Fail),
+            job,
+            id: task,
+        };
+        if let Err(e) = self.clients.send_routed(client, &header, &result) {
+            debug!(error = %e, "cannot tell a client its task failed");
+        }
+    }
+
+    fn publish(&mut self, notification: &Notification) {
+        self.accept_subscriptions();
+        if let Err(e) = self
+            .notifications
+            .send(&control(0), notification, zmq::DONTWAIT)
+        {
+            debug!(error = %e, "cannot publish a notification");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_peer_is_held_to_a_byte_budget_not_just_a_message_count() {
+        let mib = 1 << 20;
+        // The default limit: 16 messages of 64 MiB.
+        assert_eq!(inbound_hwm("tcp://127.0.0.1:5555", 64 * mib), 16);
+        // Smaller messages: as many as fit in 256 MiB...
+        assert_eq!(inbound_hwm("ipc:///tmp/hub", mib), 256);
+        assert_eq!(inbound_hwm("tcp://*:1", 16 * mib), 16);
+        // ...up to the message cap.
+        assert_eq!(inbound_hwm("tcp://*:1", 1024), INBOUND_PER_PEER);
+        // This process's own threads are not held to it.
+        assert_eq!(
+            inbound_hwm("inproc://x-engines", 64 * mib),
+            INBOUND_PER_PEER
+        );
+        for max in [1024, 4096, mib, 3 * mib, 64 * mib] {
+            let hwm = inbound_hwm("tcp://*:1", max) as usize;
+            assert!(hwm * max <= (INBOUND_BYTES_PER_PEER).max(16 * max));
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The hub's state as plain data: engines, jobs and their tasks, the turns
+//! jobs take, the commands waiting for answers, the slot total. No socket
+//! and no store in it, so the scheduler (see [`scheduler`](super::scheduler))
+//! and its tests work on it alone.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::super::protocol::{EngineId, JobId, JobKind};
+use super::super::store::TaskId;
+use crate::message::CommandReply;
+
+/// Successful task times a job keeps for its median.
+pub(super) const DURATION_SAMPLES: usize = 101;
+
+/// An engine as the hub knows it.
+pub(super) struct Engine {
+    pub(super) id: EngineId,
+    /// Its routing identity on the engines' ROUTER (one per connection).
+    pub(super) identity: Vec<u8>,
+    pub(super) host: String,
+    pub(super) pid: u32,
+    pub(super) slots: u32,
+    pub(super) handlers: Vec<String>,
+    /// Tasks it holds (running, or queued locally), straggler copies too.
+    pub(super) running: HashSet<(JobId, u64)>,
+    pub(super) completed: u64,
+    pub(super) last_seen: Instant,
+    /// Acknowledged a kill or restart: no new tasks.
+    pub(super) leaving: bool,
+    /// A send to it failed (its connection is gone): no new tasks until it
+    /// is heard from again, or declared dead by its missed heartbeats.
+    pub(super) unreachable: bool,
+    /// The name it registered under, one per engine process (its routing
+    /// identity changes with each connection).
+    pub(super) name: String,
+}
+
+impl Engine {
+    /// An engine just registered, holding nothing.
+    pub(super) fn new(id: EngineId, identity: Vec<u8>, slots: u32, now: Instant) -> Self {
+        Engine {
+            id,
+            identity,
+            host: String::new(),
+            pid: 0,
+            slots,
+            handlers: Vec::new(),
+            running: HashSet::new(),
+            completed: 0,
+            last_seen: now,
+            leaving: false,
+            unreachable: false,
+            name: String::new(),
+        }
+    }
+
+    /// Whether it offers what a job of `kind` needs.
+    pub(super) fn can_run(&self, kind: &JobKind) -> bool {
+        match kind {
+            JobKind::Exec => true,
+            JobKind::Handler(name) => self.handlers.iter().any(|h| h == name),
+        }
+    }
+}
+
+/// A task of a job, from its arrival to its result.
+pub(super) struct Task {
+    pub(super) store_id: TaskId,
+    /// The recorded request, sent as it is (shared, so a send or a second
+    /// copy costs no copy of it).
+    pub(super) request: Arc<[u8]>,
+    pub(super) engine: Option<EngineId>,
+    pub(super) attempts: u32,
+    /// Engines it failed on or took down: a retry prefers another.
+    pub(super) failed_on: Vec<EngineId>,
+    /// Engines that died while running it.
+    pub(super) lost: u32,
+    /// When it was last sent to an engine.
+    pub(super) started: Option<Instant>,
+    /// Where a second copy runs (a straggler, speculatively re-run), and
+    /// since when.
+    pub(super) spare: Option<(EngineId, Instant)>,
+    /// A second copy runs, or won or lost already: no other is started
+    /// while the two copies both stand.
+    pub(super) speculated: bool,
+    /// Not counted against the client's credit: put back by `resubmit`
+    /// into a running job, or taken back from the store by a restarted hub
+    /// (some of which the client already has results for, and which it
+    /// does not count).
+    pub(super) uncounted: bool,
+}
+
+impl Task {
+    /// A task not run yet, or run `attempts` times before.
+    pub(super) fn new(store_id: TaskId, request: impl Into<Arc<[u8]>>, attempts: u32) -> Self {
+        Task {
+            store_id,
+            request: request.into(),
+            engine: None,
+            attempts,
+            failed_on: Vec::new(),
+            lost: 0,
+            started: None,
+            spare: None,
+            speculated: false,
+            uncounted: false,
+        }
+    }
+
+    /// Engine `engine` lost it (it left, or it `died`): a retry prefers
+    /// another, and a death counts. Whether it has now taken down `limit`
+    /// engines (a poison input).
+    pub(super) fn lost_on(&mut self, engine: EngineId, died: bool, limit: u32) -> bool {
+        self.failed_on.push(engine);
+        self.lost += u32::from(died);
+        died && self.lost >= limit.max(1)
+    }
+
+    /// The engine running its second copy.
+    pub(super) fn spare_engine(&self) -> Option<EngineId> {
+        self.spare.map(|(engine, _)| engine)
+    }
+
+    /// One of its two copies is gone (its engine died, or it failed while
+    /// the other runs): the copy on `engine` is dropped and the other runs
+    /// on alone, as the task's only copy. That one may be copied again if
+    /// it straggles in turn: the lost copy settled nothing, and a copy
+    /// that hangs must never be left to run alone.
+    pub(super) fn drop_copy(&mut self, engine: EngineId) {
+        if self.spare_engine() == Some(engine) {
+            self.spare = None;
+        } else if let (Some(e), Some((spare, since))) = (self.engine, self.spare) {
+            if e != engine {
+                return;
+            }
+            self.engine = Some(spare);
+            self.started = Some(since);
+            self.spare = None;
+        } else {
+            return;
+        }
+        self.speculated = false;
+    }
+}
+
+/// A job: its client, its queue and the tasks it has outstanding.
+pub(super) struct Job {
+    /// The routing identity of the client its results go to.
+    pub(super) client: Vec<u8>,
+    pub(super) kind: JobKind,
+    pub(super) description: String,
+    /// Tasks waiting for a slot, in the order they go.
+    pub(super) queue: VecDeque<u64>,
+    pub(super) tasks: HashMap<u64, Task>,
+    pub(super) total: Option<u64>,
+    pub(super) finished: u64,
+    /// Extra attempts for a failed task.
+    pub(super) retries: u32,
+    /// Stop dispatching at the first failure.
+    pub(super) halt_on_failure: bool,
+    /// A failure happened with `halt_on_failure`: dispatch nothing more.
+    pub(super) halted: bool,
+    /// Most of its tasks running at once across the cluster (`map -j N`
+    /// over a hub); `None`: as many as there are slots.
+    pub(super) cap: Option<u32>,
+    /// The latest successful task times, for the straggler rule.
+    pub(super) durations: VecDeque<Duration>,
+    /// Their median, refreshed every few results (sorting on every dispatch
+    /// would cost more than a no-op task).
+    pub(super) median: Option<Duration>,
+    /// Successful task times recorded in all.
+    pub(super) recorded: u64,
+    /// Tasks in `tasks` not counted against the client's credit (see
+    /// [`Task::uncounted`]).
+    pub(super) uncounted: usize,
+    /// Tasks of it on engines now, second copies apart (against `cap`).
+    pub(super) running: usize,
+}
+
+impl Job {
+    /// A job with nothing queued, no retries and no halting.
+    pub(super) fn new(client: Vec<u8>, kind: JobKind, description: String) -> Self {
+        Job {
+            client,
+            kind,
+            description,
+            queue: VecDeque::new(),
+            tasks: HashMap::new(),
+            total: None,
+            finished: 0,
+            retries: 0,
+            halt_on_failure: false,
+            halted: false,
+            cap: None,
+            durations: VecDeque::new(),
+            median: None,
+            recorded: 0,
+            uncounted: 0,
+            running: 0,
+        }
+    }
+
+    /// Takes a task out of the job.
+    pub(super) fn take(&mut self, id: u64) -> Option<Task> {
+        let task = self.tasks.remove(&id)?;
+        self.uncounted -= usize::from(task.uncounted);
+        self.running -= usize::from(task.engine.is_some());
+        Some(task)
+    }
+
+    /// Puts a task (back) into the job.
+    pub(super) fn put(&mut self, id: u64, task: Task) {
+        self.uncounted += usize::from(task.uncounted);
+        self.running += usize::from(task.engine.is_some());
+        if let Some(old) = self.tasks.insert(id, task) {
+            self.uncounted -= usize::from(old.uncounted);
+            self.running -= usize::from(old.engine.is_some());
+        }
+    }
+
+    /// Sets where task `id` runs (`None`: nowhere), keeping the count of
+    /// its running tasks.
+    pub(super) fn set_engine(&mut self, id: u64, engine: Option<EngineId>) {
+        if let Some(task) = self.tasks.get_mut(&id) {
+            self.running += usize::from(engine.is_some());
+            self.running -= usize::from(task.engine.is_some());
+            task.engine = engine;
+        }
+    }
+
+    /// Tasks the client has outstanding, against its credit.
+    pub(super) fn client_tasks(&self) -> usize {
+        self.tasks.len() - self.uncounted
+    }
+
+    /// Records the time a task took to succeed, for the prefetch depth and
+    /// the straggler rule.
+    pub(super) fn record_duration(&mut self, took: Duration) {
+        if self.durations.len() == DURATION_SAMPLES {
+            self.durations.pop_front();
+        }
+        self.durations.push_back(took);
+        self.recorded += 1;
+        if self.recorded < 16 || self.recorded % 16 == 0 {
+            let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
+            sorted.sort_unstable();
+            self.median = sorted.get(sorted.len() / 2).copied();
+        }
+    }
+
+    /// The median of its recent successful task times.
+    pub(super) fn median(&self) -> Option<Duration> {
+        self.median
+    }
+}
+
+/// What a command to the engines is for: it decides the reply.
+pub(super) enum CommandPurpose {
+    Kill,
+    Ping,
+    Shutdown,
+}
+
+/// A command sent to engines, waiting for their replies.
+pub(super) struct PendingCommand {
+    pub(super) client: Vec<u8>,
+    pub(super) request: u64,
+    pub(super) purpose: CommandPurpose,
+    pub(super) waiting: HashSet<EngineId>,
+    pub(super) replies: Vec<(EngineId, CommandReply)>,
+    /// Engines asked that never answered (gone, or too slow).
+    pub(super) silent: Vec<EngineId>,
+    pub(super) deadline: Instant,
+}
+
+/// Everything the hub knows of engines, jobs and commands.
+pub(super) struct State {
+    pub(super) engines: HashMap<EngineId, Engine>,
+    pub(super) by_identity: HashMap<Vec<u8>, EngineId>,
+    pub(super) jobs: HashMap<JobId, Job>,
+    /// Jobs with queued tasks take turns in this order.
+    pub(super) turns: VecDeque<JobId>,
+    pub(super) commands: HashMap<u64, PendingCommand>,
+    /// Slots of all registered engines.
+    pub(super) total_slots: usize,
+    pub(super) next_token: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            engines: HashMap::new(),
+            by_identity: HashMap::new(),
+            jobs: HashMap::new(),
+            turns: VecDeque::new(),
+            commands: HashMap::new(),
+            total_slots: 0,
+            next_token: 1,
+        }
+    }
+}
+
+impl State {
+    /// Gives `job` a turn for free slots, unless it has one already.
+    pub(super) fn take_turn(&mut self, job: JobId) {
+        if !self.turns.contains(&job) {
+            self.turns.push_back(job);
+        }
+    }
+
+    /// Adds a registered engine and its slots (one at least).
+    pub(super) fn add_engine(&mut self, mut engine: Engine) {
+        engine.slots = engine.slots.max(1);
+        self.by_identity.insert(engine.identity.clone(), engine.id);
+        self.total_slots += engine.slots as usize;
+        self.engines.insert(engine.id, engine);
+    }
+
+    /// Removes an engine and its slots; what it held is the caller's.
+    pub(super) fn remove_engine(&mut self, id: EngineId) -> Option<Engine> {
+        let engine = self.engines.remove(&id)?;
+        self.total_slots = self.total_slots.saturating_sub(engine.slots as usize);
+        self.by_identity.remove(&engine.identity);
+        Some(engine)
+    }
+
+    /// Task `task` of job `job`, if both are live.
+    pub(super) fn task(&self, job: JobId, task: u64) -> Option<&Task> {
+        self.jobs.get(&job).and_then(|j| j.tasks.get(&task))
+    }
+
+    /// Forgets `job` if it is closed and every task of it finished.
+    pub(super) fn retire_if_done(&mut self, job_id: JobId) -> bool {
+        let done = self.jobs.get(&job_id).is_some_and(|job| {
+            job.total.is_some_and(|t| job.finished >= t) && job.tasks.is_empty()
+        });
+        if done {
+            self.jobs.remove(&job_id);
+        }
+        done
+    }
+}

@@ -1,0 +1,286 @@
+//! Reactions of the hub on plain state, a memory store and a recording
+//! outbox: no socket, no process.
+
+use super::*;
+
+#[test]
+fn the_message_limit_stays_within_what_every_peer_accepts() {
+    let limit = |max_message| {
+        HubOptions {
+            max_message,
+            ..HubOptions::default()
+        }
+        .message_limit()
+    };
+    assert_eq!(limit(0), 1024);
+    assert_eq!(limit(5 << 20), 5 << 20);
+    assert_eq!(limit(usize::MAX), MAX_MESSAGE_BYTES);
+}
+
+mod reactions {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::super::outbox::{Recorder, Sent};
+    use super::super::state::Engine;
+    use super::super::Core;
+    use super::*;
+    use crate::hub::protocol::{ClientCall, EngineId, HubToEngine, JobId, JobKind, Reply};
+    use crate::hub::store::StoreOptions;
+    use crate::message::{
+        encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind,
+        ResultMetadata, ResultStatus,
+    };
+
+    const CLIENT: &[u8] = b"client";
+
+    fn hub(options: HubOptions) -> Core<Recorder> {
+        let store = store::open_with(":memory:", &StoreOptions::default()).expect("memory store");
+        Core::new(Recorder::default(), store, options, 1)
+    }
+
+    /// Registers an engine named `name` with `slots` slots; its id.
+    fn engine(hub: &mut Core<Recorder>, name: &str, slots: u32) -> EngineId {
+        let identity = name.as_bytes().to_vec();
+        hub.register(Engine {
+            name: name.into(),
+            ..Engine::new(0, identity.clone(), slots, Instant::now())
+        });
+        hub.state.by_identity[&identity]
+    }
+
+    /// Opens a job and submits tasks `1..=tasks` to it.
+    fn job(hub: &mut Core<Recorder>, tasks: u64) -> JobId {
+        let open = ClientCall::OpenJob {
+            kind: JobKind::Exec,
+            description: "test".into(),
+            retries: 0,
+            halt_on_failure: false,
+            cap: None,
+        };
+        hub.on_call(CLIENT.to_vec(), 1, open).expect("opened");
+        let job = match hub.outbox.take().pop() {
+            Some(Sent::Reply {
+                reply: Reply::JobOpened { job, .. },
+                ..
+            }) => job,
+            other => panic!("not opened: {other:?}"),
+        };
+        for id in 1..=tasks {
+            let header = Header {
+                kind: MessageKind::Request,
+                job,
+                id,
+            };
+            let frames = frames(&header, &ClusterRequest::new(id, Vec::new())).expect("frames");
+            hub.on_client(CLIENT.to_vec(), Envelope::from_frames(&frames));
+        }
+        job
+    }
+
+    /// Engine `engine` answers task `id` of `job`.
+    fn answer(hub: &mut Core<Recorder>, engine: EngineId, job: JobId, id: u64, ok: bool) {
+        let status = if ok {
+            ResultStatus::Ok
+        } else {
+            ResultStatus::Fail
+        };
+        let result = ClusterResult {
+            id,
+            status,
+            payload: Vec::new(),
+            request_metadata: Default::default(),
+            metadata: ResultMetadata {
+                host: "h".into(),
+                pid: 1,
+                worker: "w".into(),
+                started: SystemTime::now(),
+                elapsed: Duration::ZERO,
+            },
+            exception: (!ok).then(|| "failed".to_string()),
+        };
+        let body = encode_value(&result, "result").expect("encoded");
+        let header = Header::result(job, &result);
+        hub.on_result(engine, header, &body, status);
+    }
+
+    /// The tasks sent to `engine`, in order.
+    fn tasks_to(sent: &[Sent], engine: &str) -> Vec<u64> {
+        sent.iter()
+            .filter_map(|s| match s {
+                Sent::Tasks {
+                    engine: to, tasks, ..
+                } if to == engine.as_bytes() => Some(tasks.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_engines_tasks_go_back_to_the_front_of_their_queue() {
+        let mut hub = hub(HubOptions::default());
+        let a = engine(&mut hub, "a", 1);
+        let job = job(&mut hub, 5);
+        hub.dispatch();
+        // One slot, and a backlog: the task and one prefetched.
+        assert_eq!(tasks_to(&hub.outbox.take(), "a"), [1, 2]);
+        hub.unregister(a, "missed 3 heartbeats", true);
+        let mut front: Vec<u64> = hub.state.jobs[&job].queue.iter().copied().collect();
+        front[..2].sort_unstable();
+        assert_eq!(front, [1, 2, 3, 4, 5]);
+        // They are the first to run again.
+        engine(&mut hub, "b", 1);
+        hub.dispatch();
+        let mut again = tasks_to(&hub.outbox.take(), "b");
+        again.sort_unstable();
+        assert_eq!(again, [1, 2]);
+    }
+
+    #[test]
+    fn a_task_that_took_down_poison_limit_engines_fails() {
+        let mut hub = hub(HubOptions {
+            poison_limit: 2,
+            ..HubOptions::default()
+        });
+        let job = job(&mut hub, 1);
+        // An engine that leaves (rather than dies) costs the task nothing.
+        let gone = engine(&mut hub, "gone", 1);
+        hub.dispatch();
+        hub.unregister(gone, "left", false);
+        for (died, name) in ["a", "b"].into_iter().enumerate() {
+            let id = engine(&mut hub, name, 1);
+            hub.dispatch();
+            assert_eq!(tasks_to(&hub.outbox.take(), name), [1]);
+            hub.unregister(id, "missed 3 heartbeats", true);
+            let failed = hub.outbox.take().into_iter().any(|s| {
+                matches!(s, Sent::Failure { job: j, task: 1, ref reason, .. }
+                    if j == job && reason.starts_with("2 engines died"))
+            });
+            assert_eq!(failed, died == 1, "after {} deaths", died + 1);
+        }
+        // Failed and finished: nothing left to run.
+        assert!(!hub.state.jobs.contains_key(&job) || hub.state.jobs[&job].tasks.is_empty());
+    }
+
+    #[test]
+    fn the_first_copy_of_a_straggler_to_finish_wins_and_the_other_is_cancelled() {
+        let mut hub = hub(HubOptions::default());
+        let a = engine(&mut hub, "a", 1);
+        let job = job(&mut hub, 1);
+        hub.dispatch();
+        assert_eq!(tasks_to(&hub.outbox.take(), "a"), [1]);
+        let b = engine(&mut hub, "b", 1);
+        hub.outbox.take();
+        {
+            let j = hub.state.jobs.get_mut(&job).expect("job");
+            for _ in 0..5 {
+                j.record_duration(Duration::from_millis(10));
+            }
+            let task = j.tasks.get_mut(&1).expect("task");
+            task.started = Instant::now().checked_sub(Duration::from_secs(10));
+        }
+        hub.speculate();
+        assert_eq!(tasks_to(&hub.outbox.take(), "b"), [1]);
+        // The copy finishes first: its result goes to the client, and the
+        // original is cancelled.
+        answer(&mut hub, b, job, 1, true);
+        let sent = hub.outbox.take();
+        assert!(sent.contains(&Sent::ToEngine {
+            engine: b"a".to_vec(),
+            message: HubToEngine::CancelTask { job, id: 1 },
+        }));
+        let delivered = |sent: &[Sent]| {
+            sent.iter()
+                .filter(|s| matches!(s, Sent::Result { header, .. } if header.id == 1))
+                .count()
+        };
+        assert_eq!(delivered(&sent), 1);
+        // The loser's answer (cancelled) is a duplicate: dropped.
+        answer(&mut hub, a, job, 1, false);
+        let sent = hub.outbox.take();
+        assert_eq!(delivered(&sent), 0);
+        assert!(!sent.iter().any(|s| matches!(s, Sent::Failure { .. })));
+    }
+
+    #[test]
+    fn an_engine_that_cannot_be_reached_gets_no_more_and_its_tasks_go_elsewhere() {
+        let mut hub = hub(HubOptions::default());
+        engine(&mut hub, "a", 1);
+        engine(&mut hub, "b", 1);
+        hub.outbox.unreachable.insert(b"a".to_vec());
+        let job = job(&mut hub, 2);
+        hub.dispatch();
+        let a = hub.state.by_identity[&b"a".to_vec()];
+        assert!(hub.state.engines[&a].unreachable);
+        assert!(hub.state.engines[&a].running.is_empty());
+        let sent = hub.outbox.take();
+        assert_eq!(tasks_to(&sent, "b").len(), 1);
+        let queued: Vec<u64> = hub.state.jobs[&job].queue.iter().copied().collect();
+        assert_eq!(queued.len(), 1);
+        let task = &hub.state.jobs[&job].tasks[&queued[0]];
+        assert_eq!((task.engine, task.attempts), (None, 0));
+    }
+}
+
+mod specs {
+    use std::time::SystemTime;
+
+    use serde::Serialize;
+
+    use super::super::recovery::JobSpec;
+    use crate::hub::protocol::JobKind;
+    use crate::hub::store::JobRecord;
+    use crate::message::encode_value;
+
+    fn record(spec: Vec<u8>) -> JobRecord {
+        JobRecord {
+            id: 1,
+            submitted: SystemTime::now(),
+            client: "described".into(),
+            spec,
+            total: None,
+        }
+    }
+
+    #[test]
+    fn a_job_keeps_its_cap_in_the_store_and_older_specs_have_none() {
+        let spec = JobSpec {
+            kind: JobKind::Handler("h".into()),
+            description: "d".into(),
+            retries: 2,
+            halt_on_failure: true,
+            client: b"c".to_vec(),
+            cap: Some(3),
+        };
+        let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
+        assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        // As a hub before caps wrote it: still carried on, retries and all.
+        #[derive(Serialize)]
+        struct Before {
+            kind: JobKind,
+            description: String,
+            retries: u32,
+            halt_on_failure: bool,
+            client: Vec<u8>,
+        }
+        let before = Before {
+            kind: JobKind::Exec,
+            description: "d".into(),
+            retries: 2,
+            halt_on_failure: true,
+            client: b"c".to_vec(),
+        };
+        let back = JobSpec::of(&record(encode_value(&before, "spec").expect("encoded")));
+        assert_eq!(
+            (back.cap, back.retries, back.halt_on_failure),
+            (None, 2, true)
+        );
+        assert_eq!(back.client, b"c");
+        // Not a spec at all: a command job under the record's description.
+        let back = JobSpec::of(&record(vec![0xff; 3]));
+        assert_eq!(
+            (back.kind, back.description),
+            (JobKind::Exec, "described".into())
+        );
+    }
+}
