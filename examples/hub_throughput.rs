@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         kind: JobKind::Handler("noop".into()),
         description: "hub throughput".into(),
         retries: 0,
-        halt_on_failure: false,
+        halt: None,
         cap: None,
     })?;
     let Reply::JobOpened { job, credit, .. } = opened else {

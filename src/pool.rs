@@ -490,7 +490,7 @@ where
                 kind: JobKind::Handler(handler.to_string()),
                 description: format!("{handler} (pool)"),
                 retries: 0,
-                halt_on_failure: false,
+                halt: None,
                 cap: None,
             },
         )?;

@@ -58,7 +58,7 @@ fn echo_job(client: &mut HubClient) -> JobHandle {
         kind: JobKind::Handler("echo".into()),
         description: "limits".into(),
         retries: 0,
-        halt_on_failure: false,
+        halt: None,
         cap: None,
     };
     JobHandle::open(client, open).expect("a job")

@@ -37,7 +37,7 @@ fn nap_job(slots: usize, description: &str) -> (EmbeddedCluster, HubClient, JobH
         kind: JobKind::Handler("nap".into()),
         description: description.into(),
         retries: 0,
-        halt_on_failure: false,
+        halt: None,
         cap: None,
     };
     let handle = JobHandle::open(&mut client, open).unwrap();
@@ -155,7 +155,7 @@ fn two_jobs_on_one_client_each_get_their_own_results_live() {
         kind: JobKind::Handler("nap".into()),
         description: "second of two".into(),
         retries: 0,
-        halt_on_failure: false,
+        halt: None,
         cap: None,
     };
     let mut second = JobHandle::open(&mut client, open).unwrap();

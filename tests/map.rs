@@ -38,7 +38,7 @@ fn reads_at_most_a_window_ahead_of_the_oldest_unfinished_task() {
     };
     let cluster = EmbeddedCluster::start(options.jobs).unwrap();
     let mut backend =
-        HubBackend::open(cluster.client().unwrap(), "sleep".into(), 0, false, None).unwrap();
+        HubBackend::open(cluster.client().unwrap(), "sleep".into(), 0, None, None).unwrap();
     let mut emitted = 0u64;
     let mut widest = 0u64;
     let stop = options.stop.clone();
@@ -87,7 +87,7 @@ fn every_input_once_in_order_with_chunks() {
         let inputs = (1..=300u64).map(|i| Ok(i.to_string().into_bytes()));
         let cluster = EmbeddedCluster::start(options.jobs).unwrap();
         let mut backend =
-            HubBackend::open(cluster.client().unwrap(), "echo".into(), 0, false, None).unwrap();
+            HubBackend::open(cluster.client().unwrap(), "echo".into(), 0, None, None).unwrap();
         let mut seen = Vec::new();
         let summary = run_map(
             inputs,

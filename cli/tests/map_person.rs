@@ -896,3 +896,84 @@ fn help_is_written_for_the_person_running_it() {
         assert!(examples.len() >= 2, "`zcluster {command} --help`:\n{help}");
     }
 }
+
+/// Runs `zcluster map ARGS --shell -- SCRIPT` over `inputs` (one per line),
+/// where each task first appends its `{#}` to a log; the map's exit code,
+/// its stderr, and the tasks that started, in the order they did.
+fn halting_map(args: &[&str], inputs: &str, script: &str) -> (Option<i32>, String, Vec<u64>) {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("started");
+    let file = dir.path().join("inputs");
+    std::fs::write(&file, inputs).unwrap();
+    let output = zcluster()
+        .arg("map")
+        .args(args)
+        .arg(&file)
+        .args(["--shell", "--"])
+        .arg(format!("echo {{#}} >> {}; {script}", log.display()))
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    let started = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        started,
+    )
+}
+
+/// Item 4: once a failure is known to the hub, no task of the job starts
+/// (nothing of it waits prefetched at an engine), and GNU parallel's
+/// `--halt` forms are understood.
+#[test]
+fn halt_soon_starts_nothing_after_the_failure_and_takes_gnu_parallels_forms() {
+    // -j1: task 2 fails; task 3 must never start.
+    let (code, stderr, started) =
+        halting_map(&["-j1", "--halt", "soon"], "0\n1\n0\n0\n0\n0\n", "exit {}");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(started, [1, 2], "{stderr}");
+    assert!(stderr.contains("4 not run"), "{stderr}");
+    // soon,fail=3 with -j1: the third failure ends it, not the first.
+    let (code, stderr, started) = halting_map(
+        &["-j1", "--halt", "soon,fail=3"],
+        "1\n0\n1\n0\n1\n0\n1\n0\n",
+        "exit {}",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(started, [1, 2, 3, 4, 5], "{stderr}");
+    assert!(stderr.contains("3 failed"), "{stderr}");
+    // now,success=1: the first success ends the map with status 0, the
+    // other running task killed.
+    let (code, stderr, started) = halting_map(
+        &["-j2", "--halt", "now,success=1"],
+        "1\n0\n1\n1\n1\n1\n1\n1\n",
+        "if [ {} = 0 ]; then sleep 0.2; exit 0; else sleep 30; fi",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut started = started;
+    started.sort_unstable();
+    assert_eq!(started, [1, 2], "{stderr}");
+    assert!(
+        stderr.contains("1 cancelled") && stderr.contains("halted"),
+        "{stderr}"
+    );
+    // now,fail=50%: judged against all 4 inputs, so the second failure.
+    let (code, stderr, _) = halting_map(
+        &["-j1", "--halt", "now,fail=50%"],
+        "1\n0\n1\n0\n",
+        "exit {}",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("2 failed"), "{stderr}");
+    // A form it does not know is a usage error naming what it expected.
+    zcluster()
+        .args(["map", "--halt", "soon,fial=3", "--", "true"])
+        .timeout(FAIL_AFTER)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("expected fail=N"));
+}

@@ -8,9 +8,9 @@ use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
-use super::protocol::{AttachInfo, ClientCall, JobId, JobKind, Reply, TaskReport};
+use super::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind, Reply, TaskReport};
 use crate::auth::{AuthError, Channel, Key};
-use crate::map::{Backend, ChunkDone, ExecChunk, MapError};
+use crate::map::{Backend, ChunkDone, ExecChunk, Halt, HaltOn, MapError, Threshold};
 use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
 use crate::socket::millis;
 
@@ -838,24 +838,47 @@ pub enum AttachLength {
     Any,
 }
 
+/// The part of a map's `--halt` rule the hub applies by itself: a count
+/// (a percentage needs the number of inputs, which only the map knows; the
+/// job is still not prefetched, so the map's halt leaves nothing queued at
+/// an engine).
+pub fn halt_at_hub(halt: Halt, on: HaltOn) -> Option<HaltAt> {
+    if halt == Halt::Never {
+        return None;
+    }
+    Some(match on {
+        HaltOn::Failures(Threshold::Count(n)) => HaltAt {
+            failures: Some(n.max(1)),
+            successes: None,
+        },
+        HaltOn::Successes(Threshold::Count(n)) => HaltAt {
+            failures: None,
+            successes: Some(n.max(1)),
+        },
+        HaltOn::Failures(Threshold::Percent(_)) | HaltOn::Successes(Threshold::Percent(_)) => {
+            HaltAt::default()
+        }
+    })
+}
+
 impl HubBackend {
     /// Opens a command job on the hub: the hub runs a failed task up to
-    /// `retries` more times (elsewhere when it can), with
-    /// `halt_on_failure` stops dispatching at the first final failure, and
+    /// `retries` more times (elsewhere when it can), with a `halt` rule
+    /// prefetches none of its tasks and stops dispatching when it is met, and
     /// with a `cap` runs at most that many of its tasks at once across the
     /// cluster (`map -j N`; `None`: as many as there are free slots).
     pub fn open(
         mut client: HubClient,
         description: String,
         retries: u32,
-        halt_on_failure: bool,
+        halt: Option<HaltAt>,
         cap: Option<u32>,
     ) -> Result<Self, ClientError> {
         let call = ClientCall::OpenJob {
             kind: JobKind::Exec,
             description,
             retries,
-            halt_on_failure,
+            halt,
             cap,
         };
         let handle = JobHandle::open(&mut client, call)?;

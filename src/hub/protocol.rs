@@ -103,6 +103,34 @@ pub enum JobKind {
     Handler(String),
 }
 
+/// When the hub halts a job by itself, for its client's `--halt`: it
+/// starts none of the job's tasks once `failures` of them have failed for
+/// good, or `successes` have succeeded (`None`: not on that count; a
+/// percentage is the client's to judge, as only it knows the total). A job
+/// with a halt rule is never prefetched: none of its tasks waits in an
+/// engine's queue, so none starts once the hub has halted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HaltAt {
+    /// Tasks failed for good (retries spent) that halt the job.
+    pub failures: Option<u64>,
+    /// Tasks succeeded that halt the job.
+    pub successes: Option<u64>,
+}
+
+impl HaltAt {
+    /// Halts at the first task that fails for good: `--halt soon` and
+    /// `--halt now`.
+    pub const FIRST_FAILURE: HaltAt = HaltAt {
+        failures: Some(1),
+        successes: None,
+    };
+
+    /// Whether `failed` and `succeeded` tasks meet the rule.
+    pub fn reached(&self, failed: u64, succeeded: u64) -> bool {
+        self.failures.is_some_and(|n| failed >= n) || self.successes.is_some_and(|n| succeeded >= n)
+    }
+}
+
 /// Client to hub: one call, answered by one [`Reply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientCall {
@@ -117,9 +145,10 @@ pub enum ClientCall {
         /// Run a failed task up to this many more times, on another engine
         /// when there is one; only the last attempt's result is sent back.
         retries: u32,
-        /// Stop dispatching the job's tasks at its first (final) failure
-        /// (the client's `--halt`), without waiting for the client to react.
-        halt_on_failure: bool,
+        /// The client's `--halt`: the job is never prefetched to an
+        /// engine, and the hub stops dispatching it when the rule is met,
+        /// without waiting for the client to react.
+        halt: Option<HaltAt>,
         /// Most of the job's tasks running at once across the cluster
         /// (`zcluster map --hub FILE -j N`), enforced by the hub's
         /// scheduler; `None`: as many as there are free slots.

@@ -61,6 +61,49 @@ pub enum Halt {
     Now,
 }
 
+/// What sets a halt off: GNU parallel's `fail=` and `success=` (`--halt
+/// soon` alone is `soon,fail=1`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HaltOn {
+    /// Tasks failed (or timed out) for good, retries spent.
+    Failures(Threshold),
+    /// Tasks succeeded.
+    Successes(Threshold),
+}
+
+/// How many tasks set a halt off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// This many.
+    Count(u64),
+    /// This percentage of all the inputs: judged once the input has ended
+    /// and their number is known (as GNU parallel, which reads them all).
+    Percent(f64),
+}
+
+impl Default for HaltOn {
+    fn default() -> Self {
+        HaltOn::Failures(Threshold::Count(1))
+    }
+}
+
+impl HaltOn {
+    /// Whether `failed` and `succeeded` tasks, of `total` inputs if known,
+    /// set the halt off.
+    pub fn reached(&self, failed: u64, succeeded: u64, total: Option<u64>) -> bool {
+        let (count, threshold) = match *self {
+            HaltOn::Failures(t) => (failed, t),
+            HaltOn::Successes(t) => (succeeded, t),
+        };
+        match threshold {
+            Threshold::Count(n) => count >= n.max(1),
+            Threshold::Percent(p) => {
+                total.is_some_and(|total| count > 0 && count as f64 * 100.0 >= p * total as f64)
+            }
+        }
+    }
+}
+
 /// How to run a map; plain data, so library users and tests never touch the
 /// command line.
 #[derive(Debug, Clone)]
@@ -80,8 +123,10 @@ pub struct MapOptions {
     /// Extra attempts for a failed or timed-out task, made by the backend
     /// (the hub retries on another engine when it can).
     pub retries: u32,
-    /// What to do after the first failure.
+    /// What to do once `halt_on` is met.
     pub halt: Halt,
+    /// When to halt (default: at the first failure).
+    pub halt_on: HaltOn,
     /// Tasks per request to a worker.
     pub chunksize: usize,
     /// Memory bound, in tasks (see the module docs).
@@ -100,6 +145,7 @@ impl Default for MapOptions {
             timeout_of_median: None,
             retries: 0,
             halt: Halt::Never,
+            halt_on: HaltOn::default(),
             chunksize: 1,
             window: DEFAULT_WINDOW,
             stop: Arc::new(AtomicBool::new(false)),
@@ -367,6 +413,9 @@ pub struct MapSummary {
     pub cancelled_tasks: Vec<(u64, String)>,
     /// The map was stopped through [`MapOptions::stop`].
     pub interrupted: bool,
+    /// The map halted because enough tasks succeeded (`--halt
+    /// now,success=1`): a success, whatever it left unrun.
+    pub halted_on_success: bool,
     /// Wall-clock time.
     pub wall: Duration,
 }
@@ -378,6 +427,9 @@ const LISTED_FAILURES: usize = 10;
 impl MapSummary {
     /// Whether every task succeeded and nothing was skipped.
     pub fn success(&self) -> bool {
+        if self.halted_on_success {
+            return !self.interrupted;
+        }
         self.ok == self.total && self.not_run == 0 && !self.unread && !self.interrupted
     }
 
@@ -579,26 +631,23 @@ where
             }
             tracing::debug!(seq, status = record.status().as_str(), "task finished");
             finished(&record).map_err(MapError::Output)?;
-            if record.status() != TaskStatus::Ok && !summary.interrupted {
-                match options.halt {
-                    Halt::Never => {}
-                    Halt::Soon => {
-                        if !halted {
-                            for id in backend.withdraw() {
-                                outstanding.remove(&id);
-                            }
-                        }
-                        halted = true;
-                    }
-                    Halt::Now => {
-                        if !halted {
-                            for id in backend.cancel() {
-                                outstanding.remove(&id);
-                            }
-                        }
-                        halted = true;
-                    }
+            let known_total = exhausted.then(|| next_seq - 1);
+            let failed = summary.failed + summary.timed_out;
+            if options.halt != Halt::Never
+                && !halted
+                && !summary.interrupted
+                && options.halt_on.reached(failed, summary.ok, known_total)
+            {
+                let stopped = if options.halt == Halt::Now {
+                    backend.cancel()
+                } else {
+                    backend.withdraw()
+                };
+                for id in stopped {
+                    outstanding.remove(&id);
                 }
+                halted = true;
+                summary.halted_on_success = matches!(options.halt_on, HaltOn::Successes(_));
             }
             order.push(record, &mut emit)?;
         }

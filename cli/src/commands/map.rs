@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use zcluster::exec::ExitKind;
-use zcluster::hub::client::{AttachLength, HubBackend};
+use zcluster::hub::client::{halt_at_hub, AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{
-    run_map_with, Halt, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus, DEFAULT_WINDOW,
+    run_map_with, Halt, HaltOn, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus,
+    Threshold, DEFAULT_WINDOW,
 };
 use zcluster::template::CommandTemplate;
 
@@ -71,8 +72,12 @@ pub struct MapArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     retries: u32,
     /// After the first failure: keep going, stop starting tasks, or kill all.
-    #[arg(long, value_enum, default_value_t = HaltArg::Never)]
-    halt: HaltArg,
+    ///
+    /// GNU parallel's forms: `soon,fail=3` (after 3 failures), `now,fail=10%`
+    /// (after 10% of the inputs failed), `now,success=1` (once one task
+    /// succeeded: exit 0). `soon` and `now` alone halt at the first failure.
+    #[arg(long, default_value = "never", value_parser = parse_halt, value_name = "WHEN[,fail=N|N%|,success=N|N%]")]
+    halt: (Halt, HaltOn),
     /// Inputs per request to a worker (1 suits commands; see README).
     #[arg(long, default_value_t = 1, value_name = "N")]
     chunksize: usize,
@@ -142,11 +147,43 @@ fn parse_timeout(text: &str) -> Result<TimeoutArg, String> {
     Ok(TimeoutArg::Fixed(limit))
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum HaltArg {
-    Never,
-    Soon,
-    Now,
+/// `--halt`: `never`, `soon` or `now`, with GNU parallel's `,fail=N`,
+/// `,fail=N%`, `,success=N` or `,success=N%`.
+fn parse_halt(text: &str) -> Result<(Halt, HaltOn), String> {
+    let (when, rule) = match text.split_once(',') {
+        Some((when, rule)) => (when, Some(rule)),
+        None => (text, None),
+    };
+    let halt = match when {
+        "never" => Halt::Never,
+        "soon" => Halt::Soon,
+        "now" => Halt::Now,
+        _ => return Err(format!("{when:?}: expected never, soon or now")),
+    };
+    let Some(rule) = rule else {
+        return Ok((halt, HaltOn::default()));
+    };
+    if halt == Halt::Never {
+        return Err("never takes no condition".into());
+    }
+    let expected = || format!("{rule:?}: expected fail=N, fail=N%, success=N or success=N%");
+    let (what, amount) = rule.split_once('=').ok_or_else(expected)?;
+    let threshold = match amount.strip_suffix('%') {
+        Some(percent) => match percent.parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Threshold::Percent(p),
+            _ => return Err(format!("{amount:?}: a percentage above 0 and at most 100")),
+        },
+        None => match amount.parse::<u64>() {
+            Ok(n) if n > 0 => Threshold::Count(n),
+            _ => return Err(format!("{amount:?}: a count of at least 1")),
+        },
+    };
+    let on = match what {
+        "fail" => HaltOn::Failures(threshold),
+        "success" => HaltOn::Successes(threshold),
+        _ => return Err(expected()),
+    };
+    Ok((halt, on))
 }
 
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
@@ -197,11 +234,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
         retries: args.retries,
-        halt: match args.halt {
-            HaltArg::Never => Halt::Never,
-            HaltArg::Soon => Halt::Soon,
-            HaltArg::Now => Halt::Now,
-        },
+        halt: args.halt.0,
+        halt_on: args.halt.1,
         chunksize: args.chunksize,
         window: args.window,
         stop,
@@ -221,9 +255,10 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     // code path as a lab's cluster.
     // As the user would type it again: quoted where needed.
     let description = template.to_string();
-    // The hub itself retries, and stops dispatching at the first final
-    // failure, so a halt never races a task that starts meanwhile.
-    let halt_on_failure = options.halt != Halt::Never;
+    // The hub itself retries, prefetches nothing of a job that may halt,
+    // and stops dispatching when a counted halt rule is met, so a halt
+    // never races a task that starts meanwhile.
+    let halt = halt_at_hub(options.halt, options.halt_on);
     // With --hosts, a hub here and a worker per host over ssh.
     let hosts = super::launch::cluster_for_map(&args.hosts, options.stop.clone())?;
     let (cluster, mut backend) = match &args.hub {
@@ -232,20 +267,14 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             let client = client.context("no hub for the hosts")?;
             // `-j N` caps the job across the hosts, as over any hub.
             let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
-            let backend =
-                HubBackend::open(client, description, options.retries, halt_on_failure, cap)?;
+            let backend = HubBackend::open(client, description, options.retries, halt, cap)?;
             (None, backend)
         }
         None => {
             let cluster = EmbeddedCluster::start(options.jobs)?;
             // The embedded cluster has `jobs` slots: no cap beyond them.
-            let backend = HubBackend::open(
-                cluster.client()?,
-                description,
-                options.retries,
-                halt_on_failure,
-                None,
-            )?;
+            let backend =
+                HubBackend::open(cluster.client()?, description, options.retries, halt, None)?;
             (Some(cluster), backend)
         }
         Some(path) => {
@@ -277,7 +306,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                         hub.client(&ctx)?,
                         description,
                         options.retries,
-                        halt_on_failure,
+                        halt,
                         cap,
                     )?;
                     eprintln!(
@@ -661,6 +690,8 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
         line += "; stopped: standard output closed";
     } else if s.interrupted {
         line += "; interrupted";
+    } else if s.halted_on_success {
+        line += "; halted: enough tasks succeeded (--halt)";
     }
     for (what, listed, all) in [
         ("failed", &s.failures, s.failed + s.timed_out),

@@ -165,17 +165,10 @@ impl<O: Outbox> Core<O> {
                 kind,
                 description,
                 retries,
-                halt_on_failure,
+                halt,
                 cap,
             } => {
-                let spec = JobSpec {
-                    kind,
-                    description,
-                    retries,
-                    halt_on_failure,
-                    client: client.clone(),
-                    cap,
-                };
+                let spec = JobSpec::new(kind, description, retries, halt, client.clone(), cap);
                 self.open_job(spec)?
             }
             ClientCall::CloseJob { job, total } => self.close_job(job, total)?,

@@ -9,21 +9,38 @@ use tracing::info;
 use super::outbox::Outbox;
 use super::state::{Job, Task};
 use super::{Core, HubError};
-use crate::hub::protocol::{JobId, JobKind};
+use crate::hub::protocol::{HaltAt, JobId, JobKind};
 use crate::hub::store::{JobRecord, TaskState};
 use crate::message::decode_value;
 
 /// What the store keeps of a job besides its id: enough for a restarted hub
-/// to carry it on, and to route its results to its client.
+/// to carry it on, and to route its results to its client. Fields are only
+/// ever added at the end, so that an older spec fails to decode as a newer
+/// one (it ends too soon) and is read by its own shape below.
 #[derive(Serialize, Deserialize)]
 pub(super) struct JobSpec {
     pub(super) kind: JobKind,
     pub(super) description: String,
     pub(super) retries: u32,
-    pub(super) halt_on_failure: bool,
+    /// Whether it has a halt rule (older specs: halt at the first failure).
+    pub(super) halts: bool,
     pub(super) client: Vec<u8>,
     /// Most tasks running at once (see [`Job::cap`]).
     pub(super) cap: Option<u32>,
+    /// Its halt rule (see [`Job::halt`]); `None` with `halts` set is an
+    /// older spec's first failure.
+    pub(super) halt: Option<HaltAt>,
+}
+
+/// A spec as stores written before jobs had a halt rule hold it.
+#[derive(Deserialize)]
+struct CappedSpec {
+    kind: JobKind,
+    description: String,
+    retries: u32,
+    halts: bool,
+    client: Vec<u8>,
+    cap: Option<u32>,
 }
 
 /// A spec as stores written before jobs had a cap hold it.
@@ -32,35 +49,66 @@ struct UncappedSpec {
     kind: JobKind,
     description: String,
     retries: u32,
-    halt_on_failure: bool,
+    halts: bool,
     client: Vec<u8>,
 }
 
 impl JobSpec {
-    /// The spec stored with `record` (one written before caps existed has
-    /// none); a command job with no retries under the record's description
-    /// if it does not decode.
+    /// The spec of a job opened now.
+    pub(super) fn new(
+        kind: JobKind,
+        description: String,
+        retries: u32,
+        halt: Option<HaltAt>,
+        client: Vec<u8>,
+        cap: Option<u32>,
+    ) -> Self {
+        JobSpec {
+            kind,
+            description,
+            retries,
+            halts: halt.is_some(),
+            client,
+            cap,
+            halt,
+        }
+    }
+
+    /// The spec stored with `record` (an older one has no cap or halt rule
+    /// of its own); a command job with no retries under the record's
+    /// description if it does not decode.
     pub(super) fn of(record: &JobRecord) -> Self {
         if let Ok(spec) = decode_value::<JobSpec>(&record.spec, "job spec") {
             return spec;
         }
+        let old = |halts: bool| halts.then_some(HaltAt::FIRST_FAILURE);
+        if let Ok(s) = decode_value::<CappedSpec>(&record.spec, "job spec") {
+            return JobSpec::new(
+                s.kind,
+                s.description,
+                s.retries,
+                old(s.halts),
+                s.client,
+                s.cap,
+            );
+        }
         match decode_value::<UncappedSpec>(&record.spec, "job spec") {
-            Ok(old) => JobSpec {
-                kind: old.kind,
-                description: old.description,
-                retries: old.retries,
-                halt_on_failure: old.halt_on_failure,
-                client: old.client,
-                cap: None,
-            },
-            Err(_) => JobSpec {
-                kind: JobKind::Exec,
-                description: record.client.clone(),
-                retries: 0,
-                halt_on_failure: false,
-                client: Vec::new(),
-                cap: None,
-            },
+            Ok(s) => JobSpec::new(
+                s.kind,
+                s.description,
+                s.retries,
+                old(s.halts),
+                s.client,
+                None,
+            ),
+            Err(_) => JobSpec::new(
+                JobKind::Exec,
+                record.client.clone(),
+                0,
+                None,
+                Vec::new(),
+                None,
+            ),
         }
     }
 
@@ -68,7 +116,10 @@ impl JobSpec {
     pub(super) fn into_job(self) -> Job {
         let mut job = Job::new(self.client, self.kind, self.description);
         job.retries = self.retries;
-        job.halt_on_failure = self.halt_on_failure;
+        job.halt = match self.halt {
+            None if self.halts => Some(HaltAt::FIRST_FAILURE),
+            rule => rule,
+        };
         job.cap = self.cap;
         job
     }

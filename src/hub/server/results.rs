@@ -97,7 +97,14 @@ impl<O: Outbox> Core<O> {
             return;
         }
         job.finished += 1;
-        if status == ResultStatus::Fail && job.halt_on_failure {
+        match status {
+            ResultStatus::Ok => job.succeeded += 1,
+            ResultStatus::Fail => job.failed += 1,
+        }
+        if job
+            .halt
+            .is_some_and(|rule| rule.reached(job.failed, job.succeeded))
+        {
             job.halted = true;
         }
         let error = match status {

@@ -11,7 +11,8 @@
 //! - **prefetch by task length**: while a job's backlog is longer than all
 //!   the slots, an engine may hold a few tasks per slot, the more the
 //!   shorter its tasks (to hide the round trip to the hub), none at the
-//!   tail;
+//!   tail, and none for a job with a halt rule (`--halt`), so that nothing
+//!   of it waits at an engine to start after the hub halted it;
 //! - **fair turns**: jobs with queued tasks take turns, one batch each;
 //! - **retry elsewhere**: a retried task goes to an engine it has not
 //!   failed on while there is one;
@@ -88,7 +89,12 @@ impl Job {
     /// the shorter its tasks, the more it takes to hide the round trip
     /// between a result and the next task (a few for tasks of a second,
     /// many for tasks of microseconds, which cost nothing to wait behind).
+    /// A job with a halt rule gets none: a task of it waits at the hub, not
+    /// in an engine's queue, so none starts once the hub halted it.
     pub(super) fn prefetch_depth(&self) -> u32 {
+        if self.halt.is_some() {
+            return 1;
+        }
         match self.median() {
             // Engines run tasks this short several to a message on one
             // slot, and need a deep queue to keep each slot busy through

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::super::protocol::{EngineId, JobId, JobKind};
+use super::super::protocol::{EngineId, HaltAt, JobId, JobKind};
 use super::super::store::TaskId;
 use crate::message::CommandReply;
 
@@ -158,10 +158,13 @@ pub(super) struct Job {
     pub(super) finished: u64,
     /// Extra attempts for a failed task.
     pub(super) retries: u32,
-    /// Stop dispatching at the first failure.
-    pub(super) halt_on_failure: bool,
-    /// A failure happened with `halt_on_failure`: dispatch nothing more.
+    /// Its client's `--halt`: no prefetch, and a rule that halts it.
+    pub(super) halt: Option<HaltAt>,
+    /// Its halt rule was met: dispatch nothing more.
     pub(super) halted: bool,
+    /// Tasks that failed for good, and that succeeded (against `halt`).
+    pub(super) failed: u64,
+    pub(super) succeeded: u64,
     /// Most of its tasks running at once across the cluster (`map -j N`
     /// over a hub); `None`: as many as there are slots.
     pub(super) cap: Option<u32>,
@@ -191,8 +194,10 @@ impl Job {
             total: None,
             finished: 0,
             retries: 0,
-            halt_on_failure: false,
+            halt: None,
             halted: false,
+            failed: 0,
+            succeeded: 0,
             cap: None,
             durations: VecDeque::new(),
             median: None,

@@ -24,7 +24,7 @@ mod reactions {
     use super::super::state::Engine;
     use super::super::Core;
     use super::*;
-    use crate::hub::protocol::{ClientCall, EngineId, HubToEngine, JobId, JobKind, Reply};
+    use crate::hub::protocol::{ClientCall, EngineId, HaltAt, HubToEngine, JobId, JobKind, Reply};
     use crate::hub::store::StoreOptions;
     use crate::message::{
         encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind,
@@ -50,11 +50,16 @@ mod reactions {
 
     /// Opens a job and submits tasks `1..=tasks` to it.
     fn job(hub: &mut Core<Recorder>, tasks: u64) -> JobId {
+        job_halting(hub, tasks, None)
+    }
+
+    /// The same, with a halt rule.
+    fn job_halting(hub: &mut Core<Recorder>, tasks: u64, halt: Option<HaltAt>) -> JobId {
         let open = ClientCall::OpenJob {
             kind: JobKind::Exec,
             description: "test".into(),
             retries: 0,
-            halt_on_failure: false,
+            halt,
             cap: None,
         };
         hub.on_call(CLIENT.to_vec(), 1, open).expect("opened");
@@ -134,6 +139,47 @@ mod reactions {
         let mut again = tasks_to(&hub.outbox.take(), "b");
         again.sort_unstable();
         assert_eq!(again, [1, 2]);
+    }
+
+    #[test]
+    fn the_hub_halts_a_job_when_its_rule_is_met_and_starts_nothing_more() {
+        let rules = [
+            (
+                HaltAt {
+                    failures: Some(2),
+                    successes: None,
+                },
+                [false, true, false],
+            ),
+            (
+                HaltAt {
+                    failures: None,
+                    successes: Some(1),
+                },
+                [false, false, true],
+            ),
+        ];
+        for (rule, outcomes) in rules {
+            let mut hub = hub(HubOptions::default());
+            let a = engine(&mut hub, "a", 1);
+            let job = job_halting(&mut hub, 10, Some(rule));
+            let mut ran = Vec::new();
+            for ok in outcomes {
+                hub.dispatch();
+                // One slot and a long backlog, yet nothing prefetched.
+                let sent = tasks_to(&hub.outbox.take(), "a");
+                assert_eq!(sent.len(), 1, "{rule:?}: {sent:?}");
+                ran.push(sent[0]);
+                answer(&mut hub, a, job, sent[0], ok);
+            }
+            hub.dispatch();
+            assert!(
+                tasks_to(&hub.outbox.take(), "a").is_empty(),
+                "{rule:?}: a task started after the rule was met"
+            );
+            assert_eq!(ran, [1, 2, 3], "{rule:?}");
+            assert!(hub.state.jobs[&job].halted, "{rule:?}");
+        }
     }
 
     #[test]
@@ -228,7 +274,7 @@ mod specs {
     use serde::Serialize;
 
     use super::super::recovery::JobSpec;
-    use crate::hub::protocol::JobKind;
+    use crate::hub::protocol::{HaltAt, JobKind};
     use crate::hub::store::JobRecord;
     use crate::message::encode_value;
 
@@ -243,17 +289,47 @@ mod specs {
     }
 
     #[test]
-    fn a_job_keeps_its_cap_in_the_store_and_older_specs_have_none() {
-        let spec = JobSpec {
-            kind: JobKind::Handler("h".into()),
+    fn a_job_keeps_its_cap_and_halt_rule_in_the_store_and_older_specs_theirs() {
+        let rule = HaltAt {
+            failures: Some(3),
+            successes: None,
+        };
+        let spec = JobSpec::new(
+            JobKind::Handler("h".into()),
+            "d".into(),
+            2,
+            Some(rule),
+            b"c".to_vec(),
+            Some(3),
+        );
+        let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
+        assert_eq!(back.halt, Some(rule));
+        assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        // As a hub before halt rules wrote it: a cap, and a halt on the
+        // first failure.
+        #[derive(Serialize)]
+        struct Capped {
+            kind: JobKind,
+            description: String,
+            retries: u32,
+            halt_on_failure: bool,
+            client: Vec<u8>,
+            cap: Option<u32>,
+        }
+        let capped = Capped {
+            kind: JobKind::Exec,
             description: "d".into(),
             retries: 2,
             halt_on_failure: true,
             client: b"c".to_vec(),
-            cap: Some(3),
+            cap: Some(4),
         };
-        let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
-        assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        let back = JobSpec::of(&record(encode_value(&capped, "spec").expect("encoded")));
+        assert_eq!(
+            (back.cap, back.retries, &back.client[..]),
+            (Some(4), 2, &b"c"[..])
+        );
+        assert_eq!(back.into_job().halt, Some(HaltAt::FIRST_FAILURE));
         // As a hub before caps wrote it: still carried on, retries and all.
         #[derive(Serialize)]
         struct Before {
@@ -271,11 +347,9 @@ mod specs {
             client: b"c".to_vec(),
         };
         let back = JobSpec::of(&record(encode_value(&before, "spec").expect("encoded")));
-        assert_eq!(
-            (back.cap, back.retries, back.halt_on_failure),
-            (None, 2, true)
-        );
+        assert_eq!((back.cap, back.retries, back.halts), (None, 2, true));
         assert_eq!(back.client, b"c");
+        assert_eq!(back.into_job().halt, Some(HaltAt::FIRST_FAILURE));
         // Not a spec at all: a command job under the record's description.
         let back = JobSpec::of(&record(vec![0xff; 3]));
         assert_eq!(

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::hub::protocol::JobKind;
+use crate::hub::protocol::{HaltAt, JobKind};
 use crate::hub::server::state::{Engine, Job, State, Task};
 
 /// Adds engine `id` with `slots` slots (identity `e{id}`).
@@ -343,4 +343,20 @@ fn an_unsent_copy_is_simply_not_started() {
     assert_eq!(held(&state, 2), 0);
     // It may be tried again.
     assert_eq!(speculate(&mut state, start + STRAGGLER_FLOOR * 3).len(), 1);
+}
+
+#[test]
+fn a_job_that_may_halt_is_never_prefetched_and_a_halted_one_gets_nothing() {
+    let mut state = State::default();
+    engine(&mut state, 1, 2);
+    // Microsecond tasks, which would otherwise go 64 to a slot.
+    job(&mut state, 7, 1000, Some(Duration::from_micros(50))).halt = Some(HaltAt::FIRST_FAILURE);
+    dispatch(&mut state, Instant::now());
+    assert_eq!(held(&state, 1), 2, "one task per slot, none queued behind");
+    // Halted: a free slot takes nothing more of it.
+    let running: Vec<u64> = state.engines[&1].running.iter().map(|&(_, t)| t).collect();
+    finish(&mut state, 7, running[0]);
+    state.jobs.get_mut(&7).expect("job").halted = true;
+    assert!(dispatch(&mut state, Instant::now()).is_empty());
+    assert_eq!(held(&state, 1), 1);
 }
