@@ -950,8 +950,14 @@ fn usage_errors_name_the_file_the_job_or_the_hub() {
     hub.cmd("resubmit")
         .arg("999999")
         .assert()
-        .failure()
+        .code(2)
         .stderr(predicate::str::contains("999999"));
+    // So is an engine it never had.
+    hub.cmd("purge")
+        .args(["--engine", "999999"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no engine 999999"));
     // map to a missing connection file: a usage error before any work.
     zcluster()
         .args(["map", "--hub"])

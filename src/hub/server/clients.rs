@@ -415,7 +415,16 @@ impl<O: Outbox> Core<O> {
                 self.state.jobs.remove(&job);
                 self.store.purge_job(job)
             }
-            PurgeTarget::Engine(engine) => self.store.purge_engine(engine),
+            PurgeTarget::Engine(engine) => match self.store.purge_engine(engine) {
+                // Neither registered nor in the store: a typo, said as one
+                // (as `results` does for a job it has no record of).
+                Ok(0) if !self.state.engines.contains_key(&engine) => {
+                    return Reply::Error(format!(
+                        "no engine {engine} on this hub, and no task recorded for it"
+                    ));
+                }
+                outcome => outcome,
+            },
             PurgeTarget::AllCompleted => self.store.purge_completed(),
         };
         match outcome {
