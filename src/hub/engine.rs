@@ -645,6 +645,7 @@ fn connect(
             ctx,
             url,
             &key,
+            &options.connection.curve,
             Channel::EngineToHub,
             Channel::HubToEngine,
             name,

@@ -4,7 +4,8 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | [`connection`] | the connection file (URLs and key, mode 0600) |
+//! | [`connection`] | the connection file (URLs and keys, mode 0600) |
+//! | [`curve`] | CURVE on every hub socket: only holders of the connection file complete a handshake |
 //! | [`protocol`] | what engines, clients and the hub say to each other |
 //! | [`server`] | the hub's event loop: registration, heartbeats, dispatch by credit, queries |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory |
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod commit;
 pub mod connection;
+pub mod curve;
 pub mod embedded;
 pub mod engine;
 pub mod link;

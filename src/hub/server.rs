@@ -36,6 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::commit::{self, CommitLog, Gate};
 use super::connection::{ConnectionError, ConnectionInfo};
+use super::curve::{self, CurveKeys, ZapHandler};
 use super::protocol::{
     AttachInfo, ClientCall, EngineId, EngineMessage, EngineStatus, HubInfo, HubStatus, HubToEngine,
     JobId, JobKind, JobStatus, Notification, PurgeTarget, Reply, ResultItem, TaskReport,
@@ -519,6 +520,9 @@ pub struct Hub {
     held: Gate<Held>,
     /// Why the line stopped: the store cannot write (see [`Hub::release`]).
     stopped: Option<String>,
+    /// Admits the cluster's CURVE client key on the sockets above for as
+    /// long as the hub lives (see [`curve`]); held for its drop.
+    _zap: ZapHandler,
 }
 
 /// What the hub lets out only once the store has committed its write
@@ -662,7 +666,7 @@ fn inbound_hwm(url: &str, max_message: usize) -> i32 {
 
 /// Largest subscription message the notification socket takes (a flag byte
 /// and a topic; the only topic honoured is the empty one).
-const SUBSCRIPTION_BYTES: i64 = 64;
+const SUBSCRIPTION_BYTES: i64 = 512;
 
 /// Subscription messages buffered per peer before the hub stops reading it.
 const SUBSCRIPTIONS_IN_FLIGHT: i32 = 64;
@@ -694,6 +698,7 @@ fn router(
     kind: zmq::SocketType,
     url: &str,
     max_message: usize,
+    keys: &CurveKeys,
 ) -> Result<(zmq::Socket, String), HubError> {
     let bind = |operation, source| HubError::Bind {
         operation,
@@ -741,6 +746,7 @@ fn router(
             .set_maxmsgsize(max_message as i64)
             .map_err(|e| bind("configure", e))?;
     }
+    curve::server(&mut socket, keys).map_err(|e| bind("set CURVE up on", e))?;
     socket.bind(url).map_err(|e| bind("bind", e))?;
     let endpoint =
         last_endpoint(&socket).map_err(|_| bind("read the endpoint of", zmq::Error::EINVAL))?;
@@ -771,11 +777,17 @@ impl Hub {
                 notifications,
             } => (engines.clone(), clients.clone(), notifications.clone()),
         };
+        let key = match &options.key {
+            Some(key) => key.clone(),
+            None => ConnectionInfo::new_key()?,
+        };
+        let keys = CurveKeys::derive(&key).map_err(ConnectionError::from)?;
+        let zap = ZapHandler::start(ctx, &keys).map_err(ConnectionError::from)?;
         let max = options.message_limit();
-        let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url, max)?;
-        let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max)?;
+        let (engines_socket, engines) = router(ctx, zmq::ROUTER, &engines_url, max, &keys)?;
+        let (clients_socket, clients) = router(ctx, zmq::ROUTER, &clients_url, max, &keys)?;
         let (notifications, notifications_endpoint) =
-            router(ctx, zmq::XPUB, &notifications_url, max)?;
+            router(ctx, zmq::XPUB, &notifications_url, max, &keys)?;
         let store = store::open_with(
             &options.store,
             &StoreOptions {
@@ -783,10 +795,6 @@ impl Hub {
             },
         )?;
         let commits = store.commits();
-        let key = match &options.key {
-            Some(key) => key.clone(),
-            None => ConnectionInfo::new_key()?,
-        };
         let signing = Key::from_hex(&key).map_err(ConnectionError::BadKey)?;
         // This start's epoch: every message to or from the hub is signed for
         // it, so nothing captured before this start is obeyed (never 0,
@@ -822,6 +830,7 @@ impl Hub {
             notifications: reachable(notifications_endpoint),
             key,
             store: store.location(),
+            curve: keys,
         };
         let hub = Hub {
             engines_socket,
@@ -844,6 +853,7 @@ impl Hub {
             commits,
             held: Gate::default(),
             stopped: None,
+            _zap: zap,
         }
         .recovered()?;
         if let Some(path) = &hub.options.connection_file {
