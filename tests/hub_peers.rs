@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use zcluster::auth::{AuthError, Channel};
 use zcluster::hub::client::{HubClient, JobHandle};
 use zcluster::hub::connection::ConnectionInfo;
+use zcluster::hub::curve::{self, CurveKeys, ZapHandler};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
 use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind};
@@ -110,6 +111,9 @@ fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
     let attacker = ctx.socket(zmq::DEALER).unwrap();
     attacker.set_sndhwm(1).unwrap();
     attacker.set_linger(0).unwrap();
+    // With the CURVE keys (a buggy or hostile holder of the file): without
+    // them the handshake fails and nothing is queued at all.
+    curve::client(&attacker, &hub.connection().curve).unwrap();
     attacker.connect(&hub.connection().clients).unwrap();
     let frame = vec![0x5a_u8; MAX - 1024];
     let (mut sent, mut last_sent) = (0, Instant::now());
@@ -194,11 +198,15 @@ fn messages_over_the_hubs_limit_fail_instead_of_vanishing() {
     handle.close(&mut client, 3).unwrap();
 }
 
-/// A raw engine socket: a DEALER with this routing identity.
-fn dealer(ctx: &zmq::Context, identity: &[u8], url: &str) -> zmq::Socket {
+/// A raw engine socket: a DEALER with this routing identity (and the
+/// cluster's CURVE keys, for a hub's port).
+fn dealer(ctx: &zmq::Context, identity: &[u8], url: &str, keys: Option<&CurveKeys>) -> zmq::Socket {
     let socket = ctx.socket(zmq::DEALER).unwrap();
     socket.set_identity(identity).unwrap();
     socket.set_linger(0).unwrap();
+    if let Some(keys) = keys {
+        curve::client(&socket, keys).unwrap();
+    }
     socket.connect(url).unwrap();
     socket
 }
@@ -215,7 +223,12 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
     let key = hub.connection().signing_key().unwrap();
     let cluster = running(&ctx, hub, 1);
     let mut engine_a = SignedSocket::peer(
-        dealer(&ctx, b"engine-a", &cluster.connection().engines),
+        dealer(
+            &ctx,
+            b"engine-a",
+            &cluster.connection().engines,
+            Some(&cluster.connection().curve),
+        ),
         &key,
         Channel::EngineToHub,
         Channel::HubToEngine,
@@ -246,7 +259,7 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
     path.bind("inproc://on-the-path").unwrap();
     let delivered = |identity: &[u8]| {
         let mut peer = SignedSocket::new(
-            dealer(&ctx, identity, "inproc://on-the-path"),
+            dealer(&ctx, identity, "inproc://on-the-path", None),
             &key,
             Channel::EngineToHub,
             Channel::HubToEngine,
@@ -279,17 +292,21 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
 #[test]
 fn an_engine_refused_at_registration_tries_again() {
     let ctx = zmq::Context::new();
-    let router = ctx.socket(zmq::ROUTER).unwrap();
+    let key_hex = ConnectionInfo::new_key().unwrap();
+    let keys = CurveKeys::derive(&key_hex).unwrap();
+    let _zap = ZapHandler::start(&ctx, &keys).unwrap();
+    let mut router = ctx.socket(zmq::ROUTER).unwrap();
     router.set_linger(0).unwrap();
+    curve::server(&mut router, &keys).unwrap();
     router.bind("tcp://127.0.0.1:*").unwrap();
     let engines = router.get_last_endpoint().unwrap().unwrap();
-    let key_hex = ConnectionInfo::new_key().unwrap();
     let connection = ConnectionInfo {
         engines,
         clients: "tcp://127.0.0.1:9".into(),
         notifications: "tcp://127.0.0.1:9".into(),
         key: key_hex,
         store: ":memory:".into(),
+        curve: keys,
     };
     let mut hub = SignedSocket::hub(
         router,

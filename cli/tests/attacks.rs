@@ -4,16 +4,28 @@
 //! from what the victim says), and signed messages captured before a hub
 //! restart and played to the new hub. Each attack worked before the hub
 //! stopped handing identities over and bound signatures to its start.
+//!
+//! And below the messages, CURVE: a peer without the connection file's
+//! keys (plain ZeroMQ, or a client key of its own) fails the handshake at
+//! every port, a never-ending message from it is cut off at its greeting,
+//! and a tap on the wire sees no task's input.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use zcluster::auth::{Channel, Signer};
 use zcluster::hub::connection::ConnectionInfo;
+use zcluster::hub::curve::CurveKeys;
 use zcluster::hub::protocol::ClientCall;
 
 use crate::common::*;
@@ -216,7 +228,7 @@ fn a_keyless_peer_under_an_engines_identity_costs_it_nothing() {
 fn captured_call(file: &Path, call: &ClientCall) -> (zmq::Context, zmq::Socket, Vec<Vec<u8>>) {
     let info = read_connection(file);
     let ctx = zmq::Context::new();
-    let member = raw_dealer(&ctx, &info.clients, b"member");
+    let member = raw_dealer(&ctx, &info.clients, &info.curve, b"member");
     member.set_rcvtimeo(5000).unwrap();
     let mut signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
     learn_epoch(&member, &mut signer);
@@ -249,7 +261,7 @@ fn a_shutdown_captured_before_a_restart_is_not_obeyed_after_it() {
     restart(&mut hub);
     let info = read_connection(&hub.file);
     let ctx = zmq::Context::new();
-    let replayer = raw_dealer(&ctx, &info.clients, b"replayer");
+    let replayer = raw_dealer(&ctx, &info.clients, &info.curve, b"replayer");
     replayer.send_multipart(&shutdown, 0).unwrap();
     assert!(
         !answered(&replayer, 9),
@@ -287,7 +299,7 @@ fn a_kill_captured_before_a_restart_kills_no_worker_after_it() {
     });
     let info = read_connection(&hub.file);
     let ctx = zmq::Context::new();
-    let replayer = raw_dealer(&ctx, &info.clients, b"replayer");
+    let replayer = raw_dealer(&ctx, &info.clients, &info.curve, b"replayer");
     replayer.send_multipart(&captured, 0).unwrap();
     assert!(!answered(&replayer, 9), "the replayed kill was answered");
     // Give a kill every chance to arrive: an engine acknowledges at once.
@@ -301,15 +313,17 @@ fn a_kill_captured_before_a_restart_kills_no_worker_after_it() {
     assert_eq!(hub.engines().len(), 2);
 }
 
-/// A connection file whose key is not the hub's: the hub answers nothing,
-/// and the client says that the key is the likely cause rather than only
-/// that the hub did not answer (the hub's port did complete the ZeroMQ
-/// handshake, so something listens there); the hub logs a bad signature.
+/// A connection file whose keys are not the hub's (another cluster's, or
+/// one from before `--fresh`): the hub answers nothing, and the client says
+/// that the key is the likely cause rather than only that the hub did not
+/// answer (the hub's port took the connection and failed the CURVE
+/// handshake, so something listens there).
 #[test]
 fn a_wrong_key_is_named_as_the_likely_cause() {
     let hub = Hub::start();
     let mut info = read_connection(&hub.file);
     info.key = ConnectionInfo::new_key().unwrap();
+    info.curve = CurveKeys::derive(&info.key).unwrap();
     let wrong = hub.dir().join("wrong-key.json");
     info.write(&wrong).unwrap();
     let output = zcluster()
@@ -325,6 +339,264 @@ fn a_wrong_key_is_named_as_the_likely_cause() {
             && stderr.contains("key is probably not this hub's"),
         "{stderr}"
     );
+    // Its keys are another cluster's: the handshake fails, so nothing it
+    // sent reached the hub's code to be refused there.
     let log = hub.proc.log();
-    assert!(log.contains("bad signature"), "{log}");
+    assert!(!log.contains("bad signature"), "{log}");
+}
+
+/// Waits for `hub`'s status to answer, then returns its log.
+fn settled_log(hub: &Hub) -> String {
+    hub.cmd("status").assert().success();
+    hub.proc.log()
+}
+
+/// A peer without the connection file (plain ZeroMQ, the NULL mechanism)
+/// at each of the hub's ports fails the handshake, so none of its frames,
+/// garbage or a well-formed but unsigned call, reach the hub's code: the
+/// hub logs no bad message and its state is unchanged. Before CURVE the
+/// handshake succeeded and the hub read, hashed and dropped each message.
+#[test]
+fn a_peer_without_the_keys_fails_the_handshake_at_every_port() {
+    let mut hub = Hub::start();
+    let ctx = zmq::Context::new();
+    for (port, kind) in [
+        ("engines", zmq::DEALER),
+        ("clients", zmq::DEALER),
+        ("notifications", zmq::SUB),
+    ] {
+        let socket = ctx.socket(kind).unwrap();
+        socket.set_linger(0).unwrap();
+        let monitor = monitored(&ctx, &socket, port);
+        socket.connect(&hub_url(&hub.file, port)).unwrap();
+        if kind == zmq::SUB {
+            socket.set_subscribe(b"").unwrap();
+        } else {
+            let call = call_frames(None, 5, &ClientCall::Shutdown { workers: true });
+            socket.send_multipart(&call, zmq::DONTWAIT).unwrap();
+            socket.send(&b"\x00garbage"[..], zmq::DONTWAIT).unwrap();
+        }
+        let outcome = handshake_outcome(&monitor, FAIL_AFTER);
+        drop(socket);
+        drop(monitor);
+        match outcome {
+            Some((zmq::SocketEvent::HANDSHAKE_SUCCEEDED, _)) => {
+                panic!("a peer without the keys completed a handshake at the {port} port")
+            }
+            Some(_) => {}
+            None => panic!("no handshake outcome at the {port} port within {FAIL_AFTER:?}"),
+        }
+    }
+    let log = settled_log(&hub);
+    assert!(!log.contains("bad message"), "{log}");
+    assert!(hub.proc.running(), "{log}");
+    assert!(hub.engines().is_empty());
+}
+
+/// A peer that knows the hub's public key (it is no secret to CURVE) but
+/// presents a client key of its own is refused by the hub's ZAP handler
+/// (status 400) at the engine and client ports, and the hub says so once
+/// in its log; nothing it sent reaches the hub's code.
+#[test]
+fn a_client_key_the_hub_does_not_know_is_refused_with_400() {
+    let hub = Hub::start();
+    let info = read_connection(&hub.file);
+    let ctx = zmq::Context::new();
+    let stranger = zmq::CurveKeyPair::new().unwrap();
+    for port in ["engines", "clients"] {
+        let socket = ctx.socket(zmq::DEALER).unwrap();
+        socket.set_linger(0).unwrap();
+        socket
+            .set_curve_serverkey(&zmq::z85_decode(&info.curve.server_public).unwrap())
+            .unwrap();
+        socket.set_curve_publickey(&stranger.public_key).unwrap();
+        socket.set_curve_secretkey(&stranger.secret_key).unwrap();
+        let monitor = monitored(&ctx, &socket, port);
+        socket.connect(&hub_url(&hub.file, port)).unwrap();
+        socket.send(&b"\x00garbage"[..], zmq::DONTWAIT).unwrap();
+        let outcome = handshake_outcome(&monitor, FAIL_AFTER);
+        drop(socket);
+        drop(monitor);
+        assert_eq!(
+            outcome,
+            Some((zmq::SocketEvent::HANDSHAKE_FAILED_AUTH, 400)),
+            "at the {port} port"
+        );
+    }
+    let log = settled_log(&hub);
+    assert!(
+        log.contains("refusing a connection without the cluster's CURVE key"),
+        "{log}"
+    );
+    assert!(!log.contains("bad message"), "{log}");
+}
+
+/// A TCP relay between a client and the hub that keeps every byte it
+/// carries, both ways: a tap on the wire.
+struct Tap {
+    url: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    accepting: Option<thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    fn to(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("tcp://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("tcp://").to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepting = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((client, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = TcpStream::connect(&target) else {
+                        continue;
+                    };
+                    for (from, to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        let seen = seen.clone();
+                        thread::spawn(move || relay(from, to, &seen));
+                    }
+                }
+            })
+        };
+        Tap {
+            url,
+            seen,
+            stop,
+            accepting: Some(accepting),
+        }
+    }
+
+    fn saw(&self, needle: &[u8]) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn bytes(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+    }
+}
+
+/// Copies `from` to `to`, keeping a copy, until either side closes.
+fn relay(mut from: TcpStream, mut to: TcpStream, seen: &Mutex<Vec<u8>>) {
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        seen.lock().unwrap().extend_from_slice(&buffer[..n]);
+        if to.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+/// A tap on the wire between `zcluster map` and the hub carries the whole
+/// job (the map succeeds through it) but none of a task's input or output
+/// in clear. Before CURVE every input crossed in plaintext.
+#[test]
+fn a_tap_on_the_wire_sees_no_task_input() {
+    const SECRET: &str = "tap-secret-input-4f1c2a9e";
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 1);
+    let tap = Tap::to(&hub_url(&hub.file, "clients"));
+    let text = fs::read_to_string(&hub.file).unwrap();
+    let mut info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    info["clients"] = serde_json::Value::String(tap.url.clone());
+    let tapped = hub.dir().join("tapped.json");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tapped)
+        .unwrap();
+    writeln!(file, "{info}").unwrap();
+    drop(file);
+    let inputs = input_file(hub.dir(), "secret.txt", &[SECRET]);
+    let output = zcluster()
+        .args(["map", "--no-progress", "--hub"])
+        .arg(&tapped)
+        .arg(&inputs)
+        .args(["--", "echo"])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{SECRET}\n")
+    );
+    assert!(tap.bytes() > 0, "the map's traffic went through the tap");
+    assert!(
+        !tap.saw(SECRET.as_bytes()),
+        "the task's input crossed the wire in clear ({} bytes seen)",
+        tap.bytes()
+    );
+}
+
+/// A peer without the keys that opens a connection and then sends one
+/// message that never ends (frame after frame, each with MORE set) gets
+/// no further than its greeting: the hub hangs up, so its writes fail
+/// after no more than the sockets' buffers hold, and the hub's memory
+/// does not grow. Before CURVE the hub took every frame, buffering the
+/// unfinished message (64 MiB went in unrefused).
+#[test]
+fn a_never_ending_message_without_the_keys_is_cut_off_at_the_greeting() {
+    const FRAME_BYTES: usize = 64 << 10;
+    const GIVE_UP_BYTES: usize = 64 << 20;
+    const BUFFERS_BYTES: usize = 16 << 20;
+    let hub = Hub::start();
+    let url = hub_url(&hub.file, "clients");
+    let mut stream = TcpStream::connect(url.trim_start_matches("tcp://")).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let frame = zmtp_more_frame(&vec![0x5a; FRAME_BYTES]);
+    let started = Instant::now();
+    let mut written = 0;
+    let mut refused = stream.write_all(&zmtp_null_opening("DEALER")).is_err();
+    while !refused && written < GIVE_UP_BYTES && started.elapsed() < FAIL_AFTER {
+        match stream.write_all(&frame) {
+            Ok(()) => written += frame.len(),
+            Err(_) => refused = true,
+        }
+    }
+    eprintln!(
+        "{} KiB of one unfinished message written in {:?} before the hub {}",
+        written >> 10,
+        started.elapsed(),
+        if refused { "hung up" } else { "was left" }
+    );
+    assert!(
+        refused && written < BUFFERS_BYTES,
+        "the hub took {} KiB of a never-ending message from a peer without the keys",
+        written >> 10
+    );
+    let log = settled_log(&hub);
+    assert!(!log.contains("bad message"), "{log}");
 }

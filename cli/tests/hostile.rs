@@ -6,6 +6,10 @@
 //! result exactly once and in order, and the hub must still be alive and
 //! small.
 //!
+//! The hostile peers here hold the cluster's CURVE keys (read from the
+//! connection file), so their frames reach the hub's code: what a peer
+//! without them gets (nothing past the handshake) is `attacks.rs`'s.
+//!
 //! Nothing here depends on whether messages are signed: the random messages
 //! are dropped either way, and a random body that happens to decode as a
 //! well-formed call is never sent (an unsigned but well-formed call is a
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
+use zcluster::hub::curve::{self, CurveKeys};
 use zcluster::hub::protocol::{ClientCall, EngineMessage};
 use zcluster::message::{self, Header, MessageKind, ResultStatus, PROTOCOL};
 
@@ -40,11 +45,12 @@ const LINGER_MS: i32 = 5000;
 /// Inputs of the map that must come through.
 const INPUTS: usize = 200;
 
-/// The three URLs of the connection file.
+/// The three URLs of the connection file, and its CURVE keys.
 struct Ports {
     engines: String,
     clients: String,
     notifications: String,
+    curve: CurveKeys,
 }
 
 impl Ports {
@@ -62,6 +68,7 @@ impl Ports {
             engines: url("engines"),
             clients: url("clients"),
             notifications: url("notifications"),
+            curve: serde_json::from_value(info["curve"].clone()).expect("CURVE keys"),
         }
     }
 
@@ -265,15 +272,17 @@ fn event_code(event: &[Vec<u8>]) -> u16 {
     u16::from_le_bytes([first[0], first[1]])
 }
 
-/// A socket of `kind` connected to `url`, with a monitor to tell whether
-/// its handshake succeeded.
+/// A socket of `kind` connected to `url` with the cluster's CURVE `keys`,
+/// with a monitor to tell whether its handshake succeeded.
 fn hostile_socket(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     url: &str,
+    keys: &CurveKeys,
 ) -> (zmq::Socket, zmq::Socket) {
     static MONITORS: AtomicUsize = AtomicUsize::new(0);
     let socket = ctx.socket(kind).expect("create a socket");
+    curve::client(&socket, keys).expect("CURVE keys");
     // Queue only to a peer whose handshake is done; flush at close.
     socket.set_immediate(true).unwrap();
     socket.set_linger(LINGER_MS).unwrap();
@@ -308,9 +317,9 @@ struct Conn {
 
 impl Conn {
     /// Connects and waits (bounded) for the handshake.
-    fn open(kind: zmq::SocketType, name: &'static str, url: &str) -> Self {
+    fn open(kind: zmq::SocketType, name: &'static str, url: &str, keys: &CurveKeys) -> Self {
         let ctx = zmq::Context::new();
-        let (socket, monitor) = hostile_socket(&ctx, kind, url);
+        let (socket, monitor) = hostile_socket(&ctx, kind, url, keys);
         assert!(
             handshake_within(&monitor, FAIL_AFTER),
             "a {kind:?} socket never completed its handshake with the hub's {name} port {url}"
@@ -392,9 +401,10 @@ fn attack_with(
     kind: zmq::SocketType,
     name: &'static str,
     url: &str,
+    keys: &CurveKeys,
     count: usize,
 ) {
-    let conn = Conn::open(kind, name, url);
+    let conn = Conn::open(kind, name, url, keys);
     conn.send(attacker, count);
     conn.close();
 }
@@ -418,7 +428,7 @@ fn mismatched_kinds(ports: &Ports) {
             ]
         };
         for &kind in kinds {
-            let (socket, monitor) = hostile_socket(&ctx, kind, url);
+            let (socket, monitor) = hostile_socket(&ctx, kind, url, &ports.curve);
             socket.set_linger(0).unwrap();
             // With ZMQ_IMMEDIATE nothing is queued without a handshake.
             let _ = socket.send(PROTOCOL, zmq::DONTWAIT);
@@ -553,15 +563,25 @@ fn hostile_input_at_every_port() {
 
     // The engine and client ports (ROUTER): the kinds that can talk to one.
     for (name, url) in [("engines", &ports.engines), ("clients", &ports.clients)] {
-        attack_with(&mut attacker, zmq::DEALER, name, url, 600);
-        attack_with(&mut attacker, zmq::REQ, name, url, 200);
+        attack_with(&mut attacker, zmq::DEALER, name, url, &ports.curve, 600);
+        attack_with(&mut attacker, zmq::REQ, name, url, &ports.curve, 200);
     }
     // The notification port (PUB): subscriptions from a SUB, anything from
     // an XSUB. The hub reads what subscribers sent only when it publishes,
     // so they stay connected while an engine registers and leaves.
-    let sub = Conn::open(zmq::SUB, "notifications", &ports.notifications);
+    let sub = Conn::open(
+        zmq::SUB,
+        "notifications",
+        &ports.notifications,
+        &ports.curve,
+    );
     sub.send(&mut attacker, 200);
-    let xsub = Conn::open(zmq::XSUB, "notifications", &ports.notifications);
+    let xsub = Conn::open(
+        zmq::XSUB,
+        "notifications",
+        &ports.notifications,
+        &ports.curve,
+    );
     xsub.send(&mut attacker, 300);
     drop(hub.workers(1, 1));
     wait_until("the extra engine to leave", || hub.engines().len() == 2);
@@ -589,11 +609,12 @@ fn hostile_input_at_every_port() {
     let during = {
         let (stop, sending) = (stop.clone(), sending.clone());
         let (engines, clients) = (ports.engines.clone(), ports.clients.clone());
+        let keys = ports.curve.clone();
         std::thread::spawn(move || {
             let mut attacker = Attacker::new(seed.wrapping_add(1));
             let conns = [
-                Conn::open(zmq::DEALER, "engines", &engines),
-                Conn::open(zmq::DEALER, "clients", &clients),
+                Conn::open(zmq::DEALER, "engines", &engines, &keys),
+                Conn::open(zmq::DEALER, "clients", &clients, &keys),
             ];
             while !stop.load(Ordering::Relaxed) && attacker.sent < DURING_CAP {
                 conns[attacker.sent % 2].send(&mut attacker, 1);
@@ -687,7 +708,12 @@ fn subscriptions_to_the_notification_port_stay_cheap() {
         let pid = hub.proc.pid();
         let before = rss_kib(pid);
         let mut attacker = Attacker::new(DEFAULT_SEED);
-        let sub = Conn::open(zmq::SUB, "notifications", &ports.notifications);
+        let sub = Conn::open(
+            zmq::SUB,
+            "notifications",
+            &ports.notifications,
+            &ports.curve,
+        );
         for _ in 0..SUBSCRIPTIONS {
             let prefix = attacker.bytes(MAX_FRAME);
             sub.socket.set_subscribe(&prefix).unwrap();
@@ -731,6 +757,8 @@ fn a_hub_busy_refusing_large_forged_messages_declares_no_engine_dead() {
     let attacker = ctx.socket(zmq::DEALER).unwrap();
     attacker.set_linger(LINGER_MS).unwrap();
     attacker.set_sndhwm(FORGED as i32).unwrap();
+    // A holder of the file's CURVE keys: without them nothing would arrive.
+    curve::client(&attacker, &ports.curve).unwrap();
     attacker.connect(&ports.clients).unwrap();
     let header = Header {
         kind: MessageKind::Control,
@@ -790,6 +818,7 @@ fn a_peer_identity_with_a_newline_and_escapes_is_logged_escaped() {
         let socket = ctx.socket(zmq::DEALER).unwrap();
         socket.set_linger(0).unwrap();
         socket.set_identity(identity.as_bytes()).unwrap();
+        curve::client(&socket, &ports.curve).unwrap();
         socket.connect(url).unwrap();
         let garbage: [&[u8]; 2] = [b"garbage\n\x1b[31m", b"\x1b]0;title\x07"];
         socket.send_multipart(garbage, 0).unwrap();

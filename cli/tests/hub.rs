@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use zcluster::auth::{Channel, Key, Signer, Verifier};
 use zcluster::exec::{ExecOutcome, ExitKind};
 use zcluster::hub::connection::ConnectionInfo;
+use zcluster::hub::curve::{self, CurveKeys};
 use zcluster::hub::protocol::{ClientCall, EngineMessage, Notification, ResultItem};
 use zcluster::message::{
     decode_value, encode_value, ClusterResult, Header, MessageKind, ResultMetadata, ResultStatus,
@@ -899,6 +900,7 @@ fn usage_errors_name_the_file_the_job_or_the_hub() {
             "notifications": "tcp://127.0.0.1:9",
             "key": "00".repeat(32),
             "store": ":memory:",
+            "curve": CurveKeys::derive(&"00".repeat(32)).unwrap(),
         });
         let mut file = OpenOptions::new()
             .write(true)
@@ -1049,8 +1051,8 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     let info: ConnectionInfo =
         serde_json::from_str(&fs::read_to_string(&hub.file).unwrap()).unwrap();
     let ctx = zmq::Context::new();
-    let intruder = raw_dealer(&ctx, &info.clients, b"intruder");
-    let forger = raw_dealer(&ctx, &info.clients, b"forger");
+    let intruder = raw_dealer(&ctx, &info.clients, &info.curve, b"intruder");
+    let forger = raw_dealer(&ctx, &info.clients, &info.curve, b"forger");
     let other_key = Signer::new(
         Key::from_bytes(b"a key of some other cluster"),
         Channel::ClientToHub,
@@ -1071,7 +1073,7 @@ fn unsigned_forged_and_replayed_calls_are_dropped() {
     assert!(!answered(&intruder, 50), "an unsigned call got an answer");
     assert!(!answered(&forger, 50), "a forged call got an answer");
 
-    let member = raw_dealer(&ctx, &info.clients, b"member");
+    let member = raw_dealer(&ctx, &info.clients, &info.curve, b"member");
     let mut signer = Signer::new(info.signing_key().unwrap(), Channel::ClientToHub);
     learn_epoch(&member, &mut signer);
     let ping = call_frames(Some(&signer), 1, &ClientCall::Ping);
@@ -1173,7 +1175,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
 
     // A key holder registers and leaves; its registration, captured and
     // played again from elsewhere, must not bring it back.
-    let genuine = raw_dealer(&ctx, &info.engines, b"genuine");
+    let genuine = raw_dealer(&ctx, &info.engines, &info.curve, b"genuine");
     let mut signer = Signer::new(info.signing_key().unwrap(), Channel::EngineToHub);
     learn_epoch(&genuine, &mut signer);
     let captured = signed_frames(Some(&signer), &control(0), &register("genuine", vec![]));
@@ -1183,7 +1185,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
     genuine.send_multipart(&leave, 0).unwrap();
     wait_until("the genuine engine to leave", || hub.engines().is_empty());
     drop(genuine);
-    let replayer = raw_dealer(&ctx, &info.engines, b"replayer");
+    let replayer = raw_dealer(&ctx, &info.engines, &info.curve, b"replayer");
     replayer.send_multipart(&captured, 0).unwrap();
     assert!(
         !answered(&replayer, 0),
@@ -1214,7 +1216,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
         ("fake-other-key", Some(&other_key)),
     ];
     for (name, signer) in fakes {
-        let fake = raw_dealer(&ctx, &info.engines, name.as_bytes());
+        let fake = raw_dealer(&ctx, &info.engines, &info.curve, name.as_bytes());
         let claims = ids.iter().map(|&id| (job, id)).collect();
         let mut messages = vec![signed_frames(signer, &control(0), &register(name, claims))];
         for &id in &ids {
@@ -1810,6 +1812,7 @@ fn registrations_are_published_signed() {
     sub.set_linger(0).unwrap();
     sub.set_rcvtimeo(5_000).unwrap();
     sub.set_subscribe(b"").unwrap();
+    curve::client(&sub, &info.curve).unwrap();
     sub.connect(&info.notifications).unwrap();
     // Subscriptions are taken in at the hub's next heartbeat.
     std::thread::sleep(Duration::from_millis(3 * HEARTBEAT_MS));

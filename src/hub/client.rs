@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::connection::{ConnectionError, ConnectionInfo};
+use super::curve::CurveKeys;
 use super::link::HubLink;
 use super::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind, Reply, TaskReport};
 use crate::auth::{AuthError, Channel, Key};
@@ -20,11 +21,17 @@ pub(crate) fn random_identity(prefix: &str) -> String {
 }
 
 /// A new connection to the hub's client socket, under a new identity.
-fn open_link(ctx: &zmq::Context, url: &str, key: &Key) -> Result<HubLink, ClientError> {
+fn open_link(
+    ctx: &zmq::Context,
+    url: &str,
+    key: &Key,
+    keys: &CurveKeys,
+) -> Result<HubLink, ClientError> {
     HubLink::open(
         ctx,
         url,
         key,
+        keys,
         Channel::ClientToHub,
         Channel::HubToClient,
         "client",
@@ -61,9 +68,10 @@ pub enum ClientError {
         /// How long it waited.
         waited: Duration,
     },
-    /// Something that speaks ZeroMQ took the connection but never answered
-    /// the signed hello: most likely a hub with another key.
-    #[error("the hub at {url} took the connection but did not answer a signed hello within {}: the connection file's key is probably not this hub's (a hub with another key logs \"bad signature\"), or the hub is stuck", humantime::format_duration(*.waited))]
+    /// Something that speaks ZeroMQ took the connection, or refused its
+    /// CURVE keys, and never answered the signed hello: most likely a hub
+    /// with other keys.
+    #[error("the hub at {url} refused this connection file's keys or did not answer a signed hello within {}: the connection file's key is probably not this hub's (one from before the hub was started with --fresh?), or the hub is stuck", humantime::format_duration(*.waited))]
     NotWelcomed {
         /// The URL concerned.
         url: String,
@@ -105,6 +113,8 @@ pub enum ClientError {
 pub struct HubClient {
     ctx: zmq::Context,
     key: Key,
+    /// The cluster's CURVE keys, for every new connection.
+    curve: CurveKeys,
     link: HubLink,
     /// Links opened so far.
     generation: u64,
@@ -127,10 +137,12 @@ impl HubClient {
     pub fn connect(ctx: &zmq::Context, connection: &ConnectionInfo) -> Result<Self, ClientError> {
         let url = connection.clients.clone();
         let key = connection.signing_key()?;
-        let link = open_link(ctx, &url, &key)?;
+        let curve = connection.curve.clone();
+        let link = open_link(ctx, &url, &key, &curve)?;
         Ok(HubClient {
             ctx: ctx.clone(),
             key,
+            curve,
             link,
             generation: 1,
             limit: None,
@@ -152,7 +164,7 @@ impl HubClient {
     /// Replaces a closed connection with a new one, under a new identity.
     fn relink(&mut self) -> Result<(), ClientError> {
         info!(hub = %self.url, "the connection to the hub closed; connecting again");
-        self.link = open_link(&self.ctx, &self.url, &self.key)?;
+        self.link = open_link(&self.ctx, &self.url, &self.key, &self.curve)?;
         if let Some(limit) = self.limit {
             self.link.socket.set_limit(limit);
         }

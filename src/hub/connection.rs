@@ -1,6 +1,7 @@
-//! The connection file: every URL engines and clients need, and the key.
+//! The connection file: every URL engines and clients need, and the keys.
 //!
-//! `zcluster hub` writes it (mode 0600, since it holds the signing key) and
+//! `zcluster hub` writes it (mode 0600, since it holds the signing key and
+//! the CURVE keys, see [`super::curve`]) and
 //! everyone else reads it, so a lab shares one small file instead of a list
 //! of ports. A restarted hub reads its old file back and binds the same
 //! ports with the same key, so nobody needs to be told anything.
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::curve::{self, CurveError, CurveKeys};
 use crate::auth::Key;
 
 /// The largest connection file read: a real one is well under 1 KiB, so
@@ -97,6 +99,25 @@ pub enum ConnectionError {
     /// No randomness for a key.
     #[error("cannot generate a key: {0}")]
     Random(String),
+    /// The file has no CURVE keys: a hub from before CURVE wrote it, and
+    /// nothing without them gets through a hub's sockets now.
+    #[error("connection file {path} has no CURVE keys: a zcluster hub older than this one wrote it. Restart the hub with this zcluster (`zcluster hub --fresh` writes a new file: new ports and keys) and give engines and clients the file it writes")]
+    NoCurveKeys {
+        /// The file concerned.
+        path: PathBuf,
+    },
+    /// The CURVE keys are unusable, or not the ones of the file's key.
+    #[error("connection file {path}: {source}")]
+    BadCurveKeys {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with them.
+        #[source]
+        source: CurveError,
+    },
+    /// CURVE could not be set up.
+    #[error(transparent)]
+    Curve(#[from] CurveError),
 }
 
 /// What engines and clients need to reach a hub.
@@ -112,6 +133,9 @@ pub struct ConnectionInfo {
     pub key: String,
     /// The hub's task store (path or `:memory:`).
     pub store: String,
+    /// The CURVE keys of every hub socket (derived from `key`, see
+    /// [`super::curve`]), for engines, clients and other tools.
+    pub curve: CurveKeys,
 }
 
 impl ConnectionInfo {
@@ -216,10 +240,25 @@ impl ConnectionInfo {
                 limit: MAX_CONNECTION_FILE_BYTES,
             });
         }
-        serde_json::from_str(&text).map_err(|e| ConnectionError::Malformed {
+        let info: Self = serde_json::from_str(&text).map_err(|e| {
+            let without_curve = serde_json::from_str::<serde_json::Value>(&text)
+                .is_ok_and(|v| v.get("key").is_some() && v.get("curve").is_none());
+            if without_curve {
+                ConnectionError::NoCurveKeys {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConnectionError::Malformed {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
+        curve::check(&info.curve, &info.key).map_err(|source| ConnectionError::BadCurveKeys {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+            source,
+        })?;
+        Ok(info)
     }
 }
 
@@ -295,12 +334,14 @@ mod tests {
     use super::*;
 
     fn info() -> ConnectionInfo {
+        let key = ConnectionInfo::new_key().unwrap();
         ConnectionInfo {
             engines: "tcp://127.0.0.1:5001".into(),
             clients: "tcp://127.0.0.1:5002".into(),
             notifications: "tcp://127.0.0.1:5003".into(),
-            key: ConnectionInfo::new_key().unwrap(),
+            key: key.clone(),
             store: ":memory:".into(),
+            curve: CurveKeys::derive(&key).unwrap(),
         }
     }
 
@@ -508,5 +549,35 @@ mod tests {
             ConnectionInfo::read(&path),
             Err(ConnectionError::Malformed { .. })
         ));
+    }
+
+    /// A file a hub from before CURVE wrote: an error that says what to
+    /// do, not a panic and not a hub that never answers.
+    #[test]
+    fn a_file_without_curve_keys_says_to_restart_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.json");
+        let mut old = serde_json::to_value(info()).unwrap();
+        old.as_object_mut().unwrap().remove("curve");
+        fs::write(&path, old.to_string()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = ConnectionInfo::read(&path).unwrap_err();
+        assert!(matches!(err, ConnectionError::NoCurveKeys { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("hub.json") && text.contains("--fresh"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn curve_keys_of_another_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.json");
+        let mut mixed = info();
+        mixed.curve = info().curve;
+        mixed.write(&path).unwrap();
+        let err = ConnectionInfo::read(&path).unwrap_err();
+        assert!(matches!(err, ConnectionError::BadCurveKeys { .. }), "{err}");
     }
 }

@@ -633,6 +633,7 @@ fn connect(
             ctx,
             url,
             &key,
+            &options.connection.curve,
             Channel::EngineToHub,
             Channel::HubToEngine,
             name,

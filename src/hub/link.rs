@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::curve::{self, CurveKeys};
 use crate::auth::{Channel, Key};
 use crate::message::{self, SignedSocket};
 use crate::socket::{millis, DEFAULT_LINGER};
@@ -31,9 +32,11 @@ pub struct HubLink {
     pub socket: SignedSocket,
     /// Connection events of `socket`, from its monitor.
     monitor: zmq::Socket,
-    /// A ZeroMQ handshake with the hub's port completed: something that
-    /// speaks ZeroMQ listens there (if it then never answers a signed hello,
-    /// it is not a hub with this key).
+    /// A ZeroMQ handshake with the hub's port completed, or failed once
+    /// connected (a CURVE server with other keys drops the connection
+    /// mid-handshake): something listens there (if it then never answers a
+    /// signed hello, or refuses the keys, it is most likely not a hub with
+    /// this connection file's keys).
     reached: bool,
     /// The connection closed after it was made.
     closed: bool,
@@ -56,12 +59,13 @@ impl std::fmt::Debug for HubLink {
 
 impl HubLink {
     /// Connects to `url` under a fresh routing identity starting with
-    /// `name` (ZeroMQ connects in the background; the hello is up to the
-    /// caller).
+    /// `name`, as a CURVE client with the cluster's `keys` (ZeroMQ connects
+    /// in the background; the hello is up to the caller).
     pub fn open(
         ctx: &zmq::Context,
         url: &str,
         key: &Key,
+        keys: &CurveKeys,
         sends: Channel,
         receives: Channel,
         name: &str,
@@ -74,9 +78,13 @@ impl HubLink {
         socket.set_sndhwm(0)?;
         socket.set_rcvhwm(0)?;
         socket.set_maxmsgsize(message::MAX_MESSAGE_BYTES as i64)?;
+        curve::client(&socket, keys)?;
         let endpoint = format!("inproc://zcluster-link-{identity}");
-        let events =
-            zmq::SocketEvent::DISCONNECTED as i32 | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32;
+        let events = zmq::SocketEvent::DISCONNECTED as i32
+            | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32;
         socket.monitor(&endpoint, events)?;
         let monitor = ctx.socket(zmq::PAIR)?;
         monitor.set_linger(0)?;
@@ -100,7 +108,8 @@ impl HubLink {
         self.closed
     }
 
-    /// Whether a ZeroMQ handshake with the hub's port ever completed.
+    /// Whether a ZeroMQ handshake with the hub's port ever completed (or
+    /// failed over the CURVE keys: a ZeroMQ peer with other keys).
     pub fn reached(&mut self) -> bool {
         self.read_events();
         self.reached
@@ -128,7 +137,11 @@ impl HubLink {
             };
             if event == zmq::SocketEvent::DISCONNECTED as u16 {
                 self.closed = true;
-            } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
+            } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
+                || event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16
+                || event == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16
+                || event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16
+            {
                 self.reached = true;
             }
         }
@@ -172,9 +185,13 @@ mod tests {
     #[test]
     fn a_link_says_hello_and_notices_its_connection_close() {
         let ctx = zmq::Context::new();
-        let key = Key::from_bytes(b"a key for the link test, long enough");
-        let router = ctx.socket(zmq::ROUTER).unwrap();
+        let hex = "6c696e6b2074657374206b6579206c696e6b2074657374206b6579";
+        let key = Key::from_hex(hex).unwrap();
+        let keys = CurveKeys::derive(hex).unwrap();
+        let _zap = curve::ZapHandler::start(&ctx, &keys).unwrap();
+        let mut router = ctx.socket(zmq::ROUTER).unwrap();
         router.set_linger(0).unwrap();
+        curve::server(&mut router, &keys).unwrap();
         router.bind("tcp://127.0.0.1:*").unwrap();
         let url = router.get_last_endpoint().unwrap().unwrap();
         let mut hub =
@@ -184,6 +201,7 @@ mod tests {
                 &ctx,
                 &url,
                 &key,
+                &keys,
                 Channel::ClientToHub,
                 Channel::HubToClient,
                 "test",

@@ -4,7 +4,8 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | [`connection`] | the connection file (URLs and key, mode 0600) |
+//! | [`connection`] | the connection file (URLs and keys, mode 0600) |
+//! | [`curve`] | CURVE on every hub socket: only holders of the connection file complete a handshake |
 //! | [`protocol`] | what engines, clients and the hub say to each other |
 //! | [`server`] | the hub itself, a folder: its state as plain data (`state.rs`), **every placement decision** in `scheduler.rs` (a function of the state, unit-tested without sockets), reactions by peer (`engines.rs`, `clients.rs`, `results.rs`, `queries.rs`, `commands.rs`, `recovery.rs`), one outbox every send goes through (`outbox.rs`), the sockets (`sockets.rs`) and the loop (`mod.rs`) |
 //! | [`store`] | the task store: SQLite (batched writes, WAL) or in memory; its folder's own map says which file holds what |
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod commit;
 pub mod connection;
+pub mod curve;
 pub mod embedded;
 pub mod engine;
 pub mod link;

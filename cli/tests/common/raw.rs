@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use zcluster::auth::Signer;
+use zcluster::hub::curve::{self, CurveKeys};
 use zcluster::hub::protocol::ClientCall;
 use zcluster::message::{encode_value, Envelope, Header, MessageKind, PROTOCOL};
 
@@ -53,10 +54,12 @@ pub fn call_frames(signer: Option<&Signer>, request: u64, call: &ClientCall) -> 
     signed_frames(signer, &control(request), call)
 }
 
-/// A raw DEALER on one of the hub's ports (`url`), so a test can send
-/// exactly the frames it wants.
-pub fn raw_dealer(ctx: &zmq::Context, url: &str, identity: &[u8]) -> zmq::Socket {
+/// A raw DEALER on one of the hub's ports (`url`), with the cluster's
+/// CURVE `keys` (those of the connection file, so its frames reach the
+/// hub), so a test can send exactly the frames it wants.
+pub fn raw_dealer(ctx: &zmq::Context, url: &str, keys: &CurveKeys, identity: &[u8]) -> zmq::Socket {
     let socket = ctx.socket(zmq::DEALER).unwrap();
+    curve::client(&socket, keys).unwrap();
     socket.set_identity(identity).unwrap();
     socket.set_linger(0).unwrap();
     socket.set_rcvtimeo(500).unwrap();
@@ -79,4 +82,88 @@ pub fn answered(socket: &zmq::Socket, request: u64) -> bool {
         }
     }
     false
+}
+
+/// The hub's URLs as its connection file names them, read as plain JSON
+/// (so an attack test needs nothing else from the file).
+pub fn hub_url(file: &std::path::Path, port: &str) -> String {
+    let text = std::fs::read_to_string(file).expect("read the connection file");
+    let info: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    info[port]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `{port}` in {info}"))
+        .to_string()
+}
+
+/// Watches `socket`'s connections: a PAIR that receives its monitor
+/// events. Drop the socket before the monitor (libzmq's blocking event
+/// sends must find a reader).
+pub fn monitored(ctx: &zmq::Context, socket: &zmq::Socket, name: &str) -> zmq::Socket {
+    static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let endpoint = format!("inproc://raw-monitor-{name}-{n}");
+    socket
+        .monitor(&endpoint, zmq::SocketEvent::ALL as i32)
+        .unwrap();
+    let monitor = ctx.socket(zmq::PAIR).unwrap();
+    monitor.set_linger(0).unwrap();
+    monitor.connect(&endpoint).unwrap();
+    monitor
+}
+
+/// The first handshake outcome `monitor` reports within `limit`: the event
+/// (`HANDSHAKE_SUCCEEDED` or one of the `HANDSHAKE_FAILED_*`) and its value
+/// (for `HANDSHAKE_FAILED_AUTH`, the ZAP status code).
+pub fn handshake_outcome(
+    monitor: &zmq::Socket,
+    limit: std::time::Duration,
+) -> Option<(zmq::SocketEvent, u32)> {
+    use zmq::SocketEvent::*;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        monitor
+            .set_rcvtimeo(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+            .unwrap();
+        let frames = monitor.recv_multipart(0).ok()?;
+        let head = &frames[0];
+        let event = zmq::SocketEvent::from_raw(u16::from_le_bytes([head[0], head[1]]));
+        let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+        if matches!(
+            event,
+            HANDSHAKE_SUCCEEDED
+                | HANDSHAKE_FAILED_NO_DETAIL
+                | HANDSHAKE_FAILED_PROTOCOL
+                | HANDSHAKE_FAILED_AUTH
+        ) {
+            return Some((event, value));
+        }
+    }
+}
+
+/// The ZMTP 3.0 greeting of a NULL-mechanism peer (no keys), then its
+/// READY command announcing `socket_type`: how a peer without the
+/// connection file opens a connection.
+pub fn zmtp_null_opening(socket_type: &str) -> Vec<u8> {
+    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    bytes.extend_from_slice(b"NULL");
+    bytes.resize(64, 0);
+    let mut body = b"\x05READY\x0bSocket-Type".to_vec();
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type.as_bytes());
+    bytes.extend_from_slice(&[0x04, body.len() as u8]);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// A ZMTP frame of `body` with the MORE flag: one more part of a message
+/// that has not ended.
+pub fn zmtp_more_frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x03];
+    frame.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
 }

@@ -55,6 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::commit::{self, CommitLog, Gate};
 use super::connection::{ConnectionError, ConnectionInfo};
+use super::curve::CurveKeys;
 use super::store::{self, Store, StoreError, StoreOptions};
 use crate::auth::Key;
 use crate::message::{MessageError, MAX_MESSAGE_BYTES};
@@ -287,11 +288,12 @@ impl Hub {
             None => ConnectionInfo::new_key()?,
         };
         let signing = Key::from_hex(&key).map_err(ConnectionError::BadKey)?;
+        let curve = CurveKeys::derive(&key).map_err(ConnectionError::from)?;
         // This start's epoch: every message to or from the hub is signed for
         // it, so nothing captured before this start is obeyed (never 0,
         // which marks a peer's hello).
         let epoch = crate::auth::random_u64().max(1);
-        let (sockets, bound) = Sockets::bind(ctx, &options, &signing, epoch)?;
+        let (sockets, bound) = Sockets::bind(ctx, &options, &curve, &signing, epoch)?;
         let store = store::open_with(
             &options.store,
             &StoreOptions {
@@ -306,6 +308,7 @@ impl Hub {
             notifications: reachable(bound.notifications),
             key,
             store: store.location(),
+            curve,
         };
         let mut core = Core::new(sockets, store, options, epoch);
         // Recovery happens before the connection file is (re)written, so

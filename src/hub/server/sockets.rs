@@ -11,6 +11,8 @@ use tracing::debug;
 use super::outbox::Outbox;
 use super::{Endpoints, HubError, HubOptions};
 use crate::auth::{AuthError, Channel, Key};
+use crate::hub::connection::ConnectionError;
+use crate::hub::curve::{self, CurveKeys, ZapHandler};
 use crate::hub::protocol::{HubToEngine, JobId, Notification, Reply};
 use crate::message::{
     ClusterResult, Command, Envelope, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
@@ -49,7 +51,7 @@ pub(super) fn inbound_hwm(url: &str, max_message: usize) -> i32 {
 
 /// Largest subscription message the notification socket takes (a flag byte
 /// and a topic; the only topic honoured is the empty one).
-const SUBSCRIPTION_BYTES: i64 = 64;
+const SUBSCRIPTION_BYTES: i64 = 512;
 
 /// Subscription messages buffered per peer before the hub stops reading it.
 const SUBSCRIPTIONS_IN_FLIGHT: i32 = 64;
@@ -83,6 +85,7 @@ fn router(
     kind: zmq::SocketType,
     url: &str,
     max_message: usize,
+    keys: &CurveKeys,
 ) -> Result<(zmq::Socket, String), HubError> {
     let bind = |operation, source| HubError::Bind {
         operation,
@@ -130,6 +133,7 @@ fn router(
             .set_maxmsgsize(max_message as i64)
             .map_err(|e| bind("configure", e))?;
     }
+    curve::server(&mut socket, keys).map_err(|e| bind("set CURVE up on", e))?;
     socket.bind(url).map_err(|e| bind("bind", e))?;
     let endpoint =
         last_endpoint(&socket).map_err(|_| bind("read the endpoint of", zmq::Error::EINVAL))?;
@@ -144,6 +148,9 @@ pub(super) struct Sockets {
     pub(super) clients: SignedSocket,
     /// (Un)registration notices for any subscriber.
     pub(super) notifications: SignedSocket,
+    /// Admits the cluster's CURVE client key on the sockets above for as
+    /// long as the hub lives (see [`curve`]); held for its drop.
+    _zap: ZapHandler,
 }
 
 /// Where the sockets ended up bound (free ports resolved).
@@ -154,11 +161,13 @@ pub(super) struct Bound {
 }
 
 impl Sockets {
-    /// Makes and binds the three sockets where `options` says, signing for
-    /// hub start `epoch` with `key`.
+    /// Makes and binds the three sockets where `options` says, with CURVE
+    /// `keys` (only holders of the connection file complete a handshake),
+    /// signing for hub start `epoch` with `key`.
     pub(super) fn bind(
         ctx: &zmq::Context,
         options: &HubOptions,
+        keys: &CurveKeys,
         key: &Key,
         epoch: u64,
     ) -> Result<(Self, Bound), HubError> {
@@ -181,10 +190,14 @@ impl Sockets {
                 notifications,
             } => (engines.clone(), clients.clone(), notifications.clone()),
         };
+        // The handler answers the sockets' handshakes: it runs before any
+        // of them is bound, so none admits a peer unchecked.
+        let zap = ZapHandler::start(ctx, keys).map_err(ConnectionError::from)?;
         let max = options.message_limit();
-        let (engines, engines_at) = router(ctx, zmq::ROUTER, &engines_url, max)?;
-        let (clients, clients_at) = router(ctx, zmq::ROUTER, &clients_url, max)?;
-        let (notifications, notifications_at) = router(ctx, zmq::XPUB, &notifications_url, max)?;
+        let (engines, engines_at) = router(ctx, zmq::ROUTER, &engines_url, max, keys)?;
+        let (clients, clients_at) = router(ctx, zmq::ROUTER, &clients_url, max, keys)?;
+        let (notifications, notifications_at) =
+            router(ctx, zmq::XPUB, &notifications_url, max, keys)?;
         let engines = SignedSocket::hub(
             engines,
             key,
@@ -211,6 +224,7 @@ impl Sockets {
             engines,
             clients,
             notifications,
+            _zap: zap,
         };
         let bound = Bound {
             engines: engines_at,

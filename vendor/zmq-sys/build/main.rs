@@ -1,0 +1,33 @@
+//! Builds libzmq 4.3.5 from zeromq-src WITH CURVE (ZMQ_HAVE_CURVE,
+//! ZMQ_USE_LIBSODIUM), against the static libsodium that the
+//! libsodium-sys-stable dependency has just built from its bundled source.
+use std::env;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build/main.rs");
+    println!("cargo:rerun-if-env-changed=PROFILE");
+    println!("cargo:rerun-if-env-changed=DEP_SODIUM_INCLUDE");
+    println!("cargo:rerun-if-env-changed=DEP_SODIUM_LIB");
+
+    // Set by cargo from libsodium-sys-stable's `cargo:include=` / `cargo:lib=`
+    // lines (its manifest says `links = "sodium"`). A panic is how a build
+    // script fails the build, with this message shown to the user.
+    let include_dir = env::var_os("DEP_SODIUM_INCLUDE")
+        .expect("libsodium-sys-stable did not report its include dir (DEP_SODIUM_INCLUDE)");
+    let lib_dir = env::var_os("DEP_SODIUM_LIB")
+        .expect("libsodium-sys-stable did not report its lib dir (DEP_SODIUM_LIB)");
+
+    // cc relays every compiler warning as `cargo:warning`, and cargo shows
+    // those for path dependencies such as this patched crate: dozens of lines
+    // about libzmq's own code on every cold build. `-w` silences them; flags a
+    // user set in CXXFLAGS are kept in front.
+    let cxxflags = match env::var("CXXFLAGS") {
+        Ok(flags) => format!("{flags} -w"),
+        Err(_) => "-w".to_string(),
+    };
+    env::set_var("CXXFLAGS", cxxflags);
+
+    zeromq_src::Build::new()
+        .with_libsodium(Some(zeromq_src::LibLocation::new(lib_dir, include_dir)))
+        .build();
+}
