@@ -523,6 +523,32 @@ pub fn init_socket(
     }
 }
 
+/// Sets an integer option the `zmq` crate has no setter for (a draft
+/// option such as `ZMQ_ZAP_ENFORCE_DOMAIN`, or `ZMQ_XPUB_MANUAL`), straight
+/// through libzmq.
+pub fn set_int_option(
+    socket: &mut zmq::Socket,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> Result<(), zmq::Error> {
+    // SAFETY: `socket` is live for the whole call, and the value points at
+    // a c_int of the size given, as zmq_setsockopt wants.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            option,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: zmq_errno only reads this thread's last libzmq error.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
 /// The endpoint a socket actually bound, e.g. the port chosen for
 /// `tcp://127.0.0.1:*`. Tests use it to get free ports without races.
 pub fn last_endpoint(socket: &zmq::Socket) -> Result<String, SocketError> {

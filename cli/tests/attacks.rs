@@ -404,23 +404,34 @@ fn a_client_key_the_hub_does_not_know_is_refused_with_400() {
     let ctx = zmq::Context::new();
     let stranger = zmq::CurveKeyPair::new().unwrap();
     for port in ["engines", "clients"] {
-        let socket = ctx.socket(zmq::DEALER).unwrap();
-        socket.set_linger(0).unwrap();
-        socket
-            .set_curve_serverkey(&zmq::z85_decode(&info.curve.server_public).unwrap())
-            .unwrap();
-        socket.set_curve_publickey(&stranger.public_key).unwrap();
-        socket.set_curve_secretkey(&stranger.secret_key).unwrap();
-        let monitor = monitored(&ctx, &socket, port);
-        socket.connect(&hub_url(&hub.file, port)).unwrap();
-        socket.send(&b"\x00garbage"[..], zmq::DONTWAIT).unwrap();
-        let outcome = handshake_outcome(&monitor, FAIL_AFTER);
-        drop(socket);
-        drop(monitor);
+        // Now and then (about one run in six on a loaded 2-core machine)
+        // libzmq's monitor reports no handshake event at all for an
+        // attempt; no attempt may succeed, and a fresh one must then show
+        // the refusal.
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            let socket = ctx.socket(zmq::DEALER).unwrap();
+            socket.set_linger(0).unwrap();
+            socket
+                .set_curve_serverkey(&zmq::z85_decode(&info.curve.server_public).unwrap())
+                .unwrap();
+            socket.set_curve_publickey(&stranger.public_key).unwrap();
+            socket.set_curve_secretkey(&stranger.secret_key).unwrap();
+            let monitor = monitored(&ctx, &socket, port);
+            socket.connect(&hub_url(&hub.file, port)).unwrap();
+            socket.send(&b"\x00garbage"[..], zmq::DONTWAIT).unwrap();
+            let outcome = handshake_outcome(&monitor, FAIL_AFTER / 4);
+            drop(socket);
+            drop(monitor);
+            outcomes.push(outcome);
+            if outcome.is_some() {
+                break;
+            }
+        }
         assert_eq!(
-            outcome,
+            outcomes.last().copied().flatten(),
             Some((zmq::SocketEvent::HANDSHAKE_FAILED_AUTH, 400)),
-            "at the {port} port"
+            "at the {port} port: {outcomes:?}"
         );
     }
     let log = settled_log(&hub);

@@ -223,23 +223,7 @@ pub fn server(socket: &mut zmq::Socket, keys: &CurveKeys) -> Result<(), zmq::Err
     socket.set_curve_server(true)?;
     socket.set_curve_secretkey(&secret)?;
     socket.set_zap_domain(&keys.zap_domain())?;
-    let on: libc::c_int = 1;
-    // SAFETY: `socket` is live for the whole call, and the value points at
-    // a c_int of the size given, as zmq_setsockopt wants.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            socket.as_mut_ptr(),
-            ZMQ_ZAP_ENFORCE_DOMAIN,
-            std::ptr::from_ref(&on).cast(),
-            std::mem::size_of::<libc::c_int>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        // SAFETY: zmq_errno only reads this thread's last libzmq error.
-        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
-    }
+    crate::socket::set_int_option(socket, ZMQ_ZAP_ENFORCE_DOMAIN, 1)
 }
 
 /// Makes `socket` (an engine's or a client's, before it connects) a CURVE

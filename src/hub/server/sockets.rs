@@ -59,23 +59,7 @@ const SUBSCRIPTIONS_IN_FLIGHT: i32 = 64;
 /// Puts an XPUB socket in manual mode: subscriptions arrive as messages and
 /// apply only when the owner applies them.
 fn set_xpub_manual(socket: &mut zmq::Socket) -> Result<(), zmq::Error> {
-    let on: libc::c_int = 1;
-    // SAFETY: `socket` is a live socket for the whole call, and the option
-    // value points at a c_int of the size given, as zmq_setsockopt wants.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
-            std::ptr::from_ref(&on).cast(),
-            std::mem::size_of::<libc::c_int>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        // SAFETY: zmq_errno only reads this thread's last libzmq error.
-        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
-    }
+    crate::socket::set_int_option(socket, zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int, 1)
 }
 
 /// Makes and binds one hub socket (a ROUTER, or the notifications' XPUB)
