@@ -10,10 +10,23 @@
 //! When the hub stops answering for `misses` heartbeat periods, the engine
 //! drops its connection, reconnects and registers again, as many times as it
 //! takes, with its running tasks still running.
+//!
+//! The engine is one value (`Engine`: its slots, the tasks it holds, its
+//! connection) with one method per thing that happens to it: a task, a
+//! cancel, a command, results from its slots, a heartbeat due, the
+//! connection lost. Each returns what to do next, and replacing the
+//! connection is written once (`Engine::reconnect`).
+//!
+//! | file | what it holds |
+//! | --- | --- |
+//! | `engine.rs` | the engine and its reactions; registering (`connect`) |
+//! | `engine/cancels.rs` | cancel flags shared with the slot handlers |
+//! | `engine/pace.rs` | how many waiting tasks a free slot gets at once |
+//! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
@@ -21,16 +34,24 @@ use tracing::{debug, info, warn};
 use super::client::random_identity;
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
-use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, ResultItem, TaskItem};
+use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
 use crate::map::{mark_failed_commands, run_chunk};
 use crate::message::{
-    self, decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
-    MessageError, MessageKind, ResultStatus, SignedSocket, WorkerInfo,
+    decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
+    MessageError, MessageKind, WorkerInfo,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
+
+mod cancels;
+mod pace;
+mod send;
+
+use cancels::CancelFlags;
+use pace::Pace;
+use send::{result_to_hub, results_to_hub, send_control, Recent};
 
 /// Missed hub heartbeats before an engine reconnects.
 pub const DEFAULT_MISSES: u32 = 3;
@@ -87,50 +108,8 @@ pub struct EngineOptions {
     pub handlers: BTreeMap<String, HandlerFn>,
 }
 
-/// Cancel flags shared with the slot handlers: one per task running here,
-/// by its slot ticket (what a handler sees as the request id), and the jobs
-/// cancelled as a whole (a task of one that starts later is cancelled at
-/// once).
-#[derive(Default)]
-struct Cancels {
-    jobs: HashSet<JobId>,
-    tasks: HashMap<u64, (JobId, Arc<AtomicBool>)>,
-}
-
-type CancelFlags = Arc<Mutex<Cancels>>;
-
-fn cancels(flags: &CancelFlags) -> std::sync::MutexGuard<'_, Cancels> {
-    flags
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The flag a starting task (its slot ticket) watches.
-fn task_flag(flags: &CancelFlags, job: JobId, ticket: u64) -> Arc<AtomicBool> {
-    let mut cancels = cancels(flags);
-    let cancelled = cancels.jobs.contains(&job);
-    let flag = cancels
-        .tasks
-        .entry(ticket)
-        .or_insert((job, Arc::default()))
-        .1
-        .clone();
-    if cancelled {
-        flag.store(true, Ordering::SeqCst);
-    }
-    flag
-}
-
-fn cancel_job(flags: &CancelFlags, job: JobId) {
-    let mut cancels = cancels(flags);
-    cancels.jobs.insert(job);
-    for (j, flag) in cancels.tasks.values() {
-        if *j == job {
-            flag.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
+/// The job a queued task belongs to (the engine writes it into the
+/// request's metadata as it queues it).
 fn job_of(request: &ClusterRequest) -> JobId {
     request
         .metadata
@@ -139,11 +118,60 @@ fn job_of(request: &ClusterRequest) -> JobId {
         .unwrap_or(0)
 }
 
+/// One registration with the hub: a link, the engine id it gave and the
+/// heartbeat it asked for. Replaced as a whole when the engine reconnects.
 struct Connection {
     link: HubLink,
     engine: Option<EngineId>,
     heartbeat: Duration,
     last_heard: Instant,
+}
+
+/// Who this engine is, as it registers and answers commands.
+struct Identity {
+    /// Unguessable, so another peer cannot take over its routing.
+    name: String,
+    host: String,
+    pid: u32,
+    started: SystemTime,
+}
+
+/// What an engine does next, as one of its reactions decides.
+enum Flow {
+    /// Carry on with the same connection.
+    Go,
+    /// Replace the connection (and register again), for this reason.
+    Reconnect(&'static str),
+    /// Stop, exiting this way.
+    Exit(WorkerExit),
+}
+
+/// An engine at work: its slots, the tasks it holds, its connection to the
+/// hub and what it has done, with one method per thing that can happen
+/// (`on_*`). [`run_engine`] drives it.
+struct Engine<'a> {
+    ctx: &'a zmq::Context,
+    options: &'a EngineOptions,
+    stop: &'a Arc<AtomicBool>,
+    identity: Identity,
+    slots: Slots,
+    flags: CancelFlags,
+    /// Slot ticket → (job, task id).
+    tickets: HashMap<u64, (JobId, u64)>,
+    /// Tasks beyond the free slots wait here: a hub that restarted believes
+    /// every slot is free while the old tasks still run.
+    waiting: VecDeque<ClusterRequest>,
+    recent: Recent,
+    pace: Pace,
+    conn: Connection,
+    /// A bad message from the hub was already logged at warn level.
+    warned: bool,
+    /// A kill or restart was acknowledged: finish the tasks, then exit so.
+    leaving: Option<WorkerExit>,
+    /// Tasks finished, and their total time, for command replies.
+    handled: u64,
+    busy: Duration,
+    next_beat: Instant,
 }
 
 /// Runs an engine until a kill or restart command, or until `stop` is set
@@ -153,125 +181,109 @@ pub fn run_engine(
     options: &EngineOptions,
     stop: &Arc<AtomicBool>,
 ) -> Result<WorkerExit, EngineError> {
-    let flags: CancelFlags = Arc::default();
-    let all_stop = stop.clone();
-    let mut slots = Slots::start(options.slots, |_| {
-        let flags = flags.clone();
-        let stop = all_stop.clone();
-        let handlers = options.handlers.clone();
-        move |request: &ClusterRequest| {
-            if let Some(name) = request.metadata.get(HANDLER_KEY) {
-                let handler = handlers.get(name).ok_or_else(|| {
-                    HandlerError::new(format!("this engine has no handler `{name}`"))
-                })?;
-                return handler(request);
+    Engine::start(ctx, options, stop)?.run()
+}
+
+impl<'a> Engine<'a> {
+    /// Starts the slots and registers with the hub.
+    fn start(
+        ctx: &'a zmq::Context,
+        options: &'a EngineOptions,
+        stop: &'a Arc<AtomicBool>,
+    ) -> Result<Self, EngineError> {
+        let flags = CancelFlags::default();
+        let slots = Slots::start(options.slots, |_| {
+            let flags = flags.clone();
+            let stop = stop.clone();
+            let handlers = options.handlers.clone();
+            move |request: &ClusterRequest| {
+                if let Some(name) = request.metadata.get(HANDLER_KEY) {
+                    let handler = handlers.get(name).ok_or_else(|| {
+                        HandlerError::new(format!("this engine has no handler `{name}`"))
+                    })?;
+                    return handler(request);
+                }
+                let flag = flags.task_flag(job_of(request), request.id);
+                if stop.load(Ordering::Relaxed) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                run_chunk(&flag, request)
             }
-            let flag = task_flag(&flags, job_of(request), request.id);
-            if stop.load(Ordering::Relaxed) {
-                flag.store(true, Ordering::Relaxed);
-            }
-            run_chunk(&flag, request)
-        }
-    })?;
-    let host = crate::host_name();
-    let pid = std::process::id();
-    let started = SystemTime::now();
-    // Unguessable, so another peer cannot take over its routing.
-    let identity = random_identity(&format!("{host}-{pid}"));
-    // Slot ticket → (job, task id).
-    let mut tickets: HashMap<u64, (JobId, u64)> = HashMap::new();
-    // Tasks beyond the free slots wait here: a hub that restarted believes
-    // every slot is free while the old tasks still run.
-    let mut waiting: VecDeque<ClusterRequest> = VecDeque::new();
-    let mut recent = Recent::default();
-    let mut pace = Pace::default();
-    // Registering again, it tells the hub what it still holds and what it
-    // finished lately (it sends those results again once registered).
-    let register = |tickets: &HashMap<u64, (JobId, u64)>,
-                    waiting: &VecDeque<ClusterRequest>,
-                    recent: &Recent| EngineMessage::Register {
-        identity: identity.clone(),
-        host: host.clone(),
-        pid,
-        slots: options.slots as u32,
-        handlers: options.handlers.keys().cloned().collect(),
-        running: tickets
-            .values()
-            .copied()
-            .chain(waiting.iter().map(|r| (job_of(r), r.id)))
-            .chain(recent.results.iter().map(|(_, job, r)| (*job, r.id)))
-            .collect(),
-    };
-    // Each connection registers afresh, naming what this engine holds.
-    let open = |tickets: &HashMap<u64, (JobId, u64)>,
-                waiting: &VecDeque<ClusterRequest>,
-                recent: &Recent| {
-        connect(
+        })?;
+        let host = crate::host_name();
+        let pid = std::process::id();
+        let identity = Identity {
+            name: random_identity(&format!("{host}-{pid}")),
+            host,
+            pid,
+            started: SystemTime::now(),
+        };
+        let recent = Recent::default();
+        let register = register_message(
+            &identity,
+            options,
+            &HashMap::new(),
+            &VecDeque::new(),
+            &recent,
+        );
+        let conn = connect(ctx, options, &identity.name, &register, stop)?;
+        Ok(Engine {
             ctx,
             options,
-            &identity,
-            &register(tickets, waiting, recent),
             stop,
-        )
-    };
-    let mut conn = open(&tickets, &waiting, &recent)?;
-    let mut warned = false;
-    let mut leaving: Option<WorkerExit> = None;
-    let mut handled: u64 = 0;
-    let mut busy = Duration::ZERO;
-    let mut next_beat = Instant::now();
-    // Why the connection is to be replaced before the next poll, if it is.
-    let mut reconnect: Option<&str> = None;
-    loop {
-        if let Some(why) = reconnect.take() {
-            info!(why, "connecting to the hub again");
-            conn = open(&tickets, &waiting, &recent)?;
-            recent.resend(&conn.link.socket);
-        }
-        if stop.load(Ordering::Relaxed) {
-            for (_, flag) in cancels(&flags).tasks.values() {
-                flag.store(true, Ordering::Relaxed);
-            }
-            send_control(&conn.link.socket, &EngineMessage::Unregister);
-            return Ok(WorkerExit::Killed);
-        }
-        forget_finished_cancels(&flags, &tickets, &waiting);
-        while slots.free() > 0 && !waiting.is_empty() {
-            let batch = pace.batch(&waiting, slots.free());
-            let requests: Vec<ClusterRequest> = waiting.drain(..batch).collect();
-            let tasks: Vec<(JobId, u64)> = requests.iter().map(|r| (job_of(r), r.id)).collect();
-            for (ticket, task) in slots.submit_batch(requests)?.into_iter().zip(tasks) {
-                // The flag exists from now on, so a cancel that comes
-                // before the slot starts the task is not lost.
-                task_flag(&flags, task.0, ticket);
-                tickets.insert(ticket, task);
+            identity,
+            slots,
+            flags,
+            tickets: HashMap::new(),
+            waiting: VecDeque::new(),
+            recent,
+            pace: Pace::default(),
+            conn,
+            warned: false,
+            leaving: None,
+            handled: 0,
+            busy: Duration::ZERO,
+            next_beat: Instant::now(),
+        })
+    }
+
+    /// Reacts to whatever happens until the engine stops.
+    fn run(mut self) -> Result<WorkerExit, EngineError> {
+        loop {
+            match self.turn()? {
+                Flow::Go => {}
+                Flow::Reconnect(why) => self.reconnect(why)?,
+                Flow::Exit(exit) => return Ok(exit),
             }
         }
-        if let Some(exit) = leaving {
-            if tickets.is_empty() && waiting.is_empty() {
-                send_control(&conn.link.socket, &EngineMessage::Unregister);
+    }
+
+    /// One pass: stop if asked, start what waits, heartbeat, then wait (at
+    /// most until the next heartbeat) for results or the hub.
+    fn turn(&mut self) -> Result<Flow, EngineError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Ok(Flow::Exit(self.on_stop()));
+        }
+        self.start_waiting()?;
+        if let Some(exit) = self.leaving {
+            if self.tickets.is_empty() && self.waiting.is_empty() {
+                send_control(&self.conn.link.socket, &EngineMessage::Unregister);
                 info!(?exit, "engine leaving");
-                return Ok(exit);
+                return Ok(Flow::Exit(exit));
             }
         }
-        let now = Instant::now();
-        if now >= next_beat {
-            send_control(&conn.link.socket, &EngineMessage::Heartbeat);
-            next_beat = now + conn.heartbeat;
-            // A leaving engine (kill or restart acknowledged) does not chase a
-            // hub that shut down: it finishes its tasks and exits.
-            if leaving.is_none() && conn.last_heard.elapsed() > conn.heartbeat * options.misses {
-                warn!("the hub stopped answering; reconnecting");
-                reconnect = Some("the hub stopped answering");
-                continue;
+        if Instant::now() >= self.next_beat {
+            if let Flow::Reconnect(why) = self.on_heartbeat_due() {
+                return Ok(Flow::Reconnect(why));
             }
         }
-        let wait = next_beat
+        let wait = self
+            .next_beat
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
         let (hub_ready, slots_ready) = match poll_readable(
-            conn.link.socket.socket(),
-            Some(slots.results_socket()),
+            self.conn.link.socket.socket(),
+            Some(self.slots.results_socket()),
             Some(wait),
         ) {
             Ok(Readable::Ready(hub, slots)) => (hub, slots),
@@ -280,334 +292,302 @@ pub fn run_engine(
         };
         // A closed connection is never reopened under its identity (see
         // `HubLink`); looked at when idle, and at least every heartbeat.
-        if (!hub_ready && !slots_ready || Instant::now() >= next_beat)
-            && leaving.is_none()
-            && conn.link.closed()
+        if (!hub_ready && !slots_ready || Instant::now() >= self.next_beat)
+            && self.leaving.is_none()
+            && self.conn.link.closed()
         {
-            reconnect = Some("the connection to the hub closed");
-            continue;
+            return Ok(Flow::Reconnect("the connection to the hub closed"));
         }
         if slots_ready {
-            let mut drained: Vec<(JobId, ClusterResult, bool)> = Vec::new();
-            while let Some((ticket, mut result)) = slots.next_result(Duration::ZERO)? {
-                let job = tickets.remove(&ticket).map_or(0, |(job, _)| job);
-                let cancelled = cancels(&flags)
-                    .tasks
-                    .remove(&ticket)
-                    .is_some_and(|(_, flag)| flag.load(Ordering::SeqCst));
-                if !result.request_metadata.contains_key(HANDLER_KEY) {
-                    mark_failed_commands(&mut result);
-                }
-                handled += 1;
-                busy += result.metadata.elapsed;
-                pace.record(result.metadata.elapsed);
-                drained.push((job, result, cancelled));
-            }
-            results_to_hub(&conn.link.socket, &drained);
-            for (job, result, cancelled) in drained {
-                // A cancelled copy's failure says nothing about its task:
-                // never send it again to a hub that may take it as final.
-                if !cancelled {
-                    recent.keep(job, result, conn.heartbeat * (options.misses + 2));
-                }
-            }
+            self.on_slot_results()?;
         }
         if hub_ready {
-            loop {
-                let envelope = match conn.link.socket.recv(zmq::DONTWAIT) {
-                    Ok(envelope) => envelope,
-                    Err(e) if e.is_timeout() => break,
-                    Err(MessageError::Zmq(e)) => {
-                        return Err(transport("receive from the hub", e.into()))
-                    }
-                    Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => {
-                        reconnect = Some("the hub restarted");
-                        break;
-                    }
-                    Err(e) if !warned => {
-                        warned = true;
-                        warn!(error = %e, "dropping a bad message from the hub (logged once)");
-                        continue;
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "dropping a bad message from the hub");
-                        continue;
-                    }
-                };
-                conn.last_heard = Instant::now();
-                match on_hub(&envelope, &mut conn, &mut waiting, &tickets, &flags)? {
-                    HubEvent::None => {}
-                    HubEvent::Reregister => {
-                        reconnect = Some("the hub no longer knows this engine");
-                        break;
-                    }
-                    HubEvent::Command(token, command) => {
-                        let info = WorkerInfo {
-                            host: host.clone(),
-                            pid,
-                            worker: format!("engine-{}", conn.engine.unwrap_or(0)),
-                            started,
-                        };
-                        let mean_time = u32::try_from(handled)
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .map_or(Duration::ZERO, |n| busy / n);
-                        let reply = CommandReply {
-                            token,
-                            command: command.name().to_string(),
-                            worker: info,
-                            requests_handled: handled,
-                            mean_time,
-                        };
-                        let header = Header {
-                            kind: MessageKind::Reply,
-                            job: 0,
-                            id: token,
-                        };
-                        if let Err(e) = conn.link.socket.send(&header, &reply, zmq::DONTWAIT) {
-                            warn!(error = %e, "cannot answer a command");
+            return self.on_hub_messages();
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Replaces the connection: registers afresh, naming what this engine
+    /// holds, then sends again what it finished lately.
+    fn reconnect(&mut self, why: &str) -> Result<(), EngineError> {
+        info!(why, "connecting to the hub again");
+        let register = register_message(
+            &self.identity,
+            self.options,
+            &self.tickets,
+            &self.waiting,
+            &self.recent,
+        );
+        self.conn = connect(
+            self.ctx,
+            self.options,
+            &self.identity.name,
+            &register,
+            self.stop,
+        )?;
+        self.recent.resend(&self.conn.link.socket);
+        Ok(())
+    }
+
+    /// Stopped (Ctrl-C, SIGTERM): kills the running tasks and unregisters.
+    fn on_stop(&mut self) -> WorkerExit {
+        self.flags.cancel_all();
+        send_control(&self.conn.link.socket, &EngineMessage::Unregister);
+        WorkerExit::Killed
+    }
+
+    /// Gives waiting tasks to free slots, in batches sized by the pace.
+    fn start_waiting(&mut self) -> Result<(), EngineError> {
+        let (tickets, waiting) = (&self.tickets, &self.waiting);
+        self.flags.forget_finished_jobs(|job| {
+            tickets.values().any(|(j, _)| *j == job) || waiting.iter().any(|r| job_of(r) == job)
+        });
+        while self.slots.free() > 0 && !self.waiting.is_empty() {
+            let batch = self.pace.batch(&self.waiting, self.slots.free());
+            let requests: Vec<ClusterRequest> = self.waiting.drain(..batch).collect();
+            let tasks: Vec<(JobId, u64)> = requests.iter().map(|r| (job_of(r), r.id)).collect();
+            for (ticket, task) in self.slots.submit_batch(requests)?.into_iter().zip(tasks) {
+                // The flag exists from now on, so a cancel that comes
+                // before the slot starts the task is not lost.
+                self.flags.task_flag(task.0, ticket);
+                self.tickets.insert(ticket, task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Heartbeats, and gives up on a hub that stopped answering.
+    fn on_heartbeat_due(&mut self) -> Flow {
+        send_control(&self.conn.link.socket, &EngineMessage::Heartbeat);
+        self.next_beat = Instant::now() + self.conn.heartbeat;
+        // A leaving engine (kill or restart acknowledged) does not chase a
+        // hub that shut down: it finishes its tasks and exits.
+        if self.leaving.is_none()
+            && self.conn.last_heard.elapsed() > self.conn.heartbeat * self.options.misses
+        {
+            warn!("the hub stopped answering; reconnecting");
+            return Flow::Reconnect("the hub stopped answering");
+        }
+        Flow::Go
+    }
+
+    /// Sends the hub every result the slots have, and keeps them a while
+    /// to send again should the hub not have got them.
+    fn on_slot_results(&mut self) -> Result<(), EngineError> {
+        let mut drained: Vec<(JobId, ClusterResult, bool)> = Vec::new();
+        while let Some((ticket, mut result)) = self.slots.next_result(Duration::ZERO)? {
+            let job = self.tickets.remove(&ticket).map_or(0, |(job, _)| job);
+            let cancelled = self.flags.finished(ticket);
+            if !result.request_metadata.contains_key(HANDLER_KEY) {
+                mark_failed_commands(&mut result);
+            }
+            self.handled += 1;
+            self.busy += result.metadata.elapsed;
+            self.pace.record(result.metadata.elapsed);
+            drained.push((job, result, cancelled));
+        }
+        results_to_hub(&self.conn.link.socket, &drained);
+        let window = self.conn.heartbeat * (self.options.misses + 2);
+        for (job, result, cancelled) in drained {
+            // A cancelled copy's failure says nothing about its task:
+            // never send it again to a hub that may take it as final.
+            if !cancelled {
+                self.recent.keep(job, result, window);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every message the hub sent.
+    fn on_hub_messages(&mut self) -> Result<Flow, EngineError> {
+        loop {
+            let envelope = match self.conn.link.socket.recv(zmq::DONTWAIT) {
+                Ok(envelope) => envelope,
+                Err(e) if e.is_timeout() => return Ok(Flow::Go),
+                Err(MessageError::Zmq(e)) => {
+                    return Err(transport("receive from the hub", e.into()))
+                }
+                Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => {
+                    return Ok(Flow::Reconnect("the hub restarted"));
+                }
+                Err(e) if !self.warned => {
+                    self.warned = true;
+                    warn!(error = %e, "dropping a bad message from the hub (logged once)");
+                    continue;
+                }
+                Err(e) => {
+                    debug!(error = %e, "dropping a bad message from the hub");
+                    continue;
+                }
+            };
+            self.conn.last_heard = Instant::now();
+            if let Flow::Reconnect(why) = self.on_hub_message(&envelope)? {
+                return Ok(Flow::Reconnect(why));
+            }
+        }
+    }
+
+    /// One message from the hub: tasks, a control message or a command.
+    fn on_hub_message(&mut self, envelope: &Envelope) -> Result<Flow, EngineError> {
+        match envelope.header.kind {
+            MessageKind::Request => {
+                self.on_task(envelope.header.job, envelope.header.id, envelope.request());
+            }
+            MessageKind::Tasks => {
+                let job = envelope.header.job;
+                match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
+                    Ok(tasks) => {
+                        for (id, request) in tasks {
+                            let request = decode_value::<ClusterRequest>(&request, "request");
+                            self.on_task(job, id, request);
                         }
-                        match command {
-                            Command::Kill => leaving = Some(WorkerExit::Killed),
-                            Command::Restart => leaving = Some(WorkerExit::Restart),
-                            _ => {}
-                        }
                     }
+                    // Only the hub sends these, and it builds them from bodies
+                    // it holds: which tasks it meant is unknown here.
+                    Err(e) => warn!(error = %e, "dropping a bad task batch"),
+                }
+            }
+            MessageKind::Control => match envelope.control::<HubToEngine>() {
+                Ok(HubToEngine::Heartbeat) => {}
+                Ok(HubToEngine::CancelJob { job }) => {
+                    info!(job, "cancelling a job's tasks");
+                    self.flags.cancel_job(job);
+                }
+                Ok(HubToEngine::CancelTask { job, id }) => self.on_cancel_task(job, id),
+                Ok(HubToEngine::Refused { reason }) => {
+                    if self.conn.engine.is_some() {
+                        info!(%reason, "the hub no longer knows this engine; registering again");
+                        return Ok(Flow::Reconnect("the hub no longer knows this engine"));
+                    }
+                    return Err(EngineError::Refused(reason));
+                }
+                Ok(HubToEngine::Registered { .. }) => {}
+                Err(e) => warn!(error = %e, "dropping a bad control message"),
+            },
+            MessageKind::Command => match envelope.command() {
+                Ok(command) => self.on_command(envelope.header.id, command),
+                Err(e) => warn!(error = %e, "dropping a bad command"),
+            },
+            kind => debug!(%kind, "dropping an unexpected message from the hub"),
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Queues a task the hub sent, or answers it at once as failed when its
+    /// request does not decode (otherwise its slot at the hub stays taken
+    /// and its client waits for ever).
+    fn on_task(&mut self, job: JobId, id: u64, request: Result<ClusterRequest, MessageError>) {
+        match request {
+            Ok(mut request) => {
+                request.metadata.insert(JOB_KEY.into(), job.to_string());
+                self.waiting.push_back(request);
+            }
+            Err(e) => {
+                warn!(error = %e, "refusing a bad task");
+                let failed = self.failed_here(id, &format!("bad request: {e}"));
+                if let Err(e) = result_to_hub(&self.conn.link.socket, job, &failed) {
+                    warn!(error = %e, "cannot answer a bad task");
                 }
             }
         }
     }
-}
 
-/// Longest a batch of tasks given to one slot should take: short tasks go
-/// several to a message (one message and one wake-up each way for the lot),
-/// long ones one at a time, so batching never holds a task back for long
-/// behind others on a busy slot while another slot could have run it.
-const SLOT_BATCH_TIME: Duration = Duration::from_millis(1);
-
-/// Most tasks in one batch to a slot...
-const SLOT_BATCH_TASKS: usize = 32;
-
-/// ...and most payload bytes, well under the message size limit.
-const SLOT_BATCH_BYTES: usize = 1 << 20;
-
-/// How long this engine's tasks take lately, to size batches to slots.
-#[derive(Default)]
-struct Pace {
-    /// Moving average of task times (none yet: run one at a time).
-    mean: Option<Duration>,
-}
-
-impl Pace {
-    fn record(&mut self, took: Duration) {
-        // An exponential average over about the last 16 tasks: it follows
-        // a job that changes pace, and one odd task moves it little.
-        self.mean = Some(match self.mean {
-            Some(mean) => (mean * 15 + took) / 16,
-            None => took,
-        });
-    }
-
-    /// How many of the `waiting` tasks to give the next free slot, with
-    /// `free` slots free: as many as fit in [`SLOT_BATCH_TIME`] at the
-    /// current pace, no more than a fair share of what waits (so every free
-    /// slot gets some), and within [`SLOT_BATCH_TASKS`] and
-    /// [`SLOT_BATCH_BYTES`]. At least one.
-    fn batch(&self, waiting: &VecDeque<ClusterRequest>, free: usize) -> usize {
-        let by_time = match self.mean {
-            Some(mean) if mean < SLOT_BATCH_TIME => {
-                let nanos = mean.as_nanos().max(1);
-                usize::try_from(SLOT_BATCH_TIME.as_nanos() / nanos).unwrap_or(usize::MAX)
-            }
-            _ => 1,
-        };
-        let share = waiting.len().div_ceil(free.max(1));
-        let want = by_time.min(share).clamp(1, SLOT_BATCH_TASKS);
-        let mut bytes = 0;
-        let fits = waiting
+    /// Another copy of task `id` finished first: kills this one if it runs,
+    /// and answers it at once if it has not started, so its slot at the hub
+    /// is freed.
+    fn on_cancel_task(&mut self, job: JobId, id: u64) {
+        debug!(
+            job,
+            task = id,
+            "cancelling a task (another copy finished first)"
+        );
+        let running = self.tickets.iter().find(|(_, task)| **task == (job, id));
+        if let Some((ticket, _)) = running {
+            self.flags.cancel_task(*ticket);
+        }
+        let waiting = self
+            .waiting
             .iter()
-            .take(want)
-            .take_while(|r| {
-                bytes += r.payload.len();
-                bytes <= SLOT_BATCH_BYTES
-            })
-            .count();
-        fits.max(1)
+            .position(|r| r.id == id && job_of(r) == job);
+        if let Some(at) = waiting {
+            self.waiting.remove(at);
+            let cancelled = self.failed_here(id, "cancelled: another copy finished first");
+            if let Err(e) = result_to_hub(&self.conn.link.socket, job, &cancelled) {
+                warn!(error = %e, "cannot answer a cancelled task");
+            }
+        }
+    }
+
+    /// Answers a command (kill, restart, ping) with who this engine is and
+    /// what it has done; a kill or restart makes it leave once its tasks
+    /// are done.
+    fn on_command(&mut self, token: u64, command: Command) {
+        let mean_time = u32::try_from(self.handled)
+            .ok()
+            .filter(|n| *n > 0)
+            .map_or(Duration::ZERO, |n| self.busy / n);
+        let reply = CommandReply {
+            token,
+            command: command.name().to_string(),
+            worker: WorkerInfo {
+                host: self.identity.host.clone(),
+                pid: self.identity.pid,
+                worker: self.worker_name(),
+                started: self.identity.started,
+            },
+            requests_handled: self.handled,
+            mean_time,
+        };
+        let header = Header {
+            kind: MessageKind::Reply,
+            job: 0,
+            id: token,
+        };
+        if let Err(e) = self.conn.link.socket.send(&header, &reply, zmq::DONTWAIT) {
+            warn!(error = %e, "cannot answer a command");
+        }
+        match command {
+            Command::Kill => self.leaving = Some(WorkerExit::Killed),
+            Command::Restart => self.leaving = Some(WorkerExit::Restart),
+            _ => {}
+        }
+    }
+
+    /// The name results and replies give this engine.
+    fn worker_name(&self) -> String {
+        format!("engine-{}", self.conn.engine.unwrap_or(0))
+    }
+
+    /// A failed result for a task this engine answers without running it.
+    fn failed_here(&self, id: u64, reason: &str) -> ClusterResult {
+        ClusterResult::failed_here(id, self.worker_name(), reason)
     }
 }
 
-/// Forgets a cancelled job once none of its tasks is running or waiting
-/// here: a later resubmit of the same job then runs, and cancelled jobs do
-/// not pile up.
-fn forget_finished_cancels(
-    flags: &CancelFlags,
+/// The registration an engine sends: who it is, and the tasks it still
+/// holds (running, waiting, finished lately) so a hub that restarted or lost
+/// it knows what not to run again (it sends those results again once
+/// registered).
+fn register_message(
+    identity: &Identity,
+    options: &EngineOptions,
     tickets: &HashMap<u64, (JobId, u64)>,
     waiting: &VecDeque<ClusterRequest>,
-) {
-    let mut cancels = cancels(flags);
-    if cancels.jobs.is_empty() {
-        return;
+    recent: &Recent,
+) -> EngineMessage {
+    EngineMessage::Register {
+        identity: identity.name.clone(),
+        host: identity.host.clone(),
+        pid: identity.pid,
+        slots: options.slots as u32,
+        handlers: options.handlers.keys().cloned().collect(),
+        running: tickets
+            .values()
+            .copied()
+            .chain(waiting.iter().map(|r| (job_of(r), r.id)))
+            .chain(recent.tasks())
+            .collect(),
     }
-    cancels.jobs.retain(|job| {
-        tickets.values().any(|(j, _)| j == job) || waiting.iter().any(|r| job_of(r) == *job)
-    });
-}
-
-enum HubEvent {
-    None,
-    Reregister,
-    Command(u64, Command),
-}
-
-fn on_hub(
-    envelope: &Envelope,
-    conn: &mut Connection,
-    waiting: &mut VecDeque<ClusterRequest>,
-    tickets: &HashMap<u64, (JobId, u64)>,
-    flags: &CancelFlags,
-) -> Result<HubEvent, EngineError> {
-    match envelope.header.kind {
-        MessageKind::Request => {
-            take_task(
-                conn,
-                waiting,
-                envelope.header.job,
-                envelope.header.id,
-                envelope.request(),
-            );
-        }
-        MessageKind::Tasks => {
-            let job = envelope.header.job;
-            match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
-                Ok(tasks) => {
-                    for (id, request) in tasks {
-                        let request = decode_value::<ClusterRequest>(&request, "request");
-                        take_task(conn, waiting, job, id, request);
-                    }
-                }
-                // Only the hub sends these, and it builds them from bodies it
-                // holds: which tasks it meant is unknown here.
-                Err(e) => warn!(error = %e, "dropping a bad task batch"),
-            }
-        }
-        MessageKind::Control => match envelope.control::<HubToEngine>() {
-            Ok(HubToEngine::Heartbeat) => {}
-            Ok(HubToEngine::CancelJob { job }) => {
-                info!(job, "cancelling a job's tasks");
-                cancel_job(flags, job);
-            }
-            Ok(HubToEngine::CancelTask { job, id }) => {
-                debug!(
-                    job,
-                    task = id,
-                    "cancelling a task (another copy finished first)"
-                );
-                let running = tickets.iter().find(|(_, task)| **task == (job, id));
-                if let Some((ticket, _)) = running {
-                    if let Some((_, flag)) = cancels(flags).tasks.get(ticket) {
-                        flag.store(true, Ordering::SeqCst);
-                    }
-                }
-                // One not started yet is answered at once, so its slot at
-                // the hub is freed.
-                if let Some(at) = waiting.iter().position(|r| r.id == id && job_of(r) == job) {
-                    waiting.remove(at);
-                    let cancelled = failed_here(conn, id, "cancelled: another copy finished first");
-                    if let Err(e) = result_to_hub(&conn.link.socket, job, &cancelled) {
-                        warn!(error = %e, "cannot answer a cancelled task");
-                    }
-                }
-            }
-            Ok(HubToEngine::Refused { reason }) => {
-                if conn.engine.is_some() {
-                    info!(%reason, "the hub no longer knows this engine; registering again");
-                    return Ok(HubEvent::Reregister);
-                }
-                return Err(EngineError::Refused(reason));
-            }
-            Ok(HubToEngine::Registered { .. }) => {}
-            Err(e) => warn!(error = %e, "dropping a bad control message"),
-        },
-        MessageKind::Command => match envelope.command() {
-            Ok(command) => return Ok(HubEvent::Command(envelope.header.id, command)),
-            Err(e) => warn!(error = %e, "dropping a bad command"),
-        },
-        kind => debug!(%kind, "dropping an unexpected message from the hub"),
-    }
-    Ok(HubEvent::None)
-}
-
-/// Queues a task the hub sent, or answers it at once as failed when its
-/// request does not decode (otherwise its slot at the hub stays taken and
-/// its client waits for ever).
-fn take_task(
-    conn: &Connection,
-    waiting: &mut VecDeque<ClusterRequest>,
-    job: JobId,
-    id: u64,
-    request: Result<ClusterRequest, MessageError>,
-) {
-    match request {
-        Ok(mut request) => {
-            request.metadata.insert(JOB_KEY.into(), job.to_string());
-            waiting.push_back(request);
-        }
-        Err(e) => {
-            warn!(error = %e, "refusing a bad task");
-            let failed = failed_here(conn, id, &format!("bad request: {e}"));
-            if let Err(e) = result_to_hub(&conn.link.socket, job, &failed) {
-                warn!(error = %e, "cannot answer a bad task");
-            }
-        }
-    }
-}
-
-/// Results sent lately. Registering anew (the hub restarted, or lost this
-/// engine), an engine sends them again: a hub that went away meanwhile
-/// never got them and would otherwise run their tasks again. The hub drops
-/// any it already had.
-#[derive(Default)]
-struct Recent {
-    results: VecDeque<(Instant, JobId, ClusterResult)>,
-    bytes: usize,
-}
-
-/// Most results, and bytes of payload, kept for sending again.
-const RECENT_RESULTS: usize = 4096;
-const RECENT_BYTES: usize = 64 << 20;
-
-impl Recent {
-    /// Keeps `result` for `window`, forgetting older ones and the oldest
-    /// past the bounds.
-    fn keep(&mut self, job: JobId, result: ClusterResult, window: Duration) {
-        self.bytes += result.payload.len();
-        self.results.push_back((Instant::now(), job, result));
-        while let Some((sent, _, result)) = self.results.front() {
-            let over = self.results.len() > RECENT_RESULTS || self.bytes > RECENT_BYTES;
-            if !over && sent.elapsed() <= window {
-                break;
-            }
-            self.bytes -= result.payload.len();
-            self.results.pop_front();
-        }
-    }
-
-    fn resend(&self, socket: &SignedSocket) {
-        for (_, job, result) in &self.results {
-            if let Err(e) = result_to_hub(socket, *job, result) {
-                debug!(error = %e, "cannot send a result again");
-            }
-        }
-        if !self.results.is_empty() {
-            info!(results = self.results.len(), "sent recent results again");
-        }
-    }
-}
-
-/// A failed result for a task this engine answers without running it.
-fn failed_here(conn: &Connection, id: u64, reason: &str) -> ClusterResult {
-    let worker = format!("engine-{}", conn.engine.unwrap_or(0));
-    ClusterResult::failed_here(id, worker, reason)
 }
 
 /// Connects, says hello and registers, retrying until the hub answers.
@@ -727,193 +707,6 @@ fn pause(length: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Sends a result to the hub without ever blocking: a DEALER with no hub
-/// connected (it shut down, or went away) would block the engine for good,
-/// and a hub that is gone has no use for the result.
-fn result_to_hub(
-    socket: &SignedSocket,
-    job: JobId,
-    result: &ClusterResult,
-) -> Result<(), MessageError> {
-    let body = message::encode_value(result, "result")?;
-    alone_to_hub(socket, job, result, &body)
-}
-
-/// Sends one encoded result by itself. One larger than the hub takes
-/// goes as a failure saying so: sent as it is, ZeroMQ would drop it with
-/// the connection, and its task would wait for ever.
-fn alone_to_hub(
-    socket: &SignedSocket,
-    job: JobId,
-    result: &ClusterResult,
-    body: &[u8],
-) -> Result<(), MessageError> {
-    let header = Header::result(job, result);
-    match socket.send_raw(&header, body, zmq::DONTWAIT) {
-        Err(MessageError::TooLarge { size, limit, .. }) => {
-            let failed = too_large(result, size, limit);
-            warn!(
-                job,
-                task = result.id,
-                size,
-                limit,
-                "result over the hub's message limit; sent as a failure"
-            );
-            socket.send(&Header::result(job, &failed), &failed, zmq::DONTWAIT)
-        }
-        sent => sent,
-    }
-}
-
-/// A failure in place of a result of `size` bytes that the hub, taking at
-/// most `limit`, would not take.
-fn too_large(result: &ClusterResult, size: usize, limit: usize) -> ClusterResult {
-    ClusterResult {
-        id: result.id,
-        status: ResultStatus::Fail,
-        payload: Vec::new(),
-        request_metadata: result.request_metadata.clone(),
-        metadata: result.metadata.clone(),
-        exception: Some(format!(
-            "its result of {size} bytes is over the hub's message limit of {limit} bytes (zcluster hub --max-message)"
-        )),
-    }
-}
-
-/// Most bytes of results sent to the hub in one message: small, so that a
-/// batch never nears even a small `--max-message`; a larger result goes
-/// alone, as always.
-const RESULT_BATCH_BYTES: usize = 64 << 10;
-
-/// Sends results to the hub, several in one [`MessageKind::TaskResults`]
-/// message where there are several (up to [`RESULT_BATCH_BYTES`] each), a
-/// lone or larger one as a plain result; each is encoded once, and nothing
-/// blocks (see [`result_to_hub`]).
-fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)]) {
-    let mut batch: Vec<ResultItem> = Vec::new();
-    let mut bytes = 0;
-    // Room for the batch's own framing within the hub's limit.
-    let batch_bytes = RESULT_BATCH_BYTES.min(socket.limit() / 2);
-    for (job, result, _) in results {
-        let body = message::encode_value(result, "result");
-        let body = match body {
-            Ok(body) if results.len() > 1 && body.len() <= batch_bytes => body,
-            // Alone: the only one, or too large to batch.
-            Ok(body) => {
-                if let Err(e) = alone_to_hub(socket, *job, result, &body) {
-                    warn!(error = %e, "cannot send a result to the hub");
-                }
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot send a result to the hub");
-                continue;
-            }
-        };
-        if bytes + body.len() > batch_bytes {
-            send_result_batch(socket, &std::mem::take(&mut batch));
-            bytes = 0;
-        }
-        bytes += body.len();
-        batch.push((
-            *job,
-            result.id,
-            result.status,
-            serde_bytes::ByteBuf::from(body),
-        ));
-    }
-    send_result_batch(socket, &batch);
-}
-
-fn send_result_batch(socket: &SignedSocket, batch: &[ResultItem]) {
-    let Some((_, first, _, _)) = batch.first() else {
-        return;
-    };
-    let header = Header {
-        kind: MessageKind::TaskResults,
-        job: 0,
-        id: *first,
-    };
-    if let Err(e) = socket.send(&header, batch, zmq::DONTWAIT) {
-        warn!(error = %e, results = batch.len(), "cannot send results to the hub");
-    }
-}
-
-fn send_control(socket: &SignedSocket, message: &EngineMessage) {
-    let header = Header {
-        kind: MessageKind::Control,
-        job: 0,
-        id: 0,
-    };
-    if let Err(e) = socket.send(&header, message, zmq::DONTWAIT) {
-        debug!(error = %e, "cannot send to the hub");
-    }
-}
-
 fn transport(operation: &'static str, source: MessageError) -> EngineError {
     EngineError::Transport { operation, source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn waiting(n: usize, payload: usize) -> VecDeque<ClusterRequest> {
-        (0..n as u64)
-            .map(|id| ClusterRequest::new(id, vec![0; payload]))
-            .collect()
-    }
-
-    fn paced(mean: Duration) -> Pace {
-        Pace { mean: Some(mean) }
-    }
-
-    #[test]
-    fn unknown_or_long_tasks_go_one_at_a_time() {
-        let queue = waiting(100, 8);
-        assert_eq!(Pace::default().batch(&queue, 2), 1);
-        assert_eq!(paced(SLOT_BATCH_TIME).batch(&queue, 2), 1);
-        assert_eq!(paced(Duration::from_secs(3)).batch(&queue, 1), 1);
-    }
-
-    #[test]
-    fn short_tasks_fill_a_batch_of_about_the_batch_time() {
-        let queue = waiting(100, 8);
-        assert_eq!(paced(Duration::from_micros(100)).batch(&queue, 1), 10);
-        assert_eq!(paced(Duration::from_micros(400)).batch(&queue, 1), 2);
-        assert_eq!(
-            paced(Duration::from_nanos(1)).batch(&queue, 1),
-            SLOT_BATCH_TASKS
-        );
-        assert_eq!(paced(Duration::ZERO).batch(&queue, 1), SLOT_BATCH_TASKS);
-    }
-
-    #[test]
-    fn every_free_slot_gets_a_share_of_what_waits() {
-        let fast = paced(Duration::from_micros(1));
-        assert_eq!(fast.batch(&waiting(10, 8), 2), 5);
-        assert_eq!(fast.batch(&waiting(3, 8), 4), 1);
-        assert_eq!(fast.batch(&waiting(1, 8), 1), 1);
-    }
-
-    #[test]
-    fn a_batch_stays_under_its_byte_bound_but_holds_at_least_one() {
-        let fast = paced(Duration::from_micros(1));
-        let big = SLOT_BATCH_BYTES / 4;
-        assert_eq!(fast.batch(&waiting(32, big), 1), 4);
-        assert_eq!(fast.batch(&waiting(32, SLOT_BATCH_BYTES * 2), 1), 1);
-    }
-
-    #[test]
-    fn the_pace_follows_recent_tasks() {
-        let mut pace = Pace::default();
-        pace.record(Duration::from_millis(10));
-        assert_eq!(pace.mean, Some(Duration::from_millis(10)));
-        for _ in 0..200 {
-            pace.record(Duration::from_micros(2));
-        }
-        let mean = pace.mean.unwrap();
-        assert!(mean < Duration::from_micros(3), "{mean:?}");
-        assert!(pace.batch(&waiting(64, 8), 2) > 1);
-    }
 }
