@@ -1,7 +1,8 @@
 //! Run one command, capture its output, with a timeout and cancellation.
 //!
 //! [`run`] is the single place where a task's process is started and
-//! supervised. It never panics and never returns an error: everything that can
+//! supervised. [`chunk`] runs a chunk of command tasks through it (an
+//! engine's slots do) and holds the chunk the client front end builds. It never panics and never returns an error: everything that can
 //! happen to a task, including failing to start it, is an [`ExitKind`] inside
 //! an [`ExecOutcome`], which travels back over the wire as the task's result.
 //!
@@ -82,6 +83,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 mod cgroup;
+pub mod chunk;
 mod containment;
 mod lineage;
 mod spawn;

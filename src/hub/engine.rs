@@ -36,7 +36,7 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
-use crate::map::{mark_failed_commands, run_chunk};
+use crate::exec::chunk::{mark_failed_commands, run_chunk};
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo,

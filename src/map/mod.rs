@@ -20,21 +20,18 @@
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use crate::exec::{self, ExecOptions, ExecOutcome, ExitKind};
-use crate::message::{
-    decode_value, encode_value, ClusterRequest, ClusterResult, ResultStatus, ATTEMPT_KEY,
-};
+use crate::exec::chunk::shown;
+use crate::exec::{ExecOutcome, ExitKind};
+use crate::message::{decode_value, ClusterResult, ResultStatus, ATTEMPT_KEY};
 use crate::template::CommandTemplate;
-use crate::worker::HandlerError;
 
+/// The chunks the front end hands a [`Backend`]: exec's, since engines run
+/// them too.
+pub use crate::exec::chunk::{ExecChunk, ExecTask};
 pub use record::{TaskRecord, TaskStatus};
 
 /// Default largest span of tasks in memory (see the module docs).
@@ -198,69 +195,6 @@ pub enum MapError {
     },
 }
 
-/// One task as it travels to a worker.
-///
-/// The input and the command are bytes: on Unix a line of a file, a file
-/// name, an argument need not be UTF-8 (a Latin-1 name is not), and the
-/// command must get exactly the bytes read. (Encoded, bytes cost what a
-/// string did: a length and the bytes.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecTask {
-    /// 1-based input number.
-    pub seq: u64,
-    /// The input line, so a recorded request explains itself.
-    #[serde(with = "serde_bytes")]
-    pub input: Vec<u8>,
-    /// The command to run: the program, then its arguments.
-    pub argv: Vec<serde_bytes::ByteBuf>,
-    /// Its time limit.
-    pub timeout: Option<Duration>,
-}
-
-impl ExecTask {
-    /// The input as a person reads it (lossy when it is not UTF-8), and its
-    /// exact bytes when they are not UTF-8: [`TaskRecord`]'s `input` and
-    /// `raw_input`.
-    pub fn shown_input(&self) -> (String, Option<Vec<u8>>) {
-        shown(&self.input)
-    }
-
-    /// The command as a person reads it (lossy where not UTF-8).
-    pub fn shown_command(&self) -> Vec<String> {
-        self.argv
-            .iter()
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect()
-    }
-}
-
-/// Bytes as a person reads them, and the bytes themselves when they are
-/// not UTF-8 (so they can be kept exactly).
-fn shown(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_owned(), None),
-        Err(_) => (
-            String::from_utf8_lossy(bytes).into_owned(),
-            Some(bytes.to_vec()),
-        ),
-    }
-}
-
-/// Tasks sent together in one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecChunk {
-    /// The tasks, run one after another by one worker.
-    pub tasks: Vec<ExecTask>,
-}
-
-impl ExecChunk {
-    /// The chunk inside a recorded request body (a bincode
-    /// [`ClusterRequest`], as a hub's store keeps it).
-    pub fn from_request_body(body: &[u8]) -> Result<Self, crate::message::MessageError> {
-        decode_value::<ClusterRequest>(body, "request")?.decode()
-    }
-}
-
 /// A chunk's outcome as a backend reports it.
 #[derive(Debug, Clone)]
 pub struct ChunkDone {
@@ -276,47 +210,6 @@ pub struct ChunkDone {
     pub worker: String,
     /// Which attempt this answer came from (1 for the first).
     pub attempts: u32,
-}
-
-/// Marks a successful chunk result failed when one of its commands failed,
-/// with the first failure as its exception: what a hub records and
-/// `resubmit` looks for. The outcomes stay in the payload.
-pub fn mark_failed_commands(result: &mut ClusterResult) {
-    if result.status != ResultStatus::Ok {
-        return;
-    }
-    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
-    else {
-        return;
-    };
-    if let Some((seq, outcome)) = outcomes.iter().find(|(_, o)| !o.success()) {
-        result.status = ResultStatus::Fail;
-        result.exception = Some(format!("input {seq}: {}", outcome.exit));
-    }
-}
-
-/// Runs every task of a chunk, one after another: the handler of a worker
-/// slot that runs command jobs. `cancel` kills the running task's process
-/// group and skips the rest.
-pub fn run_chunk(
-    cancel: &Arc<AtomicBool>,
-    request: &ClusterRequest,
-) -> Result<Vec<u8>, HandlerError> {
-    let chunk: ExecChunk = request.decode().map_err(HandlerError::new)?;
-    let outcomes: Vec<(u64, ExecOutcome)> = chunk
-        .tasks
-        .iter()
-        .map(|task| {
-            let options = ExecOptions {
-                timeout: task.timeout,
-                cancel: Some(cancel.clone()),
-                ..ExecOptions::default()
-            };
-            let argv: Vec<&OsStr> = task.argv.iter().map(|a| OsStr::from_bytes(a)).collect();
-            (task.seq, exec::run(&argv, &options))
-        })
-        .collect();
-    encode_value(&outcomes, "chunk outcomes").map_err(HandlerError::new)
 }
 
 impl ChunkDone {

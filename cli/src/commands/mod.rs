@@ -229,11 +229,13 @@ pub fn each_report(
 }
 
 /// The command chunk a recorded task ran, if it is one.
-pub fn chunk_of(report: &zcluster::hub::protocol::TaskReport) -> Option<zcluster::map::ExecChunk> {
+pub fn chunk_of(
+    report: &zcluster::hub::protocol::TaskReport,
+) -> Option<zcluster::exec::chunk::ExecChunk> {
     report
         .request
         .as_deref()
-        .and_then(|r| zcluster::map::ExecChunk::from_request_body(r).ok())
+        .and_then(|r| zcluster::exec::chunk::ExecChunk::from_request_body(r).ok())
 }
 
 /// The inputs each of a job's hub tasks holds, by the numbers a person

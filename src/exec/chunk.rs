@@ -1,0 +1,176 @@
+//! A chunk of command tasks: what travels to a worker slot, how the slot
+//! runs it, and how its result says whether every command succeeded.
+//!
+//! Both sides use it: the client front end ([`map`](crate::map)) builds
+//! chunks and reads their outcomes; an engine's slots run them. So it lives
+//! here, next to [`run`](super::run), rather than in either.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ExecOptions, ExecOutcome};
+use crate::message::{
+    decode_value, encode_value, ClusterRequest, ClusterResult, MessageError, ResultStatus,
+};
+use crate::worker::HandlerError;
+
+/// One task as it travels to a worker.
+///
+/// The input and the command are bytes: on Unix a line of a file, a file
+/// name, an argument need not be UTF-8 (a Latin-1 name is not), and the
+/// command must get exactly the bytes read. (Encoded, bytes cost what a
+/// string did: a length and the bytes.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecTask {
+    /// 1-based input number.
+    pub seq: u64,
+    /// The input line, so a recorded request explains itself.
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    /// The command to run: the program, then its arguments.
+    pub argv: Vec<serde_bytes::ByteBuf>,
+    /// Its time limit.
+    pub timeout: Option<Duration>,
+}
+
+impl ExecTask {
+    /// The input as a person reads it (lossy when it is not UTF-8), and its
+    /// exact bytes when they are not UTF-8: a task record's `input` and
+    /// `raw_input`.
+    pub fn shown_input(&self) -> (String, Option<Vec<u8>>) {
+        shown(&self.input)
+    }
+
+    /// The command as a person reads it (lossy where not UTF-8).
+    pub fn shown_command(&self) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect()
+    }
+}
+
+/// Bytes as a person reads them, and the bytes themselves when they are
+/// not UTF-8 (so they can be kept exactly).
+pub(crate) fn shown(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.to_vec()),
+        ),
+    }
+}
+
+/// Tasks sent together in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecChunk {
+    /// The tasks, run one after another by one worker.
+    pub tasks: Vec<ExecTask>,
+}
+
+impl ExecChunk {
+    /// The chunk inside a recorded request body (a bincode
+    /// [`ClusterRequest`], as a hub's store keeps it).
+    pub fn from_request_body(body: &[u8]) -> Result<Self, MessageError> {
+        decode_value::<ClusterRequest>(body, "request")?.decode()
+    }
+}
+
+/// Marks a successful chunk result failed when one of its commands failed,
+/// with the first failure as its exception: what a hub records and
+/// `resubmit` looks for. The outcomes stay in the payload.
+pub fn mark_failed_commands(result: &mut ClusterResult) {
+    if result.status != ResultStatus::Ok {
+        return;
+    }
+    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
+    else {
+        return;
+    };
+    if let Some((seq, outcome)) = outcomes.iter().find(|(_, o)| !o.success()) {
+        result.status = ResultStatus::Fail;
+        result.exception = Some(format!("input {seq}: {}", outcome.exit));
+    }
+}
+
+/// Runs every task of a chunk, one after another: the handler of a worker
+/// slot that runs command jobs. `cancel` kills the running task's process
+/// group and skips the rest.
+pub fn run_chunk(
+    cancel: &Arc<AtomicBool>,
+    request: &ClusterRequest,
+) -> Result<Vec<u8>, HandlerError> {
+    let chunk: ExecChunk = request.decode().map_err(HandlerError::new)?;
+    let outcomes: Vec<(u64, ExecOutcome)> = chunk
+        .tasks
+        .iter()
+        .map(|task| {
+            let options = ExecOptions {
+                timeout: task.timeout,
+                cancel: Some(cancel.clone()),
+                ..ExecOptions::default()
+            };
+            let argv: Vec<&OsStr> = task.argv.iter().map(|a| OsStr::from_bytes(a)).collect();
+            (task.seq, super::run(&argv, &options))
+        })
+        .collect();
+    encode_value(&outcomes, "chunk outcomes").map_err(HandlerError::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(commands: &[&str]) -> ClusterRequest {
+        let tasks = commands
+            .iter()
+            .zip(1..)
+            .map(|(command, seq)| ExecTask {
+                seq,
+                input: seq.to_string().into_bytes(),
+                argv: vec![serde_bytes::ByteBuf::from(command.as_bytes().to_vec())],
+                timeout: None,
+            })
+            .collect();
+        ClusterRequest::encode(7, &ExecChunk { tasks }).unwrap()
+    }
+
+    fn result_of(payload: Vec<u8>) -> ClusterResult {
+        let mut result = ClusterResult::failed_here(7, "test".into(), "unused");
+        result.status = ResultStatus::Ok;
+        result.exception = None;
+        result.payload = payload;
+        result
+    }
+
+    #[test]
+    fn a_chunk_runs_each_command_and_fails_at_its_first_failing_input() {
+        let request = chunk(&["true", "false", "true"]);
+        let payload = run_chunk(&Arc::default(), &request).unwrap();
+        let outcomes: Vec<(u64, ExecOutcome)> = decode_value(&payload, "outcomes").unwrap();
+        let seqs: Vec<(u64, bool)> = outcomes.iter().map(|(s, o)| (*s, o.success())).collect();
+        assert_eq!(seqs, vec![(1, true), (2, false), (3, true)]);
+        let mut result = result_of(payload);
+        mark_failed_commands(&mut result);
+        assert_eq!(result.status, ResultStatus::Fail);
+        assert_eq!(
+            result.exception.as_deref(),
+            Some("input 2: exited with status 1")
+        );
+    }
+
+    #[test]
+    fn a_chunk_whose_commands_all_succeed_stays_ok() {
+        let payload = run_chunk(&Arc::default(), &chunk(&["true", "true"])).unwrap();
+        let mut result = result_of(payload);
+        mark_failed_commands(&mut result);
+        assert_eq!(result.status, ResultStatus::Ok);
+        assert_eq!(result.exception, None);
+    }
+}
