@@ -1,5 +1,7 @@
-//! The client side of a hub: calls (status, results, kill, ...) and the
-//! [`map::Backend`](crate::map::Backend) that runs `zcluster map --hub`.
+//! The client side of a hub: a connection that makes calls, typed calls
+//! (status, results, kill, ...: `client/calls.rs`), a job's tasks and
+//! results ([`JobHandle`]), and the [`map::Backend`](crate::map::Backend)
+//! that runs `zcluster map --hub`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -396,6 +398,10 @@ impl HubClient {
     }
 }
 
+mod calls;
+
+pub use calls::{Killed, Pong, ENGINE_CALL_TIMEOUT};
+
 /// How often a waiting client looks at its connection (closed, it is
 /// replaced).
 const LINK_CHECK: Duration = Duration::from_millis(100);
@@ -750,15 +756,8 @@ impl JobHandle {
         ids: Vec<u64>,
         status_only: bool,
     ) -> Result<Vec<(u64, TaskReport)>, ClientError> {
-        let call = ClientCall::Results {
-            job: self.job,
-            ids: Some(ids),
-            status_only,
-        };
-        match client.call(&call)? {
-            Reply::Results(reports) => Ok(reports.into_iter().map(|r| (r.id, r)).collect()),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        let reports = client.results_of(self.job, ids, status_only)?;
+        Ok(reports.into_iter().map(|r| (r.id, r)).collect())
     }
 
     /// Drops the job's queued tasks (and kills its running ones when asked);

@@ -8,25 +8,18 @@ use std::time::Duration;
 
 use clap::Args;
 use zcluster::commands::{CommandSender, Delivery};
+use zcluster::hub::client::Killed;
 use zcluster::socket::SocketKind;
-
-use zcluster::hub::protocol::{ClientCall, Reply};
 
 use super::{socket_arg, HubArg};
 
 fn through_hub(ctx: &zmq::Context, args: &KillArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.hub.client(ctx)?;
-    let call = ClientCall::Kill {
-        engines: (!args.engine.is_empty()).then(|| args.engine.clone()),
-        restart: args.restart,
-    };
-    let Reply::Killed {
+    let engines = (!args.engine.is_empty()).then(|| args.engine.clone());
+    let Killed {
         acknowledged,
         silent,
-    } = client.call_waiting(&call, Duration::from_secs(15))?
-    else {
-        anyhow::bail!("unexpected answer to a kill call");
-    };
+    } = client.kill(engines, args.restart)?;
     // Errors returned, not println!'s panic: see `Stdout`.
     let mut out = super::stdout();
     if args.json {

@@ -579,7 +579,6 @@ const ENGINE_POLL: Duration = Duration::from_millis(500);
 /// map on an empty cluster just sits there. Asks on a connection of its
 /// own, on a thread that ends when an engine is there (or the map stops).
 fn watch_for_engines(hub: HubArg, progress: ProgressBar, stop: Arc<AtomicBool>) {
-    use zcluster::hub::protocol::{ClientCall, Reply};
     let spawned = std::thread::Builder::new()
         .name("zcluster-engines".into())
         .spawn(move || {
@@ -589,10 +588,10 @@ fn watch_for_engines(hub: HubArg, progress: ProgressBar, stop: Arc<AtomicBool>) 
             };
             let mut waiting = false;
             while !stop.load(Ordering::Relaxed) {
-                let engines = match client.call(&ClientCall::Status { verbose: false }) {
-                    Ok(Reply::Status(status)) => status.engines,
-                    _ => return,
+                let Ok(status) = client.status(false) else {
+                    return;
                 };
+                let engines = status.engines;
                 if let Some(first) = engines.first() {
                     if waiting {
                         let slots: u32 = engines.iter().map(|e| e.slots).sum();

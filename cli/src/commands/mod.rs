@@ -20,9 +20,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use zcluster::hub::client::HubClient;
+use zcluster::hub::client::{ClientError, HubClient};
 use zcluster::hub::connection::{self, ConnectionInfo};
-use zcluster::hub::protocol::{ClientCall, Reply, TaskReport};
+use zcluster::hub::protocol::TaskReport;
 use zcluster::socket::{FutureSocket, SocketKind};
 
 /// An error in what the user asked for (exit status 2), as opposed to a
@@ -186,45 +186,19 @@ impl HubArg {
 /// The recorded tasks of `job`, read page by page (a job of any size comes
 /// back in replies of bounded size); an unknown job is a usage error.
 pub fn job_reports(
-    client: &mut zcluster::hub::client::HubClient,
+    client: &mut HubClient,
     job: u64,
     status_only: bool,
-) -> anyhow::Result<Vec<zcluster::hub::protocol::TaskReport>> {
-    let mut all = Vec::new();
-    each_report(client, job, status_only, |report| all.push(report))?;
-    Ok(all)
+) -> anyhow::Result<Vec<TaskReport>> {
+    client.results(job, status_only).map_err(refusal_is_usage)
 }
 
-/// Hands each recorded task of `job` to `visit`, page by page, so that a
-/// caller keeping only a little of each (its inputs' numbers, say) holds
-/// one page at a time, not the job's every output.
-pub fn each_report(
-    client: &mut zcluster::hub::client::HubClient,
-    job: u64,
-    status_only: bool,
-    mut visit: impl FnMut(zcluster::hub::protocol::TaskReport),
-) -> anyhow::Result<()> {
-    use zcluster::hub::client::ClientError;
-    use zcluster::hub::protocol::{ClientCall, Reply};
-    let mut after = None;
-    loop {
-        let call = ClientCall::ResultsPage {
-            job,
-            after,
-            status_only,
-        };
-        match client.call(&call) {
-            Ok(Reply::ResultsPage { reports, next }) => {
-                reports.into_iter().for_each(&mut visit);
-                match next {
-                    Some(cursor) if Some(cursor) != after => after = Some(cursor),
-                    _ => return Ok(()),
-                }
-            }
-            Ok(_) => anyhow::bail!("unexpected answer to a results call"),
-            Err(ClientError::Refused(reason)) => return Err(UsageError(reason).into()),
-            Err(e) => return Err(e.into()),
-        }
+/// A hub that refuses a query about a job (it has no such job) answers the
+/// person's mistake: a usage error, not a failure of the hub.
+fn refusal_is_usage(error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Refused(reason) => UsageError(reason).into(),
+        error => error.into(),
     }
 }
 
@@ -269,14 +243,7 @@ impl InputNumbers {
         let Some(&last) = ids.iter().max() else {
             return Ok(InputNumbers::OneEach);
         };
-        let call = ClientCall::Results {
-            job,
-            ids: Some(vec![last]),
-            status_only: false,
-        };
-        let Reply::Results(found) = client.call(&call)? else {
-            anyhow::bail!("unexpected answer to a results call");
-        };
+        let found = client.results_of(job, vec![last], false)?;
         let Some(chunk) = found.iter().find_map(chunk_of) else {
             return Ok(InputNumbers::Ids);
         };
@@ -290,17 +257,14 @@ impl InputNumbers {
             }
         };
         if whole_job {
-            each_report(client, job, false, keep)?;
+            client
+                .each_result(job, false, keep)
+                .map_err(refusal_is_usage)?;
         } else {
-            let call = ClientCall::Results {
-                job,
-                ids: Some(ids.to_vec()),
-                status_only: false,
-            };
-            let Reply::Results(found) = client.call(&call)? else {
-                anyhow::bail!("unexpected answer to a results call");
-            };
-            found.into_iter().for_each(&mut keep);
+            client
+                .results_of(job, ids.to_vec(), false)?
+                .into_iter()
+                .for_each(&mut keep);
         }
         Ok(InputNumbers::Chunks(chunks))
     }

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use zcluster::commands::{CommandSender, Delivery};
+use zcluster::hub::client::Pong;
 use zcluster::socket::SocketKind;
-
-use zcluster::hub::protocol::{ClientCall, Reply};
 
 use super::{socket_arg, HubArg};
 
@@ -52,11 +51,8 @@ pub fn run(args: PingArgs) -> anyhow::Result<ExitCode> {
             (replies, Vec::new())
         }
         _ => {
-            let mut client = args.hub.client(&ctx)?;
-            match client.call_waiting(&ClientCall::Ping, Duration::from_secs(15))? {
-                Reply::Pong { replies, silent } => (replies, silent),
-                _ => anyhow::bail!("unexpected answer to a ping call"),
-            }
+            let Pong { replies, silent } = args.hub.client(&ctx)?.ping()?;
+            (replies, silent)
         }
     };
     // Errors returned, not println!'s panic: see `Stdout`.

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
-use zcluster::hub::protocol::{ClientCall, PurgeTarget, Reply};
+use zcluster::hub::protocol::PurgeTarget;
 
 use super::HubArg;
 
@@ -34,9 +34,7 @@ pub fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         (None, None) => PurgeTarget::AllCompleted,
     };
     let ctx = zmq::Context::new();
-    let Reply::Purged(n) = args.hub.client(&ctx)?.call(&ClientCall::Purge(target))? else {
-        anyhow::bail!("unexpected answer to a purge call");
-    };
+    let n = args.hub.client(&ctx)?.purge(target)?;
     if args.json {
         let mut out = super::stdout();
         writeln!(out, "{}", serde_json::json!({ "purged": n }))?;

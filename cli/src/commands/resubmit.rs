@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use zcluster::hub::protocol::{ClientCall, Reply};
 
 use std::collections::HashMap;
 
@@ -73,10 +72,7 @@ pub fn run(args: ResubmitArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(task_ids(&mut client, args.job, &args.task)?)
     };
-    let call = ClientCall::Resubmit { job: args.job, ids };
-    let Reply::Resubmitted(n) = client.call(&call)? else {
-        anyhow::bail!("unexpected answer to a resubmit call");
-    };
+    let n = client.resubmit(args.job, ids)?;
     eprintln!(
         "zcluster: resubmitted {n} task(s) of job {}; `zcluster results {}` shows them when done",
         args.job, args.job

@@ -1,10 +1,8 @@
 //! `zcluster shutdown`: stop the hub, and its workers when asked.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
-use zcluster::hub::protocol::ClientCall;
 
 use super::HubArg;
 
@@ -20,12 +18,7 @@ pub struct ShutdownArgs {
 pub fn run(args: ShutdownArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
-    client.call_waiting(
-        &ClientCall::Shutdown {
-            workers: args.workers,
-        },
-        Duration::from_secs(15),
-    )?;
+    client.shutdown(args.workers)?;
     eprintln!("zcluster: hub shut down");
     Ok(ExitCode::SUCCESS)
 }

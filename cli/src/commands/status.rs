@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use zcluster::hub::client::HubClient;
-use zcluster::hub::protocol::{ClientCall, HubStatus, Reply};
+use zcluster::hub::protocol::HubStatus;
 
 use super::{HubArg, InputNumbers};
 
@@ -44,12 +44,7 @@ fn input_numbers(client: &mut HubClient, status: &HubStatus) -> HashMap<u64, Inp
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
-    let Reply::Status(status) = client.call(&ClientCall::Status {
-        verbose: args.verbose,
-    })?
-    else {
-        anyhow::bail!("unexpected answer to a status call");
-    };
+    let status = client.status(args.verbose)?;
     // Written through one lock with errors returned, not println!: a
     // closed stdout (`zcluster status | head -1`) ends the command quietly
     // (see `Stdout`) instead of panicking.
