@@ -5,19 +5,21 @@
 //! a command (or a Rust function) once per input on every worker core,
 //! returns every result exactly once in input order, and records what ran.
 //!
-//! The crate is layered; each layer uses only the ones above it in this list,
-//! and each is one module named after what it holds:
+//! The crate is layered; each layer uses only the ones above it in this list
+//! (what the modules' `use crate::` lines say), and each is one module, or a
+//! few, named after what it holds:
 //!
 //! | layer | module | what it holds |
 //! | --- | --- | --- |
-//! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` |
 //! | message | [`message`], [`auth`], [`untrusted`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets; network bytes escaped before they are shown |
+//! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` (sized to the message layer's bound) |
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
 //! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
-//! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation |
-//! | map | [`map`] | the `zcluster map` engine: lazy inputs, ordering, halting, over a [`map::Backend`] (a hub client) |
-//! | pool | [`pool`] | typed `map`, `imap`, `imap_unordered`, `map_reduce` over named handlers in worker binaries |
-//! | hub | [`hub`] | engines, heartbeats, dispatch by credit, the task store, queries and commands |
+//! | slots | [`slots`] | toolkit workers on threads in this process, each fed only when free: what an engine runs its tasks on |
+//! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation, and a chunk of them ([`exec::chunk`]) |
+//! | map | [`map`] | the `zcluster map` front end: lazy inputs, ordering, halting, over a [`map::Backend`] |
+//! | hub | [`hub`] | engines, heartbeats, dispatch, the task store, queries and commands; the hub client, which is `map`'s backend |
+//! | pool | [`pool`] | typed `map`, `imap`, `imap_unordered`, `map_reduce` over named handlers in worker binaries, through a hub |
 //! | launch | [`launch`] | workers started elsewhere and kept alive: over ssh from a host file |
 //!
 //! A Rust function on every core, results in input order, through a hub and
@@ -102,4 +104,98 @@ pub mod worker;
 /// This machine's host name, as results and replies report it.
 pub fn host_name() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod layer_tests {
+    //! The layer table above is checked against the code: a module that
+    //! starts using one below it breaks this test, not just the docs.
+
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// Each module the crate doc's layer table names, with its row number.
+    fn layers() -> BTreeMap<String, usize> {
+        let mut layers = BTreeMap::new();
+        let rows = include_str!("lib.rs")
+            .lines()
+            .filter(|line| line.starts_with("//! | ") && !line.starts_with("//! | ---"))
+            .skip(1); // the header
+        for (row, line) in rows.enumerate() {
+            let modules = line.split('|').nth(2).unwrap_or_default();
+            for name in modules.split("[`").skip(1) {
+                let name = name.split('`').next().unwrap_or_default();
+                layers.insert(name.to_string(), row);
+            }
+        }
+        layers
+    }
+
+    fn sources(path: &Path, out: &mut Vec<PathBuf>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                sources(&entry.unwrap().path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_path_buf());
+        }
+    }
+
+    /// The crate's modules a module's code (not its comments) names.
+    fn uses(module: &str) -> Vec<String> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src.join(format!("{module}.rs")), &mut files);
+        sources(&src.join(module), &mut files);
+        let mut used = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+            for line in code {
+                for after in line.split("crate::").skip(1) {
+                    let name: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if name != module && !used.contains(&name) {
+                        used.push(name);
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    #[test]
+    fn every_module_uses_only_the_layers_above_it() {
+        let layers = layers();
+        assert!(
+            layers.len() > 10,
+            "the layer table was not found: {layers:?}"
+        );
+        let mut wrong = Vec::new();
+        for (module, row) in &layers {
+            for used in uses(module) {
+                if layers.get(&used).is_some_and(|r| r > row) {
+                    wrong.push(format!("{module} uses {used}, a layer below it"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn every_module_is_in_the_layer_table() {
+        let layers = layers();
+        let declared: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub mod "))
+            .map(|name| name.trim_end_matches(';'))
+            .collect();
+        let missing: Vec<&&str> = declared
+            .iter()
+            .filter(|m| !layers.contains_key(**m))
+            .collect();
+        assert!(missing.is_empty(), "not in the layer table: {missing:?}");
+    }
 }
