@@ -314,7 +314,8 @@ job=$(job_id "$tmp/vanish")
 [ -n "$job" ] || fail "map printed no job id"
 in_ns "$NS_HUB" "$Z" results "$job" --hub "$conn" --status-only >"$tmp/tasks" 2>"$tmp/results.log" \
     || fail "zcluster results $job --status-only: $(cat "$tmp/tasks")"
-read -r tasks ok on_w1 again again_on_w2 < <(awk -F'\t' -v w1="$w1_engine" -v w2="$w2_engine" '
+# Columns (aligned by spaces): INPUT STATE ENGINE ATTEMPTS STARTED TIME ERROR.
+read -r tasks ok on_w1 again again_on_w2 < <(awk -v w1="$w1_engine" -v w2="$w2_engine" '
     NR > 1 {
         tasks++
         ok += ($2 == "ok")
