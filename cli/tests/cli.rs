@@ -14,3 +14,4 @@ mod map;
 mod map_person;
 mod pipes;
 mod store;
+mod systemd;

@@ -15,7 +15,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     hub: HubArg,
     /// Tasks at once (default: number of cores).
-    #[arg(short, long)]
+    #[arg(short, long, env = "ZCLUSTER_JOBS")]
     jobs: Option<usize>,
 }
 
