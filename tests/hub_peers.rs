@@ -103,8 +103,10 @@ fn a_flood_from_a_peer_without_the_key_is_held_to_a_byte_budget() {
     const BUDGET: usize = 256 << 20;
     // Messages the hub may buffer (its mark), plus what the attacker's own
     // queue, the one frame being decoded and the kernel's socket buffers
-    // (a few MiB each way on loopback) hold.
-    const ALLOWED: usize = BUDGET / MAX + 8;
+    // (a few MiB each way on loopback) hold, and under CURVE the message
+    // being encrypted on one side and decrypted on the other (73 was seen
+    // once against the 72 allowed before CURVE).
+    const ALLOWED: usize = BUDGET / MAX + 10;
     let ctx = zmq::Context::new();
     // Bound, not yet running: its I/O threads accept and queue, nobody reads.
     let hub = Hub::bind(&ctx, tcp_hub(MAX)).expect("a hub");
