@@ -9,6 +9,11 @@
 //! and engine embedded in this process
 //! ([`EmbeddedCluster`](crate::hub::embedded::EmbeddedCluster)).
 //!
+//! One file on purpose (about 800 lines): the map's loop and the types it
+//! hands out (options, halt rules, records, summary, the reorder buffer)
+//! are one mechanism a reader follows top to bottom; the template, the
+//! chunk runner (`exec::chunk`) and the backends live elsewhere.
+//!
 //! # Memory bound
 //!
 //! The front end never holds more than [`MapOptions::window`] tasks between
