@@ -7,7 +7,7 @@
 //!
 //! | frame | content |
 //! | --- | --- |
-//! | 0 | protocol name and version, `zcluster/4` |
+//! | 0 | protocol name and version, `zcluster/5` |
 //! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
 //! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
 //! | 3 | body: the record named by the kind, bincode |
@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Auth, AuthError, Channel, EpochRule, Key, Signer, Verified, Verifier};
 
 /// First frame of every message: protocol name and version.
-pub const PROTOCOL: &[u8] = b"zcluster/4";
+pub const PROTOCOL: &[u8] = b"zcluster/5";
 const PROTOCOL_NAME: &[u8] = b"zcluster/";
 
 /// Largest message (and so body) any zcluster socket accepts: receiving
@@ -65,8 +65,9 @@ type Config = bincode::config::Configuration<
 /// The one bincode configuration used to encode and decode everything.
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>();
 
-/// Request metadata key a hub sets on a retried request: which attempt it
-/// is (absent on the first). Workers copy request metadata into results, so
+/// Request metadata key an engine sets on a retried request: which attempt
+/// it is (absent on the first; the hub sends the number beside the request,
+/// see [`TaskItem`](crate::hub::protocol::TaskItem)). Workers copy request metadata into results, so
 /// a client reads the number of attempts off the result.
 pub const ATTEMPT_KEY: &str = "zcluster.attempt";
 
@@ -90,7 +91,7 @@ pub enum MessageError {
         first: String,
     },
     /// A zcluster peer speaking another version.
-    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/4)")]
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/5)")]
     WrongVersion {
         /// What arrived.
         got: String,
@@ -343,6 +344,20 @@ impl ClusterResult {
                 elapsed: Duration::ZERO,
             },
             exception: Some(reason.to_string()),
+        }
+    }
+
+    /// A failure with `reason` in place of this result, keeping where and
+    /// when its task ran and its request's metadata (a result that cannot
+    /// be delivered as it is, say over a size limit).
+    pub fn as_failure(&self, reason: String) -> Self {
+        ClusterResult {
+            id: self.id,
+            status: ResultStatus::Fail,
+            payload: Vec::new(),
+            request_metadata: self.request_metadata.clone(),
+            metadata: self.metadata.clone(),
+            exception: Some(reason),
         }
     }
 

@@ -1231,7 +1231,13 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
             .iter()
             .map(|&id| {
                 let body = encode_value(&forged_result(id), "result").unwrap();
-                (job, id, ResultStatus::Ok, body.into())
+                ResultItem {
+                    job,
+                    id,
+                    status: ResultStatus::Ok,
+                    error: None,
+                    body: body.into(),
+                }
             })
             .collect();
         let header = Header {

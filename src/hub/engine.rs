@@ -39,7 +39,7 @@ use crate::auth::{AuthError, Channel};
 use crate::exec::chunk::{mark_failed_commands, run_chunk};
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
-    MessageError, MessageKind, WorkerInfo,
+    MessageError, MessageKind, WorkerInfo, ATTEMPT_KEY,
 };
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
@@ -431,15 +431,20 @@ impl<'a> Engine<'a> {
     fn on_hub_message(&mut self, envelope: &Envelope) -> Result<Flow, EngineError> {
         match envelope.header.kind {
             MessageKind::Request => {
-                self.on_task(envelope.header.job, envelope.header.id, envelope.request());
+                self.on_task(
+                    envelope.header.job,
+                    envelope.header.id,
+                    1,
+                    envelope.request(),
+                );
             }
             MessageKind::Tasks => {
                 let job = envelope.header.job;
                 match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
                     Ok(tasks) => {
-                        for (id, request) in tasks {
+                        for (id, attempt, request) in tasks {
                             let request = decode_value::<ClusterRequest>(&request, "request");
-                            self.on_task(job, id, request);
+                            self.on_task(job, id, attempt, request);
                         }
                     }
                     // Only the hub sends these, and it builds them from bodies
@@ -473,13 +478,25 @@ impl<'a> Engine<'a> {
         Ok(Flow::Go)
     }
 
-    /// Queues a task the hub sent, or answers it at once as failed when its
-    /// request does not decode (otherwise its slot at the hub stays taken
-    /// and its client waits for ever).
-    fn on_task(&mut self, job: JobId, id: u64, request: Result<ClusterRequest, MessageError>) {
+    /// Queues a task the hub sent, stamped with its job and (past the
+    /// first) its attempt, or answers it at once as failed when its request
+    /// does not decode (otherwise its slot at the hub stays taken and its
+    /// client waits for ever).
+    fn on_task(
+        &mut self,
+        job: JobId,
+        id: u64,
+        attempt: u32,
+        request: Result<ClusterRequest, MessageError>,
+    ) {
         match request {
             Ok(mut request) => {
                 request.metadata.insert(JOB_KEY.into(), job.to_string());
+                if attempt > 1 {
+                    request
+                        .metadata
+                        .insert(ATTEMPT_KEY.into(), attempt.to_string());
+                }
                 self.waiting.push_back(request);
             }
             Err(e) => {

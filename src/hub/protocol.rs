@@ -20,18 +20,35 @@ use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, 
 use super::store::TaskState;
 pub use super::store::{EngineId, JobId};
 
-/// One task of a [`MessageKind::Tasks`] message from the hub: its id and
-/// its encoded [`ClusterRequest`](crate::message::ClusterRequest).
+/// One task of a [`MessageKind::Tasks`] message from the hub: its id, the
+/// attempt this is (1 for the first run; the engine stamps a later one
+/// into the request's metadata as [`ATTEMPT_KEY`], so the hub sends the
+/// recorded request as it is, never decoding or re-encoding it), and its
+/// encoded [`ClusterRequest`](crate::message::ClusterRequest).
 ///
 /// [`MessageKind::Tasks`]: crate::message::MessageKind::Tasks
-pub type TaskItem = (u64, serde_bytes::ByteBuf);
+/// [`ATTEMPT_KEY`]: crate::message::ATTEMPT_KEY
+pub type TaskItem = (u64, u32, serde_bytes::ByteBuf);
 
 /// One result of a [`MessageKind::TaskResults`] message from an engine:
-/// its job, its task id, its status and the encoded
-/// [`ClusterResult`](crate::message::ClusterResult).
+/// what the hub needs to route and record it, beside the encoded
+/// [`ClusterResult`](crate::message::ClusterResult) it forwards to the
+/// client as it came, never decoding it.
 ///
 /// [`MessageKind::TaskResults`]: crate::message::MessageKind::TaskResults
-pub type ResultItem = (JobId, u64, ResultStatus, serde_bytes::ByteBuf);
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultItem {
+    /// The task's job.
+    pub job: JobId,
+    /// The task's id.
+    pub id: u64,
+    /// Whether it succeeded.
+    pub status: ResultStatus,
+    /// Why it failed (the result's `exception`), for the task record.
+    pub error: Option<String>,
+    /// The encoded result.
+    pub body: serde_bytes::ByteBuf,
+}
 
 /// Engine to hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -72,19 +72,23 @@ pub(super) fn result_to_hub(
     alone_to_hub(socket, job, result, &body)
 }
 
-/// Sends one encoded result by itself. One larger than the hub takes
-/// goes as a failure saying so: sent as it is, ZeroMQ would drop it with
-/// the connection, and its task would wait for ever.
+/// Sends one encoded result by itself: a success as a plain result, a
+/// failure as a batch of one, which carries its reason for the hub's record.
+/// One larger than the hub takes goes as a failure saying so: sent as it
+/// is, ZeroMQ would drop it with the connection, and its task would wait
+/// for ever.
 fn alone_to_hub(
     socket: &SignedSocket,
     job: JobId,
     result: &ClusterResult,
     body: &[u8],
 ) -> Result<(), MessageError> {
-    let header = Header::result(job, result);
-    match socket.send_raw(&header, body, zmq::DONTWAIT) {
+    let sent = match result.status {
+        ResultStatus::Ok => socket.send_raw(&Header::result(job, result), body, zmq::DONTWAIT),
+        ResultStatus::Fail => send_result_batch(socket, &[item(job, result, body.to_vec())]),
+    };
+    match sent {
         Err(MessageError::TooLarge { size, limit, .. }) => {
-            let failed = too_large(result, size, limit);
             warn!(
                 job,
                 task = result.id,
@@ -92,24 +96,33 @@ fn alone_to_hub(
                 limit,
                 "result over the hub's message limit; sent as a failure"
             );
-            socket.send(&Header::result(job, &failed), &failed, zmq::DONTWAIT)
+            let failed = result.as_failure(format!(
+                "its result of {size} bytes is over the hub's message limit of {limit} bytes (zcluster hub --max-message)"
+            ));
+            let body = message::encode_value(&failed, "result")?;
+            send_result_batch(socket, &[item(job, &failed, body)])
         }
         sent => sent,
     }
 }
 
-/// A failure in place of a result of `size` bytes that the hub, taking at
-/// most `limit`, would not take.
-fn too_large(result: &ClusterResult, size: usize, limit: usize) -> ClusterResult {
-    ClusterResult {
+/// What the hub needs to route and record `result` (encoded as `body`),
+/// beside the body.
+fn item(job: JobId, result: &ClusterResult, body: Vec<u8>) -> ResultItem {
+    ResultItem {
+        job,
         id: result.id,
-        status: ResultStatus::Fail,
-        payload: Vec::new(),
-        request_metadata: result.request_metadata.clone(),
-        metadata: result.metadata.clone(),
-        exception: Some(format!(
-            "its result of {size} bytes is over the hub's message limit of {limit} bytes (zcluster hub --max-message)"
-        )),
+        status: result.status,
+        error: match result.status {
+            ResultStatus::Ok => None,
+            ResultStatus::Fail => Some(
+                result
+                    .exception
+                    .clone()
+                    .unwrap_or_else(|| "failed (no reason given)".into()),
+            ),
+        },
+        body: serde_bytes::ByteBuf::from(body),
     }
 }
 
@@ -120,8 +133,8 @@ const RESULT_BATCH_BYTES: usize = 64 << 10;
 
 /// Sends results to the hub, several in one [`MessageKind::TaskResults`]
 /// message where there are several (up to [`RESULT_BATCH_BYTES`] each), a
-/// lone or larger one as a plain result; each is encoded once, and nothing
-/// blocks (see [`result_to_hub`]).
+/// lone or larger one alone (see [`alone_to_hub`]); each is encoded once,
+/// and nothing blocks.
 pub(super) fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterResult, bool)]) {
     let mut batch: Vec<ResultItem> = Vec::new();
     let mut bytes = 0;
@@ -144,32 +157,34 @@ pub(super) fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterRe
             }
         };
         if bytes + body.len() > batch_bytes {
-            send_result_batch(socket, &std::mem::take(&mut batch));
+            warn_unsent(socket, &std::mem::take(&mut batch));
             bytes = 0;
         }
         bytes += body.len();
-        batch.push((
-            *job,
-            result.id,
-            result.status,
-            serde_bytes::ByteBuf::from(body),
-        ));
+        batch.push(item(*job, result, body));
     }
-    send_result_batch(socket, &batch);
+    warn_unsent(socket, &batch);
 }
 
-fn send_result_batch(socket: &SignedSocket, batch: &[ResultItem]) {
-    let Some((_, first, _, _)) = batch.first() else {
-        return;
+/// Sends a batch, saying so in the log when it cannot.
+fn warn_unsent(socket: &SignedSocket, batch: &[ResultItem]) {
+    if let Err(e) = send_result_batch(socket, batch) {
+        warn!(error = %e, results = batch.len(), "cannot send results to the hub");
+    }
+}
+
+/// Sends results as one [`MessageKind::TaskResults`] message, without
+/// blocking.
+fn send_result_batch(socket: &SignedSocket, batch: &[ResultItem]) -> Result<(), MessageError> {
+    let Some(first) = batch.first() else {
+        return Ok(());
     };
     let header = Header {
         kind: MessageKind::TaskResults,
         job: 0,
-        id: *first,
+        id: first.id,
     };
-    if let Err(e) = socket.send(&header, batch, zmq::DONTWAIT) {
-        warn!(error = %e, results = batch.len(), "cannot send results to the hub");
-    }
+    socket.send(&header, batch, zmq::DONTWAIT)
 }
 
 /// Sends a control message (register, heartbeat, unregister) without

@@ -73,19 +73,21 @@ impl<O: Outbox> Core<O> {
                     warn!(error = %escape_error(&e), "dropping a bad control message from an engine")
                 }
             },
+            // A lone result is a success (an engine sends every failure in
+            // a batch, which carries its reason).
             (MessageKind::Result(status), Some(engine)) => {
-                self.on_result(engine, envelope.header, envelope.body(), status)
+                self.on_result(engine, envelope.header, envelope.body(), status, None)
             }
             (MessageKind::TaskResults, Some(engine)) => {
                 match decode_value::<Vec<ResultItem>>(envelope.body(), "task results") {
                     Ok(results) => {
-                        for (job, id, status, body) in results {
+                        for item in results {
                             let header = Header {
-                                kind: MessageKind::Result(status),
-                                job,
-                                id,
+                                kind: MessageKind::Result(item.status),
+                                job: item.job,
+                                id: item.id,
                             };
-                            self.on_result(engine, header, &body, status);
+                            self.on_result(engine, header, &item.body, item.status, item.error);
                         }
                     }
                     Err(e) => {

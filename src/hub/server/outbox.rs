@@ -10,13 +10,14 @@ use crate::message::{Command, Header, MessageError};
 /// (tasks, commands) return the error; the others are logged and dropped
 /// there (an engine or client that is gone learns nothing either way).
 pub(super) trait Outbox {
-    /// Tasks of `job`, (id, recorded request), to the engine `engine`: one
-    /// alone as a plain request, several as one `Tasks` message.
+    /// Tasks of `job`, (id, attempt, recorded request), to the engine
+    /// `engine`: a first attempt alone as a plain request, several or a
+    /// retry as one `Tasks` message, which carries the attempt.
     fn tasks(
         &mut self,
         engine: &[u8],
         job: JobId,
-        tasks: &[(u64, &[u8])],
+        tasks: &[(u64, u32, &[u8])],
     ) -> Result<(), MessageError>;
 
     /// A command (kill, restart, ping) to the engine `engine`, under `token`.
@@ -57,6 +58,8 @@ mod recorder {
             engine: Vec<u8>,
             job: JobId,
             tasks: Vec<u64>,
+            /// Each task's attempt number, as sent.
+            attempts: Vec<u32>,
         },
         Command {
             engine: Vec<u8>,
@@ -111,13 +114,14 @@ mod recorder {
             &mut self,
             engine: &[u8],
             job: JobId,
-            tasks: &[(u64, &[u8])],
+            tasks: &[(u64, u32, &[u8])],
         ) -> Result<(), MessageError> {
             self.reach(engine)?;
             self.sent.push(Sent::Tasks {
                 engine: engine.to_vec(),
                 job,
-                tasks: tasks.iter().map(|(id, _)| *id).collect(),
+                tasks: tasks.iter().map(|(id, _, _)| *id).collect(),
+                attempts: tasks.iter().map(|(_, attempt, _)| *attempt).collect(),
             });
             Ok(())
         }

@@ -12,31 +12,23 @@ use super::scheduler::{self, Assignment, Before};
 use super::Core;
 use crate::hub::protocol::{EngineId, HubToEngine, JobId};
 use crate::hub::store::{Finished, TaskState};
-use crate::message::{
-    self, decode_value, encode_value, ClusterRequest, ClusterResult, Header, MessageError,
-    ResultStatus,
-};
+use crate::message::{Header, MessageError, ResultStatus};
 
-/// The request body with its attempt number in the metadata (re-encoded
-/// only on a retry, which is rare).
-fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
-    match decode_value::<ClusterRequest>(body, "request") {
-        Ok(request) => {
-            let request = request.with_metadata(message::ATTEMPT_KEY, attempt.to_string());
-            encode_value(&request, "request").unwrap_or_else(|_| body.to_vec())
-        }
-        Err(_) => body.to_vec(),
-    }
-}
+/// The reason recorded for a failure that came without one (engines always
+/// give one; this guards the record against one that did not).
+const NO_REASON: &str = "failed (the engine gave no reason)";
 
 impl<O: Outbox> Core<O> {
-    /// A result from engine `engine_id` for the task `header` names.
+    /// A result from engine `engine_id` for the task `header` names, with
+    /// its status and, for a failure, the reason the engine gave beside the
+    /// body (which is recorded and forwarded as it came, never decoded).
     pub(super) fn on_result(
         &mut self,
         engine_id: EngineId,
         header: Header,
         body: &[u8],
         status: ResultStatus,
+        error: Option<String>,
     ) {
         let key = (header.job, header.id);
         if let Some(engine) = self.state.engines.get_mut(&engine_id) {
@@ -87,7 +79,6 @@ impl<O: Outbox> Core<O> {
             task.engine = None;
             task.spare = None;
             task.started = None;
-            task.request = with_attempt(&task.request, task.attempts + 1).into();
             if let Err(e) = self.store.task_requeued(task.store_id) {
                 warn!(error = %e, "cannot record a retry");
             }
@@ -109,9 +100,7 @@ impl<O: Outbox> Core<O> {
         }
         let error = match status {
             ResultStatus::Ok => None,
-            ResultStatus::Fail => decode_value::<ClusterResult>(body, "result")
-                .ok()
-                .and_then(|r| r.exception),
+            ResultStatus::Fail => Some(error.unwrap_or_else(|| NO_REASON.to_string())),
         };
         let finished = Finished {
             status: match status {
@@ -258,10 +247,14 @@ impl<O: Outbox> Core<O> {
         let Some(job) = state.jobs.get(&assignment.job) else {
             return Ok(());
         };
-        let items: Vec<(u64, &[u8])> = assignment
+        let items: Vec<(u64, u32, &[u8])> = assignment
             .tasks
             .iter()
-            .filter_map(|id| job.tasks.get(id).map(|t| (*id, &t.request[..])))
+            .filter_map(|id| {
+                job.tasks
+                    .get(id)
+                    .map(|t| (*id, t.attempts.max(1), &t.request[..]))
+            })
             .collect();
         self.outbox.tasks(&engine.identity, assignment.job, &items)
     }
@@ -288,8 +281,8 @@ impl<O: Outbox> Core<O> {
     fn on_unsent(&mut self, assignment: &Assignment, error: MessageError) {
         debug_assert!(matches!(assignment.before, Before::Queued(_)));
         if let MessageError::TooLarge { size, limit, .. } = error {
-            // A retry's attempt number took the request past the
-            // limit: it can go nowhere.
+            // The request with its framing (a retry's attempt number
+            // beside it) is past the limit: it can go nowhere.
             scheduler::unsent(&mut self.state, assignment, false);
             let reason = format!(
                 "its request of {size} bytes is over the hub's message limit of {limit} bytes"

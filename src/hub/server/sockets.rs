@@ -272,11 +272,13 @@ impl Outbox for Sockets {
         &mut self,
         engine: &[u8],
         job: JobId,
-        tasks: &[(u64, &[u8])],
+        tasks: &[(u64, u32, &[u8])],
     ) -> Result<(), MessageError> {
         match tasks {
             [] => Ok(()),
-            [(id, request)] => {
+            // A first attempt alone goes as it was recorded; a retry needs
+            // its attempt number beside it.
+            [(id, attempt, request)] if *attempt <= 1 => {
                 let header = Header {
                     kind: MessageKind::Request,
                     job,
@@ -284,15 +286,15 @@ impl Outbox for Sockets {
                 };
                 self.engines.send_raw_routed(engine, &header, request)
             }
-            [(first, _), ..] => {
+            [(first, _, _), ..] => {
                 let header = Header {
                     kind: MessageKind::Tasks,
                     job,
                     id: *first,
                 };
-                let items: Vec<(u64, &serde_bytes::Bytes)> = tasks
+                let items: Vec<(u64, u32, &serde_bytes::Bytes)> = tasks
                     .iter()
-                    .map(|(id, request)| (*id, serde_bytes::Bytes::new(request)))
+                    .map(|(id, attempt, request)| (*id, *attempt, serde_bytes::Bytes::new(request)))
                     .collect();
                 self.engines.send_routed(engine, &header, &items)
             }

@@ -55,10 +55,15 @@ mod reactions {
 
     /// The same, with a halt rule.
     fn job_halting(hub: &mut Core<Recorder>, tasks: u64, halt: Option<HaltAt>) -> JobId {
+        job_with(hub, tasks, halt, 0)
+    }
+
+    /// The same, with a halt rule and `retries`.
+    fn job_with(hub: &mut Core<Recorder>, tasks: u64, halt: Option<HaltAt>, retries: u32) -> JobId {
         let open = ClientCall::OpenJob {
             kind: JobKind::Exec,
             description: "test".into(),
-            retries: 0,
+            retries,
             halt,
             cap: None,
         };
@@ -105,7 +110,7 @@ mod reactions {
         };
         let body = encode_value(&result, "result").expect("encoded");
         let header = Header::result(job, &result);
-        hub.on_result(engine, header, &body, status);
+        hub.on_result(engine, header, &body, status, result.exception.clone());
     }
 
     /// The tasks sent to `engine`, in order.
@@ -180,6 +185,79 @@ mod reactions {
             assert_eq!(ran, [1, 2, 3], "{rule:?}");
             assert!(hub.state.jobs[&job].halted, "{rule:?}");
         }
+    }
+
+    /// The hub routes and records a result by what the engine says beside
+    /// it (status, reason) and sends a retry with its attempt number beside
+    /// the request: it never decodes a result body, nor rewrites a request.
+    #[test]
+    fn a_retry_carries_its_attempt_and_a_failure_its_reason_beside_bodies_never_decoded() {
+        let mut hub = hub(HubOptions::default());
+        let a = engine(&mut hub, "a", 1);
+        let job = job_with(&mut hub, 1, None, 1);
+        hub.dispatch();
+        let first = hub.outbox.take();
+        assert!(
+            matches!(&first[..], [Sent::Tasks { tasks, attempts, .. }]
+            if tasks[..] == [1] && attempts[..] == [1]),
+            "{first:?}"
+        );
+        // A body that is no result at all: the hub must not need to read it.
+        let opaque = b"not a bincode result".to_vec();
+        let header = Header {
+            kind: MessageKind::Result(ResultStatus::Fail),
+            job,
+            id: 1,
+        };
+        hub.on_result(
+            a,
+            header,
+            &opaque,
+            ResultStatus::Fail,
+            Some("boom 1".into()),
+        );
+        let b = engine(&mut hub, "b", 1);
+        hub.dispatch();
+        let again: Vec<Sent> = hub
+            .outbox
+            .take()
+            .into_iter()
+            .filter(|s| matches!(s, Sent::Tasks { .. }))
+            .collect();
+        assert!(
+            matches!(&again[..], [Sent::Tasks { engine, tasks, attempts, .. }]
+                if engine[..] == *b"b" && tasks[..] == [1] && attempts[..] == [2]),
+            "{again:?}"
+        );
+        // The request the engine got is the one recorded, byte for byte.
+        let request = &hub.state.jobs[&job].tasks[&1].request;
+        let sent = frames(
+            &Header {
+                kind: MessageKind::Request,
+                job,
+                id: 1,
+            },
+            &ClusterRequest::new(1, Vec::new()),
+        )
+        .expect("frames");
+        assert_eq!(request[..], sent[3][..]);
+        hub.on_result(
+            b,
+            header,
+            &opaque,
+            ResultStatus::Fail,
+            Some("boom 2".into()),
+        );
+        let records = hub
+            .store
+            .tasks(&crate::hub::store::TaskFilter::Job(job), true)
+            .expect("read");
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(record.state, crate::hub::store::TaskState::Failed);
+        assert_eq!(record.error.as_deref(), Some("boom 2"));
+        assert_eq!(record.attempts, 2);
+        assert_eq!(record.result.as_deref(), Some(&opaque[..]));
     }
 
     #[test]
