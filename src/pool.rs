@@ -39,13 +39,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::hub::client::{ClientError, HubClient, JobHandle};
+use crate::hub::client::{ClientError, HubClient, JobHandle, JobOptions};
 use crate::hub::connection::{ConnectionError, ConnectionInfo};
 use crate::hub::embedded::{EmbeddedCluster, EmbeddedError};
 use crate::hub::engine::{
     run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
 };
-use crate::hub::protocol::{ClientCall, JobKind};
+use crate::hub::protocol::JobKind;
 use crate::message::{
     decode_value, encode_value, ClusterRequest, ClusterResult, MessageError, ResultStatus,
 };
@@ -486,13 +486,9 @@ where
         pool.stats.clear();
         let job = JobHandle::open(
             &mut pool.client,
-            ClientCall::OpenJob {
-                kind: JobKind::Handler(handler.to_string()),
-                description: format!("{handler} (pool)"),
-                retries: 0,
-                halt: None,
-                cap: None,
-            },
+            JobKind::Handler(handler.to_string()),
+            format!("{handler} (pool)"),
+            JobOptions::default(),
         )?;
         let credit = job.credit();
         Ok(Run {

@@ -9,12 +9,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use zcluster::auth::{AuthError, Channel};
-use zcluster::hub::client::{HubClient, JobHandle};
+use zcluster::hub::client::{HubClient, JobHandle, JobOptions};
 use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::curve::{self, CurveKeys, ZapHandler};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
-use zcluster::hub::protocol::{ClientCall, EngineMessage, HubToEngine, JobKind};
+use zcluster::hub::protocol::{EngineMessage, HubToEngine, JobKind};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
 use zcluster::message::{
     ClusterRequest, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
@@ -55,14 +55,13 @@ fn running(ctx: &zmq::Context, hub: Hub, slots: usize) -> EmbeddedCluster {
 }
 
 fn echo_job(client: &mut HubClient) -> JobHandle {
-    let open = ClientCall::OpenJob {
-        kind: JobKind::Handler("echo".into()),
-        description: "limits".into(),
-        retries: 0,
-        halt: None,
-        cap: None,
-    };
-    JobHandle::open(client, open).expect("a job")
+    JobHandle::open(
+        client,
+        JobKind::Handler("echo".into()),
+        "limits".into(),
+        JobOptions::default(),
+    )
+    .expect("a job")
 }
 
 fn echo_request(id: u64, payload: Vec<u8>) -> ClusterRequest {

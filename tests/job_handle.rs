@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zcluster::hub::client::{HubClient, JobHandle};
+use zcluster::hub::client::{HubClient, JobHandle, JobOptions};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{HandlerFn, HANDLER_KEY};
-use zcluster::hub::protocol::{ClientCall, JobKind};
+use zcluster::hub::protocol::JobKind;
 use zcluster::message::ClusterRequest;
 use zcluster::worker::HandlerError;
 
@@ -33,14 +33,13 @@ fn nap_job(slots: usize, description: &str) -> (EmbeddedCluster, HubClient, JobH
     let handlers = BTreeMap::from([("nap".to_string(), nap())]);
     let cluster = EmbeddedCluster::with(slots, ":memory:", handlers).unwrap();
     let mut client = cluster.client().unwrap();
-    let open = ClientCall::OpenJob {
-        kind: JobKind::Handler("nap".into()),
-        description: description.into(),
-        retries: 0,
-        halt: None,
-        cap: None,
-    };
-    let handle = JobHandle::open(&mut client, open).unwrap();
+    let handle = JobHandle::open(
+        &mut client,
+        JobKind::Handler("nap".into()),
+        description.into(),
+        JobOptions::default(),
+    )
+    .unwrap();
     (cluster, client, handle)
 }
 
@@ -151,14 +150,13 @@ fn a_result_lost_on_the_way_is_taken_from_the_store() {
 #[test]
 fn two_jobs_on_one_client_each_get_their_own_results_live() {
     let (_cluster, mut client, mut first) = nap_job(2, "first of two");
-    let open = ClientCall::OpenJob {
-        kind: JobKind::Handler("nap".into()),
-        description: "second of two".into(),
-        retries: 0,
-        halt: None,
-        cap: None,
-    };
-    let mut second = JobHandle::open(&mut client, open).unwrap();
+    let mut second = JobHandle::open(
+        &mut client,
+        JobKind::Handler("nap".into()),
+        "second of two".into(),
+        JobOptions::default(),
+    )
+    .unwrap();
     for id in 0..10 {
         first.send(&mut client, nap_request(id, 5)).unwrap();
         second.send(&mut client, nap_request(id, 5)).unwrap();

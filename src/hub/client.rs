@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::connection::{ConnectionError, ConnectionInfo};
 use super::curve::CurveKeys;
 use super::link::HubLink;
-use super::protocol::{AttachInfo, ClientCall, JobId, Reply, TaskReport};
+use super::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind, Reply, TaskReport};
 use crate::auth::{AuthError, Channel, Key};
 use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
 use crate::socket::millis;
@@ -471,9 +471,36 @@ pub struct JobHandle {
     generation: u64,
 }
 
+/// How the hub runs a job's tasks (the defaults: no retries, no halt rule,
+/// as many at once as there are free slots).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// Run a failed task up to this many more times, on another engine when
+    /// there is one.
+    pub retries: u32,
+    /// Stop dispatching the job once the rule is met (and never prefetch
+    /// its tasks).
+    pub halt: Option<HaltAt>,
+    /// Most of its tasks running at once across the cluster.
+    pub cap: Option<u32>,
+}
+
 impl JobHandle {
-    /// Opens a new job.
-    pub fn open(client: &mut HubClient, call: ClientCall) -> Result<Self, ClientError> {
+    /// Opens a new job running `kind`, shown as `description`, under the
+    /// rules of `options`.
+    pub fn open(
+        client: &mut HubClient,
+        kind: JobKind,
+        description: String,
+        options: JobOptions,
+    ) -> Result<Self, ClientError> {
+        let call = ClientCall::OpenJob {
+            kind,
+            description,
+            retries: options.retries,
+            halt: options.halt,
+            cap: options.cap,
+        };
         match client.call(&call)? {
             Reply::JobOpened {
                 job, credit, epoch, ..

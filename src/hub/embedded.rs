@@ -14,12 +14,8 @@ use tracing::warn;
 use super::client::{ClientError, HubClient};
 use super::connection::ConnectionInfo;
 use super::engine::{run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES};
-use super::protocol::{ClientCall, Reply};
 use super::server::{Endpoints, Hub, HubError, HubOptions};
 use crate::worker::WorkerExit;
-
-/// How long the closing shutdown waits for the engine to leave.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 /// Errors starting an embedded cluster.
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +148,8 @@ impl EmbeddedCluster {
         let mut client = self.client()?;
         let deadline = std::time::Instant::now() + REGISTER_WAIT;
         while std::time::Instant::now() < deadline {
-            if let Reply::Hello(info) = client.call(&ClientCall::Hello)? {
-                if info.slots as usize >= slots.max(1) {
-                    return Ok(());
-                }
+            if client.hello()?.slots as usize >= slots.max(1) {
+                return Ok(());
             }
             thread::sleep(Duration::from_millis(1));
         }
@@ -177,9 +171,7 @@ impl Drop for EmbeddedCluster {
     /// Kills the engine (its running tasks were cancelled by their job, or
     /// finish first) and stops the hub.
     fn drop(&mut self) {
-        let shutdown = self.client().and_then(|mut c| {
-            c.call_waiting(&ClientCall::Shutdown { workers: true }, SHUTDOWN_WAIT)
-        });
+        let shutdown = self.client().and_then(|mut c| c.shutdown(true));
         if let Err(e) = shutdown {
             warn!(error = %e, "embedded hub did not shut down cleanly");
             self.stop.store(true, Ordering::SeqCst);

@@ -7,7 +7,6 @@ use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use tracing::warn;
 
@@ -15,11 +14,7 @@ use super::hosts::{Host, Target};
 use super::ssh::{LaunchError, Launcher, ReportSink, SshOptions, StartSummary};
 use crate::hub::client::{ClientError, HubClient};
 use crate::hub::connection::{ConnectionError, ConnectionInfo};
-use crate::hub::protocol::ClientCall;
 use crate::hub::server::{Endpoints, Hub, HubError, HubOptions};
-
-/// How long the closing shutdown of the hub may take.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
 /// The ssh port, only to ask the kernel which local address routes to a
 /// host (nothing is sent).
@@ -136,9 +131,7 @@ impl Drop for SshCluster {
         if let Some(launcher) = self.launcher.take() {
             launcher.stop();
         }
-        let shutdown = self.client().and_then(|mut c| {
-            c.call_waiting(&ClientCall::Shutdown { workers: true }, SHUTDOWN_WAIT)
-        });
+        let shutdown = self.client().and_then(|mut c| c.shutdown(true));
         if let Err(e) = shutdown {
             warn!(error = %e, "the map's hub did not shut down cleanly");
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::{ClientError, HubClient, JobHandle, HUB_PATIENCE};
-use crate::hub::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind};
+use super::{ClientError, HubClient, JobHandle, JobOptions, HUB_PATIENCE};
+use crate::hub::protocol::{AttachInfo, HaltAt, JobId, JobKind};
 use crate::map::{Backend, ChunkDone, ExecChunk, Halt, HaltOn, MapError, Threshold};
 use crate::message::ClusterRequest;
 
@@ -84,14 +84,8 @@ impl HubBackend {
         halt: Option<HaltAt>,
         cap: Option<u32>,
     ) -> Result<Self, ClientError> {
-        let call = ClientCall::OpenJob {
-            kind: JobKind::Exec,
-            description,
-            retries,
-            halt,
-            cap,
-        };
-        let handle = JobHandle::open(&mut client, call)?;
+        let options = JobOptions { retries, halt, cap };
+        let handle = JobHandle::open(&mut client, JobKind::Exec, description, options)?;
         Ok(HubBackend {
             client,
             handle,

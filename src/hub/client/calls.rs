@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{ClientError, HubClient};
 use crate::hub::protocol::{
-    ClientCall, EngineId, HubStatus, JobId, PurgeTarget, Reply, TaskReport,
+    ClientCall, EngineId, HubInfo, HubStatus, JobId, PurgeTarget, Reply, TaskReport,
 };
 use crate::message::CommandReply;
 
@@ -41,6 +41,14 @@ fn unexpected(call: &str, reply: Reply) -> ClientError {
 }
 
 impl HubClient {
+    /// What the hub is like: its engines and slots, its message limit.
+    pub fn hello(&mut self) -> Result<HubInfo, ClientError> {
+        match self.call(&ClientCall::Hello)? {
+            Reply::Hello(info) => Ok(info),
+            other => Err(unexpected("hello", other)),
+        }
+    }
+
     /// The hub's engines and jobs; `verbose` also lists the tasks each
     /// engine runs and each job has queued.
     pub fn status(&mut self, verbose: bool) -> Result<HubStatus, ClientError> {
