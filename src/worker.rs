@@ -476,12 +476,7 @@ impl<H: Handler> Worker<H> {
             // request's failure, not the end of the worker.
             Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
                 warn!(id = result.id, error = %e, "result not sendable; sending a failure instead");
-                let failed = ClusterResult {
-                    status: ResultStatus::Fail,
-                    payload: Vec::new(),
-                    exception: Some(format!("the result could not be sent: {e}")),
-                    ..result
-                };
+                let failed = result.as_failure(format!("the result could not be sent: {e}"));
                 message::send_result(&self.results, job, &failed, 0)
                     .map_err(|e| transport("send a result", e))
             }
