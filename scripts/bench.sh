@@ -219,6 +219,14 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         row "  store lifecycle, batch 1024, memory" "$(m lifecycle_memory)"
         row "  store lifecycle, batch 1024, SQLite" "$(m lifecycle_sqlite)"
     fi
+    # The binary as `cargo install` builds it: the release profile.
+    bytes=$(stat -c %s "$ROOT/target/release/zcluster" 2>/dev/null || true)
+    if [ -n "$bytes" ]; then
+        mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
+        lines=$(readelf -S -W "$ROOT/target/release/zcluster" 2>/dev/null | grep -c '\.debug_line' || true)
+        row "release binary (line tables: $([ "$lines" -gt 0 ] && echo kept || echo NONE))" "$mb MB" "" "" "<= 15 MB" \
+            "$([ "$lines" -gt 0 ] && verdict "$mb" "<=" 15 || echo MISS)"
+    fi
     echo
     echo "5: flat means at most 1.25x the peak RSS for 10x the tasks. The hub's SQLite page"
     echo "   cache (up to 8 MiB) may still be filling at 100k tasks, so growth up to that much"
