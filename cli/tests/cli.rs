@@ -13,5 +13,6 @@ mod launch;
 mod map;
 mod map_person;
 mod pipes;
+mod slurm;
 mod store;
 mod systemd;
