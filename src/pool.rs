@@ -233,6 +233,7 @@ impl Registry {
             slots,
             misses: DEFAULT_MISSES,
             handlers: self.engine_handlers(),
+            origin: None,
         };
         match run_engine(&zmq::Context::new(), &options, &stop) {
             Ok(exit) => Ok(exit),

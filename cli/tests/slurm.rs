@@ -2,9 +2,193 @@
 //! (`common::SlurmLab`): `launch slurm`, drains before the walltime and
 //! allocations on demand. Without root or Slurm a test prints `SKIP:`.
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::common::*;
+
+/// A bound for waits on Slurm (scheduling passes, steps starting) that a
+/// passing test stays well under.
+const SLURM_WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `condition` every 100 ms until it holds, failing after
+/// [`SLURM_WAIT`] with `what`.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLURM_WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `zcluster launch slurm --hub HUB ARGS` with the lab's Slurm; its job id.
+fn launch_slurm(lab: &SlurmLab, hub: &Hub, args: &[&str]) -> String {
+    let output = zcluster()
+        .args(["launch", "slurm", "--hub"])
+        .arg(&hub.file)
+        .args(args)
+        .env("SLURM_CONF", lab.conf())
+        .current_dir(lab.path())
+        .timeout(SLURM_WAIT)
+        .output()
+        .expect("run launch slurm");
+    assert!(
+        output.status.success(),
+        "launch slurm failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let job = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        !job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()),
+        "launch slurm printed {job:?}, not a job id"
+    );
+    job
+}
+
+/// The engines whose origin is Slurm job `job`, by node name.
+fn slurm_engines(hub: &Hub, job: &str) -> Vec<(String, Value)> {
+    let prefix = format!("slurm:{job}/");
+    let mut engines: Vec<(String, Value)> = hub
+        .engines()
+        .into_iter()
+        .filter_map(|e| {
+            let node = e["origin"].as_str()?.strip_prefix(&prefix)?.to_string();
+            Some((node, e))
+        })
+        .collect();
+    engines.sort_by(|a, b| a.0.cmp(&b.0));
+    engines
+}
+
+/// `launch slurm --nodes 2`: a worker on each node, labelled with the job
+/// and node in `status`, with the node's CPUs as slots; a map of 500
+/// inputs runs on both and comes back whole and in order.
+#[test]
+fn launch_slurm_runs_a_map_of_500_inputs_on_both_nodes() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let started = Instant::now();
+    let hub = Hub::start();
+    let job = launch_slurm(&lab, &hub, &["--nodes", "2", "--time", "10m"]);
+    wait_for("a worker on each node to register", || {
+        slurm_engines(&hub, &job).len() == 2
+    });
+    let engines = slurm_engines(&hub, &job);
+    let nodes: Vec<&str> = engines.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, SLURM_NODES);
+    for (node, engine) in &engines {
+        assert_eq!(
+            field_u64(engine, "slots"),
+            u64::from(SLURM_CPUS_PER_NODE),
+            "the worker on {node} has the node's CPUs as slots"
+        );
+    }
+    let table = hub.cmd("status").output().expect("status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!("slurm:{job}/n1")) && table.contains(&format!("slurm:{job}/n2")),
+        "status shows where each engine came from:\n{table}"
+    );
+    println!(
+        "lab up in {:?}; workers registered after {:?}",
+        lab.came_up_in,
+        started.elapsed()
+    );
+
+    let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 500);
+    let mapped = Instant::now();
+    let output = hub
+        .cmd("map")
+        .arg(&inputs)
+        .args([
+            "--no-progress",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.01; echo $1",
+            "_",
+            "{}",
+        ])
+        .timeout(SLURM_WAIT)
+        .output()
+        .expect("run map");
+    assert!(
+        output.status.success(),
+        "map failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("500 inputs mapped in {:?}", mapped.elapsed());
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, expected, "every result once, in order");
+    for (node, engine) in slurm_engines(&hub, &job) {
+        assert!(
+            field_u64(&engine, "completed") > 0,
+            "the worker on {node} ran tasks: {engine}"
+        );
+    }
+}
+
+/// `scancel` of the allocation while a map runs on it: its workers stop,
+/// their tasks run elsewhere, and every result still comes back once, in
+/// order.
+#[test]
+fn scancel_of_the_allocation_mid_map_loses_nothing() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let hub = Hub::start();
+    let job = launch_slurm(&lab, &hub, &["--nodes", "2", "--time", "10m"]);
+    wait_for("a worker on each node to register", || {
+        slurm_engines(&hub, &job).len() == 2
+    });
+    let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 200);
+    let mut map = hub.spawn_map(
+        "map",
+        &[
+            inputs.to_str().expect("utf-8 path"),
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.1; echo $1",
+            "_",
+            "{}",
+        ],
+    );
+    wait_for("the map to get going on the allocation", || {
+        map.job()
+            .and_then(|j| hub.job(j))
+            .is_some_and(|j| field_u64(&j, "done") >= 20)
+    });
+    let cancelled = lab
+        .command("scancel")
+        .arg(&job)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run scancel");
+    assert!(cancelled.success(), "scancel {job}");
+    wait_for("the allocation's engines to leave", || {
+        slurm_engines(&hub, &job).is_empty()
+    });
+    let left = map
+        .job()
+        .and_then(|j| hub.job(j))
+        .map_or(0, |j| field_u64(&j, "done"));
+    assert!(
+        left < 200,
+        "the map was still running when the allocation went"
+    );
+    let _rescue = hub.workers(1, 4);
+    assert!(map.wait().success(), "the map failed: {}", map.stderr());
+    let lines: Vec<String> = map.stdout().lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        expected,
+        "every result once, in order: {}",
+        map.stderr()
+    );
+}
 
 /// The lab itself: both nodes run a step, and dropping the lab leaves no
 /// daemon or job process behind.
@@ -74,4 +258,42 @@ fn sleeping_jobs(conf: &std::path::Path) -> Vec<i32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// An allocation Slurm refuses is reported with Slurm's own reason, and
+/// `--dry-run` prints the script without submitting anything.
+#[test]
+fn a_refused_sbatch_is_reported_with_its_reason() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let hub = Hub::start();
+    let output = zcluster()
+        .args(["launch", "slurm", "--hub"])
+        .arg(&hub.file)
+        .args(["--nodes", "1", "--time", "5m", "--partition", "nosuch"])
+        .env("SLURM_CONF", lab.conf())
+        .current_dir(lab.path())
+        .timeout(SLURM_WAIT)
+        .output()
+        .expect("run launch slurm");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sbatch refused") && stderr.contains("invalid partition specified: nosuch"),
+        "{stderr}"
+    );
+    let dry = zcluster()
+        .args(["launch", "slurm", "--hub"])
+        .arg(&hub.file)
+        .args(["--nodes", "2", "--time", "2h", "--dry-run"])
+        .env("SLURM_CONF", lab.conf())
+        .timeout(SLURM_WAIT)
+        .output()
+        .expect("run launch slurm --dry-run");
+    let script = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success());
+    assert!(
+        script.starts_with("#!/bin/sh\n") && script.contains("#SBATCH --nodes=2"),
+        "{script}"
+    );
+    assert!(lab.active_jobs().is_empty(), "a dry run submits nothing");
 }

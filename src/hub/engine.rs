@@ -36,7 +36,7 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
-use crate::exec::chunk::{mark_failed_commands, run_chunk};
+use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk};
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo,
@@ -58,6 +58,14 @@ pub const DEFAULT_MISSES: u32 = 3;
 
 /// Heartbeat period used until the hub says otherwise.
 const INITIAL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long a result whose command died of SIGTERM, SIGINT or SIGHUP is
+/// held before it goes to the hub. `scancel`, `systemctl stop` and a
+/// Ctrl-C signal the worker and its tasks at once, in no set order: if the
+/// worker is told to stop within this time, the task was killed with it,
+/// not for its own fault, and the hub runs it again elsewhere (the engine
+/// unregisters holding it) instead of recording a failure.
+const STOP_SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
 /// Request metadata key naming the job, for per-job cancellation.
 const JOB_KEY: &str = "zcluster.job";
@@ -106,6 +114,9 @@ pub struct EngineOptions {
     pub misses: u32,
     /// Named handlers this engine offers besides command jobs.
     pub handlers: BTreeMap<String, HandlerFn>,
+    /// What started this engine (`slurm:JOB/NODE`, `ssh:HOSTFILE`), told
+    /// the hub so `zcluster status` can say where each engine came from.
+    pub origin: Option<String>,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -162,6 +173,9 @@ struct Engine<'a> {
     /// every slot is free while the old tasks still run.
     waiting: VecDeque<ClusterRequest>,
     recent: Recent,
+    /// Results of tasks killed by a stop signal, held for
+    /// [`STOP_SIGNAL_GRACE`] from when they came.
+    held: Vec<(Instant, JobId, ClusterResult)>,
     pace: Pace,
     conn: Connection,
     /// A bad message from the hub was already logged at warn level.
@@ -237,6 +251,7 @@ impl<'a> Engine<'a> {
             tickets: HashMap::new(),
             waiting: VecDeque::new(),
             recent,
+            held: Vec::new(),
             pace: Pace::default(),
             conn,
             warned: false,
@@ -265,8 +280,9 @@ impl<'a> Engine<'a> {
             return Ok(Flow::Exit(self.on_stop()));
         }
         self.start_waiting()?;
+        self.release_held();
         if let Some(exit) = self.leaving {
-            if self.tickets.is_empty() && self.waiting.is_empty() {
+            if self.tickets.is_empty() && self.waiting.is_empty() && self.held.is_empty() {
                 send_control(&self.conn.link.socket, &EngineMessage::Unregister);
                 info!(?exit, "engine leaving");
                 return Ok(Flow::Exit(exit));
@@ -384,6 +400,10 @@ impl<'a> Engine<'a> {
             self.handled += 1;
             self.busy += result.metadata.elapsed;
             self.pace.record(result.metadata.elapsed);
+            if !cancelled && killed_by_stop_signal(&result) {
+                self.held.push((Instant::now(), job, result));
+                continue;
+            }
             drained.push((job, result, cancelled));
         }
         results_to_hub(&self.conn.link.socket, &drained);
@@ -396,6 +416,28 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Sends the held results whose grace is over: no stop came, so their
+    /// signal was the task's own.
+    fn release_held(&mut self) {
+        if self.held.is_empty() || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(at, _, _)| now.duration_since(*at) >= STOP_SIGNAL_GRACE);
+        self.held = kept;
+        let due: Vec<(JobId, ClusterResult, bool)> = due
+            .into_iter()
+            .map(|(_, job, result)| (job, result, false))
+            .collect();
+        results_to_hub(&self.conn.link.socket, &due);
+        let window = self.conn.heartbeat * (self.options.misses + 2);
+        for (job, result, _) in due {
+            self.recent.keep(job, result, window);
+        }
     }
 
     /// Reads every message the hub sent.
@@ -587,6 +629,7 @@ fn register_message(
             .chain(waiting.iter().map(|r| (job_of(r), r.id)))
             .chain(recent.tasks())
             .collect(),
+        origin: options.origin.clone(),
     }
 }
 

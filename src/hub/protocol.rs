@@ -53,6 +53,9 @@ pub enum EngineMessage {
         /// again after the hub restarted or lost it): the hub leaves them to
         /// it instead of running them again.
         running: Vec<(JobId, u64)>,
+        /// What started it, for `zcluster status` (`slurm:JOB/NODE`,
+        /// `ssh:HOSTFILE`); none for a worker started by hand.
+        origin: Option<String>,
     },
     /// Still alive.
     Heartbeat,
@@ -385,6 +388,9 @@ pub struct EngineStatus {
     pub handlers: Vec<String>,
     /// (job, task id) of what it runs now (verbose status only).
     pub running_tasks: Vec<(JobId, u64)>,
+    /// What started it (`slurm:JOB/NODE`, `ssh:HOSTFILE`), as it said when
+    /// it registered: which allocation or host file an engine came from.
+    pub origin: Option<String>,
 }
 
 /// One job as `zcluster status` shows it.

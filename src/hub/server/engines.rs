@@ -43,12 +43,14 @@ impl<O: Outbox> Core<O> {
                     slots,
                     handlers,
                     running,
+                    origin,
                 }) => {
                     let engine = Engine {
                         host,
                         pid,
                         handlers,
                         name,
+                        origin,
                         ..Engine::new(0, identity.clone(), slots, Instant::now())
                     };
                     self.register(engine);

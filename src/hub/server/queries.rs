@@ -56,6 +56,7 @@ impl<O: Outbox> Core<O> {
                 } else {
                     Vec::new()
                 },
+                origin: e.origin.clone(),
             })
             .collect();
         engines.sort_by_key(|e| e.id);

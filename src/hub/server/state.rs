@@ -35,6 +35,8 @@ pub(super) struct Engine {
     /// The name it registered under, one per engine process (its routing
     /// identity changes with each connection).
     pub(super) name: String,
+    /// What started it, as it registered (`slurm:JOB/NODE`...).
+    pub(super) origin: Option<String>,
 }
 
 impl Engine {
@@ -53,6 +55,7 @@ impl Engine {
             leaving: false,
             unreachable: false,
             name: String::new(),
+            origin: None,
         }
     }
 
