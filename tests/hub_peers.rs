@@ -327,6 +327,7 @@ fn an_engine_refused_at_registration_tries_again() {
             misses: DEFAULT_MISSES,
             handlers: BTreeMap::new(),
             origin: None,
+            end_at: None,
         };
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };

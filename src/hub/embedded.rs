@@ -128,6 +128,7 @@ impl EmbeddedCluster {
                 misses: DEFAULT_MISSES,
                 handlers,
                 origin: None,
+                end_at: None,
             };
             thread::Builder::new()
                 .name("zcluster-engine".into())

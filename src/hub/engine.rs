@@ -67,6 +67,17 @@ const INITIAL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// unregisters holding it) instead of recording a failure.
 const STOP_SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
+/// Time kept between a task's expected end and the allocation's end.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Past this close to its end, an engine still running tasks kills them
+/// and leaves (they run again elsewhere, not counted as a death), rather
+/// than be killed by the batch system with results unsent.
+const HARD_STOP_BEFORE_END: Duration = Duration::from_secs(1);
+
+/// Task times kept per job for its median.
+const TASK_TIME_SAMPLES: usize = 64;
+
 /// Request metadata key naming the job, for per-job cancellation.
 const JOB_KEY: &str = "zcluster.job";
 
@@ -117,6 +128,11 @@ pub struct EngineOptions {
     /// What started this engine (`slurm:JOB/NODE`, `ssh:HOSTFILE`), told
     /// the hub so `zcluster status` can say where each engine came from.
     pub origin: Option<String>,
+    /// When this engine's allocation ends (`--end-at`, or Slurm's end of
+    /// the job): before then it drains, taking no task that would not
+    /// finish in time (by the job's median task time here), so none is
+    /// cut off at the walltime.
+    pub end_at: Option<SystemTime>,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -182,6 +198,10 @@ struct Engine<'a> {
     warned: bool,
     /// A kill or restart was acknowledged: finish the tasks, then exit so.
     leaving: Option<WorkerExit>,
+    /// Draining: no new task starts; it leaves once its tasks are done.
+    draining: bool,
+    /// Recent task times by job, for the median a drain goes by.
+    task_times: HashMap<JobId, VecDeque<Duration>>,
     /// Tasks finished, and their total time, for command replies.
     handled: u64,
     busy: Duration,
@@ -256,6 +276,8 @@ impl<'a> Engine<'a> {
             conn,
             warned: false,
             leaving: None,
+            draining: false,
+            task_times: HashMap::new(),
             handled: 0,
             busy: Duration::ZERO,
             next_beat: Instant::now(),
@@ -279,8 +301,22 @@ impl<'a> Engine<'a> {
         if self.stop.load(Ordering::Relaxed) {
             return Ok(Flow::Exit(self.on_stop()));
         }
+        if let Some(flow) = self.before_end() {
+            return Ok(flow);
+        }
         self.start_waiting()?;
         self.release_held();
+        if self.draining
+            && self.tickets.is_empty()
+            && self.held.is_empty()
+            && self.leaving.is_none()
+        {
+            // What waits unstarted goes back to the hub with the
+            // registration: run elsewhere, not counted as a death.
+            send_control(&self.conn.link.socket, &EngineMessage::Unregister);
+            info!(given_back = self.waiting.len(), "engine drained");
+            return Ok(Flow::Exit(WorkerExit::Killed));
+        }
         if let Some(exit) = self.leaving {
             if self.tickets.is_empty() && self.waiting.is_empty() && self.held.is_empty() {
                 send_control(&self.conn.link.socket, &EngineMessage::Unregister);
@@ -359,6 +395,16 @@ impl<'a> Engine<'a> {
             tickets.values().any(|(j, _)| *j == job) || waiting.iter().any(|r| job_of(r) == job)
         });
         while self.slots.free() > 0 && !self.waiting.is_empty() {
+            if self.draining {
+                break;
+            }
+            if let (Some(end), Some(next)) = (self.options.end_at, self.waiting.front()) {
+                let need = self.median_time(job_of(next)).unwrap_or(Duration::ZERO) + DRAIN_MARGIN;
+                if SystemTime::now() + need > end {
+                    self.start_drain("the allocation ends before the next task would");
+                    break;
+                }
+            }
             let batch = self.pace.batch(&self.waiting, self.slots.free());
             let requests: Vec<ClusterRequest> = self.waiting.drain(..batch).collect();
             let tasks: Vec<(JobId, u64)> = requests.iter().map(|r| (job_of(r), r.id)).collect();
@@ -400,6 +446,11 @@ impl<'a> Engine<'a> {
             self.handled += 1;
             self.busy += result.metadata.elapsed;
             self.pace.record(result.metadata.elapsed);
+            let times = self.task_times.entry(job).or_default();
+            if times.len() == TASK_TIME_SAMPLES {
+                times.pop_front();
+            }
+            times.push_back(result.metadata.elapsed);
             if !cancelled && killed_by_stop_signal(&result) {
                 self.held.push((Instant::now(), job, result));
                 continue;
@@ -416,6 +467,58 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The median time of job `job`'s tasks here, once one finished.
+    fn median_time(&self, job: JobId) -> Option<Duration> {
+        let mut times: Vec<Duration> = self.task_times.get(&job)?.iter().copied().collect();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied()
+    }
+
+    /// Starts draining: the hub sends no more tasks, the waiting ones stay
+    /// unstarted (given back when the engine leaves), the running finish.
+    fn start_drain(&mut self, why: &str) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        info!(why, running = self.tickets.len(), "draining");
+        send_control(&self.conn.link.socket, &EngineMessage::Draining);
+    }
+
+    /// Near the allocation's end: drains once no task it knows would finish
+    /// in time, and at the very end kills what still runs and leaves (the
+    /// hub runs those again elsewhere, not as a death).
+    fn before_end(&mut self) -> Option<Flow> {
+        let end = self.options.end_at?;
+        let now = SystemTime::now();
+        // The longest median among the jobs it holds: a task of theirs is
+        // what it would start next. (Holding none, a task the hub sends is
+        // weighed as it comes, in `start_waiting`.)
+        let longest = self
+            .tickets
+            .values()
+            .map(|(job, _)| *job)
+            .chain(self.waiting.iter().map(job_of))
+            .filter_map(|job| self.median_time(job))
+            .max()
+            .unwrap_or(Duration::ZERO);
+        if !self.draining && now + longest + DRAIN_MARGIN > end {
+            self.start_drain("the allocation ends before another task would finish");
+        }
+        if now + HARD_STOP_BEFORE_END >= end {
+            if !self.tickets.is_empty() {
+                warn!(
+                    running = self.tickets.len(),
+                    "the allocation ends: stopping tasks that did not finish in time"
+                );
+            }
+            self.flags.cancel_all();
+            send_control(&self.conn.link.socket, &EngineMessage::Unregister);
+            return Some(Flow::Exit(WorkerExit::Killed));
+        }
+        None
     }
 
     /// Sends the held results whose grace is over: no stop came, so their
@@ -591,6 +694,7 @@ impl<'a> Engine<'a> {
         match command {
             Command::Kill => self.leaving = Some(WorkerExit::Killed),
             Command::Restart => self.leaving = Some(WorkerExit::Restart),
+            Command::Drain => self.start_drain("asked by the hub"),
             _ => {}
         }
     }

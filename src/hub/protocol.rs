@@ -61,6 +61,9 @@ pub enum EngineMessage {
     Heartbeat,
     /// Leaving cleanly (kill, restart, Ctrl-C).
     Unregister,
+    /// Draining (its allocation ends soon, or `zcluster drain`): send it
+    /// no new tasks; it finishes what it runs, then unregisters.
+    Draining,
 }
 
 /// Hub to engine.
@@ -237,6 +240,12 @@ pub enum ClientCall {
         /// Leave out request and result payloads.
         status_only: bool,
     },
+    /// Drain these engines: no new tasks, finish what they run, leave
+    /// cleanly (answered by [`Reply::Killed`] with who acknowledged).
+    Drain {
+        /// Which engines.
+        engines: Vec<EngineId>,
+    },
 }
 
 /// What to purge.
@@ -391,6 +400,8 @@ pub struct EngineStatus {
     /// What started it (`slurm:JOB/NODE`, `ssh:HOSTFILE`), as it said when
     /// it registered: which allocation or host file an engine came from.
     pub origin: Option<String>,
+    /// Draining: it takes no new tasks and leaves once its tasks are done.
+    pub draining: bool,
 }
 
 /// One job as `zcluster status` shows it.

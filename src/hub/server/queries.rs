@@ -57,6 +57,7 @@ impl<O: Outbox> Core<O> {
                     Vec::new()
                 },
                 origin: e.origin.clone(),
+                draining: e.draining,
             })
             .collect();
         engines.sort_by_key(|e| e.id);

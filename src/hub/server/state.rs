@@ -37,6 +37,9 @@ pub(super) struct Engine {
     pub(super) name: String,
     /// What started it, as it registered (`slurm:JOB/NODE`...).
     pub(super) origin: Option<String>,
+    /// Draining (it said so, or acknowledged `zcluster drain`); `leaving`
+    /// is set with it, so it gets no new tasks.
+    pub(super) draining: bool,
 }
 
 impl Engine {
@@ -56,6 +59,7 @@ impl Engine {
             unreachable: false,
             name: String::new(),
             origin: None,
+            draining: false,
         }
     }
 
@@ -267,6 +271,7 @@ impl Job {
 /// What a command to the engines is for: it decides the reply.
 pub(super) enum CommandPurpose {
     Kill,
+    Drain,
     Ping,
     Shutdown,
 }
