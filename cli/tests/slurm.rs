@@ -297,3 +297,161 @@ fn a_refused_sbatch_is_reported_with_its_reason() {
     );
     assert!(lab.active_jobs().is_empty(), "a dry run submits nothing");
 }
+
+/// `zcluster alloc list --json` for the hub.
+fn alloc_list(hub: &Hub) -> Vec<Value> {
+    let out = zcluster()
+        .args(["alloc", "list", "--json", "--hub"])
+        .arg(&hub.file)
+        .output()
+        .expect("run alloc list");
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default()
+}
+
+/// `zcluster alloc events` for the hub, as text.
+fn alloc_events(hub: &Hub) -> String {
+    let out = zcluster()
+        .args(["alloc", "events", "--hub"])
+        .arg(&hub.file)
+        .output()
+        .expect("run alloc events");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The on-demand policy: nothing is submitted while no task waits; a job
+/// arriving makes it submit one allocation, whose worker runs the job;
+/// once idle for the timeout the allocation is released (its worker
+/// drained, the Slurm job over). An allocator started again carries on
+/// its allocations instead of submitting again.
+#[test]
+fn the_policy_submits_when_a_job_arrives_and_releases_when_idle() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let hub = Hub::start();
+    let allocator = |name: &str| {
+        Proc::spawn(
+            lab.command(zcluster_path().to_str().expect("utf-8 path"))
+                .current_dir(lab.path())
+                .env("RUST_LOG", "info")
+                .args(["alloc", "add", "slurm", "--hub"])
+                .arg(&hub.file)
+                .args(["--nodes", "1", "--time", "10m", "--max-nodes", "1"])
+                .args(["--backlog", "1", "--idle-timeout", "3s", "--poll", "300ms"]),
+            hub.dir().join(format!("{name}.log")),
+        )
+    };
+    let mut first = allocator("alloc-1");
+    wait_for("the allocator to start", || {
+        alloc_events(&hub).contains("allocator started")
+    });
+    assert!(alloc_list(&hub).is_empty(), "no work, no allocation");
+
+    let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 20);
+    let mut map = hub.spawn_map(
+        "map",
+        &[
+            inputs.to_str().expect("utf-8"),
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2; echo $1",
+            "_",
+            "{}",
+        ],
+    );
+    wait_for("an allocation to be submitted", || {
+        !alloc_list(&hub).is_empty()
+    });
+    let list = alloc_list(&hub);
+    let job = list[0]["job"].as_str().expect("a job id").to_string();
+    // The allocator restarted while its allocation runs carries it on.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(first.wait().success(), "{}", first.log());
+    let _second = allocator("alloc-2");
+    wait_for("the map to finish on the allocation", || {
+        map.guard
+            .0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    });
+    assert!(map.wait().success(), "{}", map.stderr());
+    let lines: Vec<String> = map.stdout().lines().map(str::to_string).collect();
+    assert_eq!(lines, expected);
+    // No other worker exists: the allocation's ran the map.
+    wait_for("the idle allocation to be released and end", || {
+        let list = alloc_list(&hub);
+        list.len() == 1 && list[0]["released"] == true && list[0]["state"] != "running"
+    });
+    assert!(slurm_engines(&hub, &job).is_empty(), "its worker left");
+    let events = alloc_events(&hub);
+    assert!(
+        events.contains(&format!("job {job}: submitted")),
+        "{events}"
+    );
+    assert!(
+        events.contains("carrying on 1 active allocation"),
+        "{events}"
+    );
+    assert!(
+        events.contains(&format!("job {job}: released (idle for 3s)")),
+        "{events}"
+    );
+    assert_eq!(alloc_list(&hub).len(), 1, "submitted once: {events}");
+    println!("{events}");
+}
+
+/// Why an allocation does not come is shown: one Slurm holds stays
+/// pending with Slurm's reason (and the backlog of 1 keeps it the only
+/// one), and one sbatch refuses is an event with sbatch's words.
+#[test]
+fn alloc_shows_why_an_allocation_is_pending_or_refused() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let held = Hub::start();
+    let refused = Hub::start();
+    let allocator = |hub: &Hub, extra: &[&str]| {
+        Proc::spawn(
+            lab.command(zcluster_path().to_str().expect("utf-8 path"))
+                .current_dir(lab.path())
+                .args(["alloc", "add", "slurm", "--hub"])
+                .arg(&hub.file)
+                .args(["--nodes", "1", "--time", "10m", "--max-nodes", "2"])
+                .args(["--backlog", "1", "--poll", "300ms"])
+                .args(extra),
+            hub.dir().join("alloc.log"),
+        )
+    };
+    let _held_alloc = allocator(&held, &["--", "--hold"]);
+    let _refused_alloc = allocator(&refused, &["--partition", "nosuch"]);
+    let mut maps = Vec::new();
+    for hub in [&held, &refused] {
+        let (inputs, _) = numbered_inputs(hub.dir(), "inputs", "in", 3);
+        maps.push(hub.spawn_map("map", &[inputs.to_str().expect("utf-8"), "--", "true"]));
+    }
+    wait_for("the held allocation's reason", || {
+        alloc_list(&held)
+            .first()
+            .is_some_and(|a| a["state"] == "pending" && a["reason"] == "JobHeldUser")
+    });
+    wait_for("the refusal to be recorded", || {
+        alloc_events(&refused).contains("invalid partition specified: nosuch")
+    });
+    let table = zcluster()
+        .args(["alloc", "list", "--hub"])
+        .arg(&held.file)
+        .output()
+        .expect("alloc list");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("pending") && table.contains("JobHeldUser"),
+        "{table}"
+    );
+    assert_eq!(alloc_list(&held).len(), 1, "the backlog allows one pending");
+    assert!(alloc_list(&refused).is_empty(), "nothing was submitted");
+    let events = alloc_events(&refused);
+    assert!(
+        events.contains("submission failed (attempt 1): sbatch refused"),
+        "{events}"
+    );
+}

@@ -10,7 +10,9 @@
 //! | [`cluster`] | a hub in this process and workers over ssh, for one `zcluster map --hosts` |
 //! | [`batch`] | a batch system behind one interface: submit, state, cancel, end time |
 //! | [`slurm`] | Slurm behind that interface (`sbatch`, `squeue`, `scancel`) |
+//! | [`alloc`] | allocations on demand: submit while tasks wait, release idle workers |
 
+pub mod alloc;
 pub mod batch;
 pub mod cluster;
 pub mod hosts;

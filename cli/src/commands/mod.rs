@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod alloc;
 pub mod device;
 pub mod drain;
 pub mod hub;
