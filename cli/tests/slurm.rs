@@ -455,3 +455,110 @@ fn alloc_shows_why_an_allocation_is_pending_or_refused() {
         "{events}"
     );
 }
+
+/// Faults under the policy: the hub restarts while an allocation is
+/// pending (the allocator carries the allocation on and submits nothing
+/// twice), and the allocation is cancelled in the middle of a map
+/// (its tasks wait, the policy submits a replacement, the map completes
+/// with every result once, in order).
+#[test]
+fn the_policy_rides_out_a_hub_restart_and_replaces_a_cancelled_allocation() {
+    let Some(lab) = SlurmLab::start() else { return };
+    let mut hub = Hub::start();
+    let _allocator = Proc::spawn(
+        lab.command(zcluster_path().to_str().expect("utf-8 path"))
+            .current_dir(lab.path())
+            .args(["alloc", "add", "slurm", "--hub"])
+            .arg(&hub.file)
+            .args(["--nodes", "1", "--time", "10m", "--max-nodes", "1"])
+            .args(["--backlog", "1", "--idle-timeout", "1m", "--poll", "300ms"])
+            // Held: pending until released below.
+            .args(["--", "--hold"]),
+        hub.dir().join("alloc.log"),
+    );
+    let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 40);
+    let mut map = hub.spawn_map(
+        "map",
+        &[
+            inputs.to_str().expect("utf-8"),
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.3; echo $1",
+            "_",
+            "{}",
+        ],
+    );
+    wait_for("an allocation to be pending", || {
+        alloc_list(&hub)
+            .first()
+            .is_some_and(|a| a["state"] == "pending")
+    });
+    let first = alloc_list(&hub)[0]["job"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hub.proc.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    hub.proc.wait();
+    // Back at once: the map's client waits only so long for its hub.
+    hub.proc = Hub::spawn_hub(hub.dir.path(), &hub.file, &hub.store, &[]);
+    hub.wait_ready();
+    assert_eq!(alloc_list(&hub).len(), 1, "nothing submitted twice");
+
+    // Released, it runs the map (which carried on across the restart).
+    assert!(lab
+        .command("scontrol")
+        .args(["release", &first])
+        .status()
+        .expect("scontrol release")
+        .success());
+    wait_for("the map to get going on it", || {
+        map.job()
+            .and_then(|j| hub.job(j))
+            .is_some_and(|j| field_u64(&j, "done") >= 5)
+    });
+    assert!(lab
+        .command("scancel")
+        .arg(&first)
+        .status()
+        .expect("scancel")
+        .success());
+    wait_for("a replacement allocation", || alloc_list(&hub).len() == 2);
+    let second = alloc_list(&hub)[1]["job"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+    assert!(lab
+        .command("scontrol")
+        .args(["release", &second])
+        .status()
+        .expect("scontrol release")
+        .success());
+    let deadline = Instant::now() + SLURM_WAIT;
+    while map
+        .guard
+        .0
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the map did not finish: {}",
+            alloc_events(&hub)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(map.wait().success(), "{}", map.stderr());
+    let lines: Vec<String> = map.stdout().lines().map(str::to_string).collect();
+    assert_eq!(lines, expected, "every result once, in order");
+    let events = alloc_events(&hub);
+    assert!(
+        events.contains(&format!("job {first}: CANCELLED")),
+        "{events}"
+    );
+    println!("{events}");
+}
