@@ -347,6 +347,12 @@ impl<'a> Engine<'a> {
     /// holds, then sends again what it finished lately.
     fn reconnect(&mut self, why: &str) -> Result<(), EngineError> {
         info!(why, "connecting to the hub again");
+        // Held results go with the others sent again after registering: a
+        // reconnect is no stop, and the hub must not run their tasks again.
+        let window = self.conn.heartbeat * (self.options.misses + 2);
+        for (_, job, result) in std::mem::take(&mut self.held) {
+            self.recent.keep(job, result, window);
+        }
         let register = register_message(
             &self.identity,
             self.options,
