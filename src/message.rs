@@ -388,6 +388,9 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         args: Vec<u8>,
     },
+    /// Take no new requests, finish the ones held, then exit cleanly (an
+    /// engine gives back the tasks it has not started).
+    Drain,
 }
 
 impl Command {
@@ -398,6 +401,7 @@ impl Command {
             Command::Restart => "restart",
             Command::Ping => "ping",
             Command::KillSink => "kill-sink",
+            Command::Drain => "drain",
             Command::Custom { name, .. } => name,
         }
     }

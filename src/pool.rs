@@ -233,6 +233,8 @@ impl Registry {
             slots,
             misses: DEFAULT_MISSES,
             handlers: self.engine_handlers(),
+            origin: None,
+            end_at: None,
         };
         match run_engine(&zmq::Context::new(), &options, &stop) {
             Ok(exit) => Ok(exit),

@@ -548,6 +548,9 @@ impl<H: Handler> Worker<H> {
                 Command::Restart => Some(WorkerExit::Restart),
                 Command::Ping => None,
                 Command::KillSink => return None,
+                // A toolkit worker holds one request at a time: draining is
+                // finishing it and leaving.
+                Command::Drain => Some(WorkerExit::Killed),
                 Command::Custom { name, .. } => {
                     warn!(
                         command = %crate::untrusted::escape(name.as_bytes()),

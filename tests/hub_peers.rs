@@ -242,6 +242,7 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
         slots: 1,
         handlers: Vec::new(),
         running: Vec::new(),
+        origin: None,
     };
     let header = Header {
         kind: MessageKind::Control,
@@ -324,6 +325,8 @@ fn an_engine_refused_at_registration_tries_again() {
             slots: 1,
             misses: DEFAULT_MISSES,
             handlers: BTreeMap::new(),
+            origin: None,
+            end_at: None,
         };
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };

@@ -85,6 +85,20 @@ enum Command {
                   zcluster kill --hub hub.json --engine 3     # one of them\n  \
                   zcluster kill --hub hub.json --restart      # exit 75, for a supervisor")]
     Kill(commands::kill::KillArgs),
+    /// Drain engines: no new tasks, finish the running ones, leave cleanly.
+    #[command(after_help = "Examples:\n  \
+                  zcluster drain --hub hub.json --engine 3")]
+    Drain(commands::drain::DrainArgs),
+    /// Allocations on demand: submit batch jobs while work waits, release
+    /// idle ones; list them and what happened.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+                  zcluster alloc add slurm --hub hub.json --nodes 1 --time 2h --max-nodes 8 --idle-timeout 5m\n  \
+                  zcluster alloc list --hub hub.json\n  \
+                  zcluster alloc events --hub hub.json"
+    )]
+    Alloc(commands::alloc::AllocCommand),
     /// Forget finished jobs and tasks the hub recorded, to free its store.
     #[command(after_help = "Examples:\n  \
                   zcluster purge --hub hub.json --job 4\n  \
@@ -121,6 +135,8 @@ fn main() -> ExitCode {
         Command::Map(args) => commands::map::run(args),
         Command::Device(device) => commands::device::run(device),
         Command::Kill(args) => commands::kill::run(args),
+        Command::Drain(args) => commands::drain::run(args),
+        Command::Alloc(command) => commands::alloc::run(command),
         Command::Ping(args) => commands::ping::run(args),
         Command::Hub(args) => commands::hub::run(args),
         Command::Worker(args) => commands::worker::run(args),

@@ -418,6 +418,10 @@ fn detached_workers_outlive_the_launcher_until_zcluster_kill() {
     assert!(launch.guard.wait().success());
     assert!(workers.iter().all(|&pid| alive(pid)));
     assert_eq!(hub.engines().len(), 2);
+    // Each says which host file it came from (`lab.host_file` writes `hosts`).
+    for engine in hub.engines() {
+        assert_eq!(engine["origin"], "ssh:hosts", "{engine}");
+    }
     hub.cmd("kill").assert().success();
     wait_until("the detached workers to exit", || {
         workers.iter().all(|&pid| !alive(pid))

@@ -99,6 +99,22 @@ pub fn mark_failed_commands(result: &mut ClusterResult) {
     }
 }
 
+/// Whether a chunk result has a command killed by a signal that stops a
+/// whole session (SIGTERM, SIGINT, SIGHUP): what `scancel`, `systemctl
+/// stop` or a Ctrl-C to the process group send the worker and its tasks at
+/// once. An engine holds such a result back a moment (see
+/// `hub::engine`): if it is told to stop too, the task was not at fault.
+pub fn killed_by_stop_signal(result: &ClusterResult) -> bool {
+    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
+    else {
+        return false;
+    };
+    outcomes.iter().any(|(_, o)| {
+        matches!(o.exit, super::ExitKind::Signaled(s)
+            if s == libc::SIGTERM || s == libc::SIGINT || s == libc::SIGHUP)
+    })
+}
+
 /// Runs every task of a chunk, one after another: the handler of a worker
 /// slot that runs command jobs. `cancel` kills the running task's process
 /// group and skips the rest.

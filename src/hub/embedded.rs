@@ -123,6 +123,8 @@ impl EmbeddedCluster {
                 slots,
                 misses: DEFAULT_MISSES,
                 handlers,
+                origin: None,
+                end_at: None,
             };
             thread::Builder::new()
                 .name("zcluster-engine".into())

@@ -21,6 +21,7 @@
 //! | --- | --- |
 //! | `engine.rs` | the engine and its reactions; registering (`connect`) |
 //! | `engine/cancels.rs` | cancel flags shared with the slot handlers |
+//! | `engine/drain.rs` | draining before the allocation ends or on demand; results held a moment after a stop signal |
 //! | `engine/pace.rs` | how many waiting tasks a free slot gets at once |
 //! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
 
@@ -36,7 +37,7 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
-use crate::exec::chunk::{mark_failed_commands, run_chunk};
+use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk};
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo, ATTEMPT_KEY,
@@ -46,10 +47,12 @@ use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
 
 mod cancels;
+mod drain;
 mod pace;
 mod send;
 
 use cancels::CancelFlags;
+use drain::{DRAIN_MARGIN, TASK_TIME_SAMPLES};
 use pace::Pace;
 use send::{result_to_hub, results_to_hub, send_control, Recent};
 
@@ -106,6 +109,14 @@ pub struct EngineOptions {
     pub misses: u32,
     /// Named handlers this engine offers besides command jobs.
     pub handlers: BTreeMap<String, HandlerFn>,
+    /// What started this engine (`slurm:JOB/NODE`, `ssh:HOSTFILE`), told
+    /// the hub so `zcluster status` can say where each engine came from.
+    pub origin: Option<String>,
+    /// When this engine's allocation ends (`--end-at`, or Slurm's end of
+    /// the job): before then it drains, taking no task that would not
+    /// finish in time (by the job's median task time here), so none is
+    /// cut off at the walltime.
+    pub end_at: Option<SystemTime>,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -162,12 +173,19 @@ struct Engine<'a> {
     /// every slot is free while the old tasks still run.
     waiting: VecDeque<ClusterRequest>,
     recent: Recent,
+    /// Results of tasks killed by a stop signal, held for
+    /// `drain::STOP_SIGNAL_GRACE` from when they came.
+    held: Vec<(Instant, JobId, ClusterResult)>,
     pace: Pace,
     conn: Connection,
     /// A bad message from the hub was already logged at warn level.
     warned: bool,
     /// A kill or restart was acknowledged: finish the tasks, then exit so.
     leaving: Option<WorkerExit>,
+    /// Draining: no new task starts; it leaves once its tasks are done.
+    draining: bool,
+    /// Recent task times by job, for the median a drain goes by.
+    task_times: HashMap<JobId, VecDeque<Duration>>,
     /// Tasks finished, and their total time, for command replies.
     handled: u64,
     busy: Duration,
@@ -237,10 +255,13 @@ impl<'a> Engine<'a> {
             tickets: HashMap::new(),
             waiting: VecDeque::new(),
             recent,
+            held: Vec::new(),
             pace: Pace::default(),
             conn,
             warned: false,
             leaving: None,
+            draining: false,
+            task_times: HashMap::new(),
             handled: 0,
             busy: Duration::ZERO,
             next_beat: Instant::now(),
@@ -264,9 +285,24 @@ impl<'a> Engine<'a> {
         if self.stop.load(Ordering::Relaxed) {
             return Ok(Flow::Exit(self.on_stop()));
         }
+        if let Some(flow) = self.before_end() {
+            return Ok(flow);
+        }
         self.start_waiting()?;
+        self.release_held();
+        if self.draining
+            && self.tickets.is_empty()
+            && self.held.is_empty()
+            && self.leaving.is_none()
+        {
+            // What waits unstarted goes back to the hub with the
+            // registration: run elsewhere, not counted as a death.
+            send_control(&self.conn.link.socket, &EngineMessage::Unregister);
+            info!(given_back = self.waiting.len(), "engine drained");
+            return Ok(Flow::Exit(WorkerExit::Killed));
+        }
         if let Some(exit) = self.leaving {
-            if self.tickets.is_empty() && self.waiting.is_empty() {
+            if self.tickets.is_empty() && self.waiting.is_empty() && self.held.is_empty() {
                 send_control(&self.conn.link.socket, &EngineMessage::Unregister);
                 info!(?exit, "engine leaving");
                 return Ok(Flow::Exit(exit));
@@ -311,6 +347,12 @@ impl<'a> Engine<'a> {
     /// holds, then sends again what it finished lately.
     fn reconnect(&mut self, why: &str) -> Result<(), EngineError> {
         info!(why, "connecting to the hub again");
+        // Held results go with the others sent again after registering: a
+        // reconnect is no stop, and the hub must not run their tasks again.
+        let window = self.conn.heartbeat * (self.options.misses + 2);
+        for (_, job, result) in std::mem::take(&mut self.held) {
+            self.recent.keep(job, result, window);
+        }
         let register = register_message(
             &self.identity,
             self.options,
@@ -343,6 +385,16 @@ impl<'a> Engine<'a> {
             tickets.values().any(|(j, _)| *j == job) || waiting.iter().any(|r| job_of(r) == job)
         });
         while self.slots.free() > 0 && !self.waiting.is_empty() {
+            if self.draining {
+                break;
+            }
+            if let (Some(end), Some(next)) = (self.options.end_at, self.waiting.front()) {
+                let need = self.median_time(job_of(next)).unwrap_or(Duration::ZERO) + DRAIN_MARGIN;
+                if SystemTime::now() + need > end {
+                    self.start_drain("the allocation ends before the next task would");
+                    break;
+                }
+            }
             let batch = self.pace.batch(&self.waiting, self.slots.free());
             let requests: Vec<ClusterRequest> = self.waiting.drain(..batch).collect();
             let tasks: Vec<(JobId, u64)> = requests.iter().map(|r| (job_of(r), r.id)).collect();
@@ -384,6 +436,15 @@ impl<'a> Engine<'a> {
             self.handled += 1;
             self.busy += result.metadata.elapsed;
             self.pace.record(result.metadata.elapsed);
+            let times = self.task_times.entry(job).or_default();
+            if times.len() == TASK_TIME_SAMPLES {
+                times.pop_front();
+            }
+            times.push_back(result.metadata.elapsed);
+            if !cancelled && killed_by_stop_signal(&result) {
+                self.held.push((Instant::now(), job, result));
+                continue;
+            }
             drained.push((job, result, cancelled));
         }
         results_to_hub(&self.conn.link.socket, &drained);
@@ -566,6 +627,7 @@ impl<'a> Engine<'a> {
         match command {
             Command::Kill => self.leaving = Some(WorkerExit::Killed),
             Command::Restart => self.leaving = Some(WorkerExit::Restart),
+            Command::Drain => self.start_drain("asked by the hub"),
             _ => {}
         }
     }
@@ -604,6 +666,7 @@ fn register_message(
             .chain(waiting.iter().map(|r| (job_of(r), r.id)))
             .chain(recent.tasks())
             .collect(),
+        origin: options.origin.clone(),
     }
 }
 

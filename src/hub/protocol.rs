@@ -70,11 +70,17 @@ pub enum EngineMessage {
         /// again after the hub restarted or lost it): the hub leaves them to
         /// it instead of running them again.
         running: Vec<(JobId, u64)>,
+        /// What started it, for `zcluster status` (`slurm:JOB/NODE`,
+        /// `ssh:HOSTFILE`); none for a worker started by hand.
+        origin: Option<String>,
     },
     /// Still alive.
     Heartbeat,
     /// Leaving cleanly (kill, restart, Ctrl-C).
     Unregister,
+    /// Draining (its allocation ends soon, or `zcluster drain`): send it
+    /// no new tasks; it finishes what it runs, then unregisters.
+    Draining,
 }
 
 /// Hub to engine.
@@ -251,6 +257,12 @@ pub enum ClientCall {
         /// Leave out request and result payloads.
         status_only: bool,
     },
+    /// Drain these engines: no new tasks, finish what they run, leave
+    /// cleanly (answered by [`Reply::Killed`] with who acknowledged).
+    Drain {
+        /// Which engines.
+        engines: Vec<EngineId>,
+    },
 }
 
 /// What to purge.
@@ -402,6 +414,11 @@ pub struct EngineStatus {
     pub handlers: Vec<String>,
     /// (job, task id) of what it runs now (verbose status only).
     pub running_tasks: Vec<(JobId, u64)>,
+    /// What started it (`slurm:JOB/NODE`, `ssh:HOSTFILE`), as it said when
+    /// it registered: which allocation or host file an engine came from.
+    pub origin: Option<String>,
+    /// Draining: it takes no new tasks and leaves once its tasks are done.
+    pub draining: bool,
 }
 
 /// One job as `zcluster status` shows it.

@@ -8,7 +8,13 @@
 //! | [`hosts`] | host files in GNU parallel's `--sshloginfile` format |
 //! | [`ssh`] | one worker per host over OpenSSH, supervised or detached |
 //! | [`cluster`] | a hub in this process and workers over ssh, for one `zcluster map --hosts` |
+//! | [`batch`] | a batch system behind one interface: submit, state, cancel, end time |
+//! | [`slurm`] | Slurm behind that interface (`sbatch`, `squeue`, `scancel`) |
+//! | [`alloc`] | allocations on demand: submit while tasks wait, release idle workers |
 
+pub mod alloc;
+pub mod batch;
 pub mod cluster;
 pub mod hosts;
+pub mod slurm;
 pub mod ssh;

@@ -131,6 +131,9 @@ pub struct SshOptions {
     pub detach: bool,
     /// How long a started worker has to register before it is reported.
     pub register_timeout: Duration,
+    /// The label each worker registers with (`ssh:HOSTFILE`), so
+    /// `zcluster status` shows which host file an engine came from.
+    pub origin: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -143,6 +146,7 @@ impl Default for SshOptions {
             shared_fs: false,
             detach: false,
             register_timeout: REGISTER_TIMEOUT,
+            origin: None,
         }
     }
 }

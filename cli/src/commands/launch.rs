@@ -11,8 +11,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use zcluster::hub::connection::ConnectionInfo;
+use zcluster::launch::batch::{AllocationRequest, BatchSystem, WorkerCommand};
 use zcluster::launch::cluster::SshCluster;
 use zcluster::launch::hosts::{self, Host};
+use zcluster::launch::slurm::Slurm;
 use zcluster::launch::ssh::{HostEvent, Launcher, Report, ReportSink, SshOptions};
 
 use super::{HubArg, UsageError};
@@ -27,6 +29,80 @@ pub enum LaunchCommand {
                   zcluster launch ssh hosts.txt --hub hub.json --detach\n  \
                   zcluster launch ssh hosts.txt --hub hub.json --ssh \"ssh -F lab.conf\" --remote-command /opt/bin/zcluster")]
     Ssh(SshArgs),
+    /// Submit one Slurm allocation (sbatch) whose script runs a worker on
+    /// each node with srun, the node's CPUs as its slots; prints the Slurm
+    /// job id. The connection file and the zcluster binary must be at the
+    /// same paths on the nodes (a shared file system).
+    #[command(after_help = "Examples:\n  \
+                  zcluster launch slurm --hub hub.json --nodes 4 --time 2h\n  \
+                  zcluster launch slurm --hub hub.json --nodes 2 --time 30m --partition short --dry-run\n  \
+                  zcluster launch slurm --hub hub.json --nodes 1 --time 1h -- --qos=debug --mem=8G")]
+    Slurm(SlurmArgs),
+}
+
+/// `zcluster launch slurm`.
+#[derive(Args)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    hub: HubArg,
+    #[command(flatten)]
+    allocation: AllocationArgs,
+    /// Print the script instead of submitting it.
+    #[arg(long)]
+    dry_run: bool,
+    /// More sbatch arguments, after `--`.
+    #[arg(last = true, value_name = "SBATCH ARGS")]
+    extra: Vec<String>,
+}
+
+/// What one allocation asks for: flags `launch slurm` and `alloc add`
+/// share.
+#[derive(Args, Clone, Debug)]
+pub struct AllocationArgs {
+    /// Nodes to allocate, one worker on each.
+    #[arg(long, short = 'N', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    nodes: u32,
+    /// Walltime (e.g. 30m, 2h, 1day); the workers drain before it ends.
+    #[arg(long, short = 't', value_name = "TIME", value_parser = humantime::parse_duration)]
+    time: std::time::Duration,
+    /// Slurm partition.
+    #[arg(long, short = 'p')]
+    partition: Option<String>,
+    /// Slurm account to charge.
+    #[arg(long, short = 'A')]
+    account: Option<String>,
+    /// CPUs to ask on each node (the worker's slots); default whole nodes.
+    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u32).range(1..))]
+    cpus_per_node: Option<u32>,
+    /// The zcluster binary on the nodes (default: this one's path).
+    #[arg(long, value_name = "PATH")]
+    remote_command: Option<PathBuf>,
+}
+
+impl AllocationArgs {
+    /// The allocation to submit for the hub `hub`, with more sbatch
+    /// arguments `extra`.
+    pub fn request(&self, hub: &HubArg, extra: Vec<String>) -> anyhow::Result<AllocationRequest> {
+        // Absolute: the job starts in whatever directory Slurm chooses.
+        let connection = std::path::absolute(hub.path()).context("the connection file's path")?;
+        let program = match &self.remote_command {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("cannot find this zcluster binary")?,
+        };
+        Ok(AllocationRequest {
+            nodes: self.nodes,
+            time: self.time,
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            cpus_per_node: self.cpus_per_node,
+            name: "zcluster".into(),
+            extra,
+            worker: WorkerCommand {
+                program,
+                connection,
+            },
+        })
+    }
 }
 
 /// How to reach the hosts: flags shared by `launch ssh` and `map --hosts`.
@@ -82,11 +158,49 @@ pub struct SshArgs {
 pub fn run(command: LaunchCommand) -> anyhow::Result<ExitCode> {
     match command {
         LaunchCommand::Ssh(args) => ssh(args),
+        LaunchCommand::Slurm(args) => slurm(args),
     }
 }
 
 fn read_hosts(path: &std::path::Path) -> anyhow::Result<Vec<Host>> {
     hosts::read(path).map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn slurm(args: SlurmArgs) -> anyhow::Result<ExitCode> {
+    let request = args.allocation.request(&args.hub, args.extra)?;
+    let slurm = Slurm;
+    let mut out = std::io::stdout().lock();
+    if args.dry_run {
+        write!(out, "{}", slurm.script(&request))?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The workers need the file: say so now rather than after the queue.
+    args.hub.connection()?;
+    match slurm.submit(&request) {
+        Ok(job) => {
+            writeln!(out, "{job}")?;
+            out.flush()?;
+            eprintln!(
+                "zcluster: Slurm job {job} submitted ({} node(s)); its engines show in `zcluster status` as slurm:{job}/NODE",
+                request.nodes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("zcluster: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `ssh:NAME`, the label the workers of host file `path` register with.
+fn origin_of_host_file(path: &std::path::Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!("ssh:{name}")
 }
 
 /// Says so when remote hosts are given a hub that listens on loopback.
@@ -117,6 +231,7 @@ fn ssh(args: SshArgs) -> anyhow::Result<ExitCode> {
     let options = SshOptions {
         shared_fs: args.shared_fs,
         detach: args.detach,
+        origin: Some(origin_of_host_file(&args.hostfile)),
         ..args.remote.options()?
     };
     // One line per event on stdout, flushed at once: a script (or a test)
@@ -173,15 +288,14 @@ pub fn cluster_for_map(
         return Ok(None);
     };
     let hosts = read_hosts(path)?;
+    let options = SshOptions {
+        origin: Some(origin_of_host_file(path)),
+        ..args.remote.options()?
+    };
     let report: ReportSink = Box::new(|report: &Report| {
         if !matches!(report.event, HostEvent::Stopped | HostEvent::Exited) {
             eprintln!("zcluster: {report}");
         }
     });
-    Ok(Some(SshCluster::start(
-        &hosts,
-        args.remote.options()?,
-        stop,
-        report,
-    )?))
+    Ok(Some(SshCluster::start(&hosts, options, stop, report)?))
 }

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod alloc;
 pub mod device;
+pub mod drain;
 pub mod hub;
 pub mod kill;
 pub mod launch;

@@ -57,19 +57,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut out = super::table(out);
     writeln!(
         out,
-        "ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT"
+        "ENGINE\tHOST\tPID\tSLOTS\tRUNNING\tCOMPLETED\tLAST HEARTBEAT\tORIGIN\tSTATE"
     )?;
     for e in &status.engines {
         writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{} ago",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{} ago\t{}\t{}",
             e.id,
             e.host,
             e.pid,
             e.slots,
             e.running,
             e.completed,
-            super::short_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64))
+            super::short_duration(Duration::from_millis(e.last_heartbeat.as_millis() as u64)),
+            e.origin.as_deref().unwrap_or("-"),
+            if e.draining { "draining" } else { "up" }
         )?;
     }
     // Tasks by their inputs' numbers (1 for the first), as everywhere else.

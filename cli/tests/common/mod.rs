@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 mod raw;
+mod slurm;
 pub use cluster::*;
 pub use raw::*;
+pub use slurm::*;
 
 /// A bound on waits that a passing test never comes near.
 pub const FAIL_AFTER: Duration = Duration::from_secs(20);

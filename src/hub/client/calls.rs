@@ -149,6 +149,21 @@ impl HubClient {
         }
     }
 
+    /// Drains `engines`: they take no new tasks, finish what they run and
+    /// leave cleanly; says which acknowledged.
+    pub fn drain(&mut self, engines: Vec<EngineId>) -> Result<Killed, ClientError> {
+        match self.call_waiting(&ClientCall::Drain { engines }, ENGINE_CALL_TIMEOUT)? {
+            Reply::Killed {
+                acknowledged,
+                silent,
+            } => Ok(Killed {
+                acknowledged,
+                silent,
+            }),
+            other => Err(unexpected("drain", other)),
+        }
+    }
+
     /// Asks every engine who it is.
     pub fn ping(&mut self) -> Result<Pong, ClientError> {
         match self.call_waiting(&ClientCall::Ping, ENGINE_CALL_TIMEOUT)? {

@@ -224,6 +224,19 @@ impl<O: Outbox> Core<O> {
                 self.start_command(client, request, command, targets, CommandPurpose::Kill);
                 return Ok(());
             }
+            ClientCall::Drain { engines } => {
+                if let Some(missing) = engines
+                    .iter()
+                    .find(|id| !self.state.engines.contains_key(id))
+                {
+                    let error = Reply::Error(format!("no engine {missing}"));
+                    self.outbox.reply(&client, request, &error);
+                    return Ok(());
+                }
+                let purpose = CommandPurpose::Drain;
+                self.start_command(client, request, Command::Drain, engines, purpose);
+                return Ok(());
+            }
             ClientCall::Ping => {
                 let targets = self.state.engines.keys().copied().collect();
                 self.start_command(client, request, Command::Ping, targets, CommandPurpose::Ping);

@@ -74,6 +74,12 @@ impl<O: Outbox> Core<O> {
                     e.leaving = true;
                 }
             }
+            if matches!(command.purpose, CommandPurpose::Drain) {
+                if let Some(e) = self.state.engines.get_mut(&engine) {
+                    e.leaving = true;
+                    e.draining = true;
+                }
+            }
             command.replies.push((engine, reply));
         }
         self.finish_command_if_done(token);
@@ -117,7 +123,7 @@ impl<O: Outbox> Core<O> {
             return;
         };
         let reply = match command.purpose {
-            CommandPurpose::Kill => Reply::Killed {
+            CommandPurpose::Kill | CommandPurpose::Drain => Reply::Killed {
                 acknowledged: command.replies.iter().map(|(id, _)| *id).collect(),
                 silent: command.silent,
             },

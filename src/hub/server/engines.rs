@@ -43,12 +43,14 @@ impl<O: Outbox> Core<O> {
                     slots,
                     handlers,
                     running,
+                    origin,
                 }) => {
                     let engine = Engine {
                         host,
                         pid,
                         handlers,
                         name,
+                        origin,
                         ..Engine::new(0, identity.clone(), slots, Instant::now())
                     };
                     self.register(engine);
@@ -64,6 +66,13 @@ impl<O: Outbox> Core<O> {
                     );
                 }
                 Ok(EngineMessage::Heartbeat) => {}
+                Ok(EngineMessage::Draining) => {
+                    if let Some(engine) = known.and_then(|id| self.state.engines.get_mut(&id)) {
+                        info!(engine = engine.id, "engine draining");
+                        engine.leaving = true;
+                        engine.draining = true;
+                    }
+                }
                 Ok(EngineMessage::Unregister) => {
                     if let Some(id) = known {
                         self.unregister(id, "left", false);

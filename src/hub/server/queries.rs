@@ -56,6 +56,8 @@ impl<O: Outbox> Core<O> {
                 } else {
                     Vec::new()
                 },
+                origin: e.origin.clone(),
+                draining: e.draining,
             })
             .collect();
         engines.sort_by_key(|e| e.id);

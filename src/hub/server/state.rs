@@ -35,6 +35,11 @@ pub(super) struct Engine {
     /// The name it registered under, one per engine process (its routing
     /// identity changes with each connection).
     pub(super) name: String,
+    /// What started it, as it registered (`slurm:JOB/NODE`...).
+    pub(super) origin: Option<String>,
+    /// Draining (it said so, or acknowledged `zcluster drain`); `leaving`
+    /// is set with it, so it gets no new tasks.
+    pub(super) draining: bool,
 }
 
 impl Engine {
@@ -53,6 +58,8 @@ impl Engine {
             leaving: false,
             unreachable: false,
             name: String::new(),
+            origin: None,
+            draining: false,
         }
     }
 
@@ -264,6 +271,7 @@ impl Job {
 /// What a command to the engines is for: it decides the reply.
 pub(super) enum CommandPurpose {
     Kill,
+    Drain,
     Ping,
     Shutdown,
 }

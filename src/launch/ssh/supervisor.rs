@@ -266,6 +266,9 @@ impl Supervisor {
         if let Some(slots) = self.host.slots {
             command.push_str(&format!(" -j {slots}"));
         }
+        if let Some(origin) = &self.shared.options.origin {
+            command.push_str(&format!(" --origin {}", quote(origin)));
+        }
         command
     }
 
