@@ -63,6 +63,12 @@ enum Command {
                   zcluster status --hub hub.json --verbose    # which inputs run where\n  \
                   zcluster status --hub hub.json --json")]
     Status(commands::status::StatusArgs),
+    /// Follow what happens on a hub as JSON Lines: engines joining and
+    /// dying, jobs opening and ending, tasks failing, retried, copied.
+    #[command(after_help = "Examples:\n  \
+                  zcluster events --hub hub.json\n  \
+                  zcluster events --hub hub.json --job 4 | jq -r 'select(.event == \"task_failed\") | .reason'")]
+    Events(commands::events::EventsArgs),
     /// Print a job's results again, later, from the hub's record.
     #[command(after_help = "Examples:\n  \
                   zcluster results 4 --hub hub.json > out.txt     # the job's output, in order\n  \
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => commands::worker::run(args),
         Command::Launch(command) => commands::launch::run(command),
         Command::Status(args) => commands::status::run(args),
+        Command::Events(args) => commands::events::run(args),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),
         Command::Resubmit(args) => commands::resubmit::run(args),

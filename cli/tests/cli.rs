@@ -6,6 +6,7 @@ mod attacks;
 mod chaos;
 mod common;
 mod devices;
+mod events;
 mod files;
 mod hostile;
 mod hub;

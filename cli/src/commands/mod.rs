@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod device;
+pub mod events;
 pub mod hub;
 pub mod kill;
 pub mod launch;

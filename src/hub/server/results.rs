@@ -10,7 +10,7 @@ use super::held::Held;
 use super::outbox::Outbox;
 use super::scheduler::{self, Assignment, Before};
 use super::Core;
-use crate::hub::protocol::{EngineId, HubToEngine, JobId};
+use crate::hub::protocol::{EngineId, HubToEngine, JobId, Notification};
 use crate::hub::store::{Finished, TaskState};
 use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Header, MessageError,
@@ -27,6 +27,15 @@ fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
         }
         Err(_) => body.to_vec(),
     }
+}
+
+/// Why a failed result failed, for the event that says so: its exception
+/// (the body is decoded only for a failure, which is rare).
+fn failure_reason(body: &[u8]) -> String {
+    decode_value::<ClusterResult>(body, "result")
+        .ok()
+        .and_then(|r| r.exception)
+        .unwrap_or_else(|| "failed (no reason given)".into())
 }
 
 impl<O: Outbox> Core<O> {
@@ -87,6 +96,14 @@ impl<O: Outbox> Core<O> {
             task.engine = None;
             task.spare = None;
             task.started = None;
+            self.outbox.publish(&Notification::TaskRetried {
+                job: key.0,
+                task: key.1,
+                engine: engine_id,
+                attempt: task.attempts + 1,
+                reason: failure_reason(body),
+                at: SystemTime::now(),
+            });
             task.request = with_attempt(&task.request, task.attempts + 1).into();
             if let Err(e) = self.store.task_requeued(task.store_id) {
                 warn!(error = %e, "cannot record a retry");
@@ -124,6 +141,19 @@ impl<O: Outbox> Core<O> {
             engine: engine_id,
             attempts: task.attempts,
         };
+        if status == ResultStatus::Fail {
+            self.outbox.publish(&Notification::TaskFailed {
+                job: key.0,
+                task: key.1,
+                engine: Some(engine_id),
+                attempts: task.attempts,
+                reason: finished
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| failure_reason(body)),
+                at: finished.completed,
+            });
+        }
         let recorded = self.store.task_finished(task.store_id, finished);
         let client = job.client.clone();
         for identity in losers {
@@ -150,9 +180,36 @@ impl<O: Outbox> Core<O> {
 
     /// Forgets `job_id` if it is closed and every task of it finished.
     pub(super) fn retire_if_done(&mut self, job_id: JobId) {
+        let counts = self
+            .state
+            .jobs
+            .get(&job_id)
+            .map(|job| (job.succeeded, job.failed));
         if self.state.retire_if_done(job_id) {
             debug!(job = job_id, "job finished");
+            let (succeeded, failed) = counts.unwrap_or_default();
+            self.outbox.publish(&Notification::JobFinished {
+                job: job_id,
+                succeeded,
+                failed,
+                at: SystemTime::now(),
+            });
         }
+    }
+
+    /// [`finish_unrun`](Self::finish_unrun) for a task that fails in the
+    /// hub (a poison task, one too large to send), published as failed.
+    pub(super) fn fail_unrun(&mut self, job_id: JobId, task_id: u64, reason: &str) {
+        let attempts = self.state.task(job_id, task_id).map_or(0, |t| t.attempts);
+        self.finish_unrun(job_id, task_id, reason);
+        self.outbox.publish(&Notification::TaskFailed {
+            job: job_id,
+            task: task_id,
+            engine: None,
+            attempts,
+            reason: reason.to_string(),
+            at: SystemTime::now(),
+        });
     }
 
     /// Ends a task that will not run (again) as failed with `reason`: in
@@ -240,6 +297,13 @@ impl<O: Outbox> Core<O> {
                         ?ran_for,
                         "straggler: running a second copy"
                     );
+                    self.outbox.publish(&Notification::TaskCopied {
+                        job,
+                        task,
+                        engine: assignment.engine,
+                        running_for: ran_for.unwrap_or_default(),
+                        at: SystemTime::now(),
+                    });
                 }
                 Err(e) => {
                     debug!(engine = assignment.engine, error = %e, "cannot send a second copy");
@@ -295,7 +359,7 @@ impl<O: Outbox> Core<O> {
                 "its request of {size} bytes is over the hub's message limit of {limit} bytes"
             );
             for &id in &assignment.tasks {
-                self.finish_unrun(assignment.job, id, &reason);
+                self.fail_unrun(assignment.job, id, &reason);
             }
             self.retire_if_done(assignment.job);
             return;
