@@ -69,6 +69,13 @@ enum Command {
                   zcluster events --hub hub.json\n  \
                   zcluster events --hub hub.json --job 4 | jq -r 'select(.event == \"task_failed\") | .reason'")]
     Events(commands::events::EventsArgs),
+    /// Follow one job started elsewhere (its progress bar) to its end.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+                  zcluster job progress 4 --hub hub.json && echo all done"
+    )]
+    Job(commands::job::JobCommand),
     /// Print a job's results again, later, from the hub's record.
     #[command(after_help = "Examples:\n  \
                   zcluster results 4 --hub hub.json > out.txt     # the job's output, in order\n  \
@@ -133,6 +140,7 @@ fn main() -> ExitCode {
         Command::Launch(command) => commands::launch::run(command),
         Command::Status(args) => commands::status::run(args),
         Command::Events(args) => commands::events::run(args),
+        Command::Job(command) => commands::job::run(command),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),
         Command::Resubmit(args) => commands::resubmit::run(args),

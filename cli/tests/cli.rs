@@ -16,3 +16,4 @@ mod map_person;
 mod pipes;
 mod store;
 mod systemd;
+mod views;

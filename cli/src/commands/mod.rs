@@ -3,6 +3,7 @@
 pub mod device;
 pub mod events;
 pub mod hub;
+pub mod job;
 pub mod kill;
 pub mod launch;
 pub mod map;
