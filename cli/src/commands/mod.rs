@@ -13,6 +13,7 @@ pub mod resubmit;
 pub mod results;
 pub mod shutdown;
 pub mod status;
+pub mod watch;
 pub mod worker;
 
 use std::collections::HashMap;
