@@ -76,6 +76,11 @@ enum Command {
                   zcluster job progress 4 --hub hub.json && echo all done"
     )]
     Job(commands::job::JobCommand),
+    /// Serve a live web page of the cluster, and its JSON API.
+    #[command(after_help = "Examples:\n  \
+                  zcluster dashboard --hub hub.json                  # http://127.0.0.1:8787/\n  \
+                  zcluster dashboard --hub hub.json --listen 0.0.0.0:8787 --allow-control")]
+    Dashboard(commands::dashboard::DashboardArgs),
     /// Print a job's results again, later, from the hub's record.
     #[command(after_help = "Examples:\n  \
                   zcluster results 4 --hub hub.json > out.txt     # the job's output, in order\n  \
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status::run(args),
         Command::Events(args) => commands::events::run(args),
         Command::Job(command) => commands::job::run(command),
+        Command::Dashboard(args) => commands::dashboard::run(args),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),
         Command::Resubmit(args) => commands::resubmit::run(args),

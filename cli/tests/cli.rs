@@ -5,6 +5,7 @@
 mod attacks;
 mod chaos;
 mod common;
+mod dashboard;
 mod devices;
 mod events;
 mod files;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod dashboard;
 pub mod device;
 pub mod events;
 pub mod hub;

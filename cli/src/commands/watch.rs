@@ -42,8 +42,8 @@ const RESTART_NOTICE: Duration = Duration::from_secs(15);
 /// Longest the keyboard waits between two looks at the channel.
 const KEY_POLL: Duration = Duration::from_millis(50);
 
-/// What the poller thread learned.
-enum Update {
+/// What the poller thread learned (the dashboard's too).
+pub(super) enum Update {
     /// The hub answered: its status, under connection number `generation`.
     Status(HubStatus, u64),
     /// The hub did not answer.
@@ -54,7 +54,7 @@ enum Update {
 
 /// Asks the hub every `interval` and forwards its events, until the view
 /// hangs up.
-fn poll_hub(connection: ConnectionInfo, interval: Duration, to_view: Sender<Update>) {
+pub(super) fn poll_hub(connection: ConnectionInfo, interval: Duration, to_view: Sender<Update>) {
     let ctx = zmq::Context::new();
     let mut client = match HubClient::connect(&ctx, &connection) {
         Ok(client) => client,
