@@ -62,6 +62,9 @@ const EVENTS_KEPT: usize = 200;
 /// How often a live page is sent the board, at most.
 const STREAM_PERIOD: Duration = Duration::from_millis(500);
 
+/// Engines given a line of their own in the busy-slots chart.
+const ENGINES_CHARTED: usize = 16;
+
 /// Buckets of a job's task-duration histogram.
 const DURATION_BUCKETS: usize = 20;
 
@@ -206,25 +209,46 @@ impl Board {
         self.events.truncate(EVENTS_KEPT);
     }
 
-    /// Tasks finished per second between samples, and each engine's busy
-    /// slots, as series for the charts.
+    /// Tasks finished per second between samples, and busy slots over
+    /// time: all engines together, and each of the [`ENGINES_CHARTED`]
+    /// busiest now (a thousand lines would say nothing, and weigh a lot),
+    /// as series sharing one time axis.
     fn series(&self) -> Value {
-        let mut times = Vec::new();
-        let mut rates = Vec::new();
+        let times: Vec<f64> = self.samples.iter().map(|s| s.at).collect();
+        let mut rates = vec![0.0];
         for pair in self.samples.iter().collect::<Vec<_>>().windows(2) {
             let dt = pair[1].at - pair[0].at;
-            if dt > 0.0 {
-                times.push(pair[1].at);
-                rates.push(pair[1].finished.saturating_sub(pair[0].finished) as f64 / dt);
-            }
+            let done = pair[1].finished.saturating_sub(pair[0].finished) as f64;
+            rates.push(if dt > 0.0 { done / dt } else { 0.0 });
         }
-        let mut busy: HashMap<String, Vec<Value>> = HashMap::new();
-        for sample in &self.samples {
-            for (engine, running) in &sample.busy {
-                busy.entry(engine.to_string())
-                    .or_default()
-                    .push(json!([sample.at, running]));
-            }
+        rates.truncate(times.len());
+        let mut charted: Vec<(u32, EngineId)> = self
+            .status
+            .iter()
+            .flat_map(|s| &s.engines)
+            .map(|e| (e.running, e.id))
+            .collect();
+        charted.sort_unstable_by(|a, b| b.cmp(a));
+        charted.truncate(ENGINES_CHARTED);
+        let mut busy: serde_json::Map<String, Value> = serde_json::Map::new();
+        let all: Vec<u32> = self
+            .samples
+            .iter()
+            .map(|s| s.busy.iter().map(|(_, n)| n).sum())
+            .collect();
+        busy.insert("all".into(), json!(all));
+        for (_, engine) in charted {
+            let points: Vec<u32> = self
+                .samples
+                .iter()
+                .map(|s| {
+                    // Listed by id, as the hub's status lists them.
+                    s.busy
+                        .binary_search_by_key(&engine, |(id, _)| *id)
+                        .map_or(0, |at| s.busy[at].1)
+                })
+                .collect();
+            busy.insert(engine.to_string(), json!(points));
         }
         json!({ "t": times, "tasks_per_s": rates, "busy": busy })
     }
@@ -609,6 +633,61 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zcluster::hub::protocol::{EngineStatus, JobStatus};
+
+    /// At 1,000 engines and 100 jobs, with ten minutes of samples, what the
+    /// page is sent stays small: the engines' list and a few series, not a
+    /// line per engine.
+    #[test]
+    fn a_large_cluster_is_summarised_not_dumped() {
+        let mut board = Board::default();
+        let engines: Vec<EngineStatus> = (1..=1000)
+            .map(|id| EngineStatus {
+                id,
+                host: format!("node{id:04}"),
+                pid: 1000 + id as u32,
+                slots: 8,
+                running: (id % 9) as u32,
+                completed: id * 10,
+                last_heartbeat: Duration::from_millis(400),
+                handlers: Vec::new(),
+                running_tasks: Vec::new(),
+            })
+            .collect();
+        let jobs: Vec<JobStatus> = (1..=100)
+            .map(|id| JobStatus {
+                id,
+                submitted: SystemTime::now(),
+                description: format!("extract-features {{}} -o out/{id}"),
+                total: Some(10_000),
+                pending: 5_000,
+                running: 80,
+                done: 4_900,
+                failed: 20,
+                queued_tasks: Vec::new(),
+            })
+            .collect();
+        let status = HubStatus {
+            engines,
+            jobs,
+            store: "tasks.sqlite".into(),
+        };
+        for _ in 0..SAMPLES_KEPT + 10 {
+            board.apply(Update::Status(status.clone(), 1));
+        }
+        let started = std::time::Instant::now();
+        let summary = board.summary(false).to_string();
+        let took = started.elapsed();
+        assert_eq!(board.samples.len(), SAMPLES_KEPT);
+        let series = &board.summary(false)["series"]["busy"];
+        assert_eq!(series.as_object().unwrap().len(), ENGINES_CHARTED + 1);
+        // Printed for the README's figure.
+        println!(
+            "summary at 1000 engines, 100 jobs: {} bytes in {took:?}",
+            summary.len()
+        );
+        assert!(summary.len() < 512 << 10, "{} bytes", summary.len());
+    }
 
     #[test]
     fn the_token_is_the_keys_and_only_loopback_goes_without() {
