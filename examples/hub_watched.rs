@@ -5,8 +5,10 @@
 //! --watch` drawing on a terminal (a tmux pane of 160×50), and `zcluster
 //! events`. Each watcher asks the hub every second, as by default.
 //!
-//! Prints `watched ROUND OBSERVED COUNT SECONDS TASKS_PER_SECOND` per round,
-//! then `watched-ratio MEDIAN_WITH/MEDIAN_WITHOUT`.
+//! Prints `watched ROUND OBSERVED COUNT TASKS_PER_SECOND` per round, then
+//! `watched-ratio MEDIAN_WITH/MEDIAN_WITHOUT`, then `status-call-ms`: what
+//! one status call (each watcher makes one a second) takes with every
+//! round's tasks in the store.
 //!
 //! ```text
 //! cargo build --release -p zcluster-cli
@@ -204,5 +206,14 @@ fn main() -> anyhow::Result<()> {
         drop(watchers);
     }
     println!("watched-ratio {:.3}", median(with) / median(without));
+    // What one watcher's look costs the hub now, with every round's tasks
+    // in its store: the status call, median of 10.
+    let mut looks = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        client.status(false)?;
+        looks.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("status-call-ms {:.2}", median(looks));
     Ok(())
 }
