@@ -62,6 +62,9 @@ const EVENTS_KEPT: usize = 200;
 /// How often a live page is sent the board, at most.
 const STREAM_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long "hub restarted" stays on the page.
+const RESTART_NOTICE: Duration = Duration::from_secs(15);
+
 /// Engines given a line of their own in the busy-slots chart.
 const ENGINES_CHARTED: usize = 16;
 
@@ -125,6 +128,8 @@ struct Sample {
 struct Board {
     hub: String,
     link: String,
+    /// When the hub last came back (said for [`RESTART_NOTICE`]).
+    restarted: Option<std::time::Instant>,
     generation: Option<u64>,
     status: Option<HubStatus>,
     samples: VecDeque<Sample>,
@@ -148,12 +153,15 @@ impl Board {
         match update {
             Update::Status(status, generation) => {
                 let renewed = self.generation.is_some_and(|g| g != generation);
-                self.link = if renewed || self.link.starts_with("hub gone") {
-                    "hub restarted; reconnected".into()
-                } else if self.link.starts_with("hub restarted") {
-                    self.link.clone()
-                } else {
-                    "connected".into()
+                let now = std::time::Instant::now();
+                if renewed || self.link.starts_with("hub gone") {
+                    self.restarted = Some(now);
+                }
+                self.link = match self.restarted {
+                    Some(at) if now.duration_since(at) < RESTART_NOTICE => {
+                        "hub restarted; reconnected".into()
+                    }
+                    _ => "connected".into(),
                 };
                 self.generation = Some(generation);
                 let finished = status.jobs.iter().map(|j| j.done + j.failed).sum();
