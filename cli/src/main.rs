@@ -63,6 +63,24 @@ enum Command {
                   zcluster status --hub hub.json --verbose    # which inputs run where\n  \
                   zcluster status --hub hub.json --json")]
     Status(commands::status::StatusArgs),
+    /// Follow what happens on a hub as JSON Lines: engines joining and
+    /// dying, jobs opening and ending, tasks failing, retried, copied.
+    #[command(after_help = "Examples:\n  \
+                  zcluster events --hub hub.json\n  \
+                  zcluster events --hub hub.json --job 4 | jq -r 'select(.event == \"task_failed\") | .reason'")]
+    Events(commands::events::EventsArgs),
+    /// Follow one job started elsewhere (its progress bar) to its end.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+                  zcluster job progress 4 --hub hub.json && echo all done"
+    )]
+    Job(commands::job::JobCommand),
+    /// Serve a live web page of the cluster, and its JSON API.
+    #[command(after_help = "Examples:\n  \
+                  zcluster dashboard --hub hub.json                  # http://127.0.0.1:8787/\n  \
+                  zcluster dashboard --hub hub.json --listen 0.0.0.0:8787 --allow-control")]
+    Dashboard(commands::dashboard::DashboardArgs),
     /// Print a job's results again, later, from the hub's record.
     #[command(after_help = "Examples:\n  \
                   zcluster results 4 --hub hub.json > out.txt     # the job's output, in order\n  \
@@ -142,6 +160,9 @@ fn main() -> ExitCode {
         Command::Worker(args) => commands::worker::run(args),
         Command::Launch(command) => commands::launch::run(command),
         Command::Status(args) => commands::status::run(args),
+        Command::Events(args) => commands::events::run(args),
+        Command::Job(command) => commands::job::run(command),
+        Command::Dashboard(args) => commands::dashboard::run(args),
         Command::Results(args) => commands::results::run(args),
         Command::Purge(args) => commands::purge::run(args),
         Command::Resubmit(args) => commands::resubmit::run(args),

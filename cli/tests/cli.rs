@@ -5,8 +5,10 @@
 mod attacks;
 mod chaos;
 mod common;
+mod dashboard;
 mod devices;
 mod drain;
+mod events;
 mod files;
 mod hostile;
 mod hub;
@@ -17,3 +19,4 @@ mod pipes;
 mod slurm;
 mod store;
 mod systemd;
+mod views;

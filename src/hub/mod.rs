@@ -14,6 +14,7 @@
 //! | [`engine`] | the worker side: `zcluster worker --hub FILE` |
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
 //! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
+//! | [`subscriber`] | listening to the hub's signed notifications: `zcluster events`, the live views |
 
 pub mod client;
 pub mod commit;
@@ -25,3 +26,4 @@ pub mod link;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod subscriber;

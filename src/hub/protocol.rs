@@ -394,7 +394,7 @@ pub struct HubInfo {
 }
 
 /// One engine as `zcluster status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStatus {
     /// Its id.
     pub id: EngineId,
@@ -561,6 +561,143 @@ pub enum Notification {
         /// Why (`left`, `missed 3 heartbeats`, `killed`).
         reason: String,
     },
+    /// A subscription was applied: a subscriber that receives this knows it
+    /// hears everything published from now on (ZeroMQ gives a subscriber no
+    /// other sign), and one that hears it again after a silence knows the
+    /// hub restarted or it reconnected.
+    Subscribed {
+        /// When the hub applied it.
+        at: SystemTime,
+    },
+    /// An engine was declared dead (missed heartbeats): its running tasks
+    /// went back to their queues. Published instead of `Unregistered`.
+    EngineDead {
+        /// Its id.
+        engine: EngineId,
+        /// Why (`missed 3 heartbeats`).
+        reason: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// An engine left cleanly (its own Ctrl-C, a kill, a restart, or a new
+    /// connection of the same process). Published instead of
+    /// `Unregistered`.
+    EngineRetired {
+        /// Its id.
+        engine: EngineId,
+        /// Why (`left`, `registered again on a new connection`).
+        reason: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// A client opened a job.
+    JobOpened {
+        /// The job.
+        job: JobId,
+        /// What it runs (its command line).
+        description: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// Every task of a closed job finished.
+    JobFinished {
+        /// The job.
+        job: JobId,
+        /// Tasks that succeeded.
+        succeeded: u64,
+        /// Tasks that failed for good.
+        failed: u64,
+        /// When.
+        at: SystemTime,
+    },
+    /// A job was cancelled (Ctrl-C at its client, `--halt`, a cancel call).
+    JobCancelled {
+        /// The job.
+        job: JobId,
+        /// Queued tasks dropped before they started.
+        dropped: u64,
+        /// Whether its running tasks were killed too.
+        killed_running: bool,
+        /// When.
+        at: SystemTime,
+    },
+    /// A task failed for good (its retries spent, or it could not run).
+    TaskFailed {
+        /// Its job.
+        job: JobId,
+        /// The client's id for it.
+        task: u64,
+        /// The engine its last attempt ran on (`None`: it failed in the hub,
+        /// as a poison task or one too large to send).
+        engine: Option<EngineId>,
+        /// Times it was started.
+        attempts: u32,
+        /// The error.
+        reason: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// A task failed and goes back to its queue for another attempt.
+    TaskRetried {
+        /// Its job.
+        job: JobId,
+        /// The client's id for it.
+        task: u64,
+        /// The engine the failed attempt ran on.
+        engine: EngineId,
+        /// The attempt coming next (2 for the first retry).
+        attempt: u32,
+        /// Why the attempt before failed.
+        reason: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// A straggler got a second copy on an idle slot; the first result wins.
+    TaskCopied {
+        /// Its job.
+        job: JobId,
+        /// The client's id for it.
+        task: u64,
+        /// The engine running the second copy.
+        engine: EngineId,
+        /// How long the first copy had been running.
+        running_for: Duration,
+        /// When.
+        at: SystemTime,
+    },
+}
+
+impl Notification {
+    /// The job an event is about, if any: what `zcluster events --job`
+    /// filters on.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Notification::JobOpened { job, .. }
+            | Notification::JobFinished { job, .. }
+            | Notification::JobCancelled { job, .. }
+            | Notification::TaskFailed { job, .. }
+            | Notification::TaskRetried { job, .. }
+            | Notification::TaskCopied { job, .. } => Some(*job),
+            _ => None,
+        }
+    }
+
+    /// When it happened, for the notifications that say (all but the first
+    /// two, which were defined before notifications carried a time).
+    pub fn at(&self) -> Option<SystemTime> {
+        match self {
+            Notification::Registered { .. } | Notification::Unregistered { .. } => None,
+            Notification::Subscribed { at }
+            | Notification::EngineDead { at, .. }
+            | Notification::EngineRetired { at, .. }
+            | Notification::JobOpened { at, .. }
+            | Notification::JobFinished { at, .. }
+            | Notification::JobCancelled { at, .. }
+            | Notification::TaskFailed { at, .. }
+            | Notification::TaskRetried { at, .. }
+            | Notification::TaskCopied { at, .. } => Some(*at),
+        }
+    }
 }
 
 #[cfg(test)]

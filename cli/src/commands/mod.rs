@@ -1,9 +1,12 @@
 //! One module per subcommand.
 
 pub mod alloc;
+pub mod dashboard;
 pub mod device;
 pub mod drain;
+pub mod events;
 pub mod hub;
+pub mod job;
 pub mod kill;
 pub mod launch;
 pub mod map;
@@ -13,6 +16,7 @@ pub mod resubmit;
 pub mod results;
 pub mod shutdown;
 pub mod status;
+pub mod watch;
 pub mod worker;
 
 use std::collections::HashMap;

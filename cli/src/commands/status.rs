@@ -21,6 +21,12 @@ pub struct StatusArgs {
     /// Also list the tasks each engine runs and each job has queued.
     #[arg(short, long)]
     verbose: bool,
+    /// A full-screen view that redraws in place (q or Ctrl-C leaves it).
+    #[arg(long, conflicts_with_all = ["json", "verbose"])]
+    watch: bool,
+    /// How often --watch asks the hub.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "TIME", requires = "watch")]
+    interval: Duration,
 }
 
 /// How to number the running and queued tasks of each job `status` lists
@@ -42,6 +48,10 @@ fn input_numbers(client: &mut HubClient, status: &HubStatus) -> HashMap<u64, Inp
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.watch {
+        super::watch::run(args.hub.connection()?, args.hub.path(), args.interval)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = zmq::Context::new();
     let mut client = args.hub.client(&ctx)?;
     let status = client.status(args.verbose)?;

@@ -12,7 +12,8 @@ use super::recovery::JobSpec;
 use super::state::{CommandPurpose, Job, Task};
 use super::{Core, HubError};
 use crate::hub::protocol::{
-    AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, PurgeTarget, Reply,
+    AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, Notification,
+    PurgeTarget, Reply,
 };
 use crate::hub::store::{JobRecord, NewTask, StoreError, TaskFilter, TaskId, TaskState};
 use crate::message::{encode_value, Command, Envelope, MessageError, MessageKind};
@@ -294,8 +295,14 @@ impl<O: Outbox> Core<O> {
             total: None,
         })?;
         self.store.flush()?;
+        let description = spec.description.clone();
         self.state.jobs.insert(id, spec.into_job());
         info!(job = id, "job opened");
+        self.outbox.publish(&Notification::JobOpened {
+            job: id,
+            description,
+            at: submitted,
+        });
         Ok(Reply::JobOpened {
             job: id,
             credit: self.options.credit,
@@ -398,6 +405,12 @@ impl<O: Outbox> Core<O> {
                     .to_engine(&engine.identity, &HubToEngine::CancelJob { job: job_id });
             }
         }
+        self.outbox.publish(&Notification::JobCancelled {
+            job: job_id,
+            dropped: dropped.len() as u64,
+            killed_running: kill_running,
+            at: SystemTime::now(),
+        });
         self.retire_if_done(job_id);
         Reply::Cancelled(dropped)
     }

@@ -290,7 +290,7 @@ impl<O: Outbox> Core<O> {
                 };
                 self.outbox.to_engine(&identity, &cancel);
             }
-            self.finish_unrun(job_id, task_id, &reason);
+            self.fail_unrun(job_id, task_id, &reason);
             self.retire_if_done(job_id);
         }
         // Gone before it answered: it never will.
@@ -304,9 +304,19 @@ impl<O: Outbox> Core<O> {
         for token in answered {
             self.finish_command_if_done(token);
         }
-        self.outbox.publish(&Notification::Unregistered {
-            engine: id,
-            reason: reason.to_string(),
+        let (reason, at) = (reason.to_string(), SystemTime::now());
+        self.outbox.publish(&if died {
+            Notification::EngineDead {
+                engine: id,
+                reason,
+                at,
+            }
+        } else {
+            Notification::EngineRetired {
+                engine: id,
+                reason,
+                at,
+            }
         });
     }
 

@@ -10,7 +10,7 @@ use super::held::Held;
 use super::outbox::Outbox;
 use super::scheduler::{self, Assignment, Before};
 use super::Core;
-use crate::hub::protocol::{EngineId, HubToEngine, JobId};
+use crate::hub::protocol::{EngineId, HubToEngine, JobId, Notification};
 use crate::hub::store::{Finished, TaskState};
 use crate::message::{Header, MessageError, ResultStatus};
 
@@ -79,6 +79,14 @@ impl<O: Outbox> Core<O> {
             task.engine = None;
             task.spare = None;
             task.started = None;
+            self.outbox.publish(&Notification::TaskRetried {
+                job: key.0,
+                task: key.1,
+                engine: engine_id,
+                attempt: task.attempts + 1,
+                reason: error.unwrap_or_else(|| NO_REASON.to_string()),
+                at: SystemTime::now(),
+            });
             if let Err(e) = self.store.task_requeued(task.store_id) {
                 warn!(error = %e, "cannot record a retry");
             }
@@ -113,6 +121,19 @@ impl<O: Outbox> Core<O> {
             engine: engine_id,
             attempts: task.attempts,
         };
+        if status == ResultStatus::Fail {
+            self.outbox.publish(&Notification::TaskFailed {
+                job: key.0,
+                task: key.1,
+                engine: Some(engine_id),
+                attempts: task.attempts,
+                reason: finished
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| NO_REASON.to_string()),
+                at: finished.completed,
+            });
+        }
         let recorded = self.store.task_finished(task.store_id, finished);
         let client = job.client.clone();
         for identity in losers {
@@ -139,9 +160,36 @@ impl<O: Outbox> Core<O> {
 
     /// Forgets `job_id` if it is closed and every task of it finished.
     pub(super) fn retire_if_done(&mut self, job_id: JobId) {
+        let counts = self
+            .state
+            .jobs
+            .get(&job_id)
+            .map(|job| (job.succeeded, job.failed));
         if self.state.retire_if_done(job_id) {
             debug!(job = job_id, "job finished");
+            let (succeeded, failed) = counts.unwrap_or_default();
+            self.outbox.publish(&Notification::JobFinished {
+                job: job_id,
+                succeeded,
+                failed,
+                at: SystemTime::now(),
+            });
         }
+    }
+
+    /// [`finish_unrun`](Self::finish_unrun) for a task that fails in the
+    /// hub (a poison task, one too large to send), published as failed.
+    pub(super) fn fail_unrun(&mut self, job_id: JobId, task_id: u64, reason: &str) {
+        let attempts = self.state.task(job_id, task_id).map_or(0, |t| t.attempts);
+        self.finish_unrun(job_id, task_id, reason);
+        self.outbox.publish(&Notification::TaskFailed {
+            job: job_id,
+            task: task_id,
+            engine: None,
+            attempts,
+            reason: reason.to_string(),
+            at: SystemTime::now(),
+        });
     }
 
     /// Ends a task that will not run (again) as failed with `reason`: in
@@ -229,6 +277,13 @@ impl<O: Outbox> Core<O> {
                         ?ran_for,
                         "straggler: running a second copy"
                     );
+                    self.outbox.publish(&Notification::TaskCopied {
+                        job,
+                        task,
+                        engine: assignment.engine,
+                        running_for: ran_for.unwrap_or_default(),
+                        at: SystemTime::now(),
+                    });
                 }
                 Err(e) => {
                     debug!(engine = assignment.engine, error = %e, "cannot send a second copy");
@@ -288,7 +343,7 @@ impl<O: Outbox> Core<O> {
                 "its request of {size} bytes is over the hub's message limit of {limit} bytes"
             );
             for &id in &assignment.tasks {
-                self.finish_unrun(assignment.job, id, &reason);
+                self.fail_unrun(assignment.job, id, &reason);
             }
             self.retire_if_done(assignment.job);
             return;

@@ -220,17 +220,36 @@ impl Sockets {
 
     /// Takes in what subscribers sent: a subscription to everything (the
     /// empty topic) is applied to its peer, anything else is dropped.
+    ///
+    /// Once any subscription is applied, a [`Notification::Subscribed`]
+    /// tells every subscriber it is heard from now on (ZeroMQ gives a
+    /// subscriber no sign of its own).
     pub(super) fn accept_subscriptions(&self) {
         let socket = self.notifications.socket();
+        let mut subscribed = false;
         while let Ok(message) = socket.recv_bytes(zmq::DONTWAIT) {
             // In manual mode this applies to the peer that just sent.
             let applied = match message.as_slice() {
-                [1] => socket.set_subscribe(b""),
+                [1] => {
+                    subscribed = true;
+                    socket.set_subscribe(b"")
+                }
                 [0] => socket.set_unsubscribe(b""),
                 _ => Ok(()),
             };
             if let Err(e) = applied {
                 debug!(error = %e, "cannot apply a subscription");
+            }
+        }
+        if subscribed {
+            let welcome = Notification::Subscribed {
+                at: std::time::SystemTime::now(),
+            };
+            if let Err(e) = self
+                .notifications
+                .send(&control(0), &welcome, zmq::DONTWAIT)
+            {
+                debug!(error = %e, "cannot publish a subscription's welcome");
             }
         }
     }

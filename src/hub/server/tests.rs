@@ -24,7 +24,9 @@ mod reactions {
     use super::super::state::Engine;
     use super::super::Core;
     use super::*;
-    use crate::hub::protocol::{ClientCall, EngineId, HaltAt, HubToEngine, JobId, JobKind, Reply};
+    use crate::hub::protocol::{
+        ClientCall, EngineId, HaltAt, HubToEngine, JobId, JobKind, Notification, Reply,
+    };
     use crate::hub::store::StoreOptions;
     use crate::message::{
         encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind,
@@ -343,6 +345,44 @@ mod reactions {
         assert_eq!(queued.len(), 1);
         let task = &hub.state.jobs[&job].tasks[&queued[0]];
         assert_eq!((task.engine, task.attempts), (None, 0));
+    }
+
+    /// The events a job publishes: a failure with its reason, its end; a
+    /// task that succeeds publishes nothing (the hub's cost per
+    /// task stays what it was).
+    #[test]
+    fn a_job_publishes_its_opening_failures_and_end_but_not_its_successes() {
+        let mut hub = hub(HubOptions::default());
+        let a = engine(&mut hub, "a", 4);
+        hub.outbox.take();
+        let job = job(&mut hub, 3);
+        hub.dispatch();
+        let notes = |sent: Vec<Sent>| -> Vec<Notification> {
+            sent.into_iter()
+                .filter_map(|s| match s {
+                    Sent::Notify(n) => Some(n),
+                    _ => None,
+                })
+                .collect()
+        };
+        hub.outbox.take();
+        answer(&mut hub, a, job, 1, true);
+        answer(&mut hub, a, job, 2, true);
+        assert!(notes(hub.outbox.take()).is_empty());
+        answer(&mut hub, a, job, 3, false);
+        hub.on_call(CLIENT.to_vec(), 2, ClientCall::CloseJob { job, total: 3 })
+            .expect("closed");
+        let ended = notes(hub.outbox.take());
+        assert!(
+            matches!(
+                &ended[..],
+                [
+                    Notification::TaskFailed { job: j, task: 3, engine: Some(e), attempts: 1, reason, .. },
+                    Notification::JobFinished { succeeded: 2, failed: 1, .. },
+                ] if *j == job && *e == a && reason == "failed"
+            ),
+            "{ended:?}"
+        );
     }
 }
 
