@@ -49,12 +49,13 @@ enum Command {
                   zcluster worker --hub hub.json          # one slot per core\n  \
                   zcluster worker --hub hub.json -j 4     # four tasks at once")]
     Worker(commands::worker::WorkerArgs),
-    /// Start workers on other machines over ssh, and keep them alive.
+    /// Start workers on other machines: over ssh (kept alive), or through Slurm.
     #[command(
         subcommand,
         after_help = "Examples:\n  \
                   zcluster launch ssh hosts.txt --hub hub.json             # foreground: Ctrl-C stops them\n  \
-                  zcluster launch ssh hosts.txt --hub hub.json --detach    # until zcluster kill"
+                  zcluster launch ssh hosts.txt --hub hub.json --detach    # until zcluster kill\n  \
+                  zcluster launch slurm --hub hub.json --nodes 4 --time 2h # one sbatch, a worker per node"
     )]
     Launch(commands::launch::LaunchCommand),
     /// Show a hub's workers (engines) and jobs: what runs, what waits.
@@ -105,7 +106,8 @@ enum Command {
     Kill(commands::kill::KillArgs),
     /// Drain engines: no new tasks, finish the running ones, leave cleanly.
     #[command(after_help = "Examples:\n  \
-                  zcluster drain --hub hub.json --engine 3")]
+                  zcluster drain --hub hub.json --engine 3\n  \
+                  zcluster drain --hub hub.json --engine 3 --engine 4   # several")]
     Drain(commands::drain::DrainArgs),
     /// Allocations on demand: submit batch jobs while work waits, release
     /// idle ones; list them and what happened.

@@ -864,8 +864,8 @@ fn help_is_written_for_the_person_running_it() {
         "{first}"
     );
     let order = [
-        "map", "hub", "worker", "launch", "status", "results", "resubmit", "ping", "kill", "purge",
-        "shutdown", "device",
+        "map", "hub", "worker", "launch", "status", "results", "resubmit", "ping", "kill", "drain",
+        "alloc", "purge", "shutdown", "device",
     ];
     let listed: Vec<&str> = help
         .lines()
@@ -876,13 +876,14 @@ fn help_is_written_for_the_person_running_it() {
         .filter(|c| *c != "help")
         .collect();
     assert_eq!(listed, order, "{help}");
-    let commands = order.iter().map(|c| {
-        if *c == "launch" {
-            vec![*c, "ssh"]
-        } else {
-            vec![*c]
-        }
-    });
+    let commands = order
+        .iter()
+        .map(|c| match *c {
+            "launch" => vec![*c, "ssh"],
+            "alloc" => vec![*c, "add", "slurm"],
+            _ => vec![*c],
+        })
+        .chain([vec!["launch", "slurm"], vec!["alloc"]]);
     for command in commands {
         let output = zcluster().args(&command).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&output.stdout);

@@ -641,6 +641,51 @@ mod tests {
     }
 
     #[test]
+    fn engines_are_counted_to_the_allocation_their_origin_names() {
+        use crate::hub::protocol::{EngineStatus, JobStatus};
+        let engine = |id, origin: Option<&str>, running| EngineStatus {
+            id,
+            host: "n".into(),
+            pid: 1,
+            slots: 2,
+            running,
+            completed: 0,
+            last_heartbeat: Duration::ZERO,
+            handlers: Vec::new(),
+            running_tasks: Vec::new(),
+            origin: origin.map(str::to_string),
+            draining: false,
+        };
+        let job = |pending| JobStatus {
+            id: 1,
+            submitted: SystemTime::UNIX_EPOCH,
+            description: String::new(),
+            total: None,
+            pending,
+            running: 0,
+            done: 0,
+            failed: 0,
+            queued_tasks: Vec::new(),
+        };
+        let status = HubStatus {
+            engines: vec![
+                engine(1, Some("slurm:41/n1"), 0),
+                engine(2, Some("slurm:41/n2"), 1),
+                engine(3, Some("slurm:42/n1"), 0),
+                engine(4, Some("ssh:hosts"), 3),
+                engine(5, None, 3),
+            ],
+            jobs: vec![job(3), job(4)],
+            store: String::new(),
+        };
+        let observed = observe("slurm", &status);
+        assert_eq!(observed.queued_tasks, 7);
+        assert_eq!(observed.workers.len(), 2);
+        assert_eq!(observed.workers["41"], (true, true));
+        assert_eq!(observed.workers["42"], (true, false));
+    }
+
+    #[test]
     fn the_state_file_sits_beside_the_connection_file() {
         assert_eq!(
             state_path(Path::new("/lab/hub.json")),

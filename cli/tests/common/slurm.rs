@@ -204,10 +204,13 @@ impl SlurmLab {
         &self.conf
     }
 
-    /// `program` with this lab's `SLURM_CONF`.
+    /// `program` with this lab's `SLURM_CONF`, run in the lab's
+    /// directory (where Slurm writes the jobs' `slurm-JOB.out`).
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
-        command.env("SLURM_CONF", &self.conf);
+        command
+            .env("SLURM_CONF", &self.conf)
+            .current_dir(self.path());
         command
     }
 
