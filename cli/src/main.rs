@@ -74,7 +74,8 @@ enum Command {
     #[command(
         subcommand,
         after_help = "Examples:\n  \
-                  zcluster job progress 4 --hub hub.json && echo all done"
+                  zcluster job progress 4 --hub hub.json && echo all done\n  \
+                  zcluster job progress 4 --hub hub.json --interval 2s   # ask the hub less often"
     )]
     Job(commands::job::JobCommand),
     /// Serve a live web page of the cluster, and its JSON API.

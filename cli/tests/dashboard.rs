@@ -43,7 +43,10 @@ fn http(
         if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
-        let n = stream.read(&mut buf).expect("read the response");
+        let n = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.expect("read the response"),
+        };
         assert!(n > 0, "connection closed before a response head");
         response.extend_from_slice(&buf[..n]);
     };
@@ -68,7 +71,10 @@ fn http(
         if done {
             break;
         }
-        let n = stream.read(&mut buf).expect("read the response body");
+        let n = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.expect("read the response body"),
+        };
         if n == 0 {
             break;
         }

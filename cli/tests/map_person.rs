@@ -864,8 +864,23 @@ fn help_is_written_for_the_person_running_it() {
         "{first}"
     );
     let order = [
-        "map", "hub", "worker", "launch", "status", "results", "resubmit", "ping", "kill", "drain",
-        "alloc", "purge", "shutdown", "device",
+        "map",
+        "hub",
+        "worker",
+        "launch",
+        "status",
+        "events",
+        "job",
+        "dashboard",
+        "results",
+        "resubmit",
+        "ping",
+        "kill",
+        "drain",
+        "alloc",
+        "purge",
+        "shutdown",
+        "device",
     ];
     let listed: Vec<&str> = help
         .lines()

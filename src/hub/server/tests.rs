@@ -351,7 +351,7 @@ mod reactions {
     /// task that succeeds publishes nothing (the hub's cost per
     /// task stays what it was).
     #[test]
-    fn a_job_publishes_its_opening_failures_and_end_but_not_its_successes() {
+    fn a_job_publishes_its_failures_and_end_but_not_its_successes() {
         let mut hub = hub(HubOptions::default());
         let a = engine(&mut hub, "a", 4);
         hub.outbox.take();
