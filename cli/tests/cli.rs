@@ -7,6 +7,7 @@ mod chaos;
 mod common;
 mod devices;
 mod files;
+mod habits;
 mod hostile;
 mod hub;
 mod launch;

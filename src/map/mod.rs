@@ -23,6 +23,7 @@
 //! O(`window` × (input + captured output)), whatever the number of inputs.
 
 pub mod record;
+pub mod sources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,7 @@ use crate::template::CommandTemplate;
 /// them too.
 pub use crate::exec::chunk::{ExecChunk, ExecTask};
 pub use record::{TaskRecord, TaskStatus};
+pub use sources::{Input, Source, SourceSpec, Sources, Split};
 
 /// Default largest span of tasks in memory (see the module docs).
 pub const DEFAULT_WINDOW: usize = 4096;
@@ -342,7 +344,8 @@ impl MapSummary {
     }
 }
 
-/// An input line, as bytes: on Unix it need not be UTF-8.
+/// An input line, as bytes: on Unix it need not be UTF-8. (An [`Input`]
+/// of one column; `run_map` takes either.)
 pub type InputLine = Vec<u8>;
 
 struct Pending {
@@ -354,7 +357,7 @@ struct Pending {
 /// `emit` exactly once (in input order when `options.keep_order`).
 ///
 /// The inputs are read on a thread of their own (see [`run_map_with`]).
-pub fn run_map<I, F>(
+pub fn run_map<I, L, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
@@ -362,7 +365,8 @@ pub fn run_map<I, F>(
     emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    I: Iterator<Item = std::io::Result<L>> + Send + 'static,
+    L: Into<Input>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     run_map_with(inputs, template, options, backend, |_| Ok(()), emit)
@@ -378,7 +382,7 @@ where
 /// stop: the loop here only takes the lines that have arrived. That thread
 /// reads no further than the loop allows (the window), and is left behind
 /// blocked in its read if the input never ends.
-pub fn run_map_with<I, D, F>(
+pub fn run_map_with<I, L, D, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
@@ -387,11 +391,13 @@ pub fn run_map_with<I, D, F>(
     mut emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    I: Iterator<Item = std::io::Result<L>> + Send + 'static,
+    L: Into<Input>,
     D: FnMut(&TaskRecord) -> std::io::Result<()>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     let started = Instant::now();
+    let inputs = inputs.map(|input| input.map(Into::into));
     let mut reader = InputReader::spawn(inputs).map_err(MapError::Input)?;
     let mut exhausted = false;
     let mut next_seq: u64 = 1;
@@ -604,7 +610,7 @@ impl TaskTimes {
 /// What the input thread has for the loop right now.
 enum Arrival {
     /// The next line (or the error reading it).
-    Line(std::io::Result<InputLine>),
+    Line(std::io::Result<Input>),
     /// Nothing yet: the input is slow, or the loop has not allowed more.
     Waiting,
     /// The input ended (or its first error was taken).
@@ -616,9 +622,9 @@ enum Arrival {
 /// the memory bound holds as if the loop read them itself.
 struct InputReader {
     credit: crossbeam_channel::Sender<u64>,
-    lines: crossbeam_channel::Receiver<std::io::Result<InputLine>>,
+    lines: crossbeam_channel::Receiver<std::io::Result<Input>>,
     /// A line taken by [`wait`](Self::wait), handed out first.
-    early: Option<std::io::Result<InputLine>>,
+    early: Option<std::io::Result<Input>>,
     /// Lines allowed so far, in all.
     allowed: u64,
     ended: bool,
@@ -627,7 +633,7 @@ struct InputReader {
 impl InputReader {
     fn spawn<I>(inputs: I) -> std::io::Result<Self>
     where
-        I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+        I: Iterator<Item = std::io::Result<Input>> + Send + 'static,
     {
         let (credit_tx, credit_rx) = crossbeam_channel::unbounded::<u64>();
         let (line_tx, line_rx) = crossbeam_channel::unbounded();
@@ -682,7 +688,7 @@ impl InputReader {
         }
     }
 
-    fn arrived(&mut self, line: std::io::Result<InputLine>) -> Arrival {
+    fn arrived(&mut self, line: std::io::Result<Input>) -> Arrival {
         if line.is_err() {
             self.ended = true;
         }
@@ -724,25 +730,28 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
 }
 
 /// Renders one input, or makes the failed record of an input that cannot
-/// become a command (a NUL byte).
-fn prepare(
-    template: &CommandTemplate,
-    line: InputLine,
-    seq: u64,
-) -> Result<Pending, Box<TaskRecord>> {
-    match template.render_bytes(&line, seq) {
+/// become a command (a NUL byte, a missing column, a CSV record that does
+/// not parse).
+fn prepare(template: &CommandTemplate, input: Input, seq: u64) -> Result<Pending, Box<TaskRecord>> {
+    let rendered = match &input.columns {
+        Ok(columns) => template
+            .render_columns(columns, seq)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match rendered {
         Ok(argv) => Ok(Pending {
-            input: line,
+            input: input.text,
             argv: argv.into_iter().map(serde_bytes::ByteBuf::from).collect(),
         }),
-        Err(e) => {
-            let (input, raw_input) = shown(&line);
+        Err(reason) => {
+            let (shown_input, raw_input) = shown(&input.text);
             Err(Box::new(TaskRecord {
                 seq,
-                input,
+                input: shown_input,
                 raw_input,
                 command: Vec::new(),
-                outcome: failed_outcome(e.to_string()),
+                outcome: failed_outcome(reason),
                 attempts: 0,
                 host: String::new(),
                 pid: 0,

@@ -18,12 +18,12 @@ use zcluster::exec::ExitKind;
 use zcluster::hub::client::{halt_at_hub, AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{
-    run_map_with, Halt, HaltOn, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus,
-    Threshold, DEFAULT_WINDOW,
+    run_map_with, Halt, HaltOn, MapOptions, MapSummary, Sources, TaskRecord, TaskStatus, Threshold,
+    DEFAULT_WINDOW,
 };
 use zcluster::template::CommandTemplate;
 
-use super::{plural, HubArg, UsageError};
+use super::{map_inputs, plural, HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
@@ -37,19 +37,27 @@ const STDOUT_CLOSED_EXIT: u8 = 141;
 #[command(
     after_help = "Replacement strings: {} input, {.} without extension, {/} basename, \
                   {//} dirname, {/.} basename without extension, {#} sequence number \
-                  (1 for the first input). With none, the input is appended as the last \
-                  argument.\n\n\
+                  (1 for the first input); {N} {N.} {N/} {N//} {N/.} the same of column N \
+                  (input source N, or with --colsep/--csv column N), {name} with --header :. \
+                  With none, the input is appended as the last argument.\n\n\
                   Examples:\n  \
                   ls *.png | zcluster map -- convert {} {.}.jpg\n  \
+                  zcluster map -- echo {1}-{2} ::: a b c ::: 1 2\n  \
                   find . -name '*.wav' -print0 | zcluster map -0 -j 4 --results r.jsonl -- flac {}\n  \
                   zcluster map --hub hub.json inputs.txt -- ./extract {} -o out/{/.}.npy"
 )]
 pub struct MapArgs {
     /// File with one input per line; `-` or absent reads standard input.
     inputs: Option<PathBuf>,
-    /// The command and its arguments, after `--`.
+    /// The command and its arguments, after `--`; then, as GNU parallel
+    /// writes them, input sources: `::: VALUE...` and `:::: FILE...` (`-`
+    /// for standard input). Several sources give every combination of
+    /// their values (the last varying fastest); see --link.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+    /// GNU parallel's options (boxed: clap's enum of subcommands stays small).
+    #[command(flatten)]
+    habits: Box<map_inputs::HabitArgs>,
     /// Tasks running at once (default: number of cores; with --hub, every
     /// free slot of the cluster, and with -j at most that many across it).
     #[arg(short, long)]
@@ -187,24 +195,36 @@ fn parse_halt(text: &str) -> Result<(Halt, HaltOn), String> {
 }
 
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
-    let template =
-        CommandTemplate::parse(&args.command, args.shell).map_err(|e| UsageError(e.to_string()))?;
-    let input_path = args.inputs.clone().filter(|p| p.as_os_str() != "-");
-    let reader: Box<dyn BufRead + Send> = match &input_path {
-        // Opening a directory succeeds; reading it is what fails.
-        Some(path) if path.is_dir() => {
+    let trailing = map_inputs::split_trailing(&args.command)?;
+    let input_path = args
+        .inputs
+        .clone()
+        .filter(|p| p.as_os_str() != "-" && trailing.sources.is_empty());
+    let spec = map_inputs::spec(map_inputs::SourceFlags {
+        file: args.inputs.as_ref(),
+        sources: trailing.sources,
+        link: args.habits.link,
+        colsep: args.habits.colsep.as_deref(),
+        csv: args.habits.csv,
+        header: args.habits.header.as_deref(),
+        null: args.null,
+    })?;
+    let reads_terminal = spec
+        .sources
+        .iter()
+        .any(|s| matches!(s, zcluster::map::Source::Stdin));
+    let inputs = Sources::open(spec).map_err(|e| UsageError(e.to_string()))?;
+    let template = CommandTemplate::parse_with_names(&trailing.command, args.shell, inputs.names())
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let (Some(asked), Some(columns)) = (template.max_column(), inputs.fixed_columns()) {
+        if asked > columns {
             return Err(UsageError(format!(
-                "{} is a directory: give a file with one input per line",
-                path.display()
+                "the command uses {{{asked}}}, but each input has {} (one per input source; split lines with --colsep or --csv)",
+                plural(columns as u64, "column")
             ))
-            .into())
+            .into());
         }
-        Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
-            UsageError(format!("cannot open input file {}: {e}", path.display()))
-        })?)),
-        // Not `stdin().lock()`: the lines are read on a thread of their own.
-        None => Box::new(BufReader::new(io::stdin())),
-    };
+    }
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
@@ -246,7 +266,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         input_path.clone(),
         if args.null { b'\0' } else { b'\n' },
     );
-    if input_path.is_none() && io::stdin().is_terminal() {
+    if reads_terminal && io::stdin().is_terminal() {
         progress.suspend(|| {
             eprintln!("zcluster: reading inputs from the terminal, one per line, until Ctrl-D")
         });
@@ -332,7 +352,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let timeout = args.timeout;
     let finished_results = results.clone();
     let summary = run_map_with(
-        lines(reader, args.null),
+        inputs,
         &template,
         &options,
         &mut backend,
@@ -541,34 +561,6 @@ fn failure_line(record: &TaskRecord, timeout: Option<TimeoutArg>) -> Option<Stri
         "zcluster: task #{} {:?} failed: {reason}",
         record.seq, record.input
     ))
-}
-
-/// Inputs read lazily, as bytes (on Unix a line need not be UTF-8: it is
-/// passed to the command exactly): lines without their `\n` (or `\r\n`),
-/// or with `-0` NUL-terminated records (`find -print0`), which may hold
-/// any byte but NUL, newlines included.
-fn lines(
-    mut reader: Box<dyn BufRead + Send>,
-    null: bool,
-) -> impl Iterator<Item = io::Result<InputLine>> + Send + 'static {
-    let end = if null { b'\0' } else { b'\n' };
-    let mut buf = Vec::new();
-    std::iter::from_fn(move || {
-        buf.clear();
-        match reader.read_until(end, &mut buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                if buf.last() == Some(&end) {
-                    buf.pop();
-                    if !null && buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                Some(Ok(buf.clone()))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    })
 }
 
 /// How often the map asks a hub with no engine whether one came.

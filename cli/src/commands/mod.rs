@@ -5,6 +5,7 @@ pub mod hub;
 pub mod kill;
 pub mod launch;
 pub mod map;
+pub mod map_inputs;
 pub mod ping;
 pub mod purge;
 pub mod resubmit;

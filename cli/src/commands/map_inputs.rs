@@ -1,0 +1,176 @@
+//! `zcluster map`'s input sources as GNU parallel writes them, after the
+//! command: `-- echo {1} {2} ::: a b :::: file.txt`. clap hands over every
+//! word after `--` as the command (it cannot know where a command ends);
+//! here the words are split at the first `:::` or `::::` into the command
+//! and its sources.
+
+use std::path::PathBuf;
+
+use zcluster::map::{Source, SourceSpec, Split};
+
+use super::UsageError;
+
+/// The marker of a source of values.
+const ARGS_MARKER: &str = ":::";
+
+/// The marker of sources that are files (`-` for standard input).
+const FILES_MARKER: &str = "::::";
+
+/// `zcluster map`'s options that GNU parallel users reach for.
+#[derive(clap::Args, Debug)]
+pub struct HabitArgs {
+    /// Pair the input sources value by value instead of combining them
+    /// (a shorter source starts again from its first value).
+    #[arg(long)]
+    pub link: bool,
+    /// Split each input into columns {1} {2} ... where REGEX matches.
+    #[arg(long, value_name = "REGEX")]
+    pub colsep: Option<String>,
+    /// Read each input as CSV: columns {1} {2} ..., quotes understood.
+    #[arg(long)]
+    pub csv: bool,
+    /// `:`: the first line of each source names its columns, used as {name}.
+    #[arg(long, value_name = ":")]
+    pub header: Option<String>,
+}
+
+/// The words after `--`, split into the command and its sources.
+#[derive(Debug)]
+pub struct Trailing {
+    /// The command template.
+    pub command: Vec<String>,
+    /// The sources written after it, in order.
+    pub sources: Vec<Source>,
+}
+
+/// Splits the words after `--` at the first `:::` or `::::`.
+pub fn split_trailing(words: &[String]) -> Result<Trailing, UsageError> {
+    let start = words
+        .iter()
+        .position(|w| w == ARGS_MARKER || w == FILES_MARKER)
+        .unwrap_or(words.len());
+    let command = words[..start].to_vec();
+    let mut sources = Vec::new();
+    let mut rest = words[start..].iter().peekable();
+    while let Some(marker) = rest.next() {
+        let mut values = Vec::new();
+        while let Some(word) = rest.next_if(|w| *w != ARGS_MARKER && *w != FILES_MARKER) {
+            values.push(word.clone());
+        }
+        if marker == ARGS_MARKER {
+            // An empty `:::` is refused when the sources open, by position.
+            sources.push(Source::Args(
+                values.into_iter().map(String::into_bytes).collect(),
+            ));
+        } else if values.is_empty() {
+            return Err(UsageError(
+                "`::::` needs at least one file after it (`-` for standard input)".into(),
+            ));
+        } else {
+            sources.extend(values.into_iter().map(|file| {
+                if file == "-" {
+                    Source::Stdin
+                } else {
+                    Source::File(PathBuf::from(file))
+                }
+            }));
+        }
+    }
+    Ok(Trailing { command, sources })
+}
+
+/// The flags that say how to read the sources.
+pub struct SourceFlags<'a> {
+    /// The file argument before `--`, if any (`-`: standard input).
+    pub file: Option<&'a PathBuf>,
+    /// The sources after the command.
+    pub sources: Vec<Source>,
+    /// `--link`.
+    pub link: bool,
+    /// `--colsep REGEX`.
+    pub colsep: Option<&'a str>,
+    /// `--csv`.
+    pub csv: bool,
+    /// `--header :`.
+    pub header: Option<&'a str>,
+    /// `-0`.
+    pub null: bool,
+}
+
+/// Builds the [`SourceSpec`]: the file argument first (as GNU parallel's
+/// `-a`), then the sources after the command; standard input when none.
+pub fn spec(flags: SourceFlags<'_>) -> Result<SourceSpec, UsageError> {
+    let mut sources = Vec::new();
+    if let Some(file) = flags.file {
+        sources.push(if file.as_os_str() == "-" {
+            Source::Stdin
+        } else {
+            Source::File(file.clone())
+        });
+    }
+    sources.extend(flags.sources);
+    if sources.is_empty() {
+        sources.push(Source::Stdin);
+    }
+    let split = match (flags.colsep, flags.csv) {
+        (Some(_), true) => {
+            return Err(UsageError(
+                "--colsep and --csv: choose one (--csv splits at commas, quotes understood)".into(),
+            ))
+        }
+        (Some(colsep), false) => Split::Regex(
+            regex::bytes::Regex::new(colsep)
+                .map_err(|e| UsageError(format!("--colsep {colsep:?}: {e}")))?,
+        ),
+        (None, true) => Split::Csv,
+        (None, false) => Split::None,
+    };
+    if flags.csv && flags.null {
+        return Err(UsageError(
+            "--csv and -0 cannot go together: a CSV record ends at a newline".into(),
+        ));
+    }
+    let header = match flags.header {
+        None => false,
+        Some(":") => true,
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--header {other:?}: only `--header :` (the first line of each source names its columns) is supported"
+            )))
+        }
+    };
+    Ok(SourceSpec {
+        sources,
+        link: flags.link,
+        terminator: if flags.null { b'\0' } else { b'\n' },
+        split,
+        header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn sources_follow_the_command() {
+        let trailing = split_trailing(&words("echo {1} ::: a b :::: f - ::: c")).unwrap();
+        assert_eq!(trailing.command, words("echo {1}"));
+        let shown: Vec<String> = trailing.sources.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert!(matches!(&trailing.sources[0], Source::Args(v) if v.len() == 2));
+        assert!(matches!(&trailing.sources[1], Source::File(p) if p == &PathBuf::from("f")));
+        assert!(matches!(trailing.sources[2], Source::Stdin));
+        assert!(matches!(&trailing.sources[3], Source::Args(v) if v == &[b"c".to_vec()]));
+        let plain = split_trailing(&words("echo {}")).unwrap();
+        assert!(plain.sources.is_empty());
+        assert!(
+            matches!(&split_trailing(&words("echo :::")).unwrap().sources[0], Source::Args(v) if v.is_empty())
+        );
+        assert!(split_trailing(&words("echo ::::")).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! GNU parallel's habits in `zcluster map` (issue 16): input sources after
+//! the command, columns and headers, dry runs, joblogs that resume,
+//! completions and man pages; locally and over a hub on loopback.
+
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+use crate::common::*;
+
+/// `zcluster map --no-progress ARGS`, for a local map.
+fn map(args: &[&str]) -> assert_cmd::Command {
+    let mut command = zcluster();
+    command.args(["map", "--no-progress"]).args(args);
+    command
+}
+
+#[test]
+fn input_sources_combine_link_and_split_into_columns() {
+    map(&[
+        "--", "echo", "{1}-{2}", ":::", "a", "b", "c", ":::", "1", "2",
+    ])
+    .assert()
+    .success()
+    .stdout("a-1\na-2\nb-1\nb-2\nc-1\nc-2\n");
+    // --link pairs them, the shorter source wrapping; no replacement
+    // string appends each value as an argument of its own.
+    map(&[
+        "--link", "--", "printf", "[%s]", ":::", "a b", "c", "d", ":::", "1", "2",
+    ])
+    .assert()
+    .success()
+    .stdout("[a b][1][c][2][d][1]");
+    let dir = TempDir::new().unwrap();
+    let files = input_file(dir.path(), "files.txt", &["x/y.tar.gz", "z"]);
+    // A file source (read again for every outer value), stdin as a source,
+    // and the positional forms of GNU parallel.
+    map(&["--", "echo", "{1}", "{2/}", "{2.}", "{2//}", "{2/.}", "{3}"])
+        .arg(":::")
+        .args(["p", "q"])
+        .arg("::::")
+        .arg(&files)
+        .arg("-")
+        .write_stdin("s\n")
+        .assert()
+        .success()
+        .stdout(
+            "p y.tar.gz x/y.tar x y.tar s\np z z . z s\nq y.tar.gz x/y.tar x y.tar s\nq z z . z s\n",
+        );
+    // The file argument of before stays, with --colsep and --header.
+    let table = input_file(
+        dir.path(),
+        "t.tsv",
+        &["name\trate", "a.wav\t0.5", "b.wav\t2"],
+    );
+    map(&["--colsep", "\t", "--header", ":"])
+        .arg(&table)
+        .args(["--", "echo", "{name/.}", "{rate}", "{2}", "{#}"])
+        .assert()
+        .success()
+        .stdout("a 0.5 0.5 1\nb 2 2 2\n");
+    // --csv: quotes and embedded separators.
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "f,says\n\"a, b\",\"he said \"\"hi\"\"\"\n").unwrap();
+    map(&["--csv", "--header", ":"])
+        .arg(&csv)
+        .args(["--", "printf", "<%s|%s>", "{f}", "{says}"])
+        .assert()
+        .success()
+        .stdout("<a, b|he said \"hi\">");
+}
+
+#[test]
+fn bad_input_is_one_line_naming_it() {
+    // Usage errors, known before the first task: exit 2, nothing runs.
+    let dir = TempDir::new().unwrap();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--", "sh", "-c", &touch, "{3}", ":::", "a", ":::", "b"],
+            "{3}",
+        ),
+        (&["--", "sh", "-c", &touch, ":::"], "has no values"),
+        (
+            &[
+                "--header", ":", "--", "sh", "-c", &touch, ":::", "n", "1", ":::", "n", "2",
+            ],
+            "\"n\" appears more than once",
+        ),
+        (
+            &["--csv", "--colsep", ",", "--", "true", ":::", "a"],
+            "choose one",
+        ),
+        (&["--", "echo", "::::"], "needs at least one file"),
+    ];
+    for (args, says) in cases {
+        let output = map(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    assert!(!ran.exists(), "a task ran after a usage error");
+    // A per-line problem fails that task with its reason; the rest run.
+    map(&["--colsep", ",", "--", "echo", "{3}"])
+        .write_stdin("a,b,c\nd,e\nf,g,h\n")
+        .assert()
+        .code(1)
+        .stdout("c\nh\n")
+        .stderr(predicate::str::contains(
+            "task #2 \"d e\" failed: no column 3 (`{3}`): the input \"d e\" has 2",
+        ));
+    map(&["--csv", "--", "echo", "{2}"])
+        .write_stdin("a,b\nonly\nc,d\n")
+        .assert()
+        .code(1)
+        .stdout("b\nd\n")
+        .stderr(predicate::str::contains(
+            "CSV record 2 of input source 1 does not parse: it has 1 field where the first record has 2",
+        ));
+}
+
+#[test]
+fn input_sources_and_columns_over_a_hub() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let output = hub
+        .cmd("map")
+        .args(["--no-progress", "--colsep", ":", "--"])
+        .args([
+            "echo", "{2}{1}", "{3}", ":::", "a:b", "c:d", ":::", "1", "2",
+        ])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "ba 1\nba 2\ndc 1\ndc 2\n"
+    );
+}
