@@ -139,3 +139,90 @@ fn input_sources_and_columns_over_a_hub() {
         "ba 1\nba 2\ndc 1\ndc 2\n"
     );
 }
+
+#[test]
+fn dry_run_prints_commands_a_shell_runs_and_runs_nothing() {
+    let dir = TempDir::new().unwrap();
+    let ran = dir.path().join("ran");
+    let output = map(&["--dry-run", "--", "printf", "[%s]", "{}", "{1/}"])
+        .args([":::", "it's a/b", "$HOME `x`"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    // Pasted into a shell, each line runs the very command.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&printed)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[it's a/b][b][$HOME `x`][$HOME `x`]"
+    );
+    // Shell mode prints the command line itself; nothing runs.
+    map(&["--dry-run", "--shell", "--"])
+        .arg(format!("touch {} && echo {{}}", ran.display()))
+        .args([":::", "a b"])
+        .assert()
+        .success()
+        .stdout(format!("touch {} && echo 'a b'\n", ran.display()));
+    assert!(!ran.exists());
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_itself() {
+    let bash = zcluster().args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(
+        script.contains("--colsep") && script.contains("completions"),
+        "{script}"
+    );
+    // The script is valid bash.
+    let checked = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(checked.success());
+    for (shell, marker) in [
+        ("zsh", "#compdef zcluster"),
+        ("fish", "complete -c zcluster"),
+        ("elvish", "zcluster"),
+        ("powershell", "zcluster"),
+    ] {
+        zcluster()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(marker));
+    }
+    zcluster().args(["man", "map"]).assert().success().stdout(
+        predicate::str::contains(".TH zcluster-map 1").and(predicate::str::contains("colsep")),
+    );
+    zcluster()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(".TH zcluster 1"));
+    let dir = TempDir::new().unwrap();
+    zcluster()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    for page in [
+        "zcluster.1",
+        "zcluster-map.1",
+        "zcluster-hub.1",
+        "zcluster-launch-ssh.1",
+    ] {
+        assert!(dir.path().join(page).exists(), "{page}");
+    }
+    zcluster()
+        .args(["man", "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no subcommand \"nope\""));
+}

@@ -864,8 +864,20 @@ fn help_is_written_for_the_person_running_it() {
         "{first}"
     );
     let order = [
-        "map", "hub", "worker", "launch", "status", "results", "resubmit", "ping", "kill", "purge",
-        "shutdown", "device",
+        "map",
+        "hub",
+        "worker",
+        "launch",
+        "status",
+        "results",
+        "resubmit",
+        "ping",
+        "kill",
+        "purge",
+        "shutdown",
+        "device",
+        "completions",
+        "man",
     ];
     let listed: Vec<&str> = help
         .lines()

@@ -225,6 +225,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
     }
+    if args.habits.dry_run {
+        return map_inputs::dry_run(inputs, &template);
+    }
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }

@@ -32,6 +32,58 @@ pub struct HabitArgs {
     /// `:`: the first line of each source names its columns, used as {name}.
     #[arg(long, value_name = ":")]
     pub header: Option<String>,
+    /// Print each command as it would run, quoted for a shell, one per
+    /// line, and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--dry-run`: each input's command as a shell would run it, on standard
+/// output; an input that cannot become a command is said on stderr as the
+/// failure it would be (exit 1), the others printed. Nothing starts: no
+/// hub, no engine.
+pub fn dry_run(
+    inputs: zcluster::map::Sources,
+    template: &zcluster::template::CommandTemplate,
+) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = super::stdout();
+    let mut failed = 0u64;
+    for (input, seq) in inputs.zip(1u64..) {
+        let input = input.map_err(|e| anyhow::anyhow!("cannot read inputs: {e}"))?;
+        let rendered = match &input.columns {
+            Ok(columns) => template
+                .render_columns(columns, seq)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match rendered {
+            Ok(argv) => {
+                let written = writeln!(stdout, "{}", template.shell_line(&argv));
+                match written {
+                    Ok(()) => {}
+                    Err(e) if super::is_stdout_closed(&e) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(reason) => {
+                failed += 1;
+                eprintln!(
+                    "zcluster: task #{seq} {:?} failed: {reason}",
+                    String::from_utf8_lossy(&input.text)
+                );
+            }
+        }
+    }
+    match stdout.flush() {
+        Err(e) if !super::is_stdout_closed(&e) => return Err(e.into()),
+        _ => {}
+    }
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// The words after `--`, split into the command and its sources.

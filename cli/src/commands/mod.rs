@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
+pub mod completions;
 pub mod device;
 pub mod hub;
 pub mod kill;
 pub mod launch;
+pub mod man;
 pub mod map;
 pub mod map_inputs;
 pub mod ping;
