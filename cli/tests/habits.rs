@@ -226,3 +226,173 @@ fn completions_and_man_pages_come_from_the_command_line_itself() {
         .code(2)
         .stderr(predicate::str::contains("no subcommand \"nope\""));
 }
+
+/// A joblog GNU parallel 20221122 wrote for `parallel -j1 --joblog FILE
+/// 'printf {}; exit {#}' ::: a bb ccc`: what the format is compared with
+/// where `parallel` is not installed.
+const GNU_PARALLEL_JOBLOG: &str =
+    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand
+1\t:\t1796653959.087\t     0.008\t0\t1\t1\t0\tprintf a; exit 1
+2\t:\t1796653959.101\t     0.003\t0\t2\t2\t0\tprintf bb; exit 2
+3\t:\t1796653959.109\t     0.002\t0\t3\t3\t0\tprintf ccc; exit 3
+";
+
+/// A joblog's lines, split at tabs, with the two time columns replaced by
+/// their shape (`%.3f` and `%10.3f`), which must match, sorted by Seq.
+fn joblog_shape(text: &str) -> Vec<Vec<String>> {
+    let mut lines: Vec<Vec<String>> = text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            let mut fields: Vec<String> = line.split('\t').map(str::to_owned).collect();
+            assert_eq!(fields.len(), 9, "{line:?}");
+            if index > 0 {
+                let (whole, decimals) = fields[2].split_once('.').unwrap();
+                assert!(
+                    whole.parse::<u64>().is_ok() && decimals.len() == 3,
+                    "{line:?}"
+                );
+                assert_eq!(fields[3].len(), 10, "JobRuntime is %10.3f: {line:?}");
+                let runtime = fields[3].trim_start();
+                assert!(
+                    runtime.parse::<f64>().is_ok() && runtime.split_once('.').unwrap().1.len() == 3
+                );
+                fields[2] = "START".into();
+                fields[3] = "RUNTIME".into();
+            }
+            fields
+        })
+        .collect();
+    lines[1..].sort_by_key(|fields| fields[0].parse::<u64>().unwrap());
+    lines
+}
+
+#[test]
+fn joblog_is_gnu_parallels_format() {
+    let dir = TempDir::new().unwrap();
+    let ours = dir.path().join("zcluster.joblog");
+    map(&["-j1", "--shell", "--joblog"])
+        .arg(&ours)
+        .args(["--", "printf {}; exit {#}", ":::", "a", "bb", "ccc"])
+        .assert()
+        .code(1)
+        .stdout("abbccc");
+    let ours = std::fs::read_to_string(&ours).unwrap();
+    let theirs = dir.path().join("parallel.joblog");
+    let ran_parallel = std::process::Command::new("parallel")
+        .args(["--will-cite", "-j1", "--joblog"])
+        .arg(&theirs)
+        .args(["printf {}; exit {#}", ":::", "a", "bb", "ccc"])
+        .output()
+        .is_ok_and(|output| output.stdout == b"abbccc");
+    let theirs = if ran_parallel {
+        std::fs::read_to_string(&theirs).unwrap()
+    } else {
+        GNU_PARALLEL_JOBLOG.to_owned()
+    };
+    assert_eq!(
+        joblog_shape(&ours),
+        joblog_shape(&theirs),
+        "ours:\n{ours}\ntheirs:\n{theirs}"
+    );
+}
+
+#[test]
+fn a_map_killed_half_way_resumes_and_runs_each_input_once() {
+    let dir = TempDir::new().unwrap();
+    let joblog = dir.path().join("joblog");
+    let side = dir.path().join("side");
+    std::fs::write(dir.path().join("epoch"), "1").unwrap();
+    // Inputs 1-4 run at once; the others wait for `go`, and a task of a
+    // killed map (its epoch past) then leaves without a trace.
+    let script =
+        "E=$(cat epoch); if [ {} -gt 4 ]; then while [ ! -e go ]; do sleep 0.02; done; fi; \
+                  [ \"$(cat epoch)\" = \"$E\" ] || exit 1; echo {} >> side";
+    let run = |resume: bool| {
+        let mut command = std::process::Command::new(zcluster_path());
+        command
+            .current_dir(dir.path())
+            .args(["map", "--no-progress", "-j2", "--shell", "--joblog"])
+            .arg(&joblog);
+        if resume {
+            command.arg("--resume");
+        }
+        command
+            .args(["--", script, ":::"])
+            .args((1..=8).map(|i| i.to_string()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let mut first = ChildGuard::spawn(&mut run(false));
+    let logged = || {
+        std::fs::read_to_string(&joblog).map_or(0, |text| text.lines().count().saturating_sub(1))
+    };
+    wait_until("four tasks in the joblog", || logged() == 4);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    first.wait();
+    std::fs::write(dir.path().join("epoch"), "2").unwrap();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let mut second = ChildGuard::spawn(&mut run(true));
+    assert!(second.wait().success());
+    let mut ran: Vec<u32> = std::fs::read_to_string(&side)
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, (1..=8).collect::<Vec<u32>>());
+    let mut seqs: Vec<u32> = std::fs::read_to_string(&joblog)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u32>>());
+}
+
+#[test]
+fn joblog_and_resume_over_a_hub() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let joblog = hub.dir().join("joblog");
+    let map_with = |extra: &[&str]| {
+        hub.cmd("map")
+            .args(["--no-progress", "--joblog"])
+            .arg(&joblog)
+            .args(extra)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo $0; [ $0 != b ]",
+                ":::",
+                "a",
+                "b",
+                "c",
+            ])
+            .timeout(FAIL_AFTER)
+            .output()
+            .unwrap()
+    };
+    let output = map_with(&[]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = std::fs::read_to_string(&joblog).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    for line in text.lines().skip(1) {
+        assert_eq!(line.split('\t').nth(1), Some(host), "{text}");
+    }
+    // --resume-failed runs only b again.
+    let output = map_with(&["--resume-failed"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "b\n", "{output:?}");
+    let output = map_with(&["--resume"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+}

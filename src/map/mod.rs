@@ -9,7 +9,7 @@
 //! and engine embedded in this process
 //! ([`EmbeddedCluster`](crate::hub::embedded::EmbeddedCluster)).
 //!
-//! One file on purpose (about 800 lines): the map's loop and the types it
+//! One file on purpose (about 900 lines): the map's loop and the types it
 //! hands out (options, halt rules, records, summary, the reorder buffer)
 //! are one mechanism a reader follows top to bottom; the template, the
 //! chunk runner (`exec::chunk`) and the backends live elsewhere.
@@ -22,6 +22,7 @@
 //! inputs rather than buffering the whole file. Memory is thus
 //! O(`window` × (input + captured output)), whatever the number of inputs.
 
+pub mod joblog;
 pub mod record;
 pub mod sources;
 
@@ -138,6 +139,10 @@ pub struct MapOptions {
     /// Set (e.g. from a SIGINT handler) to stop: nothing new starts, running
     /// tasks are killed, what finished is handed out.
     pub stop: Arc<AtomicBool>,
+    /// `--resume` from a joblog: the inputs it has (or, with
+    /// `--resume-failed`, that succeeded) are skipped, neither run nor
+    /// handed out.
+    pub resume: Option<Arc<joblog::Resume>>,
 }
 
 impl Default for MapOptions {
@@ -153,6 +158,7 @@ impl Default for MapOptions {
             chunksize: 1,
             window: DEFAULT_WINDOW,
             stop: Arc::new(AtomicBool::new(false)),
+            resume: None,
         }
     }
 }
@@ -200,6 +206,9 @@ pub enum MapError {
         /// Tasks (chunks) the job has.
         recorded: u64,
     },
+    /// `--resume` with a joblog another command template made.
+    #[error(transparent)]
+    JoblogMismatch(Box<joblog::CommandMismatch>),
 }
 
 /// A chunk's outcome as a backend reports it.
@@ -318,6 +327,8 @@ pub struct MapSummary {
     pub halted_on_success: bool,
     /// Wall-clock time.
     pub wall: Duration,
+    /// Inputs skipped because the joblog has them (`--resume`).
+    pub skipped: u64,
 }
 
 /// How many failed (and how many cancelled) tasks the summary lists by
@@ -464,6 +475,10 @@ where
                 let seq = next_seq;
                 next_seq += 1;
                 match prepare(template, line.map_err(MapError::Input)?, seq) {
+                    Ok(p) if skipped(options, template, seq, &p)? => {
+                        summary.skipped += 1;
+                        order.skip(seq, &mut emit)?;
+                    }
                     Ok(p) => {
                         building.push(ExecTask {
                             seq,
@@ -761,6 +776,22 @@ fn prepare(template: &CommandTemplate, input: Input, seq: u64) -> Result<Pending
     }
 }
 
+/// Whether `--resume` skips input `seq` (an error when the joblog's
+/// command for it is another).
+fn skipped(
+    options: &MapOptions,
+    template: &CommandTemplate,
+    seq: u64,
+    pending: &Pending,
+) -> Result<bool, MapError> {
+    let Some(resume) = &options.resume else {
+        return Ok(false);
+    };
+    resume
+        .skips(seq, &template.shell_line(&pending.argv))
+        .map_err(MapError::JoblogMismatch)
+}
+
 fn failed_outcome(reason: String) -> ExecOutcome {
     ExecOutcome {
         exit: ExitKind::SpawnFailed(reason),
@@ -775,7 +806,8 @@ fn failed_outcome(reason: String) -> ExecOutcome {
 struct Reorder {
     keep_order: bool,
     next: u64,
-    held: BTreeMap<u64, TaskRecord>,
+    /// Finished tasks waiting for their turn; `None` for a skipped input.
+    held: BTreeMap<u64, Option<TaskRecord>>,
 }
 
 impl Reorder {
@@ -805,10 +837,33 @@ impl Reorder {
         if !self.keep_order {
             return emit(record).map_err(MapError::Output);
         }
-        self.held.insert(record.seq, record);
+        self.held.insert(record.seq, Some(record));
+        self.release(emit)
+    }
+
+    /// An input skipped (`--resume`): nothing to hand out, but its turn
+    /// passes.
+    fn skip<F>(&mut self, seq: u64, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
+        if !self.keep_order {
+            return Ok(());
+        }
+        self.held.insert(seq, None);
+        self.release(emit)
+    }
+
+    /// Hands out what is held from the next seq on, in order.
+    fn release<F>(&mut self, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
         while let Some(record) = self.held.remove(&self.next) {
             self.next += 1;
-            emit(record).map_err(MapError::Output)?;
+            if let Some(record) = record {
+                emit(record).map_err(MapError::Output)?;
+            }
         }
         Ok(())
     }
@@ -818,7 +873,7 @@ impl Reorder {
     where
         F: FnMut(TaskRecord) -> std::io::Result<()>,
     {
-        for (_, record) in std::mem::take(&mut self.held) {
+        for record in std::mem::take(&mut self.held).into_values().flatten() {
             emit(record).map_err(MapError::Output)?;
         }
         Ok(())

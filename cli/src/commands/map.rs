@@ -18,8 +18,8 @@ use zcluster::exec::ExitKind;
 use zcluster::hub::client::{halt_at_hub, AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{
-    run_map_with, Halt, HaltOn, MapOptions, MapSummary, Sources, TaskRecord, TaskStatus, Threshold,
-    DEFAULT_WINDOW,
+    run_map_with, Halt, HaltOn, MapError, MapOptions, MapSummary, Sources, TaskRecord, TaskStatus,
+    Threshold, DEFAULT_WINDOW,
 };
 use zcluster::template::CommandTemplate;
 
@@ -228,6 +228,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     if args.habits.dry_run {
         return map_inputs::dry_run(inputs, &template);
     }
+    let (mut joblog, resume) = map_inputs::open_joblog(&args.habits)?;
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
@@ -262,6 +263,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         chunksize: args.chunksize,
         window: args.window,
         stop,
+        resume,
     };
 
     let progress = progress_bar(
@@ -354,6 +356,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0u64;
     let timeout = args.timeout;
     let finished_results = results.clone();
+    // GNU parallel writes `:` for this machine; over a hub, the worker's host.
+    let local = args.hub.is_none() && hosts.is_none();
     let summary = run_map_with(
         inputs,
         &template,
@@ -362,6 +366,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         |record| {
             if let Some(log) = lock(&finished_results).as_mut() {
                 log.finished(record)?;
+            }
+            if let Some(file) = joblog.as_mut() {
+                map_inputs::log_job(file, &template, record, local)?;
             }
             Ok(())
         },
@@ -422,7 +429,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             progress.inc(1);
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        // Refused before it ran anything in its place: a usage error.
+        MapError::JoblogMismatch(mismatch) => UsageError(mismatch.to_string()).into(),
+        other => anyhow::Error::from(other),
+    })?;
     // Everything printed came from the store; a job the hub cannot close
     // is not finished there, and the map says so.
     backend.finish()?;
@@ -678,6 +690,9 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     }
     if s.unread {
         line += ", rest of the input not read";
+    }
+    if s.skipped > 0 {
+        line += &format!(", {} skipped (in the joblog)", s.skipped);
     }
     line += &format!(" in {:.2}s ({:.0} tasks/s)", s.wall.as_secs_f64(), s.rate());
     if stdout_closed {

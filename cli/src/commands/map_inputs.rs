@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use zcluster::map::joblog::{self, Joblog, Resume, JOBLOG_HEADER, LOCAL_HOST};
 use zcluster::map::{Source, SourceSpec, Split};
 
 use super::UsageError;
@@ -36,6 +37,93 @@ pub struct HabitArgs {
     /// line, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write GNU parallel's joblog to FILE: a line per finished task (Seq,
+    /// Host, Starttime, JobRuntime, Send, Receive, Exitval, Signal, Command).
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+    /// Skip the inputs the --joblog already has (carry on a killed map),
+    /// and add to it.
+    #[arg(long)]
+    pub resume: bool,
+    /// Like --resume, but run again the inputs that failed.
+    #[arg(long)]
+    pub resume_failed: bool,
+    /// Resume from a joblog whose commands another command made.
+    #[arg(long)]
+    pub resume_any_command: bool,
+}
+
+/// Opens `--joblog` (to add to it with `--resume`, else anew with its
+/// header line) and reads it back for `--resume`.
+pub fn open_joblog(
+    args: &HabitArgs,
+) -> Result<(Option<std::fs::File>, Option<std::sync::Arc<Resume>>), UsageError> {
+    let resuming = args.resume || args.resume_failed;
+    let Some(path) = &args.joblog else {
+        if resuming {
+            return Err(UsageError(
+                "--resume and --resume-failed need --joblog FILE: the record of what already ran"
+                    .into(),
+            ));
+        }
+        return Ok((None, None));
+    };
+    let cannot =
+        |e: std::io::Error| UsageError(format!("cannot write joblog {}: {e}", path.display()));
+    let resume = if resuming {
+        let joblog = Joblog::read(path).map_err(|e| UsageError(e.to_string()))?;
+        Some(std::sync::Arc::new(Resume {
+            joblog,
+            path: path.clone(),
+            failed_again: args.resume_failed,
+            any_command: args.resume_any_command,
+        }))
+    } else {
+        None
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resuming)
+        .write(true)
+        .truncate(!resuming)
+        .open(path)
+        .map_err(cannot)?;
+    let empty = file.metadata().map_err(cannot)?.len() == 0;
+    if empty {
+        use std::io::Write as _;
+        file.write_all(format!("{JOBLOG_HEADER}\n").as_bytes())
+            .map_err(cannot)?;
+    }
+    Ok((Some(file), resume))
+}
+
+/// Writes one finished task's joblog line, in one `write` (no buffer), so a
+/// map killed at any moment leaves whole lines of every task it logged.
+/// Inputs that never became a command (and so never ran) are not logged.
+pub fn log_job(
+    file: &mut std::fs::File,
+    template: &zcluster::template::CommandTemplate,
+    record: &zcluster::map::TaskRecord,
+    local: bool,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if record.command.is_empty() {
+        return Ok(());
+    }
+    let host = if local {
+        LOCAL_HOST
+    } else {
+        record.host.as_str()
+    };
+    match joblog::line(
+        record.seq,
+        host,
+        &record.outcome,
+        &template.shell_line(&record.command),
+    ) {
+        Some(line) => file.write_all(line.as_bytes()),
+        None => Ok(()),
+    }
 }
 
 /// `--dry-run`: each input's command as a shell would run it, on standard
