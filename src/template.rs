@@ -15,6 +15,7 @@
 //! | `{//}` | dirname | `a` | `dir.d` | `.` | `/` | `a` | `.` |
 //! | `{/.}` | basename without extension | `b.tar` | `file` | `b` | `x` | *(empty)* | `.bashrc` |
 //! | `{#}`  | 1-based sequence number of the task | | | | | | |
+//! | `{%}`  | 1-based slot of the task within the engine running it | | | | | | |
 //!
 //!
 //! # Columns and several input sources
@@ -80,7 +81,7 @@
 //!   all from `A-Z a-z 0-9 . / # % _ -` (or starts with a digit and has
 //!   only those), is taken for a mistyped one, and parsing fails with
 //!   [`TemplateError::UnknownReplacement`] naming it and the argument it is in
-//!   (`{x}`, `{..}`, `{##}`, `{/./}`, `{0}`, `{1x}`, `{%}` are all errors; write
+//!   (`{x}`, `{..}`, `{##}`, `{/./}`, `{0}`, `{1x}`, `{%%}` are all errors; write
 //!   `{{x}}` for a literal `{x}`). Exception: a group right after a `$` that
 //!   is not a known replacement string is literal, so shell code such as
 //!   `${HOME}` or `${x}` works; `${}` is still the input after a `$`.
@@ -124,7 +125,7 @@ use paths::{basename, dirname, remove_extension};
 /// The replacement strings this module understands, as listed in error
 /// messages so a user who typed an unknown one sees the alternatives.
 pub const KNOWN_REPLACEMENTS: &str =
-    "{} {.} {/} {//} {/.} {#}, and for column N: {N} {N.} {N/} {N//} {N/.}";
+    "{} {.} {/} {//} {/.} {#} {%}, and for column N: {N} {N.} {N/} {N//} {N/.}";
 
 /// Characters allowed inside a brace group that is taken for a replacement
 /// string; see the module documentation for the full rule.
@@ -241,6 +242,8 @@ enum Piece {
     Value { column: Option<usize>, op: PathOp },
     /// `{#}`
     Sequence,
+    /// `{%}`: the slot, known only where the task runs.
+    Slot,
 }
 
 impl Piece {
@@ -250,6 +253,9 @@ impl Piece {
     fn replacement(content: &str, names: &[String]) -> Option<Piece> {
         if content == "#" {
             return Some(Piece::Sequence);
+        }
+        if content == "%" {
+            return Some(Piece::Slot);
         }
         for (index, name) in names.iter().enumerate() {
             if name.is_empty() {
@@ -281,6 +287,10 @@ impl Piece {
         })
     }
 }
+
+/// Where `{%}` goes in a rendered command: (argument, byte offset) pairs in
+/// increasing order (see [`CommandTemplate::render_placed`]).
+pub type SlotPlaces = Vec<(u32, u32)>;
 
 /// A parsed command template: parse it once from the user's command line,
 /// then [`render`](CommandTemplate::render) it for every input.
@@ -426,6 +436,26 @@ impl CommandTemplate {
         columns: &[C],
         seq: u64,
     ) -> Result<Vec<Vec<u8>>, TemplateError> {
+        let (mut argv, slot_at) = self.render_placed(columns, seq)?;
+        for &(arg, offset) in slot_at.iter().rev() {
+            argv[arg as usize].splice(offset as usize..offset as usize, *b"1");
+        }
+        Ok(argv)
+    }
+
+    /// [`render_columns`](Self::render_columns) leaving `{%}` out, with
+    /// where it goes: (argument, byte offset) pairs in increasing order.
+    /// The slot is known only to the engine that runs the task, which
+    /// writes it in there; `render_columns` writes 1 (a dry run's slot).
+    ///
+    /// # Errors
+    ///
+    /// As [`render_columns`](Self::render_columns).
+    pub fn render_placed<C: AsRef<[u8]>>(
+        &self,
+        columns: &[C],
+        seq: u64,
+    ) -> Result<(Vec<Vec<u8>>, SlotPlaces), TemplateError> {
         let shown = || {
             let joined: Vec<&[u8]> = columns.iter().map(AsRef::as_ref).collect();
             truncate_chars(
@@ -444,9 +474,20 @@ impl CommandTemplate {
             });
         }
         let columns: Vec<&[u8]> = columns.iter().map(AsRef::as_ref).collect();
+        let mut slot_at = Vec::new();
+        // An argument longer than 4 GiB cannot be run anyway.
+        let mut place = |arg: usize, out: &Vec<u8>| {
+            slot_at.push((
+                u32::try_from(arg).unwrap_or(u32::MAX),
+                u32::try_from(out.len()).unwrap_or(u32::MAX),
+            ));
+        };
         if self.shell {
             let mut line = Vec::with_capacity(self.args_len_hint() + 8);
             for piece in self.parts.iter().flatten() {
+                if *piece == Piece::Slot {
+                    place(2, &line);
+                }
                 render_piece(&mut line, piece, &columns, seq, true)?;
             }
             if !self.has_replacement {
@@ -455,12 +496,15 @@ impl CommandTemplate {
                     line.extend_from_slice(&quote(column)?);
                 }
             }
-            return Ok(vec![b"sh".to_vec(), b"-c".to_vec(), line]);
+            return Ok((vec![b"sh".to_vec(), b"-c".to_vec(), line], slot_at));
         }
         let mut argv = Vec::with_capacity(self.parts.len() + columns.len());
-        for pieces in &self.parts {
+        for (index, pieces) in self.parts.iter().enumerate() {
             let mut arg = Vec::new();
             for piece in pieces {
+                if *piece == Piece::Slot {
+                    place(index, &arg);
+                }
                 render_piece(&mut arg, piece, &columns, seq, false)?;
             }
             argv.push(arg);
@@ -468,7 +512,7 @@ impl CommandTemplate {
         if !self.has_replacement {
             argv.extend(columns.iter().map(|column| column.to_vec()));
         }
-        Ok(argv)
+        Ok((argv, slot_at))
     }
 
     /// Whether the template contains any replacement string; when it does
@@ -650,6 +694,8 @@ fn render_piece(
             let _ = write!(out, "{seq}");
             return Ok(());
         }
+        // Written in where the task runs (see `render_placed`).
+        Piece::Slot => return Ok(()),
         // The column exists: render_columns checked the largest one.
         Piece::Value {
             column: Some(column),

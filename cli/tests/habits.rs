@@ -396,3 +396,105 @@ fn joblog_and_resume_over_a_hub() {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "");
 }
+
+#[test]
+fn slots_are_distinct_among_running_tasks_and_tasks_know_their_place() {
+    let dir = TempDir::new().unwrap();
+    // A task holds its slot's directory while it runs: a second task in
+    // the same slot at the same time cannot make it, and fails.
+    let script = "mkdir held-{%} || exit 9; sleep 0.2; \
+                  echo $ZCLUSTER_SEQ/$ZCLUSTER_SLOT/{%}/$ZCLUSTER_JOB/$ZCLUSTER_ENGINE/$ZCLUSTER_HOST/$CARRIED; \
+                  rmdir held-{%}";
+    let output = map(&[
+        "-j3",
+        "--shell",
+        "--env",
+        "CARRIED=yes",
+        "--",
+        script,
+        ":::",
+    ])
+    .args((1..=6).map(|i| i.to_string()))
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut slots = std::collections::BTreeSet::new();
+    for (line, seq) in String::from_utf8(output.stdout).unwrap().lines().zip(1..) {
+        let fields: Vec<&str> = line.split('/').collect();
+        assert_eq!(fields[0], seq.to_string(), "{line}");
+        assert_eq!(fields[1], fields[2], "{line}");
+        assert!(["1", "2", "3"].contains(&fields[1]), "{line}");
+        assert_eq!(&fields[4..], ["1", host.trim(), "yes"], "{line}");
+        slots.insert(fields[1].to_owned());
+    }
+    assert_eq!(slots.len(), 3, "three tasks ran at once");
+}
+
+#[test]
+fn over_a_hub_tasks_get_env_wd_and_place_but_nothing_else_of_the_client() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let here = TempDir::new().unwrap();
+    let script = "echo $(pwd)/$CARRIED/${NOT_CARRIED-unset}/$ZCLUSTER_SLOT={%}/$ZCLUSTER_ENGINE/$ZCLUSTER_JOB";
+    let output = hub
+        .cmd("map")
+        .args([
+            "--no-progress",
+            "--shell",
+            "--env",
+            "CARRIED",
+            "--",
+            script,
+            ":::",
+            "a",
+        ])
+        .current_dir(here.path())
+        .env("CARRIED", "from the client")
+        .env("NOT_CARRIED", "secret")
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let job = job_of(&output);
+    let engine = hub.engines()[0]["id"].as_u64().unwrap();
+    let here = here.path().canonicalize().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{}/from the client/unset/1=1/{engine}/{job}\n",
+            here.display()
+        )
+    );
+    // A directory the worker does not have fails the task, saying so.
+    let output = hub
+        .cmd("map")
+        .args([
+            "--no-progress",
+            "--wd",
+            "/nonexistent/zcluster-wd",
+            "--",
+            "pwd",
+            ":::",
+            "a",
+        ])
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("working directory /nonexistent/zcluster-wd does not exist on"),
+        "{output:?}"
+    );
+    // A variable to carry that is not set is a usage error.
+    hub.cmd("map")
+        .args(["--env", "ZCLUSTER_SURELY_UNSET", "--", "true", ":::", "a"])
+        .env_remove("ZCLUSTER_SURELY_UNSET")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "ZCLUSTER_SURELY_UNSET is not set here",
+        ));
+}

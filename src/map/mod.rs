@@ -143,6 +143,11 @@ pub struct MapOptions {
     /// `--resume-failed`, that succeeded) are skipped, neither run nor
     /// handed out.
     pub resume: Option<Arc<joblog::Resume>>,
+    /// Variables carried to every task (`--env`), over a hub too.
+    pub task_env: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// The directory every task runs in (`--wd`; over a hub, by default
+    /// the client's); `None`: the engine's.
+    pub task_wd: Option<serde_bytes::ByteBuf>,
 }
 
 impl Default for MapOptions {
@@ -159,6 +164,8 @@ impl Default for MapOptions {
             window: DEFAULT_WINDOW,
             stop: Arc::new(AtomicBool::new(false)),
             resume: None,
+            task_env: Vec::new(),
+            task_wd: None,
         }
     }
 }
@@ -362,6 +369,8 @@ pub type InputLine = Vec<u8>;
 struct Pending {
     input: Vec<u8>,
     argv: Vec<serde_bytes::ByteBuf>,
+    /// Where the engine writes the slot (`{%}`).
+    slot_at: Vec<(u32, u32)>,
 }
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
@@ -485,6 +494,9 @@ where
                             input: p.input.clone(),
                             argv: p.argv.clone(),
                             timeout: task_times.timeout(options),
+                            slot_at: p.slot_at.clone(),
+                            env: options.task_env.clone(),
+                            wd: options.task_wd.clone(),
                         });
                         pending.insert(seq, p);
                     }
@@ -750,14 +762,15 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
 fn prepare(template: &CommandTemplate, input: Input, seq: u64) -> Result<Pending, Box<TaskRecord>> {
     let rendered = match &input.columns {
         Ok(columns) => template
-            .render_columns(columns, seq)
+            .render_placed(columns, seq)
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match rendered {
-        Ok(argv) => Ok(Pending {
+        Ok((argv, slot_at)) => Ok(Pending {
             input: input.text,
             argv: argv.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            slot_at,
         }),
         Err(reason) => {
             let (shown_input, raw_input) = shown(&input.text);

@@ -250,7 +250,7 @@ fn unknown_replacement_strings_are_errors() {
         ("out/{0}.txt", "{0}"),
         ("{1x}", "{1x}"),
         ("{12/./}", "{12/./}"),
-        ("{%}", "{%}"),
+        ("{%%}", "{%%}"),
         ("{-_}", "{-_}"),
         ("a{}b{ab}", "{ab}"),
         ("{{{x}", "{x}"),
@@ -476,4 +476,21 @@ fn shell_line_is_what_a_shell_runs() {
     let t = parse_shell(&["echo {} | tr a b"]);
     let argv = t.render("a a", 1).unwrap();
     assert_eq!(t.shell_line(&argv), "echo 'a a' | tr a b");
+}
+
+#[test]
+fn slot_positions_travel_beside_the_command() {
+    let t = parse(&["run", "--gpu={%}", "{}", "{%}{%}"]);
+    let (argv, slot_at) = t.render_placed(&[b"in {%}"], 1).unwrap();
+    // The input's own `{%}` is text: only the template's are places.
+    assert_eq!(argv, [&b"run"[..], b"--gpu=", b"in {%}", b""]);
+    assert_eq!(slot_at, [(1, 6), (3, 0), (3, 0)]);
+    assert_eq!(
+        t.render("x", 1).unwrap(),
+        strings(&["run", "--gpu=1", "x", "11"])
+    );
+    let t = parse_shell(&["echo {%} {}"]);
+    let (argv, slot_at) = t.render_placed(&[b"a b"], 1).unwrap();
+    assert_eq!(argv[2], b"echo  'a b'");
+    assert_eq!(slot_at, [(2, 5)]);
 }

@@ -246,7 +246,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(stop.clone(), results.clone())?;
     let defaults = MapOptions::default();
-    let options = MapOptions {
+    let mut options = MapOptions {
         jobs: args.jobs.unwrap_or(defaults.jobs),
         keep_order: !args.unordered,
         timeout: match args.timeout {
@@ -264,6 +264,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         window: args.window,
         stop,
         resume,
+        task_env: map_inputs::task_env(&args.habits)?,
+        // Set once it is known whether the tasks run elsewhere.
+        task_wd: None,
     };
 
     let progress = progress_bar(
@@ -286,6 +289,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let halt = halt_at_hub(options.halt, options.halt_on);
     // With --hosts, a hub here and a worker per host over ssh.
     let hosts = super::launch::cluster_for_map(&args.hosts, options.stop.clone())?;
+    options.task_wd = map_inputs::task_wd(&args.habits, args.hub.is_some() || hosts.is_some())?;
     let (cluster, mut backend) = match &args.hub {
         None if hosts.is_some() => {
             let client = hosts.as_ref().map(|h| h.client()).transpose()?;

@@ -51,6 +51,65 @@ pub struct HabitArgs {
     /// Resume from a joblog whose commands another command made.
     #[arg(long)]
     pub resume_any_command: bool,
+    /// Carry variable NAME (its value here) or NAME=VALUE to every task,
+    /// over a hub too (nothing else of this environment goes to a remote
+    /// worker). Repeatable.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Run every task in DIR (over a hub, the default is this directory:
+    /// a lab's machines share their file systems). A DIR a worker does not
+    /// have fails that task.
+    #[arg(long, value_name = "DIR")]
+    pub wd: Option<PathBuf>,
+}
+
+/// `--env`: the variables to carry, each `NAME=VALUE` or `NAME` (its value
+/// here; one not set is a usage error rather than an empty value).
+pub fn task_env(
+    args: &HabitArgs,
+) -> Result<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>, UsageError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    args.env
+        .iter()
+        .map(|spec| {
+            let (name, value) = match spec.split_once('=') {
+                Some((name, value)) => (name, value.as_bytes().to_vec()),
+                None => {
+                    let value = std::env::var_os(spec).ok_or_else(|| {
+                        UsageError(format!(
+                            "--env {spec}: {spec} is not set here (give --env {spec}=VALUE)"
+                        ))
+                    })?;
+                    (spec.as_str(), value.as_bytes().to_vec())
+                }
+            };
+            if name.is_empty() || name.contains('\0') {
+                return Err(UsageError(format!("--env {spec:?}: no variable name")));
+            }
+            Ok((
+                serde_bytes::ByteBuf::from(name.as_bytes().to_vec()),
+                serde_bytes::ByteBuf::from(value),
+            ))
+        })
+        .collect()
+}
+
+/// `--wd`, made absolute against this directory; over a hub without it,
+/// this directory; locally without it, none (the tasks run here anyway).
+pub fn task_wd(args: &HabitArgs, remote: bool) -> Result<Option<serde_bytes::ByteBuf>, UsageError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    if args.wd.is_none() && !remote {
+        return Ok(None);
+    }
+    let here = std::env::current_dir()
+        .map_err(|e| UsageError(format!("cannot tell the current directory: {e}")))?;
+    let dir = match &args.wd {
+        Some(dir) => here.join(dir),
+        None => here,
+    };
+    Ok(Some(serde_bytes::ByteBuf::from(
+        dir.as_os_str().as_bytes().to_vec(),
+    )))
 }
 
 /// Opens `--joblog` (to add to it with `--resume`, else anew with its
