@@ -37,7 +37,7 @@ const STDOUT_CLOSED_EXIT: u8 = 141;
 #[command(
     after_help = "Replacement strings: {} input, {.} without extension, {/} basename, \
                   {//} dirname, {/.} basename without extension, {#} sequence number \
-                  (1 for the first input); {N} {N.} {N/} {N//} {N/.} the same of column N \
+                  (1 for the first input), {%} slot in its engine; {N} {N.} {N/} {N//} {N/.} the same of column N \
                   (input source N, or with --colsep/--csv column N), {name} with --header :. \
                   With none, the input is appended as the last argument.\n\n\
                   Examples:\n  \
