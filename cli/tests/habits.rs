@@ -75,7 +75,7 @@ fn bad_input_is_one_line_naming_it() {
     let dir = TempDir::new().unwrap();
     let ran = dir.path().join("ran");
     let touch = format!("touch {}", ran.display());
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--", "sh", "-c", &touch, "{3}", ":::", "a", ":::", "b"],
             "{3}",
@@ -92,6 +92,10 @@ fn bad_input_is_one_line_naming_it() {
             "choose one",
         ),
         (&["--", "echo", "::::"], "needs at least one file"),
+        (
+            &["--resume", "--", "sh", "-c", &touch, ":::", "a"],
+            "need --joblog FILE",
+        ),
     ];
     for (args, says) in cases {
         let output = map(args).output().unwrap();
@@ -497,4 +501,36 @@ fn over_a_hub_tasks_get_env_wd_and_place_but_nothing_else_of_the_client() {
         .stderr(predicate::str::contains(
             "ZCLUSTER_SURELY_UNSET is not set here",
         ));
+}
+
+#[test]
+fn resume_refuses_the_joblog_of_another_command() {
+    let dir = TempDir::new().unwrap();
+    let joblog = dir.path().join("joblog");
+    map(&["--joblog"])
+        .arg(&joblog)
+        .args(["--", "echo", "{}", ":::", "a", "b"])
+        .assert()
+        .success();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    let output = map(&["--resume", "--joblog"])
+        .arg(&joblog)
+        .args(["--", "sh", "-c", &touch, ":::", "a", "b", "c"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is of another command") && stderr.contains("`echo a`"),
+        "{stderr}"
+    );
+    assert!(!ran.exists(), "a task ran from another command's joblog");
+    // Accepted when asked: the inputs it has are skipped, the rest run.
+    map(&["--resume", "--resume-any-command", "--joblog"])
+        .arg(&joblog)
+        .args(["--", "echo", "new", "{}", ":::", "a", "b", "c"])
+        .assert()
+        .success()
+        .stdout("new c\n");
 }
