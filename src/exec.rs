@@ -199,6 +199,12 @@ pub struct ExecOptions {
     /// When this becomes `true`, the task is killed as on a timeout and ends
     /// as [`ExitKind::Cancelled`]; checked every [`CANCEL_CHECK_INTERVAL`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Variables set in the task's environment on top of this process's
+    /// (a map's `--env` and `ZCLUSTER_*`), replacing any value they had.
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The directory the task starts in (`None`: this process's); one
+    /// that does not exist fails the task with that reason.
+    pub cwd: Option<std::path::PathBuf>,
 }
 
 impl Default for ExecOptions {
@@ -208,6 +214,8 @@ impl Default for ExecOptions {
             timeout: None,
             kill_grace: DEFAULT_KILL_GRACE,
             cancel: None,
+            env: Vec::new(),
+            cwd: None,
         }
     }
 }
@@ -229,6 +237,17 @@ enum Phase {
     Terminating { kill_at: Option<Instant> },
     /// SIGKILL sent; stop reading pipes at `abandon_at`.
     Killed { abandon_at: Option<Instant> },
+}
+
+/// The outcome of a task that was never started, for `reason`.
+pub(crate) fn not_started(reason: &str) -> ExecOutcome {
+    ExecOutcome {
+        exit: ExitKind::SpawnFailed(reason.to_owned()),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        started: SystemTime::now(),
+        elapsed: Duration::ZERO,
+    }
 }
 
 /// Runs `argv` (program and arguments) to completion under `options` and
@@ -267,7 +286,22 @@ fn run_in<A: AsRef<OsStr>>(
     if is_set(options.cancel.as_deref()) {
         return finish(ExitKind::Cancelled, Vec::new(), Vec::new());
     }
-    let (process, enclosure) = match containment::spawn(containment, program, args) {
+    if let Some(dir) = options.cwd.as_deref().filter(|dir| !dir.is_dir()) {
+        return finish(
+            ExitKind::SpawnFailed(format!(
+                "working directory {} does not exist on {}",
+                dir.display(),
+                crate::host_name()
+            )),
+            Vec::new(),
+            Vec::new(),
+        );
+    }
+    let setup = spawn::Setup {
+        env: &options.env,
+        cwd: options.cwd.as_deref(),
+    };
+    let (process, enclosure) = match containment::spawn(containment, program, args, setup) {
         Ok(spawned) => spawned,
         Err(error) => {
             return finish(
@@ -682,6 +716,7 @@ mod tests {
             timeout: Some(timeout),
             kill_grace: grace,
             cancel: None,
+            ..ExecOptions::default()
         }
     }
 

@@ -15,6 +15,29 @@
 //! | `{//}` | dirname | `a` | `dir.d` | `.` | `/` | `a` | `.` |
 //! | `{/.}` | basename without extension | `b.tar` | `file` | `b` | `x` | *(empty)* | `.bashrc` |
 //! | `{#}`  | 1-based sequence number of the task | | | | | | |
+//! | `{%}`  | 1-based slot of the task within the engine running it | | | | | | |
+//!
+//!
+//! # Columns and several input sources
+//!
+//! An input may have several values: the columns of a line (`--colsep`,
+//! `--csv`), or one value of each input source (`::: a b ::: 1 2`). Then:
+//!
+//! * `{N}` is the Nth value (1-based), and `{N.}`, `{N/}`, `{N//}`, `{N/.}`
+//!   apply the path operations below to it; with a header (`--header :`,
+//!   [`CommandTemplate::parse_with_names`]) `{name}` (and `{name.}`, ...)
+//!   is the column of that name.
+//! * `{}` is all the values joined by a space (in shell mode each quoted
+//!   on its own, so each stays one word), as in GNU parallel; `{.}` and the
+//!   others apply to each value.
+//! * With no replacement string, each value is appended as an argument of
+//!   its own.
+//! * A `{N}` past the input's last value fails that task
+//!   ([`TemplateError::NoSuchColumn`]); [`CommandTemplate::max_column`]
+//!   lets a caller whose inputs have a known number of values refuse it
+//!   before the first task.
+//!
+//! A single input is the one-value case: `{1}` is `{}`.
 //!
 //! These follow GNU parallel, which defines them as Perl code:
 //!
@@ -52,11 +75,13 @@
 //!
 //! * `{{` is a literal `{` and `}}` is a literal `}`, read left to right
 //!   (so `{{x}}` renders as `{x}` and `{{}}` as `{}`).
-//! * A brace group `{...}` whose content is at most 4 characters, all from
-//!   `A-Z a-z 0-9 . / # % _ -`, is a replacement string. If it is not one of
-//!   the known ones above, parsing fails with
+//! * A brace group `{...}` whose content is a known replacement string
+//!   (above, a column number with its suffix such as `{12/.}`, or a header
+//!   name) is one. Otherwise, one whose content is at most 4 characters,
+//!   all from `A-Z a-z 0-9 . / # % _ -` (or starts with a digit and has
+//!   only those), is taken for a mistyped one, and parsing fails with
 //!   [`TemplateError::UnknownReplacement`] naming it and the argument it is in
-//!   (`{x}`, `{..}`, `{##}`, `{/./}`, `{1}`, `{%}` are all errors; write
+//!   (`{x}`, `{..}`, `{##}`, `{/./}`, `{0}`, `{1x}`, `{%%}` are all errors; write
 //!   `{{x}}` for a literal `{x}`). Exception: a group right after a `$` that
 //!   is not a known replacement string is literal, so shell code such as
 //!   `${HOME}` or `${x}` works; `${}` is still the input after a `$`.
@@ -87,13 +112,20 @@
 //! modes rather than truncating or mangling it; the caller turns this into a
 //! failed task. A template argument containing NUL is rejected at parse time.
 
+mod paths;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use paths::{basename, dirname, remove_extension};
+
 /// The replacement strings this module understands, as listed in error
 /// messages so a user who typed an unknown one sees the alternatives.
-pub const KNOWN_REPLACEMENTS: &str = "{} {.} {/} {//} {/.} {#}";
+pub const KNOWN_REPLACEMENTS: &str =
+    "{} {.} {/} {//} {/.} {#} {%}, and for column N: {N} {N.} {N/} {N//} {N/.}";
 
 /// Characters allowed inside a brace group that is taken for a replacement
 /// string; see the module documentation for the full rule.
@@ -101,8 +133,13 @@ fn is_replacement_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'#' | b'%' | b'_' | b'-')
 }
 
-/// Longest content of a brace group that is taken for a replacement string.
+/// Longest content of a brace group that is taken for an unknown
+/// replacement string (an error) rather than literal text.
 const MAX_REPLACEMENT_LEN: usize = 4;
+
+/// Longest content of a brace group looked at all: a column name from a
+/// header, or a column number with its path suffix.
+const MAX_GROUP_LEN: usize = 256;
 
 /// How long a quoted input may be in an error message before it is cut, so
 /// one huge input line cannot flood a log.
@@ -140,6 +177,59 @@ pub enum TemplateError {
         /// The input (cut after 100 characters).
         input: String,
     },
+    /// The template names a column the input does not have (`{4}` of a
+    /// line of three columns): that task fails, the others run.
+    #[error("no column {column} (`{{{column}}}`): the input {input:?} has {columns}")]
+    NoSuchColumn {
+        /// The 1-based column asked for.
+        column: usize,
+        /// How many columns the input has.
+        columns: usize,
+        /// The input (cut after 100 characters).
+        input: String,
+    },
+}
+
+/// What a replacement string takes of a value: the path operations of GNU
+/// parallel, the same for the whole input and for one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathOp {
+    /// `{}`, `{N}`: the value unchanged.
+    Whole,
+    /// `{.}`: without its extension.
+    NoExtension,
+    /// `{/}`: its basename.
+    Basename,
+    /// `{//}`: its dirname.
+    Dirname,
+    /// `{/.}`: its basename without extension.
+    BasenameNoExtension,
+}
+
+impl PathOp {
+    /// The operation a replacement string's suffix names (`""`, `.`, `/`,
+    /// `//`, `/.`).
+    fn from_suffix(suffix: &str) -> Option<PathOp> {
+        Some(match suffix {
+            "" => PathOp::Whole,
+            "." => PathOp::NoExtension,
+            "/" => PathOp::Basename,
+            "//" => PathOp::Dirname,
+            "/." => PathOp::BasenameNoExtension,
+            _ => return None,
+        })
+    }
+
+    /// Applies the operation to one value.
+    fn apply(self, value: &[u8]) -> &[u8] {
+        match self {
+            PathOp::Whole => value,
+            PathOp::NoExtension => remove_extension(value),
+            PathOp::Basename => basename(value),
+            PathOp::Dirname => dirname(value),
+            PathOp::BasenameNoExtension => remove_extension(basename(value)),
+        }
+    }
 }
 
 /// One parsed piece of a template argument.
@@ -147,40 +237,60 @@ pub enum TemplateError {
 enum Piece {
     /// Text copied as it is (escapes already resolved).
     Literal(String),
-    /// `{}`
-    Input,
-    /// `{.}`
-    NoExtension,
-    /// `{/}`
-    Basename,
-    /// `{//}`
-    Dirname,
-    /// `{/.}`
-    BasenameNoExtension,
+    /// A value of the input: all of it (`column: None`, its values joined
+    /// by a space) or one 0-based column, through a path operation.
+    Value { column: Option<usize>, op: PathOp },
     /// `{#}`
     Sequence,
+    /// `{%}`: the slot, known only where the task runs.
+    Slot,
 }
 
 impl Piece {
-    /// Maps the content of a brace group to its replacement, if known.
-    fn replacement(content: &str) -> Option<Piece> {
-        Some(match content {
-            "" => Piece::Input,
-            "." => Piece::NoExtension,
-            "/" => Piece::Basename,
-            "//" => Piece::Dirname,
-            "/." => Piece::BasenameNoExtension,
-            "#" => Piece::Sequence,
-            _ => return None,
+    /// Maps the content of a brace group to its replacement, if known:
+    /// a column name of `names` (with or without a path suffix), `#`, a
+    /// path suffix alone, or a column number with one.
+    fn replacement(content: &str, names: &[String]) -> Option<Piece> {
+        if content == "#" {
+            return Some(Piece::Sequence);
+        }
+        if content == "%" {
+            return Some(Piece::Slot);
+        }
+        for (index, name) in names.iter().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
+            if let Some(op) = content
+                .strip_prefix(name.as_str())
+                .and_then(PathOp::from_suffix)
+            {
+                return Some(Piece::Value {
+                    column: Some(index),
+                    op,
+                });
+            }
+        }
+        if let Some(op) = PathOp::from_suffix(content) {
+            return Some(Piece::Value { column: None, op });
+        }
+        let digits = content.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let number: usize = content[..digits].parse().ok()?;
+        let op = PathOp::from_suffix(&content[digits..])?;
+        let column = number.checked_sub(1)?;
+        Some(Piece::Value {
+            column: Some(column),
+            op,
         })
     }
-
-    /// Whether this piece's value comes from the input (so a NUL in the input
-    /// matters).
-    fn uses_input(&self) -> bool {
-        !matches!(self, Piece::Literal(_) | Piece::Sequence)
-    }
 }
+
+/// Where `{%}` goes in a rendered command: (argument, byte offset) pairs in
+/// increasing order (see [`CommandTemplate::render_placed`]).
+pub type SlotPlaces = Vec<(u32, u32)>;
 
 /// A parsed command template: parse it once from the user's command line,
 /// then [`render`](CommandTemplate::render) it for every input.
@@ -197,6 +307,8 @@ pub struct CommandTemplate {
     has_replacement: bool,
     /// Whether rendering copies any part of the input into the command.
     uses_input: bool,
+    /// The highest 1-based column a replacement string names.
+    max_column: Option<usize>,
 }
 
 impl CommandTemplate {
@@ -212,6 +324,21 @@ impl CommandTemplate {
     /// [`TemplateError::NulInTemplate`] for an argument containing NUL; see
     /// the module documentation for the rules.
     pub fn parse(args: &[String], shell: bool) -> Result<CommandTemplate, TemplateError> {
+        Self::parse_with_names(args, shell, &[])
+    }
+
+    /// [`parse`](Self::parse) with the column names of a header (`--header
+    /// :`): `{name}` is then the column of that name, with the path
+    /// suffixes of the other replacement strings (`{name/.}`) too.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse).
+    pub fn parse_with_names(
+        args: &[String],
+        shell: bool,
+        names: &[String],
+    ) -> Result<CommandTemplate, TemplateError> {
         if args.iter().all(|arg| arg.trim().is_empty()) {
             return Err(TemplateError::EmptyCommand);
         }
@@ -220,13 +347,20 @@ impl CommandTemplate {
             if arg.contains('\0') {
                 return Err(TemplateError::NulInTemplate { arg: arg.clone() });
             }
-            parsed.push(parse_arg(arg)?);
+            parsed.push(parse_arg(arg, names)?);
         }
+        let values = || {
+            parsed.iter().flatten().filter_map(|piece| match piece {
+                Piece::Value { column, .. } => Some(*column),
+                _ => None,
+            })
+        };
         let has_replacement = parsed
             .iter()
             .flatten()
             .any(|piece| !matches!(piece, Piece::Literal(_)));
-        let uses_input = !has_replacement || parsed.iter().flatten().any(Piece::uses_input);
+        let uses_input = !has_replacement || values().next().is_some();
+        let max_column = values().flatten().max().map(|column| column + 1);
         let parts = if shell {
             let mut line = Vec::new();
             for (index, pieces) in parsed.into_iter().enumerate() {
@@ -250,6 +384,7 @@ impl CommandTemplate {
             parts,
             has_replacement,
             uses_input,
+            max_column,
         })
     }
 
@@ -282,35 +417,102 @@ impl CommandTemplate {
     ///
     /// As [`render`](Self::render).
     pub fn render_bytes(&self, input: &[u8], seq: u64) -> Result<Vec<Vec<u8>>, TemplateError> {
-        if self.uses_input && input.contains(&0) {
-            return Err(TemplateError::NulInInput {
-                input: truncate_chars(&String::from_utf8_lossy(input), MAX_INPUT_IN_ERROR),
+        self.render_columns(&[input], seq)
+    }
+
+    /// Renders an input of several values: the columns of a line
+    /// (`--colsep`, `--csv`) or one value of each input source (`:::`).
+    /// `{N}` is the Nth value; `{}` is all of them joined by a space (in
+    /// shell mode each quoted on its own, so each stays one word, as in GNU
+    /// parallel); without any replacement string each value is appended as
+    /// an argument of its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`render`](Self::render), and [`TemplateError::NoSuchColumn`]
+    /// when the template names a column the input does not have.
+    pub fn render_columns<C: AsRef<[u8]>>(
+        &self,
+        columns: &[C],
+        seq: u64,
+    ) -> Result<Vec<Vec<u8>>, TemplateError> {
+        let (mut argv, slot_at) = self.render_placed(columns, seq)?;
+        for &(arg, offset) in slot_at.iter().rev() {
+            argv[arg as usize].splice(offset as usize..offset as usize, *b"1");
+        }
+        Ok(argv)
+    }
+
+    /// [`render_columns`](Self::render_columns) leaving `{%}` out, with
+    /// where it goes: (argument, byte offset) pairs in increasing order.
+    /// The slot is known only to the engine that runs the task, which
+    /// writes it in there; `render_columns` writes 1 (a dry run's slot).
+    ///
+    /// # Errors
+    ///
+    /// As [`render_columns`](Self::render_columns).
+    pub fn render_placed<C: AsRef<[u8]>>(
+        &self,
+        columns: &[C],
+        seq: u64,
+    ) -> Result<(Vec<Vec<u8>>, SlotPlaces), TemplateError> {
+        let shown = || {
+            let joined: Vec<&[u8]> = columns.iter().map(AsRef::as_ref).collect();
+            truncate_chars(
+                &String::from_utf8_lossy(&joined.join(&b' ')),
+                MAX_INPUT_IN_ERROR,
+            )
+        };
+        if self.uses_input && columns.iter().any(|c| c.as_ref().contains(&0)) {
+            return Err(TemplateError::NulInInput { input: shown() });
+        }
+        if let Some(column) = self.max_column.filter(|&max| max > columns.len()) {
+            return Err(TemplateError::NoSuchColumn {
+                column,
+                columns: columns.len(),
+                input: shown(),
             });
         }
-        let paths = PathParts::new(input);
+        let columns: Vec<&[u8]> = columns.iter().map(AsRef::as_ref).collect();
+        let mut slot_at = Vec::new();
+        // An argument longer than 4 GiB cannot be run anyway.
+        let mut place = |arg: usize, out: &Vec<u8>| {
+            slot_at.push((
+                u32::try_from(arg).unwrap_or(u32::MAX),
+                u32::try_from(out.len()).unwrap_or(u32::MAX),
+            ));
+        };
         if self.shell {
-            let mut line = Vec::with_capacity(self.args_len_hint() + 2 * input.len() + 8);
+            let mut line = Vec::with_capacity(self.args_len_hint() + 8);
             for piece in self.parts.iter().flatten() {
-                render_piece(&mut line, piece, &paths, seq, true)?;
+                if *piece == Piece::Slot {
+                    place(2, &line);
+                }
+                render_piece(&mut line, piece, &columns, seq, true)?;
             }
             if !self.has_replacement {
-                line.push(b' ');
-                line.extend_from_slice(&quote(input)?);
+                for column in &columns {
+                    line.push(b' ');
+                    line.extend_from_slice(&quote(column)?);
+                }
             }
-            return Ok(vec![b"sh".to_vec(), b"-c".to_vec(), line]);
+            return Ok((vec![b"sh".to_vec(), b"-c".to_vec(), line], slot_at));
         }
-        let mut argv = Vec::with_capacity(self.parts.len() + usize::from(!self.has_replacement));
-        for pieces in &self.parts {
+        let mut argv = Vec::with_capacity(self.parts.len() + columns.len());
+        for (index, pieces) in self.parts.iter().enumerate() {
             let mut arg = Vec::new();
             for piece in pieces {
-                render_piece(&mut arg, piece, &paths, seq, false)?;
+                if *piece == Piece::Slot {
+                    place(index, &arg);
+                }
+                render_piece(&mut arg, piece, &columns, seq, false)?;
             }
             argv.push(arg);
         }
         if !self.has_replacement {
-            argv.push(input.to_owned());
+            argv.extend(columns.iter().map(|column| column.to_vec()));
         }
-        Ok(argv)
+        Ok((argv, slot_at))
     }
 
     /// Whether the template contains any replacement string; when it does
@@ -318,6 +520,13 @@ impl CommandTemplate {
     /// explain what will run (e.g. in a dry run).
     pub fn has_replacement(&self) -> bool {
         self.has_replacement
+    }
+
+    /// The highest 1-based column the template names (`{3}` gives 3), so a
+    /// caller whose inputs have a known number of columns can refuse a
+    /// template that asks for more before the first task.
+    pub fn max_column(&self) -> Option<usize> {
+        self.max_column
     }
 
     /// Whether the command runs through `sh -c`, so callers can describe or
@@ -330,6 +539,31 @@ impl CommandTemplate {
     /// the template can be sent elsewhere (e.g. to workers) and parsed again.
     pub fn args(&self) -> &[String] {
         &self.args
+    }
+
+    /// A rendered command as one line a shell runs as it is (GNU parallel's
+    /// `--dry-run` and joblog `Command`): in shell mode the command line
+    /// itself, otherwise every argument shell-quoted where needed. Bytes
+    /// that are not UTF-8 are shown lossily.
+    pub fn shell_line<A: AsRef<[u8]>>(&self, argv: &[A]) -> String {
+        if self.shell {
+            if let [sh, c, line] = argv {
+                if sh.as_ref() == b"sh" && c.as_ref() == b"-c" {
+                    return String::from_utf8_lossy(line.as_ref()).into_owned();
+                }
+            }
+        }
+        let words: Vec<String> = argv
+            .iter()
+            .map(|arg| {
+                let arg = arg.as_ref();
+                match shlex::bytes::try_quote(arg) {
+                    Ok(quoted) => String::from_utf8_lossy(&quoted).into_owned(),
+                    Err(_) => format!("{:?}", String::from_utf8_lossy(arg)),
+                }
+            })
+            .collect();
+        words.join(" ")
     }
 
     /// A rough size of the rendered command, to allocate once per render.
@@ -374,7 +608,7 @@ fn push_literal(pieces: &mut Vec<Piece>, text: &str) {
 
 /// Splits one template argument into literal text and replacement strings,
 /// following the rule in the module documentation.
-fn parse_arg(arg: &str) -> Result<Vec<Piece>, TemplateError> {
+fn parse_arg(arg: &str, names: &[String]) -> Result<Vec<Piece>, TemplateError> {
     let bytes = arg.as_bytes();
     let mut pieces = Vec::new();
     let mut i = 0;
@@ -387,23 +621,28 @@ fn parse_arg(arg: &str) -> Result<Vec<Piece>, TemplateError> {
                     continue;
                 }
                 let start = i + 1;
-                let mut end = start;
-                while end < bytes.len()
-                    && end - start <= MAX_REPLACEMENT_LEN
-                    && is_replacement_char(bytes[end])
-                {
-                    end += 1;
-                }
-                if end < bytes.len() && bytes[end] == b'}' && end - start <= MAX_REPLACEMENT_LEN {
-                    // All bytes in start..end are ASCII, so these are char boundaries.
+                // The group's closing brace, if near and with no brace between.
+                let close = bytes[start..]
+                    .iter()
+                    .take(MAX_GROUP_LEN + 1)
+                    .position(|&b| b == b'{' || b == b'}')
+                    .map(|offset| start + offset)
+                    .filter(|&end| bytes[end] == b'}');
+                if let Some(end) = close {
+                    // Braces are ASCII, so `start` and `end` are char boundaries.
                     let content = &arg[start..end];
-                    if let Some(piece) = Piece::replacement(content) {
+                    if let Some(piece) = Piece::replacement(content, names) {
                         pieces.push(piece);
                         i = end + 1;
                         continue;
                     }
+                    let looks_like_one = content.len() <= MAX_REPLACEMENT_LEN
+                        && content.bytes().all(is_replacement_char)
+                        || (content.len() <= MAX_GROUP_LEN
+                            && content.starts_with(|c: char| c.is_ascii_digit())
+                            && content.bytes().all(is_replacement_char));
                     let after_dollar = i > 0 && bytes[i - 1] == b'$';
-                    if !after_dollar {
+                    if looks_like_one && !after_dollar {
                         return Err(TemplateError::UnknownReplacement {
                             found: arg[i..=end].to_owned(),
                             arg: arg.to_owned(),
@@ -435,34 +674,17 @@ fn parse_arg(arg: &str) -> Result<Vec<Piece>, TemplateError> {
     Ok(pieces)
 }
 
-/// The path-derived values of one input, computed once per render. All are
-/// slices of the input (or the constants `.` and `/`), so nothing is copied.
-/// Bytes, not text: a path on Unix is bytes, and the separators looked
-/// for (`/`, `.`) are ASCII, never part of a multi-byte UTF-8 character.
-struct PathParts<'a> {
-    input: &'a [u8],
-    basename: &'a [u8],
-}
-
-impl<'a> PathParts<'a> {
-    fn new(input: &'a [u8]) -> Self {
-        PathParts {
-            input,
-            basename: basename(input),
-        }
-    }
-}
-
 /// Appends one piece's value to `out`, shell-quoting substituted values when
-/// `quoted` (shell mode).
+/// `quoted` (shell mode). The whole input is its columns joined by a space,
+/// each quoted on its own.
 fn render_piece(
     out: &mut Vec<u8>,
     piece: &Piece,
-    paths: &PathParts<'_>,
+    columns: &[&[u8]],
     seq: u64,
     quoted: bool,
 ) -> Result<(), TemplateError> {
-    let value = match piece {
+    let (values, op) = match piece {
         Piece::Literal(text) => {
             out.extend_from_slice(text.as_bytes());
             return Ok(());
@@ -472,16 +694,25 @@ fn render_piece(
             let _ = write!(out, "{seq}");
             return Ok(());
         }
-        Piece::Input => paths.input,
-        Piece::NoExtension => remove_extension(paths.input),
-        Piece::Basename => paths.basename,
-        Piece::Dirname => dirname(paths.input),
-        Piece::BasenameNoExtension => remove_extension(paths.basename),
+        // Written in where the task runs (see `render_placed`).
+        Piece::Slot => return Ok(()),
+        // The column exists: render_columns checked the largest one.
+        Piece::Value {
+            column: Some(column),
+            op,
+        } => (columns.get(*column..=*column).unwrap_or_default(), *op),
+        Piece::Value { column: None, op } => (columns, *op),
     };
-    if quoted {
-        out.extend_from_slice(&quote(value)?);
-    } else {
-        out.extend_from_slice(value);
+    for (index, value) in values.iter().enumerate() {
+        if index > 0 {
+            out.push(b' ');
+        }
+        let value = op.apply(value);
+        if quoted {
+            out.extend_from_slice(&quote(value)?);
+        } else {
+            out.extend_from_slice(value);
+        }
     }
     Ok(())
 }
@@ -498,435 +729,5 @@ fn truncate_chars(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_owned(),
-    }
-}
-
-/// The position of the last `byte` in `bytes`.
-fn rfind(bytes: &[u8], byte: u8) -> Option<usize> {
-    bytes.iter().rposition(|&b| b == byte)
-}
-
-/// `bytes` without the `byte`s at its end.
-fn trim_end(bytes: &[u8], byte: u8) -> &[u8] {
-    let keep = bytes.iter().rposition(|&b| b != byte).map_or(0, |i| i + 1);
-    &bytes[..keep]
-}
-
-/// `{/}`: everything after the last `/` (GNU parallel's `s:.*/::`).
-fn basename(path: &[u8]) -> &[u8] {
-    match rfind(path, b'/') {
-        Some(slash) => &path[slash + 1..],
-        None => path,
-    }
-}
-
-/// `{//}`: POSIX `dirname(1)`.
-fn dirname(path: &[u8]) -> &[u8] {
-    if path.is_empty() {
-        return b".";
-    }
-    let trimmed = trim_end(path, b'/');
-    if trimmed.is_empty() {
-        return b"/";
-    }
-    match rfind(trimmed, b'/') {
-        None => b".",
-        Some(slash) => {
-            let parent = trim_end(&trimmed[..slash], b'/');
-            if parent.is_empty() {
-                b"/"
-            } else {
-                parent
-            }
-        }
-    }
-}
-
-/// `{.}`: removes a final `.ext` where `ext` is non-empty and has no `/` or
-/// `.`, unless only dots precede that dot in its path component (a hidden
-/// file such as `.bashrc` has no extension).
-fn remove_extension(path: &[u8]) -> &[u8] {
-    let Some(dot) = rfind(path, b'.') else {
-        return path;
-    };
-    let extension = &path[dot + 1..];
-    if extension.is_empty() || extension.contains(&b'/') {
-        return path;
-    }
-    let component_start = rfind(&path[..dot], b'/').map_or(0, |slash| slash + 1);
-    if path[component_start..dot].iter().all(|&b| b == b'.') {
-        return path;
-    }
-    &path[..dot]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::os::unix::ffi::OsStrExt;
-    use std::process::Command;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn parse(args: &[&str]) -> CommandTemplate {
-        CommandTemplate::parse(&strings(args), false).unwrap()
-    }
-
-    fn parse_shell(args: &[&str]) -> CommandTemplate {
-        CommandTemplate::parse(&strings(args), true).unwrap()
-    }
-
-    /// Renders a one-argument template `echo X` and returns X's rendering.
-    fn one(replacement: &str, input: &str) -> String {
-        let argv = parse(&["echo", replacement]).render(input, 7).unwrap();
-        assert_eq!(argv.len(), 2);
-        argv[1].clone()
-    }
-
-    fn run_sh(argv: &[String]) -> Vec<u8> {
-        assert_eq!(&argv[..2], ["sh", "-c"]);
-        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
-        assert!(out.status.success(), "{argv:?}: {out:?}");
-        out.stdout
-    }
-
-    #[test]
-    fn bytes_that_are_not_utf8_are_copied_exactly() {
-        let input: &[u8] = b"d\xe9j\xe0/caf\xe9.tar.gz";
-        let argv = parse(&["conv", "{}", "{/.}", "{//}", "{.}.{#}"])
-            .render_bytes(input, 3)
-            .unwrap();
-        let expected: [&[u8]; 5] = [
-            b"conv",
-            input,
-            b"caf\xe9.tar",
-            b"d\xe9j\xe0",
-            b"d\xe9j\xe0/caf\xe9.tar.3",
-        ];
-        assert_eq!(argv, expected);
-        // Shell mode quotes the bytes so `sh` passes them on unchanged.
-        let line = parse_shell(&["printf", "%s", "{}"])
-            .render_bytes(b"it's \xff", 1)
-            .unwrap();
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(std::ffi::OsStr::from_bytes(&line[2]))
-            .output()
-            .unwrap();
-        assert_eq!(out.stdout, b"it's \xff");
-        assert!(matches!(
-            parse(&["cat"]).render_bytes(b"a\0\xff", 1),
-            Err(TemplateError::NulInInput { .. })
-        ));
-    }
-
-    #[test]
-    fn every_replacement_string() {
-        let input = "dir/sub/file.tar.gz";
-        assert_eq!(one("{}", input), "dir/sub/file.tar.gz");
-        assert_eq!(one("{.}", input), "dir/sub/file.tar");
-        assert_eq!(one("{/}", input), "file.tar.gz");
-        assert_eq!(one("{//}", input), "dir/sub");
-        assert_eq!(one("{/.}", input), "file.tar");
-        assert_eq!(one("{#}", input), "7");
-    }
-
-    #[test]
-    fn path_edge_cases_follow_gnu_parallel() {
-        // (input, {.}, {/}, {//}, {/.})
-        let cases = [
-            ("a/b.tar.gz", "a/b.tar", "b.tar.gz", "a", "b.tar"),
-            ("dir.d/file", "dir.d/file", "file", "dir.d", "file"),
-            ("b.c", "b", "b.c", ".", "b"),
-            ("b", "b", "b", ".", "b"),
-            ("/x", "/x", "x", "/", "x"),
-            ("/x.y", "/x", "x.y", "/", "x"),
-            ("/", "/", "", "/", ""),
-            ("//", "//", "", "/", ""),
-            ("", "", "", ".", ""),
-            ("a/b/", "a/b/", "", "a", ""),
-            ("a.b/", "a.b/", "", ".", ""),
-            ("a//b", "a//b", "b", "a", "b"),
-            ("/a/b/c.d", "/a/b/c", "c.d", "/a/b", "c"),
-            ("./a", "./a", "a", ".", "a"),
-            ("../a.b", "../a", "a.b", "..", "a"),
-            ("foo.", "foo.", "foo.", ".", "foo."),
-            ("foo..bar", "foo.", "foo..bar", ".", "foo."),
-            (".bashrc", ".bashrc", ".bashrc", ".", ".bashrc"),
-            ("..x", "..x", "..x", ".", "..x"),
-            ("d/.bashrc", "d/.bashrc", ".bashrc", "d", ".bashrc"),
-            (".bashrc.bak", ".bashrc", ".bashrc.bak", ".", ".bashrc"),
-            ("d/.x.tar.gz", "d/.x.tar", ".x.tar.gz", "d", ".x.tar"),
-            ("my file.txt", "my file", "my file.txt", ".", "my file"),
-            ("dé/fï.lé", "dé/fï", "fï.lé", "dé", "fï"),
-        ];
-        for (input, no_ext, base, dir, base_no_ext) in cases {
-            assert_eq!(one("{.}", input), no_ext, "{{.}} of {input:?}");
-            assert_eq!(one("{/}", input), base, "{{/}} of {input:?}");
-            assert_eq!(one("{//}", input), dir, "{{//}} of {input:?}");
-            assert_eq!(one("{/.}", input), base_no_ext, "{{/.}} of {input:?}");
-            assert_eq!(one("{}", input), input);
-        }
-    }
-
-    #[test]
-    fn replacements_inside_and_several_per_argument() {
-        let t = parse(&["cp", "{}", "out/{/.}.npy", "{//}/{/.}-{#}.{#}"]);
-        assert_eq!(
-            t.render("data/x.wav", 12).unwrap(),
-            strings(&["cp", "data/x.wav", "out/x.npy", "data/x-12.12"])
-        );
-        assert!(t.has_replacement());
-    }
-
-    #[test]
-    fn appends_input_when_no_replacement() {
-        let t = parse(&["gzip", "-9"]);
-        assert!(!t.has_replacement());
-        assert_eq!(
-            t.render("my file", 1).unwrap(),
-            strings(&["gzip", "-9", "my file"])
-        );
-        let t = parse_shell(&["wc -c <"]);
-        assert_eq!(
-            t.render("a b", 1).unwrap(),
-            strings(&["sh", "-c", "wc -c < 'a b'"])
-        );
-    }
-
-    #[test]
-    fn sequence_only_template_does_not_append() {
-        let t = parse(&["echo", "{#}"]);
-        assert!(t.has_replacement());
-        assert_eq!(t.render("x", 3).unwrap(), strings(&["echo", "3"]));
-        // The input is not used, so even a NUL in it is harmless.
-        assert_eq!(t.render("a\0b", 4).unwrap(), strings(&["echo", "4"]));
-    }
-
-    #[test]
-    fn direct_mode_keeps_awkward_inputs_as_one_argument() {
-        let t = parse(&["printf", "%s", "{}"]);
-        for input in ["a b", "it's", "$HOME", "`id`", "a\nb", "*", "-n", ""] {
-            assert_eq!(
-                t.render(input, 1).unwrap(),
-                strings(&["printf", "%s", input])
-            );
-        }
-    }
-
-    #[test]
-    fn shell_mode_quotes_substituted_values_only() {
-        let t = parse_shell(&["cat", "{}", "|", "gzip", ">", "out/{/.}.gz"]);
-        assert_eq!(
-            t.render("in/my file.txt", 1).unwrap(),
-            strings(&["sh", "-c", "cat 'in/my file.txt' | gzip > out/'my file'.gz"])
-        );
-        // Safe values are left unquoted.
-        assert_eq!(
-            t.render("a.txt", 1).unwrap()[2],
-            "cat a.txt | gzip > out/a.gz"
-        );
-        // An empty value still counts as an argument.
-        assert_eq!(
-            parse_shell(&["echo {}"]).render("", 1).unwrap()[2],
-            "echo ''"
-        );
-    }
-
-    #[test]
-    fn shell_mode_round_trips_awkward_inputs_through_sh() {
-        let t = parse_shell(&["printf %s {}"]);
-        let inputs = [
-            "a b",
-            "  leading and trailing  ",
-            "it's",
-            "\"double\"",
-            "$HOME ${PATH} $(id) `id`",
-            "back\\slash\\",
-            "new\nline\n",
-            "tab\there",
-            "glob * ? [a]",
-            "; rm -rf /tmp/nothing; &| <>",
-            "^caret!bang#hash~tilde",
-            "-n",
-            "ünïcödé ☃",
-            "",
-        ];
-        for input in inputs {
-            let argv = t.render(input, 1).unwrap();
-            assert_eq!(
-                run_sh(&argv),
-                input.as_bytes(),
-                "input {input:?} via {argv:?}"
-            );
-        }
-        // Inside a word and several times.
-        let t = parse_shell(&["printf", "'%s|'", "x{}y", "{/}", "{#}"]);
-        let argv = t.render("d i r/it's $x", 5).unwrap();
-        assert_eq!(run_sh(&argv), b"xd i r/it's $xy|it's $x|5|");
-    }
-
-    #[test]
-    fn nul_in_input_is_an_error_not_a_panic() {
-        for shell in [false, true] {
-            let t = CommandTemplate::parse(&strings(&["echo", "{}"]), shell).unwrap();
-            let err = t.render("a\0b", 1).unwrap_err();
-            assert!(matches!(err, TemplateError::NulInInput { .. }), "{err:?}");
-            let t = CommandTemplate::parse(&strings(&["echo"]), shell).unwrap();
-            assert!(t.render("a\0b", 1).is_err());
-        }
-        let long = format!("{}\0", "x".repeat(500));
-        let message = parse(&["echo"]).render(&long, 1).unwrap_err().to_string();
-        assert!(message.len() < 200, "{message}");
-        assert!(message.contains("NUL"), "{message}");
-    }
-
-    #[test]
-    fn nul_in_template_is_rejected() {
-        let err = CommandTemplate::parse(&strings(&["echo", "a\0b"]), false).unwrap_err();
-        assert!(matches!(err, TemplateError::NulInTemplate { .. }));
-    }
-
-    #[test]
-    fn empty_command_is_an_error() {
-        for args in [&[][..], &[""], &["  ", ""]] {
-            for shell in [false, true] {
-                assert_eq!(
-                    CommandTemplate::parse(&strings(args), shell),
-                    Err(TemplateError::EmptyCommand)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_replacement_strings_are_errors() {
-        for (arg, found) in [
-            ("{x}", "{x}"),
-            ("{..}", "{..}"),
-            ("{##}", "{##}"),
-            ("{/./}", "{/./}"),
-            ("out/{1}.txt", "{1}"),
-            ("{%}", "{%}"),
-            ("{-_}", "{-_}"),
-            ("a{}b{ab}", "{ab}"),
-            ("{{{x}", "{x}"),
-        ] {
-            let err = CommandTemplate::parse(&strings(&["echo", arg]), false).unwrap_err();
-            assert_eq!(
-                err,
-                TemplateError::UnknownReplacement {
-                    found: found.to_owned(),
-                    arg: arg.to_owned()
-                }
-            );
-            let message = err.to_string();
-            assert!(
-                message.contains(found) && message.contains(arg),
-                "{message}"
-            );
-            assert!(message.contains(KNOWN_REPLACEMENTS), "{message}");
-            assert!(message.contains("`{{`"), "{message}");
-            // Shell mode applies the same rule.
-            assert!(CommandTemplate::parse(&strings(&["echo", arg]), true).is_err());
-        }
-    }
-
-    #[test]
-    fn escapes_give_literal_braces() {
-        let t = parse(&["echo", "{{x}}", "{{}}", "{{{}}}", "a}}b{{c", "{{{.}}}"]);
-        assert_eq!(
-            t.render("f.txt", 1).unwrap(),
-            strings(&["echo", "{x}", "{}", "{f.txt}", "a}b{c", "{f}"])
-        );
-        assert!(t.has_replacement());
-        // Escapes alone are no replacement: the input is appended.
-        let t = parse(&["echo", "{{}}"]);
-        assert!(!t.has_replacement());
-        assert_eq!(t.render("i", 1).unwrap(), strings(&["echo", "{}", "i"]));
-    }
-
-    #[test]
-    fn other_braces_are_literal() {
-        let literal = [
-            "{print $1}",
-            "{print}",
-            "{a,b}",
-            "{ }",
-            "{x y}",
-            "{'x'}",
-            "{\"x\"}",
-            "{$x}",
-            "{abcde}",
-            "{/././}",
-            "{",
-            "}",
-            "a{b",
-            "a}b",
-            "}{",
-            "${HOME}",
-            "${x}",
-            "${#x}",
-            "${PATH:-/bin}",
-        ];
-        for arg in literal {
-            let t = parse(&["awk", arg]);
-            assert!(!t.has_replacement(), "{arg:?}");
-            assert_eq!(t.render("in", 1).unwrap(), strings(&["awk", arg, "in"]));
-        }
-        // A known replacement right after `$` is still substituted.
-        assert_eq!(one("${}", "v"), "$v");
-        // Mixed literal braces and replacements.
-        let t = parse(&["awk", "{print $1 > \"{/.}.out\"}", "{}"]);
-        assert_eq!(
-            t.render("d/f.csv", 1).unwrap(),
-            strings(&["awk", "{print $1 > \"f.out\"}", "d/f.csv"])
-        );
-    }
-
-    #[test]
-    fn awk_program_runs_in_shell_mode() {
-        let t = parse_shell(&["printf 'a b\\n' | awk '{print $2}'; printf %s {}"]);
-        let argv = t.render("in put", 1).unwrap();
-        assert_eq!(run_sh(&argv), b"b\nin put");
-    }
-
-    #[test]
-    fn display_shows_the_template() {
-        assert_eq!(parse(&["echo", "a b", "{}"]).to_string(), "echo 'a b' '{}'");
-        assert_eq!(
-            parse_shell(&["echo", "{}", "|", "wc"]).to_string(),
-            "echo {} | wc"
-        );
-        let t = parse_shell(&["x"]);
-        assert!(t.is_shell());
-        assert_eq!(t.args(), strings(&["x"]));
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        #[test]
-        fn shell_mode_prints_any_input_exactly(input in "[^\0]{0,40}") {
-            let t = parse_shell(&["printf", "%s", "{}"]);
-            let argv = t.render(&input, 1).unwrap();
-            prop_assert_eq!(run_sh(&argv), input.as_bytes());
-        }
-
-        #[test]
-        fn shell_mode_prints_ascii_punctuation_exactly(input in "[ -~\t\n]{0,40}") {
-            let t = parse_shell(&["printf", "%s", "{}"]);
-            let argv = t.render(&input, 1).unwrap();
-            prop_assert_eq!(run_sh(&argv), input.as_bytes());
-        }
-
-        #[test]
-        fn direct_mode_passes_input_unchanged(input in "[^\0]{0,40}") {
-            let t = parse(&["cmd", "{}"]);
-            prop_assert_eq!(t.render(&input, 1).unwrap(), strings(&["cmd", &input]));
-        }
     }
 }

@@ -138,6 +138,10 @@ enum Command {
                   zcluster device forwarder --frontend bind:tcp://*:5559 --backend bind:tcp://*:5560"
     )]
     Device(commands::device::DeviceCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::CompletionsArgs),
+    /// Print a manual page as roff (`zcluster man map | man -l -`).
+    Man(commands::man::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +174,10 @@ fn main() -> ExitCode {
         Command::Purge(args) => commands::purge::run(args),
         Command::Resubmit(args) => commands::resubmit::run(args),
         Command::Shutdown(args) => commands::shutdown::run(args),
+        Command::Completions(args) => {
+            commands::completions::run(args, <Cli as clap::CommandFactory>::command())
+        }
+        Command::Man(args) => commands::man::run(args, <Cli as clap::CommandFactory>::command()),
     };
     match outcome {
         Ok(code) => code,

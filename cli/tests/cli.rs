@@ -10,6 +10,7 @@ mod devices;
 mod drain;
 mod events;
 mod files;
+mod habits;
 mod hostile;
 mod hub;
 mod launch;

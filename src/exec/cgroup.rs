@@ -538,9 +538,14 @@ pub(crate) mod tests {
         let script = "exec >/dev/null 2>&1; setsid sleep 300 & setsid sleep 300 & (sleep 300 &); exec sleep 300";
         use std::ffi::OsStr;
         let args = [OsStr::new("-c"), OsStr::new(script)];
-        let process =
-            super::super::spawn::spawn(OsStr::new("sh"), &args, Some(task.procs_fd()), None)
-                .unwrap();
+        let process = super::super::spawn::spawn(
+            OsStr::new("sh"),
+            &args,
+            Some(task.procs_fd()),
+            None,
+            super::super::spawn::Setup::default(),
+        )
+        .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while task.members().len() < 4 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));

@@ -5,8 +5,9 @@
 //! chunks and reads their outcomes; an engine's slots run them. So it lives
 //! here, next to [`run`](super::run), rather than in either.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,66 @@ pub struct ExecTask {
     pub argv: Vec<serde_bytes::ByteBuf>,
     /// Its time limit.
     pub timeout: Option<Duration>,
+    /// Where the slot number (`{%}`) goes, as (argument, byte offset) in
+    /// increasing order: only the engine knows the slot, so it writes the
+    /// number in there. Positions travel beside the command, never as a
+    /// marker inside it, so no input or literal text can be taken for one.
+    pub slot_at: Vec<(u32, u32)>,
+    /// Variables the client carries to the task (`--env`): nothing else of
+    /// the client's environment reaches a remote worker.
+    pub env: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// The directory the task runs in (`--wd`; over a hub, by default the
+    /// client's); `None`: the engine's own.
+    pub wd: Option<serde_bytes::ByteBuf>,
+}
+
+/// Where a task runs, as the engine running it knows it: given to the
+/// task as `{%}` and the `ZCLUSTER_*` variables (as HyperQueue's `HQ_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskPlace {
+    /// 1-based slot within the engine: the tasks running at one time on
+    /// one engine never share it (GNU parallel's job slot).
+    pub slot: u32,
+    /// The job the task belongs to (0 without a hub's job).
+    pub job: u64,
+    /// The engine's id at its hub.
+    pub engine: u64,
+    /// The machine's host name.
+    pub host: String,
+}
+
+impl TaskPlace {
+    /// The variables every task gets: `ZCLUSTER_SEQ`, `ZCLUSTER_SLOT`,
+    /// `ZCLUSTER_JOB`, `ZCLUSTER_ENGINE`, `ZCLUSTER_HOST`.
+    pub fn env(&self, seq: u64) -> Vec<(OsString, OsString)> {
+        [
+            ("ZCLUSTER_SEQ", seq.to_string()),
+            ("ZCLUSTER_SLOT", self.slot.to_string()),
+            ("ZCLUSTER_JOB", self.job.to_string()),
+            ("ZCLUSTER_ENGINE", self.engine.to_string()),
+            ("ZCLUSTER_HOST", self.host.clone()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+        .collect()
+    }
+}
+
+/// The command of `task` with its slot number written in where `{%}` was;
+/// `None` when a position is not inside the command (a corrupt task).
+fn with_slot(task: &ExecTask, slot: u32) -> Option<Vec<Vec<u8>>> {
+    let mut argv: Vec<Vec<u8>> = task.argv.iter().map(|arg| arg.to_vec()).collect();
+    let digits = slot.to_string();
+    // From the last position back, so the earlier offsets stay true.
+    for &(arg, offset) in task.slot_at.iter().rev() {
+        let arg = argv.get_mut(usize::try_from(arg).ok()?)?;
+        let offset = usize::try_from(offset).ok()?;
+        if offset > arg.len() {
+            return None;
+        }
+        arg.splice(offset..offset, digits.bytes());
+    }
+    Some(argv)
 }
 
 impl ExecTask {
@@ -122,17 +183,43 @@ pub fn run_chunk(
     cancel: &Arc<AtomicBool>,
     request: &ClusterRequest,
 ) -> Result<Vec<u8>, HandlerError> {
+    run_chunk_at(cancel, request, &TaskPlace::default())
+}
+
+/// [`run_chunk`] in a known place: the slot, job, engine and host the
+/// tasks get as `{%}` and `ZCLUSTER_*`.
+pub fn run_chunk_at(
+    cancel: &Arc<AtomicBool>,
+    request: &ClusterRequest,
+    place: &TaskPlace,
+) -> Result<Vec<u8>, HandlerError> {
     let chunk: ExecChunk = request.decode().map_err(HandlerError::new)?;
     let outcomes: Vec<(u64, ExecOutcome)> = chunk
         .tasks
         .iter()
         .map(|task| {
+            let mut env = place.env(task.seq);
+            env.extend(task.env.iter().map(|(name, value)| {
+                (
+                    OsStr::from_bytes(name).to_owned(),
+                    OsStr::from_bytes(value).to_owned(),
+                )
+            }));
             let options = ExecOptions {
                 timeout: task.timeout,
                 cancel: Some(cancel.clone()),
+                env,
+                cwd: task
+                    .wd
+                    .as_ref()
+                    .map(|dir| PathBuf::from(OsStr::from_bytes(dir))),
                 ..ExecOptions::default()
             };
-            let argv: Vec<&OsStr> = task.argv.iter().map(|a| OsStr::from_bytes(a)).collect();
+            let Some(argv) = with_slot(task, place.slot) else {
+                let reason = "the task's slot positions are not inside its command";
+                return (task.seq, super::not_started(reason));
+            };
+            let argv: Vec<&OsStr> = argv.iter().map(|a| OsStr::from_bytes(a)).collect();
             (task.seq, super::run(&argv, &options))
         })
         .collect();
@@ -152,6 +239,9 @@ mod tests {
                 input: seq.to_string().into_bytes(),
                 argv: vec![serde_bytes::ByteBuf::from(command.as_bytes().to_vec())],
                 timeout: None,
+                slot_at: Vec::new(),
+                env: Vec::new(),
+                wd: None,
             })
             .collect();
         ClusterRequest::encode(7, &ExecChunk { tasks }).unwrap()

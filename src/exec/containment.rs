@@ -24,7 +24,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpgid, Pid};
 
-use super::spawn::{self, Process, SpawnError};
+use super::spawn::{self, Process, Setup, SpawnError};
 use super::{cgroup, lineage};
 
 /// Set to `off` (or `0`, `no`, `false`) to run tasks without cgroups of
@@ -109,18 +109,21 @@ pub(crate) fn spawn(
     containment: &Containment,
     program: &OsStr,
     args: &[&OsStr],
+    setup: Setup<'_>,
 ) -> io::Result<(Process, Enclosure)> {
     if let Containment::Cgroups(cgroups) = containment {
         if cgroups.usable() {
             match cgroups.task() {
-                Ok(task_cgroup) => return spawn_in_cgroup(cgroups, task_cgroup, program, args),
+                Ok(task_cgroup) => {
+                    return spawn_in_cgroup(cgroups, task_cgroup, program, args, setup)
+                }
                 Err(error) => {
                     tracing::debug!(%error, "no cgroup for this task; tracking its lineage");
                 }
             }
         }
     }
-    spawn_with_lineage(program, args)
+    spawn_with_lineage(program, args, setup)
 }
 
 fn spawn_in_cgroup(
@@ -128,8 +131,9 @@ fn spawn_in_cgroup(
     task_cgroup: cgroup::TaskCgroup,
     program: &OsStr,
     args: &[&OsStr],
+    setup: Setup<'_>,
 ) -> io::Result<(Process, Enclosure)> {
-    match spawn::spawn(program, args, Some(task_cgroup.procs_fd()), None) {
+    match spawn::spawn(program, args, Some(task_cgroup.procs_fd()), None, setup) {
         Ok(process) => Ok((process, Enclosure::Cgroup(task_cgroup))),
         Err(SpawnError::Cgroup(error)) => {
             drop(task_cgroup);
@@ -139,17 +143,21 @@ fn spawn_in_cgroup(
                     "tasks cannot enter their cgroups; tracking their lineage instead"
                 );
             }
-            spawn_with_lineage(program, args)
+            spawn_with_lineage(program, args, setup)
         }
         Err(error) => Err(error.into()),
     }
 }
 
-fn spawn_with_lineage(program: &OsStr, args: &[&OsStr]) -> io::Result<(Process, Enclosure)> {
+fn spawn_with_lineage(
+    program: &OsStr,
+    args: &[&OsStr],
+    setup: Setup<'_>,
+) -> io::Result<(Process, Enclosure)> {
     lineage::become_subreaper();
     let mut lineage = lineage::Lineage::new();
     let mark = (lineage::TASK_MARK_ENV, lineage.mark_value());
-    let process = spawn::spawn(program, args, None, Some(mark))?;
+    let process = spawn::spawn(program, args, None, Some(mark), setup)?;
     lineage.set_root(process.pid);
     Ok((process, Enclosure::Lineage(lineage)))
 }
@@ -222,8 +230,14 @@ mod tests {
         // Gone before the task can enter it.
         std::fs::remove_dir(task_cgroup.dir()).unwrap();
         let args = [OsStr::new("-c"), OsStr::new("exit 7")];
-        let (child, enclosure) =
-            spawn_in_cgroup(&cgroups, task_cgroup, OsStr::new("sh"), &args).unwrap();
+        let (child, enclosure) = spawn_in_cgroup(
+            &cgroups,
+            task_cgroup,
+            OsStr::new("sh"),
+            &args,
+            Setup::default(),
+        )
+        .unwrap();
         assert!(matches!(enclosure, Enclosure::Lineage(_)), "{enclosure:?}");
         assert!(!cgroups.usable(), "cgroups are still tried");
         assert!(matches!(
@@ -234,7 +248,13 @@ mod tests {
         // A command that cannot run at all is an error, and not a reason
         // to give up on cgroups.
         let cgroups = Containment::Cgroups(cgroup::TaskCgroups::create().unwrap());
-        assert!(spawn(&cgroups, OsStr::new("/nonexistent/zcluster-x"), &[]).is_err());
+        assert!(spawn(
+            &cgroups,
+            OsStr::new("/nonexistent/zcluster-x"),
+            &[],
+            Setup::default()
+        )
+        .is_err());
         assert!(matches!(&cgroups, Containment::Cgroups(c) if c.usable()));
     }
 }

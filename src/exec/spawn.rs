@@ -88,6 +88,8 @@ struct ChildPlan {
     stderr: RawFd,
     /// The task cgroup's `cgroup.procs`, or -1.
     cgroup_procs: RawFd,
+    /// The directory to start in, or null.
+    cwd: *const libc::c_char,
     /// Signals 1 to this one (SIGRTMAX) are reset if they have a handler.
     max_signal: libc::c_int,
     /// Which step failed (0: none), and its errno.
@@ -99,24 +101,42 @@ const STEP_CGROUP: i32 = 1;
 const STEP_SETUP: i32 = 2;
 const STEP_EXEC: i32 = 3;
 
+/// What a task asks of its process besides its command: variables set in
+/// its environment and the directory it starts in (a map's `--env`,
+/// `--wd` and the `ZCLUSTER_*` variables).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Setup<'a> {
+    /// Set in the task's environment, replacing any value it had.
+    pub(crate) env: &'a [(std::ffi::OsString, std::ffi::OsString)],
+    /// The working directory; `None`: this process's.
+    pub(crate) cwd: Option<&'a std::path::Path>,
+}
+
 /// Starts `program` with `args` (in the environment of this process, plus
-/// `extra_env` if given), in its own process group, stdin from
-/// `/dev/null`, stdout and stderr to new pipes, and first moved into the
-/// cgroup whose `cgroup.procs` is open as `cgroup_procs`, if given.
+/// `extra_env` if given and `setup`'s variables), in its own process
+/// group, in `setup`'s directory if given, stdin from `/dev/null`, stdout
+/// and stderr to new pipes, and first moved into the cgroup whose
+/// `cgroup.procs` is open as `cgroup_procs`, if given.
 pub(crate) fn spawn(
     program: &OsStr,
     args: &[&OsStr],
     cgroup_procs: Option<RawFd>,
     extra_env: Option<(&str, &str)>,
+    setup: Setup<'_>,
 ) -> Result<Process, SpawnError> {
     let command = SpawnError::Command;
     let candidates = candidates(program).map_err(command)?;
+    let cwd = setup
+        .cwd
+        .map(|dir| c_string(dir.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(command)?;
     let argv = std::iter::once(program)
         .chain(args.iter().copied())
         .map(|arg| c_string(arg.as_bytes()))
         .collect::<io::Result<Vec<_>>>()
         .map_err(command)?;
-    let envp = environment(extra_env).map_err(command)?;
+    let envp = environment(extra_env, setup.env).map_err(command)?;
     let stdin = high_fd(
         File::open("/dev/null")
             .map(OwnedFd::from)
@@ -136,6 +156,7 @@ pub(crate) fn spawn(
         stdout: out_write.as_raw_fd(),
         stderr: err_write.as_raw_fd(),
         cgroup_procs: cgroup_procs.unwrap_or(-1),
+        cwd: cwd.as_ref().map_or(ptr::null(), |dir| dir.as_ptr()),
         max_signal: libc::SIGRTMAX(),
         failed_step: AtomicI32::new(0),
         failed_errno: AtomicI32::new(0),
@@ -206,6 +227,9 @@ extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
             return fail(STEP_CGROUP);
         }
         if libc::setpgid(0, 0) != 0 {
+            return fail(STEP_SETUP);
+        }
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
             return fail(STEP_SETUP);
         }
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
@@ -303,12 +327,17 @@ fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
         .collect()
 }
 
-/// This process's environment, with `extra` set (replacing any value it
-/// had), as `KEY=VALUE` strings.
-fn environment(extra: Option<(&str, &str)>) -> io::Result<Vec<CString>> {
+/// This process's environment, with `extra` and `more` set (replacing any
+/// value they had), as `KEY=VALUE` strings.
+fn environment(
+    extra: Option<(&str, &str)>,
+    more: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Result<Vec<CString>> {
     let mut vars = Vec::new();
     for (key, value) in std::env::vars_os() {
-        if extra.is_some_and(|(name, _)| key == OsStr::new(name)) {
+        if extra.is_some_and(|(name, _)| key == OsStr::new(name))
+            || more.iter().any(|(name, _)| *name == key)
+        {
             continue;
         }
         let mut pair = key.into_vec();
@@ -318,6 +347,12 @@ fn environment(extra: Option<(&str, &str)>) -> io::Result<Vec<CString>> {
     }
     if let Some((name, value)) = extra {
         vars.push(c_string(format!("{name}={value}").as_bytes())?);
+    }
+    for (name, value) in more {
+        let mut pair = name.as_bytes().to_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        vars.push(c_string(&pair)?);
     }
     Ok(vars)
 }
@@ -374,7 +409,13 @@ mod tests {
         extra_env: Option<(&str, &str)>,
     ) -> Result<Process, SpawnError> {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        super::spawn(OsStr::new(program), &args, cgroup_procs, extra_env)
+        super::spawn(
+            OsStr::new(program),
+            &args,
+            cgroup_procs,
+            extra_env,
+            Setup::default(),
+        )
     }
 
     fn output(process: Process) -> (String, i32) {

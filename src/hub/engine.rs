@@ -26,7 +26,7 @@
 //! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,7 +37,7 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
-use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk};
+use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace};
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo, ATTEMPT_KEY,
@@ -190,6 +190,8 @@ struct Engine<'a> {
     handled: u64,
     busy: Duration,
     next_beat: Instant,
+    /// The engine id the slots give their tasks (`ZCLUSTER_ENGINE`).
+    engine_id: Arc<AtomicU64>,
 }
 
 /// Runs an engine until a kill or restart command, or until `stop` is set
@@ -210,10 +212,18 @@ impl<'a> Engine<'a> {
         stop: &'a Arc<AtomicBool>,
     ) -> Result<Self, EngineError> {
         let flags = CancelFlags::default();
-        let slots = Slots::start(options.slots, |_| {
+        let host = crate::host_name();
+        // The id the hub gave, for the tasks' ZCLUSTER_ENGINE: set once
+        // registered, again after each reconnection.
+        let engine_id = Arc::new(AtomicU64::new(0));
+        let slots = Slots::start(options.slots, |index| {
             let flags = flags.clone();
             let stop = stop.clone();
             let handlers = options.handlers.clone();
+            let engine_id = engine_id.clone();
+            let host = host.clone();
+            // Slots number theirs from 1.
+            let slot = u32::try_from(index).unwrap_or(u32::MAX);
             move |request: &ClusterRequest| {
                 if let Some(name) = request.metadata.get(HANDLER_KEY) {
                     let handler = handlers.get(name).ok_or_else(|| {
@@ -225,10 +235,15 @@ impl<'a> Engine<'a> {
                 if stop.load(Ordering::Relaxed) {
                     flag.store(true, Ordering::Relaxed);
                 }
-                run_chunk(&flag, request)
+                let place = TaskPlace {
+                    slot,
+                    job: job_of(request),
+                    engine: engine_id.load(Ordering::Relaxed),
+                    host: host.clone(),
+                };
+                run_chunk_at(&flag, request, &place)
             }
         })?;
-        let host = crate::host_name();
         let pid = std::process::id();
         let identity = Identity {
             name: random_identity(&format!("{host}-{pid}")),
@@ -245,6 +260,7 @@ impl<'a> Engine<'a> {
             &recent,
         );
         let conn = connect(ctx, options, &identity.name, &register, stop)?;
+        engine_id.store(conn.engine.unwrap_or(0), Ordering::Relaxed);
         Ok(Engine {
             ctx,
             options,
@@ -265,6 +281,7 @@ impl<'a> Engine<'a> {
             handled: 0,
             busy: Duration::ZERO,
             next_beat: Instant::now(),
+            engine_id,
         })
     }
 
@@ -367,6 +384,8 @@ impl<'a> Engine<'a> {
             &register,
             self.stop,
         )?;
+        self.engine_id
+            .store(self.conn.engine.unwrap_or(0), Ordering::Relaxed);
         self.recent.resend(&self.conn.link.socket);
         Ok(())
     }

@@ -9,7 +9,7 @@
 //! and engine embedded in this process
 //! ([`EmbeddedCluster`](crate::hub::embedded::EmbeddedCluster)).
 //!
-//! One file on purpose (about 800 lines): the map's loop and the types it
+//! One file on purpose (about 900 lines): the map's loop and the types it
 //! hands out (options, halt rules, records, summary, the reorder buffer)
 //! are one mechanism a reader follows top to bottom; the template, the
 //! chunk runner (`exec::chunk`) and the backends live elsewhere.
@@ -22,7 +22,9 @@
 //! inputs rather than buffering the whole file. Memory is thus
 //! O(`window` × (input + captured output)), whatever the number of inputs.
 
+pub mod joblog;
 pub mod record;
+pub mod sources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +40,7 @@ use crate::template::CommandTemplate;
 /// them too.
 pub use crate::exec::chunk::{ExecChunk, ExecTask};
 pub use record::{TaskRecord, TaskStatus};
+pub use sources::{Input, Source, SourceSpec, Sources, Split};
 
 /// Default largest span of tasks in memory (see the module docs).
 pub const DEFAULT_WINDOW: usize = 4096;
@@ -136,6 +139,15 @@ pub struct MapOptions {
     /// Set (e.g. from a SIGINT handler) to stop: nothing new starts, running
     /// tasks are killed, what finished is handed out.
     pub stop: Arc<AtomicBool>,
+    /// `--resume` from a joblog: the inputs it has (or, with
+    /// `--resume-failed`, that succeeded) are skipped, neither run nor
+    /// handed out.
+    pub resume: Option<Arc<joblog::Resume>>,
+    /// Variables carried to every task (`--env`), over a hub too.
+    pub task_env: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// The directory every task runs in (`--wd`; over a hub, by default
+    /// the client's); `None`: the engine's.
+    pub task_wd: Option<serde_bytes::ByteBuf>,
 }
 
 impl Default for MapOptions {
@@ -151,6 +163,9 @@ impl Default for MapOptions {
             chunksize: 1,
             window: DEFAULT_WINDOW,
             stop: Arc::new(AtomicBool::new(false)),
+            resume: None,
+            task_env: Vec::new(),
+            task_wd: None,
         }
     }
 }
@@ -198,6 +213,9 @@ pub enum MapError {
         /// Tasks (chunks) the job has.
         recorded: u64,
     },
+    /// `--resume` with a joblog another command template made.
+    #[error(transparent)]
+    JoblogMismatch(Box<joblog::CommandMismatch>),
 }
 
 /// A chunk's outcome as a backend reports it.
@@ -316,6 +334,8 @@ pub struct MapSummary {
     pub halted_on_success: bool,
     /// Wall-clock time.
     pub wall: Duration,
+    /// Inputs skipped because the joblog has them (`--resume`).
+    pub skipped: u64,
 }
 
 /// How many failed (and how many cancelled) tasks the summary lists by
@@ -342,19 +362,22 @@ impl MapSummary {
     }
 }
 
-/// An input line, as bytes: on Unix it need not be UTF-8.
+/// An input line, as bytes: on Unix it need not be UTF-8. (An [`Input`]
+/// of one column; `run_map` takes either.)
 pub type InputLine = Vec<u8>;
 
 struct Pending {
     input: Vec<u8>,
     argv: Vec<serde_bytes::ByteBuf>,
+    /// Where the engine writes the slot (`{%}`).
+    slot_at: Vec<(u32, u32)>,
 }
 
 /// Runs `template` over `inputs` on `backend`, handing each finished task to
 /// `emit` exactly once (in input order when `options.keep_order`).
 ///
 /// The inputs are read on a thread of their own (see [`run_map_with`]).
-pub fn run_map<I, F>(
+pub fn run_map<I, L, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
@@ -362,7 +385,8 @@ pub fn run_map<I, F>(
     emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    I: Iterator<Item = std::io::Result<L>> + Send + 'static,
+    L: Into<Input>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     run_map_with(inputs, template, options, backend, |_| Ok(()), emit)
@@ -378,7 +402,7 @@ where
 /// stop: the loop here only takes the lines that have arrived. That thread
 /// reads no further than the loop allows (the window), and is left behind
 /// blocked in its read if the input never ends.
-pub fn run_map_with<I, D, F>(
+pub fn run_map_with<I, L, D, F>(
     inputs: I,
     template: &CommandTemplate,
     options: &MapOptions,
@@ -387,11 +411,13 @@ pub fn run_map_with<I, D, F>(
     mut emit: F,
 ) -> Result<MapSummary, MapError>
 where
-    I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+    I: Iterator<Item = std::io::Result<L>> + Send + 'static,
+    L: Into<Input>,
     D: FnMut(&TaskRecord) -> std::io::Result<()>,
     F: FnMut(TaskRecord) -> std::io::Result<()>,
 {
     let started = Instant::now();
+    let inputs = inputs.map(|input| input.map(Into::into));
     let mut reader = InputReader::spawn(inputs).map_err(MapError::Input)?;
     let mut exhausted = false;
     let mut next_seq: u64 = 1;
@@ -458,12 +484,19 @@ where
                 let seq = next_seq;
                 next_seq += 1;
                 match prepare(template, line.map_err(MapError::Input)?, seq) {
+                    Ok(p) if skipped(options, template, seq, &p)? => {
+                        summary.skipped += 1;
+                        order.skip(seq, &mut emit)?;
+                    }
                     Ok(p) => {
                         building.push(ExecTask {
                             seq,
                             input: p.input.clone(),
                             argv: p.argv.clone(),
                             timeout: task_times.timeout(options),
+                            slot_at: p.slot_at.clone(),
+                            env: options.task_env.clone(),
+                            wd: options.task_wd.clone(),
                         });
                         pending.insert(seq, p);
                     }
@@ -604,7 +637,7 @@ impl TaskTimes {
 /// What the input thread has for the loop right now.
 enum Arrival {
     /// The next line (or the error reading it).
-    Line(std::io::Result<InputLine>),
+    Line(std::io::Result<Input>),
     /// Nothing yet: the input is slow, or the loop has not allowed more.
     Waiting,
     /// The input ended (or its first error was taken).
@@ -616,9 +649,9 @@ enum Arrival {
 /// the memory bound holds as if the loop read them itself.
 struct InputReader {
     credit: crossbeam_channel::Sender<u64>,
-    lines: crossbeam_channel::Receiver<std::io::Result<InputLine>>,
+    lines: crossbeam_channel::Receiver<std::io::Result<Input>>,
     /// A line taken by [`wait`](Self::wait), handed out first.
-    early: Option<std::io::Result<InputLine>>,
+    early: Option<std::io::Result<Input>>,
     /// Lines allowed so far, in all.
     allowed: u64,
     ended: bool,
@@ -627,7 +660,7 @@ struct InputReader {
 impl InputReader {
     fn spawn<I>(inputs: I) -> std::io::Result<Self>
     where
-        I: Iterator<Item = std::io::Result<InputLine>> + Send + 'static,
+        I: Iterator<Item = std::io::Result<Input>> + Send + 'static,
     {
         let (credit_tx, credit_rx) = crossbeam_channel::unbounded::<u64>();
         let (line_tx, line_rx) = crossbeam_channel::unbounded();
@@ -682,7 +715,7 @@ impl InputReader {
         }
     }
 
-    fn arrived(&mut self, line: std::io::Result<InputLine>) -> Arrival {
+    fn arrived(&mut self, line: std::io::Result<Input>) -> Arrival {
         if line.is_err() {
             self.ended = true;
         }
@@ -724,25 +757,29 @@ fn count(summary: &mut MapSummary, record: &TaskRecord) {
 }
 
 /// Renders one input, or makes the failed record of an input that cannot
-/// become a command (a NUL byte).
-fn prepare(
-    template: &CommandTemplate,
-    line: InputLine,
-    seq: u64,
-) -> Result<Pending, Box<TaskRecord>> {
-    match template.render_bytes(&line, seq) {
-        Ok(argv) => Ok(Pending {
-            input: line,
+/// become a command (a NUL byte, a missing column, a CSV record that does
+/// not parse).
+fn prepare(template: &CommandTemplate, input: Input, seq: u64) -> Result<Pending, Box<TaskRecord>> {
+    let rendered = match &input.columns {
+        Ok(columns) => template
+            .render_placed(columns, seq)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match rendered {
+        Ok((argv, slot_at)) => Ok(Pending {
+            input: input.text,
             argv: argv.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            slot_at,
         }),
-        Err(e) => {
-            let (input, raw_input) = shown(&line);
+        Err(reason) => {
+            let (shown_input, raw_input) = shown(&input.text);
             Err(Box::new(TaskRecord {
                 seq,
-                input,
+                input: shown_input,
                 raw_input,
                 command: Vec::new(),
-                outcome: failed_outcome(e.to_string()),
+                outcome: failed_outcome(reason),
                 attempts: 0,
                 host: String::new(),
                 pid: 0,
@@ -750,6 +787,22 @@ fn prepare(
             }))
         }
     }
+}
+
+/// Whether `--resume` skips input `seq` (an error when the joblog's
+/// command for it is another).
+fn skipped(
+    options: &MapOptions,
+    template: &CommandTemplate,
+    seq: u64,
+    pending: &Pending,
+) -> Result<bool, MapError> {
+    let Some(resume) = &options.resume else {
+        return Ok(false);
+    };
+    resume
+        .skips(seq, &template.shell_line(&pending.argv))
+        .map_err(MapError::JoblogMismatch)
 }
 
 fn failed_outcome(reason: String) -> ExecOutcome {
@@ -766,7 +819,8 @@ fn failed_outcome(reason: String) -> ExecOutcome {
 struct Reorder {
     keep_order: bool,
     next: u64,
-    held: BTreeMap<u64, TaskRecord>,
+    /// Finished tasks waiting for their turn; `None` for a skipped input.
+    held: BTreeMap<u64, Option<TaskRecord>>,
 }
 
 impl Reorder {
@@ -796,10 +850,33 @@ impl Reorder {
         if !self.keep_order {
             return emit(record).map_err(MapError::Output);
         }
-        self.held.insert(record.seq, record);
+        self.held.insert(record.seq, Some(record));
+        self.release(emit)
+    }
+
+    /// An input skipped (`--resume`): nothing to hand out, but its turn
+    /// passes.
+    fn skip<F>(&mut self, seq: u64, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
+        if !self.keep_order {
+            return Ok(());
+        }
+        self.held.insert(seq, None);
+        self.release(emit)
+    }
+
+    /// Hands out what is held from the next seq on, in order.
+    fn release<F>(&mut self, emit: &mut F) -> Result<(), MapError>
+    where
+        F: FnMut(TaskRecord) -> std::io::Result<()>,
+    {
         while let Some(record) = self.held.remove(&self.next) {
             self.next += 1;
-            emit(record).map_err(MapError::Output)?;
+            if let Some(record) = record {
+                emit(record).map_err(MapError::Output)?;
+            }
         }
         Ok(())
     }
@@ -809,7 +886,7 @@ impl Reorder {
     where
         F: FnMut(TaskRecord) -> std::io::Result<()>,
     {
-        for (_, record) in std::mem::take(&mut self.held) {
+        for record in std::mem::take(&mut self.held).into_values().flatten() {
             emit(record).map_err(MapError::Output)?;
         }
         Ok(())

@@ -18,12 +18,12 @@ use zcluster::exec::ExitKind;
 use zcluster::hub::client::{halt_at_hub, AttachLength, HubBackend};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::map::{
-    run_map_with, Halt, HaltOn, InputLine, MapOptions, MapSummary, TaskRecord, TaskStatus,
+    run_map_with, Halt, HaltOn, MapError, MapOptions, MapSummary, Sources, TaskRecord, TaskStatus,
     Threshold, DEFAULT_WINDOW,
 };
 use zcluster::template::CommandTemplate;
 
-use super::{plural, HubArg, UsageError};
+use super::{map_inputs, plural, HubArg, UsageError};
 
 /// Exit status after Ctrl-C or SIGTERM, as shells report SIGINT.
 const INTERRUPTED_EXIT: u8 = 130;
@@ -37,19 +37,27 @@ const STDOUT_CLOSED_EXIT: u8 = 141;
 #[command(
     after_help = "Replacement strings: {} input, {.} without extension, {/} basename, \
                   {//} dirname, {/.} basename without extension, {#} sequence number \
-                  (1 for the first input). With none, the input is appended as the last \
-                  argument.\n\n\
+                  (1 for the first input), {%} slot in its engine; {N} {N.} {N/} {N//} {N/.} the same of column N \
+                  (input source N, or with --colsep/--csv column N), {name} with --header :. \
+                  With none, the input is appended as the last argument.\n\n\
                   Examples:\n  \
                   ls *.png | zcluster map -- convert {} {.}.jpg\n  \
+                  zcluster map -- echo {1}-{2} ::: a b c ::: 1 2\n  \
                   find . -name '*.wav' -print0 | zcluster map -0 -j 4 --results r.jsonl -- flac {}\n  \
                   zcluster map --hub hub.json inputs.txt -- ./extract {} -o out/{/.}.npy"
 )]
 pub struct MapArgs {
     /// File with one input per line; `-` or absent reads standard input.
     inputs: Option<PathBuf>,
-    /// The command and its arguments, after `--`.
+    /// The command and its arguments, after `--`; then, as GNU parallel
+    /// writes them, input sources: `::: VALUE...` and `:::: FILE...` (`-`
+    /// for standard input). Several sources give every combination of
+    /// their values (the last varying fastest); see --link.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+    /// GNU parallel's options (boxed: clap's enum of subcommands stays small).
+    #[command(flatten)]
+    habits: Box<map_inputs::HabitArgs>,
     /// Tasks running at once (default: number of cores; with --hub, every
     /// free slot of the cluster, and with -j at most that many across it).
     #[arg(short, long)]
@@ -187,24 +195,40 @@ fn parse_halt(text: &str) -> Result<(Halt, HaltOn), String> {
 }
 
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
-    let template =
-        CommandTemplate::parse(&args.command, args.shell).map_err(|e| UsageError(e.to_string()))?;
-    let input_path = args.inputs.clone().filter(|p| p.as_os_str() != "-");
-    let reader: Box<dyn BufRead + Send> = match &input_path {
-        // Opening a directory succeeds; reading it is what fails.
-        Some(path) if path.is_dir() => {
+    let trailing = map_inputs::split_trailing(&args.command)?;
+    let input_path = args
+        .inputs
+        .clone()
+        .filter(|p| p.as_os_str() != "-" && trailing.sources.is_empty());
+    let spec = map_inputs::spec(map_inputs::SourceFlags {
+        file: args.inputs.as_ref(),
+        sources: trailing.sources,
+        link: args.habits.link,
+        colsep: args.habits.colsep.as_deref(),
+        csv: args.habits.csv,
+        header: args.habits.header.as_deref(),
+        null: args.null,
+    })?;
+    let reads_terminal = spec
+        .sources
+        .iter()
+        .any(|s| matches!(s, zcluster::map::Source::Stdin));
+    let inputs = Sources::open(spec).map_err(|e| UsageError(e.to_string()))?;
+    let template = CommandTemplate::parse_with_names(&trailing.command, args.shell, inputs.names())
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let (Some(asked), Some(columns)) = (template.max_column(), inputs.fixed_columns()) {
+        if asked > columns {
             return Err(UsageError(format!(
-                "{} is a directory: give a file with one input per line",
-                path.display()
+                "the command uses {{{asked}}}, but each input has {} (one per input source; split lines with --colsep or --csv)",
+                plural(columns as u64, "column")
             ))
-            .into())
+            .into());
         }
-        Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| {
-            UsageError(format!("cannot open input file {}: {e}", path.display()))
-        })?)),
-        // Not `stdin().lock()`: the lines are read on a thread of their own.
-        None => Box::new(BufReader::new(io::stdin())),
-    };
+    }
+    if args.habits.dry_run {
+        return map_inputs::dry_run(inputs, &template);
+    }
+    let (mut joblog, resume) = map_inputs::open_joblog(&args.habits)?;
     if args.jobs == Some(0) || args.chunksize == 0 {
         return Err(UsageError("--jobs and --chunksize must be at least 1".into()).into());
     }
@@ -222,7 +246,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(stop.clone(), results.clone())?;
     let defaults = MapOptions::default();
-    let options = MapOptions {
+    let mut options = MapOptions {
         jobs: args.jobs.unwrap_or(defaults.jobs),
         keep_order: !args.unordered,
         timeout: match args.timeout {
@@ -239,6 +263,10 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         chunksize: args.chunksize,
         window: args.window,
         stop,
+        resume,
+        task_env: map_inputs::task_env(&args.habits)?,
+        // Set once it is known whether the tasks run elsewhere.
+        task_wd: None,
     };
 
     let progress = progress_bar(
@@ -246,7 +274,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         input_path.clone(),
         if args.null { b'\0' } else { b'\n' },
     );
-    if input_path.is_none() && io::stdin().is_terminal() {
+    if reads_terminal && io::stdin().is_terminal() {
         progress.suspend(|| {
             eprintln!("zcluster: reading inputs from the terminal, one per line, until Ctrl-D")
         });
@@ -261,6 +289,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let halt = halt_at_hub(options.halt, options.halt_on);
     // With --hosts, a hub here and a worker per host over ssh.
     let hosts = super::launch::cluster_for_map(&args.hosts, options.stop.clone())?;
+    options.task_wd = map_inputs::task_wd(&args.habits, args.hub.is_some() || hosts.is_some())?;
     let (cluster, mut backend) = match &args.hub {
         None if hosts.is_some() => {
             let client = hosts.as_ref().map(|h| h.client()).transpose()?;
@@ -331,14 +360,19 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0u64;
     let timeout = args.timeout;
     let finished_results = results.clone();
+    // GNU parallel writes `:` for this machine; over a hub, the worker's host.
+    let local = args.hub.is_none() && hosts.is_none();
     let summary = run_map_with(
-        lines(reader, args.null),
+        inputs,
         &template,
         &options,
         &mut backend,
         |record| {
             if let Some(log) = lock(&finished_results).as_mut() {
                 log.finished(record)?;
+            }
+            if let Some(file) = joblog.as_mut() {
+                map_inputs::log_job(file, &template, record, local)?;
             }
             Ok(())
         },
@@ -399,7 +433,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             progress.inc(1);
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        // Refused before it ran anything in its place: a usage error.
+        MapError::JoblogMismatch(mismatch) => UsageError(mismatch.to_string()).into(),
+        other => anyhow::Error::from(other),
+    })?;
     // Everything printed came from the store; a job the hub cannot close
     // is not finished there, and the map says so.
     backend.finish()?;
@@ -543,34 +582,6 @@ fn failure_line(record: &TaskRecord, timeout: Option<TimeoutArg>) -> Option<Stri
     ))
 }
 
-/// Inputs read lazily, as bytes (on Unix a line need not be UTF-8: it is
-/// passed to the command exactly): lines without their `\n` (or `\r\n`),
-/// or with `-0` NUL-terminated records (`find -print0`), which may hold
-/// any byte but NUL, newlines included.
-fn lines(
-    mut reader: Box<dyn BufRead + Send>,
-    null: bool,
-) -> impl Iterator<Item = io::Result<InputLine>> + Send + 'static {
-    let end = if null { b'\0' } else { b'\n' };
-    let mut buf = Vec::new();
-    std::iter::from_fn(move || {
-        buf.clear();
-        match reader.read_until(end, &mut buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                if buf.last() == Some(&end) {
-                    buf.pop();
-                    if !null && buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                Some(Ok(buf.clone()))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    })
-}
-
 /// How often the map asks a hub with no engine whether one came.
 const ENGINE_POLL: Duration = Duration::from_millis(500);
 
@@ -683,6 +694,9 @@ fn summary_line(s: &MapSummary, stdout_closed: bool) -> String {
     }
     if s.unread {
         line += ", rest of the input not read";
+    }
+    if s.skipped > 0 {
+        line += &format!(", {} skipped (in the joblog)", s.skipped);
     }
     line += &format!(" in {:.2}s ({:.0} tasks/s)", s.wall.as_secs_f64(), s.rate());
     if stdout_closed {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod alloc;
+pub mod completions;
 pub mod dashboard;
 pub mod device;
 pub mod drain;
@@ -9,7 +10,9 @@ pub mod hub;
 pub mod job;
 pub mod kill;
 pub mod launch;
+pub mod man;
 pub mod map;
+pub mod map_inputs;
 pub mod ping;
 pub mod purge;
 pub mod resubmit;
