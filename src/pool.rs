@@ -233,6 +233,7 @@ impl Registry {
             slots,
             misses: DEFAULT_MISSES,
             handlers: self.engine_handlers(),
+            resources: None,
         };
         match run_engine(&zmq::Context::new(), &options, &stop) {
             Ok(exit) => Ok(exit),
@@ -492,6 +493,7 @@ where
                 retries: 0,
                 halt: None,
                 cap: None,
+                request: None,
             },
         )?;
         let credit = job.credit();

@@ -61,6 +61,7 @@ fn echo_job(client: &mut HubClient) -> JobHandle {
         retries: 0,
         halt: None,
         cap: None,
+        request: None,
     };
     JobHandle::open(client, open).expect("a job")
 }
@@ -243,6 +244,7 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
         slots: 1,
         handlers: Vec::new(),
         running: Vec::new(),
+        resources: None,
     };
     let header = Header {
         kind: MessageKind::Control,
@@ -325,6 +327,7 @@ fn an_engine_refused_at_registration_tries_again() {
             slots: 1,
             misses: DEFAULT_MISSES,
             handlers: BTreeMap::new(),
+            resources: None,
         };
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };

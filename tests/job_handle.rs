@@ -39,6 +39,7 @@ fn nap_job(slots: usize, description: &str) -> (EmbeddedCluster, HubClient, JobH
         retries: 0,
         halt: None,
         cap: None,
+        request: None,
     };
     let handle = JobHandle::open(&mut client, open).unwrap();
     (cluster, client, handle)
@@ -157,6 +158,7 @@ fn two_jobs_on_one_client_each_get_their_own_results_live() {
         retries: 0,
         halt: None,
         cap: None,
+        request: None,
     };
     let mut second = JobHandle::open(&mut client, open).unwrap();
     for id in 0..10 {

@@ -13,5 +13,6 @@ mod launch;
 mod map;
 mod map_person;
 mod pipes;
+mod resources;
 mod store;
 mod systemd;

@@ -1171,6 +1171,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
         slots: 64,
         handlers: Vec::new(),
         running,
+        resources: None,
     };
 
     // A key holder registers and leaves; its registration, captured and

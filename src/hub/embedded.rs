@@ -127,6 +127,7 @@ impl EmbeddedCluster {
                 slots,
                 misses: DEFAULT_MISSES,
                 handlers,
+                resources: None,
             };
             thread::Builder::new()
                 .name("zcluster-engine".into())

@@ -41,6 +41,7 @@ use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo,
 };
+use crate::resources::ResourceOffer;
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
@@ -106,6 +107,9 @@ pub struct EngineOptions {
     pub misses: u32,
     /// Named handlers this engine offers besides command jobs.
     pub handlers: BTreeMap<String, HandlerFn>,
+    /// What it offers the hub's scheduler (cores, GPUs, memory, named
+    /// resources); its `slots` should be its cores. `None`: `slots` cores.
+    pub resources: Option<ResourceOffer>,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -587,6 +591,7 @@ fn register_message(
             .chain(waiting.iter().map(|r| (job_of(r), r.id)))
             .chain(recent.tasks())
             .collect(),
+        resources: options.resources.clone(),
     }
 }
 

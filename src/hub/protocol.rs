@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, ResultStatus};
+use crate::resources::{ResourceOffer, ResourceRequest};
 
 use super::store::TaskState;
 pub use super::store::{EngineId, JobId};
@@ -53,6 +54,10 @@ pub enum EngineMessage {
         /// again after the hub restarted or lost it): the hub leaves them to
         /// it instead of running them again.
         running: Vec<(JobId, u64)>,
+        /// What it offers: cores (then `slots` is their number), GPUs,
+        /// memory, named resources. `None`: `slots` cores and nothing
+        /// else, as before engines declared resources.
+        resources: Option<ResourceOffer>,
     },
     /// Still alive.
     Heartbeat,
@@ -153,6 +158,9 @@ pub enum ClientCall {
         /// (`zcluster map --hub FILE -j N`), enforced by the hub's
         /// scheduler; `None`: as many as there are free slots.
         cap: Option<u32>,
+        /// What each task needs (`--cpus 2 --gpus 1 --mem 4G`): it runs
+        /// only where all of it is free. `None`: one core, as before.
+        request: Option<ResourceRequest>,
     },
     /// Every task of the job has been sent.
     CloseJob {
@@ -385,6 +393,10 @@ pub struct EngineStatus {
     pub handlers: Vec<String>,
     /// (job, task id) of what it runs now (verbose status only).
     pub running_tasks: Vec<(JobId, u64)>,
+    /// What it offers, when it declared resources (`8 cpus, gpus 0,1`).
+    pub offer: Option<String>,
+    /// What of it is in use (`3/8 cpus, 1.5/2 gpus`).
+    pub in_use: String,
 }
 
 /// One job as `zcluster status` shows it.
@@ -408,6 +420,11 @@ pub struct JobStatus {
     pub failed: u64,
     /// Ids of the tasks waiting for a slot (verbose status only).
     pub queued_tasks: Vec<u64>,
+    /// What each of its tasks asks for, when more than a core.
+    pub request: Option<String>,
+    /// Why its queued tasks wait, when no engine has its request free
+    /// (`1 gpus: no engine has it free`).
+    pub waiting_for: Option<String>,
 }
 
 /// The answer to `Status`.

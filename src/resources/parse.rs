@@ -126,13 +126,23 @@ fn parse_ids(
     Ok(ids)
 }
 
-/// Parses a list of GPU ids (`0,1,3`).
+/// Parses a list of GPU ids: indices (`0,1,3`) or device UUIDs
+/// (`GPU-…`, `MIG-…`), as `CUDA_VISIBLE_DEVICES` takes them.
 pub(super) fn parse_gpu_ids(word: &str) -> Result<Vec<String>, ResourceError> {
-    parse_ids(word, |reason| ResourceError::BadValue {
+    let bad = |reason| ResourceError::BadValue {
         flag: "--gpus",
         value: word.to_string(),
         reason,
-    })
+    };
+    let ids = parse_ids(word, bad)?;
+    let gpu_id = |id: &String| {
+        id.bytes().all(|b| b.is_ascii_digit()) || id.starts_with("GPU-") || id.starts_with("MIG-")
+    };
+    if ids.iter().all(gpu_id) {
+        Ok(ids)
+    } else {
+        Err(bad("not auto, none, or GPU indices or UUIDs such as 0,1,3"))
+    }
 }
 
 /// Splits `NAME=VALUE`, checking the name.
@@ -341,6 +351,7 @@ mod tests {
         for (gpus, resources, named) in [
             (Some("0,0"), vec![], "\"0,0\""),
             (Some("x y"), vec![], "\"x y\""),
+            (Some("x"), vec![], "--gpus \"x\""),
             (None, vec!["licences".to_string()], "\"licences\""),
             (None, vec!["=3".to_string()], "\"=3\""),
             (None, vec!["gpus=3".to_string()], "\"gpus=3\""),

@@ -90,6 +90,7 @@ impl HubBackend {
             retries,
             halt,
             cap,
+            request: None,
         };
         let handle = JobHandle::open(&mut client, call)?;
         Ok(HubBackend {

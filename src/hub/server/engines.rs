@@ -43,14 +43,18 @@ impl<O: Outbox> Core<O> {
                     slots,
                     handlers,
                     running,
+                    resources,
                 }) => {
-                    let engine = Engine {
+                    let mut engine = Engine {
                         host,
                         pid,
                         handlers,
                         name,
                         ..Engine::new(0, identity.clone(), slots, Instant::now())
                     };
+                    if let Some(offer) = resources {
+                        engine = engine.with_offer(offer);
+                    }
                     self.register(engine);
                     self.adopt(&identity, running);
                 }
@@ -196,7 +200,13 @@ impl<O: Outbox> Core<O> {
             };
             task.started = Some(Instant::now());
             task.attempts = task.attempts.max(1);
-            engine.running.insert((job_id, task_id));
+            // What it was given before is its word alone; where the
+            // request no longer fits, it counts as a core.
+            let allocation = job
+                .request
+                .as_deref()
+                .and_then(|r| engine.resources.allocate(r));
+            engine.hold((job_id, task_id), allocation);
             if let Err(e) =
                 self.store
                     .task_started(task.store_id, engine.id, SystemTime::now(), task.attempts)

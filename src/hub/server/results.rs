@@ -40,7 +40,7 @@ impl<O: Outbox> Core<O> {
     ) {
         let key = (header.job, header.id);
         if let Some(engine) = self.state.engines.get_mut(&engine_id) {
-            if engine.running.remove(&key) {
+            if engine.release(key) {
                 engine.completed += 1;
             }
         }

@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use super::super::protocol::{EngineId, HaltAt, JobId, JobKind};
 use super::super::store::TaskId;
 use crate::message::CommandReply;
+use crate::resources::{Allocation, ResourceOffer, ResourcePool, ResourceRequest};
+
+/// How long a job with a resource request may find nothing free for it
+/// before the hub reserves an engine for it (see
+/// [`scheduler`](super::scheduler)'s anti-starvation rule).
+pub(super) const RESERVE_AFTER: Duration = Duration::from_secs(30);
 
 /// Successful task times a job keeps for its median.
 pub(super) const DURATION_SAMPLES: usize = 101;
@@ -35,6 +41,15 @@ pub(super) struct Engine {
     /// The name it registered under, one per engine process (its routing
     /// identity changes with each connection).
     pub(super) name: String,
+    /// What it declared it offers (`None`: only its slots, as cores).
+    pub(super) offer: Option<Arc<ResourceOffer>>,
+    /// What of its offer is free now.
+    pub(super) resources: ResourcePool,
+    /// What each task copy it holds with a request was given.
+    pub(super) allocations: HashMap<(JobId, u64), Allocation>,
+    /// Reserved for this job (which waited too long for resources): no
+    /// other job's task goes here until it has placed one.
+    pub(super) reserved_for: Option<JobId>,
 }
 
 impl Engine {
@@ -53,7 +68,57 @@ impl Engine {
             leaving: false,
             unreachable: false,
             name: String::new(),
+            offer: None,
+            resources: ResourcePool::new(&ResourceOffer::cpus_only(slots)),
+            allocations: HashMap::new(),
+            reserved_for: None,
         }
+    }
+
+    /// The engine offering `offer` (its slots are its cores).
+    pub(super) fn with_offer(mut self, offer: ResourceOffer) -> Self {
+        self.slots = offer.cpus.max(1);
+        self.resources = ResourcePool::new(&offer);
+        self.offer = Some(Arc::new(offer));
+        self
+    }
+
+    /// Whether `request` fits its whole offer (all of it free).
+    pub(super) fn could_ever_fit(&self, request: &ResourceRequest) -> bool {
+        match &self.offer {
+            Some(offer) => offer.could_fit(request),
+            None => ResourceOffer::cpus_only(self.slots).could_fit(request),
+        }
+    }
+
+    /// It takes a copy of a task: with `allocation` (what a request was
+    /// given) or, without a request, one core not by index.
+    pub(super) fn hold(&mut self, key: (JobId, u64), allocation: Option<Allocation>) {
+        if !self.running.insert(key) {
+            if let Some(a) = allocation {
+                self.resources.release(&a); // held already: nothing more taken
+            }
+            return;
+        }
+        match allocation {
+            Some(a) => {
+                self.allocations.insert(key, a);
+            }
+            None => self.resources.take_loose(),
+        }
+    }
+
+    /// A copy it held ended (a result, a failed send): what it took is
+    /// free again. Whether it held it.
+    pub(super) fn release(&mut self, key: (JobId, u64)) -> bool {
+        if !self.running.remove(&key) {
+            return false;
+        }
+        match self.allocations.remove(&key) {
+            Some(a) => self.resources.release(&a),
+            None => self.resources.release_loose(),
+        }
+        true
     }
 
     /// Whether it offers what a job of `kind` needs.
@@ -180,6 +245,12 @@ pub(super) struct Job {
     pub(super) uncounted: usize,
     /// Tasks of it on engines now, second copies apart (against `cap`).
     pub(super) running: usize,
+    /// What each of its tasks needs (`None`: one core, as before
+    /// resources).
+    pub(super) request: Option<Arc<ResourceRequest>>,
+    /// Since when its turns found nothing free for its request (for the
+    /// anti-starvation rule).
+    pub(super) blocked_since: Option<Instant>,
 }
 
 impl Job {
@@ -204,6 +275,8 @@ impl Job {
             recorded: 0,
             uncounted: 0,
             running: 0,
+            request: None,
+            blocked_since: None,
         }
     }
 
@@ -291,6 +364,11 @@ pub(super) struct State {
     /// Slots of all registered engines.
     pub(super) total_slots: usize,
     pub(super) next_token: u64,
+    /// Engines reserved for a job that waited too long (see
+    /// [`Engine::reserved_for`]), by job.
+    pub(super) reservations: HashMap<JobId, EngineId>,
+    /// How long a job with a request waits before it gets a reservation.
+    pub(super) reserve_after: Duration,
 }
 
 impl Default for State {
@@ -303,6 +381,8 @@ impl Default for State {
             commands: HashMap::new(),
             total_slots: 0,
             next_token: 1,
+            reservations: HashMap::new(),
+            reserve_after: RESERVE_AFTER,
         }
     }
 }
@@ -326,6 +406,9 @@ impl State {
     /// Removes an engine and its slots; what it held is the caller's.
     pub(super) fn remove_engine(&mut self, id: EngineId) -> Option<Engine> {
         let engine = self.engines.remove(&id)?;
+        if let Some(job) = engine.reserved_for {
+            self.reservations.remove(&job);
+        }
         self.total_slots = self.total_slots.saturating_sub(engine.slots as usize);
         self.by_identity.remove(&engine.identity);
         Some(engine)
