@@ -234,6 +234,7 @@ impl Registry {
             misses: DEFAULT_MISSES,
             handlers: self.engine_handlers(),
             resources: None,
+            pin: false,
         };
         match run_engine(&zmq::Context::new(), &options, &stop) {
             Ok(exit) => Ok(exit),

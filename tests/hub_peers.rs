@@ -328,6 +328,7 @@ fn an_engine_refused_at_registration_tries_again() {
             misses: DEFAULT_MISSES,
             handlers: BTreeMap::new(),
             resources: None,
+            pin: false,
         };
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };

@@ -303,12 +303,31 @@ fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
         .collect()
 }
 
+std::thread_local! {
+    /// Variables every task this thread starts gets besides the process's
+    /// own (what the task was given: `CUDA_VISIBLE_DEVICES`, ...); set by
+    /// [`with_task_environment`].
+    static TASK_ENV: std::cell::RefCell<Vec<(String, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `vars` added to the environment of every task this
+/// thread starts in it (replacing what the process has under those names).
+pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOnce() -> R) -> R {
+    let before = TASK_ENV.with(|env| env.replace(vars));
+    let result = f();
+    TASK_ENV.with(|env| env.replace(before));
+    result
+}
+
 /// This process's environment, with `extra` set (replacing any value it
 /// had), as `KEY=VALUE` strings.
 fn environment(extra: Option<(&str, &str)>) -> io::Result<Vec<CString>> {
-    let mut vars = Vec::new();
+    let mut vars = task_environment()?;
+    let task_sets =
+        |key: &OsStr| TASK_ENV.with(|env| env.borrow().iter().any(|(n, _)| key == OsStr::new(n)));
     for (key, value) in std::env::vars_os() {
-        if extra.is_some_and(|(name, _)| key == OsStr::new(name)) {
+        if extra.is_some_and(|(name, _)| key == OsStr::new(name)) || task_sets(&key) {
             continue;
         }
         let mut pair = key.into_vec();
@@ -320,6 +339,16 @@ fn environment(extra: Option<(&str, &str)>) -> io::Result<Vec<CString>> {
         vars.push(c_string(format!("{name}={value}").as_bytes())?);
     }
     Ok(vars)
+}
+
+/// The thread's task variables as `KEY=VALUE` strings.
+fn task_environment() -> io::Result<Vec<CString>> {
+    TASK_ENV.with(|env| {
+        env.borrow()
+            .iter()
+            .map(|(name, value)| c_string(format!("{name}={value}").as_bytes()))
+            .collect()
+    })
 }
 
 fn c_string(bytes: &[u8]) -> io::Result<CString> {

@@ -128,6 +128,7 @@ impl EmbeddedCluster {
                 misses: DEFAULT_MISSES,
                 handlers,
                 resources: None,
+                pin: false,
             };
             thread::Builder::new()
                 .name("zcluster-engine".into())

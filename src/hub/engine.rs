@@ -36,12 +36,14 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
+use crate::exec::affinity::{usable_cores, PinnedThread};
 use crate::exec::chunk::{mark_failed_commands, run_chunk};
+use crate::exec::with_task_environment;
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo,
 };
-use crate::resources::ResourceOffer;
+use crate::resources::{ResourceOffer, TaskGrant, GRANT_KEY};
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
@@ -110,6 +112,9 @@ pub struct EngineOptions {
     /// What it offers the hub's scheduler (cores, GPUs, memory, named
     /// resources); its `slots` should be its cores. `None`: `slots` cores.
     pub resources: Option<ResourceOffer>,
+    /// Bind each task with a resource request to the cores it was given
+    /// (`zcluster worker --pin`).
+    pub pin: bool,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -196,10 +201,12 @@ impl<'a> Engine<'a> {
         stop: &'a Arc<AtomicBool>,
     ) -> Result<Self, EngineError> {
         let flags = CancelFlags::default();
+        let usable = Arc::new(usable_cores());
         let slots = Slots::start(options.slots, |_| {
             let flags = flags.clone();
             let stop = stop.clone();
             let handlers = options.handlers.clone();
+            let (usable, pin) = (usable.clone(), options.pin);
             move |request: &ClusterRequest| {
                 if let Some(name) = request.metadata.get(HANDLER_KEY) {
                     let handler = handlers.get(name).ok_or_else(|| {
@@ -211,7 +218,14 @@ impl<'a> Engine<'a> {
                 if stop.load(Ordering::Relaxed) {
                     flag.store(true, Ordering::Relaxed);
                 }
-                run_chunk(&flag, request)
+                match request
+                    .metadata
+                    .get(GRANT_KEY)
+                    .and_then(|g| TaskGrant::from_metadata(g))
+                {
+                    Some(grant) => run_granted(&grant, &usable, pin, || run_chunk(&flag, request)),
+                    None => run_chunk(&flag, request),
+                }
             }
         })?;
         let host = crate::host_name();
@@ -593,6 +607,21 @@ fn register_message(
             .collect(),
         resources: options.resources.clone(),
     }
+}
+
+/// Runs a task given `grant`: with its environment saying what it got and,
+/// if `pin`, bound to its cores (of `usable`, this process's).
+fn run_granted<R>(grant: &TaskGrant, usable: &[usize], pin: bool, run: impl FnOnce() -> R) -> R {
+    let environment = grant.environment(usable);
+    with_task_environment(environment, || {
+        let _pinned = pin
+            .then(|| PinnedThread::to(&grant.cores(usable)))
+            .and_then(|p| {
+                p.map_err(|e| warn!(error = %e, "cannot pin a task to its cores"))
+                    .ok()
+            });
+        run()
+    })
 }
 
 /// Connects, says hello and registers, retrying until the hub answers.

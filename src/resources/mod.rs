@@ -14,6 +14,7 @@
 //! | `mod.rs` | [`Amount`], [`ResourceOffer`], [`ResourceRequest`], [`ResourceError`] |
 //! | `parse.rs` | parsing offers and requests from the command line's words |
 //! | `pool.rs` | [`ResourcePool`]: what an engine has free, allocation and release |
+//! | `grant.rs` | [`TaskGrant`]: what a task got, on the wire and in its environment |
 //! | `detect.rs` | the machine's GPUs, cores and memory |
 //!
 //! ```
@@ -35,10 +36,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod detect;
+mod grant;
 mod parse;
 mod pool;
 
 pub use detect::{detect_gpus, machine_cpus, machine_memory_bytes, DetectedGpus, GpuVendor};
+pub use grant::{TaskGrant, GRANT_KEY};
 pub use pool::{Allocation, Grant, ResourcePool};
 
 /// Units of an [`Amount`] in one whole (a device, a licence): fractions to

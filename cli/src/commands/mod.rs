@@ -7,6 +7,7 @@ pub mod launch;
 pub mod map;
 pub mod ping;
 pub mod purge;
+pub mod request;
 pub mod resubmit;
 pub mod results;
 pub mod shutdown;

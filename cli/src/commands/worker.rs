@@ -36,6 +36,9 @@ pub struct WorkerArgs {
     /// Repeatable.
     #[arg(long = "resource", value_name = "NAME=LIST|NAME=AMOUNT")]
     resources: Vec<String>,
+    /// Bind each task that asked for resources to the cores it was given.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// What this worker offers, from its flags and the machine.
@@ -90,6 +93,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         misses: DEFAULT_MISSES,
         handlers: Default::default(),
         resources: Some(offer),
+        pin: args.pin,
     };
     match run_engine(&ctx, &options, &stop) {
         Ok(exit) => Ok(ExitCode::from(u8::try_from(exit.exit_code()).unwrap_or(1))),

@@ -9,6 +9,7 @@ use super::{ClientError, HubClient, JobHandle, HUB_PATIENCE};
 use crate::hub::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind};
 use crate::map::{Backend, ChunkDone, ExecChunk, Halt, HaltOn, MapError, Threshold};
 use crate::message::ClusterRequest;
+use crate::resources::ResourceRequest;
 
 /// `zcluster map --hub`: chunks become tasks of one hub job.
 pub struct HubBackend {
@@ -78,11 +79,24 @@ impl HubBackend {
     /// with a `cap` runs at most that many of its tasks at once across the
     /// cluster (`map -j N`; `None`: as many as there are free slots).
     pub fn open(
+        client: HubClient,
+        description: String,
+        retries: u32,
+        halt: Option<HaltAt>,
+        cap: Option<u32>,
+    ) -> Result<Self, ClientError> {
+        Self::open_with_request(client, description, retries, halt, cap, None)
+    }
+
+    /// [`open`](Self::open), each task asking for `request` (cores, GPUs,
+    /// memory: it runs only where all of it is free).
+    pub fn open_with_request(
         mut client: HubClient,
         description: String,
         retries: u32,
         halt: Option<HaltAt>,
         cap: Option<u32>,
+        request: Option<ResourceRequest>,
     ) -> Result<Self, ClientError> {
         let call = ClientCall::OpenJob {
             kind: JobKind::Exec,
@@ -90,7 +104,7 @@ impl HubBackend {
             retries,
             halt,
             cap,
-            request: None,
+            request,
         };
         let handle = JobHandle::open(&mut client, call)?;
         Ok(HubBackend {

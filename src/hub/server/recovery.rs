@@ -92,10 +92,10 @@ impl JobSpec {
         }
     }
 
-    /// The spec with `request` for each task (a request for one core and
-    /// nothing else is no request).
+    /// The spec with `request` for each task (`--cpus 1` alone is one too:
+    /// its tasks get their core by index, for `--pin`).
     pub(super) fn with_request(mut self, request: Option<ResourceRequest>) -> Self {
-        self.request = request.filter(|r| !r.is_plain());
+        self.request = request;
         self
     }
 

@@ -16,6 +16,7 @@ use crate::message::{
     self, decode_value, encode_value, ClusterRequest, ClusterResult, Header, MessageError,
     ResultStatus,
 };
+use crate::resources::{TaskGrant, GRANT_KEY};
 
 /// The request body with its attempt number in the metadata (re-encoded
 /// only on a retry, which is rare).
@@ -23,6 +24,18 @@ fn with_attempt(body: &[u8], attempt: u32) -> Vec<u8> {
     match decode_value::<ClusterRequest>(body, "request") {
         Ok(request) => {
             let request = request.with_metadata(message::ATTEMPT_KEY, attempt.to_string());
+            encode_value(&request, "request").unwrap_or_else(|_| body.to_vec())
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// The request body with what its task was given in the metadata (for a
+/// job with a resource request only).
+fn with_grant(body: &[u8], grant: &TaskGrant) -> Vec<u8> {
+    match decode_value::<ClusterRequest>(body, "request") {
+        Ok(request) => {
+            let request = request.with_metadata(GRANT_KEY, grant.to_metadata());
             encode_value(&request, "request").unwrap_or_else(|_| body.to_vec())
         }
         Err(_) => body.to_vec(),
@@ -258,6 +271,23 @@ impl<O: Outbox> Core<O> {
         let Some(job) = state.jobs.get(&assignment.job) else {
             return Ok(());
         };
+        if job.request.is_some() {
+            // Each task goes with what it was given there.
+            let granted: Vec<(u64, Vec<u8>)> = assignment
+                .tasks
+                .iter()
+                .filter_map(|id| {
+                    let task = job.tasks.get(id)?;
+                    let body = match engine.allocations.get(&(assignment.job, *id)) {
+                        Some(a) => with_grant(&task.request, &TaskGrant::of(&engine.resources, a)),
+                        None => task.request.to_vec(),
+                    };
+                    Some((*id, body))
+                })
+                .collect();
+            let items: Vec<(u64, &[u8])> = granted.iter().map(|(id, b)| (*id, &b[..])).collect();
+            return self.outbox.tasks(&engine.identity, assignment.job, &items);
+        }
         let items: Vec<(u64, &[u8])> = assignment
             .tasks
             .iter()
