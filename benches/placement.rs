@@ -54,3 +54,27 @@ fn half_a_gpu_per_task(bencher: Bencher) {
 fn gpu_job_beside_cpu_job(bencher: Bencher) {
     bench(bencher, vec![request("1"), None], 64_000);
 }
+
+/// The steady state: the cluster full of one-GPU tasks, one ends and the
+/// scheduler runs once and places the next (what each result costs the
+/// hub).
+#[divan::bench(sample_count = 200)]
+fn one_gpu_task_freed_and_replaced(bencher: Bencher) {
+    steady(bencher, request("1"));
+}
+
+/// The same for a job without a request (one core per task, prefetched
+/// two deep): the scheduler's cost before resources, for comparison.
+#[divan::bench(sample_count = 200)]
+fn one_core_task_freed_and_replaced(bencher: Bencher) {
+    steady(bencher, None);
+}
+
+fn steady(bencher: Bencher, request: Option<ResourceRequest>) {
+    let mut cluster = PlacementCluster::new(ENGINES, CPUS, GPUS, &[request], 1_000_000);
+    assert!(cluster.place_all() > 0);
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        let placed = cluster.replace_one();
+        assert_eq!(placed, 1);
+    });
+}

@@ -14,6 +14,8 @@ use crate::resources::{ResourceOffer, ResourceRequest};
 /// A cluster with jobs queued, ready for the scheduler to place them.
 pub struct PlacementCluster {
     state: State,
+    /// Tasks placed, oldest first, as (engine, job, task).
+    running: std::collections::VecDeque<(u64, u64, u64)>,
 }
 
 impl PlacementCluster {
@@ -50,7 +52,10 @@ impl PlacementCluster {
             state.jobs.insert(job_id, job);
             state.take_turn(job_id);
         }
-        PlacementCluster { state }
+        PlacementCluster {
+            state,
+            running: std::collections::VecDeque::new(),
+        }
     }
 
     /// Runs the scheduler until it places nothing more; the tasks placed.
@@ -62,8 +67,32 @@ impl PlacementCluster {
             if plan.is_empty() {
                 return placed;
             }
-            placed += plan.iter().map(|a| a.tasks.len()).sum::<usize>();
+            for a in &plan {
+                placed += a.tasks.len();
+                self.running
+                    .extend(a.tasks.iter().map(|&t| (a.engine, a.job, t)));
+            }
         }
+    }
+
+    /// The oldest task placed ends (its resources are freed, as its
+    /// result would) and the scheduler runs once, as the hub's loop does
+    /// after a result; the tasks placed.
+    pub fn replace_one(&mut self) -> usize {
+        if let Some((engine, job, task)) = self.running.pop_front() {
+            if let Some(j) = self.state.jobs.get_mut(&job) {
+                j.take(task);
+            }
+            if let Some(e) = self.state.engines.get_mut(&engine) {
+                e.release((job, task));
+            }
+        }
+        let plan = dispatch(&mut self.state, Instant::now());
+        for a in &plan {
+            self.running
+                .extend(a.tasks.iter().map(|&t| (a.engine, a.job, t)));
+        }
+        plan.iter().map(|a| a.tasks.len()).sum()
     }
 }
 
@@ -76,5 +105,6 @@ mod tests {
         let one_gpu = ResourceRequest::parse(None, Some("1"), None, &[]).expect("request");
         let mut cluster = PlacementCluster::new(10, 64, 8, &[Some(one_gpu)], 1_000);
         assert_eq!(cluster.place_all(), 80);
+        assert_eq!(cluster.replace_one(), 1);
     }
 }

@@ -36,6 +36,7 @@
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -171,6 +172,11 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             .get(id)
             .is_some_and(|j| j.request.is_some() && !j.queue.is_empty() && !j.halted)
     });
+    // Engines each job with a request fits on, most cores free first:
+    // built once per call (nothing is freed during one, so an engine that
+    // stops fitting is dropped for good), so placing a task costs a look
+    // at the front one, not a scan of every engine.
+    let mut fitting: HashMap<JobId, VecDeque<EngineId>> = HashMap::new();
     let mut idle_turns = 0;
     while idle_turns < state.turns.len() {
         let Some(job_id) = state.turns.pop_front() else {
@@ -218,23 +224,44 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
                 .values()
                 .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
         // The engine with the most room (for a request: where all of it
-        // is free, the one with the most cores free).
-        let engine = state
-            .engines
-            .values_mut()
-            .filter(|e| {
-                e.can_run(&job.kind)
-                    && !(elsewhere && failed_on.contains(&e.id))
-                    && e.open_to(job_id)
-                    && match &request {
-                        None => e.free(depth) > 0,
-                        Some(r) => e.fits(r),
+        // is free, the one with the most cores free, from this call's
+        // candidates; a retry looks at every engine).
+        let engine = match &request {
+            Some(r) if failed_on.is_empty() => {
+                let candidates = fitting
+                    .entry(job_id)
+                    .or_insert_with(|| candidates(state.engines.values(), &job.kind, r));
+                let mut chosen = None;
+                while let Some(&id) = candidates.front() {
+                    match state.engines.get(&id) {
+                        Some(e) if e.fits(r) && e.open_to(job_id) => {
+                            chosen = Some(id);
+                            break;
+                        }
+                        _ => {
+                            candidates.pop_front();
+                        }
                     }
-            })
-            .max_by_key(|e| match &request {
-                None => e.free(depth),
-                Some(_) => e.resources.free_cpus(),
-            });
+                }
+                chosen.and_then(|id| state.engines.get_mut(&id))
+            }
+            _ => state
+                .engines
+                .values_mut()
+                .filter(|e| {
+                    e.can_run(&job.kind)
+                        && !(elsewhere && failed_on.contains(&e.id))
+                        && e.open_to(job_id)
+                        && match &request {
+                            None => e.free(depth) > 0,
+                            Some(r) => e.fits(r),
+                        }
+                })
+                .max_by_key(|e| match &request {
+                    None => e.free(depth),
+                    Some(_) => e.resources.free_cpus(),
+                }),
+        };
         // What the front task is given there.
         let placed = engine.and_then(|engine| match &request {
             None => Some((engine, None)),
@@ -454,6 +481,21 @@ pub(super) fn unsent(state: &mut State, assignment: &Assignment, requeue: bool) 
             }
         }
     }
+}
+
+/// The engines of `engines` that can run a task of `kind` asking for
+/// `request` now, the one with the most cores free first.
+fn candidates<'a>(
+    engines: impl Iterator<Item = &'a Engine>,
+    kind: &JobKind,
+    request: &ResourceRequest,
+) -> VecDeque<EngineId> {
+    let mut fit: Vec<(u32, EngineId)> = engines
+        .filter(|e| e.can_run(kind) && e.fits(request))
+        .map(|e| (e.resources.free_cpus(), e.id))
+        .collect();
+    fit.sort_unstable_by(|a, b| b.cmp(a));
+    fit.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Drops reservations whose job no longer waits (finished, halted, or its
