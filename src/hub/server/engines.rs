@@ -31,7 +31,10 @@ impl<O: Outbox> Core<O> {
             if let Some(engine) = self.state.engines.get_mut(&id) {
                 engine.last_seen = Instant::now();
                 // Back under the same identity (ZeroMQ reconnected it).
-                engine.unreachable = false;
+                if engine.unreachable {
+                    engine.unreachable = false;
+                    self.state.freed.push(id);
+                }
             }
         }
         match (envelope.header.kind, known) {

@@ -83,9 +83,7 @@ impl PlacementCluster {
             if let Some(j) = self.state.jobs.get_mut(&job) {
                 j.take(task);
             }
-            if let Some(e) = self.state.engines.get_mut(&engine) {
-                e.release((job, task));
-            }
+            self.state.release(engine, (job, task));
         }
         let plan = dispatch(&mut self.state, Instant::now());
         for a in &plan {

@@ -52,8 +52,8 @@ impl<O: Outbox> Core<O> {
         status: ResultStatus,
     ) {
         let key = (header.job, header.id);
-        if let Some(engine) = self.state.engines.get_mut(&engine_id) {
-            if engine.release(key) {
+        if self.state.release(engine_id, key) {
+            if let Some(engine) = self.state.engines.get_mut(&engine_id) {
                 engine.completed += 1;
             }
         }

@@ -36,12 +36,11 @@
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::state::{Engine, Job, State};
+use super::state::{Candidates, Engine, Job, State};
 use crate::hub::protocol::{EngineId, JobId, JobKind};
 use crate::resources::ResourceRequest;
 
@@ -172,11 +171,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             .get(id)
             .is_some_and(|j| j.request.is_some() && !j.queue.is_empty() && !j.halted)
     });
-    // Engines each job with a request fits on, most cores free first:
-    // built once per call (nothing is freed during one, so an engine that
-    // stops fitting is dropped for good), so placing a task costs a look
-    // at the front one, not a scan of every engine.
-    let mut fitting: HashMap<JobId, VecDeque<EngineId>> = HashMap::new();
+    merge_freed(state);
     let mut idle_turns = 0;
     while idle_turns < state.turns.len() {
         let Some(job_id) = state.turns.pop_front() else {
@@ -228,18 +223,20 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // candidates; a retry looks at every engine).
         let engine = match &request {
             Some(r) if failed_on.is_empty() => {
-                let candidates = fitting
+                let candidates = state
+                    .fitting
                     .entry(job_id)
                     .or_insert_with(|| candidates(state.engines.values(), &job.kind, r));
                 let mut chosen = None;
-                while let Some(&id) = candidates.front() {
+                while let Some(&id) = candidates.queue.front() {
                     match state.engines.get(&id) {
                         Some(e) if e.fits(r) && e.open_to(job_id) => {
                             chosen = Some(id);
                             break;
                         }
                         _ => {
-                            candidates.pop_front();
+                            candidates.queue.pop_front();
+                            candidates.listed.remove(&id);
                         }
                     }
                 }
@@ -297,6 +294,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         };
         if reserved_here {
             engine.reserved_for = None;
+            state.freed.push(engine.id); // open to the others again
         }
         // The front task and, for a job of short tasks, the first-time
         // tasks behind it (a retry waits for its own turn, which looks
@@ -448,10 +446,8 @@ pub(super) fn speculate(state: &mut State, now: Instant) -> Vec<Assignment> {
 /// failures of one plan last first, so each queue keeps its order.
 pub(super) fn unsent(state: &mut State, assignment: &Assignment, requeue: bool) {
     let (job_id, engine_id) = (assignment.job, assignment.engine);
-    if let Some(engine) = state.engines.get_mut(&engine_id) {
-        for &id in &assignment.tasks {
-            engine.release((job_id, id));
-        }
+    for &id in &assignment.tasks {
+        state.release(engine_id, (job_id, id));
     }
     let Some(job) = state.jobs.get_mut(&job_id) else {
         return;
@@ -489,13 +485,61 @@ fn candidates<'a>(
     engines: impl Iterator<Item = &'a Engine>,
     kind: &JobKind,
     request: &ResourceRequest,
-) -> VecDeque<EngineId> {
+) -> Candidates {
     let mut fit: Vec<(u32, EngineId)> = engines
         .filter(|e| e.can_run(kind) && e.fits(request))
         .map(|e| (e.resources.free_cpus(), e.id))
         .collect();
     fit.sort_unstable_by(|a, b| b.cmp(a));
-    fit.into_iter().map(|(_, id)| id).collect()
+    Candidates {
+        listed: fit.iter().map(|&(_, id)| id).collect(),
+        queue: fit.into_iter().map(|(_, id)| id).collect(),
+    }
+}
+
+/// Keeps the jobs' [`Candidates`] up to date: those of jobs with nothing
+/// queued are dropped (rebuilt when tasks come), and each engine freed
+/// since the last run goes to the front of the lists of the jobs it now
+/// fits. Within one run nothing is freed, so an engine that stops fitting
+/// is dropped until it is freed again.
+fn merge_freed(state: &mut State) {
+    let jobs = &state.jobs;
+    state.fitting.retain(|id, _| {
+        jobs.get(id)
+            .is_some_and(|j| j.request.is_some() && !j.queue.is_empty())
+    });
+    if state.freed.is_empty() {
+        return;
+    }
+    let mut freed = std::mem::take(&mut state.freed);
+    if state.fitting.is_empty() {
+        freed.clear();
+        state.freed = freed; // keep the allocation
+        return;
+    }
+    freed.sort_unstable();
+    freed.dedup();
+    for (job_id, candidates) in &mut state.fitting {
+        let Some(job) = state.jobs.get(job_id) else {
+            continue;
+        };
+        let Some(request) = job.request.as_deref() else {
+            continue;
+        };
+        for id in &freed {
+            if candidates.listed.contains(id) {
+                continue;
+            }
+            if let Some(e) = state.engines.get(id) {
+                if e.can_run(&job.kind) && e.fits(request) {
+                    candidates.queue.push_front(*id);
+                    candidates.listed.insert(*id);
+                }
+            }
+        }
+    }
+    freed.clear();
+    state.freed = freed;
 }
 
 /// Drops reservations whose job no longer waits (finished, halted, or its
@@ -520,6 +564,7 @@ fn drop_stale_reservations(state: &mut State) {
             if let Some(engine) = state.engines.get_mut(&engine) {
                 if engine.reserved_for == Some(job) {
                     engine.reserved_for = None;
+                    state.freed.push(engine.id);
                 }
             }
         }

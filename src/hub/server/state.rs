@@ -369,6 +369,23 @@ pub(super) struct State {
     pub(super) reservations: HashMap<JobId, EngineId>,
     /// How long a job with a request waits before it gets a reservation.
     pub(super) reserve_after: Duration,
+    /// Engines that may fit a request they did not fit before (something
+    /// was released there, they joined, were heard from again, or lost a
+    /// reservation) since the scheduler last ran.
+    pub(super) freed: Vec<EngineId>,
+    /// Per job with a request: the engines it may fit (see
+    /// [`Candidates`]), kept between the scheduler's runs.
+    pub(super) fitting: HashMap<JobId, Candidates>,
+}
+
+/// The engines a job's request may fit, the likeliest first: built by a
+/// scan of every engine once, then kept up to date from
+/// [`State::freed`], so placing a task costs a look at the front one, not
+/// a scan. An engine found not to fit is dropped until it is freed again.
+#[derive(Default)]
+pub(super) struct Candidates {
+    pub(super) queue: VecDeque<EngineId>,
+    pub(super) listed: HashSet<EngineId>,
 }
 
 impl Default for State {
@@ -383,6 +400,8 @@ impl Default for State {
             next_token: 1,
             reservations: HashMap::new(),
             reserve_after: RESERVE_AFTER,
+            freed: Vec::new(),
+            fitting: HashMap::new(),
         }
     }
 }
@@ -400,6 +419,7 @@ impl State {
         engine.slots = engine.slots.max(1);
         self.by_identity.insert(engine.identity.clone(), engine.id);
         self.total_slots += engine.slots as usize;
+        self.freed.push(engine.id);
         self.engines.insert(engine.id, engine);
     }
 
@@ -412,6 +432,19 @@ impl State {
         self.total_slots = self.total_slots.saturating_sub(engine.slots as usize);
         self.by_identity.remove(&engine.identity);
         Some(engine)
+    }
+
+    /// A copy engine `engine` held ended: what it took is free again (see
+    /// [`Engine::release`]). Whether it held it.
+    pub(super) fn release(&mut self, engine: EngineId, key: (JobId, u64)) -> bool {
+        let released = self
+            .engines
+            .get_mut(&engine)
+            .is_some_and(|e| e.release(key));
+        if released {
+            self.freed.push(engine);
+        }
+        released
     }
 
     /// Task `task` of job `job`, if both are live.

@@ -326,6 +326,43 @@ mod reactions {
     }
 
     #[test]
+    fn an_engine_heard_from_again_gets_gpu_tasks_again() {
+        let mut hub = hub(HubOptions::default());
+        let a = gpu_engine(&mut hub, "a", 4, "0");
+        hub.outbox.unreachable.insert(b"a".to_vec());
+        let Reply::JobOpened { job, .. } = open_gpu_job(&mut hub, "1") else {
+            panic!("not opened");
+        };
+        let header = Header {
+            kind: MessageKind::Request,
+            job,
+            id: 1,
+        };
+        let task = frames(&header, &ClusterRequest::new(1, Vec::new())).expect("frames");
+        hub.on_client(CLIENT.to_vec(), Envelope::from_frames(&task));
+        hub.dispatch();
+        assert!(hub.state.engines[&a].unreachable);
+        hub.outbox.take();
+        hub.dispatch();
+        assert!(tasks_to(&hub.outbox.take(), "a").is_empty());
+        // It is heard from again: its GPU is on offer again.
+        hub.outbox.unreachable.clear();
+        let beat = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 0,
+        };
+        let frames =
+            frames(&beat, &crate::hub::protocol::EngineMessage::Heartbeat).expect("frames");
+        hub.on_engine(
+            b"a".to_vec(),
+            Ok(Envelope::from_frames(&frames).expect("envelope")),
+        );
+        hub.dispatch();
+        assert_eq!(tasks_to(&hub.outbox.take(), "a"), [1]);
+    }
+
+    #[test]
     fn status_says_what_a_waiting_job_waits_for_and_what_engines_use() {
         let mut hub = hub(HubOptions::default());
         gpu_engine(&mut hub, "a", 4, "0,1");

@@ -66,11 +66,7 @@ fn finish(state: &mut State, engine: EngineId, job_id: JobId, task: u64) {
     if let Some(job) = state.jobs.get_mut(&job_id) {
         job.take(task);
     }
-    assert!(state
-        .engines
-        .get_mut(&engine)
-        .expect("engine")
-        .release((job_id, task)));
+    assert!(state.release(engine, (job_id, task)));
 }
 
 /// The GPU ids each task copy on `engine` holds.
@@ -365,7 +361,7 @@ fn a_stragglers_copy_goes_only_where_its_request_is_free() {
     );
     // The first copy wins: the loser's GPU comes back when it answers.
     finish(&mut state, 1, 7, 1);
-    assert!(state.engines.get_mut(&3).expect("engine").release((7, 1)));
+    assert!(state.release(3, (7, 1)));
     assert_eq!(
         state.engines[&3].resources.gpus_in_use(),
         crate::resources::Amount::ZERO

@@ -50,11 +50,7 @@ fn held(state: &State, id: EngineId) -> usize {
 fn finish(state: &mut State, job_id: JobId, task: u64) {
     let job = state.jobs.get_mut(&job_id).expect("job");
     let engine = job.take(task).and_then(|t| t.engine).expect("running");
-    state
-        .engines
-        .get_mut(&engine)
-        .expect("engine")
-        .release((job_id, task));
+    state.release(engine, (job_id, task));
 }
 
 #[test]
