@@ -114,7 +114,14 @@ impl Engine {
         if !self.running.remove(&key) {
             return false;
         }
-        match self.allocations.remove(&key) {
+        // (No hashing at all while it holds nothing by request, as for
+        // jobs without one.)
+        let allocation = if self.allocations.is_empty() {
+            None
+        } else {
+            self.allocations.remove(&key)
+        };
+        match allocation {
             Some(a) => self.resources.release(&a),
             None => self.resources.release_loose(),
         }
