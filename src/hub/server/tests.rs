@@ -430,6 +430,38 @@ mod specs {
         let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
         assert_eq!(back.halt, Some(rule));
         assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        // With a resource request, kept; as a hub before requests wrote
+        // it (a halt rule and a cap), still read, without one.
+        let request = crate::resources::ResourceRequest::parse(None, Some("0.5"), None, &[])
+            .expect("request");
+        let requested = JobSpec::new(JobKind::Exec, "d".into(), 0, None, Vec::new(), None)
+            .with_request(Some(request.clone()));
+        let back = JobSpec::of(&record(encode_value(&requested, "spec").expect("encoded")));
+        assert_eq!(back.request, Some(request));
+        #[derive(Serialize)]
+        struct Halting {
+            kind: JobKind,
+            description: String,
+            retries: u32,
+            halts: bool,
+            client: Vec<u8>,
+            cap: Option<u32>,
+            halt: Option<HaltAt>,
+        }
+        let halting = Halting {
+            kind: JobKind::Exec,
+            description: "d".into(),
+            retries: 5,
+            halts: true,
+            client: b"c".to_vec(),
+            cap: Some(7),
+            halt: Some(rule),
+        };
+        let back = JobSpec::of(&record(encode_value(&halting, "spec").expect("encoded")));
+        assert_eq!(
+            (back.cap, back.retries, back.halt, back.request),
+            (Some(7), 5, Some(rule), None)
+        );
         // As a hub before halt rules wrote it: a cap, and a halt on the
         // first failure.
         #[derive(Serialize)]
