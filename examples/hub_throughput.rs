@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         retries: 0,
         halt: None,
         cap: None,
+        request: None,
     })?;
     let Reply::JobOpened { job, credit, .. } = opened else {
         anyhow::bail!("unexpected answer: {opened:?}");

@@ -57,6 +57,7 @@ fn round(client: &mut HubClient, count: u64) -> anyhow::Result<f64> {
         retries: 0,
         halt: None,
         cap: None,
+        request: None,
     })?;
     let Reply::JobOpened { job, credit, .. } = opened else {
         anyhow::bail!("unexpected answer: {opened:?}");

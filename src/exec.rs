@@ -82,6 +82,7 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub mod affinity;
 mod cgroup;
 pub mod chunk;
 mod containment;
@@ -89,6 +90,13 @@ mod lineage;
 mod spawn;
 
 pub use containment::TASK_CGROUPS_ENV;
+
+/// Runs `f` with `vars` added to the environment of every command [`run`]
+/// starts on this thread meanwhile: how an engine tells a task what it was
+/// given (`CUDA_VISIBLE_DEVICES`, `ZCLUSTER_CPUS`, ...).
+pub fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOnce() -> R) -> R {
+    spawn::with_task_environment(vars, f)
+}
 use containment::{Containment, Enclosure};
 
 /// Default time between SIGTERM and SIGKILL: long enough for a well-behaved

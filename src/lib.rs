@@ -14,6 +14,7 @@
 //! | message | [`message`], [`auth`], [`untrusted`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets; network bytes escaped before they are shown |
 //! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` (sized to the message layer's bound) |
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
+//! | resources | [`resources`] | what an engine offers (CPUs, GPUs by index, memory, named resources) and what a task asks; allocation without over-commit |
 //! | config | [`config`] | a cluster's sockets in one TOML file (reader, writer, broker) |
 //! | slots | [`slots`] | toolkit workers on threads in this process, each fed only when free: what an engine runs its tasks on |
 //! | jobs | [`template`], [`exec`] | command templates with GNU parallel's replacement strings; running one command with capture, timeout and cancellation, and a chunk of them ([`exec::chunk`]) |
@@ -93,6 +94,7 @@ pub mod launch;
 pub mod map;
 pub mod message;
 pub mod pool;
+pub mod resources;
 pub mod sink;
 pub mod slots;
 pub mod socket;

@@ -49,6 +49,7 @@ use crate::hub::protocol::JobKind;
 use crate::message::{
     decode_value, encode_value, ClusterRequest, ClusterResult, MessageError, ResultStatus,
 };
+use crate::resources::{ResourceOffer, ResourceRequest};
 use crate::worker::{panic_message, HandlerError, WorkerExit};
 
 /// Request metadata key naming the reducer a map chunk is folded with on
@@ -226,15 +227,29 @@ impl Registry {
     /// Serves a hub as an engine with `slots` slots running these handlers
     /// (the body of a worker binary's main), until killed or restarted.
     pub fn serve(&self, connection_file: &Path, slots: usize) -> Result<WorkerExit, PoolError> {
+        self.serve_offering(connection_file, ResourceOffer::cpus_only(slots as u32))
+    }
+
+    /// [`serve`](Self::serve), offering the hub's scheduler `offer` (its
+    /// cores are the slots; GPUs, memory, named resources): a pool's job
+    /// with a request (see [`Pool::resources`]) runs here only where all of
+    /// it is free.
+    pub fn serve_offering(
+        &self,
+        connection_file: &Path,
+        offer: ResourceOffer,
+    ) -> Result<WorkerExit, PoolError> {
         let connection = ConnectionInfo::read(connection_file)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let options = EngineOptions {
             connection,
-            slots,
+            slots: offer.cpus.max(1) as usize,
             misses: DEFAULT_MISSES,
             handlers: self.engine_handlers(),
             origin: None,
             end_at: None,
+            resources: Some(offer),
+            pin: false,
         };
         match run_engine(&zmq::Context::new(), &options, &stop) {
             Ok(exit) => Ok(exit),
@@ -265,6 +280,9 @@ pub struct Pool {
     stats: HashMap<(String, u32), (u64, Duration)>,
     /// Kept alive for a local pool; dropped after the client.
     _cluster: Option<EmbeddedCluster>,
+    /// What each request of the next calls asks for (see
+    /// [`resources`](Self::resources)).
+    request: Option<ResourceRequest>,
 }
 
 impl Pool {
@@ -278,6 +296,7 @@ impl Pool {
             chunksize: DEFAULT_CHUNKSIZE,
             stats: HashMap::new(),
             _cluster: Some(cluster),
+            request: None,
         })
     }
 
@@ -291,6 +310,7 @@ impl Pool {
             chunksize: DEFAULT_CHUNKSIZE,
             stats: HashMap::new(),
             _cluster: None,
+            request: None,
         })
     }
 
@@ -300,6 +320,19 @@ impl Pool {
     pub fn chunksize(mut self, chunksize: usize) -> Self {
         self.chunksize = chunksize.max(1);
         self
+    }
+
+    /// What each request (a chunk of inputs) of the calls from now on asks
+    /// for (`None`: one core): it runs only on an engine where all of it is
+    /// free, and a request no engine can ever meet fails the call at once.
+    pub fn resources(mut self, request: Option<ResourceRequest>) -> Self {
+        self.request = request;
+        self
+    }
+
+    /// [`resources`](Self::resources) between calls.
+    pub fn set_resources(&mut self, request: Option<ResourceRequest>) {
+        self.request = request;
     }
 
     /// Per worker process: inputs handled and mean time, over the last call.
@@ -490,7 +523,10 @@ where
             &mut pool.client,
             JobKind::Handler(handler.to_string()),
             format!("{handler} (pool)"),
-            JobOptions::default(),
+            JobOptions {
+                request: pool.request.clone(),
+                ..JobOptions::default()
+            },
         )?;
         let credit = job.credit();
         Ok(Run {

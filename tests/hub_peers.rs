@@ -243,6 +243,7 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
         handlers: Vec::new(),
         running: Vec::new(),
         origin: None,
+        resources: None,
     };
     let header = Header {
         kind: MessageKind::Control,
@@ -327,6 +328,8 @@ fn an_engine_refused_at_registration_tries_again() {
             handlers: BTreeMap::new(),
             origin: None,
             end_at: None,
+            resources: None,
+            pin: false,
         };
         thread::spawn(move || run_engine(&ctx, &options, &stop))
     };

@@ -12,4 +12,5 @@ mod job_handle;
 mod map;
 mod poison;
 mod pool;
+mod pool_resources;
 mod toolkit;

@@ -17,6 +17,7 @@ mod launch;
 mod map;
 mod map_person;
 mod pipes;
+mod resources;
 mod slurm;
 mod store;
 mod systemd;

@@ -1172,6 +1172,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
         handlers: Vec::new(),
         running,
         origin: None,
+        resources: None,
     };
 
     // A key holder registers and leaves; its registration, captured and

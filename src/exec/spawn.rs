@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -327,34 +327,62 @@ fn candidates(program: &OsStr) -> io::Result<Vec<CString>> {
         .collect()
 }
 
-/// This process's environment, with `extra` and `more` set (replacing any
-/// value they had), as `KEY=VALUE` strings.
+std::thread_local! {
+    /// Variables every task this thread starts gets besides the process's
+    /// own (what the task was given: `CUDA_VISIBLE_DEVICES`, ...); set by
+    /// [`with_task_environment`].
+    static TASK_ENV: std::cell::RefCell<Vec<(String, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `vars` added to the environment of every task this
+/// thread starts in it (replacing what the process has under those names).
+pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOnce() -> R) -> R {
+    let before = TASK_ENV.with(|env| env.replace(vars));
+    let result = f();
+    TASK_ENV.with(|env| env.replace(before));
+    result
+}
+
+/// This process's environment with `extra`, then the task's own `more`
+/// (its place, `--env`), then what the task was given (the thread's
+/// [`with_task_environment`] variables, which win: a task sees the GPUs it
+/// got whatever the client's environment said) set, each replacing any
+/// earlier value, as `KEY=VALUE` strings.
 fn environment(
     extra: Option<(&str, &str)>,
     more: &[(std::ffi::OsString, std::ffi::OsString)],
 ) -> io::Result<Vec<CString>> {
-    let mut vars = Vec::new();
-    for (key, value) in std::env::vars_os() {
-        if extra.is_some_and(|(name, _)| key == OsStr::new(name))
-            || more.iter().any(|(name, _)| *name == key)
-        {
-            continue;
+    TASK_ENV.with(|given| {
+        let given = given.borrow();
+        let is_given = |key: &OsStr| given.iter().any(|(n, _)| key == OsStr::new(n));
+        let mut vars = Vec::new();
+        let mut push = |key: &[u8], value: &[u8]| -> io::Result<()> {
+            let mut pair = key.to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value);
+            vars.push(c_string(&pair)?);
+            Ok(())
+        };
+        for (key, value) in std::env::vars_os() {
+            let replaced = extra.is_some_and(|(name, _)| key == OsStr::new(name))
+                || more.iter().any(|(name, _)| *name == key)
+                || is_given(&key);
+            if !replaced {
+                push(key.as_bytes(), value.as_bytes())?;
+            }
         }
-        let mut pair = key.into_vec();
-        pair.push(b'=');
-        pair.extend_from_slice(value.as_bytes());
-        vars.push(c_string(&pair)?);
-    }
-    if let Some((name, value)) = extra {
-        vars.push(c_string(format!("{name}={value}").as_bytes())?);
-    }
-    for (name, value) in more {
-        let mut pair = name.as_bytes().to_vec();
-        pair.push(b'=');
-        pair.extend_from_slice(value.as_bytes());
-        vars.push(c_string(&pair)?);
-    }
-    Ok(vars)
+        if let Some((name, value)) = extra.filter(|(name, _)| !is_given(OsStr::new(name))) {
+            push(name.as_bytes(), value.as_bytes())?;
+        }
+        for (name, value) in more.iter().filter(|(name, _)| !is_given(name)) {
+            push(name.as_bytes(), value.as_bytes())?;
+        }
+        for (name, value) in given.iter() {
+            push(name.as_bytes(), value.as_bytes())?;
+        }
+        Ok(vars)
+    })
 }
 
 fn c_string(bytes: &[u8]) -> io::Result<CString> {

@@ -17,6 +17,7 @@ use super::link::HubLink;
 use super::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind, Reply, TaskReport};
 use crate::auth::{AuthError, Channel, Key};
 use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
+use crate::resources::ResourceRequest;
 use crate::socket::millis;
 
 /// `PREFIX-` and 16 random hex digits: a routing identity no other peer has.
@@ -472,8 +473,8 @@ pub struct JobHandle {
 }
 
 /// How the hub runs a job's tasks (the defaults: no retries, no halt rule,
-/// as many at once as there are free slots).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// as many at once as there are free slots, one core each).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobOptions {
     /// Run a failed task up to this many more times, on another engine when
     /// there is one.
@@ -483,6 +484,9 @@ pub struct JobOptions {
     pub halt: Option<HaltAt>,
     /// Most of its tasks running at once across the cluster.
     pub cap: Option<u32>,
+    /// What each task needs (cores, GPUs, memory, named resources): it runs
+    /// only where all of it is free. `None`: one core.
+    pub request: Option<ResourceRequest>,
 }
 
 impl JobHandle {
@@ -500,6 +504,7 @@ impl JobHandle {
             retries: options.retries,
             halt: options.halt,
             cap: options.cap,
+            request: options.request,
         };
         match client.call(&call)? {
             Reply::JobOpened {

@@ -125,6 +125,8 @@ impl EmbeddedCluster {
                 handlers,
                 origin: None,
                 end_at: None,
+                resources: None,
+                pin: false,
             };
             thread::Builder::new()
                 .name("zcluster-engine".into())

@@ -37,11 +37,14 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::link::HubLink;
 use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::{AuthError, Channel};
+use crate::exec::affinity::{usable_cores, PinnedThread};
 use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace};
+use crate::exec::with_task_environment;
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo, ATTEMPT_KEY,
 };
+use crate::resources::{ResourceOffer, TaskGrant, GRANT_KEY};
 use crate::slots::{Slots, SlotsError};
 use crate::socket::{millis, poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
@@ -117,6 +120,12 @@ pub struct EngineOptions {
     /// finish in time (by the job's median task time here), so none is
     /// cut off at the walltime.
     pub end_at: Option<SystemTime>,
+    /// What it offers the hub's scheduler (cores, GPUs, memory, named
+    /// resources); its `slots` should be its cores. `None`: `slots` cores.
+    pub resources: Option<ResourceOffer>,
+    /// Bind each task with a resource request to the cores it was given
+    /// (`zcluster worker --pin`).
+    pub pin: bool,
 }
 
 /// The job a queued task belongs to (the engine writes it into the
@@ -212,6 +221,7 @@ impl<'a> Engine<'a> {
         stop: &'a Arc<AtomicBool>,
     ) -> Result<Self, EngineError> {
         let flags = CancelFlags::default();
+        let usable = Arc::new(usable_cores());
         let host = crate::host_name();
         // The id the hub gave, for the tasks' ZCLUSTER_ENGINE: set once
         // registered, again after each reconnection.
@@ -224,6 +234,7 @@ impl<'a> Engine<'a> {
             let host = host.clone();
             // Slots number theirs from 1.
             let slot = u32::try_from(index).unwrap_or(u32::MAX);
+            let (usable, pin) = (usable.clone(), options.pin);
             move |request: &ClusterRequest| {
                 if let Some(name) = request.metadata.get(HANDLER_KEY) {
                     let handler = handlers.get(name).ok_or_else(|| {
@@ -241,7 +252,16 @@ impl<'a> Engine<'a> {
                     engine: engine_id.load(Ordering::Relaxed),
                     host: host.clone(),
                 };
-                run_chunk_at(&flag, request, &place)
+                match request
+                    .metadata
+                    .get(GRANT_KEY)
+                    .and_then(|g| TaskGrant::from_metadata(g))
+                {
+                    Some(grant) => run_granted(&grant, &usable, pin, || {
+                        run_chunk_at(&flag, request, &place)
+                    }),
+                    None => run_chunk_at(&flag, request, &place),
+                }
             }
         })?;
         let pid = std::process::id();
@@ -515,6 +535,7 @@ impl<'a> Engine<'a> {
                     envelope.header.job,
                     envelope.header.id,
                     1,
+                    None,
                     envelope.request(),
                 );
             }
@@ -522,9 +543,9 @@ impl<'a> Engine<'a> {
                 let job = envelope.header.job;
                 match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
                     Ok(tasks) => {
-                        for (id, attempt, request) in tasks {
+                        for (id, attempt, grant, request) in tasks {
                             let request = decode_value::<ClusterRequest>(&request, "request");
-                            self.on_task(job, id, attempt, request);
+                            self.on_task(job, id, attempt, grant, request);
                         }
                     }
                     // Only the hub sends these, and it builds them from bodies
@@ -558,15 +579,16 @@ impl<'a> Engine<'a> {
         Ok(Flow::Go)
     }
 
-    /// Queues a task the hub sent, stamped with its job and (past the
-    /// first) its attempt, or answers it at once as failed when its request
-    /// does not decode (otherwise its slot at the hub stays taken and its
-    /// client waits for ever).
+    /// Queues a task the hub sent, stamped with its job, (past the first)
+    /// its attempt and what it was given here, or answers it at once as
+    /// failed when its request does not decode (otherwise its slot at the
+    /// hub stays taken and its client waits for ever).
     fn on_task(
         &mut self,
         job: JobId,
         id: u64,
         attempt: u32,
+        grant: Option<String>,
         request: Result<ClusterRequest, MessageError>,
     ) {
         match request {
@@ -576,6 +598,9 @@ impl<'a> Engine<'a> {
                     request
                         .metadata
                         .insert(ATTEMPT_KEY.into(), attempt.to_string());
+                }
+                if let Some(grant) = grant {
+                    request.metadata.insert(GRANT_KEY.into(), grant);
                 }
                 self.waiting.push_back(request);
             }
@@ -686,7 +711,23 @@ fn register_message(
             .chain(recent.tasks())
             .collect(),
         origin: options.origin.clone(),
+        resources: options.resources.clone(),
     }
+}
+
+/// Runs a task given `grant`: with its environment saying what it got and,
+/// if `pin`, bound to its cores (of `usable`, this process's).
+fn run_granted<R>(grant: &TaskGrant, usable: &[usize], pin: bool, run: impl FnOnce() -> R) -> R {
+    let environment = grant.environment(usable);
+    with_task_environment(environment, || {
+        let _pinned = pin
+            .then(|| PinnedThread::to(&grant.cores(usable)))
+            .and_then(|p| {
+                p.map_err(|e| warn!(error = %e, "cannot pin a task to its cores"))
+                    .ok()
+            });
+        run()
+    })
 }
 
 /// Connects, says hello and registers, retrying until the hub answers.

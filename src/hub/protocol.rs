@@ -16,19 +16,24 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, ResultStatus};
+use crate::resources::{ResourceOffer, ResourceRequest};
 
 use super::store::TaskState;
 pub use super::store::{EngineId, JobId};
 
 /// One task of a [`MessageKind::Tasks`] message from the hub: its id, the
-/// attempt this is (1 for the first run; the engine stamps a later one
-/// into the request's metadata as [`ATTEMPT_KEY`], so the hub sends the
-/// recorded request as it is, never decoding or re-encoding it), and its
-/// encoded [`ClusterRequest`](crate::message::ClusterRequest).
+/// attempt this is (1 for the first run), for a job with a resource request
+/// what this copy was given on the engine (a
+/// [`TaskGrant`](crate::resources::TaskGrant) in its metadata form), and
+/// its encoded [`ClusterRequest`](crate::message::ClusterRequest). The
+/// engine stamps a later attempt and the grant into the request's metadata
+/// ([`ATTEMPT_KEY`], [`GRANT_KEY`]), so the hub sends the recorded request
+/// as it is, never decoding or re-encoding it.
 ///
 /// [`MessageKind::Tasks`]: crate::message::MessageKind::Tasks
 /// [`ATTEMPT_KEY`]: crate::message::ATTEMPT_KEY
-pub type TaskItem = (u64, u32, serde_bytes::ByteBuf);
+/// [`GRANT_KEY`]: crate::resources::GRANT_KEY
+pub type TaskItem = (u64, u32, Option<String>, serde_bytes::ByteBuf);
 
 /// One result of a [`MessageKind::TaskResults`] message from an engine:
 /// what the hub needs to route and record it, beside the encoded
@@ -73,6 +78,10 @@ pub enum EngineMessage {
         /// What started it, for `zcluster status` (`slurm:JOB/NODE`,
         /// `ssh:HOSTFILE`); none for a worker started by hand.
         origin: Option<String>,
+        /// What it offers: cores (then `slots` is their number), GPUs,
+        /// memory, named resources. `None`: `slots` cores and nothing
+        /// else, as before engines declared resources.
+        resources: Option<ResourceOffer>,
     },
     /// Still alive.
     Heartbeat,
@@ -176,6 +185,9 @@ pub enum ClientCall {
         /// (`zcluster map --hub FILE -j N`), enforced by the hub's
         /// scheduler; `None`: as many as there are free slots.
         cap: Option<u32>,
+        /// What each task needs (`--cpus 2 --gpus 1 --mem 4G`): it runs
+        /// only where all of it is free. `None`: one core, as before.
+        request: Option<ResourceRequest>,
     },
     /// Every task of the job has been sent.
     CloseJob {
@@ -419,6 +431,10 @@ pub struct EngineStatus {
     pub origin: Option<String>,
     /// Draining: it takes no new tasks and leaves once its tasks are done.
     pub draining: bool,
+    /// What it offers, when it declared resources (`8 cpus, gpus 0,1`).
+    pub offer: Option<String>,
+    /// What of it is in use (`3/8 cpus, 1.5/2 gpus`).
+    pub in_use: String,
 }
 
 /// One job as `zcluster status` shows it.
@@ -442,6 +458,11 @@ pub struct JobStatus {
     pub failed: u64,
     /// Ids of the tasks waiting for a slot (verbose status only).
     pub queued_tasks: Vec<u64>,
+    /// What each of its tasks asks for, when more than a core.
+    pub request: Option<String>,
+    /// Why its queued tasks wait, when no engine has its request free
+    /// (`1 gpus: no engine has it free`).
+    pub waiting_for: Option<String>,
 }
 
 /// The answer to `Status`.

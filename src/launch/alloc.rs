@@ -651,10 +651,8 @@ mod tests {
             running,
             completed: 0,
             last_heartbeat: Duration::ZERO,
-            handlers: Vec::new(),
-            running_tasks: Vec::new(),
             origin: origin.map(str::to_string),
-            draining: false,
+            ..EngineStatus::default()
         };
         let job = |pending| JobStatus {
             id: 1,
@@ -666,6 +664,8 @@ mod tests {
             done: 0,
             failed: 0,
             queued_tasks: Vec::new(),
+            request: None,
+            waiting_for: None,
         };
         let status = HubStatus {
             engines: vec![

@@ -672,6 +672,8 @@ mod tests {
                 done: 4_900,
                 failed: 20,
                 queued_tasks: Vec::new(),
+                request: None,
+                waiting_for: None,
             })
             .collect();
         let status = HubStatus {

@@ -116,6 +116,8 @@ pub struct MapArgs {
     attach_any_length: bool,
     #[command(flatten)]
     hosts: super::launch::MapHostsArgs,
+    #[command(flatten)]
+    request: Box<super::request::RequestArgs>,
     /// Most tasks held in memory at once (bounds memory on huge inputs).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "TASKS", hide = true)]
     window: usize,
@@ -296,14 +298,27 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             let client = client.context("no hub for the hosts")?;
             // `-j N` caps the job across the hosts, as over any hub.
             let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
-            let backend = HubBackend::open(client, description, options.retries, halt, cap)?;
+            let backend = HubBackend::open_with_request(
+                client,
+                description,
+                options.retries,
+                halt,
+                cap,
+                args.request.request()?,
+            )?;
             (None, backend)
         }
         None => {
             let cluster = EmbeddedCluster::start(options.jobs)?;
             // The embedded cluster has `jobs` slots: no cap beyond them.
-            let backend =
-                HubBackend::open(cluster.client()?, description, options.retries, halt, None)?;
+            let backend = HubBackend::open_with_request(
+                cluster.client()?,
+                description,
+                options.retries,
+                halt,
+                None,
+                args.request.request()?,
+            )?;
             (Some(cluster), backend)
         }
         Some(path) => {
@@ -331,12 +346,13 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                     // `-j N` over a hub: at most N tasks of this job run at
                     // once across the cluster; without it, every free slot.
                     let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
-                    let backend = HubBackend::open(
+                    let backend = HubBackend::open_with_request(
                         hub.client(&ctx)?,
                         description,
                         options.retries,
                         halt,
                         cap,
+                        args.request.request()?,
                     )?;
                     eprintln!(
                         "zcluster: job {} on {}",

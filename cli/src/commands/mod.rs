@@ -15,6 +15,7 @@ pub mod map;
 pub mod map_inputs;
 pub mod ping;
 pub mod purge;
+pub mod request;
 pub mod resubmit;
 pub mod results;
 pub mod shutdown;

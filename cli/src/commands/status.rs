@@ -84,6 +84,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             if e.draining { "draining" } else { "up" }
         )?;
     }
+    for e in status.engines.iter().filter(|e| e.offer.is_some()) {
+        let offer = e.offer.as_deref().unwrap_or_default();
+        writeln!(out, "engine {} offers: {offer}; in use: {}", e.id, e.in_use)?;
+    }
     // Tasks by their inputs' numbers (1 for the first), as everywhere else.
     let numbers = if args.verbose {
         input_numbers(&mut client, &status)
@@ -123,6 +127,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             j.total.map_or_else(|| "?".to_string(), |t| t.to_string()),
             j.description
         )?;
+    }
+    for j in &status.jobs {
+        if let Some(request) = &j.request {
+            writeln!(out, "job {} asks per task: {request}", j.id)?;
+        }
+        if let Some(why) = &j.waiting_for {
+            writeln!(out, "job {} waits for {why}", j.id)?;
+        }
     }
     if args.verbose {
         for j in status.jobs.iter().filter(|j| !j.queued_tasks.is_empty()) {

@@ -542,6 +542,8 @@ mod tests {
                 done,
                 failed: 0,
                 queued_tasks: Vec::new(),
+                request: None,
+                waiting_for: None,
             }],
             store: "mem".into(),
         }

@@ -1,4 +1,6 @@
-//! `zcluster worker --hub FILE [-j N]`: an engine serving a hub.
+//! `zcluster worker --hub FILE [-j N | --cpus N] [--gpus auto|none|LIST]
+//! [--mem SIZE] [--resource NAME=LIST|NAME=AMOUNT]`: an engine serving a
+//! hub, offering its resources to the hub's scheduler.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -11,16 +13,18 @@ use std::time::SystemTime;
 use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, DEFAULT_MISSES};
 use zcluster::launch::batch::BatchSystem;
 use zcluster::launch::slurm::Slurm;
+use zcluster::resources::{detect_gpus, machine_cpus, machine_memory_bytes, ResourceOffer};
 
-use super::HubArg;
+use super::{HubArg, UsageError};
 
 #[derive(Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
     hub: HubArg,
-    /// Tasks at once (default: the CPUs Slurm gave this node inside a
-    /// Slurm job, else the number of cores).
-    #[arg(short, long, env = "ZCLUSTER_JOBS")]
+    /// Tasks at once, one core each; the same as --cpus N (default: the
+    /// CPUs Slurm gave this node inside a Slurm job, else the number of
+    /// cores).
+    #[arg(short, long, env = "ZCLUSTER_JOBS", conflicts_with = "cpus")]
     jobs: Option<usize>,
     /// What started this worker, shown by `zcluster status` (default:
     /// `slurm:JOB/NODE` inside a Slurm job).
@@ -33,6 +37,24 @@ pub struct WorkerArgs {
     /// is the job's end (`squeue -o %L`).
     #[arg(long, value_name = "TIME", value_parser = parse_end_at)]
     end_at: Option<SystemTime>,
+    /// Cores offered (default: this machine's).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// GPUs offered: `auto` (the devices the driver shows, within
+    /// CUDA_VISIBLE_DEVICES), `none`, or ids such as `0,1,3`.
+    #[arg(long, default_value = "auto")]
+    gpus: String,
+    /// Memory offered, e.g. `64G` (default: this machine's).
+    #[arg(long)]
+    mem: Option<String>,
+    /// Another resource: `NAME=LIST` (indexed, `licences=a,b`; one numeric
+    /// id is `NAME=3,`) or `NAME=AMOUNT` (summed, `scratch=100`).
+    /// Repeatable.
+    #[arg(long = "resource", value_name = "NAME=LIST|NAME=AMOUNT")]
+    resources: Vec<String>,
+    /// Bind each task that asked for resources to the cores it was given.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// `--end-at`: a duration from now, or an RFC 3339 time.
@@ -73,21 +95,51 @@ fn slurm_cpus() -> Option<usize> {
     std::env::var("SLURM_CPUS_ON_NODE").ok()?.parse().ok()
 }
 
+/// What this worker offers, from its flags and the machine.
+fn offer(args: &WorkerArgs) -> anyhow::Result<ResourceOffer> {
+    let cpus = match (args.cpus, args.jobs) {
+        (Some(cpus), _) => cpus,
+        (None, Some(jobs)) => u32::try_from(jobs).unwrap_or(u32::MAX),
+        (None, None) => slurm_cpus()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or_else(machine_cpus),
+    };
+    if cpus == 0 {
+        return Err(UsageError("--cpus 0: a worker offers one core at least".into()).into());
+    }
+    let detected = detect_gpus();
+    let usage = |e: zcluster::resources::ResourceError| UsageError(e.to_string());
+    let gpus = detected.resolve(&args.gpus).map_err(usage)?;
+    if detected.driver.is_none() && !matches!(args.gpus.as_str(), "auto" | "none") {
+        eprintln!(
+            "zcluster: no GPU driver seen here; offering --gpus {} as given",
+            args.gpus
+        );
+    }
+    let gpus = (!gpus.is_empty()).then(|| gpus.join(","));
+    let mem = args
+        .mem
+        .clone()
+        .or_else(|| machine_memory_bytes().map(|b| b.to_string()));
+    Ok(
+        ResourceOffer::parse(cpus, gpus.as_deref(), mem.as_deref(), &args.resources)
+            .map_err(usage)?,
+    )
+}
+
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let offer = offer(&args)?;
     let connection = args.hub.connection()?;
-    let slots = args
-        .jobs
-        .or_else(slurm_cpus)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let slots = offer.cpus.max(1) as usize;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .context("cannot install signal handlers")?;
     }
     eprintln!(
-        "zcluster: worker with {} serving {}",
+        "zcluster: worker with {} ({}) serving {}",
         super::plural(slots as u64, "slot"),
+        offer.describe(),
         connection.engines
     );
     let ctx = zmq::Context::new();
@@ -98,6 +150,8 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         handlers: Default::default(),
         origin: args.origin.or_else(slurm_origin),
         end_at: args.end_at.or_else(slurm_end),
+        resources: Some(offer),
+        pin: args.pin,
     };
     if let Some(end) = options.end_at {
         eprintln!(

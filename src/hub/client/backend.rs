@@ -9,6 +9,7 @@ use super::{ClientError, HubClient, JobHandle, JobOptions, HUB_PATIENCE};
 use crate::hub::protocol::{AttachInfo, HaltAt, JobId, JobKind};
 use crate::map::{Backend, ChunkDone, ExecChunk, Halt, HaltOn, MapError, Threshold};
 use crate::message::ClusterRequest;
+use crate::resources::ResourceRequest;
 
 /// `zcluster map --hub`: chunks become tasks of one hub job.
 pub struct HubBackend {
@@ -78,13 +79,31 @@ impl HubBackend {
     /// with a `cap` runs at most that many of its tasks at once across the
     /// cluster (`map -j N`; `None`: as many as there are free slots).
     pub fn open(
-        mut client: HubClient,
+        client: HubClient,
         description: String,
         retries: u32,
         halt: Option<HaltAt>,
         cap: Option<u32>,
     ) -> Result<Self, ClientError> {
-        let options = JobOptions { retries, halt, cap };
+        Self::open_with_request(client, description, retries, halt, cap, None)
+    }
+
+    /// [`open`](Self::open), each task asking for `request` (cores, GPUs,
+    /// memory: it runs only where all of it is free).
+    pub fn open_with_request(
+        mut client: HubClient,
+        description: String,
+        retries: u32,
+        halt: Option<HaltAt>,
+        cap: Option<u32>,
+        request: Option<ResourceRequest>,
+    ) -> Result<Self, ClientError> {
+        let options = JobOptions {
+            retries,
+            halt,
+            cap,
+            request,
+        };
         let handle = JobHandle::open(&mut client, JobKind::Exec, description, options)?;
         Ok(HubBackend {
             client,

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::outbox::Outbox;
 use super::recovery::JobSpec;
-use super::state::{CommandPurpose, Job, Task};
+use super::state::{CommandPurpose, Engine, Job, Task};
 use super::{Core, HubError};
 use crate::hub::protocol::{
     AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, Notification,
@@ -17,6 +17,7 @@ use crate::hub::protocol::{
 };
 use crate::hub::store::{JobRecord, NewTask, StoreError, TaskFilter, TaskId, TaskState};
 use crate::message::{encode_value, Command, Envelope, MessageError, MessageKind};
+use crate::resources::ResourceOffer;
 use crate::untrusted::escape_error;
 
 /// Jobs one client may have running at once: with the credit per job, this
@@ -168,8 +169,10 @@ impl<O: Outbox> Core<O> {
                 retries,
                 halt,
                 cap,
+                request,
             } => {
-                let spec = JobSpec::new(kind, description, retries, halt, client.clone(), cap);
+                let spec = JobSpec::new(kind, description, retries, halt, client.clone(), cap)
+                    .with_request(request);
                 self.open_job(spec)?
             }
             ClientCall::CloseJob { job, total } => self.close_job(job, total)?,
@@ -285,6 +288,9 @@ impl<O: Outbox> Core<O> {
                 )));
             }
         }
+        if let Some(refusal) = self.unsatisfiable(&spec) {
+            return Ok(Reply::Error(refusal));
+        }
         let id = self.store.next_job_id()?;
         let submitted = SystemTime::now();
         self.store.add_job(&JobRecord {
@@ -309,6 +315,40 @@ impl<O: Outbox> Core<O> {
             epoch: self.epoch,
             max_message: self.options.message_limit() as u64,
         })
+    }
+
+    /// Why no engine registered could ever run a task of `spec` (its
+    /// request exceeds every engine's whole offer), naming the largest
+    /// offer; `None` when one could, or when no engine is registered yet
+    /// (the job waits for one).
+    fn unsatisfiable(&self, spec: &JobSpec) -> Option<String> {
+        let request = spec.request.as_ref().filter(|r| !r.is_plain())?;
+        let engines: Vec<&Engine> = self
+            .state
+            .engines
+            .values()
+            .filter(|e| e.can_run(&spec.kind))
+            .collect();
+        if engines.is_empty() || engines.iter().any(|e| e.could_ever_fit(request)) {
+            return None;
+        }
+        let largest = engines
+            .iter()
+            .map(|e| {
+                let offer = e
+                    .offer
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| ResourceOffer::cpus_only(e.slots));
+                (offer.gpus.len(), offer.cpus, offer.mem_bytes, e.id, offer)
+            })
+            .max_by(|a, b| (a.0, a.1, a.2, b.3).cmp(&(b.0, b.1, b.2, a.3)))?;
+        Some(format!(
+            "no engine can ever run a task asking for {}: the largest offer is engine {}'s: {}",
+            request.describe(),
+            largest.3,
+            largest.4.describe()
+        ))
     }
 
     /// Every task of a job was sent: it ends once they all have.

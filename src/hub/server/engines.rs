@@ -31,7 +31,10 @@ impl<O: Outbox> Core<O> {
             if let Some(engine) = self.state.engines.get_mut(&id) {
                 engine.last_seen = Instant::now();
                 // Back under the same identity (ZeroMQ reconnected it).
-                engine.unreachable = false;
+                if engine.unreachable {
+                    engine.unreachable = false;
+                    self.state.freed.push(id);
+                }
             }
         }
         match (envelope.header.kind, known) {
@@ -44,8 +47,9 @@ impl<O: Outbox> Core<O> {
                     handlers,
                     running,
                     origin,
+                    resources,
                 }) => {
-                    let engine = Engine {
+                    let mut engine = Engine {
                         host,
                         pid,
                         handlers,
@@ -53,6 +57,9 @@ impl<O: Outbox> Core<O> {
                         origin,
                         ..Engine::new(0, identity.clone(), slots, Instant::now())
                     };
+                    if let Some(offer) = resources {
+                        engine = engine.with_offer(offer);
+                    }
                     self.register(engine);
                     self.adopt(&identity, running);
                 }
@@ -207,7 +214,13 @@ impl<O: Outbox> Core<O> {
             };
             task.started = Some(Instant::now());
             task.attempts = task.attempts.max(1);
-            engine.running.insert((job_id, task_id));
+            // What it was given before is its word alone; where the
+            // request no longer fits, it counts as a core.
+            let allocation = job
+                .request
+                .as_deref()
+                .and_then(|r| engine.resources.allocate(r));
+            engine.hold((job_id, task_id), allocation);
             if let Err(e) =
                 self.store
                     .task_started(task.store_id, engine.id, SystemTime::now(), task.attempts)

@@ -66,6 +66,7 @@ mod commands;
 mod engines;
 mod held;
 mod outbox;
+pub mod placement;
 mod queries;
 mod recovery;
 mod results;

@@ -9,15 +9,32 @@ use crate::message::{Command, Header, MessageError};
 /// Where the hub's messages go. Sends that the hub reacts to when they fail
 /// (tasks, commands) return the error; the others are logged and dropped
 /// there (an engine or client that is gone learns nothing either way).
+/// One task as the hub sends it to an engine: beside the request as it
+/// was recorded (never decoded or rewritten here), the attempt this is and,
+/// for a job with a resource request, what this copy was given there (a
+/// [`TaskGrant`](crate::resources::TaskGrant) in its metadata form). The
+/// engine stamps both into the request's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TaskOut<'a> {
+    /// The task's id.
+    pub(super) id: u64,
+    /// 1 for the first run.
+    pub(super) attempt: u32,
+    /// What it was given, if its job asked for resources.
+    pub(super) grant: Option<String>,
+    /// The request as recorded.
+    pub(super) request: &'a [u8],
+}
+
 pub(super) trait Outbox {
-    /// Tasks of `job`, (id, attempt, recorded request), to the engine
-    /// `engine`: a first attempt alone as a plain request, several or a
-    /// retry as one `Tasks` message, which carries the attempt.
+    /// Tasks of `job` to the engine `engine`: a first attempt with no
+    /// grant alone as a plain request, anything else as one `Tasks`
+    /// message, which carries each task's attempt and grant.
     fn tasks(
         &mut self,
         engine: &[u8],
         job: JobId,
-        tasks: &[(u64, u32, &[u8])],
+        tasks: &[TaskOut<'_>],
     ) -> Result<(), MessageError>;
 
     /// A command (kill, restart, ping) to the engine `engine`, under `token`.
@@ -47,7 +64,7 @@ pub(super) use recorder::{Recorder, Sent};
 mod recorder {
     use std::collections::HashSet;
 
-    use super::Outbox;
+    use super::{Outbox, TaskOut};
     use crate::hub::protocol::{HubToEngine, JobId, Notification, Reply};
     use crate::message::{Command, Header, MessageError};
 
@@ -60,6 +77,8 @@ mod recorder {
             tasks: Vec<u64>,
             /// Each task's attempt number, as sent.
             attempts: Vec<u32>,
+            /// What each was given where it goes, as sent.
+            grants: Vec<Option<String>>,
         },
         Command {
             engine: Vec<u8>,
@@ -114,14 +133,15 @@ mod recorder {
             &mut self,
             engine: &[u8],
             job: JobId,
-            tasks: &[(u64, u32, &[u8])],
+            tasks: &[TaskOut<'_>],
         ) -> Result<(), MessageError> {
             self.reach(engine)?;
             self.sent.push(Sent::Tasks {
                 engine: engine.to_vec(),
                 job,
-                tasks: tasks.iter().map(|(id, _, _)| *id).collect(),
-                attempts: tasks.iter().map(|(_, attempt, _)| *attempt).collect(),
+                tasks: tasks.iter().map(|t| t.id).collect(),
+                attempts: tasks.iter().map(|t| t.attempt).collect(),
+                grants: tasks.iter().map(|t| t.grant.clone()).collect(),
             });
             Ok(())
         }

@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 
 use super::outbox::Outbox;
+use super::state::{Engine, Job};
 use super::{Core, HubError};
 use crate::hub::protocol::{EngineStatus, HubStatus, JobId, JobStatus, Reply, TaskReport};
 use crate::hub::store::{TaskFilter, TaskRecord};
+use crate::resources::{ResourceOffer, ResourceRequest};
 
 /// Most tasks in one page of [`ClientCall::ResultsPage`](crate::hub::protocol::ClientCall::ResultsPage)...
 const PAGE_TASKS: usize = 1024;
@@ -33,7 +35,36 @@ fn task_report(t: TaskRecord) -> TaskReport {
     }
 }
 
+/// What of an engine is in use, for `zcluster status`.
+fn in_use(engine: &Engine) -> String {
+    let pool = &engine.resources;
+    let cores = (pool.cpus_taken_by_index() + pool.loose()).min(pool.cpus());
+    let mut line = format!("{cores}/{} cpus", pool.cpus());
+    if let Some(offer) = engine.offer.as_deref().filter(|o| !o.gpus.is_empty()) {
+        line.push_str(&format!(
+            ", {}/{} gpus",
+            pool.gpus_in_use(),
+            offer.gpus.len()
+        ));
+    }
+    line
+}
+
 impl<O: Outbox> Core<O> {
+    /// Why a live job's queued tasks wait, when its request is free on no
+    /// engine now.
+    fn waiting_for(&self, id: JobId, job: &Job) -> Option<String> {
+        let request = job.request.as_deref()?;
+        if job.queue.is_empty() || self.state.engines.values().any(|e| e.fits(request)) {
+            return None;
+        }
+        let why = match self.state.reservations.get(&id) {
+            Some(engine) => format!("no engine has it free (engine {engine} is reserved for it)"),
+            None => "no engine has it free".to_string(),
+        };
+        Some(format!("{}: {why}", request.describe()))
+    }
+
     /// Engines as the hub sees them, jobs as the store counts them.
     pub(super) fn status(&mut self, verbose: bool) -> Result<HubStatus, HubError> {
         let mut engines: Vec<EngineStatus> = self
@@ -58,6 +89,8 @@ impl<O: Outbox> Core<O> {
                 },
                 origin: e.origin.clone(),
                 draining: e.draining,
+                offer: e.offer.as_deref().map(ResourceOffer::describe),
+                in_use: in_use(e),
             })
             .collect();
         engines.sort_by_key(|e| e.id);
@@ -80,6 +113,10 @@ impl<O: Outbox> Core<O> {
                         Some(l) if verbose => l.queue.iter().copied().collect(),
                         _ => Vec::new(),
                     },
+                    request: live
+                        .and_then(|l| l.request.as_deref())
+                        .map(ResourceRequest::describe),
+                    waiting_for: live.and_then(|l| self.waiting_for(j.id, l)),
                 }
             })
             .collect();

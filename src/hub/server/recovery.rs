@@ -3,6 +3,8 @@
 //! queued again (engines register by themselves and say what they still
 //! hold), finished ones left finished.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -12,6 +14,7 @@ use super::{Core, HubError};
 use crate::hub::protocol::{HaltAt, JobId, JobKind};
 use crate::hub::store::{JobRecord, TaskState};
 use crate::message::decode_value;
+use crate::resources::ResourceRequest;
 
 /// What the store keeps of a job besides its id: enough for a restarted hub
 /// to carry it on, and to route its results to its client. Fields are only
@@ -30,6 +33,20 @@ pub(super) struct JobSpec {
     /// Its halt rule (see [`Job::halt`]); `None` with `halts` set is an
     /// older spec's first failure.
     pub(super) halt: Option<HaltAt>,
+    /// What each task needs (see [`Job::request`]).
+    pub(super) request: Option<ResourceRequest>,
+}
+
+/// A spec as stores written before jobs had resource requests hold it.
+#[derive(Deserialize)]
+struct UnrequestedSpec {
+    kind: JobKind,
+    description: String,
+    retries: u32,
+    halts: bool,
+    client: Vec<u8>,
+    cap: Option<u32>,
+    halt: Option<HaltAt>,
 }
 
 /// A spec as stores written before jobs had a halt rule hold it.
@@ -71,7 +88,15 @@ impl JobSpec {
             client,
             cap,
             halt,
+            request: None,
         }
+    }
+
+    /// The spec with `request` for each task (`--cpus 1` alone is one too:
+    /// its tasks get their core by index, for `--pin`).
+    pub(super) fn with_request(mut self, request: Option<ResourceRequest>) -> Self {
+        self.request = request;
+        self
     }
 
     /// The spec stored with `record` (an older one has no cap or halt rule
@@ -79,6 +104,11 @@ impl JobSpec {
     /// description if it does not decode.
     pub(super) fn of(record: &JobRecord) -> Self {
         if let Ok(spec) = decode_value::<JobSpec>(&record.spec, "job spec") {
+            return spec;
+        }
+        if let Ok(s) = decode_value::<UnrequestedSpec>(&record.spec, "job spec") {
+            let mut spec = JobSpec::new(s.kind, s.description, s.retries, s.halt, s.client, s.cap);
+            spec.halts = s.halts;
             return spec;
         }
         let old = |halts: bool| halts.then_some(HaltAt::FIRST_FAILURE);
@@ -121,6 +151,7 @@ impl JobSpec {
             rule => rule,
         };
         job.cap = self.cap;
+        job.request = self.request.map(Arc::new);
         job
     }
 }

@@ -7,12 +7,13 @@ use std::time::{Instant, SystemTime};
 use tracing::{debug, info, warn};
 
 use super::held::Held;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, TaskOut};
 use super::scheduler::{self, Assignment, Before};
 use super::Core;
 use crate::hub::protocol::{EngineId, HubToEngine, JobId, Notification};
 use crate::hub::store::{Finished, TaskState};
 use crate::message::{Header, MessageError, ResultStatus};
+use crate::resources::TaskGrant;
 
 /// The reason recorded for a failure that came without one (engines always
 /// give one; this guards the record against one that did not).
@@ -31,8 +32,8 @@ impl<O: Outbox> Core<O> {
         error: Option<String>,
     ) {
         let key = (header.job, header.id);
-        if let Some(engine) = self.state.engines.get_mut(&engine_id) {
-            if engine.running.remove(&key) {
+        if self.state.release(engine_id, key) {
+            if let Some(engine) = self.state.engines.get_mut(&engine_id) {
                 engine.completed += 1;
             }
         }
@@ -302,13 +303,21 @@ impl<O: Outbox> Core<O> {
         let Some(job) = state.jobs.get(&assignment.job) else {
             return Ok(());
         };
-        let items: Vec<(u64, u32, &[u8])> = assignment
+        // Each task goes with its attempt and, for a job with a request,
+        // what it was given there, beside the request as it was recorded.
+        let items: Vec<TaskOut<'_>> = assignment
             .tasks
             .iter()
             .filter_map(|id| {
-                job.tasks
-                    .get(id)
-                    .map(|t| (*id, t.attempts.max(1), &t.request[..]))
+                job.tasks.get(id).map(|t| TaskOut {
+                    id: *id,
+                    attempt: t.attempts.max(1),
+                    grant: engine
+                        .allocations
+                        .get(&(assignment.job, *id))
+                        .map(|a| TaskGrant::of(&engine.resources, a).to_metadata()),
+                    request: &t.request[..],
+                })
             })
             .collect();
         self.outbox.tasks(&engine.identity, assignment.job, &items)

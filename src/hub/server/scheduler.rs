@@ -20,15 +20,29 @@
 //!   most that many tasks running across the cluster;
 //! - **straggler copies**: with nothing queued, a task that has run far
 //!   longer than its job's median gets a second copy on another engine's
-//!   free slot (the first result wins; the hub cancels the loser).
+//!   free slot (the first result wins; the hub cancels the loser);
+//! - **whole requests**: a task of a job with a resource request
+//!   (`--cpus 2 --gpus 1 --mem 4G`) goes only to an engine where all of it
+//!   is free, which holds it (cores and devices by index) until that copy
+//!   ends; a task without one takes one core. While a job with a request
+//!   waits, jobs without one get no prefetch (cores queued on an engine
+//!   would be cores its tasks wait for);
+//! - **no starvation**: a job with a request whose turns have found nothing
+//!   free for [`RESERVE_AFTER`](super::state::RESERVE_AFTER) gets an engine
+//!   reserved (one whose offer covers the request, the one with the most
+//!   cores free): no other job's task goes there until it has placed one,
+//!   so a stream of one-core tasks cannot keep a whole-node task out.
 //!
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
 use std::time::{Duration, Instant};
 
-use super::state::{Engine, Job, State};
-use crate::hub::protocol::{EngineId, JobId};
+use tracing::info;
+
+use super::state::{Candidates, Engine, Job, State};
+use crate::hub::protocol::{EngineId, JobId, JobKind};
+use crate::resources::ResourceRequest;
 
 /// Most tasks the hub sends an engine in one message...
 pub(super) const DISPATCH_BATCH: usize = 32;
@@ -78,9 +92,24 @@ impl Engine {
         if self.leaving || self.unreachable {
             0
         } else {
-            let capacity = self.slots.saturating_mul(depth.max(1));
-            capacity.saturating_sub(self.running.len() as u32)
+            // Cores held by index (tasks with a request) are not
+            // prefetched into; the rest are, `depth` times over.
+            let cores = self
+                .slots
+                .saturating_sub(self.resources.cpus_taken_by_index());
+            let capacity = cores.saturating_mul(depth.max(1));
+            capacity.saturating_sub(self.resources.loose())
         }
+    }
+
+    /// Whether all of `request` is free here now.
+    pub(super) fn fits(&self, request: &ResourceRequest) -> bool {
+        !(self.leaving || self.unreachable) && self.resources.fits(request)
+    }
+
+    /// Whether a task of `job` may go here: not reserved for another job.
+    fn open_to(&self, job: JobId) -> bool {
+        self.reserved_for.is_none_or(|j| j == job)
     }
 }
 
@@ -134,6 +163,15 @@ impl Job {
 pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
     let mut plan = Vec::new();
     let total_slots = state.total_slots;
+    drop_stale_reservations(state);
+    // While a job with a request waits, jobs without one get no prefetch.
+    let requests_wait = state.turns.iter().any(|id| {
+        state
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.request.is_some() && !j.queue.is_empty() && !j.halted)
+    });
+    merge_freed(state);
     let mut idle_turns = 0;
     while idle_turns < state.turns.len() {
         let Some(job_id) = state.turns.pop_front() else {
@@ -165,7 +203,9 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // slots: it hides the round trip between a result and the next
         // task, and at the tail, where a task queued behind a long one
         // would wait while another engine idles, there is none.
-        let depth = if job.queue.len() > total_slots {
+        let request = job.request.clone();
+        let no_prefetch = request.is_some() || requests_wait;
+        let depth = if job.queue.len() > total_slots && !no_prefetch {
             job.prefetch_depth()
         } else {
             1
@@ -178,17 +218,56 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
                 .engines
                 .values()
                 .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
-        // The engine with the most room.
-        let engine = state
-            .engines
-            .values_mut()
-            .filter(|e| {
-                e.free(depth) > 0
-                    && e.can_run(&job.kind)
-                    && !(elsewhere && failed_on.contains(&e.id))
-            })
-            .max_by_key(|e| e.free(depth));
-        let Some(engine) = engine else {
+        // The engine with the most room (for a request: where all of it
+        // is free, the one with the most cores free, from this call's
+        // candidates; a retry looks at every engine).
+        let engine = match &request {
+            Some(r) if failed_on.is_empty() => {
+                let candidates = state
+                    .fitting
+                    .entry(job_id)
+                    .or_insert_with(|| candidates(state.engines.values(), &job.kind, r));
+                let mut chosen = None;
+                while let Some(&id) = candidates.queue.front() {
+                    match state.engines.get(&id) {
+                        Some(e) if e.fits(r) && e.open_to(job_id) => {
+                            chosen = Some(id);
+                            break;
+                        }
+                        _ => {
+                            candidates.queue.pop_front();
+                            candidates.listed.remove(&id);
+                        }
+                    }
+                }
+                chosen.and_then(|id| state.engines.get_mut(&id))
+            }
+            _ => state
+                .engines
+                .values_mut()
+                .filter(|e| {
+                    e.can_run(&job.kind)
+                        && !(elsewhere && failed_on.contains(&e.id))
+                        && e.open_to(job_id)
+                        && match &request {
+                            None => e.free(depth) > 0,
+                            Some(r) => e.fits(r),
+                        }
+                })
+                .max_by_key(|e| match &request {
+                    None => e.free(depth),
+                    Some(_) => e.resources.free_cpus(),
+                }),
+        };
+        // What the front task is given there.
+        let placed = engine.and_then(|engine| match &request {
+            None => Some((engine, None)),
+            Some(r) => {
+                let allocation = engine.resources.allocate(r)?;
+                Some((engine, Some(allocation)))
+            }
+        });
+        let Some((engine, mut allocation)) = placed else {
             // Nothing free for this job now; try the others. A retry
             // waiting for another engine lets the tasks behind it go.
             if elsewhere && job.queue.len() > 1 {
@@ -196,9 +275,27 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             }
             state.turns.push_back(job_id);
             idle_turns += 1;
+            // A request that has waited too long gets an engine reserved.
+            if let Some(r) = &request {
+                let since = *job.blocked_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= state.reserve_after
+                    && !state.reservations.contains_key(&job_id)
+                {
+                    let kind = job.kind.clone();
+                    reserve(state, job_id, &kind, r);
+                }
+            }
             continue;
         };
         idle_turns = 0;
+        let reserved_here = request.is_some() && {
+            job.blocked_since = None;
+            engine.reserved_for == Some(job_id)
+        };
+        if reserved_here {
+            engine.reserved_for = None;
+            state.freed.push(engine.id); // open to the others again
+        }
         // The front task and, for a job of short tasks, the first-time
         // tasks behind it (a retry waits for its own turn, which looks
         // for an engine it has not failed on), up to DISPATCH_BATCH in
@@ -207,18 +304,19 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // alone (the prefetch depth decided again with the backlog it
         // leaves). Longer tasks go one by one, each to the engine with
         // the most room, which a batch to one engine would not do.
-        let most_tasks = if job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
-            DISPATCH_BATCH
-        } else {
-            1
-        }
-        .min(room);
+        let most_tasks =
+            if request.is_none() && job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
+                DISPATCH_BATCH
+            } else {
+                1
+            }
+            .min(room);
         let prefetch = job.prefetch_depth();
         let mut batch = vec![task_id];
         let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
         job.queue.pop_front();
         while batch.len() < most_tasks {
-            let depth = if job.queue.len() > total_slots {
+            let depth = if job.queue.len() > total_slots && !no_prefetch {
                 prefetch
             } else {
                 1
@@ -249,7 +347,13 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             };
             before.push(task.started.replace(now));
             task.attempts += 1;
-            engine.running.insert((job_id, id));
+            engine.hold((job_id, id), allocation.take());
+        }
+        if let Some(allocation) = allocation {
+            engine.resources.release(&allocation); // its task was gone
+        }
+        if reserved_here {
+            state.reservations.remove(&job_id);
         }
         plan.push(Assignment {
             engine: engine.id,
@@ -298,22 +402,34 @@ pub(super) fn speculate(state: &mut State, now: Instant) -> Vec<Assignment> {
         };
         let running_on = task.engine;
         let failed_on = &task.failed_on;
+        let request = job.request.as_deref();
         let Some(engine) = state
             .engines
             .values_mut()
             .filter(|e| {
-                e.free(1) > 0
-                    && e.can_run(&job.kind)
+                e.can_run(&job.kind)
                     && Some(e.id) != running_on
                     && !failed_on.contains(&e.id)
+                    && e.open_to(job_id)
+                    && match request {
+                        None => e.free(1) > 0,
+                        Some(r) => e.fits(r),
+                    }
             })
             .max_by_key(|e| e.free(1))
         else {
-            break;
+            continue;
+        };
+        let allocation = match request {
+            None => None,
+            Some(r) => match engine.resources.allocate(r) {
+                Some(a) => Some(a),
+                None => continue,
+            },
         };
         task.spare = Some((engine.id, now));
         task.speculated = true;
-        engine.running.insert((job_id, task_id));
+        engine.hold((job_id, task_id), allocation);
         plan.push(Assignment {
             engine: engine.id,
             job: job_id,
@@ -330,10 +446,8 @@ pub(super) fn speculate(state: &mut State, now: Instant) -> Vec<Assignment> {
 /// failures of one plan last first, so each queue keeps its order.
 pub(super) fn unsent(state: &mut State, assignment: &Assignment, requeue: bool) {
     let (job_id, engine_id) = (assignment.job, assignment.engine);
-    if let Some(engine) = state.engines.get_mut(&engine_id) {
-        for &id in &assignment.tasks {
-            engine.running.remove(&(job_id, id));
-        }
+    for &id in &assignment.tasks {
+        state.release(engine_id, (job_id, id));
     }
     let Some(job) = state.jobs.get_mut(&job_id) else {
         return;
@@ -365,5 +479,122 @@ pub(super) fn unsent(state: &mut State, assignment: &Assignment, requeue: bool) 
     }
 }
 
+/// The engines of `engines` that can run a task of `kind` asking for
+/// `request` now, the one with the most cores free first.
+fn candidates<'a>(
+    engines: impl Iterator<Item = &'a Engine>,
+    kind: &JobKind,
+    request: &ResourceRequest,
+) -> Candidates {
+    let mut fit: Vec<(u32, EngineId)> = engines
+        .filter(|e| e.can_run(kind) && e.fits(request))
+        .map(|e| (e.resources.free_cpus(), e.id))
+        .collect();
+    fit.sort_unstable_by(|a, b| b.cmp(a));
+    Candidates {
+        listed: fit.iter().map(|&(_, id)| id).collect(),
+        queue: fit.into_iter().map(|(_, id)| id).collect(),
+    }
+}
+
+/// Keeps the jobs' [`Candidates`] up to date: those of jobs with nothing
+/// queued are dropped (rebuilt when tasks come), and each engine freed
+/// since the last run goes to the front of the lists of the jobs it now
+/// fits. Within one run nothing is freed, so an engine that stops fitting
+/// is dropped until it is freed again.
+fn merge_freed(state: &mut State) {
+    let jobs = &state.jobs;
+    state.fitting.retain(|id, _| {
+        jobs.get(id)
+            .is_some_and(|j| j.request.is_some() && !j.queue.is_empty())
+    });
+    if state.freed.is_empty() {
+        return;
+    }
+    let mut freed = std::mem::take(&mut state.freed);
+    if state.fitting.is_empty() {
+        freed.clear();
+        state.freed = freed; // keep the allocation
+        return;
+    }
+    freed.sort_unstable();
+    freed.dedup();
+    for (job_id, candidates) in &mut state.fitting {
+        let Some(job) = state.jobs.get(job_id) else {
+            continue;
+        };
+        let Some(request) = job.request.as_deref() else {
+            continue;
+        };
+        for id in &freed {
+            if candidates.listed.contains(id) {
+                continue;
+            }
+            if let Some(e) = state.engines.get(id) {
+                if e.can_run(&job.kind) && e.fits(request) {
+                    candidates.queue.push_front(*id);
+                    candidates.listed.insert(*id);
+                }
+            }
+        }
+    }
+    freed.clear();
+    state.freed = freed;
+}
+
+/// Drops reservations whose job no longer waits (finished, halted, or its
+/// queue emptied).
+fn drop_stale_reservations(state: &mut State) {
+    if state.reservations.is_empty() {
+        return;
+    }
+    let stale: Vec<JobId> = state
+        .reservations
+        .keys()
+        .copied()
+        .filter(|j| {
+            !state
+                .jobs
+                .get(j)
+                .is_some_and(|job| !job.queue.is_empty() && !job.halted)
+        })
+        .collect();
+    for job in stale {
+        if let Some(engine) = state.reservations.remove(&job) {
+            if let Some(engine) = state.engines.get_mut(&engine) {
+                if engine.reserved_for == Some(job) {
+                    engine.reserved_for = None;
+                    state.freed.push(engine.id);
+                }
+            }
+        }
+    }
+}
+
+/// Reserves for `job` the engine that could run `request` (its whole
+/// offer covers it) with the most cores free now, among those not
+/// reserved already: no other job's task goes there until `job` places
+/// one, so what ends there stays free for it.
+fn reserve(state: &mut State, job: JobId, kind: &JobKind, request: &ResourceRequest) {
+    let chosen = state
+        .engines
+        .values_mut()
+        .filter(|e| {
+            !(e.leaving || e.unreachable)
+                && e.reserved_for.is_none()
+                && e.can_run(kind)
+                && e.could_ever_fit(request)
+        })
+        .max_by_key(|e| e.resources.free_cpus());
+    if let Some(engine) = chosen {
+        info!(job, engine = engine.id, request = %request.describe(), "reserving an engine for a job that waited too long");
+        engine.reserved_for = Some(job);
+        state.reservations.insert(job, engine.id);
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod resource_tests;

@@ -8,7 +8,7 @@
 
 use tracing::debug;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, TaskOut};
 use super::{Endpoints, HubError, HubOptions};
 use crate::auth::{AuthError, Channel, Key};
 use crate::hub::connection::ConnectionError;
@@ -291,29 +291,36 @@ impl Outbox for Sockets {
         &mut self,
         engine: &[u8],
         job: JobId,
-        tasks: &[(u64, u32, &[u8])],
+        tasks: &[TaskOut<'_>],
     ) -> Result<(), MessageError> {
         match tasks {
             [] => Ok(()),
-            // A first attempt alone goes as it was recorded; a retry needs
-            // its attempt number beside it.
-            [(id, attempt, request)] if *attempt <= 1 => {
+            // A first attempt with no grant alone goes as it was recorded;
+            // anything else needs its attempt and grant beside it.
+            [task] if task.attempt <= 1 && task.grant.is_none() => {
                 let header = Header {
                     kind: MessageKind::Request,
                     job,
-                    id: *id,
+                    id: task.id,
                 };
-                self.engines.send_raw_routed(engine, &header, request)
+                self.engines.send_raw_routed(engine, &header, task.request)
             }
-            [(first, _, _), ..] => {
+            [first, ..] => {
                 let header = Header {
                     kind: MessageKind::Tasks,
                     job,
-                    id: *first,
+                    id: first.id,
                 };
-                let items: Vec<(u64, u32, &serde_bytes::Bytes)> = tasks
+                let items: Vec<(u64, u32, Option<&str>, &serde_bytes::Bytes)> = tasks
                     .iter()
-                    .map(|(id, attempt, request)| (*id, *attempt, serde_bytes::Bytes::new(request)))
+                    .map(|t| {
+                        (
+                            t.id,
+                            t.attempt,
+                            t.grant.as_deref(),
+                            serde_bytes::Bytes::new(t.request),
+                        )
+                    })
                     .collect();
                 self.engines.send_routed(engine, &header, &items)
             }

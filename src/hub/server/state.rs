@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use super::super::protocol::{EngineId, HaltAt, JobId, JobKind};
 use super::super::store::TaskId;
 use crate::message::CommandReply;
+use crate::resources::{Allocation, ResourceOffer, ResourcePool, ResourceRequest};
+
+/// How long a job with a resource request may find nothing free for it
+/// before the hub reserves an engine for it (see
+/// [`scheduler`](super::scheduler)'s anti-starvation rule).
+pub(super) const RESERVE_AFTER: Duration = Duration::from_secs(30);
 
 /// Successful task times a job keeps for its median.
 pub(super) const DURATION_SAMPLES: usize = 101;
@@ -40,6 +46,15 @@ pub(super) struct Engine {
     /// Draining (it said so, or acknowledged `zcluster drain`); `leaving`
     /// is set with it, so it gets no new tasks.
     pub(super) draining: bool,
+    /// What it declared it offers (`None`: only its slots, as cores).
+    pub(super) offer: Option<Arc<ResourceOffer>>,
+    /// What of its offer is free now.
+    pub(super) resources: ResourcePool,
+    /// What each task copy it holds with a request was given.
+    pub(super) allocations: HashMap<(JobId, u64), Allocation>,
+    /// Reserved for this job (which waited too long for resources): no
+    /// other job's task goes here until it has placed one.
+    pub(super) reserved_for: Option<JobId>,
 }
 
 impl Engine {
@@ -60,7 +75,64 @@ impl Engine {
             name: String::new(),
             origin: None,
             draining: false,
+            offer: None,
+            resources: ResourcePool::new(&ResourceOffer::cpus_only(slots)),
+            allocations: HashMap::new(),
+            reserved_for: None,
         }
+    }
+
+    /// The engine offering `offer` (its slots are its cores).
+    pub(super) fn with_offer(mut self, offer: ResourceOffer) -> Self {
+        self.slots = offer.cpus.max(1);
+        self.resources = ResourcePool::new(&offer);
+        self.offer = Some(Arc::new(offer));
+        self
+    }
+
+    /// Whether `request` fits its whole offer (all of it free).
+    pub(super) fn could_ever_fit(&self, request: &ResourceRequest) -> bool {
+        match &self.offer {
+            Some(offer) => offer.could_fit(request),
+            None => ResourceOffer::cpus_only(self.slots).could_fit(request),
+        }
+    }
+
+    /// It takes a copy of a task: with `allocation` (what a request was
+    /// given) or, without a request, one core not by index.
+    pub(super) fn hold(&mut self, key: (JobId, u64), allocation: Option<Allocation>) {
+        if !self.running.insert(key) {
+            if let Some(a) = allocation {
+                self.resources.release(&a); // held already: nothing more taken
+            }
+            return;
+        }
+        match allocation {
+            Some(a) => {
+                self.allocations.insert(key, a);
+            }
+            None => self.resources.take_loose(),
+        }
+    }
+
+    /// A copy it held ended (a result, a failed send): what it took is
+    /// free again. Whether it held it.
+    pub(super) fn release(&mut self, key: (JobId, u64)) -> bool {
+        if !self.running.remove(&key) {
+            return false;
+        }
+        // (No hashing at all while it holds nothing by request, as for
+        // jobs without one.)
+        let allocation = if self.allocations.is_empty() {
+            None
+        } else {
+            self.allocations.remove(&key)
+        };
+        match allocation {
+            Some(a) => self.resources.release(&a),
+            None => self.resources.release_loose(),
+        }
+        true
     }
 
     /// Whether it offers what a job of `kind` needs.
@@ -187,6 +259,12 @@ pub(super) struct Job {
     pub(super) uncounted: usize,
     /// Tasks of it on engines now, second copies apart (against `cap`).
     pub(super) running: usize,
+    /// What each of its tasks needs (`None`: one core, as before
+    /// resources).
+    pub(super) request: Option<Arc<ResourceRequest>>,
+    /// Since when its turns found nothing free for its request (for the
+    /// anti-starvation rule).
+    pub(super) blocked_since: Option<Instant>,
 }
 
 impl Job {
@@ -211,6 +289,8 @@ impl Job {
             recorded: 0,
             uncounted: 0,
             running: 0,
+            request: None,
+            blocked_since: None,
         }
     }
 
@@ -299,6 +379,28 @@ pub(super) struct State {
     /// Slots of all registered engines.
     pub(super) total_slots: usize,
     pub(super) next_token: u64,
+    /// Engines reserved for a job that waited too long (see
+    /// [`Engine::reserved_for`]), by job.
+    pub(super) reservations: HashMap<JobId, EngineId>,
+    /// How long a job with a request waits before it gets a reservation.
+    pub(super) reserve_after: Duration,
+    /// Engines that may fit a request they did not fit before (something
+    /// was released there, they joined, were heard from again, or lost a
+    /// reservation) since the scheduler last ran.
+    pub(super) freed: Vec<EngineId>,
+    /// Per job with a request: the engines it may fit (see
+    /// [`Candidates`]), kept between the scheduler's runs.
+    pub(super) fitting: HashMap<JobId, Candidates>,
+}
+
+/// The engines a job's request may fit, the likeliest first: built by a
+/// scan of every engine once, then kept up to date from
+/// [`State::freed`], so placing a task costs a look at the front one, not
+/// a scan. An engine found not to fit is dropped until it is freed again.
+#[derive(Default)]
+pub(super) struct Candidates {
+    pub(super) queue: VecDeque<EngineId>,
+    pub(super) listed: HashSet<EngineId>,
 }
 
 impl Default for State {
@@ -311,6 +413,10 @@ impl Default for State {
             commands: HashMap::new(),
             total_slots: 0,
             next_token: 1,
+            reservations: HashMap::new(),
+            reserve_after: RESERVE_AFTER,
+            freed: Vec::new(),
+            fitting: HashMap::new(),
         }
     }
 }
@@ -328,15 +434,32 @@ impl State {
         engine.slots = engine.slots.max(1);
         self.by_identity.insert(engine.identity.clone(), engine.id);
         self.total_slots += engine.slots as usize;
+        self.freed.push(engine.id);
         self.engines.insert(engine.id, engine);
     }
 
     /// Removes an engine and its slots; what it held is the caller's.
     pub(super) fn remove_engine(&mut self, id: EngineId) -> Option<Engine> {
         let engine = self.engines.remove(&id)?;
+        if let Some(job) = engine.reserved_for {
+            self.reservations.remove(&job);
+        }
         self.total_slots = self.total_slots.saturating_sub(engine.slots as usize);
         self.by_identity.remove(&engine.identity);
         Some(engine)
+    }
+
+    /// A copy engine `engine` held ended: what it took is free again (see
+    /// [`Engine::release`]). Whether it held it.
+    pub(super) fn release(&mut self, engine: EngineId, key: (JobId, u64)) -> bool {
+        let released = self
+            .engines
+            .get_mut(&engine)
+            .is_some_and(|e| e.release(key));
+        if released {
+            self.freed.push(engine);
+        }
+        released
     }
 
     /// Task `task` of job `job`, if both are live.

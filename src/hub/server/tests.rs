@@ -68,6 +68,7 @@ mod reactions {
             retries,
             halt,
             cap: None,
+            request: None,
         };
         hub.on_call(CLIENT.to_vec(), 1, open).expect("opened");
         let job = match hub.outbox.take().pop() {
@@ -384,6 +385,130 @@ mod reactions {
             "{ended:?}"
         );
     }
+
+    /// Registers an engine named `name` offering `cpus` cores and `gpus`.
+    fn gpu_engine(hub: &mut Core<Recorder>, name: &str, cpus: u32, gpus: &str) -> EngineId {
+        let offer =
+            crate::resources::ResourceOffer::parse(cpus, Some(gpus), None, &[]).expect("offer");
+        let identity = name.as_bytes().to_vec();
+        hub.register(
+            Engine {
+                name: name.into(),
+                ..Engine::new(0, identity.clone(), cpus, Instant::now())
+            }
+            .with_offer(offer),
+        );
+        hub.state.by_identity[&identity]
+    }
+
+    /// Opens a job whose tasks ask for `gpus` GPUs; the hub's reply.
+    fn open_gpu_job(hub: &mut Core<Recorder>, gpus: &str) -> Reply {
+        let request =
+            crate::resources::ResourceRequest::parse(None, Some(gpus), None, &[]).expect("request");
+        let open = ClientCall::OpenJob {
+            kind: JobKind::Exec,
+            description: "gpu".into(),
+            retries: 0,
+            halt: None,
+            cap: None,
+            request: Some(request),
+        };
+        hub.on_call(CLIENT.to_vec(), 1, open).expect("answered");
+        match hub.outbox.take().pop() {
+            Some(Sent::Reply { reply, .. }) => reply,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_no_engine_can_ever_run_is_refused_naming_the_largest_offer() {
+        let mut hub = hub(HubOptions::default());
+        // No engine yet: the job waits for one.
+        assert!(matches!(
+            open_gpu_job(&mut hub, "2"),
+            Reply::JobOpened { .. }
+        ));
+        gpu_engine(&mut hub, "a", 4, "0");
+        let b = gpu_engine(&mut hub, "b", 8, "0");
+        match open_gpu_job(&mut hub, "2") {
+            Reply::Error(e) => assert_eq!(
+                e,
+                format!("no engine can ever run a task asking for 1 cpus, 2 gpus: the largest offer is engine {b}'s: 8 cpus, gpus 0")
+            ),
+            other => panic!("not refused: {other:?}"),
+        }
+        assert!(matches!(
+            open_gpu_job(&mut hub, "1"),
+            Reply::JobOpened { .. }
+        ));
+    }
+
+    #[test]
+    fn an_engine_heard_from_again_gets_gpu_tasks_again() {
+        let mut hub = hub(HubOptions::default());
+        let a = gpu_engine(&mut hub, "a", 4, "0");
+        hub.outbox.unreachable.insert(b"a".to_vec());
+        let Reply::JobOpened { job, .. } = open_gpu_job(&mut hub, "1") else {
+            panic!("not opened");
+        };
+        let header = Header {
+            kind: MessageKind::Request,
+            job,
+            id: 1,
+        };
+        let task = frames(&header, &ClusterRequest::new(1, Vec::new())).expect("frames");
+        hub.on_client(CLIENT.to_vec(), Envelope::from_frames(&task));
+        hub.dispatch();
+        assert!(hub.state.engines[&a].unreachable);
+        hub.outbox.take();
+        hub.dispatch();
+        assert!(tasks_to(&hub.outbox.take(), "a").is_empty());
+        // It is heard from again: its GPU is on offer again.
+        hub.outbox.unreachable.clear();
+        let beat = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 0,
+        };
+        let frames =
+            frames(&beat, &crate::hub::protocol::EngineMessage::Heartbeat).expect("frames");
+        hub.on_engine(
+            b"a".to_vec(),
+            Ok(Envelope::from_frames(&frames).expect("envelope")),
+        );
+        hub.dispatch();
+        assert_eq!(tasks_to(&hub.outbox.take(), "a"), [1]);
+    }
+
+    #[test]
+    fn status_says_what_a_waiting_job_waits_for_and_what_engines_use() {
+        let mut hub = hub(HubOptions::default());
+        gpu_engine(&mut hub, "a", 4, "0,1");
+        let Reply::JobOpened { job, .. } = open_gpu_job(&mut hub, "1") else {
+            panic!("not opened");
+        };
+        for id in 1..=3 {
+            let header = Header {
+                kind: MessageKind::Request,
+                job,
+                id,
+            };
+            let frames = frames(&header, &ClusterRequest::new(id, Vec::new())).expect("frames");
+            hub.on_client(CLIENT.to_vec(), Envelope::from_frames(&frames));
+        }
+        hub.dispatch();
+        assert_eq!(tasks_to(&hub.outbox.take(), "a").len(), 2, "one per GPU");
+        let status = hub.status(false).expect("status");
+        let engine = &status.engines[0];
+        assert_eq!(engine.offer.as_deref(), Some("4 cpus, gpus 0,1"));
+        assert_eq!(engine.in_use, "2/4 cpus, 2/2 gpus");
+        let live = status.jobs.iter().find(|j| j.id == job).expect("job");
+        assert_eq!(live.request.as_deref(), Some("1 cpus, 1 gpus"));
+        assert_eq!(
+            live.waiting_for.as_deref(),
+            Some("1 cpus, 1 gpus: no engine has it free")
+        );
+    }
 }
 
 mod specs {
@@ -423,6 +548,38 @@ mod specs {
         let back = JobSpec::of(&record(encode_value(&spec, "spec").expect("encoded")));
         assert_eq!(back.halt, Some(rule));
         assert_eq!((back.cap, back.retries, back.kind), (Some(3), 2, spec.kind));
+        // With a resource request, kept; as a hub before requests wrote
+        // it (a halt rule and a cap), still read, without one.
+        let request = crate::resources::ResourceRequest::parse(None, Some("0.5"), None, &[])
+            .expect("request");
+        let requested = JobSpec::new(JobKind::Exec, "d".into(), 0, None, Vec::new(), None)
+            .with_request(Some(request.clone()));
+        let back = JobSpec::of(&record(encode_value(&requested, "spec").expect("encoded")));
+        assert_eq!(back.request, Some(request));
+        #[derive(Serialize)]
+        struct Halting {
+            kind: JobKind,
+            description: String,
+            retries: u32,
+            halts: bool,
+            client: Vec<u8>,
+            cap: Option<u32>,
+            halt: Option<HaltAt>,
+        }
+        let halting = Halting {
+            kind: JobKind::Exec,
+            description: "d".into(),
+            retries: 5,
+            halts: true,
+            client: b"c".to_vec(),
+            cap: Some(7),
+            halt: Some(rule),
+        };
+        let back = JobSpec::of(&record(encode_value(&halting, "spec").expect("encoded")));
+        assert_eq!(
+            (back.cap, back.retries, back.halt, back.request),
+            (Some(7), 5, Some(rule), None)
+        );
         // As a hub before halt rules wrote it: a cap, and a halt on the
         // first failure.
         #[derive(Serialize)]

@@ -50,12 +50,7 @@ fn held(state: &State, id: EngineId) -> usize {
 fn finish(state: &mut State, job_id: JobId, task: u64) {
     let job = state.jobs.get_mut(&job_id).expect("job");
     let engine = job.take(task).and_then(|t| t.engine).expect("running");
-    state
-        .engines
-        .get_mut(&engine)
-        .expect("engine")
-        .running
-        .remove(&(job_id, task));
+    state.release(engine, (job_id, task));
 }
 
 #[test]
@@ -185,8 +180,7 @@ fn a_retry_goes_to_an_engine_it_has_not_failed_on() {
         .engines
         .get_mut(&2)
         .expect("engine")
-        .running
-        .insert((9, 9));
+        .hold((9, 9), None);
     let j = job(&mut state, 7, 3, None);
     j.tasks.get_mut(&1).expect("task").failed_on.push(1);
     // (The turn that finds no engine for the retry moves it back; the
