@@ -61,7 +61,6 @@ fn a_worker_with_an_end_time_20s_away_drains_and_no_task_is_cut() {
     let end_text = humantime::format_rfc3339_seconds(end).to_string();
     let mut draining = worker_with(&hub, "draining", &["-j2", "--end-at", &end_text]);
     wait_until("the worker to register", || hub.engines().len() == 1);
-    let id = hub.engine_of(draining.pid());
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 50);
     let mut map = hub.spawn_map(
         "map",
@@ -75,10 +74,11 @@ fn a_worker_with_an_end_time_20s_away_drains_and_no_task_is_cut() {
             "{}",
         ],
     );
-    let mut seen_draining = false;
-    let code = wait_exit(&mut draining, || {
-        seen_draining |= engine(&hub, id).is_some_and(|e| e["draining"] == true);
-    });
+    // Whether `status` catches it draining depends on the poll landing in
+    // a window of about a task's length (a second, less under load): the
+    // on-demand drain test checks status; this one checks what the worker
+    // did and said.
+    let code = wait_exit(&mut draining, || {});
     let left = SystemTime::now();
     assert_eq!(
         code,
@@ -86,7 +86,11 @@ fn a_worker_with_an_end_time_20s_away_drains_and_no_task_is_cut() {
         "a drained worker exits 0: {}",
         draining.log()
     );
-    assert!(seen_draining, "status showed it draining");
+    assert!(
+        draining.log().contains("draining"),
+        "it drained by itself: {}",
+        draining.log()
+    );
     assert!(left < end, "it left before its allocation ended");
     assert!(
         !draining.log().contains("did not finish in time"),
