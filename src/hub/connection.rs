@@ -181,22 +181,8 @@ impl ConnectionInfo {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".zcluster-connection-")
-            .suffix(".tmp")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| io("create a temp file for", e))?;
-        tmp.write_all(json.as_bytes())
-            .and_then(|()| tmp.write_all(b"\n"))
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| io("write", e))?;
-        tmp.persist(path).map_err(|e| io("replace", e.error))?;
-        // The rename is durable once the directory is.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        replace_private(path, json.as_bytes(), ".zcluster-connection-")
+            .map_err(|(operation, e)| io(operation, e))
     }
 
     /// Reads the file, refusing one that others can read, that another
@@ -312,6 +298,39 @@ fn check_file(path: &Path, meta: &fs::Metadata, reading: bool) -> Result<(), Con
             path: path.to_path_buf(),
             mode,
         });
+    }
+    Ok(())
+}
+
+/// Replaces the file `path` with `contents` and a newline, atomically and
+/// durably, readable by its owner only: a temp file named `prefix`+random
+/// is created exclusively (`O_CREAT|O_EXCL`, which also refuses a link),
+/// mode 0600 from its creation, beside the target, synced, and renamed over
+/// it (a rename replaces a link rather than writing through it), then the
+/// directory is synced. On failure, what was being done and why.
+pub(crate) fn replace_private(
+    path: &Path,
+    contents: &[u8],
+    prefix: &str,
+) -> Result<(), (&'static str, std::io::Error)> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| ("create a temp file for", e))?;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.write_all(b"\n"))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| ("write", e))?;
+    tmp.persist(path).map_err(|e| ("replace", e.error))?;
+    // The rename is durable once the directory is.
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
     }
     Ok(())
 }

@@ -34,9 +34,8 @@ use tracing::{debug, info, warn};
 
 use super::client::random_identity;
 use super::connection::{ConnectionError, ConnectionInfo};
-use super::link::HubLink;
-use super::protocol::{EngineId, EngineMessage, HubToEngine, JobId, TaskItem};
-use crate::auth::{AuthError, Channel};
+use super::protocol::{EngineMessage, HubToEngine, JobId, TaskItem};
+use crate::auth::AuthError;
 use crate::exec::affinity::{usable_cores, PinnedThread};
 use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace};
 use crate::exec::with_task_environment;
@@ -46,15 +45,17 @@ use crate::message::{
 };
 use crate::resources::{ResourceOffer, TaskGrant, GRANT_KEY};
 use crate::slots::{Slots, SlotsError};
-use crate::socket::{millis, poll_readable, Readable};
+use crate::socket::{poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
 
 mod cancels;
+mod connect;
 mod drain;
 mod pace;
 mod send;
 
 use cancels::CancelFlags;
+use connect::{connect, register_message, Connection, Identity};
 use drain::{DRAIN_MARGIN, TASK_TIME_SAMPLES};
 use pace::Pace;
 use send::{result_to_hub, results_to_hub, send_control, Recent};
@@ -136,24 +137,6 @@ fn job_of(request: &ClusterRequest) -> JobId {
         .get(JOB_KEY)
         .and_then(|j| j.parse().ok())
         .unwrap_or(0)
-}
-
-/// One registration with the hub: a link, the engine id it gave and the
-/// heartbeat it asked for. Replaced as a whole when the engine reconnects.
-struct Connection {
-    link: HubLink,
-    engine: Option<EngineId>,
-    heartbeat: Duration,
-    last_heard: Instant,
-}
-
-/// Who this engine is, as it registers and answers commands.
-struct Identity {
-    /// Unguessable, so another peer cannot take over its routing.
-    name: String,
-    host: String,
-    pid: u32,
-    started: SystemTime,
 }
 
 /// What an engine does next, as one of its reactions decides.
@@ -687,34 +670,6 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The registration an engine sends: who it is, and the tasks it still
-/// holds (running, waiting, finished lately) so a hub that restarted or lost
-/// it knows what not to run again (it sends those results again once
-/// registered).
-fn register_message(
-    identity: &Identity,
-    options: &EngineOptions,
-    tickets: &HashMap<u64, (JobId, u64)>,
-    waiting: &VecDeque<ClusterRequest>,
-    recent: &Recent,
-) -> EngineMessage {
-    EngineMessage::Register {
-        identity: identity.name.clone(),
-        host: identity.host.clone(),
-        pid: identity.pid,
-        slots: options.slots as u32,
-        handlers: options.handlers.keys().cloned().collect(),
-        running: tickets
-            .values()
-            .copied()
-            .chain(waiting.iter().map(|r| (job_of(r), r.id)))
-            .chain(recent.tasks())
-            .collect(),
-        origin: options.origin.clone(),
-        resources: options.resources.clone(),
-    }
-}
-
 /// Runs a task given `grant`: with its environment saying what it got and,
 /// if `pin`, bound to its cores (of `usable`, this process's).
 fn run_granted<R>(grant: &TaskGrant, usable: &[usize], pin: bool, run: impl FnOnce() -> R) -> R {
@@ -728,123 +683,6 @@ fn run_granted<R>(grant: &TaskGrant, usable: &[usize], pin: bool, run: impl FnOn
             });
         run()
     })
-}
-
-/// Connects, says hello and registers, retrying until the hub answers.
-/// Each attempt is a new [`HubLink`], under a routing identity never used
-/// before (`name` and a number): the hub binds this engine to the
-/// connection it registers on.
-fn connect(
-    ctx: &zmq::Context,
-    options: &EngineOptions,
-    name: &str,
-    register: &EngineMessage,
-    stop: &AtomicBool,
-) -> Result<Connection, EngineError> {
-    let key = options.connection.signing_key()?;
-    let url = &options.connection.engines;
-    let mut attempt: u32 = 0;
-    'connect: loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(EngineError::Stopped);
-        }
-        attempt += 1;
-        let mut link = HubLink::open(
-            ctx,
-            url,
-            &key,
-            &options.connection.curve,
-            Channel::EngineToHub,
-            Channel::HubToEngine,
-            name,
-        )
-        .map_err(|e| transport("connect to the hub", e.into()))?;
-        link.socket
-            .hello(zmq::DONTWAIT)
-            .map_err(|e| transport("say hello to the hub", e))?;
-        let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
-        while Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match link
-                .socket
-                .socket()
-                .poll(zmq::POLLIN, i64::from(millis(left)))
-            {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(zmq::Error::EINTR) => continue,
-                Err(e) => return Err(transport("wait for the hub", e.into())),
-            }
-            let envelope = match link.socket.recv(zmq::DONTWAIT) {
-                Ok(envelope) => envelope,
-                Err(e) if e.is_timeout() => continue,
-                Err(e) => {
-                    // Said, not swallowed: a hub whose clock is far from
-                    // this machine's, or another key, would otherwise look
-                    // like a hub that never answers.
-                    if attempt == 1 || attempt % 10 == 0 {
-                        warn!(hub = %url, error = %e, "refusing the hub's answer");
-                    }
-                    continue;
-                }
-            };
-            if envelope.header.kind == MessageKind::Welcome {
-                // The hub's epoch is known: now register, signed for it.
-                send_control(&link.socket, register);
-                continue;
-            }
-            match envelope.control::<HubToEngine>() {
-                Ok(HubToEngine::Registered {
-                    engine,
-                    heartbeat,
-                    max_message,
-                }) => {
-                    info!(engine, hub = %url, "registered with the hub");
-                    link.socket
-                        .set_limit(usize::try_from(max_message).unwrap_or(usize::MAX));
-                    return Ok(Connection {
-                        link,
-                        engine: Some(engine),
-                        heartbeat,
-                        last_heard: Instant::now(),
-                    });
-                }
-                Ok(HubToEngine::Refused { reason }) => {
-                    // What a hub refuses a registration for passes (its store
-                    // failing, say): say so and try again on a fresh
-                    // connection, rather than leave the lab one worker short
-                    // for good.
-                    if attempt == 1 || attempt % 10 == 0 {
-                        warn!(hub = %url, %reason, attempt, "the hub refused the registration; trying again");
-                    }
-                    pause(REFUSED_PAUSE, stop);
-                    continue 'connect;
-                }
-                _ => {}
-            }
-        }
-        if attempt == 1 || attempt % 10 == 0 {
-            if link.reached() {
-                warn!(hub = %url, attempt, "the hub's port answers, but not to this engine's signed hello: is the connection file's key this hub's? (a hub with another key logs \"bad signature\"); retrying");
-            } else {
-                warn!(hub = %url, attempt, "no answer from the hub; retrying");
-            }
-        }
-    }
-}
-
-/// How long an engine waits after a refused registration before trying
-/// again.
-const REFUSED_PAUSE: Duration = Duration::from_secs(1);
-
-/// Sleeps for `length`, or until `stop` is set.
-fn pause(length: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + length;
-    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(
-            Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
-        );
-    }
 }
 
 fn transport(operation: &'static str, source: MessageError) -> EngineError {

@@ -20,8 +20,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -178,26 +176,12 @@ impl AllocState {
             path: path.into(),
             source,
         };
-        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(dir) => dir,
-            None => Path::new("."),
-        };
         let json = serde_json::to_string_pretty(self).map_err(|e| AllocError::Malformed {
             path: path.into(),
             reason: e.to_string(),
         })?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".zcluster-alloc-")
-            .suffix(".tmp")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| io("create a temp file for", e))?;
-        tmp.write_all(json.as_bytes())
-            .and_then(|()| tmp.write_all(b"\n"))
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| io("write", e))?;
-        tmp.persist(path).map_err(|e| io("replace", e.error))?;
-        Ok(())
+        crate::hub::connection::replace_private(path, json.as_bytes(), ".zcluster-alloc-")
+            .map_err(|(operation, e)| io(operation, e))
     }
 
     /// Records an event.
