@@ -64,8 +64,10 @@ enum Command {
                   zcluster status --hub hub.json --verbose    # which inputs run where\n  \
                   zcluster status --hub hub.json --json")]
     Status(commands::status::StatusArgs),
-    /// Follow what happens on a hub as JSON Lines: engines joining and
-    /// dying, jobs opening and ending, tasks failing, retried, copied.
+    /// Follow what happens on a hub, one JSON line per event.
+    ///
+    /// Engines joining and dying, jobs opening and ending, tasks failing,
+    /// retried, copied.
     #[command(after_help = "Examples:\n  \
                   zcluster events --hub hub.json\n  \
                   zcluster events --hub hub.json --job 4 | jq -r 'select(.event == \"task_failed\") | .reason'")]
@@ -110,8 +112,10 @@ enum Command {
                   zcluster drain --hub hub.json --engine 3\n  \
                   zcluster drain --hub hub.json --engine 3 --engine 4   # several")]
     Drain(commands::drain::DrainArgs),
-    /// Allocations on demand: submit batch jobs while work waits, release
-    /// idle ones; list them and what happened.
+    /// Allocations on demand: batch jobs submitted while work waits.
+    ///
+    /// Submits allocations while work waits, releases idle ones; lists them
+    /// and what happened to each.
     #[command(
         subcommand,
         after_help = "Examples:\n  \

@@ -893,6 +893,16 @@ fn help_is_written_for_the_person_running_it() {
         .filter(|c| *c != "help")
         .collect();
     assert_eq!(listed, order, "{help}");
+    // Each command's summary is one line where clap wraps help (100
+    // columns when it cannot tell the terminal's width).
+    let summaries = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "));
+    for line in summaries {
+        assert!(line.len() <= 100, "a summary over 100 columns: {line}");
+    }
     let commands = order
         .iter()
         .map(|c| match *c {
