@@ -443,6 +443,53 @@ fn purge() {
     });
 }
 
+/// A finished job's counts, once read, still follow a resubmit, a purge
+/// and a purge of its engine (the SQLite store keeps finished jobs' counts
+/// rather than counting their tasks at every status).
+#[test]
+fn a_finished_jobs_counts_follow_resubmit_and_purge() {
+    both(|store| {
+        let counts = |store: &mut dyn Store| -> Vec<(JobId, u64, u64, u64)> {
+            store
+                .jobs()
+                .unwrap()
+                .iter()
+                .map(|s| (s.id, s.pending, s.ok, s.failed))
+                .collect()
+        };
+        let j = job(store, "heidi");
+        let k = job(store, "ivan");
+        let ids = tasks(store, j, &[0, 1]);
+        let other = tasks(store, k, &[0])[0];
+        store.set_job_total(j, 2).unwrap();
+        store.set_job_total(k, 1).unwrap();
+        store
+            .task_finished(ids[0], finished(TaskState::Ok, 1, "ok"))
+            .unwrap();
+        store.task_started(ids[1], 7, at(1), 1).unwrap();
+        store
+            .task_finished(ids[1], finished(TaskState::Failed, 7, "bad"))
+            .unwrap();
+        store.task_started(other, 8, at(1), 1).unwrap();
+        store
+            .task_finished(other, finished(TaskState::Ok, 8, "ok"))
+            .unwrap();
+        // Read twice: the second may come from what the first kept.
+        assert_eq!(counts(store), [(j, 0, 1, 1), (k, 0, 1, 0)]);
+        assert_eq!(counts(store), [(j, 0, 1, 1), (k, 0, 1, 0)]);
+        assert_eq!(store.reset_for_resubmit(j, None).unwrap().len(), 1);
+        assert_eq!(counts(store), [(j, 1, 1, 0), (k, 0, 1, 0)]);
+        store
+            .task_finished(ids[1], finished(TaskState::Ok, 7, "ok"))
+            .unwrap();
+        assert_eq!(counts(store), [(j, 0, 2, 0), (k, 0, 1, 0)]);
+        assert_eq!(store.purge_engine(8).unwrap(), 1);
+        assert_eq!(counts(store), [(j, 0, 2, 0), (k, 0, 0, 0)]);
+        assert_eq!(store.purge_job(j).unwrap(), 2);
+        assert_eq!(counts(store), [(k, 0, 0, 0)]);
+    });
+}
+
 #[test]
 fn resubmit() {
     both(|store| {
