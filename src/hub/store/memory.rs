@@ -5,6 +5,7 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::finished::FinishedCounts;
 use super::state::{ignored, Change, Outcome, Progress};
 use super::types::{Selection, TaskRange, FIRST_ID};
 use super::{
@@ -23,6 +24,8 @@ pub struct MemoryStore {
     next_task: u64,
     jobs: BTreeMap<JobId, MemoryJob>,
     tasks: HashMap<TaskId, MemoryTask>,
+    /// Finished jobs' counts, not counted again at every status.
+    finished: FinishedCounts,
 }
 
 /// One task: what it was recorded with, and how far it got.
@@ -90,6 +93,7 @@ impl MemoryStore {
             next_task: FIRST_ID,
             jobs: BTreeMap::new(),
             tasks: HashMap::new(),
+            finished: FinishedCounts::default(),
         }
     }
 
@@ -271,9 +275,10 @@ impl Store for MemoryStore {
     }
 
     fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
-        Ok(self
+        let counted = self
             .jobs
             .values()
+            .filter(|job| !self.finished.contains(job.record.id))
             .map(|job| {
                 let mut summary = JobSummary {
                     id: job.record.id,
@@ -296,7 +301,8 @@ impl Store for MemoryStore {
                 }
                 summary
             })
-            .collect())
+            .collect();
+        Ok(self.finished.merge(counted))
     }
 
     fn tasks(
@@ -342,6 +348,7 @@ impl Store for MemoryStore {
     }
 
     fn purge_job(&mut self, job: JobId) -> Result<u64, StoreError> {
+        self.finished.clear();
         let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
         let pending = entry
             .tasks
@@ -363,6 +370,7 @@ impl Store for MemoryStore {
     }
 
     fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
+        self.finished.clear();
         let doomed: Vec<(JobId, u64, TaskId)> = self
             .tasks
             .values()
@@ -379,6 +387,7 @@ impl Store for MemoryStore {
     }
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {
+        self.finished.clear();
         let before = self.tasks.len();
         self.tasks.retain(|_, t| !t.progress.state.is_completed());
         let tasks = &self.tasks;
@@ -394,6 +403,7 @@ impl Store for MemoryStore {
         job: JobId,
         ids: Option<&[TaskId]>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.finished.clear();
         let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
         let targets: Vec<TaskId> = match ids {
             None => entry

@@ -49,6 +49,7 @@
 //! commits the batch and moves the [`CommitLog`] on.
 
 mod error;
+mod finished;
 mod memory;
 mod sqlite;
 mod state;

@@ -65,12 +65,8 @@ pub struct SqliteStore {
     jobs: HashSet<JobId>,
     /// Whether a write was queued since the last flush.
     dirty: bool,
-    /// The counts of jobs that have finished (every task ended, the total
-    /// known), as [`jobs`](Store::jobs) last read them: they change only by
-    /// a purge or a resubmit, which clear this, so a status (which every
-    /// live view asks for about once a second) does not count their tasks
-    /// again. Counting all of them cost 177 ms at 550k tasks.
-    finished: BTreeMap<JobId, JobSummary>,
+    /// Finished jobs' counts, not counted again at every status.
+    finished: FinishedCounts,
     engine_ids: Counter,
     job_ids: Counter,
     task_ids: Counter,
@@ -96,7 +92,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -108,6 +104,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use super::error::ErrorChain;
+use super::finished::FinishedCounts;
 use super::state::{Change, Outcome};
 use super::types::{Selection, TaskRange};
 use super::{
@@ -344,7 +341,7 @@ impl SqliteStore {
             written: 0,
             read,
             jobs,
-            finished: BTreeMap::new(),
+            finished: FinishedCounts::default(),
             dirty: false,
             engine_ids,
             job_ids,
@@ -583,7 +580,7 @@ impl Store for SqliteStore {
     fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
         // Finished jobs' counts are kept; only the others' tasks are
         // counted (ids are integers, so the list is safe to inline).
-        let skip: Vec<String> = self.finished.keys().map(JobId::to_string).collect();
+        let skip: Vec<String> = self.finished.ids().map(|id| id.to_string()).collect();
         let sql = format!(
             "SELECT j.id, j.submitted, j.client, j.total,
                     COUNT(CASE WHEN t.state = 'pending' THEN 1 END),
@@ -614,17 +611,7 @@ impl Store for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<JobSummary>>>()
             },
         )?;
-        let mut all = self.finished.clone();
-        for summary in counted {
-            let ended = summary.pending == 0
-                && summary.running == 0
-                && summary.total == Some(summary.ok + summary.failed);
-            if ended {
-                self.finished.insert(summary.id, summary.clone());
-            }
-            all.insert(summary.id, summary);
-        }
-        Ok(all.into_values().collect())
+        Ok(self.finished.merge(counted))
     }
 
     fn tasks(
