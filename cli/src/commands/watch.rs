@@ -24,7 +24,7 @@ use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
 use ratatui::Frame;
 use zcluster::hub::client::HubClient;
 use zcluster::hub::connection::ConnectionInfo;
-use zcluster::hub::protocol::{EngineId, HubStatus, JobId, Notification};
+use zcluster::hub::protocol::{EngineId, EngineStatus, HubStatus, JobId, Notification};
 use zcluster::hub::subscriber::{Received, Subscriber};
 
 /// Failures kept for the view (the newest first).
@@ -309,7 +309,7 @@ impl View {
                 e.completed.to_string(),
                 self.failed_on.get(&e.id).copied().unwrap_or(0).to_string(),
                 format!("{} ago", super::short_duration(e.last_heartbeat)),
-                String::new(),
+                engine_notes(e),
             ]));
         }
         for (id, dead, reason, _) in &self.gone {
@@ -497,6 +497,22 @@ pub fn run(connection: ConnectionInfo, hub: PathBuf, interval: Duration) -> anyh
     outcome
 }
 
+/// What the last column says of a live engine: draining, what of its
+/// offer is in use (when it declared resources), where it came from.
+fn engine_notes(e: &EngineStatus) -> String {
+    let mut notes = Vec::new();
+    if e.draining {
+        notes.push("draining".to_string());
+    }
+    if e.offer.is_some() {
+        notes.push(format!("in use: {}", e.in_use));
+    }
+    if let Some(origin) = &e.origin {
+        notes.push(origin.clone());
+    }
+    notes.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +612,24 @@ mod tests {
         assert!(shown.contains("hub gone"), "{shown}");
         view.apply(Update::Status(status(6), 2), start);
         assert!(screen(&view, 120, 30).contains("hub restarted"));
+    }
+
+    /// A live engine's last column says it is draining, what of its offer
+    /// is in use, and where it came from.
+    #[test]
+    fn an_engine_shows_draining_its_resources_in_use_and_its_origin() {
+        let start = Instant::now();
+        let mut view = View::new("hub.json".into());
+        let mut status = status(2);
+        status.engines[0].draining = true;
+        status.engines[0].offer = Some("4 cpus, gpus 0,1".into());
+        status.engines[0].in_use = "2/4 cpus, 1/2 gpus".into();
+        status.engines[0].origin = Some("slurm:41/n1".into());
+        view.apply(Update::Status(status, 1), start);
+        let shown = screen(&view, 160, 30);
+        assert!(
+            shown.contains("draining; in use: 2/4 cpus, 1/2 gpus; slurm:41/n1"),
+            "{shown}"
+        );
     }
 }
