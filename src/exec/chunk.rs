@@ -176,6 +176,20 @@ pub fn killed_by_stop_signal(result: &ClusterResult) -> bool {
     })
 }
 
+/// Whether a chunk result has a command cancelled (killed by its cancel
+/// flag, or never started because of it). An engine that is stopping drops
+/// such a result: the stop cut the task short, and the hub gets it back
+/// with the engine's unregistration, to run it elsewhere.
+pub fn cancelled_command(result: &ClusterResult) -> bool {
+    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
+    else {
+        return false;
+    };
+    outcomes
+        .iter()
+        .any(|(_, o)| matches!(o.exit, super::ExitKind::Cancelled))
+}
+
 /// Runs every task of a chunk, one after another: the handler of a worker
 /// slot that runs command jobs. `cancel` kills the running task's process
 /// group and skips the rest.

@@ -37,7 +37,9 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::AuthError;
 use crate::exec::affinity::{usable_cores, PinnedThread};
-use crate::exec::chunk::{killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace};
+use crate::exec::chunk::{
+    cancelled_command, killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace,
+};
 use crate::exec::with_task_environment;
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
@@ -463,6 +465,13 @@ impl<'a> Engine<'a> {
                 times.pop_front();
             }
             times.push_back(result.metadata.elapsed);
+            if self.stop.load(Ordering::Relaxed) && cancelled_command(&result) {
+                // Stopping: the stop cut it short (a slot cancels what it
+                // starts once the stop is set). Unsent, it goes back to the
+                // hub with the unregistration, to run elsewhere, rather
+                // than be recorded as a cancelled task.
+                continue;
+            }
             if !cancelled && killed_by_stop_signal(&result) {
                 self.held.push((Instant::now(), job, result));
                 continue;
