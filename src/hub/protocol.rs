@@ -686,6 +686,16 @@ pub enum Notification {
         /// When.
         at: SystemTime,
     },
+    /// An engine is draining: it takes no new tasks, finishes those it
+    /// runs and leaves (its allocation ends, or `zcluster drain`).
+    EngineDraining {
+        /// Its id.
+        engine: EngineId,
+        /// Why (`its allocation ends`, `zcluster drain`).
+        reason: String,
+        /// When.
+        at: SystemTime,
+    },
 }
 
 impl Notification {
@@ -716,7 +726,8 @@ impl Notification {
             | Notification::JobCancelled { at, .. }
             | Notification::TaskFailed { at, .. }
             | Notification::TaskRetried { at, .. }
-            | Notification::TaskCopied { at, .. } => Some(*at),
+            | Notification::TaskCopied { at, .. }
+            | Notification::EngineDraining { at, .. } => Some(*at),
         }
     }
 }

@@ -74,13 +74,11 @@ impl<O: Outbox> Core<O> {
                     e.leaving = true;
                 }
             }
-            if matches!(command.purpose, CommandPurpose::Drain) {
-                if let Some(e) = self.state.engines.get_mut(&engine) {
-                    e.leaving = true;
-                    e.draining = true;
-                }
-            }
+            let drained = matches!(command.purpose, CommandPurpose::Drain);
             command.replies.push((engine, reply));
+            if drained {
+                self.mark_draining(engine, "zcluster drain");
+            }
         }
         self.finish_command_if_done(token);
     }

@@ -74,10 +74,8 @@ impl<O: Outbox> Core<O> {
                 }
                 Ok(EngineMessage::Heartbeat) => {}
                 Ok(EngineMessage::Draining) => {
-                    if let Some(engine) = known.and_then(|id| self.state.engines.get_mut(&id)) {
-                        info!(engine = engine.id, "engine draining");
-                        engine.leaving = true;
-                        engine.draining = true;
+                    if let Some(id) = known {
+                        self.mark_draining(id, "its allocation ends");
                     }
                 }
                 Ok(EngineMessage::Unregister) => {
@@ -118,6 +116,25 @@ impl<O: Outbox> Core<O> {
             (kind, None) => debug!(%kind, "dropping a message from an unregistered engine"),
             (kind, Some(_)) => warn!(%kind, "dropping an unexpected message from an engine"),
         }
+    }
+
+    /// Marks engine `id` draining (it gets no new tasks), and says so on
+    /// the notification socket the first time.
+    pub(super) fn mark_draining(&mut self, id: EngineId, reason: &str) {
+        let Some(engine) = self.state.engines.get_mut(&id) else {
+            return;
+        };
+        engine.leaving = true;
+        if engine.draining {
+            return;
+        }
+        engine.draining = true;
+        info!(engine = id, reason, "engine draining");
+        self.outbox.publish(&Notification::EngineDraining {
+            engine: id,
+            reason: reason.to_string(),
+            at: SystemTime::now(),
+        });
     }
 
     /// Registers `engine` (its id is drawn here) under its routing

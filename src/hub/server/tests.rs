@@ -263,6 +263,42 @@ mod reactions {
         assert_eq!(record.result.as_deref(), Some(&opaque[..]));
     }
 
+    /// An engine that says it is draining gets no new tasks, and the hub
+    /// says so on its notification socket, once.
+    #[test]
+    fn a_draining_engine_is_published_once_and_gets_no_new_tasks() {
+        let mut hub = hub(HubOptions::default());
+        let a = engine(&mut hub, "a", 1);
+        let control = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 0,
+        };
+        let draining =
+            frames(&control, &crate::hub::protocol::EngineMessage::Draining).expect("frames");
+        hub.outbox.take();
+        for _ in 0..2 {
+            hub.on_engine(
+                b"a".to_vec(),
+                Ok(Envelope::from_frames(&draining).expect("envelope")),
+            );
+        }
+        let published: Vec<Sent> = hub
+            .outbox
+            .take()
+            .into_iter()
+            .filter(|s| matches!(s, Sent::Notify(_)))
+            .collect();
+        assert!(
+            matches!(&published[..], [Sent::Notify(Notification::EngineDraining { engine, .. })] if *engine == a),
+            "{published:?}"
+        );
+        assert!(hub.state.engines[&a].draining);
+        let _job = job(&mut hub, 2);
+        hub.dispatch();
+        assert!(tasks_to(&hub.outbox.take(), "a").is_empty());
+    }
+
     #[test]
     fn a_task_that_took_down_poison_limit_engines_fails() {
         let mut hub = hub(HubOptions {
