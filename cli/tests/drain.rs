@@ -62,18 +62,7 @@ fn a_worker_with_an_end_time_20s_away_drains_and_no_task_is_cut() {
     let mut draining = worker_with(&hub, "draining", &["-j2", "--end-at", &end_text]);
     wait_until("the worker to register", || hub.engines().len() == 1);
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 50);
-    let mut map = hub.spawn_map(
-        "map",
-        &[
-            inputs.to_str().expect("utf-8"),
-            "--",
-            "sh",
-            "-c",
-            "sleep 1; echo $1",
-            "_",
-            "{}",
-        ],
-    );
+    let mut map = hub.spawn_slow_map("map", &inputs, "1");
     // Whether `status` catches it draining depends on the poll landing in
     // a window of about a task's length (a second, less under load): the
     // on-demand drain test checks status; this one checks what the worker
@@ -136,18 +125,7 @@ fn drain_on_demand_finishes_running_tasks_then_leaves() {
     wait_until("the worker to register", || hub.engines().len() == 1);
     let id = hub.engine_of(drained.pid());
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 20);
-    let mut map = hub.spawn_map(
-        "map",
-        &[
-            inputs.to_str().expect("utf-8"),
-            "--",
-            "sh",
-            "-c",
-            "sleep 0.5; echo $1",
-            "_",
-            "{}",
-        ],
-    );
+    let mut map = hub.spawn_slow_map("map", &inputs, "0.5");
     wait_until("tasks to run on it", || {
         engine(&hub, id).is_some_and(|e| field_u64(&e, "running") > 0)
     });

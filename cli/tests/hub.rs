@@ -1196,10 +1196,7 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
 
     let workers = hub.workers(1, 2);
     let (inputs, lines) = numbered_inputs(hub.dir(), "in.txt", "e", TASKS);
-    let mut args = vec![inputs.to_str().unwrap().to_string()];
-    args.extend(slow_echo("1"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut map = hub.spawn_map("map", &args);
+    let mut map = hub.spawn_slow_map("map", &inputs, "1");
     // Every task sent, none finished: the fakes claim them all.
     let mut ids = BTreeSet::new();
     wait_until("every task running or queued", || {
@@ -1282,19 +1279,6 @@ fn fake_engines_can_neither_register_nor_finish_tasks() {
     assert!(log.contains("unsigned message"), "{log}");
     assert!(log.contains("bad signature"), "{log}");
     assert!(log.contains("replayed message"), "{log}");
-}
-
-/// `sh -c 'sleep S; echo INPUT'`: a task slow enough to be caught running.
-fn slow_echo(seconds: &str) -> Vec<String> {
-    [
-        "--",
-        "sh",
-        "-c",
-        &format!("sleep {seconds}; echo \"$0\""),
-        "{}",
-    ]
-    .map(String::from)
-    .to_vec()
 }
 
 /// The job's records in the store, after checking it holds each of its

@@ -144,18 +144,7 @@ fn scancel_of_the_allocation_mid_map_loses_nothing() {
         slurm_engines(&hub, &job).len() == 2
     });
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 200);
-    let mut map = hub.spawn_map(
-        "map",
-        &[
-            inputs.to_str().expect("utf-8 path"),
-            "--",
-            "sh",
-            "-c",
-            "sleep 0.1; echo $1",
-            "_",
-            "{}",
-        ],
-    );
+    let mut map = hub.spawn_slow_map("map", &inputs, "0.1");
     wait_for("the map to get going on the allocation", || {
         map.job()
             .and_then(|j| hub.job(j))
@@ -346,18 +335,7 @@ fn the_policy_submits_when_a_job_arrives_and_releases_when_idle() {
     assert!(alloc_list(&hub).is_empty(), "no work, no allocation");
 
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 20);
-    let mut map = hub.spawn_map(
-        "map",
-        &[
-            inputs.to_str().expect("utf-8"),
-            "--",
-            "sh",
-            "-c",
-            "sleep 0.2; echo $1",
-            "_",
-            "{}",
-        ],
-    );
+    let mut map = hub.spawn_slow_map("map", &inputs, "0.2");
     wait_for("an allocation to be submitted", || {
         !alloc_list(&hub).is_empty()
     });
@@ -477,18 +455,7 @@ fn the_policy_rides_out_a_hub_restart_and_replaces_a_cancelled_allocation() {
         hub.dir().join("alloc.log"),
     );
     let (inputs, expected) = numbered_inputs(hub.dir(), "inputs", "in", 40);
-    let mut map = hub.spawn_map(
-        "map",
-        &[
-            inputs.to_str().expect("utf-8"),
-            "--",
-            "sh",
-            "-c",
-            "sleep 0.3; echo $1",
-            "_",
-            "{}",
-        ],
-    );
+    let mut map = hub.spawn_slow_map("map", &inputs, "0.3");
     wait_for("an allocation to be pending", || {
         alloc_list(&hub)
             .first()

@@ -250,6 +250,15 @@ impl Hub {
 
     /// Runs `zcluster map --hub FILE ARGS` in the background, stdout and
     /// stderr to files.
+    /// A map named `name` over the file `inputs` whose every task sleeps
+    /// `seconds`, then echoes its input (see [`slow_echo`]).
+    pub fn spawn_slow_map(&self, name: &str, inputs: &Path, seconds: &str) -> MapRun {
+        let mut args = vec![inputs.to_str().expect("a UTF-8 path").to_string()];
+        args.extend(slow_echo(seconds));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn_map(name, &args)
+    }
+
     pub fn spawn_map(&self, name: &str, args: &[&str]) -> MapRun {
         let stdout = self.dir().join(format!("{name}.out"));
         let stderr = self.dir().join(format!("{name}.err"));
@@ -315,6 +324,20 @@ pub fn job_of(output: &std::process::Output) -> u64 {
 
 pub fn lines_text<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
     items.into_iter().map(|i| format!("{i}\n")).collect()
+}
+
+/// `-- sh -c 'sleep S; echo INPUT'`: a task slow enough to be caught
+/// running.
+pub fn slow_echo(seconds: &str) -> Vec<String> {
+    [
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep {seconds}; echo \"$0\""),
+        "{}",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 pub fn numbered_inputs(
