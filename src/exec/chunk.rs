@@ -143,51 +143,48 @@ impl ExecChunk {
     }
 }
 
+/// How a chunk's commands ended, as an engine needs to know before it sends
+/// the chunk's result (read from the outcomes once; see
+/// [`settle_chunk_result`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkEnd {
+    /// A command was cancelled (killed by its cancel flag, or never started
+    /// because of it). An engine that is stopping drops such a result: the
+    /// stop cut the task short, and the hub gets it back with the engine's
+    /// unregistration, to run it elsewhere.
+    pub cancelled: bool,
+    /// A command was killed by a signal that stops a whole session
+    /// (SIGTERM, SIGINT, SIGHUP): what `scancel`, `systemctl stop` or a
+    /// Ctrl-C to the process group send the worker and its tasks at once.
+    /// An engine holds such a result back a moment (see `hub::engine`): if
+    /// it is told to stop too, the task was not at fault.
+    pub stop_signal: bool,
+}
+
 /// Marks a successful chunk result failed when one of its commands failed,
-/// with the first failure as its exception: what a hub records and
-/// `resubmit` looks for. The outcomes stay in the payload.
-pub fn mark_failed_commands(result: &mut ClusterResult) {
-    if result.status != ResultStatus::Ok {
-        return;
+/// with the first failure as its exception (what a hub records and
+/// `resubmit` looks for; the outcomes stay in the payload), and says how
+/// its commands ended. The outcomes are decoded once.
+pub fn settle_chunk_result(result: &mut ClusterResult) -> ChunkEnd {
+    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
+    else {
+        return ChunkEnd::default();
+    };
+    if result.status == ResultStatus::Ok {
+        if let Some((seq, outcome)) = outcomes.iter().find(|(_, o)| !o.success()) {
+            result.status = ResultStatus::Fail;
+            result.exception = Some(format!("input {seq}: {}", outcome.exit));
+        }
     }
-    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
-    else {
-        return;
-    };
-    if let Some((seq, outcome)) = outcomes.iter().find(|(_, o)| !o.success()) {
-        result.status = ResultStatus::Fail;
-        result.exception = Some(format!("input {seq}: {}", outcome.exit));
+    ChunkEnd {
+        cancelled: outcomes
+            .iter()
+            .any(|(_, o)| matches!(o.exit, super::ExitKind::Cancelled)),
+        stop_signal: outcomes.iter().any(|(_, o)| {
+            matches!(o.exit, super::ExitKind::Signaled(s)
+                if s == libc::SIGTERM || s == libc::SIGINT || s == libc::SIGHUP)
+        }),
     }
-}
-
-/// Whether a chunk result has a command killed by a signal that stops a
-/// whole session (SIGTERM, SIGINT, SIGHUP): what `scancel`, `systemctl
-/// stop` or a Ctrl-C to the process group send the worker and its tasks at
-/// once. An engine holds such a result back a moment (see
-/// `hub::engine`): if it is told to stop too, the task was not at fault.
-pub fn killed_by_stop_signal(result: &ClusterResult) -> bool {
-    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
-    else {
-        return false;
-    };
-    outcomes.iter().any(|(_, o)| {
-        matches!(o.exit, super::ExitKind::Signaled(s)
-            if s == libc::SIGTERM || s == libc::SIGINT || s == libc::SIGHUP)
-    })
-}
-
-/// Whether a chunk result has a command cancelled (killed by its cancel
-/// flag, or never started because of it). An engine that is stopping drops
-/// such a result: the stop cut the task short, and the hub gets it back
-/// with the engine's unregistration, to run it elsewhere.
-pub fn cancelled_command(result: &ClusterResult) -> bool {
-    let Ok(outcomes) = decode_value::<Vec<(u64, ExecOutcome)>>(&result.payload, "chunk outcomes")
-    else {
-        return false;
-    };
-    outcomes
-        .iter()
-        .any(|(_, o)| matches!(o.exit, super::ExitKind::Cancelled))
 }
 
 /// Runs every task of a chunk, one after another: the handler of a worker
@@ -277,7 +274,7 @@ mod tests {
         let seqs: Vec<(u64, bool)> = outcomes.iter().map(|(s, o)| (*s, o.success())).collect();
         assert_eq!(seqs, vec![(1, true), (2, false), (3, true)]);
         let mut result = result_of(payload);
-        mark_failed_commands(&mut result);
+        settle_chunk_result(&mut result);
         assert_eq!(result.status, ResultStatus::Fail);
         assert_eq!(
             result.exception.as_deref(),
@@ -289,7 +286,7 @@ mod tests {
     fn a_chunk_whose_commands_all_succeed_stays_ok() {
         let payload = run_chunk(&Arc::default(), &chunk(&["true", "true"])).unwrap();
         let mut result = result_of(payload);
-        mark_failed_commands(&mut result);
+        settle_chunk_result(&mut result);
         assert_eq!(result.status, ResultStatus::Ok);
         assert_eq!(result.exception, None);
     }

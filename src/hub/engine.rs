@@ -37,9 +37,7 @@ use super::connection::{ConnectionError, ConnectionInfo};
 use super::protocol::{EngineMessage, HubToEngine, JobId, TaskItem};
 use crate::auth::AuthError;
 use crate::exec::affinity::{usable_cores, PinnedThread};
-use crate::exec::chunk::{
-    cancelled_command, killed_by_stop_signal, mark_failed_commands, run_chunk_at, TaskPlace,
-};
+use crate::exec::chunk::{run_chunk_at, settle_chunk_result, ChunkEnd, TaskPlace};
 use crate::exec::with_task_environment;
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
@@ -454,9 +452,11 @@ impl<'a> Engine<'a> {
         while let Some((ticket, mut result)) = self.slots.next_result(Duration::ZERO)? {
             let job = self.tickets.remove(&ticket).map_or(0, |(job, _)| job);
             let cancelled = self.flags.finished(ticket);
-            if !result.request_metadata.contains_key(HANDLER_KEY) {
-                mark_failed_commands(&mut result);
-            }
+            let end = if result.request_metadata.contains_key(HANDLER_KEY) {
+                ChunkEnd::default()
+            } else {
+                settle_chunk_result(&mut result)
+            };
             self.handled += 1;
             self.busy += result.metadata.elapsed;
             self.pace.record(result.metadata.elapsed);
@@ -465,14 +465,14 @@ impl<'a> Engine<'a> {
                 times.pop_front();
             }
             times.push_back(result.metadata.elapsed);
-            if self.stop.load(Ordering::Relaxed) && cancelled_command(&result) {
+            if self.stop.load(Ordering::Relaxed) && end.cancelled {
                 // Stopping: the stop cut it short (a slot cancels what it
                 // starts once the stop is set). Unsent, it goes back to the
                 // hub with the unregistration, to run elsewhere, rather
                 // than be recorded as a cancelled task.
                 continue;
             }
-            if !cancelled && killed_by_stop_signal(&result) {
+            if !cancelled && end.stop_signal {
                 self.held.push((Instant::now(), job, result));
                 continue;
             }
