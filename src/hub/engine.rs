@@ -460,11 +460,14 @@ impl<'a> Engine<'a> {
             self.handled += 1;
             self.busy += result.metadata.elapsed;
             self.pace.record(result.metadata.elapsed);
-            let times = self.task_times.entry(job).or_default();
-            if times.len() == TASK_TIME_SAMPLES {
-                times.pop_front();
+            // Task times serve the drain before an end time, only.
+            if self.options.end_at.is_some() {
+                let times = self.task_times.entry(job).or_default();
+                if times.len() == TASK_TIME_SAMPLES {
+                    times.pop_front();
+                }
+                times.push_back(result.metadata.elapsed);
             }
-            times.push_back(result.metadata.elapsed);
             if self.stop.load(Ordering::Relaxed) && end.cancelled {
                 // Stopping: the stop cut it short (a slot cancels what it
                 // starts once the stop is set). Unsent, it goes back to the

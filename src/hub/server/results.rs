@@ -122,16 +122,14 @@ impl<O: Outbox> Core<O> {
             engine: engine_id,
             attempts: task.attempts,
         };
-        if status == ResultStatus::Fail {
+        // A failure's record always has its reason (set just above).
+        if let Some(reason) = &finished.error {
             self.outbox.publish(&Notification::TaskFailed {
                 job: key.0,
                 task: key.1,
                 engine: Some(engine_id),
                 attempts: task.attempts,
-                reason: finished
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| NO_REASON.to_string()),
+                reason: reason.clone(),
                 at: finished.completed,
             });
         }
