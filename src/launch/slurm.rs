@@ -12,16 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use super::batch::{AllocationRequest, AllocationState, BatchError, BatchSystem};
+use super::ssh::quote;
 use crate::worker::RESTART_EXIT_CODE;
 
 /// Slurm, through `sbatch`, `squeue` and `scancel` on the PATH.
 #[derive(Debug, Clone, Default)]
 pub struct Slurm;
-
-/// Puts `word` in single quotes for sh.
-fn quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
 
 /// Slurm's `--time` form of a walltime: `D-HH:MM:SS`, at least a minute.
 pub fn slurm_time(time: Duration) -> String {

@@ -670,8 +670,9 @@ fn remote_dir_of(path: &str) -> String {
     }
 }
 
-/// A word quoted for `sh` (always quoted: simpler to read in a trace).
-fn quote(word: &str) -> String {
+/// A word quoted for `sh` (always quoted: simpler to read in a trace); the
+/// Slurm job script's words too.
+pub(super) fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 

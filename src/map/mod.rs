@@ -29,10 +29,10 @@ pub mod sources;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::exec::chunk::shown;
-use crate::exec::{ExecOutcome, ExitKind};
+use crate::exec::ExecOutcome;
 use crate::message::{decode_value, ClusterResult, ResultStatus, ATTEMPT_KEY};
 use crate::template::CommandTemplate;
 
@@ -243,7 +243,12 @@ impl ChunkDone {
             Ok(outcomes) => outcomes.clone(),
             Err(reason) => seqs
                 .iter()
-                .map(|&seq| (seq, failed_outcome(format!("worker failed: {reason}"))))
+                .map(|&seq| {
+                    (
+                        seq,
+                        crate::exec::not_started(&format!("worker failed: {reason}")),
+                    )
+                })
                 .collect(),
         }
     }
@@ -779,7 +784,7 @@ fn prepare(template: &CommandTemplate, input: Input, seq: u64) -> Result<Pending
                 input: shown_input,
                 raw_input,
                 command: Vec::new(),
-                outcome: failed_outcome(reason),
+                outcome: crate::exec::not_started(&reason),
                 attempts: 0,
                 host: String::new(),
                 pid: 0,
@@ -803,16 +808,6 @@ fn skipped(
     resume
         .skips(seq, &template.shell_line(&pending.argv))
         .map_err(MapError::JoblogMismatch)
-}
-
-fn failed_outcome(reason: String) -> ExecOutcome {
-    ExecOutcome {
-        exit: ExitKind::SpawnFailed(reason),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        started: SystemTime::now(),
-        elapsed: Duration::ZERO,
-    }
 }
 
 /// Hands records out in seq order (or at once when order is not kept).
