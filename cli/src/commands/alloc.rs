@@ -5,8 +5,6 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -104,11 +102,7 @@ fn add_slurm(args: SlurmPolicyArgs) -> anyhow::Result<ExitCode> {
         connection,
         poll: args.poll,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    let stop = super::stop_on_signals()?;
     eprintln!(
         "zcluster: allocating through Slurm on demand (state in {}); Ctrl-C stops",
         allocator.state_path.display()

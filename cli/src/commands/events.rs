@@ -5,11 +5,9 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::{Map, Value};
 use zcluster::hub::protocol::{JobId, Notification};
@@ -90,11 +88,7 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let connection = args.hub.connection()?;
     let ctx = zmq::Context::new();
     let mut subscriber = Subscriber::connect(&ctx, &connection)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install a signal handler")?;
-    }
+    let stop = super::stop_on_signals()?;
     let mut out = super::stdout();
     let mut listening = false;
     while !stop.load(Ordering::Relaxed) {

@@ -4,8 +4,6 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -124,11 +122,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         speculate: !args.no_speculation,
         accept_rollback: args.accept_rollback,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    let stop = super::stop_on_signals()?;
     // The hub's directory (~/.zcluster by default) holds the key and the
     // store: made 0700 before anything (the store included) creates it.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

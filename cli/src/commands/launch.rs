@@ -169,7 +169,7 @@ fn read_hosts(path: &std::path::Path) -> anyhow::Result<Vec<Host>> {
 fn slurm(args: SlurmArgs) -> anyhow::Result<ExitCode> {
     let request = args.allocation.request(&args.hub, args.extra)?;
     let slurm = Slurm;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     if args.dry_run {
         write!(out, "{}", slurm.script(&request))?;
         out.flush()?;
@@ -223,11 +223,7 @@ fn ssh(args: SshArgs) -> anyhow::Result<ExitCode> {
     let hosts = read_hosts(&args.hostfile)?;
     let connection = args.hub.connection()?;
     warn_unreachable(&connection, &hosts);
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    let stop = super::stop_on_signals()?;
     let options = SshOptions {
         shared_fs: args.shared_fs,
         detach: args.detach,

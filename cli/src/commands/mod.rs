@@ -75,6 +75,18 @@ pub fn socket_arg(flag: &str, spec: &str, kind: SocketKind) -> anyhow::Result<Fu
 /// worker on any stray pipe write.
 pub struct Stdout(io::StdoutLock<'static>);
 
+/// A flag set by the first SIGINT or SIGTERM: how a long-running command
+/// (hub, worker, launcher, allocator, events) learns to stop cleanly.
+pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use anyhow::Context as _;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    Ok(stop)
+}
+
 /// Locks standard output for a command's results.
 pub fn stdout() -> Stdout {
     Stdout(io::stdout().lock())

@@ -3,10 +3,7 @@
 //! hub, offering its resources to the hub's scheduler.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use std::time::SystemTime;
 
@@ -131,11 +128,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let offer = offer(&args)?;
     let connection = args.hub.connection()?;
     let slots = offer.cpus.max(1) as usize;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
+    let stop = super::stop_on_signals()?;
     eprintln!(
         "zcluster: worker with {} ({}) serving {}",
         super::plural(slots as u64, "slot"),
