@@ -375,7 +375,16 @@ fn environment(
         if let Some((name, value)) = extra.filter(|(name, _)| !is_given(OsStr::new(name))) {
             push(name.as_bytes(), value.as_bytes())?;
         }
-        for (name, value) in more.iter().filter(|(name, _)| !is_given(name)) {
+        // Within `more` too the last value of a name wins (a task's own
+        // `--env ZCLUSTER_SLOT=...` after its place's): one entry each.
+        let last =
+            |at: usize, name: &std::ffi::OsString| !more[at + 1..].iter().any(|(n, _)| n == name);
+        let kept = more
+            .iter()
+            .enumerate()
+            .filter(|(at, (name, _))| last(*at, name) && !is_given(name))
+            .map(|(_, pair)| pair);
+        for (name, value) in kept {
             push(name.as_bytes(), value.as_bytes())?;
         }
         for (name, value) in given.iter() {
@@ -458,6 +467,22 @@ mod tests {
             other => panic!("{other:?}"),
         };
         (text, code)
+    }
+
+    /// A name given twice among a task's own variables appears once, with
+    /// its last value.
+    #[test]
+    fn a_tasks_variable_given_twice_is_set_once_to_its_last_value() {
+        let more = [
+            (OsString::from("ZCLUSTER_TEST_TWICE"), OsString::from("1")),
+            (OsString::from("ZCLUSTER_TEST_TWICE"), OsString::from("2")),
+        ];
+        let vars = environment(None, &more).expect("environment");
+        let set: Vec<&CString> = vars
+            .iter()
+            .filter(|v| v.as_bytes().starts_with(b"ZCLUSTER_TEST_TWICE="))
+            .collect();
+        assert_eq!(set, [&CString::new("ZCLUSTER_TEST_TWICE=2").unwrap()]);
     }
 
     #[test]
