@@ -799,18 +799,13 @@ impl JobHandle {
     /// Drops the job's queued tasks (and kills its running ones when asked);
     /// returns the ids dropped before they started.
     pub fn cancel(&mut self, client: &mut HubClient, kill_running: bool) -> Vec<u64> {
-        let call = ClientCall::CancelJob {
-            job: self.job,
-            kill_running,
-        };
-        match client.call(&call) {
-            Ok(Reply::Cancelled(dropped)) => {
+        match client.cancel_job(self.job, kill_running) {
+            Ok(dropped) => {
                 for id in &dropped {
                     self.outstanding.remove(id);
                 }
                 dropped
             }
-            Ok(_) => Vec::new(),
             Err(e) => {
                 debug!(error = %e, "cannot cancel the job");
                 Vec::new()

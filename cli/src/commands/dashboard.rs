@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use zcluster::hub::client::HubClient;
 use zcluster::hub::connection::ConnectionInfo;
-use zcluster::hub::protocol::{ClientCall, EngineId, HubStatus, JobId, Notification, Reply};
+use zcluster::hub::protocol::{EngineId, HubStatus, JobId, Notification};
 use zcluster::hub::subscriber::Received;
 
 use super::watch::{poll_hub, Update};
@@ -551,14 +551,8 @@ impl Server {
                 .kill(Some(vec![engine]), false)
                 .map(|k| json!({ "acknowledged": k.acknowledged, "silent": k.silent })),
             ("cancel", _, Some(job)) => client
-                .call(&ClientCall::CancelJob {
-                    job,
-                    kill_running: true,
-                })
-                .map(|reply| match reply {
-                    Reply::Cancelled(dropped) => json!({ "dropped": dropped.len() }),
-                    other => json!({ "reply": format!("{other:?}") }),
-                }),
+                .cancel_job(job, true)
+                .map(|dropped| json!({ "dropped": dropped.len() })),
             _ => {
                 return respond_json(
                     stream,

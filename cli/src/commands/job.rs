@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcluster::hub::client::{ClientError, HubClient};
-use zcluster::hub::protocol::{ClientCall, JobId, JobStatus, Reply};
+use zcluster::hub::client::HubClient;
+use zcluster::hub::protocol::{JobId, JobStatus};
 
 use super::{HubArg, UsageError};
 
@@ -44,19 +44,21 @@ enum Look {
     Over(JobStatus),
 }
 
-/// One look: the job's counts from `status`, and whether it still runs
-/// (`CheckJob`). An unknown job is a usage error.
+/// One look: whether the job still runs (`CheckJob`), then its counts
+/// from `status`. In that order: a job seen over has its final counts (the
+/// other way round, one finishing between the two calls was reported with
+/// the counts from before, as cancelled). An unknown job is a usage error.
 fn look(client: &mut HubClient, job: JobId) -> anyhow::Result<Look> {
+    let live = client.job_live(job)?;
     let status = client.status(false)?;
     let Some(counts) = status.jobs.into_iter().find(|j| j.id == job) else {
         return Err(UsageError(format!("no job {job} on this hub")).into());
     };
-    match client.call(&ClientCall::CheckJob { job }) {
-        Ok(Reply::JobLive { .. }) => Ok(Look::Running(counts)),
-        Err(ClientError::Refused(_)) => Ok(Look::Over(counts)),
-        Ok(other) => Err(anyhow::anyhow!("unexpected answer from the hub: {other:?}")),
-        Err(e) => Err(e.into()),
-    }
+    Ok(if live {
+        Look::Running(counts)
+    } else {
+        Look::Over(counts)
+    })
 }
 
 fn bar_style(known_total: bool) -> ProgressStyle {

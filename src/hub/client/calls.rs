@@ -181,6 +181,27 @@ impl HubClient {
         }
     }
 
+    /// Whether `job` still runs: `Ok(true)` while it has tasks to finish,
+    /// `Ok(false)` once it is over (the hub refuses to check a job that is
+    /// not live).
+    pub fn job_live(&mut self, job: JobId) -> Result<bool, ClientError> {
+        match self.call(&ClientCall::CheckJob { job }) {
+            Ok(Reply::JobLive { .. }) => Ok(true),
+            Err(ClientError::Refused(_)) => Ok(false),
+            Ok(other) => Err(unexpected("check job", other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels `job`: its queued tasks are dropped (their ids returned),
+    /// and its running ones killed when `kill_running`.
+    pub fn cancel_job(&mut self, job: JobId, kill_running: bool) -> Result<Vec<u64>, ClientError> {
+        match self.call(&ClientCall::CancelJob { job, kill_running })? {
+            Reply::Cancelled(dropped) => Ok(dropped),
+            other => Err(unexpected("cancel", other)),
+        }
+    }
+
     /// Stops the hub, and first its engines when `workers`. Any answer
     /// means the hub is stopping.
     pub fn shutdown(&mut self, workers: bool) -> Result<(), ClientError> {
