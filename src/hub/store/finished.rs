@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use super::{JobId, JobSummary};
 
 /// Finished jobs' counts, as last counted. A job is finished when its total
-/// is known and every task ended; it changes after that only by a purge or
-/// a resubmit, whose store method calls [`clear`](Self::clear).
+/// is known and every task ended. The hub adds no task to a finished job,
+/// but the store does not rely on it: adding tasks or setting the total
+/// forgets that job's counts ([`forget`](Self::forget)), and a purge or a
+/// resubmit, which may change any job, forgets them all
+/// ([`clear`](Self::clear)).
 #[derive(Debug, Default)]
 pub(super) struct FinishedCounts(BTreeMap<JobId, JobSummary>);
 
@@ -39,6 +42,11 @@ impl FinishedCounts {
             all.insert(summary.id, summary);
         }
         all.into_values().collect()
+    }
+
+    /// Forgets `job`'s kept counts: its tasks or its total changed.
+    pub(super) fn forget(&mut self, job: JobId) {
+        self.0.remove(&job);
     }
 
     /// Forgets every kept count: a purge or resubmit may have changed them.

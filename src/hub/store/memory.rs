@@ -182,6 +182,7 @@ impl Store for MemoryStore {
     fn set_job_total(&mut self, job: JobId, total: u64) -> Result<(), StoreError> {
         let entry = self.jobs.get_mut(&job).ok_or(StoreError::UnknownJob(job))?;
         entry.record.total = Some(total);
+        self.finished.forget(job);
         Ok(())
     }
 
@@ -195,7 +196,12 @@ impl Store for MemoryStore {
                 return Err(StoreError::DuplicateTask(task.id));
             }
         }
+        let mut forgotten = None;
         for task in tasks {
+            if forgotten != Some(task.job) {
+                self.finished.forget(task.job);
+                forgotten = Some(task.job);
+            }
             if let Some(job) = self.jobs.get_mut(&task.job) {
                 job.tasks.insert((task.seq, task.id));
             }

@@ -473,6 +473,7 @@ impl Store for SqliteStore {
         if !self.jobs.contains(&job) {
             return Err(StoreError::UnknownJob(job));
         }
+        self.finished.forget(job);
         let write = Write::SetTotal {
             job: sql_int("job id", job)?,
             total: sql_int("job total", total)?,
@@ -491,6 +492,7 @@ impl Store for SqliteStore {
                 if !self.jobs.contains(&task.job) {
                     return Err(StoreError::UnknownJob(task.job));
                 }
+                self.finished.forget(task.job);
                 checked = Some(task.job);
             }
             rows.push(SqlTask {
