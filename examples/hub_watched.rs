@@ -10,6 +10,14 @@
 //! one status call (each watcher makes one a second) takes with every
 //! round's tasks in the store.
 //!
+//! On a machine with few cores the watchers' own CPU competes with the
+//! hub's, so each round also prints `cpu ROUND OBSERVED` lines: this
+//! process's CPU microseconds per task (hub, engine and client threads),
+//! and each watcher's CPU milliseconds per second of the round (the tmux
+//! server that draws the terminal counted apart). Then `cpu-per-task-ratio`
+//! says whether watching makes the hub work more per task, apart from the
+//! CPU the watchers take.
+//!
 //! ```text
 //! cargo build --release -p zcluster-cli
 //! cargo run --release --example hub_watched -- --zcluster target/release/zcluster
@@ -169,6 +177,64 @@ impl Drop for Watchers {
     }
 }
 
+/// CPU seconds (user and system) a process has used, from `/proc`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields count from after it.
+    let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf reads a constant of the system and has no other effect.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
+
+/// The processes whose CPU a round accounts for, by name.
+fn watcher_pids(watchers: &Watchers) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    let pane = Command::new("tmux")
+        .args(["display-message", "-p", "-t", &watchers.tmux_session])
+        .arg("#{pane_pid}")
+        .output()?;
+    let server = Command::new("tmux")
+        .args(["display-message", "-p", "-t", &watchers.tmux_session])
+        .arg("#{pid}")
+        .output()?;
+    let pid = |out: &std::process::Output| -> anyhow::Result<u32> {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok(vec![
+        ("dashboard", watchers.children[0].id()),
+        ("events", watchers.children[1].id()),
+        ("status-watch", pid(&pane)?),
+        ("tmux-server", pid(&server)?),
+    ])
+}
+
+/// A round, with the CPU it cost: tasks per second, this process's CPU
+/// microseconds per task, and each watched process's CPU milliseconds per
+/// second of the round.
+fn measured_round(
+    client: &mut HubClient,
+    count: u64,
+    others: &[(&'static str, u32)],
+) -> anyhow::Result<(f64, f64, Vec<(&'static str, f64)>)> {
+    let me = std::process::id();
+    let own_before = cpu_seconds(me)?;
+    let before: Vec<f64> = others
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    let rate = round(client, count)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let own = (cpu_seconds(me)? - own_before) * 1e6 / count as f64;
+    let mut theirs = Vec::new();
+    for ((name, pid), before) in others.iter().zip(before) {
+        theirs.push((*name, (cpu_seconds(*pid)? - before) * 1e3 / seconds));
+    }
+    Ok((rate, own, theirs))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -194,19 +260,36 @@ fn main() -> anyhow::Result<()> {
     // A first round warms everything up; not counted.
     round(&mut client, args.count / 10)?;
     let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut own_without, mut own_with) = (Vec::new(), Vec::new());
     for n in 0..args.rounds {
-        let rate = round(&mut client, args.count)?;
+        let (rate, own, _) = measured_round(&mut client, args.count, &[])?;
         println!("watched {n} no {} {:.0}", args.count, rate);
+        println!("cpu {n} no own-us-per-task {own:.2}");
         without.push(rate);
+        own_without.push(own);
         let watchers = Watchers::attach(&args.zcluster, &file)?;
         // Let them connect and draw once before the round starts.
         std::thread::sleep(Duration::from_secs(2));
-        let rate = round(&mut client, args.count)?;
+        let others = watcher_pids(&watchers)?;
+        let (rate, own, theirs) = measured_round(&mut client, args.count, &others)?;
         println!("watched {n} yes {} {:.0}", args.count, rate);
+        let theirs: Vec<String> = theirs
+            .iter()
+            .map(|(name, ms)| format!("{name}-ms-per-s {ms:.1}"))
+            .collect();
+        println!(
+            "cpu {n} yes own-us-per-task {own:.2} {}",
+            theirs.join(" ")
+        );
         with.push(rate);
+        own_with.push(own);
         drop(watchers);
     }
     println!("watched-ratio {:.3}", median(with) / median(without));
+    println!(
+        "cpu-per-task-ratio {:.3}",
+        median(own_with) / median(own_without)
+    );
     // What one watcher's look costs the hub now, with every round's tasks
     // in its store: the status call, median of 10.
     let mut looks = Vec::new();
