@@ -210,14 +210,23 @@ fn watcher_pids(watchers: &Watchers) -> anyhow::Result<Vec<(&'static str, u32)>>
     ])
 }
 
-/// A round, with the CPU it cost: tasks per second, this process's CPU
-/// microseconds per task, and each watched process's CPU milliseconds per
-/// second of the round.
+/// A round and the CPU it cost.
+struct Measured {
+    /// Tasks per second.
+    rate: f64,
+    /// This process's CPU microseconds per task.
+    own: f64,
+    /// Each watched process's CPU milliseconds per second of the round.
+    theirs: Vec<(&'static str, f64)>,
+}
+
+/// Runs a round of `count` tasks, measuring the CPU of this process and of
+/// `others`.
 fn measured_round(
     client: &mut HubClient,
     count: u64,
     others: &[(&'static str, u32)],
-) -> anyhow::Result<(f64, f64, Vec<(&'static str, f64)>)> {
+) -> anyhow::Result<Measured> {
     let me = std::process::id();
     let own_before = cpu_seconds(me)?;
     let before: Vec<f64> = others
@@ -232,7 +241,7 @@ fn measured_round(
     for ((name, pid), before) in others.iter().zip(before) {
         theirs.push((*name, (cpu_seconds(*pid)? - before) * 1e3 / seconds));
     }
-    Ok((rate, own, theirs))
+    Ok(Measured { rate, own, theirs })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -262,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let (mut own_without, mut own_with) = (Vec::new(), Vec::new());
     for n in 0..args.rounds {
-        let (rate, own, _) = measured_round(&mut client, args.count, &[])?;
+        let Measured { rate, own, .. } = measured_round(&mut client, args.count, &[])?;
         println!("watched {n} no {} {:.0}", args.count, rate);
         println!("cpu {n} no own-us-per-task {own:.2}");
         without.push(rate);
@@ -271,16 +280,13 @@ fn main() -> anyhow::Result<()> {
         // Let them connect and draw once before the round starts.
         std::thread::sleep(Duration::from_secs(2));
         let others = watcher_pids(&watchers)?;
-        let (rate, own, theirs) = measured_round(&mut client, args.count, &others)?;
+        let Measured { rate, own, theirs } = measured_round(&mut client, args.count, &others)?;
         println!("watched {n} yes {} {:.0}", args.count, rate);
         let theirs: Vec<String> = theirs
             .iter()
             .map(|(name, ms)| format!("{name}-ms-per-s {ms:.1}"))
             .collect();
-        println!(
-            "cpu {n} yes own-us-per-task {own:.2} {}",
-            theirs.join(" ")
-        );
+        println!("cpu {n} yes own-us-per-task {own:.2} {}", theirs.join(" "));
         with.push(rate);
         own_with.push(own);
         drop(watchers);
