@@ -260,3 +260,86 @@ fn status_watch_draws_the_cluster_live_on_a_real_terminal() {
     let status = exit_within(&mut watch.child, Duration::from_secs(5)).expect("the view ends");
     assert!(status.success());
 }
+
+/// The job's `client_attached` as `status --json` shows it.
+fn client_attached(hub: &Hub, job: u64) -> serde_json::Value {
+    hub.job(job).expect("the job is in status")["client_attached"].clone()
+}
+
+#[test]
+fn a_job_shows_its_client_attached_while_it_follows_and_gone_once_killed() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+
+    // Results stream in for seven seconds after the client sent its last
+    // task: it hears from the hub all the time, and still speaks up.
+    let inputs = input_file(hub.dir(), "stream.txt", &["x"; 28]);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.5"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("stream", &args);
+    wait_until("the job to start", || map.job().is_some());
+    let job = map.job().unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let shown = hub.job(job).unwrap();
+    if shown["pending"].as_u64().unwrap() + shown["running"].as_u64().unwrap() > 0 {
+        assert_eq!(shown["client_attached"], true, "{shown}");
+    } else {
+        panic!(
+            "the job ended within {:?}: too fast to tell",
+            started.elapsed()
+        );
+    }
+    assert!(map.wait().success(), "{}", map.stderr());
+
+    let inputs = input_file(hub.dir(), "slow.txt", &["a", "b"]);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("120"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut map = hub.spawn_map("slow", &args);
+    wait_until("the job to start", || map.job().is_some());
+    let job = map.job().unwrap();
+    wait_until("both tasks to run", || {
+        hub.job(job).is_some_and(|j| j["running"] == 2)
+    });
+
+    // Both tasks run for minutes: no result comes and the client has
+    // nothing left to send. Past the hub's limit of five silent seconds it
+    // still counts as attached, because a following client checks in.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(client_attached(&hub, job), true, "{}", hub.status());
+    let table = hub.cmd("status").output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("CLIENT"), "{table}");
+    assert!(table.contains("attached"), "{table}");
+
+    // Killed: the job runs on, and shows its client gone.
+    let killed = std::time::Instant::now();
+    map.guard.0.as_mut().unwrap().kill().unwrap();
+    map.wait();
+    wait_until("the client to show as gone", || {
+        client_attached(&hub, job) == false
+    });
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(3),
+        "gone after {after:?}: too soon for a 5 s limit"
+    );
+    assert_eq!(
+        hub.job(job).unwrap()["running"],
+        2,
+        "the job stopped with its client"
+    );
+    let table = hub.cmd("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("gone"));
+
+    // Another client takes it over: attached again.
+    let mut attach = vec!["--attach".to_string(), job.to_string()];
+    attach.extend(args.iter().map(|a| a.to_string()));
+    let attach: Vec<&str> = attach.iter().map(String::as_str).collect();
+    let _again = hub.spawn_map("again", &attach);
+    wait_until("the new client to show as attached", || {
+        client_attached(&hub, job) == true
+    });
+}

@@ -411,8 +411,10 @@ pub use calls::{Killed, Pong, ENGINE_CALL_TIMEOUT};
 /// replaced).
 const LINK_CHECK: Duration = Duration::from_millis(100);
 
-/// How long a job's client waits without any result before asking the hub
-/// whether the job is live and the hub the same (not restarted).
+/// How long a job's client waits without any result, or without sending
+/// anything, before asking the hub whether the job is live and the hub the
+/// same (not restarted). The hub counts a client that asked (or sent) within
+/// a few of these as attached to its job (`zcluster status`).
 const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long such a check waits for its answer.
@@ -463,6 +465,10 @@ pub struct JobHandle {
     /// Tasks the store held when this client attached.
     known: u64,
     last_heard: Instant,
+    /// When this client last sent the hub anything about the job: it says
+    /// something at least every [`QUIET_BEFORE_CHECK`] while it waits, so
+    /// the hub knows it still follows the job.
+    last_spoke: Instant,
     silent_since: Option<Instant>,
     /// When a result of an outstanding task last came, or the store was
     /// last asked for the ones that did not (see [`RECONCILE_AFTER`]).
@@ -548,6 +554,7 @@ impl JobHandle {
             next_expected: 0,
             known,
             last_heard: Instant::now(),
+            last_spoke: Instant::now(),
             silent_since: None,
             last_progress: Instant::now(),
             generation,
@@ -581,6 +588,7 @@ impl JobHandle {
         request: ClusterRequest,
     ) -> Result<(), ClientError> {
         client.send_task(self.job, &request)?;
+        self.last_spoke = Instant::now();
         self.outstanding.insert(request.id, Some(request));
         Ok(())
     }
@@ -625,6 +633,7 @@ impl JobHandle {
             return Ok(Some(result));
         }
         let deadline = Instant::now() + timeout;
+        let mut waited = false;
         loop {
             if client.generation() != self.generation {
                 self.reattach(client)?;
@@ -632,15 +641,29 @@ impl JobHandle {
                     return Ok(Some(result));
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(envelope) = client.next_result_of(self.job, left)? else {
-                if self.last_heard.elapsed() > QUIET_BEFORE_CHECK {
-                    self.check(client)?;
-                    if let Some(result) = self.ready.pop_front() {
-                        return Ok(Some(result));
-                    }
+            // Nothing heard, or nothing said, for a while: ask. Results that
+            // stream in after the last task was sent keep the first quiet,
+            // so the second is what tells the hub this client still follows
+            // the job.
+            if self.last_heard.elapsed() > QUIET_BEFORE_CHECK
+                || self.last_spoke.elapsed() > QUIET_BEFORE_CHECK
+            {
+                self.check(client)?;
+                if let Some(result) = self.ready.pop_front() {
+                    return Ok(Some(result));
                 }
+            }
+            let now = Instant::now();
+            if waited && now >= deadline {
                 return Ok(None);
+            }
+            // Waits in slices, so a long timeout does not keep it silent.
+            let left = deadline
+                .saturating_duration_since(now)
+                .min(QUIET_BEFORE_CHECK);
+            let Some(envelope) = client.next_result_of(self.job, left)? else {
+                waited = true;
+                continue;
             };
             let result = envelope.result()?;
             self.last_heard = Instant::now();
@@ -672,6 +695,7 @@ impl JobHandle {
         }
         let answer = client.call_waiting(&ClientCall::CheckJob { job: self.job }, CHECK_TIMEOUT);
         self.last_heard = Instant::now();
+        self.last_spoke = self.last_heard;
         match answer {
             Ok(Reply::JobLive { epoch, yours: true }) if epoch == self.epoch => {
                 self.silent_since = None;

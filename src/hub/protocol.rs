@@ -463,6 +463,11 @@ pub struct JobStatus {
     /// Why its queued tasks wait, when no engine has its request free
     /// (`1 gpus: no engine has it free`).
     pub waiting_for: Option<String>,
+    /// Whether the client that started (or last attached to) the job is
+    /// still following it: it spoke about the job within the last five
+    /// seconds (a following client speaks at least once a second). `None`
+    /// for a job that no longer runs.
+    pub client_attached: Option<bool>,
 }
 
 /// The answer to `Status`.

@@ -650,6 +650,7 @@ mod tests {
             queued_tasks: Vec::new(),
             request: None,
             waiting_for: None,
+            client_attached: Some(true),
         };
         let status = HubStatus {
             engines: vec![

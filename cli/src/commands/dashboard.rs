@@ -668,6 +668,7 @@ mod tests {
                 queued_tasks: Vec::new(),
                 request: None,
                 waiting_for: None,
+                client_attached: Some(true),
             })
             .collect();
         let status = HubStatus {

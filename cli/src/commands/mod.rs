@@ -329,6 +329,18 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
+/// Whether a job's client still follows it, as the views show it:
+/// `attached`, `gone` (silent past the hub's limit: killed, cut off, or
+/// detached; `zcluster map --attach` takes the job over), or `-` for a job
+/// that no longer runs.
+pub fn client_mark(attached: Option<bool>) -> &'static str {
+    match attached {
+        Some(true) => "attached",
+        Some(false) => "gone",
+        None => "-",
+    }
+}
+
 /// A short duration as a person reads it, to two significant figures or
 /// so: `2.6 ms`, `350 µs`, `1.2 s`, `3 min 5 s` (humantime's
 /// `2ms 562us 608ns` says more than anyone asked).

@@ -112,12 +112,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     writeln!(out)?;
     writeln!(
         out,
-        "JOB\tSUBMITTED\tDONE\tFAILED\tPENDING\tRUNNING\tTOTAL\tDESCRIPTION"
+        "JOB\tSUBMITTED\tDONE\tFAILED\tPENDING\tRUNNING\tTOTAL\tCLIENT\tDESCRIPTION"
     )?;
     for j in &status.jobs {
         writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             j.id,
             humantime::format_rfc3339_seconds(j.submitted),
             j.done,
@@ -125,6 +125,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             j.pending,
             j.running,
             j.total.map_or_else(|| "?".to_string(), |t| t.to_string()),
+            super::client_mark(j.client_attached),
             j.description
         )?;
     }

@@ -352,7 +352,7 @@ impl View {
     fn jobs_table(&self, width: u16) -> Table<'static> {
         let bar_width = usize::from(width.saturating_sub(70).clamp(10, 40));
         let header = Row::new([
-            "JOB", "PROGRESS", "DONE", "FAILED", "RATE", "ETA", "COMMAND",
+            "JOB", "PROGRESS", "DONE", "FAILED", "RATE", "ETA", "CLIENT", "COMMAND",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD));
         let mut jobs: Vec<_> = self.status.iter().flat_map(|s| &s.jobs).collect();
@@ -406,6 +406,13 @@ impl View {
                 Cell::from(j.failed.to_string()).style(style),
                 Cell::from(rate.map_or("-".into(), |r| format!("{r:.1}/s"))),
                 Cell::from(eta),
+                Cell::from(super::client_mark(j.client_attached)).style(
+                    if j.client_attached == Some(false) {
+                        Style::new().fg(Color::Yellow)
+                    } else {
+                        Style::new()
+                    },
+                ),
                 Cell::from(j.description.clone()),
             ])
         });
@@ -418,6 +425,7 @@ impl View {
                 Constraint::Length(7),
                 Constraint::Length(9),
                 Constraint::Length(7),
+                Constraint::Length(9),
                 Constraint::Fill(1),
             ],
         )
@@ -560,6 +568,7 @@ mod tests {
                 queued_tasks: Vec::new(),
                 request: None,
                 waiting_for: None,
+                client_attached: Some(true),
             }],
             store: "mem".into(),
         }

@@ -3,7 +3,7 @@
 //! `queries.rs` and `commands.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
@@ -86,6 +86,7 @@ impl<O: Outbox> Core<O> {
                 .failure(&client, job_id, task_id, "this client does not own the job");
             return;
         }
+        job.client_heard = Some(Instant::now());
         if job.tasks.contains_key(&task_id) {
             debug!(job = job_id, task = task_id, "dropping a task sent twice");
             return;
@@ -183,11 +184,14 @@ impl<O: Outbox> Core<O> {
                 self.release();
                 self.cancel_job(job, kill_running)
             }
-            ClientCall::CheckJob { job } => match self.state.jobs.get(&job) {
-                Some(j) => Reply::JobLive {
-                    epoch: self.epoch,
-                    yours: j.client == client,
-                },
+            ClientCall::CheckJob { job } => match self.state.jobs.get_mut(&job) {
+                Some(j) => {
+                    j.heard_from(&client);
+                    Reply::JobLive {
+                        epoch: self.epoch,
+                        yours: j.client == client,
+                    }
+                }
                 None => Reply::Error(format!(
                     "job {job} is not running on this hub; its results are in the store (zcluster results {job})"
                 )),
@@ -302,7 +306,9 @@ impl<O: Outbox> Core<O> {
         })?;
         self.store.flush()?;
         let description = spec.description.clone();
-        self.state.jobs.insert(id, spec.into_job());
+        let mut job = spec.into_job();
+        job.client_heard = Some(Instant::now());
+        self.state.jobs.insert(id, job);
         info!(job = id, "job opened");
         self.outbox.publish(&Notification::JobOpened {
             job: id,
@@ -391,6 +397,7 @@ impl<O: Outbox> Core<O> {
                     info!(job = job_id, "job attached by a new client");
                     job.client = client;
                 }
+                job.client_heard = Some(Instant::now());
                 true
             }
             None => false,

@@ -117,6 +117,7 @@ impl<O: Outbox> Core<O> {
                         .and_then(|l| l.request.as_deref())
                         .map(ResourceRequest::describe),
                     waiting_for: live.and_then(|l| self.waiting_for(j.id, l)),
+                    client_attached: live.map(Job::client_attached),
                 }
             })
             .collect();

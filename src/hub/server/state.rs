@@ -224,6 +224,12 @@ impl Task {
     }
 }
 
+/// How long a job's client may say nothing about it and still count as
+/// attached. A client following its job speaks at least once a second (a
+/// `CheckJob` when it has nothing else to send), so this is five of those
+/// missed: a client killed, or cut off, shows as gone within it.
+pub(super) const CLIENT_SILENT_LIMIT: Duration = Duration::from_secs(5);
+
 /// A job: its client, its queue and the tasks it has outstanding.
 pub(super) struct Job {
     /// The routing identity of the client its results go to.
@@ -265,6 +271,12 @@ pub(super) struct Job {
     /// Since when its turns found nothing free for its request (for the
     /// anti-starvation rule).
     pub(super) blocked_since: Option<Instant>,
+    /// When its client last spoke about it (a task, a check or an attach;
+    /// a following client checks at least once a second): whether a
+    /// client is attached, for `zcluster status`. `None`: not since the
+    /// hub started (a job recovered from the store, until a client
+    /// attaches).
+    pub(super) client_heard: Option<Instant>,
 }
 
 impl Job {
@@ -291,7 +303,23 @@ impl Job {
             running: 0,
             request: None,
             blocked_since: None,
+            client_heard: None,
         }
+    }
+
+    /// Notes that `client` spoke about the job, if it is the job's client.
+    pub(super) fn heard_from(&mut self, client: &[u8]) {
+        if self.client == client {
+            self.client_heard = Some(Instant::now());
+        }
+    }
+
+    /// Whether its client spoke about it within
+    /// [`CLIENT_SILENT_LIMIT`]: a client following the job speaks at least
+    /// once a second.
+    pub(super) fn client_attached(&self) -> bool {
+        self.client_heard
+            .is_some_and(|heard| heard.elapsed() < CLIENT_SILENT_LIMIT)
     }
 
     /// Takes a task out of the job.
