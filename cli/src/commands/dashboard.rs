@@ -39,6 +39,9 @@ use zcluster::hub::subscriber::Received;
 
 use super::watch::{poll_hub, Update};
 use super::HubArg;
+use durations::DurationFold;
+
+mod durations;
 
 /// The page, whole: markup, style and script.
 const PAGE_HTML: &str = include_str!("../dashboard/page.html");
@@ -67,9 +70,6 @@ const RESTART_NOTICE: Duration = Duration::from_secs(15);
 
 /// Engines given a line of their own in the busy-slots chart.
 const ENGINES_CHARTED: usize = 16;
-
-/// Buckets of a job's task-duration histogram.
-const DURATION_BUCKETS: usize = 20;
 
 #[derive(Args)]
 pub struct DashboardArgs {
@@ -281,9 +281,10 @@ impl Board {
     }
 }
 
-/// Locks the board; a thread that panicked holding it left it usable.
-fn lock(board: &Mutex<Board>) -> MutexGuard<'_, Board> {
-    board.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks the board (or another of the server's shared parts); a thread
+/// that panicked holding it left it usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What every request handler needs.
@@ -294,6 +295,12 @@ struct Server {
     token_required: bool,
     allow_control: bool,
     open: AtomicUsize,
+    /// For the job pages' calls: one connection, made when first needed
+    /// and again after a call fails.
+    ctx: zmq::Context,
+    hub: Mutex<Option<HubClient>>,
+    /// The task durations of the jobs whose pages were looked at.
+    folds: Mutex<HashMap<JobId, DurationFold>>,
 }
 
 /// One parsed request.
@@ -490,49 +497,56 @@ impl Server {
     /// histogram (the store's start and end times; computed here, so the
     /// page gets twenty numbers, not every task).
     fn job(&self, stream: &mut TcpStream, job: JobId) {
-        let ctx = zmq::Context::new();
-        let reports = HubClient::connect(&ctx, &self.connection)
-            .and_then(|mut client| client.results(job, true));
-        let reports = match reports {
-            Ok(reports) => reports,
-            Err(e) => {
-                respond_json(stream, 404, &json!({ "error": e.to_string() }));
-                return;
+        let (status, live) = {
+            let board = lock(&self.board);
+            let jobs = board
+                .status
+                .as_ref()
+                .map(|s| s.jobs.as_slice())
+                .unwrap_or_default();
+            let live: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+            (jobs.iter().find(|j| j.id == job).cloned(), live)
+        };
+        let Some(status) = status else {
+            respond_json(stream, 404, &json!({ "error": format!("no job {job}") }));
+            return;
+        };
+        let stored = status.pending + status.running + status.done + status.failed;
+        let finished = status.done + status.failed;
+        let durations = {
+            let mut hub = lock(&self.hub);
+            let mut folds = lock(&self.folds);
+            folds.retain(|id, _| live.contains(id));
+            let fold = folds.entry(job).or_default();
+            let refreshed = match hub.as_mut() {
+                Some(client) => fold.refresh(client, job, stored, finished),
+                None => HubClient::connect(&self.ctx, &self.connection)
+                    .and_then(|client| fold.refresh(hub.insert(client), job, stored, finished)),
+            };
+            match refreshed {
+                Ok(()) => fold.to_json(),
+                Err(e) => {
+                    // Connect again next time, and fold again from the start.
+                    *hub = None;
+                    folds.remove(&job);
+                    respond_json(stream, 502, &json!({ "error": e.to_string() }));
+                    return;
+                }
             }
         };
-        let durations: Vec<f64> = reports
+        let failures: Vec<Value> = lock(&self.board)
+            .failures
             .iter()
-            .filter_map(|r| {
-                r.completed?
-                    .duration_since(r.started?)
-                    .ok()
-                    .map(|d| d.as_secs_f64())
-            })
+            .filter(|f| f["job"] == job)
+            .cloned()
             .collect();
-        let max = durations.iter().copied().fold(0.0_f64, f64::max);
-        let width = if max > 0.0 {
-            max / DURATION_BUCKETS as f64
-        } else {
-            1.0
-        };
-        let mut counts = vec![0u64; DURATION_BUCKETS];
-        for d in &durations {
-            let bucket = ((d / width) as usize).min(DURATION_BUCKETS - 1);
-            counts[bucket] += 1;
-        }
-        let board = lock(&self.board);
-        let status = board
-            .status
-            .as_ref()
-            .and_then(|s| s.jobs.iter().find(|j| j.id == job).cloned());
-        let failures: Vec<&Value> = board.failures.iter().filter(|f| f["job"] == job).collect();
         respond_json(
             stream,
             200,
             &json!({
                 "job": status,
-                "tasks": reports.len(),
-                "durations": { "bucket_s": width, "counts": counts },
+                "tasks": stored,
+                "durations": durations,
                 "failures": failures,
             }),
         );
@@ -607,6 +621,9 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
         token_required,
         allow_control: args.allow_control,
         open: AtomicUsize::new(0),
+        ctx: zmq::Context::new(),
+        hub: Mutex::new(None),
+        folds: Mutex::new(HashMap::new()),
     });
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
