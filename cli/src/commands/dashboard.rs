@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
@@ -37,7 +37,7 @@ use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::protocol::{EngineId, HubStatus, JobId, Notification};
 use zcluster::hub::subscriber::Received;
 
-use super::watch::{poll_hub, Update};
+use super::watch::{poll_hub, HubLink, Update};
 use super::HubArg;
 use durations::DurationFold;
 
@@ -64,9 +64,6 @@ const EVENTS_KEPT: usize = 200;
 
 /// How often a live page is sent the board, at most.
 const STREAM_PERIOD: Duration = Duration::from_millis(500);
-
-/// How long "hub restarted" stays on the page.
-const RESTART_NOTICE: Duration = Duration::from_secs(15);
 
 /// Engines given a line of their own in the busy-slots chart.
 const ENGINES_CHARTED: usize = 16;
@@ -127,10 +124,7 @@ struct Sample {
 #[derive(Default)]
 struct Board {
     hub: String,
-    link: String,
-    /// When the hub last came back (said for [`RESTART_NOTICE`]).
-    restarted: Option<std::time::Instant>,
-    generation: Option<u64>,
+    link: HubLink,
     status: Option<HubStatus>,
     samples: VecDeque<Sample>,
     failures: VecDeque<Value>,
@@ -152,18 +146,7 @@ impl Board {
         self.version += 1;
         match update {
             Update::Status(status, generation) => {
-                let renewed = self.generation.is_some_and(|g| g != generation);
-                let now = std::time::Instant::now();
-                if renewed || self.link.starts_with("hub gone") {
-                    self.restarted = Some(now);
-                }
-                self.link = match self.restarted {
-                    Some(at) if now.duration_since(at) < RESTART_NOTICE => {
-                        "hub restarted; reconnected".into()
-                    }
-                    _ => "connected".into(),
-                };
-                self.generation = Some(generation);
+                self.link.answered(generation, Instant::now());
                 let finished = status.jobs.iter().map(|j| j.done + j.failed).sum();
                 let busy = status.engines.iter().map(|e| (e.id, e.running)).collect();
                 for engine in &status.engines {
@@ -179,9 +162,7 @@ impl Board {
                 }
                 self.status = Some(status);
             }
-            Update::NoAnswer(error) => {
-                self.link = format!("hub gone (no answer; still trying): {error}");
-            }
+            Update::NoAnswer(error) => self.link.silent(error, Instant::now()),
             Update::Event(received) => self.event(received),
         }
     }
@@ -271,7 +252,7 @@ impl Board {
             })
             .collect();
         json!({
-            "hub": { "file": self.hub, "link": self.link },
+            "hub": { "file": self.hub, "link": self.link.describe(Instant::now()) },
             "status": self.status,
             "engines_gone": gone,
             "failures": self.failures,
@@ -591,7 +572,6 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<ExitCode> {
     let token_required = needs_token(bound.ip());
     let board = Arc::new(Mutex::new(Board {
         hub: args.hub.path().display().to_string(),
-        link: "connecting".into(),
         ..Board::default()
     }));
     let (updates_in, updates) = crossbeam_channel::unbounded();
@@ -696,7 +676,7 @@ mod tests {
         for _ in 0..SAMPLES_KEPT + 10 {
             board.apply(Update::Status(status.clone(), 1));
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let summary = board.summary(false).to_string();
         let took = started.elapsed();
         assert_eq!(board.samples.len(), SAMPLES_KEPT);

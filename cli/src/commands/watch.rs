@@ -93,9 +93,9 @@ pub(super) fn poll_hub(connection: ConnectionInfo, interval: Duration, to_view: 
     }
 }
 
-/// How the view's link to the hub stands.
+/// How a view's link to the hub stands.
 #[derive(Debug, Clone, PartialEq)]
-enum Link {
+pub enum Link {
     /// No answer yet.
     Connecting,
     /// Answering.
@@ -104,6 +104,61 @@ enum Link {
     Restarted(Instant),
     /// Not answering since then, with the last error.
     Down(Instant, String),
+}
+
+/// A view's link to the hub, kept from the poller's updates: the terminal
+/// view and the dashboard say the same things of it.
+#[derive(Debug, Clone)]
+pub struct HubLink {
+    pub link: Link,
+    /// The client connection the hub last answered on: a new one means
+    /// the hub restarted.
+    generation: Option<u64>,
+}
+
+impl Default for HubLink {
+    fn default() -> Self {
+        HubLink {
+            link: Link::Connecting,
+            generation: None,
+        }
+    }
+}
+
+impl HubLink {
+    /// The hub answered on connection `generation`, at `now`.
+    pub fn answered(&mut self, generation: u64, now: Instant) {
+        let renewed = self.generation.is_some_and(|g| g != generation);
+        let was_down = matches!(self.link, Link::Down(..));
+        self.link = match &self.link {
+            _ if renewed || was_down => Link::Restarted(now),
+            Link::Restarted(at) if now.duration_since(*at) < RESTART_NOTICE => Link::Restarted(*at),
+            _ => Link::Up,
+        };
+        self.generation = Some(generation);
+    }
+
+    /// The hub did not answer, at `now`.
+    pub fn silent(&mut self, error: String, now: Instant) {
+        self.link = match &self.link {
+            Link::Down(since, _) => Link::Down(*since, error),
+            _ => Link::Down(now, error),
+        };
+    }
+
+    /// What a person is told of it: `connected`, `hub restarted;
+    /// reconnected`, `hub gone (no answer for 5.0 s; still trying): ...`.
+    pub fn describe(&self, now: Instant) -> String {
+        match &self.link {
+            Link::Connecting => "connecting".into(),
+            Link::Up => "connected".into(),
+            Link::Restarted(_) => "hub restarted; reconnected".into(),
+            Link::Down(since, error) => format!(
+                "hub gone (no answer for {}; still trying): {error}",
+                super::short_duration(now.duration_since(*since))
+            ),
+        }
+    }
 }
 
 /// One failure as the view lists it.
@@ -120,8 +175,7 @@ struct Failure {
 /// function of it, tested without a terminal).
 pub struct View {
     hub: PathBuf,
-    link: Link,
-    generation: Option<u64>,
+    link: HubLink,
     status: Option<HubStatus>,
     /// Each job's (instant, tasks finished), over the rate window.
     history: HashMap<JobId, VecDeque<(Instant, u64)>>,
@@ -136,8 +190,7 @@ impl View {
     fn new(hub: PathBuf) -> Self {
         View {
             hub,
-            link: Link::Connecting,
-            generation: None,
+            link: HubLink::default(),
             status: None,
             history: HashMap::new(),
             failures: VecDeque::new(),
@@ -149,16 +202,7 @@ impl View {
     fn apply(&mut self, update: Update, now: Instant) {
         match update {
             Update::Status(status, generation) => {
-                let renewed = self.generation.is_some_and(|g| g != generation);
-                let was_down = matches!(self.link, Link::Down(..));
-                self.link = match &self.link {
-                    _ if renewed || was_down => Link::Restarted(now),
-                    Link::Restarted(at) if now.duration_since(*at) < RESTART_NOTICE => {
-                        Link::Restarted(*at)
-                    }
-                    _ => Link::Up,
-                };
-                self.generation = Some(generation);
+                self.link.answered(generation, now);
                 for job in &status.jobs {
                     let history = self.history.entry(job.id).or_default();
                     history.push_back((now, job.done + job.failed));
@@ -172,12 +216,7 @@ impl View {
                 }
                 self.status = Some(status);
             }
-            Update::NoAnswer(error) => {
-                self.link = match &self.link {
-                    Link::Down(since, _) => Link::Down(*since, error),
-                    _ => Link::Down(now, error),
-                };
-            }
+            Update::NoAnswer(error) => self.link.silent(error, now),
             Update::Event(received) => self.event(received),
         }
     }
@@ -247,21 +286,12 @@ impl View {
 
     fn link_line(&self, now: Instant) -> Line<'static> {
         let hub = self.hub.display();
-        let (text, color) = match &self.link {
-            Link::Connecting => (format!("hub {hub}: connecting"), Color::Yellow),
-            Link::Up => (format!("hub {hub}: connected"), Color::Green),
-            Link::Restarted(_) => (
-                format!("hub {hub}: hub restarted; reconnected"),
-                Color::Yellow,
-            ),
-            Link::Down(since, error) => (
-                format!(
-                    "hub {hub}: hub gone (no answer for {}; still trying): {error}",
-                    super::short_duration(now.duration_since(*since))
-                ),
-                Color::Red,
-            ),
+        let color = match &self.link.link {
+            Link::Up => Color::Green,
+            Link::Down(..) => Color::Red,
+            Link::Connecting | Link::Restarted(_) => Color::Yellow,
         };
+        let text = format!("hub {hub}: {}", self.link.describe(now));
         Line::styled(
             format!("{text}   (q: quit)"),
             Style::new().fg(color).add_modifier(Modifier::BOLD),
