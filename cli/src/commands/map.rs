@@ -292,12 +292,42 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     // With --hosts, a hub here and a worker per host over ssh.
     let hosts = super::launch::cluster_for_map(&args.hosts, options.stop.clone())?;
     options.task_wd = map_inputs::task_wd(&args.habits, args.hub.is_some() || hosts.is_some())?;
-    let (cluster, mut backend) = match &args.hub {
-        None if hosts.is_some() => {
-            let client = hosts.as_ref().map(|h| h.client()).transpose()?;
-            let client = client.context("no hub for the hosts")?;
-            // `-j N` caps the job across the hosts, as over any hub.
-            let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
+    // `-j N` over a hub (or the hosts' hub): at most N tasks of this job run
+    // at once across the cluster; without it, every free slot. An embedded
+    // cluster has `jobs` slots: no cap beyond them.
+    let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
+    let (cluster, client, cap, hub) = match (&args.hub, &hosts) {
+        (None, Some(hosts)) => (None, hosts.client()?, cap, None),
+        (None, None) => {
+            let cluster = EmbeddedCluster::start(options.jobs)?;
+            let client = cluster.client()?;
+            (Some(cluster), client, None, None)
+        }
+        (Some(path), _) => {
+            let hub = HubArg {
+                hub: Some(path.clone()).filter(|p| p.as_os_str() != "-"),
+            };
+            let client = hub.client(&zmq::Context::new())?;
+            (None, client, cap, Some(hub))
+        }
+    };
+    let mut backend = match (args.attach, &hub) {
+        (Some(job), Some(hub)) => {
+            let length = if args.attach_any_length {
+                AttachLength::Any
+            } else {
+                AttachLength::Same
+            };
+            let (backend, info) = HubBackend::attach(client, job, length)?;
+            let state = if info.live { "running" } else { "finished" };
+            eprintln!(
+                "zcluster: attached to job {job} on {} ({state}; {} tasks recorded)",
+                hub.path().display(),
+                info.known
+            );
+            backend
+        }
+        _ => {
             let backend = HubBackend::open_with_request(
                 client,
                 description,
@@ -306,66 +336,19 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
                 cap,
                 args.request.request()?,
             )?;
-            (None, backend)
-        }
-        None => {
-            let cluster = EmbeddedCluster::start(options.jobs)?;
-            // The embedded cluster has `jobs` slots: no cap beyond them.
-            let backend = HubBackend::open_with_request(
-                cluster.client()?,
-                description,
-                options.retries,
-                halt,
-                None,
-                args.request.request()?,
-            )?;
-            (Some(cluster), backend)
-        }
-        Some(path) => {
-            let hub = HubArg {
-                hub: Some(path.clone()).filter(|p| p.as_os_str() != "-"),
-            };
-            let ctx = zmq::Context::new();
-            let backend = match args.attach {
-                Some(job) => {
-                    let length = if args.attach_any_length {
-                        AttachLength::Any
-                    } else {
-                        AttachLength::Same
-                    };
-                    let (backend, info) = HubBackend::attach(hub.client(&ctx)?, job, length)?;
-                    let state = if info.live { "running" } else { "finished" };
-                    eprintln!(
-                        "zcluster: attached to job {job} on {} ({state}; {} tasks recorded)",
-                        hub.path().display(),
-                        info.known
-                    );
-                    backend
-                }
-                None => {
-                    // `-j N` over a hub: at most N tasks of this job run at
-                    // once across the cluster; without it, every free slot.
-                    let cap = args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX));
-                    let backend = HubBackend::open_with_request(
-                        hub.client(&ctx)?,
-                        description,
-                        options.retries,
-                        halt,
-                        cap,
-                        args.request.request()?,
-                    )?;
-                    eprintln!(
-                        "zcluster: job {} on {}",
-                        backend.job(),
-                        hub.path().display()
-                    );
-                    backend
-                }
-            };
-            watch_for_engines(hub, progress.clone(), options.stop.clone());
-            (None, backend)
+            if let Some(hub) = &hub {
+                eprintln!(
+                    "zcluster: job {} on {}",
+                    backend.job(),
+                    hub.path().display()
+                );
+            }
+            backend
         }
     };
+    if let Some(hub) = hub {
+        watch_for_engines(hub, progress.clone(), options.stop.clone());
+    }
     let mut stdout: Box<dyn Write> = if results_to_stdout {
         Box::new(io::stderr())
     } else {
