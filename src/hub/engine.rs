@@ -25,6 +25,7 @@
 //! | `engine/pace.rs` | how many waiting tasks a free slot gets at once |
 //! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
 
+use crate::hub::recent::RecentTimes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -177,7 +178,7 @@ struct Engine<'a> {
     /// Draining: no new task starts; it leaves once its tasks are done.
     draining: bool,
     /// Recent task times by job, for the median a drain goes by.
-    task_times: HashMap<JobId, VecDeque<Duration>>,
+    task_times: HashMap<JobId, RecentTimes>,
     /// Tasks finished, and their total time, for command replies.
     handled: u64,
     busy: Duration,
@@ -462,11 +463,10 @@ impl<'a> Engine<'a> {
             self.pace.record(result.metadata.elapsed);
             // Task times serve the drain before an end time, only.
             if self.options.end_at.is_some() {
-                let times = self.task_times.entry(job).or_default();
-                if times.len() == TASK_TIME_SAMPLES {
-                    times.pop_front();
-                }
-                times.push_back(result.metadata.elapsed);
+                self.task_times
+                    .entry(job)
+                    .or_insert_with(|| RecentTimes::new(TASK_TIME_SAMPLES))
+                    .record(result.metadata.elapsed);
             }
             if self.stop.load(Ordering::Relaxed) && end.cancelled {
                 // Stopping: the stop cut it short (a slot cancels what it

@@ -24,6 +24,7 @@ pub mod embedded;
 pub mod engine;
 pub mod link;
 pub mod protocol;
+mod recent;
 pub mod server;
 pub mod store;
 pub mod subscriber;

@@ -37,9 +37,7 @@ pub(super) const TASK_TIME_SAMPLES: usize = 64;
 impl Engine<'_> {
     /// The median time of job `job`'s tasks here, once one finished.
     pub(super) fn median_time(&self, job: JobId) -> Option<Duration> {
-        let mut times: Vec<Duration> = self.task_times.get(&job)?.iter().copied().collect();
-        times.sort_unstable();
-        times.get(times.len() / 2).copied()
+        self.task_times.get(&job)?.median()
     }
 
     /// Starts draining: the hub sends no more tasks, the waiting ones stay

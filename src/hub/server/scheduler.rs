@@ -140,7 +140,7 @@ impl Job {
     /// successful tasks, at least [`STRAGGLER_FLOOR`]; `None` until
     /// [`SPECULATE_AFTER`] tasks have finished.
     pub(super) fn straggler_after(&self) -> Option<Duration> {
-        if self.durations.len() < SPECULATE_AFTER {
+        if self.times.len() < SPECULATE_AFTER {
             return None;
         }
         let median = self.median()?;

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hub::recent::RecentTimes;
+
 use super::super::protocol::{EngineId, HaltAt, JobId, JobKind};
 use super::super::store::TaskId;
 use crate::message::CommandReply;
@@ -253,13 +255,9 @@ pub(super) struct Job {
     /// Most of its tasks running at once across the cluster (`map -j N`
     /// over a hub); `None`: as many as there are slots.
     pub(super) cap: Option<u32>,
-    /// The latest successful task times, for the straggler rule.
-    pub(super) durations: VecDeque<Duration>,
-    /// Their median, refreshed every few results (sorting on every dispatch
-    /// would cost more than a no-op task).
-    pub(super) median: Option<Duration>,
-    /// Successful task times recorded in all.
-    pub(super) recorded: u64,
+    /// The latest successful task times and their median, for the
+    /// prefetch depth and the straggler rule.
+    pub(super) times: RecentTimes,
     /// Tasks in `tasks` not counted against the client's credit (see
     /// [`Task::uncounted`]).
     pub(super) uncounted: usize,
@@ -296,9 +294,7 @@ impl Job {
             failed: 0,
             succeeded: 0,
             cap: None,
-            durations: VecDeque::new(),
-            median: None,
-            recorded: 0,
+            times: RecentTimes::new(DURATION_SAMPLES),
             uncounted: 0,
             running: 0,
             request: None,
@@ -358,21 +354,12 @@ impl Job {
     /// Records the time a task took to succeed, for the prefetch depth and
     /// the straggler rule.
     pub(super) fn record_duration(&mut self, took: Duration) {
-        if self.durations.len() == DURATION_SAMPLES {
-            self.durations.pop_front();
-        }
-        self.durations.push_back(took);
-        self.recorded += 1;
-        if self.recorded < 16 || self.recorded % 16 == 0 {
-            let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
-            sorted.sort_unstable();
-            self.median = sorted.get(sorted.len() / 2).copied();
-        }
+        self.times.record(took);
     }
 
     /// The median of its recent successful task times.
     pub(super) fn median(&self) -> Option<Duration> {
-        self.median
+        self.times.median()
     }
 }
 
