@@ -15,6 +15,7 @@
 //! | [`client`] | calls to a hub, and the backend of `zcluster map --hub` |
 //! | [`embedded`] | a hub and an engine inside this process: `zcluster map`'s default |
 //! | [`subscriber`] | listening to the hub's signed notifications: `zcluster events`, the live views |
+//! | `recent` | a job's recent task times and their median, kept by the hub (prefetch, stragglers) and by an engine (drain) |
 
 pub mod client;
 pub mod commit;
