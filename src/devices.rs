@@ -10,7 +10,7 @@
 //!
 //! A device relays on its own thread and stops when its [`DeviceHandle`]
 //! says so, or when its context is terminated. It never blocks on its
-//! capture socket (see [`relay`]).
+//! capture socket (see `relay`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
