@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Toolkit throughput against the transport ceiling, measured in the same run:
 # no-op requests through Ventilator -> 2 Workers -> Sink over tcp loopback
-# (typed bincode payloads, four-frame zcluster messages) vs raw libzmq
+# (typed bincode payloads, one-frame zcluster messages) vs raw libzmq
 # PUSH -> PULL/PUSH -> PULL of 64-byte messages in the same topology
 # (examples/throughput.rs). Prints messages/s for each and the ratio.
 # Usage: scripts/bench-toolkit.sh   (RUNS=5 medians, COUNT=300000 messages;
