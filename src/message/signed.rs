@@ -253,3 +253,41 @@ impl SignedSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limit bounds the whole frame, prefix included, since that is
+    /// what the receiver's `ZMQ_MAXMSGSIZE` counts: a body that fits with
+    /// its prefix goes, one byte more is refused before anything is sent.
+    #[test]
+    fn the_limit_counts_the_prefix_and_nothing_over_it_is_sent() {
+        const LIMIT_BYTES: usize = 4096;
+        let ctx = zmq::Context::new();
+        let key = Key::from_bytes(&[7; 32]);
+        let a = ctx.socket(zmq::PAIR).unwrap();
+        a.bind("inproc://signed-limit").unwrap();
+        let b = ctx.socket(zmq::PAIR).unwrap();
+        b.connect("inproc://signed-limit").unwrap();
+        b.set_maxmsgsize(LIMIT_BYTES as i64).unwrap();
+        let mut sender = SignedSocket::new(a, &key, Channel::ClientToHub, Channel::HubToClient);
+        sender.set_limit(LIMIT_BYTES);
+        let mut receiver = SignedSocket::new(b, &key, Channel::HubToClient, Channel::ClientToHub);
+        let header = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 1,
+        };
+        let over = vec![1u8; LIMIT_BYTES - MAX_PREFIX_BYTES + 1];
+        assert!(matches!(
+            sender.send_raw(&header, &over, 0),
+            Err(MessageError::TooLarge { part: "message", size, limit: LIMIT_BYTES })
+                if size == LIMIT_BYTES + 1
+        ));
+        let fits = vec![2u8; LIMIT_BYTES - MAX_PREFIX_BYTES];
+        sender.send_raw(&header, &fits, 0).unwrap();
+        let envelope = receiver.recv(0).unwrap();
+        assert_eq!(envelope.body(), &fits[..], "the refused message never went");
+    }
+}
