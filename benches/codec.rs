@@ -15,9 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use divan::counter::BytesCount;
 use divan::{black_box, Bencher};
+use zcluster::auth::{Channel, Key, Signer, Verifier};
 use zcluster::message::{
-    decode_value, encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header,
-    MessageKind, ResultMetadata, ResultStatus,
+    encode_frame, encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header,
+    MessageKind, Parts, ResultMetadata, ResultStatus, PROTOCOL,
 };
 
 fn main() {
@@ -67,7 +68,8 @@ fn header_of_result(result: &ClusterResult) -> Header {
     }
 }
 
-/// The four frames of a request, as `message::frames` builds them.
+/// The one frame of a request (prefix and bincode body), as
+/// `message::frames` builds it.
 #[divan::bench(args = SIZES)]
 fn encode_request(bencher: Bencher, size: usize) {
     let request = request(size);
@@ -77,7 +79,7 @@ fn encode_request(bencher: Bencher, size: usize) {
         .bench_local(|| frames(black_box(&header), black_box(&request)));
 }
 
-/// The four frames of a result.
+/// The one frame of a result.
 #[divan::bench(args = SIZES)]
 fn encode_result(bencher: Bencher, size: usize) {
     let result = result(size);
@@ -87,7 +89,7 @@ fn encode_result(bencher: Bencher, size: usize) {
         .bench_local(|| frames(black_box(&header), black_box(&result)));
 }
 
-/// Checking received frames: protocol, signature, header decode, body size
+/// Checking a received frame: size, protocol, signature length, header
 /// (and, from frames rather than a socket, a copy of the body).
 #[divan::bench(args = SIZES)]
 fn envelope_from_frames(bencher: Bencher, size: usize) {
@@ -129,6 +131,46 @@ fn decode_header(bencher: Bencher) {
         job: 1_234,
         id: 9_876_543,
     };
-    let bytes = encode_value(&header, "header").expect("a header encodes");
-    bencher.bench_local(|| decode_value::<Header>(black_box(&bytes), "header"));
+    let bytes = header.to_bytes();
+    bencher.bench_local(|| Header::from_bytes(black_box(&bytes)));
+}
+
+fn key() -> Key {
+    Key::from_bytes(&[0x5a; 32])
+}
+
+/// A hub message's way out: its body signed (HMAC-SHA256 over the prefix
+/// and the body) and laid out in its frame.
+#[divan::bench(args = SIZES)]
+fn sign_frame(bencher: Bencher, size: usize) {
+    let request = request(size);
+    let header = header_of_request(&request);
+    let body = encode_value(&request, "body").expect("a request encodes");
+    let signer = Signer::new(key(), Channel::HubToEngine);
+    bencher.counter(BytesCount::new(size)).bench_local(|| {
+        let header_bytes = header.to_bytes();
+        let signature = signer.sign(PROTOCOL, &header_bytes, black_box(&body));
+        encode_frame(&header, &signature, &body)
+    });
+}
+
+/// A hub message's way in: its frame cut at its prefix and its signature
+/// checked (a fresh verifier each time, so no message is a replay).
+#[divan::bench(args = SIZES)]
+fn verify_frame(bencher: Bencher, size: usize) {
+    let request = request(size);
+    let header = header_of_request(&request);
+    let body = encode_value(&request, "body").expect("a request encodes");
+    let signer = Signer::new(key(), Channel::HubToEngine);
+    let signature = signer.sign(PROTOCOL, &header.to_bytes(), &body);
+    let frame = encode_frame(&header, &signature, &body).expect("a frame");
+    bencher
+        .counter(BytesCount::new(size))
+        .with_inputs(|| Verifier::new(key(), Channel::HubToEngine))
+        .bench_local_refs(|verifier| {
+            let parts = Parts::of(black_box(&frame)).expect("a frame");
+            verifier
+                .verify(parts.signature, PROTOCOL, parts.header, parts.body)
+                .expect("genuine")
+        });
 }

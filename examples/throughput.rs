@@ -5,7 +5,7 @@
 //! * `--mode raw`: bare 64-byte single-frame messages, workers copy them
 //!   through: the transport ceiling.
 //! * `--mode toolkit`: `Ventilator` → `Worker` with a typed no-op handler →
-//!   `Sink`, i.e. four-frame zcluster messages with bincode bodies, result
+//!   `Sink`, i.e. one-frame zcluster messages with bincode bodies, result
 //!   metadata, and every check the real path makes; `--batch N` sends N
 //!   requests per message (and gets N results per message back).
 //!
@@ -48,7 +48,7 @@ struct Args {
 const CONNECT: Duration = Duration::from_millis(300);
 
 /// The payload size of the raw messages; the toolkit's no-op request is of
-/// the same order (four frames, about 40 bytes in all).
+/// the same order (one frame of about 40 bytes).
 const RAW_BYTES: usize = 64;
 
 fn main() -> anyhow::Result<()> {

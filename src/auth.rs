@@ -1,7 +1,8 @@
 //! Message signing: only holders of the cluster's key get in.
 //!
-//! Every message on a hub socket carries, in its signature frame (frame 1 of
-//! the [wire format](crate::message)), a nonce and an HMAC-SHA256 tag:
+//! Every message on a hub socket carries, in its signature (the part of the
+//! [wire format](crate::message)'s prefix after the protocol), a nonce and
+//! an HMAC-SHA256 tag:
 //!
 //! | bytes | content |
 //! | --- | --- |
@@ -9,7 +10,7 @@
 //! | 8..16 | sequence number within the session, from 1, strictly increasing |
 //! | 16..24 | milliseconds since the Unix epoch when it was signed |
 //! | 24..32 | the hub start ([epoch](#epochs)) it belongs to; 0 in a handshake |
-//! | 32..64 | HMAC-SHA256 over the [`Channel`] label, the recipient, the protocol frame, the 32 nonce bytes, the header and the body, each preceded by its length |
+//! | 32..64 | HMAC-SHA256 over the [`Channel`] label, the recipient, the protocol, the 32 nonce bytes, the header and the body, each preceded by its length |
 //!
 //! The channel names the direction (engine to hub, hub to client, ...), so
 //! a message signed for one direction is refused in any other: one the hub
@@ -61,7 +62,7 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Bytes in a signature frame.
+/// Bytes in a signature.
 pub const SIGNATURE_BYTES: usize = NONCE_BYTES + TAG_BYTES;
 const NONCE_BYTES: usize = 32;
 const TAG_BYTES: usize = 32;
@@ -85,8 +86,8 @@ pub enum AuthError {
     /// No signature where one is required.
     #[error("unsigned message (this socket requires the cluster's key)")]
     Unsigned,
-    /// A signature frame of the wrong size.
-    #[error("signature frame of {0} bytes (expected {SIGNATURE_BYTES})")]
+    /// A signature of the wrong size.
+    #[error("signature of {0} bytes (expected {SIGNATURE_BYTES})")]
     Malformed(usize),
     /// The tag does not match: another key, or altered frames.
     #[error("bad signature (another key, or the message was altered)")]
@@ -296,13 +297,13 @@ impl Signer {
         self.epoch
     }
 
-    /// The signature frame for a message to the hub, or to every
+    /// The signature for a message to the hub, or to every
     /// subscriber (no particular recipient).
     pub fn sign(&self, protocol: &[u8], header: &[u8], body: &[u8]) -> [u8; SIGNATURE_BYTES] {
         self.sign_to(&[], protocol, header, body)
     }
 
-    /// The signature frame for a message to the one peer whose routing
+    /// The signature for a message to the one peer whose routing
     /// identity is `recipient`: no other peer accepts it.
     pub fn sign_to(
         &self,
@@ -314,7 +315,7 @@ impl Signer {
         self.sign_for(self.epoch, recipient, protocol, header, body)
     }
 
-    /// The signature frame for a message of hub start `epoch` (0: a
+    /// The signature for a message of hub start `epoch` (0: a
     /// handshake `Hello`, which no hub takes as anything else).
     pub fn sign_for(
         &self,

@@ -3,27 +3,29 @@
 //!
 //! # Wire format
 //!
-//! Every zcluster message is a ZeroMQ multipart message of four frames:
+//! Every zcluster message is one ZeroMQ frame: a fixed prefix, then the
+//! body (the layout is in `message/frame.rs`):
 //!
-//! | frame | content |
+//! | part | content |
 //! | --- | --- |
-//! | 0 | protocol name and version, `zcluster/5` |
-//! | 1 | signature: empty on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
-//! | 2 | [`Header`]: kind, job, id; bincode, at most [`MAX_HEADER_BYTES`] |
-//! | 3 | body: the record named by the kind, bincode |
+//! | protocol | name and version, `zcluster/6` (10 bytes) |
+//! | signature | its length (1 byte), then nothing on toolkit sockets; on hub sockets a nonce and an HMAC-SHA256 tag ([`auth`](crate::auth)) |
+//! | [`Header`] | kind, job, id: [`HEADER_BYTES`], fixed size |
+//! | body | the record named by the kind, bincode |
 //!
-//! The header decodes on its own, so a device, a sink or a hub can route and
+//! The header reads on its own, so a device, a sink or a hub can route and
 //! count messages without decoding bodies (IPython's split send). Decoding is
 //! bounded: frames longer than the limits are rejected before any decoding, a
 //! length prefix can never make bincode allocate more than
-//! [`MAX_MESSAGE_BYTES`], trailing bytes are an error, and every way a message
+//! [`MAX_MESSAGE_BYTES`], a frame shorter than the prefix it announces is an
+//! error, trailing bytes are an error, and every way a message
 //! can be wrong is a [`MessageError`], never a panic. On a [`SignedSocket`]
 //! the signature is checked before the header is decoded, so nothing from a
 //! peer without the key reaches a decoder.
 //!
-//! One file (about 800 lines) for the records and the frames that carry
-//! them, so the wire format is read in one place; the signed socket is
-//! `message/signed.rs`.
+//! One file (about 800 lines) for the records and how they are sent and
+//! received, so the wire format is read in one place; the frame's layout is
+//! `message/frame.rs`, the signed socket `message/signed.rs`.
 //!
 //! ```
 //! use zcluster::message::{ClusterRequest, Envelope};
@@ -42,19 +44,19 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Auth, AuthError, Channel, EpochRule, Key, Signer, Verified, Verifier};
+use crate::auth::{
+    Auth, AuthError, Channel, EpochRule, Key, Signer, Verified, Verifier, SIGNATURE_BYTES,
+};
 
-/// First frame of every message: protocol name and version.
-pub const PROTOCOL: &[u8] = b"zcluster/5";
+/// First bytes of every message: protocol name and version.
+pub const PROTOCOL: &[u8] = b"zcluster/6";
 const PROTOCOL_NAME: &[u8] = b"zcluster/";
 
-/// Largest message (and so body) any zcluster socket accepts: receiving
-/// sockets get this as `ZMQ_MAXMSGSIZE` and bincode gets it as its limit, so a
-/// length prefix can never claim more memory than this.
+/// Largest message (its one frame, prefix and body) any zcluster socket
+/// accepts: receiving sockets get this as `ZMQ_MAXMSGSIZE` and bincode gets
+/// it as its limit, so a length prefix can never claim more memory than
+/// this.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
-/// Largest header frame; real headers are under 25 bytes.
-pub const MAX_HEADER_BYTES: usize = 64;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,
@@ -78,8 +80,8 @@ pub type Metadata = BTreeMap<String, String>;
 /// Everything that can be wrong with a message on the way in or out.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
-    /// Not four frames.
-    #[error("expected 4 frames (protocol, signature, header, body), got {got}")]
+    /// Not one frame.
+    #[error("expected a message of 1 frame, got {got}")]
     FrameCount {
         /// What arrived.
         got: usize,
@@ -91,12 +93,12 @@ pub enum MessageError {
         first: String,
     },
     /// A zcluster peer speaking another version.
-    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/5)")]
+    #[error("zcluster protocol version `{got}` is not supported (this build speaks zcluster/6)")]
     WrongVersion {
         /// What arrived.
         got: String,
     },
-    /// A signature frame where none is configured.
+    /// A signature where none is configured.
     #[error("message carries a signature but no signing key is configured")]
     UnexpectedSignature,
     /// A signed socket refused the message: unsigned, forged or replayed.
@@ -157,6 +159,26 @@ pub enum MessageError {
     /// The socket failed.
     #[error("socket error: {0}")]
     Zmq(#[from] zmq::Error),
+    /// A frame shorter than the prefix it announces.
+    #[error("message of {size} bytes is shorter than its {prefix}-byte prefix")]
+    Truncated {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The prefix's size in bytes (as far as it could be read).
+        prefix: usize,
+    },
+    /// A header of another size than [`HEADER_BYTES`].
+    #[error("header of {size} bytes (expected {HEADER_BYTES})")]
+    HeaderSize {
+        /// What arrived.
+        size: usize,
+    },
+    /// A header naming no kind of message this build knows.
+    #[error("unknown message kind {code}")]
+    UnknownKind {
+        /// The kind's byte.
+        code: u8,
+    },
 }
 
 impl MessageError {
@@ -447,14 +469,15 @@ pub struct Envelope {
 
 #[derive(Debug)]
 enum Body {
-    Zmq(zmq::Message),
+    /// The frame as received, and where its body starts.
+    Zmq(zmq::Message, usize),
     Bytes(Vec<u8>),
 }
 
 impl Body {
     fn bytes(&self) -> &[u8] {
         match self {
-            Body::Zmq(m) => m,
+            Body::Zmq(m, at) => &m[*at..],
             Body::Bytes(b) => b,
         }
     }
@@ -462,22 +485,24 @@ impl Body {
 
 impl Envelope {
     /// Checks and splits already received frames (for a device, a fuzzer or a
-    /// ROUTER socket that strips identity frames first).
+    /// ROUTER socket that strips identity frames first): a message is one
+    /// frame.
     pub fn from_frames<F: AsRef<[u8]>>(frames: &[F]) -> Result<Self, MessageError> {
-        let [protocol, signature, header, body] = frames else {
-            return Err(MessageError::FrameCount { got: frames.len() });
+        let [frame] = frames else {
+            return Err(match frames.first() {
+                // Another version's first frame says which it is.
+                Some(first) => match frame::check_protocol(first.as_ref()) {
+                    Err(e @ MessageError::WrongVersion { .. }) => e,
+                    _ => MessageError::FrameCount { got: frames.len() },
+                },
+                None => MessageError::FrameCount { got: 0 },
+            });
         };
-        let body = body.as_ref();
-        let (header, _) = check_frames(
-            protocol.as_ref(),
-            signature.as_ref(),
-            header.as_ref(),
-            body,
-            None,
-        )?;
+        let frame = frame.as_ref();
+        let (header, body_at, _) = frame::check(frame, None)?;
         Ok(Envelope {
             header,
-            body: Body::Bytes(body.to_vec()),
+            body: Body::Bytes(frame[body_at..].to_vec()),
         })
     }
 
@@ -568,7 +593,7 @@ impl Envelope {
         }
     }
 
-    /// The four frames of a request, for sockets this crate does not drive.
+    /// The frames (one) of a request, for sockets this crate does not drive.
     pub fn frames_of_request(request: &ClusterRequest) -> Result<Vec<Vec<u8>>, MessageError> {
         let header = Header {
             kind: MessageKind::Request,
@@ -579,47 +604,14 @@ impl Envelope {
     }
 }
 
-/// Encodes a message as its four frames.
+/// Encodes an unsigned message as its frames (one), for sockets this crate
+/// does not drive.
 pub fn frames<T: Serialize + ?Sized>(
     header: &Header,
     body: &T,
 ) -> Result<Vec<Vec<u8>>, MessageError> {
-    Ok(vec![
-        PROTOCOL.to_vec(),
-        Vec::new(),
-        encode_value(header, "header")?,
-        encode_value(body, "body")?,
-    ])
-}
-
-/// Checks the protocol frame, then the signature (with a verifier: it must
-/// verify; without one: it must be empty), then decodes the header.
-fn check_frames(
-    protocol: &[u8],
-    signature: &[u8],
-    header: &[u8],
-    body: &[u8],
-    verifier: Option<&mut Verifier>,
-) -> Result<(Header, Option<Verified>), MessageError> {
-    if protocol != PROTOCOL {
-        return Err(if protocol.starts_with(PROTOCOL_NAME) {
-            MessageError::WrongVersion {
-                got: printable(protocol),
-            }
-        } else {
-            MessageError::NotZcluster {
-                first: printable(protocol),
-            }
-        });
-    }
-    check_size("header", header.len(), MAX_HEADER_BYTES)?;
-    check_size("body", body.len(), MAX_MESSAGE_BYTES)?;
-    let verified = match verifier {
-        Some(verifier) => Some(verifier.verify(signature, protocol, header, body)?),
-        None if !signature.is_empty() => return Err(MessageError::UnexpectedSignature),
-        None => None,
-    };
-    Ok((decode_value(header, "header")?, verified))
+    let body = encode_value(body, "body")?;
+    Ok(vec![encode_frame(header, &[], &body)?])
 }
 
 fn check_size(part: &'static str, size: usize, limit: usize) -> Result<(), MessageError> {
@@ -678,7 +670,7 @@ pub fn send<T: Serialize + ?Sized>(
     flags: i32,
 ) -> Result<(), MessageError> {
     with_encoded(body, |bytes| {
-        send_frames(socket, header, bytes, flags, None)
+        send_frame(socket, header, bytes, flags, None, MAX_MESSAGE_BYTES)
     })
 }
 
@@ -706,26 +698,24 @@ fn with_encoded<T: Serialize + ?Sized>(
     })
 }
 
-/// Sends the four frames of a message whose body is already encoded,
-/// signed when there is a signer.
-fn send_frames(
+/// Sends a message whose body is already encoded, as its one frame, signed
+/// when there is a signer (for the peer whose routing identity is the
+/// second element; empty for none). The whole frame must fit in `limit`.
+fn send_frame(
     socket: &zmq::Socket,
     header: &Header,
     body: &[u8],
     flags: i32,
     signer: Option<(&Signer, &[u8])>,
+    limit: usize,
 ) -> Result<(), MessageError> {
-    let mut header_bytes = [0u8; MAX_HEADER_BYTES];
-    let header_len =
-        bincode::serde::encode_into_slice(header, &mut header_bytes, CONFIG).map_err(|source| {
-            MessageError::Encode {
-                part: "header",
-                source,
-            }
-        })?;
-    // Only the first frame can fail with EAGAIN under DONTWAIT: once it is
-    // queued, ZeroMQ accepts the rest of the multipart message atomically.
-    let header_bytes = &header_bytes[..header_len];
+    let signature_len = if signer.is_some() { SIGNATURE_BYTES } else { 0 };
+    check_size(
+        "message",
+        MAX_PREFIX_BYTES - SIGNATURE_BYTES + signature_len + body.len(),
+        limit,
+    )?;
+    let header_bytes = header.to_bytes();
     let signature = signer.map(|(s, recipient)| {
         // A hello is signed for no hub start: the peer is asking which.
         let epoch = if header.kind == MessageKind::Hello {
@@ -733,15 +723,14 @@ fn send_frames(
         } else {
             s.epoch()
         };
-        s.sign_for(epoch, recipient, PROTOCOL, header_bytes, body)
+        s.sign_for(epoch, recipient, PROTOCOL, &header_bytes, body)
     });
-    socket.send(PROTOCOL, flags | zmq::SNDMORE)?;
-    socket.send(
+    let frame = frame::build(
+        &header_bytes,
         signature.as_ref().map_or(&[][..], |s| &s[..]),
-        flags | zmq::SNDMORE,
+        body,
     )?;
-    socket.send(header_bytes, flags | zmq::SNDMORE)?;
-    socket.send(body, flags)?;
+    socket.send(frame, flags)?;
     Ok(())
 }
 
@@ -810,32 +799,37 @@ fn recv_checked(
     flags: i32,
     verifier: Option<&mut Verifier>,
 ) -> Result<(Envelope, Option<Verified>), MessageError> {
-    let mut parts: [zmq::Message; 4] = std::array::from_fn(|_| zmq::Message::new());
-    let mut count = 0;
-    loop {
-        if count < parts.len() {
-            socket.recv(&mut parts[count], flags)?;
-        } else {
-            // Drain and drop frames past the fourth.
-            let mut extra = zmq::Message::new();
+    let mut frame = zmq::Message::new();
+    socket.recv(&mut frame, flags)?;
+    if frame.get_more() {
+        // Drain and drop the rest: a message of several frames is another
+        // version's (its first frame says which) or a stranger's.
+        let mut count = 1;
+        let mut extra = zmq::Message::new();
+        loop {
             socket.recv(&mut extra, flags)?;
+            count += 1;
+            if !extra.get_more() {
+                break;
+            }
         }
-        count += 1;
-        if !socket.get_rcvmore()? {
-            break;
-        }
+        return Err(match frame::check_protocol(&frame) {
+            Err(e @ MessageError::WrongVersion { .. }) => e,
+            _ => MessageError::FrameCount { got: count },
+        });
     }
-    if count != parts.len() {
-        return Err(MessageError::FrameCount { got: count });
-    }
-    let [protocol, signature, header, body] = parts;
-    let (header, verified) = check_frames(&protocol, &signature, &header, &body, verifier)?;
+    let (header, body_at, verified) = frame::check(&frame, verifier)?;
     let envelope = Envelope {
         header,
-        body: Body::Zmq(body),
+        body: Body::Zmq(frame, body_at),
     };
     Ok((envelope, verified))
 }
+
+// The layout of the one frame every message travels in.
+mod frame;
+
+pub use frame::{encode_frame, Parts, HEADER_BYTES, MAX_PREFIX_BYTES};
 
 // The signed socket every hub connection uses (`message/signed.rs`).
 mod signed;
@@ -873,15 +867,30 @@ mod tests {
         frames(&header, result).unwrap()
     }
 
+    /// The frame's layout, byte by byte: a change to it is a new protocol
+    /// version.
     #[test]
-    fn header_is_small() {
+    fn a_message_is_one_frame_laid_out_as_documented() {
         let header = Header {
-            kind: MessageKind::Result(ResultStatus::Fail),
-            job: u64::MAX,
-            id: u64::MAX,
+            kind: MessageKind::Request,
+            job: 3,
+            id: 9,
         };
-        let bytes = encode_value(&header, "header").unwrap();
-        assert!(bytes.len() <= MAX_HEADER_BYTES, "{}", bytes.len());
+        let frames = frames(&header, &ClusterRequest::new(9, vec![7])).unwrap();
+        assert_eq!(frames.len(), 1);
+        let frame = &frames[0];
+        assert_eq!(&frame[..10], b"zcluster/6");
+        assert_eq!(frame[10], 0, "no signature on a toolkit socket");
+        assert_eq!(frame[11], 0, "kind: request");
+        assert_eq!(frame[12..20], 3u64.to_le_bytes());
+        assert_eq!(frame[20..28], 9u64.to_le_bytes());
+        assert_eq!(
+            &frame[28..],
+            &encode_value(&ClusterRequest::new(9, vec![7]), "body").unwrap()[..]
+        );
+        let parts = Parts::of(frame).unwrap();
+        assert_eq!(parts.header, &header.to_bytes()[..]);
+        assert!(parts.signature.is_empty());
     }
 
     #[test]
@@ -904,58 +913,85 @@ mod tests {
     #[test]
     fn bad_messages_are_errors() {
         let good = result_frames(&sample_result(1, ResultStatus::Ok));
+        let parts = |frames: &[Vec<u8>]| {
+            let p = Parts::of(&frames[0]).unwrap();
+            (
+                p.signature.to_vec(),
+                Header::from_bytes(p.header).unwrap(),
+                p.body.to_vec(),
+            )
+        };
+        let (_, good_header, good_body) = parts(&good);
         let mut wrong_version = good.clone();
-        wrong_version[0] = b"zcluster/9".to_vec();
+        wrong_version[0][..10].copy_from_slice(b"zcluster/9");
         assert!(matches!(
             Envelope::from_frames(&wrong_version),
             Err(MessageError::WrongVersion { .. })
         ));
+        // A zcluster/5 peer's four frames say which version they are.
+        let old = [&b"zcluster/5"[..], b"", b"\x00\x00\x01", b"body"];
+        assert!(matches!(
+            Envelope::from_frames(&old),
+            Err(MessageError::WrongVersion { got }) if got == "zcluster/5"
+        ));
         let mut alien = good.clone();
-        alien[0] = b"hello".to_vec();
+        alien[0][..5].copy_from_slice(b"hello");
         assert!(matches!(
             Envelope::from_frames(&alien),
             Err(MessageError::NotZcluster { .. })
         ));
-        let mut signed = good.clone();
-        signed[1] = vec![0; 32];
+        let signed = vec![encode_frame(&good_header, &[0; 32], &good_body).unwrap()];
         assert!(matches!(
             Envelope::from_frames(&signed),
             Err(MessageError::UnexpectedSignature)
         ));
         assert!(matches!(
-            Envelope::from_frames(&good[..3]),
-            Err(MessageError::FrameCount { got: 3 })
+            Envelope::from_frames(&[&good[0][..], &good[0][..]]),
+            Err(MessageError::FrameCount { got: 2 })
+        ));
+        assert!(matches!(
+            Envelope::from_frames::<Vec<u8>>(&[]),
+            Err(MessageError::FrameCount { got: 0 })
         ));
         let mut trailing = good.clone();
-        trailing[3].push(0);
+        trailing[0].push(0);
         let envelope = Envelope::from_frames(&trailing).unwrap();
         assert!(matches!(
             envelope.result(),
             Err(MessageError::TrailingBytes { extra: 1, .. })
         ));
         let mut truncated = good.clone();
-        truncated[3].truncate(5);
+        truncated[0].truncate(28 + 5);
         let envelope = Envelope::from_frames(&truncated).unwrap();
         assert!(matches!(
             envelope.result(),
             Err(MessageError::Decode { .. })
         ));
-        let mut long_header = good.clone();
-        long_header[2] = vec![0; MAX_HEADER_BYTES + 1];
+        let mut unknown_kind = good.clone();
+        unknown_kind[0][11] = 0xee;
         assert!(matches!(
-            Envelope::from_frames(&long_header),
-            Err(MessageError::TooLarge { part: "header", .. })
+            Envelope::from_frames(&unknown_kind),
+            Err(MessageError::UnknownKind { code: 0xee })
         ));
-        let mut mismatched = good;
-        mismatched[2] = encode_value(
+        let mut short = good.clone();
+        short[0].truncate(20);
+        assert!(matches!(
+            Envelope::from_frames(&short),
+            Err(MessageError::Truncated {
+                size: 20,
+                prefix: 28
+            })
+        ));
+        let mismatched = vec![encode_frame(
             &Header {
                 kind: MessageKind::Result(ResultStatus::Ok),
                 job: 0,
                 id: 2,
             },
-            "header",
+            &[],
+            &good_body,
         )
-        .unwrap();
+        .unwrap()];
         let envelope = Envelope::from_frames(&mismatched).unwrap();
         assert!(matches!(
             envelope.result(),
@@ -972,20 +1008,12 @@ mod tests {
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let err = decode_value::<ClusterRequest>(&body, "request body").unwrap_err();
         assert!(matches!(err, MessageError::Decode { .. }), "{err}");
-        let frames = vec![
-            PROTOCOL.to_vec(),
-            vec![],
-            encode_value(
-                &Header {
-                    kind: MessageKind::Request,
-                    job: 0,
-                    id: 1,
-                },
-                "header",
-            )
-            .unwrap(),
-            body,
-        ];
+        let header = Header {
+            kind: MessageKind::Request,
+            job: 0,
+            id: 1,
+        };
+        let frames = vec![encode_frame(&header, &[], &body).unwrap()];
         assert!(Envelope::from_frames(&frames).unwrap().request().is_err());
     }
 
@@ -1005,13 +1033,20 @@ mod tests {
         let back = envelope.request().unwrap();
         assert_eq!(back, request);
         assert_eq!(back.decode::<String>().unwrap(), "payload");
-        // A five-frame message is rejected whole and the next one reads fine.
+        // A five-frame message is rejected whole and the next one reads
+        // fine; so is a zcluster/5 peer's, said to be of another version.
         a.send_multipart([&b"x"[..], b"y", b"z", b"w", b"v"], 0)
+            .unwrap();
+        a.send_multipart([&b"zcluster/5"[..], b"", b"h", b"b"], 0)
             .unwrap();
         send_request(&a, 0, &request).unwrap();
         assert!(matches!(
             recv(&b, 0),
             Err(MessageError::FrameCount { got: 5 })
+        ));
+        assert!(matches!(
+            recv(&b, 0),
+            Err(MessageError::WrongVersion { got }) if got == "zcluster/5"
         ));
         assert_eq!(recv(&b, 0).unwrap().request().unwrap(), request);
     }
@@ -1075,7 +1110,13 @@ mod tests {
 
         #[test]
         fn random_frames_never_panic(frames in proptest::collection::vec(
-            proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
+            proptest::collection::vec(any::<u8>(), 0..64), 0..6),
+            prefixed in any::<bool>()) {
+            // Half of them behind this version's name, so the prefix's
+            // own checks see random bytes too.
+            let frames: Vec<Vec<u8>> = frames.into_iter().map(|frame| {
+                if prefixed { [PROTOCOL, &frame[..]].concat() } else { frame }
+            }).collect();
             if let Ok(envelope) = Envelope::from_frames(&frames) {
                 let _ = envelope.request();
                 let _ = envelope.result();
@@ -1093,8 +1134,7 @@ mod tests {
                 2 => MessageKind::Command,
                 _ => MessageKind::Reply,
             };
-            let header = encode_value(&Header { kind, job: 0, id: 0 }, "header").unwrap();
-            let frames = vec![PROTOCOL.to_vec(), vec![], header, body];
+            let frames = vec![encode_frame(&Header { kind, job: 0, id: 0 }, &[], &body).unwrap()];
             let envelope = Envelope::from_frames(&frames).unwrap();
             let _ = envelope.request();
             let _ = envelope.result();
@@ -1107,11 +1147,11 @@ mod tests {
                                                  flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
             let mut frames = result_frames(&result);
             for (at, byte) in flips {
-                let frame = &mut frames[2 + at % 2];
-                if !frame.is_empty() {
-                    let i = at % frame.len();
-                    frame[i] ^= byte;
-                }
+                // Anywhere past the protocol name: the signature length,
+                // the header or the body.
+                let frame = &mut frames[0];
+                let i = PROTOCOL.len() + at % (frame.len() - PROTOCOL.len());
+                frame[i] ^= byte;
             }
             if let Ok(envelope) = Envelope::from_frames(&frames) {
                 let _ = envelope.result();

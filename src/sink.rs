@@ -161,23 +161,12 @@ impl Sink {
         // wake the poll do not restart the clock.
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let (results_ready, commands_ready) =
-                match poll_readable(&self.results, self.commands.as_ref(), left) {
-                    Ok(Readable::Ready(results, commands)) => (results, commands),
-                    Ok(Readable::Timeout) => {
-                        return Some(Err(SinkError::Timeout {
-                            waited: timeout.unwrap_or_default(),
-                        }))
-                    }
-                    Err(e) => return Some(Err(SinkError::Transport(e.into()))),
-                };
-            if commands_ready && self.kill_received() {
+            if self.commands_pending() && self.kill_received() {
                 return None;
             }
-            if !results_ready {
-                continue;
-            }
+            // Read first and poll only when nothing is queued: under load a
+            // result is nearly always waiting, and a poll per result costs
+            // as much as reading it.
             match message::recv(&self.results, zmq::DONTWAIT) {
                 Ok(envelope) if envelope.header.kind == MessageKind::Results => {
                     match envelope.results() {
@@ -194,12 +183,33 @@ impl Sink {
                     Ok(result) => return Some(deliver(result)),
                     Err(e) => warn!(error = %e, "dropping a bad result"),
                 },
-                Err(e) if e.is_timeout() => {}
+                Err(e) if e.is_timeout() => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    match poll_readable(&self.results, self.commands.as_ref(), left) {
+                        Ok(Readable::Ready(..)) => {}
+                        Ok(Readable::Timeout) => {
+                            return Some(Err(SinkError::Timeout {
+                                waited: timeout.unwrap_or_default(),
+                            }))
+                        }
+                        Err(e) => return Some(Err(SinkError::Transport(e.into()))),
+                    }
+                }
                 Err(MessageError::Zmq(zmq::Error::EINTR)) => {}
                 Err(MessageError::Zmq(e)) => return Some(Err(SinkError::Transport(e.into()))),
                 Err(e) => warn!(error = %e, "dropping a bad message on the result socket"),
             }
         }
+    }
+
+    /// Whether a command may be waiting (a socket that cannot say counts
+    /// as yes: reading it tells).
+    fn commands_pending(&self) -> bool {
+        self.commands.as_ref().is_some_and(|commands| {
+            commands
+                .get_events()
+                .map_or(true, |events| events.contains(zmq::POLLIN))
+        })
     }
 
     /// Reads every pending command; true when one is a kill-sink.

@@ -149,8 +149,34 @@ fn request_frames(id: u64, n: u64) -> Vec<Vec<u8>> {
     Envelope::frames_of_request(&ClusterRequest::encode(id, &n).unwrap()).unwrap()
 }
 
-fn header_bytes(kind: MessageKind, id: u64) -> Vec<u8> {
-    message::encode_value(&Header { kind, job: 0, id }, "header").unwrap()
+fn header(kind: MessageKind, id: u64) -> Header {
+    Header { kind, job: 0, id }
+}
+
+/// A message's one frame with some of its parts replaced: another header,
+/// signature or body (`None`: as it was).
+fn altered(
+    frames: &[Vec<u8>],
+    header: Option<Header>,
+    signature: Option<&[u8]>,
+    body: Option<&[u8]>,
+) -> Vec<Vec<u8>> {
+    let parts = message::Parts::of(&frames[0]).unwrap();
+    let header = header.unwrap_or_else(|| Header::from_bytes(parts.header).unwrap());
+    let frame = message::encode_frame(
+        &header,
+        signature.unwrap_or(parts.signature),
+        body.unwrap_or(parts.body),
+    )
+    .unwrap();
+    vec![frame]
+}
+
+/// The same message, said to be of another protocol version.
+fn of_version(frames: &[Vec<u8>], version: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = frames.to_vec();
+    frames[0][..PROTOCOL.len()].copy_from_slice(version);
+    frames
 }
 
 /// 1 to 6 frames of random bytes whose first frame cannot name a protocol.
@@ -1167,18 +1193,29 @@ fn worker_drops_garbage_and_fails_requests_with_corrupt_bodies() {
     let mut garbage: Vec<Vec<Vec<u8>>> = (0..20).map(|_| random_frames(&mut rng)).collect();
     garbage.push(vec![Vec::new()]);
     garbage.push(vec![vec![0xff; 4]; 4]);
-    let mut wrong_version = request_frames(1001, 5);
-    wrong_version[0] = b"zcluster/9".to_vec();
-    garbage.push(wrong_version);
-    let mut signed = request_frames(1002, 5);
-    signed[1] = vec![1; 32];
-    garbage.push(signed);
+    garbage.push(of_version(&request_frames(1001, 5), b"zcluster/9"));
+    // A zcluster/5 peer's four frames.
+    garbage.push(vec![
+        b"zcluster/5".to_vec(),
+        Vec::new(),
+        vec![0, 0, 1],
+        vec![1, 2],
+    ]);
+    garbage.push(altered(
+        &request_frames(1002, 5),
+        None,
+        Some(&[1; 32]),
+        None,
+    ));
     let mut bad_header = request_frames(1003, 5);
-    bad_header[2] = vec![0xff; 10];
+    bad_header[0][PROTOCOL.len() + 1] = 0xff;
     garbage.push(bad_header);
-    let mut five_frames = request_frames(1004, 5);
-    five_frames.push(b"extra".to_vec());
-    garbage.push(five_frames);
+    let mut truncated = request_frames(1003, 5);
+    truncated[0].truncate(PROTOCOL.len() + 5);
+    garbage.push(truncated);
+    let mut two_frames = request_frames(1004, 5);
+    two_frames.push(b"extra".to_vec());
+    garbage.push(two_frames);
     // Well-formed, but not requests: a result, and a kill on the request
     // socket (which must not kill the worker).
     garbage.push(result_frames(&result_of(1005, ResultStatus::Ok, vec![1])));
@@ -1196,14 +1233,14 @@ fn worker_drops_garbage_and_fails_requests_with_corrupt_bodies() {
 
     // A valid request header with a corrupt body, and one whose body names
     // another id: the worker knows the id, so it answers with a failure.
-    let corrupt = vec![
-        PROTOCOL.to_vec(),
-        Vec::new(),
-        header_bytes(MessageKind::Request, 2002),
-        vec![0xff; 7],
-    ];
-    let mut mismatched = request_frames(4, 5);
-    mismatched[2] = header_bytes(MessageKind::Request, 3003);
+    let corrupt =
+        vec![message::encode_frame(&header(MessageKind::Request, 2002), &[], &[0xff; 7]).unwrap()];
+    let mismatched = altered(
+        &request_frames(4, 5),
+        Some(header(MessageKind::Request, 3003)),
+        None,
+        None,
+    );
 
     let requests = cluster.ventilator_socket();
     for frames in &garbage {
@@ -1240,16 +1277,10 @@ fn worker_drops_garbage_and_fails_requests_with_corrupt_bodies() {
     for frames in garbage.iter().take(5) {
         send_frames(publisher, frames);
     }
-    let mut wrong_version_kill = message::frames(
-        &Header {
-            kind: MessageKind::Command,
-            job: 0,
-            id: 1007,
-        },
-        &Command::Kill,
-    )
-    .unwrap();
-    wrong_version_kill[0] = b"zcluster/0".to_vec();
+    let wrong_version_kill = of_version(
+        &message::frames(&header(MessageKind::Command, 1007), &Command::Kill).unwrap(),
+        b"zcluster/0",
+    );
     send_frames(publisher, &wrong_version_kill);
     let replies = cluster.wait_for_workers(1);
     assert_eq!(
@@ -1286,23 +1317,33 @@ fn sink_drops_garbage_and_wrong_versions() {
     for frames in (0..20).map(|_| random_frames(&mut rng)) {
         send_frames(&push, &frames);
     }
-    let mut wrong_version = result_frames(&result_of(100, ResultStatus::Ok, vec![]));
-    wrong_version[0] = b"zcluster/9".to_vec();
+    let wrong_version = of_version(
+        &result_frames(&result_of(100, ResultStatus::Ok, vec![])),
+        b"zcluster/9",
+    );
     send_frames(&push, &wrong_version);
     send_frames(&push, &request_frames(101, 5));
     // The header says OK, the body says FAIL.
-    let mut status_mismatch = result_frames(&result_of(102, ResultStatus::Fail, vec![]));
-    status_mismatch[2] = header_bytes(MessageKind::Result(ResultStatus::Ok), 102);
+    let status_mismatch = altered(
+        &result_frames(&result_of(102, ResultStatus::Fail, vec![])),
+        Some(header(MessageKind::Result(ResultStatus::Ok), 102)),
+        None,
+        None,
+    );
     send_frames(&push, &status_mismatch);
-    let corrupt = vec![
-        PROTOCOL.to_vec(),
-        Vec::new(),
-        header_bytes(MessageKind::Result(ResultStatus::Ok), 103),
-        vec![0xff; 9],
-    ];
+    let corrupt = vec![message::encode_frame(
+        &header(MessageKind::Result(ResultStatus::Ok), 103),
+        &[],
+        &[0xff; 9],
+    )
+    .unwrap()];
     send_frames(&push, &corrupt);
-    let mut signed = result_frames(&result_of(104, ResultStatus::Ok, vec![]));
-    signed[1] = vec![7; 32];
+    let signed = altered(
+        &result_frames(&result_of(104, ResultStatus::Ok, vec![])),
+        None,
+        Some(&[7; 32]),
+        None,
+    );
     send_frames(&push, &signed);
     send_frames(&push, &result_frames(&ok));
     send_frames(

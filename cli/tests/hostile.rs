@@ -139,7 +139,7 @@ impl Attacker {
     }
 
     /// A header that decodes, naming any kind, a small job and any id.
-    fn valid_header(&mut self) -> Vec<u8> {
+    fn valid_header(&mut self) -> Header {
         let kind = match self.rng.random_range(0..6) {
             0 => MessageKind::Request,
             1 => MessageKind::Result(ResultStatus::Ok),
@@ -148,7 +148,7 @@ impl Attacker {
             4 => MessageKind::Reply,
             _ => MessageKind::Control,
         };
-        let header = Header {
+        Header {
             kind,
             job: self.rng.random_range(0..4),
             id: if self.rng.random_bool(0.5) {
@@ -156,8 +156,7 @@ impl Attacker {
             } else {
                 self.rng.random()
             },
-        };
-        message::encode_value(&header, "header").expect("encode a header")
+        }
     }
 
     /// One hostile multipart message.
@@ -171,15 +170,18 @@ impl Attacker {
                     let n = self.rng.random_range(1..=8);
                     (0..n).map(|_| self.frame()).collect()
                 }
-                // The protocol frame, then garbage.
+                // The protocol's name and version, then garbage (in the
+                // same frame or in more).
                 2 => {
-                    let n = self.rng.random_range(1..=7);
-                    std::iter::once(PROTOCOL.to_vec())
+                    let n = self.rng.random_range(0..=7);
+                    let first = [PROTOCOL, &self.frame()].concat();
+                    std::iter::once(first)
                         .chain((0..n).map(|_| self.frame()))
                         .collect()
                 }
                 // The right shape: protocol (sometimes another version),
-                // signature, header and body all random.
+                // a signature length (sometimes a lie), then signature,
+                // header and body all random.
                 3 => {
                     let protocol = match self.rng.random_range(0..4) {
                         0 => b"zcluster/2".to_vec(),
@@ -187,15 +189,22 @@ impl Attacker {
                         _ => PROTOCOL.to_vec(),
                     };
                     let signature = self.signature();
-                    let header_len = self.rng.random_range(0..=80);
+                    let claimed = if self.rng.random_bool(0.8) {
+                        signature.len() as u8
+                    } else {
+                        self.rng.random()
+                    };
+                    let header_len = self.rng.random_range(0..=40);
                     let header = self.bytes(header_len);
-                    vec![protocol, signature, header, self.frame()]
+                    let body = self.frame();
+                    vec![[&protocol[..], &[claimed], &signature, &header, &body].concat()]
                 }
                 // A header that decodes, with a random body (and signature).
                 _ => {
                     let signature = self.signature();
                     let header = self.valid_header();
-                    vec![PROTOCOL.to_vec(), signature, header, self.frame()]
+                    let body = self.frame();
+                    vec![message::encode_frame(&header, &signature, &body).expect("a frame")]
                 }
             };
             if well_formed_call(&frames) {
@@ -206,13 +215,17 @@ impl Attacker {
         }
     }
 
-    /// Empty (no signing), 32 random bytes (an HMAC-SHA256's size), or any
-    /// random frame.
+    /// Empty (no signing), 64 random bytes (a nonce and an HMAC-SHA256's
+    /// size), or any random bytes up to the 255 a signature's length byte
+    /// can say.
     fn signature(&mut self) -> Vec<u8> {
         match self.rng.random_range(0..3) {
             0 => Vec::new(),
-            1 => self.bytes(32),
-            _ => self.frame(),
+            1 => self.bytes(zcluster::auth::SIGNATURE_BYTES),
+            _ => {
+                let len = self.rng.random_range(0..=255);
+                self.bytes(len)
+            }
         }
     }
 }
@@ -220,16 +233,16 @@ impl Attacker {
 /// Whether `frames` would be a well-formed control call to a hub that did not
 /// check signatures (whatever its signature frame holds).
 fn well_formed_call(frames: &[Vec<u8>]) -> bool {
-    let [protocol, _, header, body] = frames else {
+    let [frame] = frames else {
         return false;
     };
-    if protocol.as_slice() != PROTOCOL {
+    let Ok(parts) = message::Parts::of(frame) else {
         return false;
-    }
-    match message::decode_value::<Header>(header, "header") {
+    };
+    match Header::from_bytes(parts.header) {
         Ok(header) if header.kind == MessageKind::Control => {
-            message::decode_value::<ClientCall>(body, "body").is_ok()
-                || message::decode_value::<EngineMessage>(body, "body").is_ok()
+            message::decode_value::<ClientCall>(parts.body, "body").is_ok()
+                || message::decode_value::<EngineMessage>(parts.body, "body").is_ok()
         }
         _ => false,
     }
@@ -765,13 +778,12 @@ fn a_hub_busy_refusing_large_forged_messages_declares_no_engine_dead() {
         job: 0,
         id: 1,
     };
-    let header = message::encode_value(&header, "header").unwrap();
     let body = vec![0x5a; FORGED_BYTES];
     let signature = vec![0xa5; zcluster::auth::SIGNATURE_BYTES];
+    let forged = message::encode_frame(&header, &signature, &body).unwrap();
     let started = Instant::now();
     for _ in 0..FORGED {
-        let frames: [&[u8]; 4] = [PROTOCOL, &signature, &header, &body];
-        attacker.send_multipart(frames, 0).unwrap();
+        attacker.send(&forged[..], 0).unwrap();
     }
     drop(attacker);
     drop(ctx);

@@ -24,7 +24,8 @@ use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::curve::{self, CurveKeys};
 use zcluster::hub::protocol::{ClientCall, EngineMessage, Notification, ResultItem};
 use zcluster::message::{
-    decode_value, encode_value, ClusterResult, Header, MessageKind, ResultMetadata, ResultStatus,
+    decode_value, encode_value, ClusterResult, Header, MessageKind, Parts, ResultMetadata,
+    ResultStatus, PROTOCOL,
 };
 
 use crate::common::*;
@@ -1810,13 +1811,14 @@ fn registrations_are_published_signed() {
     // Each notification, checked against the cluster's key first.
     let mut next = |what: &str| -> Notification {
         let frames = sub.recv_multipart(0).expect(what);
-        let [protocol, signature, header, body] = &frames[..] else {
-            panic!("four frames, got {}", frames.len());
+        let [frame] = &frames[..] else {
+            panic!("one frame, got {}", frames.len());
         };
+        let parts = Parts::of(frame).expect("a zcluster message");
         verifier
-            .verify(signature, protocol, header, body)
+            .verify(parts.signature, PROTOCOL, parts.header, parts.body)
             .expect("signed with the cluster's key");
-        decode_value(body, "notification").unwrap()
+        decode_value(parts.body, "notification").unwrap()
     };
     // The hub says when it has taken the subscription in (at its next
     // heartbeat): from then on nothing is missed.

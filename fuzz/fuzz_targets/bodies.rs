@@ -1,12 +1,10 @@
 //! Bodies behind a valid header of every kind, and the header decoder alone.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use zcluster::message::{
-    decode_value, encode_value, Envelope, Header, MessageKind, ResultStatus, PROTOCOL,
-};
+use zcluster::message::{encode_frame, Envelope, Header, MessageKind, ResultStatus};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = decode_value::<Header>(data, "header");
+    let _ = Header::from_bytes(data);
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
@@ -21,17 +19,15 @@ fuzz_target!(|data: &[u8]| {
         7 => MessageKind::TaskResults,
         _ => MessageKind::Reply,
     };
-    let Ok(header) = encode_value(
-        &Header {
-            kind,
-            job: 0,
-            id: 0,
-        },
-        "header",
-    ) else {
+    let header = Header {
+        kind,
+        job: 0,
+        id: 0,
+    };
+    let Ok(frame) = encode_frame(&header, &[], body) else {
         return;
     };
-    let frames = [PROTOCOL, &[][..], &header, body];
+    let frames = [frame];
     if let Ok(envelope) = Envelope::from_frames(&frames) {
         let _ = envelope.request();
         let _ = envelope.result();

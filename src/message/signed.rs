@@ -111,7 +111,7 @@ impl SignedSocket {
         self.send_routed(identity, &header, &())
     }
 
-    /// Sends nothing with a body over `limit` bytes (at most
+    /// Sends no message (prefix and body) over `limit` bytes (at most
     /// [`MAX_MESSAGE_BYTES`]): the peer's own limit (a hub's
     /// `--max-message`), so that a message it would not take fails here as
     /// [`MessageError::TooLarge`] instead of making ZeroMQ drop the
@@ -120,7 +120,7 @@ impl SignedSocket {
         self.limit = limit.min(MAX_MESSAGE_BYTES);
     }
 
-    /// The largest body this socket sends.
+    /// The largest message (prefix and body) this socket sends.
     pub fn limit(&self) -> usize {
         self.limit
     }
@@ -148,13 +148,13 @@ impl SignedSocket {
     /// Like [`send`](Self::send) with a body already encoded (a result
     /// encoded once to see whether it fits a batch).
     pub fn send_raw(&self, header: &Header, body: &[u8], flags: i32) -> Result<(), MessageError> {
-        check_size("body", body.len(), self.limit)?;
-        send_frames(
+        send_frame(
             &self.socket,
             header,
             body,
             flags,
             Some((&self.auth.signer, &[])),
+            self.limit,
         )
     }
 
@@ -181,14 +181,19 @@ impl SignedSocket {
         header: &Header,
         body: &[u8],
     ) -> Result<(), MessageError> {
-        check_size("body", body.len(), self.limit)?;
+        // Checked before the identity goes: an identity frame sent before
+        // a message that turns out too large would glue the next message
+        // onto it and misroute it.
+        let signed = MAX_PREFIX_BYTES + body.len();
+        check_size("message", signed, self.limit)?;
         self.socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
-        send_frames(
+        send_frame(
             &self.socket,
             header,
             body,
             zmq::DONTWAIT,
             Some((&self.auth.signer, identity)),
+            self.limit,
         )
     }
 
@@ -238,7 +243,7 @@ impl SignedSocket {
     ) -> Result<(Vec<u8>, Result<Envelope, MessageError>), MessageError> {
         let mut identity = zmq::Message::new();
         self.socket.recv(&mut identity, flags)?;
-        if !self.socket.get_rcvmore()? {
+        if !identity.get_more() {
             return Ok((identity.to_vec(), Err(MessageError::FrameCount { got: 0 })));
         }
         let envelope = self.recv(flags);
@@ -246,5 +251,43 @@ impl SignedSocket {
             Err(MessageError::Zmq(e)) => Err(MessageError::Zmq(e)),
             other => Ok((identity.to_vec(), other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limit bounds the whole frame, prefix included, since that is
+    /// what the receiver's `ZMQ_MAXMSGSIZE` counts: a body that fits with
+    /// its prefix goes, one byte more is refused before anything is sent.
+    #[test]
+    fn the_limit_counts_the_prefix_and_nothing_over_it_is_sent() {
+        const LIMIT_BYTES: usize = 4096;
+        let ctx = zmq::Context::new();
+        let key = Key::from_bytes(&[7; 32]);
+        let a = ctx.socket(zmq::PAIR).unwrap();
+        a.bind("inproc://signed-limit").unwrap();
+        let b = ctx.socket(zmq::PAIR).unwrap();
+        b.connect("inproc://signed-limit").unwrap();
+        b.set_maxmsgsize(LIMIT_BYTES as i64).unwrap();
+        let mut sender = SignedSocket::new(a, &key, Channel::ClientToHub, Channel::HubToClient);
+        sender.set_limit(LIMIT_BYTES);
+        let mut receiver = SignedSocket::new(b, &key, Channel::HubToClient, Channel::ClientToHub);
+        let header = Header {
+            kind: MessageKind::Control,
+            job: 0,
+            id: 1,
+        };
+        let over = vec![1u8; LIMIT_BYTES - MAX_PREFIX_BYTES + 1];
+        assert!(matches!(
+            sender.send_raw(&header, &over, 0),
+            Err(MessageError::TooLarge { part: "message", size, limit: LIMIT_BYTES })
+                if size == LIMIT_BYTES + 1
+        ));
+        let fits = vec![2u8; LIMIT_BYTES - MAX_PREFIX_BYTES];
+        sender.send_raw(&header, &fits, 0).unwrap();
+        let envelope = receiver.recv(0).unwrap();
+        assert_eq!(envelope.body(), &fits[..], "the refused message never went");
     }
 }

@@ -6,24 +6,27 @@ use serde::Serialize;
 use zcluster::auth::Signer;
 use zcluster::hub::curve::{self, CurveKeys};
 use zcluster::hub::protocol::ClientCall;
-use zcluster::message::{encode_value, Envelope, Header, MessageKind, PROTOCOL};
+use zcluster::message::{
+    encode_frame, encode_value, Envelope, Header, MessageKind, Parts, PROTOCOL,
+};
 
-/// The four frames of a message to the hub, signed by `signer` (or
+/// The frames (one) of a message to the hub, signed by `signer` (or
 /// unsigned).
 pub fn signed_frames<T: Serialize + ?Sized>(
     signer: Option<&Signer>,
     header: &Header,
     body: &T,
 ) -> Vec<Vec<u8>> {
-    let header = encode_value(header, "header").unwrap();
     let body = encode_value(body, "body").unwrap();
-    let signature = signer.map_or_else(Vec::new, |s| s.sign(PROTOCOL, &header, &body).to_vec());
-    vec![PROTOCOL.to_vec(), signature, header, body]
+    let signature = signer.map_or_else(Vec::new, |s| {
+        s.sign(PROTOCOL, &header.to_bytes(), &body).to_vec()
+    });
+    vec![encode_frame(header, &signature, &body).unwrap()]
 }
 
 /// Says hello as a key holder on a raw socket, as every engine and client
 /// does first, and signs for the hub's epoch from then on (read from the
-/// welcome's signature frame: bytes 24..32).
+/// welcome's signature: bytes 24..32).
 pub fn learn_epoch(socket: &zmq::Socket, signer: &mut Signer) {
     let hello = Header {
         kind: MessageKind::Hello,
@@ -34,7 +37,8 @@ pub fn learn_epoch(socket: &zmq::Socket, signer: &mut Signer) {
         .send_multipart(signed_frames(Some(signer), &hello, &()), 0)
         .unwrap();
     let frames = socket.recv_multipart(0).expect("a welcome");
-    let epoch = u64::from_le_bytes(frames[1][24..32].try_into().unwrap());
+    let signature = Parts::of(&frames[0]).expect("a zcluster message").signature;
+    let epoch = u64::from_le_bytes(signature[24..32].try_into().unwrap());
     assert_ne!(epoch, 0, "the welcome carries the hub's epoch");
     signer.set_epoch(epoch);
 }
@@ -70,13 +74,11 @@ pub fn raw_dealer(ctx: &zmq::Context, url: &str, keys: &CurveKeys, identity: &[u
 /// Whether an answer to `request` arrives within the socket's timeout.
 pub fn answered(socket: &zmq::Socket, request: u64) -> bool {
     while let Ok(frames) = socket.recv_multipart(0) {
-        let envelope = Envelope::from_frames(&[
-            frames[0].clone(),
-            Vec::new(),
-            frames[2].clone(),
-            frames[3].clone(),
-        ])
-        .unwrap();
+        // Read as unsigned: only its header matters here.
+        let parts = Parts::of(&frames[0]).unwrap();
+        let header = Header::from_bytes(parts.header).unwrap();
+        let envelope =
+            Envelope::from_frames(&[encode_frame(&header, &[], parts.body).unwrap()]).unwrap();
         if envelope.header.id == request {
             return true;
         }

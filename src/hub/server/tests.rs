@@ -243,7 +243,8 @@ mod reactions {
             &ClusterRequest::new(1, Vec::new()),
         )
         .expect("frames");
-        assert_eq!(request[..], sent[3][..]);
+        let sent = Envelope::from_frames(&sent).expect("envelope");
+        assert_eq!(request[..], sent.body()[..]);
         hub.on_result(
             b,
             header,
