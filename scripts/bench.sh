@@ -199,9 +199,16 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
 
     median=$(get hub.rtt_median)
     row "6 idle round trip through the hub, median" "$([ -n "$median" ] && echo "$median us" || echo -)" \
-        "" "" "< 1000 us" "$(verdict "$median" "<" 1000)"
+        "SQLite store" "" "<= 100 us" "$(verdict "$median" "<=" 100)"
     p99=$(get hub.rtt_p99)
-    row "  idle round trip, p99" "$([ -n "$p99" ] && echo "$p99 us" || echo -)"
+    row "  idle round trip, p99" "$([ -n "$p99" ] && echo "$p99 us" || echo -)" \
+        "SQLite store" "" "<= 300 us" "$(verdict "$p99" "<=" 300)"
+    median=$(get hub.rtt_memory_median)
+    row "  idle round trip, median" "$([ -n "$median" ] && echo "$median us" || echo -)" \
+        "in-memory store" "" "<= 100 us" "$(verdict "$median" "<=" 100)"
+    p99=$(get hub.rtt_memory_p99)
+    row "  idle round trip, p99" "$([ -n "$p99" ] && echo "$p99 us" || echo -)" \
+        "in-memory store" "" "<= 300 us" "$(verdict "$p99" "<=" 300)"
 
     large=$(sizes hub.pool_ | tail -n 1)
     if [ -n "$large" ]; then
