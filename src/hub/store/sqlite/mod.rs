@@ -120,8 +120,8 @@ use sql::{
     task_row, time_to_sql,
 };
 use writer::{
-    await_reply, call_async, run_checkpointer, run_writer, Op, SqlTask, Write, CHECKPOINT_PAGES,
-    INLINE_CHECKPOINT_PAGES, QUEUE_CAPACITY,
+    await_reply, call_async, checkpoint_at_the_bound, run_checkpointer, run_writer, Op, SqlTask,
+    Write, CHECKPOINT_PAGES, INLINE_CHECKPOINT_PAGES, JOURNAL_SIZE_LIMIT_BYTES, QUEUE_CAPACITY,
 };
 
 /// Page cache of the writer connection, KiB. Writes append (new rows,
@@ -300,6 +300,9 @@ impl SqliteStore {
             counter_floor(&read, "task", Some("tasks"))?,
         );
 
+        write
+            .pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
+            .map_err(sqlite_error("limiting the WAL file's size"))?;
         let checkpointer = {
             let (wanted, wants) = crossbeam_channel::bounded(1);
             write
@@ -309,7 +312,7 @@ impl SqliteStore {
                         // a full disk) says nothing of the commit that
                         // called this hook: never fail it.
                         if pages >= INLINE_CHECKPOINT_PAGES {
-                            let _ = wal.checkpoint();
+                            checkpoint_at_the_bound(wal);
                         } else if pages >= CHECKPOINT_PAGES {
                             let _ = wanted.try_send(());
                         }

@@ -483,3 +483,55 @@ fn throughput() {
         assert_eq!(store.jobs().unwrap()[0].ok, TASKS);
     }
 }
+
+/// One task at a time, each write committed on its own (an idle hub's
+/// round trips, one after another): the WAL stays within its bound though
+/// the writes never pause long enough for the checkpoint thread to finish
+/// a pass, and once it restarts, the file is cut back.
+#[test]
+fn the_wal_stays_bounded_under_back_to_back_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sqlite");
+    let wal = dir.path().join("busy.sqlite-wal");
+    let mut store = reopen(&path);
+    let j = job(&mut store, "nina");
+    let (mut largest, mut smallest_after) = (0, u64::MAX);
+    let started = Instant::now();
+    let mut tasks = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let id = store.next_task_ids(1).unwrap().next().unwrap();
+        store
+            .add_tasks(vec![NewTask {
+                id,
+                job: j,
+                seq: id,
+                request: vec![7; 200],
+                submitted: at(0),
+            }])
+            .unwrap();
+        store.flush().unwrap();
+        store.task_started(id, 1, at(1), 1).unwrap();
+        store.flush().unwrap();
+        store
+            .task_finished(id, finished(TaskState::Ok, 1, "done"))
+            .unwrap();
+        store.flush().unwrap();
+        tasks += 1;
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        largest = largest.max(size);
+        if largest > (JOURNAL_SIZE_LIMIT_BYTES as u64) {
+            smallest_after = smallest_after.min(size);
+        }
+    }
+    let frame = 4096 + 24;
+    let bound = (INLINE_CHECKPOINT_PAGES as u64 + 64) * frame;
+    assert!(
+        largest < bound,
+        "the WAL reached {largest} bytes (bound {bound}) in {tasks} tasks"
+    );
+    assert!(
+        largest < (JOURNAL_SIZE_LIMIT_BYTES as u64)
+            || smallest_after <= JOURNAL_SIZE_LIMIT_BYTES as u64,
+        "the WAL file was never cut back after reaching {largest} bytes"
+    );
+}

@@ -25,8 +25,44 @@ use crate::hub::store::StoreError;
 pub(super) const CHECKPOINT_PAGES: std::os::raw::c_int = 1000;
 /// ...and past which the writer checkpoints in line after all, should the
 /// checkpoint thread fall behind (writes that never pause leave it no
-/// moment to finish): the WAL stays bounded.
+/// moment to finish a pass, so the WAL never starts over): the WAL stays
+/// bounded. This checkpoint waits for the thread's pass rather than give
+/// up on meeting it, and truncates the WAL.
 pub(super) const INLINE_CHECKPOINT_PAGES: std::os::raw::c_int = 16 * CHECKPOINT_PAGES;
+
+/// What the WAL file is cut back to when it starts over: a burst that grew
+/// it does not keep the disk space after.
+pub(super) const JOURNAL_SIZE_LIMIT_BYTES: i64 = 16 << 20;
+
+/// How long the writer waits, at [`INLINE_CHECKPOINT_PAGES`], for the
+/// checkpoint thread's pass to let go of the checkpoint lock.
+const INLINE_CHECKPOINT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The writer's checkpoint at [`INLINE_CHECKPOINT_PAGES`], from its commit
+/// hook: copies the whole WAL into the database file and truncates it. The
+/// checkpoint thread's pass, which the commits outran, holds the checkpoint
+/// lock and makes SQLite answer "busy" at once: the writer waits for it
+/// (the back-pressure a disk that cannot keep up must give) rather than
+/// give up and let the WAL grow on. Any other failure (a full disk) says
+/// nothing of the commit and is left to the next one.
+pub(super) fn checkpoint_at_the_bound(wal: &mut rusqlite::hooks::Wal) {
+    let deadline = std::time::Instant::now() + INLINE_CHECKPOINT_PATIENCE;
+    loop {
+        match wal.checkpoint_v2(rusqlite::wal::CheckpointMode::TRUNCATE) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(error) => {
+                tracing::debug!(%error, "task store: the checkpoint at the WAL's bound failed");
+                return;
+            }
+            Ok(_) => return,
+        }
+    }
+}
 
 /// Queued operations before `add_tasks` and friends block (back-pressure
 /// instead of unbounded memory if the disk cannot keep up).
