@@ -21,6 +21,8 @@ pub(super) struct Folded {
     /// in the table, whose first held event is its start.
     insert: Option<SqlTask>,
     events: Vec<Write>,
+    /// Held past a commit already (see [`Fold::flush_carrying`]).
+    carried: bool,
 }
 
 /// The columns a task's held events leave, applied in order from a
@@ -76,6 +78,10 @@ pub(super) struct Fold {
 /// Most payload bytes the writer holds back for folding.
 pub(super) const FOLD_BYTES: usize = 64 << 20;
 
+/// Longest a carried start waits for more writes before the writer
+/// commits it alone (see [`Fold::flush_carrying`]).
+pub(super) const CARRY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Fold {
     pub(super) fn apply(&mut self, conn: &Connection, write: Write, errors: &BatchErrors) {
         if let Write::AddTasks(tasks) = write {
@@ -90,6 +96,7 @@ impl Fold {
                     id: task.id,
                     insert: Some(task),
                     events: Vec::new(),
+                    carried: false,
                 });
             }
             return self.flush_if_full(conn, errors);
@@ -118,6 +125,7 @@ impl Fold {
                 id,
                 insert: None,
                 events: vec![write],
+                carried: false,
             });
         } else {
             apply(conn, write, errors);
@@ -133,6 +141,42 @@ impl Fold {
         if self.bytes > FOLD_BYTES {
             self.flush(conn, errors);
         }
+    }
+
+    /// Writes the held tasks at the end of a batch, but carries a task
+    /// whose only write is a start (one started in this batch, not yet
+    /// finished) into the next batch, once: a short task's finish comes in
+    /// the next batch or so, and the two are then one UPDATE instead of
+    /// two. Nothing waits on a start's commit (the hub holds tasks for
+    /// their insert and results for their finish, which a carried start
+    /// goes with), and a restarted hub treats a running task as pending:
+    /// a start lost in a crash costs the task's record that one attempt
+    /// count, as one in the open batch always could. The writer writes
+    /// what is carried before any call (so a flush or a read sees it) and
+    /// once the queue stays empty for [`CARRY_AT_MOST`].
+    pub(super) fn flush_carrying(&mut self, conn: &Connection, errors: &BatchErrors) {
+        let mut statements = Statements::default();
+        let mut carried = Vec::new();
+        self.bytes = 0;
+        for id in std::mem::take(&mut self.order) {
+            let Some(mut folded) = self.held.remove(&id) else {
+                continue;
+            };
+            if folded.insert.is_none() && folded.events.len() == 1 && !folded.carried {
+                folded.carried = true;
+                carried.push(folded);
+            } else {
+                write_folded(conn, &mut statements, folded, errors);
+            }
+        }
+        for folded in carried {
+            self.hold(folded);
+        }
+    }
+
+    /// Whether starts are carried (see [`flush_carrying`](Self::flush_carrying)).
+    pub(super) fn carries(&self) -> bool {
+        !self.held.is_empty()
     }
 
     /// Writes the held tasks, in the order they were first held.
