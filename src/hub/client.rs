@@ -1,9 +1,10 @@
 //! The client side of a hub: a connection that makes calls, typed calls
 //! (status, results, kill, ...: `client/calls.rs`), a job's tasks and
-//! results ([`JobHandle`]), and the [`map::Backend`](crate::map::Backend)
+//! results ([`JobHandle`]), tasks and results several per message
+//! (`client/batch.rs`), and the [`map::Backend`](crate::map::Backend)
 //! that runs `zcluster map --hub` (`client/backend.rs`).
 //!
-//! This file (about 800 lines) is the connection and the job handle, which
+//! This file (about 850 lines) is the connection and the job handle, which
 //! share its reconnect and reattach logic and so stay together.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
