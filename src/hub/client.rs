@@ -1,9 +1,10 @@
 //! The client side of a hub: a connection that makes calls, typed calls
 //! (status, results, kill, ...: `client/calls.rs`), a job's tasks and
-//! results ([`JobHandle`]), and the [`map::Backend`](crate::map::Backend)
+//! results ([`JobHandle`]), tasks and results several per message
+//! (`client/batch.rs`), and the [`map::Backend`](crate::map::Backend)
 //! that runs `zcluster map --hub` (`client/backend.rs`).
 //!
-//! This file (about 800 lines) is the connection and the job handle, which
+//! This file (about 850 lines) is the connection and the job handle, which
 //! share its reconnect and reattach logic and so stay together.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -19,6 +20,7 @@ use crate::auth::{AuthError, Channel, Key};
 use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
 use crate::resources::ResourceRequest;
 use crate::socket::millis;
+use batch::Outgoing;
 
 /// `PREFIX-` and 16 random hex digits: a routing identity no other peer has.
 pub(crate) fn random_identity(prefix: &str) -> String {
@@ -128,8 +130,11 @@ pub struct HubClient {
     url: String,
     next_request: u64,
     timeout: Duration,
-    /// Results that arrived while waiting for a reply, or for another job.
-    results: VecDeque<Envelope>,
+    /// Results that arrived while waiting for a reply, or for another job,
+    /// or with others in a batch.
+    results: VecDeque<Delivered>,
+    /// Tasks given and not sent yet (see `client/batch.rs`).
+    outgoing: Outgoing,
     /// Jobs this client is done with: their late results are dropped.
     forgotten: HashSet<JobId>,
     /// A refused message was already logged at warn level.
@@ -155,6 +160,7 @@ impl HubClient {
             next_request: 1,
             timeout: DEFAULT_CALL_TIMEOUT,
             results: VecDeque::new(),
+            outgoing: Outgoing::default(),
             forgotten: HashSet::new(),
             warned: false,
         })
@@ -169,6 +175,16 @@ impl HubClient {
     /// Replaces a closed connection with a new one, under a new identity.
     fn relink(&mut self) -> Result<(), ClientError> {
         info!(hub = %self.url, "the connection to the hub closed; connecting again");
+        // Tasks not sent yet would reach the hub from a connection that
+        // does not own their job: a job handle sends them again once it
+        // has attached on the new one (the hub says it never had them).
+        let (_, dropped) = self.outgoing.take();
+        if !dropped.is_empty() {
+            debug!(
+                tasks = dropped.len(),
+                "tasks not sent before the connection closed"
+            );
+        }
         self.link = open_link(&self.ctx, &self.url, &self.key, &self.curve)?;
         if let Some(limit) = self.limit {
             self.link.socket.set_limit(limit);
@@ -235,6 +251,9 @@ impl HubClient {
             job: 0,
             id: request,
         };
+        // Tasks given before the call reach the hub before it (a close
+        // after its tasks).
+        self.send_kept_tasks()?;
         self.link.socket.send(&header, call, 0)?;
         let mut sent_to = (self.generation, self.link.socket.epoch());
         loop {
@@ -266,7 +285,8 @@ impl HubClient {
                         reply => Ok(reply),
                     };
                 }
-                MessageKind::Result(_) => self.keep(envelope),
+                MessageKind::Result(_) => self.keep(Delivered::alone(envelope)),
+                MessageKind::TaskResults => self.keep_batch(&envelope),
                 _ => debug!("dropping a stale reply"),
             }
         }
@@ -274,33 +294,15 @@ impl HubClient {
 
     /// Keeps a result that came while waiting for something else, unless
     /// its job was forgotten.
-    fn keep(&mut self, envelope: Envelope) {
-        if !self.forgotten.contains(&envelope.header.job) {
-            self.results.push_back(envelope);
-        }
-    }
-
-    /// Sends one task of a job (no reply: results come back on their own).
-    pub fn send_task(&mut self, job: JobId, request: &ClusterRequest) -> Result<(), ClientError> {
-        self.ready(self.timeout)?;
-        let header = Header {
-            kind: MessageKind::Request,
-            job,
-            id: request.id,
-        };
-        match self.link.socket.send(&header, request, 0) {
-            Err(MessageError::TooLarge { size, limit, .. }) => Err(ClientError::TaskTooLarge {
-                id: request.id,
-                size,
-                limit,
-            }),
-            sent => Ok(sent?),
+    fn keep(&mut self, result: Delivered) {
+        if !self.forgotten.contains(&result.header.job) {
+            self.results.push_back(result);
         }
     }
 
     /// The next result message for any of this client's jobs, or `None`
     /// after `timeout`.
-    pub fn next_result(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
+    pub fn next_result(&mut self, timeout: Duration) -> Result<Option<Delivered>, ClientError> {
         self.next_result_for(None, timeout)
     }
 
@@ -308,7 +310,7 @@ impl HubClient {
     /// for a job this client is done with (finished, or abandoned with
     /// tasks still running).
     pub fn forget(&mut self, job: JobId) {
-        self.results.retain(|e| e.header.job != job);
+        self.results.retain(|r| r.header.job != job);
         if self.forgotten.len() >= FORGOTTEN_JOBS {
             // Late results come soon after a job ends; the oldest jobs'
             // have long come (their results would just be kept again).
@@ -327,7 +329,7 @@ impl HubClient {
         &mut self,
         job: JobId,
         timeout: Duration,
-    ) -> Result<Option<Envelope>, ClientError> {
+    ) -> Result<Option<Delivered>, ClientError> {
         self.next_result_for(Some(job), timeout)
     }
 
@@ -336,8 +338,8 @@ impl HubClient {
         &mut self,
         job: Option<JobId>,
         timeout: Duration,
-    ) -> Result<Option<Envelope>, ClientError> {
-        let wanted = |e: &Envelope| job.is_none_or(|job| e.header.job == job);
+    ) -> Result<Option<Delivered>, ClientError> {
+        let wanted = |r: &Delivered| job.is_none_or(|job| r.header.job == job);
         if let Some(at) = self.results.iter().position(wanted) {
             return Ok(self.results.remove(at));
         }
@@ -347,10 +349,17 @@ impl HubClient {
             match self.receive(left)? {
                 None => return Ok(None),
                 Some(envelope) if matches!(envelope.header.kind, MessageKind::Result(_)) => {
-                    if wanted(&envelope) {
-                        return Ok(Some(envelope));
+                    let result = Delivered::alone(envelope);
+                    if wanted(&result) {
+                        return Ok(Some(result));
                     }
-                    self.keep(envelope);
+                    self.keep(result);
+                }
+                Some(envelope) if envelope.header.kind == MessageKind::TaskResults => {
+                    self.keep_batch(&envelope);
+                    if let Some(at) = self.results.iter().position(wanted) {
+                        return Ok(self.results.remove(at));
+                    }
                 }
                 Some(_) => debug!("dropping a stale reply"),
             }
@@ -364,6 +373,12 @@ impl HubClient {
     /// start changed.
     fn receive(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
         let deadline = Instant::now() + timeout;
+        // Whatever waits for an answer sends the tasks it kept first.
+        if self.link.closed() {
+            self.relink()?;
+            self.link.socket.hello(0)?;
+        }
+        self.send_kept_tasks()?;
         loop {
             if self.link.closed() {
                 self.relink()?;
@@ -402,9 +417,11 @@ impl HubClient {
 }
 
 mod backend;
+mod batch;
 mod calls;
 
 pub use backend::{halt_at_hub, AttachLength, HubBackend};
+pub use batch::Delivered;
 pub use calls::{Killed, Pong, ENGINE_CALL_TIMEOUT};
 
 /// How often a waiting client looks at its connection (closed, it is

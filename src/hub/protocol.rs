@@ -40,6 +40,11 @@ pub type TaskItem = (u64, u32, Option<String>, serde_bytes::ByteBuf);
 /// [`ClusterResult`](crate::message::ClusterResult) it forwards to the
 /// client as it came, never decoding it.
 ///
+/// The hub sends results on to a client in the same form, several per
+/// `TaskResults` message (with `error` left out: it is in the result
+/// itself), flushed at the end of every turn of its loop: one signature for
+/// many results, and never a wait for a batch to fill.
+///
 /// [`MessageKind::TaskResults`]: crate::message::MessageKind::TaskResults
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultItem {
@@ -54,6 +59,17 @@ pub struct ResultItem {
     /// The encoded result.
     pub body: serde_bytes::ByteBuf,
 }
+
+/// One task of a [`MessageKind::Tasks`] message from a client: the
+/// client's id for it and its encoded
+/// [`ClusterRequest`](crate::message::ClusterRequest), which the hub
+/// records and sends on as it came, never decoding it. A client sends its
+/// tasks several per message (the header's job is theirs, the header id
+/// the first one's), so one signature and one message cover many tasks;
+/// a batch of one goes as a plain request message.
+///
+/// [`MessageKind::Tasks`]: crate::message::MessageKind::Tasks
+pub type SubmitItem = (u64, serde_bytes::ByteBuf);
 
 /// Engine to hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,10 +13,10 @@ use super::state::{CommandPurpose, Engine, Job, Task};
 use super::{Core, HubError};
 use crate::hub::protocol::{
     AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, Notification,
-    PurgeTarget, Reply,
+    PurgeTarget, Reply, SubmitItem,
 };
 use crate::hub::store::{JobRecord, NewTask, StoreError, TaskFilter, TaskId, TaskState};
-use crate::message::{encode_value, Command, Envelope, MessageError, MessageKind};
+use crate::message::{decode_value, encode_value, Command, Envelope, MessageError, MessageKind};
 use crate::resources::ResourceOffer;
 use crate::untrusted::escape_error;
 
@@ -37,6 +37,7 @@ impl<O: Outbox> Core<O> {
         };
         match envelope.header.kind {
             MessageKind::Request => self.on_task(identity, &envelope),
+            MessageKind::Tasks => self.on_task_batch(identity, &envelope),
             MessageKind::Control => {
                 let request = envelope.header.id;
                 match envelope.control::<ClientCall>() {
@@ -65,84 +66,145 @@ impl<O: Outbox> Core<O> {
 
     /// A task of a job: recorded, then queued once the store committed it.
     fn on_task(&mut self, client: Vec<u8>, envelope: &Envelope) {
-        let (job_id, task_id) = (envelope.header.job, envelope.header.id);
+        let (job, task) = (envelope.header.job, envelope.header.id);
+        self.on_tasks(client, job, vec![(task, envelope.body().to_vec())]);
+    }
+
+    /// Several tasks of a job in one message ([`SubmitItem`]s). A body that
+    /// does not decode is refused as a whole, as any bad message is (its
+    /// task ids cannot be trusted to answer); a decoded batch is taken item
+    /// by item, exactly as if each task had come alone.
+    fn on_task_batch(&mut self, client: Vec<u8>, envelope: &Envelope) {
+        let items = match decode_value::<Vec<SubmitItem>>(envelope.body(), "task batch") {
+            Ok(items) => items,
+            Err(e) => return self.refuse("client", &client, &e),
+        };
+        let tasks = items
+            .into_iter()
+            .map(|(id, request)| (id, request.into_vec()))
+            .collect();
+        self.on_tasks(client, envelope.header.job, tasks);
+    }
+
+    /// Tasks of a job, (client's id, encoded request) each: recorded in one
+    /// write, then queued once the store committed it. Each is judged on
+    /// its own, as when tasks came one per message: one sent twice is
+    /// dropped, and those past the job's credit are refused with a failed
+    /// result each while the ones before them are taken (a batch split at
+    /// the window: refusing all of it would fail tasks that fit). Refusing
+    /// a whole batch for one bad item would turn one client bug into many
+    /// failed tasks; each task still gets exactly one answer.
+    pub(super) fn on_tasks(&mut self, client: Vec<u8>, job_id: JobId, tasks: Vec<(u64, Vec<u8>)>) {
         let credit = self.options.credit as usize;
         let Some(job) = self.state.jobs.get_mut(&job_id) else {
-            warn!(job = job_id, "refusing a task for an unknown job");
-            self.outbox.failure(
-                &client,
-                job_id,
-                task_id,
-                "no such job on this hub (did it restart?)",
-            );
+            warn!(job = job_id, "refusing tasks for an unknown job");
+            for (task_id, _) in tasks {
+                self.outbox.failure(
+                    &client,
+                    job_id,
+                    task_id,
+                    "no such job on this hub (did it restart?)",
+                );
+            }
             return;
         };
         if job.client != client {
             warn!(
                 job = job_id,
-                "refusing a task from a client that does not own the job"
+                "refusing tasks from a client that does not own the job"
             );
-            self.outbox
-                .failure(&client, job_id, task_id, "this client does not own the job");
+            for (task_id, _) in tasks {
+                self.outbox
+                    .failure(&client, job_id, task_id, "this client does not own the job");
+            }
             return;
         }
         job.client_heard = Some(Instant::now());
-        if job.tasks.contains_key(&task_id) {
-            debug!(job = job_id, task = task_id, "dropping a task sent twice");
-            return;
+        let mut taken: Vec<(u64, Vec<u8>)> = Vec::with_capacity(tasks.len());
+        let mut seen: HashSet<u64> = HashSet::with_capacity(tasks.len());
+        let mut over_credit = Vec::new();
+        for (task_id, request) in tasks {
+            if job.tasks.contains_key(&task_id) || !seen.insert(task_id) {
+                debug!(job = job_id, task = task_id, "dropping a task sent twice");
+                continue;
+            }
+            if job.client_tasks() + taken.len() >= credit {
+                over_credit.push(task_id);
+                continue;
+            }
+            taken.push((task_id, request));
         }
-        if job.client_tasks() >= credit {
+        if !over_credit.is_empty() {
             warn!(
                 job = job_id,
-                credit, "client exceeded its credit; refusing a task"
+                credit,
+                refused = over_credit.len(),
+                "client exceeded its credit; refusing tasks"
             );
+        }
+        for task_id in over_credit {
             self.outbox.failure(
                 &client,
                 job_id,
                 task_id,
                 "the job's credit is used up; send fewer tasks at once",
             );
+        }
+        if taken.is_empty() {
             return;
         }
-        let request = envelope.body().to_vec();
-        let recorded = self.store.next_task_ids(1).and_then(|ids| {
-            self.store.add_tasks(vec![NewTask {
-                id: ids.start,
-                job: job_id,
-                seq: task_id,
-                request: request.clone(),
-                submitted: SystemTime::now(),
-            }])?;
-            Ok(ids.start)
-        });
-        let store_id = match recorded {
-            Ok(id) => id,
+        let submitted = SystemTime::now();
+        let recorded = self
+            .store
+            .next_task_ids(taken.len() as u64)
+            .and_then(|ids| {
+                let new = taken
+                    .iter()
+                    .zip(ids.clone())
+                    .map(|((task_id, request), id)| NewTask {
+                        id,
+                        job: job_id,
+                        seq: *task_id,
+                        request: request.clone(),
+                        submitted,
+                    })
+                    .collect();
+                self.store.add_tasks(new)?;
+                Ok(ids.start)
+            });
+        let first = match recorded {
+            Ok(first) => first,
             // The job is stopped as a whole (see `release`): no task of it
             // is answered on its own.
             Err(StoreError::CannotWrite(_)) => {
                 debug!(
                     job = job_id,
-                    task = task_id,
-                    "dropping a task: the store cannot write"
+                    tasks = taken.len(),
+                    "dropping tasks: the store cannot write"
                 );
                 return;
             }
             Err(e) => {
-                warn!(error = %e, "cannot record a task; refusing it");
-                self.outbox.failure(
-                    &client,
-                    job_id,
-                    task_id,
-                    &format!("the hub cannot record it: {e}"),
-                );
+                warn!(error = %e, "cannot record tasks; refusing them");
+                let reason = format!("the hub cannot record it: {e}");
+                for (task_id, _) in taken {
+                    self.outbox.failure(&client, job_id, task_id, &reason);
+                }
                 return;
             }
         };
-        job.put(task_id, Task::new(store_id, request, 0));
-        // Dispatched once its insert is committed.
-        self.hold(super::Held::Task {
+        let Some(job) = self.state.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let mut ids = Vec::with_capacity(taken.len());
+        for (store_id, (task_id, request)) in (first..).zip(taken) {
+            job.put(task_id, Task::new(store_id, request, 0));
+            ids.push(task_id);
+        }
+        // Dispatched once their insert is committed.
+        self.hold(super::Held::Tasks {
             job: job_id,
-            task: task_id,
+            tasks: ids,
         });
     }
 

@@ -15,8 +15,9 @@ use crate::message::Header;
 
 /// What the hub lets out only once the store has committed its write.
 pub(super) enum Held {
-    /// A task of a job, to queue for dispatch once its insert is committed.
-    Task { job: JobId, task: u64 },
+    /// Tasks of a job, to queue for dispatch (in this order) once their
+    /// insert is committed.
+    Tasks { job: JobId, tasks: Vec<u64> },
     /// A result for its client, once the task's finish is committed.
     Result {
         client: Vec<u8>,
@@ -65,12 +66,17 @@ impl<O: Outbox> Core<O> {
 
     fn let_out(&mut self, held: Held) {
         match held {
-            Held::Task { job, task } => {
+            Held::Tasks { job, tasks } => {
                 let Some(j) = self.state.jobs.get_mut(&job) else {
                     return;
                 };
-                if j.tasks.contains_key(&task) {
-                    j.queue.push_back(task);
+                let before = j.queue.len();
+                for task in tasks {
+                    if j.tasks.contains_key(&task) {
+                        j.queue.push_back(task);
+                    }
+                }
+                if j.queue.len() > before {
                     self.state.take_turn(job);
                 }
             }

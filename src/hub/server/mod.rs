@@ -379,6 +379,7 @@ impl Hub {
             }
             core.release();
             core.dispatch();
+            core.outbox.flush();
             // Time the hub spent away from its sockets (a big query, a slow
             // flush, a burst of large messages) is not the engines' silence:
             // their heartbeats wait unread meanwhile. Credit it to them before
@@ -400,6 +401,8 @@ impl Hub {
             }
         }
         core.store.flush()?;
+        core.release();
+        core.outbox.flush();
         info!("hub stopped");
         Ok(())
     }
@@ -436,5 +439,7 @@ fn drain(core: &mut Core<Sockets>, peer: Peer) -> Result<(), HubError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

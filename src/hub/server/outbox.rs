@@ -55,6 +55,11 @@ pub(super) trait Outbox {
 
     /// A notification for every subscriber.
     fn publish(&mut self, notification: &Notification);
+
+    /// Sends what is kept to go several per message (results to clients):
+    /// called at the end of every turn of the hub's loop, so batching
+    /// never holds anything back for longer than the turn it came in.
+    fn flush(&mut self) {}
 }
 
 #[cfg(test)]

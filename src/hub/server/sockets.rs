@@ -132,6 +132,9 @@ pub(super) struct Sockets {
     pub(super) clients: SignedSocket,
     /// (Un)registration notices for any subscriber.
     pub(super) notifications: SignedSocket,
+    /// Results for clients, kept to go several per message at the end of
+    /// the loop's turn ([`Outbox::flush`]).
+    results: ResultBatches,
     /// Admits the cluster's CURVE client key on the sockets above for as
     /// long as the hub lives (see [`curve`]); held for its drop.
     _zap: ZapHandler,
@@ -208,6 +211,7 @@ impl Sockets {
             engines,
             clients,
             notifications,
+            results: ResultBatches::new(max),
             _zap: zap,
         };
         let bound = Bound {
@@ -348,6 +352,8 @@ impl Outbox for Sockets {
     }
 
     fn reply(&mut self, client: &[u8], request: u64, reply: &Reply) {
+        // Results sent before a reply arrive before it.
+        self.flush();
         let header = control(request);
         match self.clients.send_routed(client, &header, reply) {
             Err(e @ (MessageError::TooLarge { .. } | MessageError::Encode { .. })) => {
@@ -364,12 +370,19 @@ impl Outbox for Sockets {
     }
 
     fn result(&mut self, client: &[u8], header: &Header, body: &[u8]) {
-        if let Err(e) = self.clients.send_raw_routed(client, header, body) {
-            debug!(error = %e, job = header.job, "result not delivered (client gone); it stays in the store");
+        if let Some(full) = self.results.add(client, header, body) {
+            send_results(&self.clients, full);
+        }
+    }
+
+    fn flush(&mut self) {
+        for batch in self.results.take() {
+            send_results(&self.clients, batch);
         }
     }
 
     fn failure(&mut self, client: &[u8], job: JobId, task: u64, reason: &str) {
+        self.flush();
         let result = ClusterResult::failed_here(task, "hub".into(), reason);
         let header = Header {
             kind: MessageKind::Result(ResultStatus::Fail),
@@ -392,9 +405,173 @@ impl Outbox for Sockets {
     }
 }
 
+/// Most results a client gets in one message.
+const RESULTS_PER_MESSAGE: usize = 1024;
+
+/// Most result bytes a client gets in one message (a larger result goes
+/// alone): enough to amortise a signature over many small results, small
+/// enough that a batch is never a burst of memory at either end.
+const RESULT_BATCH_BYTES: usize = 256 << 10;
+
+/// Bytes a result adds to a batch beside its body, at most: its job, id,
+/// status, absent error and the body's length, each a varint.
+const RESULT_ITEM_OVERHEAD_BYTES: usize = 40;
+
+/// Results waiting for the end of the loop's turn, per client, in the
+/// order they were let out.
+struct ResultBatches {
+    /// Clients with results waiting, in the order their first came.
+    clients: Vec<ResultBatch>,
+    /// Bytes a batch may reach: the smaller of [`RESULT_BATCH_BYTES`] and
+    /// the hub's message limit (which its clients read with).
+    limit: usize,
+}
+
+/// One client's waiting results.
+struct ResultBatch {
+    client: Vec<u8>,
+    items: Vec<(Header, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl ResultBatches {
+    fn new(max_message: usize) -> Self {
+        ResultBatches {
+            clients: Vec::new(),
+            limit: RESULT_BATCH_BYTES.min(max_message),
+        }
+    }
+
+    /// Keeps a result for `client`; returns that client's batch if it must
+    /// go now, full (by count or bytes) once this one is in, or so full
+    /// that this one would take it past its bytes (then this one starts
+    /// the next).
+    fn add(&mut self, client: &[u8], header: &Header, body: &[u8]) -> Option<ResultBatch> {
+        let size = body.len() + RESULT_ITEM_OVERHEAD_BYTES;
+        let at = match self.clients.iter().position(|b| b.client == client) {
+            Some(at) => at,
+            None => {
+                self.clients.push(ResultBatch {
+                    client: client.to_vec(),
+                    items: Vec::new(),
+                    bytes: 0,
+                });
+                self.clients.len() - 1
+            }
+        };
+        let batch = &mut self.clients[at];
+        let mut out = None;
+        if !batch.items.is_empty() && batch.bytes + size > self.limit {
+            out = Some(ResultBatch {
+                client: batch.client.clone(),
+                items: std::mem::take(&mut batch.items),
+                bytes: std::mem::take(&mut batch.bytes),
+            });
+        }
+        batch.items.push((*header, body.to_vec()));
+        batch.bytes += size;
+        if out.is_none() && batch.items.len() >= RESULTS_PER_MESSAGE {
+            out = Some(self.clients.swap_remove(at));
+        }
+        out
+    }
+
+    /// Every waiting batch, in the order their clients first got one.
+    fn take(&mut self) -> Vec<ResultBatch> {
+        std::mem::take(&mut self.clients)
+    }
+}
+
+/// Sends one client's results: one alone as the result message it came
+/// as, several as one `TaskResults` message of [`ResultItem`]s.
+///
+/// [`ResultItem`]: crate::hub::protocol::ResultItem
+fn send_results(clients: &SignedSocket, batch: ResultBatch) {
+    let sent = match &batch.items[..] {
+        [] => Ok(()),
+        [(header, body)] => clients.send_raw_routed(&batch.client, header, body),
+        [(first, _), ..] => {
+            let header = Header {
+                kind: MessageKind::TaskResults,
+                job: first.job,
+                id: first.id,
+            };
+            // Encoded as a `ResultItem` is, without copying the bodies.
+            let items: Vec<(JobId, u64, ResultStatus, Option<&str>, &serde_bytes::Bytes)> = batch
+                .items
+                .iter()
+                .map(|(header, body)| {
+                    let status = match header.kind {
+                        MessageKind::Result(status) => status,
+                        _ => ResultStatus::Fail,
+                    };
+                    (
+                        header.job,
+                        header.id,
+                        status,
+                        None,
+                        serde_bytes::Bytes::new(body),
+                    )
+                })
+                .collect();
+            clients.send_routed(&batch.client, &header, &items)
+        }
+    };
+    if let Err(e) = sent {
+        debug!(error = %e, results = batch.items.len(), "results not delivered (client gone); they stay in the store");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result_header(id: u64) -> Header {
+        Header {
+            kind: MessageKind::Result(ResultStatus::Ok),
+            job: 1,
+            id,
+        }
+    }
+
+    /// Results for clients wait for the end of the loop's turn, one batch
+    /// per client in the order they came; a batch goes early once full by
+    /// count, or when the next result would take it past its bytes (then
+    /// that result starts the next batch, so none is larger than a client
+    /// reads).
+    #[test]
+    fn results_wait_per_client_and_go_early_only_when_a_batch_is_full() {
+        let mut batches = ResultBatches::new(64 << 20);
+        assert!(batches.add(b"a", &result_header(1), b"x").is_none());
+        assert!(batches.add(b"b", &result_header(2), b"y").is_none());
+        assert!(batches.add(b"a", &result_header(3), b"z").is_none());
+        let waiting = batches.take();
+        let ids: Vec<(Vec<u8>, Vec<u64>)> = waiting
+            .iter()
+            .map(|b| (b.client.clone(), b.items.iter().map(|i| i.0.id).collect()))
+            .collect();
+        assert_eq!(ids, [(b"a".to_vec(), vec![1, 3]), (b"b".to_vec(), vec![2])]);
+        assert!(batches.take().is_empty());
+
+        // By count.
+        for id in 0..RESULTS_PER_MESSAGE as u64 - 1 {
+            assert!(batches.add(b"a", &result_header(id), b"").is_none());
+        }
+        let full = batches.add(b"a", &result_header(9999), b"").expect("full");
+        assert_eq!(full.items.len(), RESULTS_PER_MESSAGE);
+        assert!(batches.take().is_empty());
+
+        // By bytes: a hub limit smaller than the batch size bounds it.
+        let mut batches = ResultBatches::new(4096);
+        let body = vec![0u8; 3000];
+        assert!(batches.add(b"a", &result_header(1), &body).is_none());
+        let early = batches.add(b"a", &result_header(2), &body).expect("past");
+        assert_eq!(early.items.len(), 1);
+        assert_eq!(early.items[0].0.id, 1);
+        let rest = batches.take();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].items[0].0.id, 2);
+    }
 
     #[test]
     fn a_network_peer_is_held_to_a_byte_budget_not_just_a_message_count() {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use rusqlite::{params_from_iter, Connection, ToSql};
+use rusqlite::{params_from_iter, CachedStatement, Connection, ToSql};
 
 use super::sql::{apply, guard, note_ignored};
 use super::writer::{BatchErrors, SqlTask, Write};
@@ -21,6 +21,8 @@ pub(super) struct Folded {
     /// in the table, whose first held event is its start.
     insert: Option<SqlTask>,
     events: Vec<Write>,
+    /// Held past a commit already (see [`Fold::flush_carrying`]).
+    carried: bool,
 }
 
 /// The columns a task's held events leave, applied in order from a
@@ -76,6 +78,10 @@ pub(super) struct Fold {
 /// Most payload bytes the writer holds back for folding.
 pub(super) const FOLD_BYTES: usize = 64 << 20;
 
+/// Longest a carried start waits for more writes before the writer
+/// commits it alone (see [`Fold::flush_carrying`]).
+pub(super) const CARRY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Fold {
     pub(super) fn apply(&mut self, conn: &Connection, write: Write, errors: &BatchErrors) {
         if let Write::AddTasks(tasks) = write {
@@ -90,6 +96,7 @@ impl Fold {
                     id: task.id,
                     insert: Some(task),
                     events: Vec::new(),
+                    carried: false,
                 });
             }
             return self.flush_if_full(conn, errors);
@@ -118,6 +125,7 @@ impl Fold {
                 id,
                 insert: None,
                 events: vec![write],
+                carried: false,
             });
         } else {
             apply(conn, write, errors);
@@ -135,15 +143,80 @@ impl Fold {
         }
     }
 
+    /// Writes the held tasks at the end of a batch, but carries a task
+    /// whose only write is a start (one started in this batch, not yet
+    /// finished) into the next batch, once: a short task's finish comes in
+    /// the next batch or so, and the two are then one UPDATE instead of
+    /// two. Nothing waits on a start's commit (the hub holds tasks for
+    /// their insert and results for their finish, which a carried start
+    /// goes with), and a restarted hub treats a running task as pending:
+    /// a start lost in a crash costs the task's record that one attempt
+    /// count, as one in the open batch always could. The writer writes
+    /// what is carried before any call (so a flush or a read sees it) and
+    /// once the queue stays empty for [`CARRY_AT_MOST`].
+    pub(super) fn flush_carrying(&mut self, conn: &Connection, errors: &BatchErrors) {
+        let mut statements = Statements::default();
+        let mut carried = Vec::new();
+        self.bytes = 0;
+        for id in std::mem::take(&mut self.order) {
+            let Some(mut folded) = self.held.remove(&id) else {
+                continue;
+            };
+            if folded.insert.is_none() && folded.events.len() == 1 && !folded.carried {
+                folded.carried = true;
+                carried.push(folded);
+            } else {
+                write_folded(conn, &mut statements, folded, errors);
+            }
+        }
+        for folded in carried {
+            self.hold(folded);
+        }
+    }
+
+    /// Whether starts are carried (see [`flush_carrying`](Self::flush_carrying)).
+    pub(super) fn carries(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Writes the held tasks, in the order they were first held.
     pub(super) fn flush(&mut self, conn: &Connection, errors: &BatchErrors) {
         self.bytes = 0;
+        let mut statements = Statements::default();
         for id in std::mem::take(&mut self.order) {
             if let Some(folded) = self.held.remove(&id) {
-                write_folded(conn, folded, errors);
+                write_folded(conn, &mut statements, folded, errors);
             }
         }
     }
+}
+
+/// The two statements of [`write_folded`], taken from the connection's
+/// cache once per flush rather than once per task: a cache lookup hashes
+/// the whole SQL text, which was a few percent of the writer per task.
+#[derive(Default)]
+pub(super) struct Statements<'conn> {
+    insert: Option<CachedStatement<'conn>>,
+    update: Option<CachedStatement<'conn>>,
+}
+
+/// Inserts a held task new in this batch with its final row.
+const FOLDED_INSERT_SQL: &str =
+    "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
+                        completed, result, error, attempts)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+/// `slot`'s statement, prepared (from the cache) the first time.
+fn statement<'s, 'conn>(
+    conn: &'conn Connection,
+    slot: &'s mut Option<CachedStatement<'conn>>,
+    sql: &str,
+) -> rusqlite::Result<&'s mut CachedStatement<'conn>> {
+    let prepared = match slot.take() {
+        Some(prepared) => prepared,
+        None => conn.prepare_cached(sql)?,
+    };
+    Ok(slot.insert(prepared))
 }
 
 /// Writes the final row of a held task already in the table (`?1`): its
@@ -173,27 +246,26 @@ fn columns<'a>(row: &'a FinalRow<'_>) -> [&'a dyn ToSql; 7] {
 
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
-pub(super) fn write_folded(conn: &Connection, folded: Folded, errors: &BatchErrors) {
+pub(super) fn write_folded<'conn>(
+    conn: &'conn Connection,
+    statements: &mut Statements<'conn>,
+    folded: Folded,
+    errors: &BatchErrors,
+) {
     let id = folded.id;
     let row = folded.final_row();
     let written = match &folded.insert {
-        Some(task) => conn
-            .prepare_cached(
-                "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
-                                    completed, result, error, attempts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )
-            .and_then(|mut s| {
-                let task: [&dyn ToSql; 5] = [
-                    &task.id,
-                    &task.job,
-                    &task.seq,
-                    &task.request,
-                    &task.submitted,
-                ];
-                s.execute(params_from_iter(task.into_iter().chain(columns(&row))))
-            }),
-        None => conn.prepare_cached(&FOLDED_UPDATE_SQL).and_then(|mut s| {
+        Some(task) => statement(conn, &mut statements.insert, FOLDED_INSERT_SQL).and_then(|s| {
+            let task: [&dyn ToSql; 5] = [
+                &task.id,
+                &task.job,
+                &task.seq,
+                &task.request,
+                &task.submitted,
+            ];
+            s.execute(params_from_iter(task.into_iter().chain(columns(&row))))
+        }),
+        None => statement(conn, &mut statements.update, &FOLDED_UPDATE_SQL).and_then(|s| {
             let id: &dyn ToSql = &id;
             s.execute(params_from_iter(std::iter::once(id).chain(columns(&row))))
         }),

@@ -175,6 +175,45 @@ fn a_failed_write_stops_the_store_for_good() {
 
 /// Each committed batch moves the position on by its writes; the memory
 /// store's stays at 0, as its `written` does.
+/// A start with nothing after it is carried past its batch's commit (to
+/// fold with the finish that usually follows), but not for long: with the
+/// writer's queue quiet it is committed alone, as another connection sees
+/// without any flush; and one the finish follows is written once, folded.
+#[test]
+fn a_carried_start_is_committed_once_the_queue_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carried.db");
+    let mut store = reopen(&path);
+    let j = job(&mut store, "lee");
+    let ids = tasks(&mut store, j, &[0, 1]);
+    store.flush().unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let state_of = |id: TaskId| -> String {
+        raw.query_row(
+            "SELECT state FROM tasks WHERE id = ?1",
+            [i64::try_from(id).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    store.task_started(ids[0], 3, at(1), 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(ids[0]) != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "a carried start was never committed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    store.task_started(ids[1], 3, at(2), 1).unwrap();
+    store
+        .task_finished(ids[1], finished(TaskState::Ok, 3, "done"))
+        .unwrap();
+    store.flush().unwrap();
+    assert_eq!(state_of(ids[1]), "ok");
+    assert_eq!(states(&mut store, j), [TaskState::Running, TaskState::Ok]);
+}
+
 #[test]
 fn the_commit_position_follows_the_writes() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 
 use super::files::CommitRecord;
-use super::fold::Fold;
+use super::fold::{Fold, CARRY_AT_MOST};
 use super::sql::{sql_int, sqlite_error};
 use crate::hub::commit::CommitLog;
 use crate::hub::store::error::ErrorChain;
@@ -202,16 +202,40 @@ pub(super) fn run_writer(
     log: Arc<CommitLog>,
     mut record: CommitRecord,
 ) {
-    while let Ok(first) = ops.recv() {
-        let first = match first {
-            Op::Write(write) => write,
-            Op::Call(call) => {
+    // Starts carried from one batch to the next (see `Fold::flush_carrying`).
+    let mut fold = Fold::default();
+    loop {
+        let next = if fold.carries() {
+            match ops.recv_timeout(CARRY_AT_MOST) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Op::Shutdown),
+            }
+        } else {
+            match ops.recv() {
+                Ok(op) => Some(op),
+                Err(_) => Some(Op::Shutdown),
+            }
+        };
+        let first = match next {
+            Some(Op::Write(write)) => write,
+            // Nothing came for a while, or a call or the end comes: what
+            // is carried is committed first.
+            None => {
+                commit_carried(&conn, &mut fold, &mut record, &log);
+                continue;
+            }
+            Some(Op::Call(call)) => {
+                commit_carried(&conn, &mut fold, &mut record, &log);
                 call(&mut conn);
                 continue;
             }
-            Op::Shutdown => break,
+            Some(Op::Shutdown) => {
+                commit_carried(&conn, &mut fold, &mut record, &log);
+                break;
+            }
             #[cfg(test)]
-            Op::Crash => return,
+            Some(Op::Crash) => return,
         };
         let errors = BatchErrors::default();
         let begun = match log.failure() {
@@ -229,7 +253,6 @@ pub(super) fn run_writer(
         };
         let mut writes: u64 = 1;
         let mut rows = first.rows();
-        let mut fold = Fold::default();
         if begun {
             fold.apply(&conn, first, &errors);
         }
@@ -258,9 +281,15 @@ pub(super) fn run_writer(
             }
         }
         if begun {
-            fold.flush(&conn, &errors);
+            // Before a call or the end, nothing is carried.
+            if call.is_some() || stop {
+                fold.flush(&conn, &errors);
+            } else {
+                fold.flush_carrying(&conn, &errors);
+            }
             commit_batch(&conn, &mut record, &log, writes, rows, errors);
         } else {
+            fold = Fold::default();
             stop_store(&log, writes, errors);
         }
         if let Some(call) = call {
@@ -268,6 +297,34 @@ pub(super) fn run_writer(
         }
         if stop {
             break;
+        }
+    }
+}
+
+/// Commits the starts `fold` carries, alone, if it carries any and the
+/// store has not stopped (then they are dropped, as every later write is).
+fn commit_carried(conn: &Connection, fold: &mut Fold, record: &mut CommitRecord, log: &CommitLog) {
+    if !fold.carries() {
+        return;
+    }
+    if log.failure().is_some() {
+        *fold = Fold::default();
+        return;
+    }
+    let errors = BatchErrors::default();
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            fold.flush(conn, &errors);
+            // The writes were counted in the batch they came in.
+            commit_batch(conn, record, log, 0, 0, errors);
+        }
+        Err(source) => {
+            *fold = Fold::default();
+            errors.report(StoreError::Sqlite {
+                operation: "beginning a commit of carried task starts".into(),
+                source,
+            });
+            stop_store(log, 0, errors);
         }
     }
 }
