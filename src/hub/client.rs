@@ -88,6 +88,10 @@ pub enum ClientError {
     /// The hub answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// The call named a job or an engine the hub does not have (`no job 9
+    /// in the store`): a mistake in what was asked.
+    #[error("{0}")]
+    NotFound(String),
     /// The hub answered something that does not fit the call.
     #[error("unexpected answer from the hub: {0}")]
     Unexpected(String),
@@ -230,7 +234,8 @@ impl HubClient {
     }
 
     /// Makes one call and waits for its reply; an error reply is
-    /// [`ClientError::Refused`].
+    /// [`ClientError::Refused`], or [`ClientError::NotFound`] when the call
+    /// named a job or engine the hub does not have.
     pub fn call(&mut self, call: &ClientCall) -> Result<Reply, ClientError> {
         self.call_waiting(call, self.timeout)
     }
@@ -282,6 +287,7 @@ impl HubClient {
                     }
                     return match reply {
                         Reply::Error(reason) => Err(ClientError::Refused(reason)),
+                        Reply::NotFound(reason) => Err(ClientError::NotFound(reason)),
                         reply => Ok(reply),
                     };
                 }

@@ -369,6 +369,9 @@ pub enum Reply {
         /// Where the next page starts.
         next: Option<(u64, u64)>,
     },
+    /// The call named a job or an engine this hub does not have: a mistake
+    /// in what was asked, not a failure of the hub (the CLI exits 2 for it).
+    NotFound(String),
 }
 
 impl Reply {

@@ -147,16 +147,12 @@ pub fn is_stdout_closed(error: &io::Error) -> bool {
 
 /// Whether a command failed because the hub knows no such job or engine
 /// as it was given: a mistake in what was asked (exit status 2, as for
-/// `zcluster results 99`), not a failure while doing it. The hub's refusal
-/// carries only its words, so they are what is matched.
+/// `zcluster results 99`), not a failure while doing it.
 pub fn asked_for_unknown(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<zcluster::hub::client::ClientError>(),
-            Some(zcluster::hub::client::ClientError::Refused(reason))
-                if ["no job ", "no running job ", "no engine "]
-                    .iter()
-                    .any(|prefix| reason.starts_with(prefix))
+            Some(zcluster::hub::client::ClientError::NotFound(_))
         )
     })
 }
@@ -219,7 +215,7 @@ pub fn job_reports(
 /// person's mistake: a usage error, not a failure of the hub.
 fn refusal_is_usage(error: ClientError) -> anyhow::Error {
     match error {
-        ClientError::Refused(reason) => UsageError(reason).into(),
+        ClientError::Refused(reason) | ClientError::NotFound(reason) => UsageError(reason).into(),
         error => error.into(),
     }
 }

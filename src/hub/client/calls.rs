@@ -60,7 +60,7 @@ impl HubClient {
 
     /// Every recorded task of `job`, read page by page so that a job of any
     /// size comes back in replies of bounded size. An unknown job is
-    /// [`ClientError::Refused`].
+    /// [`ClientError::NotFound`].
     pub fn results(
         &mut self,
         job: JobId,

@@ -278,7 +278,7 @@ impl<O: Outbox> Core<O> {
                         if let Some(missing) =
                             ids.iter().find(|id| !self.state.engines.contains_key(id))
                         {
-                            let error = Reply::Error(format!("no engine {missing}"));
+                            let error = Reply::NotFound(format!("no engine {missing}"));
                             self.outbox.reply(&client, request, &error);
                             return Ok(());
                         }
@@ -299,7 +299,7 @@ impl<O: Outbox> Core<O> {
                     .iter()
                     .find(|id| !self.state.engines.contains_key(id))
                 {
-                    let error = Reply::Error(format!("no engine {missing}"));
+                    let error = Reply::NotFound(format!("no engine {missing}"));
                     self.outbox.reply(&client, request, &error);
                     return Ok(());
                 }
@@ -436,7 +436,7 @@ impl<O: Outbox> Core<O> {
                 Some(recorded) => Reply::Error(format!(
                     "job {job} was closed already with {recorded} tasks, not {total}"
                 )),
-                None => Reply::Error(format!("no running job {job}")),
+                None => Reply::NotFound(format!("no running job {job}")),
             },
         })
     }
@@ -451,7 +451,7 @@ impl<O: Outbox> Core<O> {
         outstanding: Option<Vec<u64>>,
     ) -> Result<Reply, HubError> {
         let Some(record) = self.store.job(job_id)? else {
-            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+            return Ok(Reply::NotFound(format!("no job {job_id} in the store")));
         };
         let live = match self.state.jobs.get_mut(&job_id) {
             Some(job) => {
@@ -497,7 +497,7 @@ impl<O: Outbox> Core<O> {
             HashSet::new()
         };
         let Some(job) = self.state.jobs.get_mut(&job_id) else {
-            return Reply::Error(format!("no running job {job_id}"));
+            return Reply::NotFound(format!("no running job {job_id}"));
         };
         // Nothing more of it starts, retries included.
         job.halted = true;
@@ -554,7 +554,7 @@ impl<O: Outbox> Core<O> {
                 // Neither registered nor in the store: a typo, said as one
                 // (as `results` does for a job it has no record of).
                 Ok(0) if !self.state.engines.contains_key(&engine) => {
-                    return Reply::Error(format!(
+                    return Reply::NotFound(format!(
                         "no engine {engine} on this hub, and no task recorded for it"
                     ));
                 }
@@ -564,6 +564,7 @@ impl<O: Outbox> Core<O> {
         };
         match outcome {
             Ok(n) => Reply::Purged(n),
+            Err(e @ StoreError::UnknownJob(_)) => Reply::NotFound(e.to_string()),
             Err(e) => Reply::Error(e.to_string()),
         }
     }
@@ -577,7 +578,7 @@ impl<O: Outbox> Core<O> {
         ids: Option<Vec<u64>>,
     ) -> Result<Reply, HubError> {
         let Some(record) = self.store.job(job_id)? else {
-            return Ok(Reply::Error(format!("no job {job_id} in the store")));
+            return Ok(Reply::NotFound(format!("no job {job_id} in the store")));
         };
         // The client's ids are the store's seqs: map them to store task ids.
         let store_ids: Option<Vec<TaskId>> = match &ids {

@@ -137,7 +137,7 @@ impl<O: Outbox> Core<O> {
         status_only: bool,
     ) -> Result<Reply, HubError> {
         if self.store.job(job)?.is_none() {
-            return Ok(Reply::Error(format!("no job {job} in the store")));
+            return Ok(Reply::NotFound(format!("no job {job} in the store")));
         }
         let wanted: Option<HashSet<u64>> = ids.map(|ids| ids.into_iter().collect());
         // A few tasks of a large job: read only the seqs they span.
@@ -171,7 +171,7 @@ impl<O: Outbox> Core<O> {
         status_only: bool,
     ) -> Result<Reply, HubError> {
         if self.store.job(job)?.is_none() {
-            return Ok(Reply::Error(format!("no job {job} in the store")));
+            return Ok(Reply::NotFound(format!("no job {job} in the store")));
         }
         let filter = TaskFilter::Page {
             job,
