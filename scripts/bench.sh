@@ -22,10 +22,10 @@
 # stdout. Logs, the RESULT lines, the full micro benchmark output and the
 # table are kept in $BENCH_OUT (default target/bench).
 #
-# Usage: scripts/bench.sh            (about 5 minutes on the 2-core machine)
+# Usage: scripts/bench.sh            (about 30 minutes on the 2-core machine, 5 with SCALE=0)
 #        QUICK=1 scripts/bench.sh    (smaller sizes, one run each: a smoke test, ~1 minute)
 #        MEMORY=0 skips the peak-memory runs, MICRO=0 the micro benchmarks,
-#        SCALE=0 the scale runs (bench-scale.sh, ~20 minutes of the total);
+#        SCALE=0 the scale runs (bench-scale.sh: 1 M spawns alone take ~17 min);
 #        RUNS, COUNT, N, ... pass through to the scripts (see each one).
 source "$(dirname "$0")/common.sh"
 started=$(date +%s)
