@@ -35,12 +35,12 @@
 # Usage: scripts/bench-scale.sh   (ENGINE_COUNTS="10 100 1000",
 #        IDLE_SECONDS=20, TASKS=50000, MAP_COUNTS="100000 1000000";
 #        SCALE_ENGINES=0 or SCALE_MAP=0 skips a part;
-#        QUICK=1: 10 and 100 engines, 5 s idle, 10 k / 100 k inputs.)
+#        QUICK=1: 10 and 100 engines, 5 s idle, 2 k / 20 k inputs.)
 source "$(dirname "$0")/common.sh"
 ENGINE_COUNTS=${ENGINE_COUNTS:-$(sized "10 100 1000" "10 100")}
 IDLE_SECONDS=${IDLE_SECONDS:-$(sized 20 5)}
 TASKS=${TASKS:-$(sized 50000 10000)}
-MAP_COUNTS=${MAP_COUNTS:-$(sized "100000 1000000" "10000 100000")}
+MAP_COUNTS=${MAP_COUNTS:-$(sized "100000 1000000" "2000 20000")}
 ENGINES_PER_PROCESS=${ENGINES_PER_PROCESS:-250}
 # Every RESULT line is also kept for the table at the end.
 results=()
