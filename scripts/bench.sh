@@ -234,8 +234,10 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         for who in hub worker client; do
             a=$(get "scale.rss_${who}_$small") b=$(get "scale.rss_${who}_$large")
             r=$(quotient "$b" "$a")
+            v=$(verdict "$r" "<=" 1.10)
+            [ "$QUICK" = 1 ] && v="(quick)"
             row "$([ "$who" = hub ] && echo 8 || echo " ") map -- true, peak RSS, $who" "$(mib "$b") @$(count "$large")" \
-                "$(mib "$a") @$(count "$small")" "$r" "<= 1.10" "$(verdict "$r" "<=" 1.10)"
+                "$(mib "$a") @$(count "$small")" "$r" "<= 1.10" "$v"
         done
         beyond=$(get scale.store_bytes_beyond_input)
         row "  store bytes per task beyond its input" "$(printf '%.0f B' "$beyond")" \
