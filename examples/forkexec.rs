@@ -1,12 +1,16 @@
 //! The ceiling for command jobs: THREADS threads each running `true N` (or
-//! another program) with captured output, fork/exec/wait, until COUNT runs in
-//! all. Like `zcluster map -- true` and `parallel true`, each run gets its
-//! input as an argument (which matters: coreutils' `true` with an argument
-//! loads the locale to look for `--help`). `scripts/bench-map.sh` compares
-//! `zcluster map` against it.
+//! another program) spawned the way zcluster must spawn a task (a process
+//! group of its own, stdout and stderr captured) and waited for, until COUNT
+//! runs in all. With `process_group` and no `pre_exec` hook the standard
+//! library spawns with `posix_spawn` (a vfork-like clone), as zcluster's own
+//! spawn does (src/exec/spawn.rs). Like `zcluster map -- true` and
+//! `parallel true`, each run gets its input as an argument (which matters:
+//! coreutils' `true` with an argument loads the locale to look for
+//! `--help`). `scripts/bench-map.sh` compares `zcluster map` against it.
 //!
 //! Prints `forkexec COUNT THREADS SECONDS RUNS_PER_SECOND`.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,7 +43,10 @@ fn main() -> anyhow::Result<()> {
                     if n >= count {
                         return Ok(());
                     }
-                    Command::new(&program).arg((n + 1).to_string()).output()?;
+                    Command::new(&program)
+                        .arg((n + 1).to_string())
+                        .process_group(0)
+                        .output()?;
                 }
             })
         })

@@ -384,3 +384,118 @@ fn an_engine_refused_at_registration_tries_again() {
     let exit = join_within(engine, Duration::from_secs(20));
     assert!(exit.is_ok(), "{exit:?}");
 }
+
+/// An engine answers the hub's heartbeat with its own at once, rather
+/// than on a timer of its own, so a hub with a thousand engines reads their
+/// heartbeats in a few bursts after each of its beats instead of waking for
+/// each one through the period. The hub here is a signed ROUTER playing
+/// one: it beats twice, 0.6 s apart, with a period of 1 s; an engine that
+/// answers sends two heartbeats within 0.9 s, one that beats on its own
+/// timer only one (and that one as it starts).
+#[test]
+fn an_engine_answers_the_hubs_heartbeat_at_once() {
+    let ctx = zmq::Context::new();
+    let key_hex = ConnectionInfo::new_key().unwrap();
+    let keys = CurveKeys::derive(&key_hex).unwrap();
+    let _zap = ZapHandler::start(&ctx, &keys).unwrap();
+    let mut router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    curve::server(&mut router, &keys).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let connection = ConnectionInfo {
+        engines: router.get_last_endpoint().unwrap().unwrap(),
+        clients: "tcp://127.0.0.1:9".into(),
+        notifications: "tcp://127.0.0.1:9".into(),
+        key: key_hex,
+        store: ":memory:".into(),
+        curve: keys,
+    };
+    let mut hub = SignedSocket::hub(
+        router,
+        &connection.signing_key().unwrap(),
+        Channel::HubToEngine,
+        Channel::EngineToHub,
+        5,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        let options = EngineOptions {
+            connection,
+            slots: 1,
+            misses: DEFAULT_MISSES,
+            handlers: BTreeMap::new(),
+            origin: None,
+            end_at: None,
+            resources: None,
+            pin: false,
+        };
+        thread::spawn(move || run_engine(&ctx, &options, &stop))
+    };
+    let control = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 0,
+    };
+    // Hello, then the registration.
+    let identity = loop {
+        assert!(
+            hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
+            "no registration within 10 s"
+        );
+        let (identity, envelope) = hub.recv_routed(0).unwrap();
+        let envelope = envelope.unwrap();
+        if envelope.header.kind == MessageKind::Hello {
+            hub.welcome(&identity, envelope.header.id).unwrap();
+            continue;
+        }
+        let message = envelope.control::<EngineMessage>().unwrap();
+        assert!(
+            matches!(message, EngineMessage::Register { .. }),
+            "{message:?}"
+        );
+        break identity;
+    };
+    let period = Duration::from_secs(1);
+    let welcome = HubToEngine::Registered {
+        engine: 1,
+        heartbeat: period,
+        max_message: 1 << 20,
+    };
+    hub.send_routed(&identity, &control, &welcome).unwrap();
+    let start = Instant::now();
+    hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+        .unwrap();
+    let second_beat = start + Duration::from_millis(600);
+    let window_end = start + Duration::from_millis(900);
+    let (mut beaten_again, mut heartbeats) = (false, 0);
+    while Instant::now() < window_end {
+        if !beaten_again && Instant::now() >= second_beat {
+            hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+                .unwrap();
+            beaten_again = true;
+        }
+        let until = if beaten_again {
+            window_end
+        } else {
+            second_beat
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        if hub
+            .socket()
+            .poll(zmq::POLLIN, wait.as_millis() as i64)
+            .unwrap()
+            == 0
+        {
+            continue;
+        }
+        let (_, envelope) = hub.recv_routed(0).unwrap();
+        if envelope.unwrap().control::<EngineMessage>().unwrap() == EngineMessage::Heartbeat {
+            heartbeats += 1;
+        }
+    }
+    assert_eq!(heartbeats, 2, "one heartbeat per beat of the hub");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let exit = join_within(engine, Duration::from_secs(20));
+    assert!(exit.is_ok(), "{exit:?}");
+}

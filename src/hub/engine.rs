@@ -183,6 +183,8 @@ struct Engine<'a> {
     handled: u64,
     busy: Duration,
     next_beat: Instant,
+    /// When this engine last sent a heartbeat (see `on_hub_heartbeat`).
+    beat_sent: Instant,
     /// The engine id the slots give their tasks (`ZCLUSTER_ENGINE`).
     engine_id: Arc<AtomicU64>,
 }
@@ -265,6 +267,10 @@ impl<'a> Engine<'a> {
         );
         let conn = connect(ctx, options, &identity.name, &register, stop)?;
         engine_id.store(conn.engine.unwrap_or(0), Ordering::Relaxed);
+        // As if a period ago: the hub's first beat gets an answer.
+        let beat_sent = Instant::now()
+            .checked_sub(conn.heartbeat)
+            .unwrap_or_else(Instant::now);
         Ok(Engine {
             ctx,
             options,
@@ -285,6 +291,7 @@ impl<'a> Engine<'a> {
             handled: 0,
             busy: Duration::ZERO,
             next_beat: Instant::now(),
+            beat_sent,
             engine_id,
         })
     }
@@ -431,9 +438,13 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Heartbeats, and gives up on a hub that stopped answering.
+    /// Heartbeats if the hub's own heartbeats have not had one sent
+    /// lately (see [`on_hub_heartbeat`](Self::on_hub_heartbeat)), and
+    /// gives up on a hub that stopped answering.
     fn on_heartbeat_due(&mut self) -> Flow {
-        send_control(&self.conn.link.socket, &EngineMessage::Heartbeat);
+        if self.beat_sent.elapsed() >= self.conn.heartbeat + self.conn.heartbeat / 2 {
+            self.send_heartbeat();
+        }
         self.next_beat = Instant::now() + self.conn.heartbeat;
         // A leaving engine (kill or restart acknowledged) does not chase a
         // hub that shut down: it finishes its tasks and exits.
@@ -444,6 +455,25 @@ impl<'a> Engine<'a> {
             return Flow::Reconnect("the hub stopped answering");
         }
         Flow::Go
+    }
+
+    /// Answers the hub's heartbeat with this engine's own (unless one went
+    /// less than half a period ago). So every engine beats just after the
+    /// hub's beat to all of them, and the hub reads the answers in a few
+    /// bursts rather than waking once per engine through the period: with
+    /// a thousand engines each beating on its own timer, those wake-ups
+    /// cost the hub more than the messages themselves. An engine that
+    /// hears no beat still sends one every one and a half periods
+    /// (`on_heartbeat_due`), inside the hub's limit of `heartbeat_misses`.
+    fn on_hub_heartbeat(&mut self) {
+        if self.beat_sent.elapsed() >= self.conn.heartbeat / 2 {
+            self.send_heartbeat();
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        send_control(&self.conn.link.socket, &EngineMessage::Heartbeat);
+        self.beat_sent = Instant::now();
     }
 
     /// Sends the hub every result the slots have, and keeps them a while
@@ -549,7 +579,7 @@ impl<'a> Engine<'a> {
                 }
             }
             MessageKind::Control => match envelope.control::<HubToEngine>() {
-                Ok(HubToEngine::Heartbeat) => {}
+                Ok(HubToEngine::Heartbeat) => self.on_hub_heartbeat(),
                 Ok(HubToEngine::CancelJob { job }) => {
                     info!(job, "cancelling a job's tasks");
                     self.flags.cancel_job(job);

@@ -36,6 +36,7 @@
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -171,6 +172,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             .get(id)
             .is_some_and(|j| j.request.is_some() && !j.queue.is_empty() && !j.halted)
     });
+    state.open.extend(state.freed.iter().copied());
     merge_freed(state);
     let mut idle_turns = 0;
     while idle_turns < state.turns.len() {
@@ -220,8 +222,18 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
                 .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
         // The engine with the most room (for a request: where all of it
         // is free, the one with the most cores free, from this call's
-        // candidates; a retry looks at every engine).
+        // candidates; a retry looks at every engine; without prefetch,
+        // among the open engines).
         let engine = match &request {
+            None if depth == 1 && failed_on.is_empty() => {
+                let chosen = most_room_open(
+                    &mut state.open,
+                    &state.engines,
+                    state.most_slots,
+                    (&job.kind, job_id),
+                );
+                chosen.and_then(|id| state.engines.get_mut(&id))
+            }
             Some(r) if failed_on.is_empty() => {
                 let candidates = state
                     .fitting
@@ -363,6 +375,44 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         });
     }
     plan
+}
+
+/// Among the `open` engines (see [`State::open`]), the one with the most
+/// free slots that can run a task of `job` (its kind and id), dropping
+/// those found full; the search ends at an engine with `most_slots` free
+/// ([`State::most_slots`]), as none can have more.
+fn most_room_open(
+    open: &mut BTreeSet<EngineId>,
+    engines: &HashMap<EngineId, Engine>,
+    most_slots: u32,
+    (kind, job_id): (&JobKind, JobId),
+) -> Option<EngineId> {
+    let mut full = Vec::new();
+    let mut best: Option<(u32, EngineId)> = None;
+    for &id in open.iter() {
+        let Some(engine) = engines.get(&id) else {
+            full.push(id);
+            continue;
+        };
+        let room = engine.free(1);
+        if room == 0 {
+            full.push(id);
+            continue;
+        }
+        if !(engine.can_run(kind) && engine.open_to(job_id)) {
+            continue;
+        }
+        if best.is_none_or(|(most, _)| room > most) {
+            best = Some((room, id));
+            if room >= most_slots {
+                break;
+            }
+        }
+    }
+    for id in full {
+        open.remove(&id);
+    }
+    best.map(|(_, id)| id)
 }
 
 /// Starts a second copy of each straggler on an idle slot of another

@@ -3,7 +3,7 @@
 //! and no store in it, so the scheduler (see [`scheduler`](super::scheduler))
 //! and its tests work on it alone.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -406,6 +406,16 @@ pub(super) struct State {
     /// Per job with a request: the engines it may fit (see
     /// [`Candidates`]), kept between the scheduler's runs.
     pub(super) fitting: HashMap<JobId, Candidates>,
+    /// Every engine with a free slot, and maybe some without: a task
+    /// without a request looks for its engine here rather than among all
+    /// of them, which with a thousand one-slot engines, nearly all busy,
+    /// cost a scan of every engine per task. An engine's room only grows
+    /// where it is pushed on [`freed`](Self::freed), from which the
+    /// scheduler adds it here; the scheduler drops those it finds full.
+    pub(super) open: BTreeSet<EngineId>,
+    /// The most slots any engine registered with: an open engine with that
+    /// many free has the most room there can be, and ends the search.
+    pub(super) most_slots: u32,
 }
 
 /// The engines a job's request may fit, the likeliest first: built by a
@@ -432,6 +442,8 @@ impl Default for State {
             reserve_after: RESERVE_AFTER,
             freed: Vec::new(),
             fitting: HashMap::new(),
+            open: BTreeSet::new(),
+            most_slots: 0,
         }
     }
 }
@@ -449,6 +461,7 @@ impl State {
         engine.slots = engine.slots.max(1);
         self.by_identity.insert(engine.identity.clone(), engine.id);
         self.total_slots += engine.slots as usize;
+        self.most_slots = self.most_slots.max(engine.slots);
         self.freed.push(engine.id);
         self.engines.insert(engine.id, engine);
     }

@@ -354,3 +354,47 @@ fn a_job_that_may_halt_is_never_prefetched_and_a_halted_one_gets_nothing() {
     assert!(dispatch(&mut state, Instant::now()).is_empty());
     assert_eq!(held(&state, 1), 1);
 }
+
+/// With many one-slot engines all busy, a task looks only at those with a
+/// free slot (`State::open`), not at every engine: the full ones are
+/// dropped as they are found, and one freed by a result is found again.
+#[test]
+fn a_task_looks_only_at_engines_with_room() {
+    let mut state = State::default();
+    for id in 1..=100 {
+        engine(&mut state, id, 1);
+    }
+    // No more tasks than slots: no prefetch, one task per engine.
+    job(&mut state, 7, 100, None);
+    let plan = dispatch(&mut state, Instant::now());
+    assert_eq!(plan.iter().map(|a| a.tasks.len()).sum::<usize>(), 100);
+    // Task 101 waits; the scheduler has seen that every engine is full.
+    let j = state.jobs.get_mut(&7).expect("job");
+    j.put(101, Task::new(101, vec![0u8; 8], 0));
+    j.queue.push_back(101);
+    state.take_turn(7);
+    assert!(dispatch(&mut state, Instant::now()).is_empty());
+    assert!(state.open.is_empty(), "{:?}", state.open);
+    // A result frees the slot of task 42's engine: it, and only it, is
+    // looked at (and stays listed until a search finds it full again).
+    let on = state.jobs[&7].tasks[&42].engine.expect("running");
+    finish(&mut state, 7, 42);
+    assert_eq!(
+        placed(&dispatch(&mut state, Instant::now())),
+        [(on, 7, 101)]
+    );
+    assert!(state.open.iter().all(|&id| id == on), "{:?}", state.open);
+}
+
+/// Among the open engines the one with the most room still wins, wherever
+/// it comes in their order.
+#[test]
+fn the_open_engine_with_the_most_room_wins() {
+    let mut state = State::default();
+    engine(&mut state, 1, 1);
+    engine(&mut state, 2, 4);
+    engine(&mut state, 3, 2);
+    // One task: no backlog, no prefetch.
+    job(&mut state, 7, 1, None);
+    assert_eq!(placed(&dispatch(&mut state, Instant::now())), [(2, 7, 1)]);
+}
