@@ -1,6 +1,7 @@
 //! Does watching a hub slow it? No-op tasks through an embedded hub over
 //! TCP (as `examples/hub_throughput.rs --tcp`), in rounds that alternate,
-//! in the same run, between nobody watching and three watchers attached:
+//! in the same run, between nobody watching and three watchers attached
+//! (each pair of rounds in turn the other way round):
 //! `zcluster dashboard` with a page's live stream read, `zcluster status
 //! --watch` drawing on a terminal (a tmux pane of 160×50), and `zcluster
 //! events`. Each watcher asks the hub every second, as by default.
@@ -270,26 +271,38 @@ fn main() -> anyhow::Result<()> {
     round(&mut client, args.count / 10)?;
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let (mut own_without, mut own_with) = (Vec::new(), Vec::new());
+    // Each pair of rounds in turn the other way round (without then with,
+    // with then without, ...): the store grows by a round's tasks at each
+    // round, so a fixed order would charge that growth to one side.
     for n in 0..args.rounds {
-        let Measured { rate, own, .. } = measured_round(&mut client, args.count, &[])?;
-        println!("watched {n} no {} {:.0}", args.count, rate);
-        println!("cpu {n} no own-us-per-task {own:.2}");
-        without.push(rate);
-        own_without.push(own);
-        let watchers = Watchers::attach(&args.zcluster, &file)?;
-        // Let them connect and draw once before the round starts.
-        std::thread::sleep(Duration::from_secs(2));
-        let others = watcher_pids(&watchers)?;
-        let Measured { rate, own, theirs } = measured_round(&mut client, args.count, &others)?;
-        println!("watched {n} yes {} {:.0}", args.count, rate);
-        let theirs: Vec<String> = theirs
-            .iter()
-            .map(|(name, ms)| format!("{name}-ms-per-s {ms:.1}"))
-            .collect();
-        println!("cpu {n} yes own-us-per-task {own:.2} {}", theirs.join(" "));
-        with.push(rate);
-        own_with.push(own);
-        drop(watchers);
+        for watched in if n % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            if !watched {
+                let Measured { rate, own, .. } = measured_round(&mut client, args.count, &[])?;
+                println!("watched {n} no {} {:.0}", args.count, rate);
+                println!("cpu {n} no own-us-per-task {own:.2}");
+                without.push(rate);
+                own_without.push(own);
+                continue;
+            }
+            let watchers = Watchers::attach(&args.zcluster, &file)?;
+            // Let them connect and draw once before the round starts.
+            std::thread::sleep(Duration::from_secs(2));
+            let others = watcher_pids(&watchers)?;
+            let Measured { rate, own, theirs } = measured_round(&mut client, args.count, &others)?;
+            println!("watched {n} yes {} {:.0}", args.count, rate);
+            let theirs: Vec<String> = theirs
+                .iter()
+                .map(|(name, ms)| format!("{name}-ms-per-s {ms:.1}"))
+                .collect();
+            println!("cpu {n} yes own-us-per-task {own:.2} {}", theirs.join(" "));
+            with.push(rate);
+            own_with.push(own);
+            drop(watchers);
+        }
     }
     println!("watched-ratio {:.3}", median(with) / median(without));
     println!(
