@@ -108,10 +108,14 @@ fn a_worker_with_an_end_time_20s_away_drains_and_no_task_is_cut() {
             "{record}"
         );
     }
+    // It holds at most its slots times the hub's prefetch depth (2 for
+    // tasks of a second): 4 tasks. Near its end it starts none that would
+    // not finish in time, and the hub keeps its queue full until it says
+    // it drains, so up to all 4 may go back unstarted.
     let rerun = records.iter().filter(|r| r["attempts"] != 1).count();
     assert!(
-        rerun <= 2,
-        "at most the tasks it held unstarted ran again: {records:?}"
+        rerun <= 4,
+        "at most the tasks it could hold unstarted ran again: {records:?}"
     );
 }
 
