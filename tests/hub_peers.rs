@@ -13,12 +13,15 @@ use zcluster::hub::client::{HubClient, JobHandle, JobOptions};
 use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::curve::{self, CurveKeys, ZapHandler};
 use zcluster::hub::embedded::EmbeddedCluster;
-use zcluster::hub::engine::{run_engine, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY};
+use zcluster::hub::engine::{
+    run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
+};
 use zcluster::hub::protocol::{EngineMessage, HubToEngine, JobKind};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
 use zcluster::message::{
     ClusterRequest, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
 };
+use zcluster::worker::WorkerExit;
 
 use crate::common::join_within;
 use crate::common::say_hello;
@@ -286,6 +289,89 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
     ));
 }
 
+/// A signed ROUTER on loopback playing a hub, and a real one-slot engine
+/// connected to it on a thread of its own, stopped by `stop`.
+struct PlayedHub {
+    ctx: zmq::Context,
+    zap: ZapHandler,
+    hub: SignedSocket,
+    stop: Arc<AtomicBool>,
+    engine: thread::JoinHandle<Result<WorkerExit, EngineError>>,
+}
+
+impl PlayedHub {
+    fn with_an_engine() -> Self {
+        let ctx = zmq::Context::new();
+        let key_hex = ConnectionInfo::new_key().unwrap();
+        let keys = CurveKeys::derive(&key_hex).unwrap();
+        let zap = ZapHandler::start(&ctx, &keys).unwrap();
+        let mut router = ctx.socket(zmq::ROUTER).unwrap();
+        router.set_linger(0).unwrap();
+        curve::server(&mut router, &keys).unwrap();
+        router.bind("tcp://127.0.0.1:*").unwrap();
+        let connection = ConnectionInfo {
+            engines: router.get_last_endpoint().unwrap().unwrap(),
+            clients: "tcp://127.0.0.1:9".into(),
+            notifications: "tcp://127.0.0.1:9".into(),
+            key: key_hex,
+            store: ":memory:".into(),
+            curve: keys,
+        };
+        let hub = SignedSocket::hub(
+            router,
+            &connection.signing_key().unwrap(),
+            Channel::HubToEngine,
+            Channel::EngineToHub,
+            5,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            let options = EngineOptions {
+                connection,
+                slots: 1,
+                misses: DEFAULT_MISSES,
+                handlers: BTreeMap::new(),
+                origin: None,
+                end_at: None,
+                resources: None,
+                pin: false,
+            };
+            thread::spawn(move || run_engine(&ctx, &options, &stop))
+        };
+        PlayedHub {
+            ctx,
+            zap,
+            hub,
+            stop,
+            engine,
+        }
+    }
+}
+
+/// The identity of the engine's next registration, each connection's
+/// hello welcomed first (bounded: 10 s).
+fn next_registration(hub: &mut SignedSocket) -> Vec<u8> {
+    let (identity, envelope) = loop {
+        assert!(
+            hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
+            "no registration within 10 s"
+        );
+        let (identity, envelope) = hub.recv_routed(0).unwrap();
+        let envelope = envelope.unwrap();
+        if envelope.header.kind != MessageKind::Hello {
+            break (identity, envelope);
+        }
+        hub.welcome(&identity, envelope.header.id).unwrap();
+    };
+    let message = envelope.control::<EngineMessage>().unwrap();
+    assert!(
+        matches!(message, EngineMessage::Register { .. }),
+        "{message:?}"
+    );
+    identity
+}
+
 /// What a hub refuses a registration for passes (its store failing, an
 /// identity it still holds for an old connection), so an engine refused
 /// while connecting says why and registers again on a fresh connection,
@@ -294,77 +380,25 @@ fn what_the_hub_signs_for_one_engine_no_other_engine_takes() {
 /// fails.
 #[test]
 fn an_engine_refused_at_registration_tries_again() {
-    let ctx = zmq::Context::new();
-    let key_hex = ConnectionInfo::new_key().unwrap();
-    let keys = CurveKeys::derive(&key_hex).unwrap();
-    let _zap = ZapHandler::start(&ctx, &keys).unwrap();
-    let mut router = ctx.socket(zmq::ROUTER).unwrap();
-    router.set_linger(0).unwrap();
-    curve::server(&mut router, &keys).unwrap();
-    router.bind("tcp://127.0.0.1:*").unwrap();
-    let engines = router.get_last_endpoint().unwrap().unwrap();
-    let connection = ConnectionInfo {
-        engines,
-        clients: "tcp://127.0.0.1:9".into(),
-        notifications: "tcp://127.0.0.1:9".into(),
-        key: key_hex,
-        store: ":memory:".into(),
-        curve: keys,
-    };
-    let mut hub = SignedSocket::hub(
-        router,
-        &connection.signing_key().unwrap(),
-        Channel::HubToEngine,
-        Channel::EngineToHub,
-        5,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let engine = {
-        let (ctx, stop) = (ctx.clone(), stop.clone());
-        let options = EngineOptions {
-            connection,
-            slots: 1,
-            misses: DEFAULT_MISSES,
-            handlers: BTreeMap::new(),
-            origin: None,
-            end_at: None,
-            resources: None,
-            pin: false,
-        };
-        thread::spawn(move || run_engine(&ctx, &options, &stop))
-    };
-    let registration = |hub: &mut SignedSocket| {
-        // Each connection says hello first, and registers once welcomed.
-        let (identity, envelope) = loop {
-            assert!(
-                hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
-                "no registration within 10 s"
-            );
-            let (identity, envelope) = hub.recv_routed(0).unwrap();
-            let envelope = envelope.unwrap();
-            if envelope.header.kind != MessageKind::Hello {
-                break (identity, envelope);
-            }
-            hub.welcome(&identity, envelope.header.id).unwrap();
-        };
-        let message = envelope.control::<EngineMessage>().unwrap();
-        assert!(
-            matches!(message, EngineMessage::Register { .. }),
-            "{message:?}"
-        );
-        identity
-    };
+    // The context and the ZAP handler are bound first, so dropped last.
+    let PlayedHub {
+        ctx: _ctx,
+        zap: _zap,
+        mut hub,
+        stop,
+        engine,
+    } = PlayedHub::with_an_engine();
     let header = Header {
         kind: MessageKind::Control,
         job: 0,
         id: 0,
     };
-    let first = registration(&mut hub);
+    let first = next_registration(&mut hub);
     let refusal = HubToEngine::Refused {
         reason: "the task store is locked".into(),
     };
     hub.send_routed(&first, &header, &refusal).unwrap();
-    let second = registration(&mut hub);
+    let second = next_registration(&mut hub);
     assert_ne!(first, second, "a fresh connection, under a new identity");
     let welcome = HubToEngine::Registered {
         engine: 7,
@@ -394,68 +428,20 @@ fn an_engine_refused_at_registration_tries_again() {
 /// timer only one (and that one as it starts).
 #[test]
 fn an_engine_answers_the_hubs_heartbeat_at_once() {
-    let ctx = zmq::Context::new();
-    let key_hex = ConnectionInfo::new_key().unwrap();
-    let keys = CurveKeys::derive(&key_hex).unwrap();
-    let _zap = ZapHandler::start(&ctx, &keys).unwrap();
-    let mut router = ctx.socket(zmq::ROUTER).unwrap();
-    router.set_linger(0).unwrap();
-    curve::server(&mut router, &keys).unwrap();
-    router.bind("tcp://127.0.0.1:*").unwrap();
-    let connection = ConnectionInfo {
-        engines: router.get_last_endpoint().unwrap().unwrap(),
-        clients: "tcp://127.0.0.1:9".into(),
-        notifications: "tcp://127.0.0.1:9".into(),
-        key: key_hex,
-        store: ":memory:".into(),
-        curve: keys,
-    };
-    let mut hub = SignedSocket::hub(
-        router,
-        &connection.signing_key().unwrap(),
-        Channel::HubToEngine,
-        Channel::EngineToHub,
-        5,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let engine = {
-        let (ctx, stop) = (ctx.clone(), stop.clone());
-        let options = EngineOptions {
-            connection,
-            slots: 1,
-            misses: DEFAULT_MISSES,
-            handlers: BTreeMap::new(),
-            origin: None,
-            end_at: None,
-            resources: None,
-            pin: false,
-        };
-        thread::spawn(move || run_engine(&ctx, &options, &stop))
-    };
+    // The context and the ZAP handler are bound first, so dropped last.
+    let PlayedHub {
+        ctx: _ctx,
+        zap: _zap,
+        mut hub,
+        stop,
+        engine,
+    } = PlayedHub::with_an_engine();
     let control = Header {
         kind: MessageKind::Control,
         job: 0,
         id: 0,
     };
-    // Hello, then the registration.
-    let identity = loop {
-        assert!(
-            hub.socket().poll(zmq::POLLIN, 10_000).unwrap() > 0,
-            "no registration within 10 s"
-        );
-        let (identity, envelope) = hub.recv_routed(0).unwrap();
-        let envelope = envelope.unwrap();
-        if envelope.header.kind == MessageKind::Hello {
-            hub.welcome(&identity, envelope.header.id).unwrap();
-            continue;
-        }
-        let message = envelope.control::<EngineMessage>().unwrap();
-        assert!(
-            matches!(message, EngineMessage::Register { .. }),
-            "{message:?}"
-        );
-        break identity;
-    };
+    let identity = next_registration(&mut hub);
     let period = Duration::from_secs(1);
     let welcome = HubToEngine::Registered {
         engine: 1,
