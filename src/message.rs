@@ -23,7 +23,7 @@
 //! the signature is checked before the header is decoded, so nothing from a
 //! peer without the key reaches a decoder.
 //!
-//! One file (about 800 lines) for the records and how they are sent and
+//! One file (about 850 lines of code) for the records and how they are sent and
 //! received, so the wire format is read in one place; the frame's layout is
 //! `message/frame.rs`, the signed socket `message/signed.rs`.
 //!

@@ -4,7 +4,7 @@
 //! (`client/batch.rs`), and the [`map::Backend`](crate::map::Backend)
 //! that runs `zcluster map --hub` (`client/backend.rs`).
 //!
-//! This file (about 850 lines) is the connection and the job handle, which
+//! This file (about 900 lines of code) is the connection and the job handle, which
 //! share its reconnect and reattach logic and so stay together.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

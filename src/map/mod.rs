@@ -9,7 +9,7 @@
 //! and engine embedded in this process
 //! ([`EmbeddedCluster`](crate::hub::embedded::EmbeddedCluster)).
 //!
-//! One file on purpose (about 900 lines): the map's loop and the types it
+//! One file on purpose (about 900 lines of code): the map's loop and the types it
 //! hands out (options, halt rules, records, summary, the reorder buffer)
 //! are one mechanism a reader follows top to bottom; the template, the
 //! chunk runner (`exec::chunk`) and the backends live elsewhere.
