@@ -35,8 +35,11 @@ pub struct DurationFold {
     unfinished: BTreeSet<u64>,
     /// Tasks seen, finished or not.
     seen: u64,
-    /// Tasks counted in `counts`.
-    finished: u64,
+    /// The job's stored and finished task counts at the last refresh, as
+    /// `zcluster status` gave them: they only grow, unless a resubmit or a
+    /// purge took some back. (The fold's own counts cannot tell: the status
+    /// the dashboard holds is up to a poll older than what the fold read.)
+    last_counts: (u64, u64),
     counts: Vec<u64>,
 }
 
@@ -46,7 +49,7 @@ impl Default for DurationFold {
             next_id: 0,
             unfinished: BTreeSet::new(),
             seen: 0,
-            finished: 0,
+            last_counts: (0, 0),
             counts: vec![0; BUCKETS],
         }
     }
@@ -73,8 +76,9 @@ fn lower_bound(index: usize) -> f64 {
 impl DurationFold {
     /// Brings the fold up to date with the hub's record of `job`, which
     /// holds `stored` tasks (`zcluster status`'s pending, running, done and
-    /// failed together). Its tasks' counts going down means some were run
-    /// again (a resubmit): the fold starts over.
+    /// failed together), `finished` of them finished. Those counts going
+    /// down means tasks were run again (a resubmit) or purged: the fold
+    /// starts over.
     pub fn refresh(
         &mut self,
         client: &mut HubClient,
@@ -82,9 +86,10 @@ impl DurationFold {
         stored: u64,
         finished: u64,
     ) -> Result<(), ClientError> {
-        if finished < self.finished || stored < self.seen {
+        if stored < self.last_counts.0 || finished < self.last_counts.1 {
             *self = DurationFold::default();
         }
+        self.last_counts = (stored, finished);
         let again: Vec<u64> = self.unfinished.iter().copied().collect();
         for ids in again.chunks(IDS_PER_CALL as usize) {
             for report in client.results_of(job, ids.to_vec(), true)? {
@@ -106,7 +111,10 @@ impl DurationFold {
         }
         if self.seen < stored {
             // Ids with gaps (or not in order): read the whole job once.
-            *self = DurationFold::default();
+            *self = DurationFold {
+                last_counts: self.last_counts,
+                ..DurationFold::default()
+            };
             let mut top = None;
             client.each_result(job, true, |report| {
                 top = top.max(Some(report.id));
@@ -127,7 +135,6 @@ impl DurationFold {
     }
 
     fn count(&mut self, report: &TaskReport) {
-        self.finished += 1;
         let took = match (report.started, report.completed) {
             (Some(started), Some(completed)) => completed.duration_since(started).ok(),
             _ => None,
