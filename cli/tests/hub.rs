@@ -1378,6 +1378,57 @@ fn map_attach_carries_on_a_job_whose_client_died() {
     );
 }
 
+/// The same refusal while the inputs trickle in (a FIFO written a line
+/// every 100 ms): the job's recorded results are ready long before the
+/// inputs end, and still none is printed before the map knows the inputs
+/// are too short.
+#[test]
+fn a_refused_attach_prints_nothing_while_its_inputs_trickle_in() {
+    let hub = Hub::start();
+    let _workers = hub.workers(1, 2);
+    let (inputs, _) = numbered_inputs(hub.dir(), "all", "a", 10);
+    let mut args = vec![inputs.to_str().unwrap().to_string()];
+    args.extend(slow_echo("0.01"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = hub
+        .cmd("map")
+        .args(&args)
+        .timeout(FAIL_AFTER)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let job = job_of(&output);
+
+    let fifo = hub.dir().join("slow-inputs");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut file = OpenOptions::new().write(true).open(&fifo).unwrap();
+            for n in 1..=4 {
+                writeln!(file, "a{n}").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut short = vec![fifo.to_str().unwrap().to_string()];
+    short.extend(slow_echo("0.01"));
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let (status, refused) = attach_map(&hub, "trickle", job, &short);
+    writer.join().unwrap();
+    let said = refused.stderr();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the inputs end after 4 tasks, but job") && said.contains("has 10 recorded"),
+        "{said}"
+    );
+    assert_eq!(refused.stdout(), "", "a refused attach printed results");
+}
+
 /// `zcluster map --hub H --attach JOB ARGS`, run to the end.
 fn attach_map(hub: &Hub, name: &str, job: u64, args: &[&str]) -> (ExitStatus, MapRun) {
     let mut attach = vec!["--attach".to_string(), job.to_string()];

@@ -307,6 +307,13 @@ pub trait Backend {
         let _ = chunks;
         Ok(())
     }
+    /// Whether the inputs may yet end too soon for this backend (see
+    /// [`end_of_inputs`](Self::end_of_inputs)): the map then reads them
+    /// before it hands out any result, as far as its window lets it, so a
+    /// refused map prints nothing.
+    fn awaits_end_of_inputs(&self) -> bool {
+        false
+    }
 }
 
 /// What a map did, for the summary line and the exit status.
@@ -530,6 +537,17 @@ where
         }
         if outstanding.is_empty() {
             // Nothing runs: wait for the input itself.
+            reader.wait(IDLE_POLL);
+            continue;
+        }
+        // Inputs that may yet end too soon for the backend are read first
+        // (as far as the reader may run ahead): an error then comes before
+        // any output.
+        if starved
+            && !exhausted
+            && backend.awaits_end_of_inputs()
+            && next_seq - order.oldest(next_seq) < ahead
+        {
             reader.wait(IDLE_POLL);
             continue;
         }

@@ -231,6 +231,14 @@ impl Backend for HubBackend {
         self.handle.cancel(&mut self.client, true)
     }
 
+    /// Attached to a recorded job with inputs that must be as long: until
+    /// they reach its recorded tasks, they may still end too soon.
+    fn awaits_end_of_inputs(&self) -> bool {
+        self.attached
+            .is_some_and(|a| a.length == AttachLength::Same)
+            && self.submitted < self.handle.known()
+    }
+
     fn end_of_inputs(&mut self, chunks: u64) -> Result<(), MapError> {
         let recorded = self.handle.known();
         let same = self
