@@ -5,7 +5,7 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::finished::FinishedCounts;
+use super::counts::JobCounts;
 use super::state::{ignored, Change, Outcome, Progress};
 use super::types::{Selection, TaskRange, FIRST_ID};
 use super::{
@@ -24,8 +24,8 @@ pub struct MemoryStore {
     next_task: u64,
     jobs: BTreeMap<JobId, MemoryJob>,
     tasks: HashMap<TaskId, MemoryTask>,
-    /// Finished jobs' counts, not counted again at every status.
-    finished: FinishedCounts,
+    /// Each job's tasks by state, moved as they change.
+    counts: JobCounts,
 }
 
 /// One task: what it was recorded with, and how far it got.
@@ -93,7 +93,7 @@ impl MemoryStore {
             next_task: FIRST_ID,
             jobs: BTreeMap::new(),
             tasks: HashMap::new(),
-            finished: FinishedCounts::default(),
+            counts: JobCounts::default(),
         }
     }
 
@@ -110,7 +110,16 @@ impl MemoryStore {
     fn change(&mut self, task: TaskId, change: MemoryChange) {
         let event = change.event();
         let refused = match self.tasks.get_mut(&task) {
-            Some(t) => t.progress.apply(change).err().map(|r| Some(r.state)),
+            Some(t) => {
+                let from = t.progress.state;
+                match t.progress.apply(change) {
+                    Ok(()) => {
+                        self.counts.moved(t.job, Some(from), Some(t.progress.state));
+                        None
+                    }
+                    Err(refused) => Some(Some(refused.state)),
+                }
+            }
             None => Some(None),
         };
         if let Some(state) = refused {
@@ -176,13 +185,14 @@ impl Store for MemoryStore {
                 tasks: BTreeSet::new(),
             },
         );
+        self.counts.add_job(job);
         Ok(())
     }
 
     fn set_job_total(&mut self, job: JobId, total: u64) -> Result<(), StoreError> {
         let entry = self.jobs.get_mut(&job).ok_or(StoreError::UnknownJob(job))?;
         entry.record.total = Some(total);
-        self.finished.forget(job);
+        self.counts.set_total(job, total);
         Ok(())
     }
 
@@ -196,12 +206,8 @@ impl Store for MemoryStore {
                 return Err(StoreError::DuplicateTask(task.id));
             }
         }
-        let mut forgotten = None;
         for task in tasks {
-            if forgotten != Some(task.job) {
-                self.finished.forget(task.job);
-                forgotten = Some(task.job);
-            }
+            self.counts.moved(task.job, None, Some(TaskState::Pending));
             if let Some(job) = self.jobs.get_mut(&task.job) {
                 job.tasks.insert((task.seq, task.id));
             }
@@ -281,34 +287,7 @@ impl Store for MemoryStore {
     }
 
     fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
-        let counted = self
-            .jobs
-            .values()
-            .filter(|job| !self.finished.contains(job.record.id))
-            .map(|job| {
-                let mut summary = JobSummary {
-                    id: job.record.id,
-                    submitted: job.record.submitted,
-                    client: job.record.client.clone(),
-                    total: job.record.total,
-                    pending: 0,
-                    running: 0,
-                    ok: 0,
-                    failed: 0,
-                };
-                for (_, id) in &job.tasks {
-                    match self.tasks.get(id).map(|t| t.progress.state) {
-                        Some(TaskState::Pending) => summary.pending += 1,
-                        Some(TaskState::Running) => summary.running += 1,
-                        Some(TaskState::Ok) => summary.ok += 1,
-                        Some(TaskState::Failed) => summary.failed += 1,
-                        None => {}
-                    }
-                }
-                summary
-            })
-            .collect();
-        Ok(self.finished.merge(counted))
+        Ok(self.counts.summaries())
     }
 
     fn tasks(
@@ -354,7 +333,6 @@ impl Store for MemoryStore {
     }
 
     fn purge_job(&mut self, job: JobId) -> Result<u64, StoreError> {
-        self.finished.clear();
         let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
         let pending = entry
             .tasks
@@ -372,34 +350,45 @@ impl Store for MemoryStore {
         for (_, id) in &removed {
             self.tasks.remove(id);
         }
+        self.counts.remove_job(job);
         Ok(removed.len() as u64)
     }
 
     fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
-        self.finished.clear();
-        let doomed: Vec<(JobId, u64, TaskId)> = self
+        let doomed: Vec<(JobId, u64, TaskId, TaskState)> = self
             .tasks
             .values()
             .filter(|t| t.progress.engine == Some(engine) && t.progress.state.is_completed())
-            .map(|t| (t.job, t.seq, t.id))
+            .map(|t| (t.job, t.seq, t.id, t.progress.state))
             .collect();
-        for (job, seq, id) in &doomed {
-            self.tasks.remove(id);
-            if let Some(job) = self.jobs.get_mut(job) {
-                job.tasks.remove(&(*seq, *id));
+        for &(job, seq, id, state) in &doomed {
+            self.tasks.remove(&id);
+            if let Some(entry) = self.jobs.get_mut(&job) {
+                entry.tasks.remove(&(seq, id));
             }
+            self.counts.moved(job, Some(state), None);
         }
         Ok(doomed.len() as u64)
     }
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {
-        self.finished.clear();
         let before = self.tasks.len();
-        self.tasks.retain(|_, t| !t.progress.state.is_completed());
+        let counts = &mut self.counts;
+        self.tasks.retain(|_, t| {
+            let completed = t.progress.state.is_completed();
+            if completed {
+                counts.moved(t.job, Some(t.progress.state), None);
+            }
+            !completed
+        });
         let tasks = &self.tasks;
-        self.jobs.retain(|_, job| {
+        self.jobs.retain(|&id, job| {
             job.tasks.retain(|(_, id)| tasks.contains_key(id));
-            !job.tasks.is_empty() || job.record.total.is_none()
+            let kept = !job.tasks.is_empty() || job.record.total.is_none();
+            if !kept {
+                counts.remove_job(id);
+            }
+            kept
         });
         Ok((before - self.tasks.len()) as u64)
     }
@@ -409,7 +398,6 @@ impl Store for MemoryStore {
         job: JobId,
         ids: Option<&[TaskId]>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        self.finished.clear();
         let entry = self.jobs.get(&job).ok_or(StoreError::UnknownJob(job))?;
         let targets: Vec<TaskId> = match ids {
             None => entry
@@ -450,7 +438,9 @@ impl Store for MemoryStore {
         for id in targets {
             // Every target was checked above: none refuses.
             if let Some(t) = self.tasks.get_mut(&id) {
+                let from = t.progress.state;
                 if t.progress.resubmit().is_ok() {
+                    self.counts.moved(t.job, Some(from), Some(t.progress.state));
                     out.push(view(t, true));
                 }
             }

@@ -32,6 +32,7 @@
 //! | `types.rs` | ids, [`JobRecord`], [`NewTask`], [`Finished`], [`TaskRecord`], summaries, [`TaskFilter`] |
 //! | `state.rs` | [`TaskState`] and the task state machine, written once for both stores: [`TaskState::apply`] (which event a state allows, and where it leads) and `Progress::apply` (which columns it sets) |
 //! | `error.rs` | [`StoreError`] |
+//! | `counts.rs` | every job's counts of tasks by state, kept by both stores as tasks move, so a status costs the number of jobs |
 //! | `memory.rs` | [`MemoryStore`] |
 //! | `sqlite/mod.rs` | [`SqliteStore`]: opening a file, the calls of the trait, the reads |
 //! | `sqlite/schema.rs` | the tables, the schema version and the migration of older files |
@@ -48,8 +49,8 @@
 //! fold and `sql::apply` turn them into statements, and `commit_batch`
 //! commits the batch and moves the [`CommitLog`] on.
 
+mod counts;
 mod error;
-mod finished;
 mod memory;
 mod sqlite;
 mod state;

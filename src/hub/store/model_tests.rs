@@ -179,6 +179,47 @@ fn views(store: &mut dyn Store, jobs: &[JobId], tasks: &[TaskId]) -> String {
     out
 }
 
+/// Whether `store`'s job counts are those of its tasks: each job's tasks
+/// counted by state, from the tasks themselves. The stores keep the counts
+/// as tasks move rather than count at each status, so this is what keeps
+/// them honest.
+fn counts_of_tasks(store: &mut dyn Store, jobs: &[JobId]) -> Result<(), String> {
+    let summaries = store.jobs().map_err(|e| e.to_string())?;
+    let mut expected = Vec::new();
+    for &job in jobs {
+        let Some(record) = store.job(job).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let mut summary = JobSummary {
+            id: job,
+            submitted: record.submitted,
+            client: record.client,
+            total: record.total,
+            pending: 0,
+            running: 0,
+            ok: 0,
+            failed: 0,
+        };
+        for task in store
+            .tasks(&TaskFilter::Job(job), false)
+            .map_err(|e| e.to_string())?
+        {
+            *match task.state {
+                TaskState::Pending => &mut summary.pending,
+                TaskState::Running => &mut summary.running,
+                TaskState::Ok => &mut summary.ok,
+                TaskState::Failed => &mut summary.failed,
+            } += 1;
+        }
+        expected.push(summary);
+    }
+    if summaries == expected {
+        Ok(())
+    } else {
+        Err(format!("kept {summaries:?}\ncounted {expected:?}"))
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -201,6 +242,15 @@ proptest! {
                 }
                 _ => {}
             }
+            for (name, store) in [("memory", &mut memory as &mut dyn Store), ("sqlite", &mut sqlite)] {
+                if let Err(wrong) = counts_of_tasks(store, &jobs) {
+                    prop_assert!(false, "{} store after {:?}:\n{}", name, action, wrong);
+                }
+            }
+            // The counts moved as writes were queued are those the file
+            // holds once they are committed.
+            let live = sqlite.jobs().unwrap();
+            prop_assert_eq!(live, sqlite.recounted().unwrap(), "after {:?}", action);
             if clock % 8 == 0 || clock + 1 == actions.len() as u64 {
                 prop_assert_eq!(
                     views(&mut memory, &jobs, &tasks),

@@ -65,8 +65,9 @@ pub struct SqliteStore {
     jobs: HashSet<JobId>,
     /// Whether a write was queued since the last flush.
     dirty: bool,
-    /// Finished jobs' counts, not counted again at every status.
-    finished: FinishedCounts,
+    /// Each job's tasks by state, moved as writes are queued; `None` when
+    /// they must be counted in the file again (see `counts.rs`).
+    counts: Option<LiveCounts>,
     engine_ids: Counter,
     job_ids: Counter,
     task_ids: Counter,
@@ -81,6 +82,7 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+mod counts;
 pub(crate) mod files;
 mod fold;
 mod ids;
@@ -104,21 +106,18 @@ use crossbeam_channel::Sender;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use super::error::ErrorChain;
-use super::finished::FinishedCounts;
 use super::state::{Change, Outcome};
 use super::types::{Selection, TaskRange};
 use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
     StoreError, StoreOptions, TaskFilter, TaskId, TaskRecord, TaskState,
 };
+use counts::{recount, LiveCounts};
 use files::{CommitRecord, Contents, Found};
 use ids::{counter_floor, Counter, ENGINE_BLOCK, JOB_BLOCK, TASK_BLOCK};
 use maintenance::{purge_completed_in, purge_engine_in, purge_job_in, reset_in};
 use schema::{check_version, migrate, open_connection};
-use sql::{
-    column_opt_u64, column_time, column_u64, completed_states, job_row, sql_int, sqlite_error,
-    task_row, time_to_sql,
-};
+use sql::{column_u64, completed_states, job_row, sql_int, sqlite_error, task_row, time_to_sql};
 use writer::{
     await_reply, call_async, checkpoint_at_the_bound, run_checkpointer, run_writer, Op, SqlTask,
     Write, CHECKPOINT_PAGES, INLINE_CHECKPOINT_PAGES, JOURNAL_SIZE_LIMIT_BYTES, QUEUE_CAPACITY,
@@ -344,7 +343,7 @@ impl SqliteStore {
             written: 0,
             read,
             jobs,
-            finished: FinishedCounts::default(),
+            counts: None,
             dirty: false,
             engine_ids,
             job_ids,
@@ -363,12 +362,36 @@ impl SqliteStore {
 
     /// Queues a write, unless the store has stopped at a failed one.
     fn write(&mut self, write: Write) -> Result<(), StoreError> {
-        self.stopped()?;
-        self.ops
-            .send(Op::Write(write))
-            .map_err(|_| StoreError::WriterGone)?;
+        let queued = self.stopped().and_then(|()| {
+            self.ops
+                .send(Op::Write(write))
+                .map_err(|_| StoreError::WriterGone)
+        });
+        if queued.is_err() {
+            // Moved for a write that will not be made.
+            self.counts = None;
+        }
+        queued?;
         self.dirty = true;
         self.written += 1;
+        Ok(())
+    }
+
+    /// Queues an engine's event for `task`, and moves the counts as the
+    /// writer's guard will decide it.
+    fn event(
+        &mut self,
+        task: TaskId,
+        change: Change<i64, i64, Vec<u8>, String>,
+    ) -> Result<(), StoreError> {
+        let event = change.event();
+        self.write(Write::Event {
+            task: sql_int("task id", task)?,
+            change,
+        })?;
+        if let Some(counts) = &mut self.counts {
+            counts.event(task, event);
+        }
         Ok(())
     }
 
@@ -397,6 +420,16 @@ impl SqliteStore {
             operation: operation(),
             source,
         })
+    }
+
+    /// Every job's counts as the file holds them, counted again (after a
+    /// flush) while the live counts stay as they are: for tests that check
+    /// the live counts against the file.
+    #[cfg(test)]
+    pub(super) fn recounted(&mut self) -> Result<Vec<JobSummary>, StoreError> {
+        Ok(self
+            .read(|| "counting jobs' tasks".to_string(), recount)?
+            .summaries())
     }
 
     /// Simulates a crash: the writer stops at once, losing its open batch
@@ -469,6 +502,9 @@ impl Store for SqliteStore {
         };
         self.write(write)?;
         self.jobs.insert(job.id);
+        if let Some(counts) = &mut self.counts {
+            counts.add_job(job);
+        }
         Ok(())
     }
 
@@ -476,12 +512,15 @@ impl Store for SqliteStore {
         if !self.jobs.contains(&job) {
             return Err(StoreError::UnknownJob(job));
         }
-        self.finished.forget(job);
         let write = Write::SetTotal {
             job: sql_int("job id", job)?,
             total: sql_int("job total", total)?,
         };
-        self.write(write)
+        self.write(write)?;
+        if let Some(counts) = &mut self.counts {
+            counts.set_total(job, total);
+        }
+        Ok(())
     }
 
     fn add_tasks(&mut self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
@@ -495,7 +534,6 @@ impl Store for SqliteStore {
                 if !self.jobs.contains(&task.job) {
                     return Err(StoreError::UnknownJob(task.job));
                 }
-                self.finished.forget(task.job);
                 checked = Some(task.job);
             }
             rows.push(SqlTask {
@@ -505,6 +543,12 @@ impl Store for SqliteStore {
                 submitted: time_to_sql("task submission time", task.submitted)?,
                 request: task.request,
             });
+        }
+        if let Some(counts) = &mut self.counts {
+            // (Ids and jobs came from u64s: never negative.)
+            for row in &rows {
+                counts.add_task(row.id.unsigned_abs(), row.job.unsigned_abs());
+            }
         }
         self.write(Write::AddTasks(rows))
     }
@@ -516,19 +560,16 @@ impl Store for SqliteStore {
         started: SystemTime,
         attempts: u32,
     ) -> Result<(), StoreError> {
-        let task = sql_int("task id", task)?;
         let change = Change::Start {
             engine: sql_int("engine id", engine)?,
             started: time_to_sql("task start time", started)?,
             attempts,
         };
-        self.write(Write::Event { task, change })
+        self.event(task, change)
     }
 
     fn task_requeued(&mut self, task: TaskId) -> Result<(), StoreError> {
-        let task = sql_int("task id", task)?;
-        let change = Change::Requeue;
-        self.write(Write::Event { task, change })
+        self.event(task, Change::Requeue)
     }
 
     fn task_finished(&mut self, task: TaskId, finished: Finished) -> Result<(), StoreError> {
@@ -538,7 +579,6 @@ impl Store for SqliteStore {
                 state: finished.status,
             });
         }
-        let task = sql_int("task id", task)?;
         let change = Change::Finish(Outcome {
             state: finished.status,
             completed: time_to_sql("task completion time", finished.completed)?,
@@ -547,7 +587,7 @@ impl Store for SqliteStore {
             error: finished.error,
             attempts: finished.attempts,
         });
-        self.write(Write::Event { task, change })
+        self.event(task, change)
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -583,40 +623,18 @@ impl Store for SqliteStore {
     }
 
     fn jobs(&mut self) -> Result<Vec<JobSummary>, StoreError> {
-        // Finished jobs' counts are kept; only the others' tasks are
-        // counted (ids are integers, so the list is safe to inline).
-        let skip: Vec<String> = self.finished.ids().map(|id| id.to_string()).collect();
-        let sql = format!(
-            "SELECT j.id, j.submitted, j.client, j.total,
-                    COUNT(CASE WHEN t.state = 'pending' THEN 1 END),
-                    COUNT(CASE WHEN t.state = 'running' THEN 1 END),
-                    COUNT(CASE WHEN t.state = 'ok' THEN 1 END),
-                    COUNT(CASE WHEN t.state = 'failed' THEN 1 END)
-             FROM jobs j LEFT JOIN tasks t ON t.job = j.id
-             WHERE j.id NOT IN ({})
-             GROUP BY j.id ORDER BY j.id",
-            skip.join(",")
-        );
-        let counted = self.read(
-            || "listing jobs".to_string(),
-            |conn| {
-                let mut stmt = conn.prepare(&sql)?;
-                let rows = stmt.query_map([], |r| {
-                    Ok(JobSummary {
-                        id: column_u64(r, 0)?,
-                        submitted: column_time(r, 1)?,
-                        client: r.get(2)?,
-                        total: column_opt_u64(r, 3)?,
-                        pending: column_u64(r, 4)?,
-                        running: column_u64(r, 5)?,
-                        ok: column_u64(r, 6)?,
-                        failed: column_u64(r, 7)?,
-                    })
-                })?;
-                rows.collect::<rusqlite::Result<Vec<JobSummary>>>()
-            },
-        )?;
-        Ok(self.finished.merge(counted))
+        // A store stopped at a failed write counts what was committed.
+        if self.log.failure().is_some() {
+            self.counts = None;
+        }
+        if self.counts.is_none() {
+            let counted = self.read(|| "counting jobs' tasks".to_string(), recount)?;
+            self.counts = Some(counted);
+        }
+        Ok(self
+            .counts
+            .as_ref()
+            .map_or_else(Vec::new, LiveCounts::summaries))
     }
 
     fn tasks(
@@ -700,19 +718,19 @@ impl Store for SqliteStore {
         if !self.jobs.contains(&job) {
             return Err(StoreError::UnknownJob(job));
         }
-        self.finished.clear();
+        self.counts = None;
         let removed = self.call(move |conn| purge_job_in(conn, job))?;
         self.jobs.remove(&job);
         Ok(removed)
     }
 
     fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
-        self.finished.clear();
+        self.counts = None;
         self.call(move |conn| purge_engine_in(conn, engine))
     }
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {
-        self.finished.clear();
+        self.counts = None;
         let (removed, jobs) = self.call(purge_completed_in)?;
         for job in jobs {
             self.jobs.remove(&job);
@@ -728,7 +746,7 @@ impl Store for SqliteStore {
         if !self.jobs.contains(&job) {
             return Err(StoreError::UnknownJob(job));
         }
-        self.finished.clear();
+        self.counts = None;
         let ids = ids.map(<[TaskId]>::to_vec);
         self.call(move |conn| reset_in(conn, job, ids))
     }

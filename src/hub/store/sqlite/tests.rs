@@ -124,6 +124,8 @@ fn a_failed_write_stops_the_store_for_good() {
     let j = job(&mut store, "ivan");
     let id = tasks(&mut store, j, &[0])[0];
     store.flush().unwrap();
+    // Counted once here, the job's counts are then moved as writes queue.
+    assert_eq!(store.jobs().unwrap()[0].pending, 1);
     let committed = log.committed();
     assert_eq!(
         committed,
@@ -141,6 +143,10 @@ fn a_failed_write_stops_the_store_for_good() {
     store.task_started(id, 3, at(1), 1).unwrap();
     let failure = store.flush().unwrap_err();
     assert!(matches!(failure, StoreError::CannotWrite(_)), "{failure}");
+    // The job's counts, moved for the writes now lost, are counted again
+    // from what was committed.
+    let summary = &store.jobs().unwrap()[0];
+    assert_eq!((summary.pending, summary.running), (1, 0), "{summary:?}");
     let text = ErrorChain(&failure).to_string();
     assert!(
         text.contains("recording task") && text.contains("UNIQUE"),
