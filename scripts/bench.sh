@@ -15,6 +15,8 @@
 #      1,000 engines, and the no-op task rate at 1,000 vs 10 (bench-scale.sh)
 #   8. one long `zcluster map` job: peak RSS of hub, worker and client at
 #      1 M vs 100 k inputs, and the store's bytes per task (bench-scale.sh)
+#   9. the hub's task rate with a dashboard, a `status --watch` and an
+#      `events` attached vs nobody watching (bench-watched.sh)
 #   and the divan micro benchmarks of the codec and the store (benches/),
 #   run briefly; selected medians go in the table.
 # The scripts print their own human output (shown here on stderr as they
@@ -59,6 +61,7 @@ run() {
 run bench-toolkit.sh
 run bench-hub.sh
 run bench-map.sh
+run bench-watched.sh
 if [ "${SCALE:-1}" != 0 ]; then run bench-scale.sh; fi
 
 # Micro benchmarks: one short full run of each (kept in $OUT), then a few
@@ -252,6 +255,13 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
             "$(verdict "$beyond" "<" 150)"
     fi
 
+    w=$(get watched.ratio)
+    row "9 hub watched (dashboard, status --watch, events), $(count "$(get watched.count)") no-op" \
+        "$([ -n "$w" ] && echo "$w x" || echo -)" "unwatched rounds, alternated" "$w" ">= 0.95" \
+        "$(verdict "$w" ">=" 0.95)"
+    c=$(get watched.cpu_ratio)
+    row "  hub process CPU per task, watched vs not" "$([ -n "$c" ] && echo "$c x" || echo -)" \
+        "unwatched rounds" "$c" "" ""
     if [ "${MICRO:-1}" != 0 ]; then
         m() { get "micro.$1" | tr '_' ' '; }
         row "micro (divan medians): encode request, 8 B" "$(m encode_request_8)"
