@@ -281,9 +281,13 @@ pub struct ClusterRequest {
     /// Unique within a job; the result carries it back.
     pub id: u64,
     /// The handler's input.
-    #[serde(with = "serde_bytes")]
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "owned::bytes"
+    )]
     pub payload: Vec<u8>,
     /// Free-form, returned in the result.
+    #[serde(deserialize_with = "owned::metadata")]
     pub metadata: Metadata,
 }
 
@@ -319,10 +323,12 @@ impl ClusterRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultMetadata {
     /// Host name of the worker.
+    #[serde(deserialize_with = "owned::string")]
     pub host: String,
     /// Process id of the worker.
     pub pid: u32,
     /// The worker's name within its process.
+    #[serde(deserialize_with = "owned::string")]
     pub worker: String,
     /// When the handler started.
     pub started: SystemTime,
@@ -338,13 +344,18 @@ pub struct ClusterResult {
     /// Whether the handler succeeded.
     pub status: ResultStatus,
     /// The handler's output (empty on failure).
-    #[serde(with = "serde_bytes")]
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "owned::bytes"
+    )]
     pub payload: Vec<u8>,
     /// The request's metadata, returned as sent.
+    #[serde(deserialize_with = "owned::metadata")]
     pub request_metadata: Metadata,
     /// Where and when the work was done.
     pub metadata: ResultMetadata,
     /// The handler's error or panic message on failure.
+    #[serde(deserialize_with = "owned::optional_string")]
     pub exception: Option<String>,
 }
 
@@ -828,6 +839,9 @@ fn recv_checked(
 
 // The layout of the one frame every message travels in.
 mod frame;
+
+// Owned strings and bytes decoded by borrowing from the message first.
+mod owned;
 
 pub use frame::{encode_frame, Parts, HEADER_BYTES, MAX_PREFIX_BYTES};
 
