@@ -11,6 +11,7 @@
 //!
 //! | layer | module | what it holds |
 //! | --- | --- | --- |
+//! | ids | [`ids`] | maps and sets keyed by integer ids (tasks, jobs, engines) on every task's path, hashed with foldhash |
 //! | message | [`message`], [`auth`], [`untrusted`] | [`ClusterRequest`](message::ClusterRequest), [`ClusterResult`](message::ClusterResult), commands, and the one bounded, versioned multipart wire format; HMAC-SHA256 signing with replay checks for hub sockets; network bytes escaped before they are shown |
 //! | socket | [`socket`] | [`FutureSocket`](socket::FutureSocket) descriptors: URL, kind, bind/connect, options, parsed from `bind:tcp://*:5555` (sized to the message layer's bound) |
 //! | toolkit | [`ventilator`], [`worker`], [`sink`], [`devices`], [`commands`] | glimpse's `zmq_cluster`: PUSH requests out, workers PULL/PUSH with a SUB for commands, PULL results in; streamer and forwarder; kill, restart, ping |
@@ -90,6 +91,7 @@ pub mod config;
 pub mod devices;
 pub mod exec;
 pub mod hub;
+pub mod ids;
 pub mod launch;
 pub mod map;
 pub mod message;

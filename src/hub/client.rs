@@ -7,7 +7,7 @@
 //! This file (about 900 lines of code) is the connection and the job handle, which
 //! share its reconnect and reattach logic and so stay together.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -17,6 +17,7 @@ use super::curve::CurveKeys;
 use super::link::HubLink;
 use super::protocol::{AttachInfo, ClientCall, HaltAt, JobId, JobKind, Reply, TaskReport};
 use crate::auth::{AuthError, Channel, Key};
+use crate::ids::IdMap;
 use crate::message::{ClusterRequest, ClusterResult, Envelope, Header, MessageError, MessageKind};
 use crate::resources::ResourceRequest;
 use crate::socket::millis;
@@ -473,7 +474,7 @@ pub struct JobHandle {
     /// Sent, no result yet: the request, kept to send again should a
     /// restarted hub not have recorded it (`None`: a task the hub had before
     /// this client attached).
-    outstanding: HashMap<u64, Option<ClusterRequest>>,
+    outstanding: IdMap<u64, Option<ClusterRequest>>,
     /// Results fetched from the store, to hand out first.
     ready: VecDeque<ClusterResult>,
     /// Stored reports fetched ahead by [`expect`](Self::expect).
@@ -481,7 +482,7 @@ pub struct JobHandle {
     /// Live results of tasks the store held that arrived before their
     /// `expect` (the store said they were running when their page was
     /// fetched): kept for it. At most the job's unfinished tasks.
-    early: HashMap<u64, ClusterResult>,
+    early: IdMap<u64, ClusterResult>,
     /// The next id [`expect`](Self::expect) will be called with (they come
     /// in order).
     next_expected: u64,
@@ -570,10 +571,10 @@ impl JobHandle {
             job,
             epoch,
             credit: credit.max(1) as usize,
-            outstanding: HashMap::new(),
+            outstanding: IdMap::default(),
             ready: VecDeque::new(),
             fetched: BTreeMap::new(),
-            early: HashMap::new(),
+            early: IdMap::default(),
             next_expected: 0,
             known,
             last_heard: Instant::now(),

@@ -26,7 +26,7 @@
 //! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
 
 use crate::hub::recent::RecentTimes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +40,7 @@ use crate::auth::AuthError;
 use crate::exec::affinity::{usable_cores, PinnedThread};
 use crate::exec::chunk::{run_chunk_at, settle_chunk_result, ChunkEnd, TaskPlace};
 use crate::exec::with_task_environment;
+use crate::ids::IdMap;
 use crate::message::{
     decode_value, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header,
     MessageError, MessageKind, WorkerInfo, ATTEMPT_KEY,
@@ -161,7 +162,7 @@ struct Engine<'a> {
     slots: Slots,
     flags: CancelFlags,
     /// Slot ticket → (job, task id).
-    tickets: HashMap<u64, (JobId, u64)>,
+    tickets: IdMap<u64, (JobId, u64)>,
     /// Tasks beyond the free slots wait here: a hub that restarted believes
     /// every slot is free while the old tasks still run.
     waiting: VecDeque<ClusterRequest>,
@@ -178,7 +179,7 @@ struct Engine<'a> {
     /// Draining: no new task starts; it leaves once its tasks are done.
     draining: bool,
     /// Recent task times by job, for the median a drain goes by.
-    task_times: HashMap<JobId, RecentTimes>,
+    task_times: IdMap<JobId, RecentTimes>,
     /// Tasks finished, and their total time, for command replies.
     handled: u64,
     busy: Duration,
@@ -261,7 +262,7 @@ impl<'a> Engine<'a> {
         let register = register_message(
             &identity,
             options,
-            &HashMap::new(),
+            &IdMap::default(),
             &VecDeque::new(),
             &recent,
         );
@@ -278,7 +279,7 @@ impl<'a> Engine<'a> {
             identity,
             slots,
             flags,
-            tickets: HashMap::new(),
+            tickets: IdMap::default(),
             waiting: VecDeque::new(),
             recent,
             held: Vec::new(),
@@ -287,7 +288,7 @@ impl<'a> Engine<'a> {
             warned: false,
             leaving: None,
             draining: false,
-            task_times: HashMap::new(),
+            task_times: IdMap::default(),
             handled: 0,
             busy: Duration::ZERO,
             next_beat: Instant::now(),

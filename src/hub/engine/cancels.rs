@@ -1,18 +1,18 @@
 //! Cancel flags an engine shares with its slot handlers.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::hub::protocol::JobId;
+use crate::ids::{IdMap, IdSet};
 
 /// The flags themselves: one per task running here, by its slot ticket
 /// (what a handler sees as the request id), and the jobs cancelled as a
 /// whole (a task of one that starts later is cancelled at once).
 #[derive(Default)]
 struct Cancels {
-    jobs: HashSet<JobId>,
-    tasks: HashMap<u64, (JobId, Arc<AtomicBool>)>,
+    jobs: IdSet<JobId>,
+    tasks: IdMap<u64, (JobId, Arc<AtomicBool>)>,
 }
 
 /// Shared between the engine's loop (which cancels) and its slots' handlers

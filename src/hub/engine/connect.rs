@@ -2,7 +2,7 @@
 //! what it still holds), and the hello-then-register handshake on a fresh
 //! link, retried until the hub answers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,6 +13,7 @@ use super::{job_of, transport, EngineError, EngineOptions, INITIAL_HEARTBEAT};
 use crate::auth::Channel;
 use crate::hub::link::HubLink;
 use crate::hub::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
+use crate::ids::IdMap;
 use crate::message::{ClusterRequest, MessageKind};
 use crate::socket::millis;
 
@@ -41,7 +42,7 @@ pub(super) struct Identity {
 pub(super) fn register_message(
     identity: &Identity,
     options: &EngineOptions,
-    tickets: &HashMap<u64, (JobId, u64)>,
+    tickets: &IdMap<u64, (JobId, u64)>,
     waiting: &VecDeque<ClusterRequest>,
     recent: &Recent,
 ) -> EngineMessage {

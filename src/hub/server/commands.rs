@@ -2,7 +2,7 @@
 //! shutdown fan-out; the engines' replies, and the answer to the client once
 //! every engine asked has answered or the wait is over.
 
-use std::collections::HashSet;
+use crate::ids::IdSet;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -29,7 +29,7 @@ impl<O: Outbox> Core<O> {
     ) {
         let token = self.state.next_token;
         self.state.next_token += 1;
-        let (mut waiting, mut silent) = (HashSet::new(), Vec::new());
+        let (mut waiting, mut silent) = (IdSet::default(), Vec::new());
         for id in targets {
             if let Some(engine) = self.state.engines.get(&id) {
                 match self.outbox.command(&engine.identity, token, &command) {

@@ -36,13 +36,14 @@
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use super::state::{Candidates, Engine, Job, State};
 use crate::hub::protocol::{EngineId, JobId, JobKind};
+use crate::ids::IdMap;
 use crate::resources::ResourceRequest;
 
 /// Most tasks the hub sends an engine in one message...
@@ -383,7 +384,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
 /// ([`State::most_slots`]), as none can have more.
 fn most_room_open(
     open: &mut BTreeSet<EngineId>,
-    engines: &HashMap<EngineId, Engine>,
+    engines: &IdMap<EngineId, Engine>,
     most_slots: u32,
     (kind, job_id): (&JobKind, JobId),
 ) -> Option<EngineId> {

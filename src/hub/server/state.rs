@@ -3,7 +3,9 @@
 //! and no store in it, so the scheduler (see [`scheduler`](super::scheduler))
 //! and its tests work on it alone.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::ids::{IdMap, IdSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,7 @@ pub(super) struct Engine {
     pub(super) slots: u32,
     pub(super) handlers: Vec<String>,
     /// Tasks it holds (running, or queued locally), straggler copies too.
-    pub(super) running: HashSet<(JobId, u64)>,
+    pub(super) running: IdSet<(JobId, u64)>,
     pub(super) completed: u64,
     pub(super) last_seen: Instant,
     /// Acknowledged a kill or restart: no new tasks.
@@ -53,7 +55,7 @@ pub(super) struct Engine {
     /// What of its offer is free now.
     pub(super) resources: ResourcePool,
     /// What each task copy it holds with a request was given.
-    pub(super) allocations: HashMap<(JobId, u64), Allocation>,
+    pub(super) allocations: IdMap<(JobId, u64), Allocation>,
     /// Reserved for this job (which waited too long for resources): no
     /// other job's task goes here until it has placed one.
     pub(super) reserved_for: Option<JobId>,
@@ -69,7 +71,7 @@ impl Engine {
             pid: 0,
             slots,
             handlers: Vec::new(),
-            running: HashSet::new(),
+            running: IdSet::default(),
             completed: 0,
             last_seen: now,
             leaving: false,
@@ -79,7 +81,7 @@ impl Engine {
             draining: false,
             offer: None,
             resources: ResourcePool::new(&ResourceOffer::cpus_only(slots)),
-            allocations: HashMap::new(),
+            allocations: IdMap::default(),
             reserved_for: None,
         }
     }
@@ -240,7 +242,7 @@ pub(super) struct Job {
     pub(super) description: String,
     /// Tasks waiting for a slot, in the order they go.
     pub(super) queue: VecDeque<u64>,
-    pub(super) tasks: HashMap<u64, Task>,
+    pub(super) tasks: IdMap<u64, Task>,
     pub(super) total: Option<u64>,
     pub(super) finished: u64,
     /// Extra attempts for a failed task.
@@ -285,7 +287,7 @@ impl Job {
             kind,
             description,
             queue: VecDeque::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             total: None,
             finished: 0,
             retries: 0,
@@ -376,7 +378,7 @@ pub(super) struct PendingCommand {
     pub(super) client: Vec<u8>,
     pub(super) request: u64,
     pub(super) purpose: CommandPurpose,
-    pub(super) waiting: HashSet<EngineId>,
+    pub(super) waiting: IdSet<EngineId>,
     pub(super) replies: Vec<(EngineId, CommandReply)>,
     /// Engines asked that never answered (gone, or too slow).
     pub(super) silent: Vec<EngineId>,
@@ -385,18 +387,18 @@ pub(super) struct PendingCommand {
 
 /// Everything the hub knows of engines, jobs and commands.
 pub(super) struct State {
-    pub(super) engines: HashMap<EngineId, Engine>,
+    pub(super) engines: IdMap<EngineId, Engine>,
     pub(super) by_identity: HashMap<Vec<u8>, EngineId>,
-    pub(super) jobs: HashMap<JobId, Job>,
+    pub(super) jobs: IdMap<JobId, Job>,
     /// Jobs with queued tasks take turns in this order.
     pub(super) turns: VecDeque<JobId>,
-    pub(super) commands: HashMap<u64, PendingCommand>,
+    pub(super) commands: IdMap<u64, PendingCommand>,
     /// Slots of all registered engines.
     pub(super) total_slots: usize,
     pub(super) next_token: u64,
     /// Engines reserved for a job that waited too long (see
     /// [`Engine::reserved_for`]), by job.
-    pub(super) reservations: HashMap<JobId, EngineId>,
+    pub(super) reservations: IdMap<JobId, EngineId>,
     /// How long a job with a request waits before it gets a reservation.
     pub(super) reserve_after: Duration,
     /// Engines that may fit a request they did not fit before (something
@@ -405,7 +407,7 @@ pub(super) struct State {
     pub(super) freed: Vec<EngineId>,
     /// Per job with a request: the engines it may fit (see
     /// [`Candidates`]), kept between the scheduler's runs.
-    pub(super) fitting: HashMap<JobId, Candidates>,
+    pub(super) fitting: IdMap<JobId, Candidates>,
     /// Every engine with a free slot, and maybe some without: a task
     /// without a request looks for its engine here rather than among all
     /// of them, which with a thousand one-slot engines, nearly all busy,
@@ -425,23 +427,23 @@ pub(super) struct State {
 #[derive(Default)]
 pub(super) struct Candidates {
     pub(super) queue: VecDeque<EngineId>,
-    pub(super) listed: HashSet<EngineId>,
+    pub(super) listed: IdSet<EngineId>,
 }
 
 impl Default for State {
     fn default() -> Self {
         State {
-            engines: HashMap::new(),
+            engines: IdMap::default(),
             by_identity: HashMap::new(),
-            jobs: HashMap::new(),
+            jobs: IdMap::default(),
             turns: VecDeque::new(),
-            commands: HashMap::new(),
+            commands: IdMap::default(),
             total_slots: 0,
             next_token: 1,
-            reservations: HashMap::new(),
+            reservations: IdMap::default(),
             reserve_after: RESERVE_AFTER,
             freed: Vec::new(),
-            fitting: HashMap::new(),
+            fitting: IdMap::default(),
             open: BTreeSet::new(),
             most_slots: 0,
         }

@@ -1,6 +1,6 @@
 //! The memory store: plain maps, synchronous, gone when the hub exits.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,6 +12,7 @@ use super::{
     CommitLog, EngineCounts, EngineId, Finished, JobId, JobRecord, JobSummary, NewTask, Store,
     StoreError, TaskEvent, TaskFilter, TaskId, TaskRecord, TaskState,
 };
+use crate::ids::IdMap;
 
 /// A store in plain maps: fast and synchronous, but gone when the hub exits.
 /// For tests and for hubs whose history nobody needs.
@@ -23,7 +24,7 @@ pub struct MemoryStore {
     next_job: u64,
     next_task: u64,
     jobs: BTreeMap<JobId, MemoryJob>,
-    tasks: HashMap<TaskId, MemoryTask>,
+    tasks: IdMap<TaskId, MemoryTask>,
     /// Each job's tasks by state, moved as they change.
     counts: JobCounts,
 }
@@ -92,7 +93,7 @@ impl MemoryStore {
             next_job: FIRST_ID,
             next_task: FIRST_ID,
             jobs: BTreeMap::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             counts: JobCounts::default(),
         }
     }

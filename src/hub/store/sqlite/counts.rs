@@ -13,13 +13,12 @@
 //! decides in SQL, and once the store stopped), the store drops them and
 //! counts the file again at the next look ([`recount`]).
 
-use std::collections::HashMap;
-
 use rusqlite::Connection;
 
 use super::sql::{column_opt_u64, column_time, column_u64, completed_states};
 use crate::hub::store::counts::JobCounts;
 use crate::hub::store::{JobId, JobRecord, JobSummary, TaskEvent, TaskId, TaskState};
+use crate::ids::IdMap;
 
 /// Job counts moved as writes are queued, and what moving them needs.
 #[derive(Debug)]
@@ -28,7 +27,7 @@ pub(super) struct LiveCounts {
     /// Each pending or running task's job and state: what an event's
     /// guard decides on. A task leaves it when it completes (no engine
     /// event applies to a completed task).
-    unfinished: HashMap<TaskId, (JobId, TaskState)>,
+    unfinished: IdMap<TaskId, (JobId, TaskState)>,
 }
 
 impl LiveCounts {
@@ -102,7 +101,7 @@ pub(super) fn recount(conn: &Connection) -> rusqlite::Result<LiveCounts> {
         .query_map([], |r| {
             Ok((column_u64(r, 0)?, (column_u64(r, 1)?, r.get(2)?)))
         })?
-        .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+        .collect::<rusqlite::Result<IdMap<_, _>>>()?;
     Ok(LiveCounts {
         jobs: JobCounts::from_summaries(summaries),
         unfinished,
