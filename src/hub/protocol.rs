@@ -37,7 +37,7 @@ pub type TaskItem = (u64, u32, Option<String>, serde_bytes::ByteBuf);
 
 /// One result of a [`MessageKind::TaskResults`] message from an engine:
 /// what the hub needs to route and record it, beside the encoded
-/// [`ClusterResult`](crate::message::ClusterResult) it forwards to the
+/// [`ClusterResult`] it forwards to the
 /// client as it came, never decoding it.
 ///
 /// The hub sends results on to a client in the same form, several per
@@ -523,7 +523,7 @@ pub struct TaskReport {
     pub error: Option<String>,
     /// The request body (absent for status-only queries).
     pub request: Option<Vec<u8>>,
-    /// The result message body, a bincode [`ClusterResult`](crate::message::ClusterResult)
+    /// The result message body, a bincode [`ClusterResult`]
     /// (absent for status-only queries or unfinished tasks).
     pub result: Option<Vec<u8>>,
 }
