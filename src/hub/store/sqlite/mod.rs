@@ -5,14 +5,19 @@
 //! (`maintenance.rs`).
 
 /// The columns of a task row, in the order `sql::task_row` reads them:
-/// with payloads, or with NULL in their place (status only). A macro, so
-/// that statements can be built with `concat!` at compile time.
+/// with payloads, or with NULL in their place (status only). With
+/// payloads, the last two are what their stored forms need besides the
+/// row (see `stored.rs`): the job's reference request and the result's
+/// origin. A macro, so that statements can be built with `concat!` at
+/// compile time; each statement selects `FROM tasks` (no alias).
 macro_rules! task_columns {
     (payloads) => {
-        "id, job, seq, request, submitted, engine, started, completed, state, result, error, attempts"
+        "id, job, seq, request, submitted, engine, started, completed, state, result, error, attempts, \
+         (SELECT request_ref FROM jobs WHERE jobs.id = tasks.job), \
+         (SELECT origin FROM origins WHERE origins.id = tasks.origin)"
     };
     (status) => {
-        "id, job, seq, NULL, submitted, engine, started, completed, state, NULL, error, attempts"
+        "id, job, seq, NULL, submitted, engine, started, completed, state, NULL, error, attempts, NULL, NULL"
     };
 }
 
@@ -89,8 +94,11 @@ mod ids;
 mod maintenance;
 mod schema;
 mod sql;
+mod stored;
 mod writer;
 
+#[cfg(test)]
+mod forms_tests;
 #[cfg(test)]
 mod tests;
 
