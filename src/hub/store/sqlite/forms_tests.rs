@@ -334,3 +334,47 @@ fn a_version_2_file_is_migrated_and_reads_back_as_it_was() {
     assert_eq!(new[0].result, Some(result));
     assert_eq!(all_tasks(&mut store, 1)[..3], tasks[..]);
 }
+
+/// A job whose first request is too large to be its reference keeps its
+/// requests raw; after a reopen a smaller one becomes its reference; every
+/// request reads back as given, before and after.
+#[test]
+fn a_job_whose_first_request_is_large_reads_back_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.sqlite");
+    let mut given = Vec::new();
+    let mut add = |store: &mut SqliteStore, j: JobId, request: Vec<u8>| {
+        let id = store.next_task_ids(1).unwrap().start;
+        store
+            .add_tasks(vec![NewTask {
+                id,
+                job: j,
+                seq: id,
+                request: request.clone(),
+                submitted: at(1),
+            }])
+            .unwrap();
+        given.push(request);
+    };
+    let mut store = SqliteStore::open(&path).unwrap();
+    let j = job(&mut store, "large");
+    add(&mut store, j, vec![3; 5000]);
+    add(&mut store, j, command_request(1));
+    drop(store);
+    let mut store = SqliteStore::open(&path).unwrap();
+    add(&mut store, j, command_request(2));
+    add(&mut store, j, command_request(3));
+    add(&mut store, j, vec![3; 5001]);
+    let read: Vec<Vec<u8>> = all_tasks(&mut store, j)
+        .into_iter()
+        .filter_map(|t| t.request)
+        .collect();
+    assert_eq!(read, given);
+    drop(store);
+    let mut store = SqliteStore::open(&path).unwrap();
+    let read: Vec<Vec<u8>> = all_tasks(&mut store, j)
+        .into_iter()
+        .filter_map(|t| t.request)
+        .collect();
+    assert_eq!(read, given);
+}

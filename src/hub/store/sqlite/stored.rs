@@ -23,11 +23,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::message::{decode_value, encode_value, ClusterResult, Metadata, ResultStatus};
+#[cfg(doc)]
+use crate::message::ClusterResult;
 
 /// Form byte: the wire bytes follow unchanged.
 pub(super) const RAW: u8 = 0;
@@ -64,9 +64,6 @@ pub enum StoredFormError {
     /// A compact result's times or row do not make a result.
     #[error("a stored result's times are out of range")]
     BadTime,
-    /// Encoding the restored result failed.
-    #[error("encoding a stored result again failed: {0}")]
-    Encode(String),
 }
 
 /// `bytes` stored in the [`RAW`] form.
@@ -183,51 +180,130 @@ pub(super) fn load_request(
     }
 }
 
-/// What a result shares with others from the same worker slot of the same
-/// job: encoded as the fields lie in a [`ClusterResult`], so one table row
-/// holds it once.
-type Origin = (Metadata, String, u32, String);
+/// Nanoseconds in a second: how serde splits a time into its fields.
+const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// Nanoseconds from 1970 to `time` (serde encodes no earlier time).
-fn nanos_of(time: SystemTime) -> Option<i128> {
-    time.duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i128::try_from(d.as_nanos()).ok())
-}
-
-/// A result in the [`RESULT_COMPACT`] form, and its encoded origin; `None`
-/// when it cannot be stored so (it does not decode as a [`ClusterResult`],
-/// does not encode back to the same bytes, or a time does not fit), and
-/// then the caller stores it [`raw`].
-pub(super) fn compact_result(result: &[u8], completed: i64) -> Option<(Vec<u8>, Vec<u8>)> {
-    let decoded: ClusterResult = decode_value(result, "result").ok()?;
-    if encode_value(&decoded, "result").ok()? != result {
+/// Reads one of bincode's variable-length integers (the wire's standard
+/// configuration: below 251 one byte; else a marker and 2, 4 or 8 bytes,
+/// little-endian); `None` unless written in the fewest bytes, which is how
+/// bincode writes it, so writing it again gives the same bytes.
+fn wire_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = bytes.split_first()?;
+    let (value, width, least) = match first {
+        0..=250 => (u64::from(first), 0, 0),
+        251 => (
+            u64::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
+            2,
+            251,
+        ),
+        252 => (
+            u64::from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)),
+            4,
+            1 << 16,
+        ),
+        253 => (
+            u64::from_le_bytes(rest.get(..8)?.try_into().ok()?),
+            8,
+            1 << 32,
+        ),
+        _ => return None,
+    };
+    if value < least {
         return None;
     }
-    let ClusterResult {
-        id,
-        status,
-        payload,
-        request_metadata,
-        metadata,
-        exception,
-    } = decoded;
-    let started = i64::try_from(nanos_of(metadata.started)? - i128::from(completed)).ok()?;
-    let elapsed = u64::try_from(metadata.elapsed.as_nanos()).ok()?;
-    let origin = encode_value(
-        &(
-            request_metadata,
-            metadata.host,
-            metadata.pid,
-            metadata.worker,
-        ),
-        "result origin",
-    )
-    .ok()?;
-    let mut out = Vec::with_capacity(payload.len() + 24);
+    *bytes = &rest[width..];
+    Some(value)
+}
+
+/// Writes `value` as bincode's standard configuration does.
+fn put_wire_varint(out: &mut Vec<u8>, value: u64) {
+    if value < 251 {
+        out.push(value as u8);
+    } else if let Ok(value) = u16::try_from(value) {
+        out.push(251);
+        out.extend_from_slice(&value.to_le_bytes());
+    } else if let Ok(value) = u32::try_from(value) {
+        out.push(252);
+        out.extend_from_slice(&value.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// Takes a length-prefixed string or byte string off the wire bytes.
+fn wire_bytes<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(wire_varint(bytes)?).ok()?;
+    let taken = bytes.get(..len)?;
+    *bytes = &bytes[len..];
+    Some(taken)
+}
+
+/// A time or duration as serde writes it (seconds, then nanoseconds below
+/// a second), as nanoseconds.
+fn wire_nanos(bytes: &mut &[u8]) -> Option<u128> {
+    let secs = wire_varint(bytes)?;
+    let nanos = wire_varint(bytes)?;
+    (nanos < NANOS_PER_SEC)
+        .then(|| u128::from(secs) * u128::from(NANOS_PER_SEC) + u128::from(nanos))
+}
+
+/// Writes nanoseconds as [`wire_nanos`] reads them.
+fn put_wire_nanos(out: &mut Vec<u8>, nanos: u128) -> Result<(), StoredFormError> {
+    let secs =
+        u64::try_from(nanos / u128::from(NANOS_PER_SEC)).map_err(|_| StoredFormError::BadTime)?;
+    put_wire_varint(out, secs);
+    put_wire_varint(out, (nanos % u128::from(NANOS_PER_SEC)) as u64);
+    Ok(())
+}
+
+/// A result in the [`RESULT_COMPACT`] form, and its origin (the wire bytes
+/// of its request metadata, host, pid and worker, as they lie in it);
+/// `None` when it cannot be stored so, and then the caller stores it
+/// [`raw`].
+///
+/// It reads the [`ClusterResult`] fields off the wire bytes as bincode's
+/// standard configuration lays them out (id, status, payload, request
+/// metadata, host, pid, worker, started, elapsed, exception), without
+/// decoding what it keeps as bytes: the origin and the payload are kept
+/// as they are, and every number it re-encodes must have been written in
+/// bincode's own (shortest) form, so [`load_result`] gives back exactly
+/// these bytes, whatever they are. (Decoding the result and encoding it
+/// again to check cost the writer several times as much.)
+pub(super) fn compact_result(result: &[u8], completed: i64) -> Option<(Vec<u8>, &[u8])> {
+    let mut rest = result;
+    let id = wire_varint(&mut rest)?;
+    let status = wire_varint(&mut rest)?;
+    if status > 1 {
+        return None;
+    }
+    let payload = wire_bytes(&mut rest)?;
+    let origin_at = rest;
+    let entries = wire_varint(&mut rest)?;
+    for _ in 0..entries {
+        wire_bytes(&mut rest)?;
+        wire_bytes(&mut rest)?;
+    }
+    wire_bytes(&mut rest)?;
+    u32::try_from(wire_varint(&mut rest)?).ok()?;
+    wire_bytes(&mut rest)?;
+    let origin = &origin_at[..origin_at.len() - rest.len()];
+    let started =
+        i64::try_from(i128::try_from(wire_nanos(&mut rest)?).ok()? - i128::from(completed)).ok()?;
+    let elapsed = u64::try_from(wire_nanos(&mut rest)?).ok()?;
+    let (&has_exception, mut rest) = rest.split_first()?;
+    let exception = match has_exception {
+        0 => None,
+        1 => Some(wire_bytes(&mut rest)?),
+        _ => return None,
+    };
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + exception.map_or(0, <[u8]>::len) + 24);
     out.push(RESULT_COMPACT);
     let mut flags = 0;
-    if status == ResultStatus::Fail {
+    if status == 1 {
         flags |= FLAG_FAILED;
     }
     if exception.is_some() {
@@ -236,12 +312,12 @@ pub(super) fn compact_result(result: &[u8], completed: i64) -> Option<(Vec<u8>, 
     out.push(flags);
     put_varint(&mut out, id);
     put_varint(&mut out, payload.len() as u64);
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     put_signed(&mut out, started);
     put_varint(&mut out, elapsed);
     if let Some(exception) = exception {
         put_varint(&mut out, exception.len() as u64);
-        out.extend_from_slice(exception.as_bytes());
+        out.extend_from_slice(exception);
     }
     Some((out, origin))
 }
@@ -258,55 +334,60 @@ pub(super) fn load_result(
         RAW => Ok(rest.to_vec()),
         RESULT_COMPACT => {
             let origin = origin.ok_or(StoredFormError::BadOrigin)?;
-            let (request_metadata, host, pid, worker): Origin =
-                decode_value(origin, "result origin").map_err(|_| StoredFormError::BadOrigin)?;
             let completed = completed.ok_or(StoredFormError::BadTime)?;
             let mut reader = Reader { bytes: rest };
             let flags = reader.take(1)?[0];
+            if flags & !(FLAG_FAILED | FLAG_EXCEPTION) != 0 {
+                return Err(StoredFormError::UnknownForm(flags));
+            }
             let id = reader.varint()?;
             let payload_len = reader.length()?;
-            let payload = reader.take(payload_len)?.to_vec();
-            let started = i128::from(reader.signed()?) + i128::from(completed);
-            let started = u128::try_from(started).map_err(|_| StoredFormError::BadTime)?;
-            let secs =
-                u64::try_from(started / 1_000_000_000).map_err(|_| StoredFormError::BadTime)?;
-            let started = UNIX_EPOCH
-                .checked_add(Duration::new(secs, (started % 1_000_000_000) as u32))
-                .ok_or(StoredFormError::BadTime)?;
-            let elapsed = Duration::from_nanos(reader.varint()?);
+            let payload = reader.take(payload_len)?;
+            let started = u128::try_from(i128::from(reader.signed()?) + i128::from(completed))
+                .map_err(|_| StoredFormError::BadTime)?;
+            let elapsed = reader.varint()?;
             let exception = if flags & FLAG_EXCEPTION != 0 {
                 let len = reader.length()?;
-                let text = reader.take(len)?;
-                Some(String::from_utf8(text.to_vec()).map_err(|_| StoredFormError::Truncated)?)
+                Some(reader.take(len)?)
             } else {
                 None
             };
-            if !reader.bytes.is_empty() || flags & !(FLAG_FAILED | FLAG_EXCEPTION) != 0 {
+            if !reader.bytes.is_empty() {
                 return Err(StoredFormError::Truncated);
             }
-            let result = ClusterResult {
-                id,
-                status: if flags & FLAG_FAILED != 0 {
-                    ResultStatus::Fail
-                } else {
-                    ResultStatus::Ok
-                },
-                payload,
-                request_metadata,
-                metadata: crate::message::ResultMetadata {
-                    host,
-                    pid,
-                    worker,
-                    started,
-                    elapsed,
-                },
-                exception,
-            };
-            encode_value(&result, "result").map_err(|e| StoredFormError::Encode(e.to_string()))
+            let mut out = Vec::with_capacity(
+                payload.len() + origin.len() + exception.map_or(0, <[u8]>::len) + 48,
+            );
+            put_wire_varint(&mut out, id);
+            put_wire_varint(&mut out, u64::from(flags & FLAG_FAILED));
+            put_wire_varint(&mut out, payload.len() as u64);
+            out.extend_from_slice(payload);
+            out.extend_from_slice(origin);
+            put_wire_nanos(&mut out, started)?;
+            put_wire_nanos(&mut out, u128::from(elapsed))?;
+            match exception {
+                None => out.push(0),
+                Some(exception) => {
+                    out.push(1);
+                    put_wire_varint(&mut out, exception.len() as u64);
+                    out.extend_from_slice(exception);
+                }
+            }
+            Ok(out)
         }
         other => Err(StoredFormError::UnknownForm(other)),
     }
 }
+
+/// Largest request that becomes its job's reference: a job whose first
+/// request is larger keeps its requests raw until a smaller one comes
+/// (a large request gains little from sharing a command line, and the
+/// writer keeps each reference in memory).
+const REFERENCE_MAX_BYTES: usize = 4096;
+
+/// Jobs whose reference the writer remembers; past this many it forgets
+/// them all and reads each from the `jobs` table again when next needed.
+const REFERENCES_KEPT: usize = 1024;
 
 /// Origins the writer remembers; past this many it forgets them all and
 /// looks them up in the table again (a hub with many engines over many
@@ -322,7 +403,8 @@ const ORIGINS_KEPT: usize = 4096;
 /// nothing it remembers is ever used without its row.
 #[derive(Default)]
 pub(super) struct Codec {
-    references: HashMap<i64, Arc<[u8]>>,
+    /// `None`: the job has no reference (its first requests were large).
+    references: HashMap<i64, Option<Arc<[u8]>>>,
     origins: HashMap<Vec<u8>, i64>,
 }
 
@@ -335,24 +417,35 @@ impl Codec {
         job: i64,
         request: &[u8],
     ) -> rusqlite::Result<Vec<u8>> {
-        if let Some(reference) = self.references.get(&job) {
-            return Ok(store_request(request, reference));
+        match self.references.get(&job) {
+            Some(Some(reference)) => return Ok(store_request(request, reference)),
+            Some(None) => return Ok(raw(request)),
+            None => {}
         }
         let found: Option<Option<Vec<u8>>> = conn
             .prepare_cached("SELECT request_ref FROM jobs WHERE id = ?1")?
             .query_row([job], |r| r.get(0))
             .optional()?;
-        let reference: Arc<[u8]> = match found {
-            Some(Some(reference)) => reference.into(),
-            Some(None) => {
+        let reference: Option<Arc<[u8]>> = match found {
+            Some(Some(reference)) => Some(reference.into()),
+            // Once set, a reference never changes: stored requests need it.
+            Some(None) if request.len() <= REFERENCE_MAX_BYTES => {
                 conn.prepare_cached("UPDATE jobs SET request_ref = ?2 WHERE id = ?1")?
                     .execute(params![job, request])?;
-                request.into()
+                Some(request.into())
             }
+            // Large: this job's requests stay raw (while remembered).
+            Some(None) => None,
             // An unknown job: its insert fails on the job's foreign key.
             None => return Ok(raw(request)),
         };
-        let stored = store_request(request, &reference);
+        let stored = match &reference {
+            Some(reference) => store_request(request, reference),
+            None => raw(request),
+        };
+        if self.references.len() >= REFERENCES_KEPT {
+            self.references.clear();
+        }
         self.references.insert(job, reference);
         Ok(stored)
     }
@@ -368,25 +461,25 @@ impl Codec {
         let Some((stored, origin)) = compact_result(result, completed) else {
             return Ok((raw(result), None));
         };
-        if let Some(&id) = self.origins.get(&origin) {
+        if let Some(&id) = self.origins.get(origin) {
             return Ok((stored, Some(id)));
         }
         let found = conn
             .prepare_cached("SELECT id FROM origins WHERE origin = ?1")?
-            .query_row([&origin], |r| r.get(0))
+            .query_row([origin], |r| r.get(0))
             .optional()?;
         let id = match found {
             Some(id) => id,
             None => {
                 conn.prepare_cached("INSERT INTO origins (origin) VALUES (?1)")?
-                    .execute([&origin])?;
+                    .execute([origin])?;
                 conn.last_insert_rowid()
             }
         };
         if self.origins.len() >= ORIGINS_KEPT {
             self.origins.clear();
         }
-        self.origins.insert(origin, id);
+        self.origins.insert(origin.to_vec(), id);
         Ok((stored, Some(id)))
     }
 }

@@ -5,7 +5,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proptest::prelude::*;
 
 use super::*;
-use crate::message::{ClusterResult, Metadata, ResultMetadata, ResultStatus};
+use crate::message::{
+    decode_value, encode_value, ClusterResult, Metadata, ResultMetadata, ResultStatus,
+};
+
+fn nanos_of(time: SystemTime) -> Option<i128> {
+    i128::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
 
 fn result_strategy() -> impl Strategy<Value = ClusterResult> {
     (
@@ -105,7 +111,7 @@ proptest! {
             Some((stored, origin)) => {
                 prop_assert_eq!(stored[0], RESULT_COMPACT);
                 prop_assert_eq!(
-                    load_result(&stored, Some(completed), Some(&origin)).unwrap(),
+                    load_result(&stored, Some(completed), Some(origin)).unwrap(),
                     bytes
                 );
             }
@@ -126,7 +132,7 @@ proptest! {
         completed in any::<i64>(),
     ) {
         if let Some((stored, origin)) = compact_result(&bytes, completed) {
-            prop_assert_eq!(load_result(&stored, Some(completed), Some(&origin)).unwrap(), bytes.clone());
+            prop_assert_eq!(load_result(&stored, Some(completed), Some(origin)).unwrap(), bytes.clone());
         }
         prop_assert_eq!(load_result(&raw(&bytes), None, None).unwrap(), bytes.clone());
         prop_assert_eq!(load_request(&raw(&bytes), None).unwrap(), bytes.clone());
@@ -165,7 +171,7 @@ fn a_no_op_result_stores_in_a_few_bytes() {
         bytes.len()
     );
     assert_eq!(
-        load_result(&stored, Some(completed), Some(&origin)).unwrap(),
+        load_result(&stored, Some(completed), Some(origin)).unwrap(),
         bytes
     );
 }
