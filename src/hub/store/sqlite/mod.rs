@@ -46,6 +46,10 @@ macro_rules! task_columns {
 ///   before any id of the block is handed out, so no id is reused after a
 ///   crash; the next block is reserved in the background when half of the
 ///   current one is used.
+/// - Requests and results are stored without what the file holds
+///   elsewhere (a job's command in each of its requests, a worker's host
+///   and slot in each result; see `stored.rs`), and every read gives back
+///   the bytes the hub was given.
 /// - Dropping the store commits everything queued and stops the writer.
 ///
 /// One hub writes a store file at a time (it keeps the set of job ids in
