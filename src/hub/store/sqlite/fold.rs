@@ -226,26 +226,29 @@ fn statement<'s, 'conn>(
 /// first held event is a start, so the start's guard applies.
 static FOLDED_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
-                          result = ?6, error = ?7, attempts = ?8, origin = ?9
+        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4 - submitted,
+                          completed = ?5 - submitted, result = ?6, error = ?7, attempts = ?8,
+                          origin = ?9
          WHERE id = ?1 AND {}",
         guard(TaskEvent::Start)
     )
 });
 
 /// The columns of a final row, in the order the INSERT and the UPDATE of
-/// [`write_folded`] name them after the task's own: its result in its
-/// stored form, and that form's origin.
+/// [`write_folded`] name them after the task's own: its times (as the
+/// statement takes them), its result in its stored form, and that form's
+/// origin.
 fn columns<'a>(
     row: &'a FinalRow<'_>,
+    times: &'a [Option<i64>; 2],
     result: &'a Option<Vec<u8>>,
     origin: &'a Option<i64>,
 ) -> [&'a dyn ToSql; 8] {
     [
         &row.state,
         &row.engine,
-        &row.started,
-        &row.completed,
+        &times[0],
+        &times[1],
         result,
         &row.error,
         &row.attempts,
@@ -284,17 +287,22 @@ pub(super) fn write_folded<'conn>(
             Some(task) => {
                 let request = codec.request(conn, task.job, &task.request)?;
                 let s = statement(conn, &mut statements.insert, FOLDED_INSERT_SQL)?;
+                // Offsets from the submission, as the UPDATEs store them
+                // (both times within TIME_RANGE_NANOS of 1970: no overflow).
+                let times = [row.started, row.completed].map(|t| t.map(|t| t - task.submitted));
                 let task: [&dyn ToSql; 5] =
                     [&task.id, &task.job, &task.seq, &request, &task.submitted];
                 s.execute(params_from_iter(
-                    task.into_iter().chain(columns(&row, &result, &origin)),
+                    task.into_iter()
+                        .chain(columns(&row, &times, &result, &origin)),
                 ))
             }
             None => {
                 let s = statement(conn, &mut statements.update, &FOLDED_UPDATE_SQL)?;
                 let id: &dyn ToSql = &id;
+                let times = [row.started, row.completed];
                 s.execute(params_from_iter(
-                    std::iter::once(id).chain(columns(&row, &result, &origin)),
+                    std::iter::once(id).chain(columns(&row, &times, &result, &origin)),
                 ))
             }
         });

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
@@ -377,4 +377,51 @@ fn a_job_whose_first_request_is_large_reads_back_as_given() {
         .filter_map(|t| t.request)
         .collect();
     assert_eq!(read, given);
+}
+
+/// Times as far apart as the store takes them (a start and a completion
+/// stored as offsets from a submission 140 years before 1970) read back as
+/// given; a time past the range is refused when the call is made.
+#[test]
+fn times_far_apart_read_back_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(dir.path().join("far.sqlite")).unwrap();
+    let j = job(&mut store, "far");
+    let years = |n: u64| Duration::from_secs(n * 365 * 86_400);
+    let (submitted, started, completed) = (
+        UNIX_EPOCH - years(140),
+        UNIX_EPOCH + years(140),
+        UNIX_EPOCH + years(145),
+    );
+    let id = store.next_task_ids(1).unwrap().start;
+    store
+        .add_tasks(vec![NewTask {
+            id,
+            job: j,
+            seq: 0,
+            request: command_request(0),
+            submitted,
+        }])
+        .unwrap();
+    store.flush().unwrap();
+    store.task_started(id, 1, started, 1).unwrap();
+    let finished = Finished {
+        status: TaskState::Ok,
+        result: command_result(0, j, 1, started),
+        error: None,
+        completed,
+        engine: 1,
+        attempts: 1,
+    };
+    store.task_finished(id, finished.clone()).unwrap();
+    let task = &all_tasks(&mut store, j)[0];
+    assert_eq!(
+        (task.submitted, task.started, task.completed),
+        (submitted, Some(started), Some(completed))
+    );
+    assert_eq!(task.result.as_ref(), Some(&finished.result));
+    assert!(matches!(
+        store.task_started(id, 1, UNIX_EPOCH + years(150), 2),
+        Err(StoreError::TimeOutOfRange { .. })
+    ));
 }

@@ -12,12 +12,14 @@
 /// compile time; each statement selects `FROM tasks` (no alias).
 macro_rules! task_columns {
     (payloads) => {
-        "id, job, seq, request, submitted, engine, started, completed, state, result, error, attempts, \
+        "id, job, seq, request, submitted, engine, submitted + started, submitted + completed, \
+         state, result, error, attempts, \
          (SELECT request_ref FROM jobs WHERE jobs.id = tasks.job), \
          (SELECT origin FROM origins WHERE origins.id = tasks.origin)"
     };
     (status) => {
-        "id, job, seq, NULL, submitted, engine, started, completed, state, NULL, error, attempts, NULL, NULL"
+        "id, job, seq, NULL, submitted, engine, submitted + started, submitted + completed, \
+         state, NULL, error, attempts, NULL, NULL"
     };
 }
 
@@ -56,7 +58,7 @@ macro_rules! task_columns {
 /// memory to refuse tasks for unknown jobs at once); another `SqliteStore`
 /// on the same file can read it, and id reservations stay disjoint. Numbers
 /// must fit SQLite's signed 64-bit integers ([`StoreError::TooLarge`]) and
-/// times must lie within about ±292 years of 1970
+/// times must lie within about ±146 years of 1970
 /// ([`StoreError::TimeOutOfRange`]); both are checked when the call is made.
 pub struct SqliteStore {
     path: PathBuf,

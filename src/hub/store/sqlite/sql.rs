@@ -38,12 +38,20 @@ pub(super) fn sql_int(what: &'static str, value: u64) -> Result<i64, StoreError>
     i64::try_from(value).map_err(|_| StoreError::TooLarge { what, value })
 }
 
+/// Largest distance from 1970 of a stored time, ns: half of SQLite's
+/// integer range, so that the difference of any two stored times is an
+/// integer too (a task's start and completion are stored as offsets from
+/// its submission, see `schema::V3_SCHEMA`). About 146 years.
+pub(super) const TIME_RANGE_NANOS: i64 = i64::MAX / 2;
+
 pub(super) fn time_to_sql(what: &'static str, time: SystemTime) -> Result<i64, StoreError> {
     let nanos = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_nanos()).ok(),
         Err(before) => i64::try_from(before.duration().as_nanos()).ok().map(|n| -n),
     };
-    nanos.ok_or(StoreError::TimeOutOfRange { what, time })
+    nanos
+        .filter(|n| n.abs() <= TIME_RANGE_NANOS)
+        .ok_or(StoreError::TimeOutOfRange { what, time })
 }
 
 pub(super) fn time_from_sql(nanos: i64) -> Option<SystemTime> {
@@ -161,10 +169,11 @@ pub(super) fn guard(event: TaskEvent) -> String {
     )
 }
 
-/// Records a start (`?1` task, `?2` engine, `?3` time, `?4` attempts).
+/// Records a start (`?1` task, `?2` engine, `?3` time, `?4` attempts);
+/// the time is stored as an offset from the task's submission.
 pub(super) static START_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = '{}', engine = ?2, started = ?3, attempts = ?4
+        "UPDATE tasks SET state = '{}', engine = ?2, started = ?3 - submitted, attempts = ?4
          WHERE id = ?1 AND {}",
         TaskEvent::Start.leads_to(),
         guard(TaskEvent::Start)
@@ -185,7 +194,7 @@ pub(super) static REQUEUE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// failed apply in the same states.
 pub(super) static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5,
+        "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5 - submitted,
                           engine = ?6, attempts = ?7, origin = ?8
          WHERE id = ?1 AND {}",
         guard(TaskEvent::Finish(TaskState::Ok))
