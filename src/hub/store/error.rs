@@ -61,7 +61,8 @@ pub enum StoreError {
         /// The number.
         value: u64,
     },
-    /// Times are stored as signed nanoseconds since 1970, about ±292 years.
+    /// Times are stored as signed nanoseconds since 1970, about ±146 years
+    /// (the SQLite store keeps differences of two times, which must fit too).
     #[error("{what} {time:?} is outside the task store's time range (years 1678 to 2262)")]
     TimeOutOfRange {
         /// What the time is.

@@ -40,6 +40,7 @@
 //! | `sqlite/writer.rs` | the write queue and the writer thread: a batch is committed in `commit_batch`, which moves the [`CommitLog`] on |
 //! | `sqlite/ids.rs` | id blocks reserved in the `counters` table |
 //! | `sqlite/fold.rs` | the writes of one batch folded per task into one statement |
+//! | `sqlite/stored.rs` | the stored forms of requests and results (schema version 3): the wire bytes without what the store holds elsewhere, given back byte for byte |
 //! | `sqlite/sql.rs` | the SQL of each write (its guards built from the state machine), and conversions to and from SQLite's values |
 //! | `sqlite/maintenance.rs` | purges and resubmits |
 //! | `tests.rs`, `model_tests.rs`, `state_tests.rs`, `sqlite/tests.rs`, `sqlite/fold_tests.rs` | tests: both stores alike, the two stores checked against each other, the state machine, the SQLite store alone, the fold and the SQL of each event |

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use rusqlite::{params_from_iter, CachedStatement, Connection, ToSql};
 
 use super::sql::{apply, guard, note_ignored};
+use super::stored::Codec;
 use super::writer::{BatchErrors, SqlTask, Write};
 use crate::hub::store::state::{ignored, Change, Progress};
 use crate::hub::store::{StoreError, TaskEvent};
@@ -73,6 +74,8 @@ pub(super) struct Fold {
     /// Payload bytes held; past [`FOLD_BYTES`] the held tasks are written
     /// out at once (still in the batch's transaction).
     bytes: usize,
+    /// Puts requests and results in their stored forms as they are written.
+    pub(super) codec: Codec,
 }
 
 /// Most payload bytes the writer holds back for folding.
@@ -102,7 +105,7 @@ impl Fold {
             return self.flush_if_full(conn, errors);
         }
         let Some(id) = write.task() else {
-            return apply(conn, write, errors);
+            return apply(conn, &mut self.codec, write, errors);
         };
         if let Some(held) = self.held.get_mut(&id) {
             if let Write::Event {
@@ -128,7 +131,7 @@ impl Fold {
                 carried: false,
             });
         } else {
-            apply(conn, write, errors);
+            apply(conn, &mut self.codec, write, errors);
         }
     }
 
@@ -166,7 +169,7 @@ impl Fold {
                 folded.carried = true;
                 carried.push(folded);
             } else {
-                write_folded(conn, &mut statements, folded, errors);
+                write_folded(conn, &mut self.codec, &mut statements, folded, errors);
             }
         }
         for folded in carried {
@@ -185,7 +188,7 @@ impl Fold {
         let mut statements = Statements::default();
         for id in std::mem::take(&mut self.order) {
             if let Some(folded) = self.held.remove(&id) {
-                write_folded(conn, &mut statements, folded, errors);
+                write_folded(conn, &mut self.codec, &mut statements, folded, errors);
             }
         }
     }
@@ -203,8 +206,8 @@ pub(super) struct Statements<'conn> {
 /// Inserts a held task new in this batch with its final row.
 const FOLDED_INSERT_SQL: &str =
     "INSERT INTO tasks (id, job, seq, request, submitted, state, engine, started,
-                        completed, result, error, attempts)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+                        completed, result, error, attempts, origin)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 /// `slot`'s statement, prepared (from the cache) the first time.
 fn statement<'s, 'conn>(
@@ -223,53 +226,86 @@ fn statement<'s, 'conn>(
 /// first held event is a start, so the start's guard applies.
 static FOLDED_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4, completed = ?5,
-                          result = ?6, error = ?7, attempts = ?8
+        "UPDATE tasks SET state = ?2, engine = ?3, started = ?4 - submitted,
+                          completed = ?5 - submitted, result = ?6, error = ?7, attempts = ?8,
+                          origin = ?9
          WHERE id = ?1 AND {}",
         guard(TaskEvent::Start)
     )
 });
 
 /// The columns of a final row, in the order the INSERT and the UPDATE of
-/// [`write_folded`] name them after the task's own.
-fn columns<'a>(row: &'a FinalRow<'_>) -> [&'a dyn ToSql; 7] {
+/// [`write_folded`] name them after the task's own: its times (as the
+/// statement takes them), its result in its stored form, and that form's
+/// origin.
+fn columns<'a>(
+    row: &'a FinalRow<'_>,
+    times: &'a [Option<i64>; 2],
+    result: &'a Option<Vec<u8>>,
+    origin: &'a Option<i64>,
+) -> [&'a dyn ToSql; 8] {
     [
         &row.state,
         &row.engine,
-        &row.started,
-        &row.completed,
-        &row.result,
+        &times[0],
+        &times[1],
+        result,
         &row.error,
         &row.attempts,
+        origin,
     ]
+}
+
+/// A final row's result in its stored form, and that form's origin.
+fn stored_result(
+    conn: &Connection,
+    codec: &mut Codec,
+    row: &FinalRow<'_>,
+) -> rusqlite::Result<(Option<Vec<u8>>, Option<i64>)> {
+    match (row.result, row.completed) {
+        (Some(result), Some(completed)) => codec
+            .result(conn, result, completed)
+            .map(|(stored, origin)| (Some(stored), origin)),
+        (Some(result), None) => Ok((Some(super::stored::raw(result)), None)),
+        (None, _) => Ok((None, None)),
+    }
 }
 
 /// Writes one folded task: an INSERT of its final row, or an UPDATE of an
 /// existing row to it.
 pub(super) fn write_folded<'conn>(
     conn: &'conn Connection,
+    codec: &mut Codec,
     statements: &mut Statements<'conn>,
     folded: Folded,
     errors: &BatchErrors,
 ) {
     let id = folded.id;
     let row = folded.final_row();
-    let written = match &folded.insert {
-        Some(task) => statement(conn, &mut statements.insert, FOLDED_INSERT_SQL).and_then(|s| {
-            let task: [&dyn ToSql; 5] = [
-                &task.id,
-                &task.job,
-                &task.seq,
-                &task.request,
-                &task.submitted,
-            ];
-            s.execute(params_from_iter(task.into_iter().chain(columns(&row))))
-        }),
-        None => statement(conn, &mut statements.update, &FOLDED_UPDATE_SQL).and_then(|s| {
-            let id: &dyn ToSql = &id;
-            s.execute(params_from_iter(std::iter::once(id).chain(columns(&row))))
-        }),
-    };
+    let written =
+        stored_result(conn, codec, &row).and_then(|(result, origin)| match &folded.insert {
+            Some(task) => {
+                let request = codec.request(conn, task.job, &task.request)?;
+                let s = statement(conn, &mut statements.insert, FOLDED_INSERT_SQL)?;
+                // Offsets from the submission, as the UPDATEs store them
+                // (both times within TIME_RANGE_NANOS of 1970: no overflow).
+                let times = [row.started, row.completed].map(|t| t.map(|t| t - task.submitted));
+                let task: [&dyn ToSql; 5] =
+                    [&task.id, &task.job, &task.seq, &request, &task.submitted];
+                s.execute(params_from_iter(
+                    task.into_iter()
+                        .chain(columns(&row, &times, &result, &origin)),
+                ))
+            }
+            None => {
+                let s = statement(conn, &mut statements.update, &FOLDED_UPDATE_SQL)?;
+                let id: &dyn ToSql = &id;
+                let times = [row.started, row.completed];
+                s.execute(params_from_iter(
+                    std::iter::once(id).chain(columns(&row, &times, &result, &origin)),
+                ))
+            }
+        });
     match (written, folded.insert) {
         (Ok(0), None) => note_ignored(conn, TaskEvent::Start, id),
         (Ok(_), _) => {}
@@ -282,7 +318,7 @@ pub(super) fn write_folded<'conn>(
                 source,
             });
             for event in folded.events {
-                apply(conn, event, errors);
+                apply(conn, codec, event, errors);
             }
         }
         (Err(source), None) => errors.report(StoreError::Sqlite {

@@ -4,7 +4,8 @@ use proptest::prelude::*;
 use rusqlite::Connection;
 
 use super::*;
-use crate::hub::store::sqlite::schema::SCHEMA;
+use crate::hub::store::sqlite::schema::create_for_tests;
+use crate::hub::store::sqlite::stored::Codec;
 use crate::hub::store::state::{Change, Outcome};
 use crate::hub::store::{TaskEvent, TaskState};
 
@@ -31,7 +32,7 @@ fn event() -> impl Strategy<Value = (usize, Event)> {
 /// the table (tasks 3 and 4 may be added by the events).
 fn fold_table() -> Connection {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
+    create_for_tests(&conn);
     conn.execute(
         "INSERT INTO jobs (id, submitted, client, spec) VALUES (1, 0, 'c', x'')",
         [],
@@ -40,6 +41,7 @@ fn fold_table() -> Connection {
     for id in [1, 2] {
         apply(
             &conn,
+            &mut Codec::default(),
             Write::AddTasks(vec![sql_task(id)]),
             &BatchErrors::default(),
         );
@@ -150,7 +152,7 @@ proptest! {
         let (plain_errors, folded_errors) = (BatchErrors::default(), BatchErrors::default());
         let mut fold = Fold::default();
         for (n, e) in events.iter().enumerate() {
-            apply(&plain, write_of(n, e), &plain_errors);
+            apply(&plain, &mut Codec::default(), write_of(n, e), &plain_errors);
             fold.apply(&folded, write_of(n, e), &folded_errors);
         }
         fold.flush(&folded, &folded_errors);
@@ -188,7 +190,12 @@ fn the_sql_of_each_event_follows_the_state_machine() {
             }
             let errors = BatchErrors::default();
             let before = table(&plain);
-            apply(&plain, write_of(1, &(0, event.clone())), &errors);
+            apply(
+                &plain,
+                &mut Codec::default(),
+                write_of(1, &(0, event.clone())),
+                &errors,
+            );
             if from.apply(*machine).is_err() {
                 assert_eq!(table(&plain), before, "{from} + {machine:?} refused");
             }
@@ -213,11 +220,11 @@ fn the_sql_of_each_event_follows_the_state_machine() {
 
 /// The schema's CHECK takes every state there is, and no other; and it
 /// is written without an `IN` list, which SQLite runs as a temporary
-/// b-tree built on every INSERT and state UPDATE (see `schema::SCHEMA`).
+/// b-tree built on every INSERT and state UPDATE (see `schema::SCHEMA`; the partial index of version 3 likewise).
 #[test]
 fn the_schema_allows_every_state_and_no_other() {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
+    create_for_tests(&conn);
     conn.execute(
         "INSERT INTO jobs (id, submitted, client, spec) VALUES (1, 0, 'c', x'')",
         [],

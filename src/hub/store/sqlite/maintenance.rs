@@ -158,7 +158,8 @@ pub(super) fn reset_in(
         let mut reset = tx
             .prepare(&format!(
                 "UPDATE tasks SET state = '{}', engine = NULL, started = NULL,
-                                  completed = NULL, result = NULL, error = NULL
+                                  completed = NULL, result = NULL, error = NULL,
+                                  origin = NULL
                  WHERE id = ?1",
                 TaskEvent::Resubmit.leads_to()
             ))

@@ -5,14 +5,21 @@
 //! (`maintenance.rs`).
 
 /// The columns of a task row, in the order `sql::task_row` reads them:
-/// with payloads, or with NULL in their place (status only). A macro, so
-/// that statements can be built with `concat!` at compile time.
+/// with payloads, or with NULL in their place (status only). With
+/// payloads, the last two are what their stored forms need besides the
+/// row (see `stored.rs`): the job's reference request and the result's
+/// origin. A macro, so that statements can be built with `concat!` at
+/// compile time; each statement selects `FROM tasks` (no alias).
 macro_rules! task_columns {
     (payloads) => {
-        "id, job, seq, request, submitted, engine, started, completed, state, result, error, attempts"
+        "id, job, seq, request, submitted, engine, submitted + started, submitted + completed, \
+         state, result, error, attempts, \
+         (SELECT request_ref FROM jobs WHERE jobs.id = tasks.job), \
+         (SELECT origin FROM origins WHERE origins.id = tasks.origin)"
     };
     (status) => {
-        "id, job, seq, NULL, submitted, engine, started, completed, state, NULL, error, attempts"
+        "id, job, seq, NULL, submitted, engine, submitted + started, submitted + completed, \
+         state, NULL, error, attempts, NULL, NULL"
     };
 }
 
@@ -41,13 +48,17 @@ macro_rules! task_columns {
 ///   before any id of the block is handed out, so no id is reused after a
 ///   crash; the next block is reserved in the background when half of the
 ///   current one is used.
+/// - Requests and results are stored without what the file holds
+///   elsewhere (a job's command in each of its requests, a worker's host
+///   and slot in each result; see `stored.rs`), and every read gives back
+///   the bytes the hub was given.
 /// - Dropping the store commits everything queued and stops the writer.
 ///
 /// One hub writes a store file at a time (it keeps the set of job ids in
 /// memory to refuse tasks for unknown jobs at once); another `SqliteStore`
 /// on the same file can read it, and id reservations stay disjoint. Numbers
 /// must fit SQLite's signed 64-bit integers ([`StoreError::TooLarge`]) and
-/// times must lie within about ±292 years of 1970
+/// times must lie within about ±146 years of 1970
 /// ([`StoreError::TimeOutOfRange`]); both are checked when the call is made.
 pub struct SqliteStore {
     path: PathBuf,
@@ -89,8 +100,11 @@ mod ids;
 mod maintenance;
 mod schema;
 mod sql;
+mod stored;
 mod writer;
 
+#[cfg(test)]
+mod forms_tests;
 #[cfg(test)]
 mod tests;
 

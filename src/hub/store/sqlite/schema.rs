@@ -12,8 +12,9 @@ use crate::hub::store::StoreError;
 
 /// `PRAGMA user_version` of the schema below; a file with a larger one was
 /// written by a newer zcluster and is refused. Version 2 added the `meta`
-/// table and the application id.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// table and the application id; version 3 the stored forms of requests
+/// and results ([`V3_SCHEMA`]).
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Times are INTEGER nanoseconds since 1970 (negative before); ids and
 /// counts are INTEGER; payloads are BLOBs. `counters.value` is the first id
@@ -66,6 +67,36 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('commits', 0);
+";
+
+/// Version 3: a task's `started` and `completed` as nanoseconds after its
+/// `submitted` (a few bytes each instead of eight; reads add them back);
+/// requests and results in their stored forms (see `stored.rs`): each job's reference request in `jobs.request_ref`, each
+/// result's origin (request metadata, host, pid, worker) once in `origins`
+/// and named by `tasks.origin`; every blob already in the file marked as
+/// stored raw (a form byte 0 in front). And the index on the state only
+/// over unfinished tasks, keyed as a restarted hub reads them: finished
+/// tasks (nearly all of a big store) no longer carry an index entry, and a
+/// task inserted already finished (the writer's fold) never touches it.
+///
+/// The index's condition is the one `unfinished()` and the live counts'
+/// recount query with, word for word (`sql::completed_states(false)`):
+/// SQLite uses a partial index only for a query whose WHERE holds its
+/// condition as a term. (`hex(NULL)` is `''`, hence the CASE.) Two constants in an `IN` are coded as two
+/// comparisons, not a temporary b-tree (see [`SCHEMA`]).
+pub(super) const V3_SCHEMA: &str = "
+ALTER TABLE jobs ADD COLUMN request_ref BLOB;
+ALTER TABLE tasks ADD COLUMN origin INTEGER;
+CREATE TABLE IF NOT EXISTS origins (
+    id     INTEGER PRIMARY KEY,
+    origin BLOB NOT NULL UNIQUE
+) STRICT;
+DROP INDEX IF EXISTS tasks_state;
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (job, seq)
+    WHERE state IN ('pending', 'running');
+UPDATE tasks SET started = started - submitted, completed = completed - submitted,
+                 request = unhex('00' || hex(request)),
+                 result = CASE WHEN result IS NULL THEN NULL ELSE unhex('00' || hex(result)) END;
 ";
 
 /// How long a connection waits for another one's write lock.
@@ -133,9 +164,22 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         tx.pragma_update(None, "application_id", files::APPLICATION_ID)
             .map_err(sqlite_error(operation.clone()))?;
     }
+    if found < 3 {
+        tx.execute_batch(V3_SCHEMA)
+            .map_err(sqlite_error(operation.clone()))?;
+    }
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite_error(operation.clone()))?;
     }
     tx.commit().map_err(sqlite_error(operation))
+}
+
+/// A connection given the current schema, as `migrate` leaves a new file,
+/// for tests of the SQL alone.
+#[cfg(test)]
+pub(super) fn create_for_tests(conn: &Connection) {
+    for part in [SCHEMA, META_SCHEMA, V3_SCHEMA] {
+        conn.execute_batch(part).expect("the schema applies");
+    }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
+use super::stored::{load_request, load_result, Codec, StoredFormError};
 use super::writer::{BatchErrors, Write};
 use crate::hub::store::state::ignored;
 use crate::hub::store::state::Change;
@@ -37,12 +38,20 @@ pub(super) fn sql_int(what: &'static str, value: u64) -> Result<i64, StoreError>
     i64::try_from(value).map_err(|_| StoreError::TooLarge { what, value })
 }
 
+/// Largest distance from 1970 of a stored time, ns: half of SQLite's
+/// integer range, so that the difference of any two stored times is an
+/// integer too (a task's start and completion are stored as offsets from
+/// its submission, see `schema::V3_SCHEMA`). About 146 years.
+pub(super) const TIME_RANGE_NANOS: i64 = i64::MAX / 2;
+
 pub(super) fn time_to_sql(what: &'static str, time: SystemTime) -> Result<i64, StoreError> {
     let nanos = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_nanos()).ok(),
         Err(before) => i64::try_from(before.duration().as_nanos()).ok().map(|n| -n),
     };
-    nanos.ok_or(StoreError::TimeOutOfRange { what, time })
+    nanos
+        .filter(|n| n.abs() <= TIME_RANGE_NANOS)
+        .ok_or(StoreError::TimeOutOfRange { what, time })
 }
 
 pub(super) fn time_from_sql(nanos: i64) -> Option<SystemTime> {
@@ -86,19 +95,38 @@ pub(super) fn column_opt_time(row: &Row<'_>, idx: usize) -> rusqlite::Result<Opt
     }
 }
 
-/// Reads a row selected with `task_columns!`.
+/// Reads a row selected with `task_columns!`, its request and result
+/// given back from their stored forms.
 pub(super) fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let unstored = |idx: usize| {
+        move |error: StoredFormError| {
+            rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, Box::new(error))
+        }
+    };
+    let request = match row.get_ref(3)?.as_blob_or_null()? {
+        None => None,
+        Some(stored) => {
+            Some(load_request(stored, row.get_ref(12)?.as_blob_or_null()?).map_err(unstored(3))?)
+        }
+    };
+    let result = match row.get_ref(9)?.as_blob_or_null()? {
+        None => None,
+        Some(stored) => Some(
+            load_result(stored, row.get(7)?, row.get_ref(13)?.as_blob_or_null()?)
+                .map_err(unstored(9))?,
+        ),
+    };
     Ok(TaskRecord {
         id: column_u64(row, 0)?,
         job: column_u64(row, 1)?,
         seq: column_u64(row, 2)?,
-        request: row.get(3)?,
+        request,
         submitted: column_time(row, 4)?,
         engine: column_opt_u64(row, 5)?,
         started: column_opt_time(row, 6)?,
         completed: column_opt_time(row, 7)?,
         state: row.get(8)?,
-        result: row.get(9)?,
+        result,
         error: row.get(10)?,
         attempts: row.get(11)?,
     })
@@ -141,10 +169,11 @@ pub(super) fn guard(event: TaskEvent) -> String {
     )
 }
 
-/// Records a start (`?1` task, `?2` engine, `?3` time, `?4` attempts).
+/// Records a start (`?1` task, `?2` engine, `?3` time, `?4` attempts);
+/// the time is stored as an offset from the task's submission.
 pub(super) static START_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = '{}', engine = ?2, started = ?3, attempts = ?4
+        "UPDATE tasks SET state = '{}', engine = ?2, started = ?3 - submitted, attempts = ?4
          WHERE id = ?1 AND {}",
         TaskEvent::Start.leads_to(),
         guard(TaskEvent::Start)
@@ -161,18 +190,20 @@ pub(super) static REQUEUE_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Records a result (`?1` task, `?2` its completed state, then the
-/// columns): a finish as ok and one as failed apply in the same states.
+/// columns, the result in its stored form): a finish as ok and one as
+/// failed apply in the same states.
 pub(super) static FINISH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5,
-                          engine = ?6, attempts = ?7
+        "UPDATE tasks SET state = ?2, result = ?3, error = ?4, completed = ?5 - submitted,
+                          engine = ?6, attempts = ?7, origin = ?8
          WHERE id = ?1 AND {}",
         guard(TaskEvent::Finish(TaskState::Ok))
     )
 });
 
-/// Applies one write in the writer's open transaction; failures go to `errors`.
-pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
+/// Applies one write in the writer's open transaction, requests and
+/// results in their stored forms (`codec`); failures go to `errors`.
+pub(super) fn apply(conn: &Connection, codec: &mut Codec, write: Write, errors: &BatchErrors) {
     let fail = |operation: String, source| errors.report(StoreError::Sqlite { operation, source });
     match write {
         Write::AddJob {
@@ -208,13 +239,18 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
                 Err(e) => return fail(format!("recording {} tasks", tasks.len()), e),
             };
             for task in tasks {
-                if let Err(e) = insert.execute(params![
-                    task.id,
-                    task.job,
-                    task.seq,
-                    task.request,
-                    task.submitted
-                ]) {
+                if let Err(e) = codec
+                    .request(conn, task.job, &task.request)
+                    .and_then(|request| {
+                        insert.execute(params![
+                            task.id,
+                            task.job,
+                            task.seq,
+                            request,
+                            task.submitted
+                        ])
+                    })
+                {
                     fail(
                         format!(
                             "recording task {} (job {}, seq {})",
@@ -243,17 +279,20 @@ pub(super) fn apply(conn: &Connection, write: Write, errors: &BatchErrors) {
                     "requeue",
                 ),
                 Change::Finish(outcome) => (
-                    conn.prepare_cached(&FINISH_SQL).and_then(|mut s| {
-                        s.execute(params![
-                            task,
-                            outcome.state,
-                            outcome.result,
-                            outcome.error,
-                            outcome.completed,
-                            outcome.engine,
-                            outcome.attempts
-                        ])
-                    }),
+                    codec
+                        .result(conn, &outcome.result, outcome.completed)
+                        .and_then(|(result, origin)| {
+                            conn.prepare_cached(&FINISH_SQL)?.execute(params![
+                                task,
+                                outcome.state,
+                                result,
+                                outcome.error,
+                                outcome.completed,
+                                outcome.engine,
+                                outcome.attempts,
+                                origin
+                            ])
+                        }),
                     "result",
                 ),
             };
