@@ -17,6 +17,8 @@
 #      1 M vs 100 k inputs, and the store's bytes per task (bench-scale.sh)
 #   9. the hub's task rate with a dashboard, a `status --watch` and an
 #      `events` attached vs nobody watching (bench-watched.sh)
+#  10. the release binary as `cargo install --path cli` builds it: its size,
+#      and whether addr2line still finds our lines in it (bench-binary.sh)
 #   and the divan micro benchmarks of the codec and the store (benches/),
 #   run briefly; selected medians go in the table.
 # The scripts print their own human output (shown here on stderr as they
@@ -27,7 +29,8 @@
 # Usage: scripts/bench.sh            (about 30 minutes on the 2-core machine, 5 with SCALE=0)
 #        QUICK=1 scripts/bench.sh    (smaller sizes, one run each: a smoke test, ~1 minute)
 #        MEMORY=0 skips the peak-memory runs, MICRO=0 the micro benchmarks,
-#        SCALE=0 the scale runs (bench-scale.sh: 1 M spawns alone take ~17 min);
+#        SCALE=0 the scale runs (bench-scale.sh: 1 M spawns alone take ~17 min),
+#        BINARY=0 the binary's size (bench-binary.sh: a build of its own);
 #        RUNS, COUNT, N, ... pass through to the scripts (see each one).
 source "$(dirname "$0")/common.sh"
 started=$(date +%s)
@@ -63,6 +66,7 @@ run bench-hub.sh
 run bench-map.sh
 run bench-watched.sh
 if [ "${SCALE:-1}" != 0 ]; then run bench-scale.sh; fi
+if [ "${BINARY:-1}" != 0 ]; then run bench-binary.sh; fi
 
 # Micro benchmarks: one short full run of each (kept in $OUT), then a few
 # single benchmarks for the table. divan prints fastest, slowest, median
@@ -271,13 +275,18 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         row "  store lifecycle, batch 1024, memory" "$(m lifecycle_memory)"
         row "  store lifecycle, batch 1024, SQLite" "$(m lifecycle_sqlite)"
     fi
-    # The binary as `cargo install` builds it: the release profile.
-    bytes=$(stat -c %s "$ROOT/target/release/zcluster" 2>/dev/null || true)
+    # The binary as `cargo install --path cli` builds it (bench-binary.sh),
+    # line tables counted as kept when addr2line placed at least one of
+    # zcluster's functions at a line of this repository.
+    bytes=$(get binary.bytes) resolved=$(get binary.lines_resolved)
     if [ -n "$bytes" ]; then
-        mb=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
-        lines=$(readelf -S -W "$ROOT/target/release/zcluster" 2>/dev/null | grep -c '\.debug_line' || true)
-        row "release binary (line tables: $([ "$lines" -gt 0 ] && echo kept || echo NONE))" "$mb MB" "" "" "<= 15 MB" \
-            "$([ "$lines" -gt 0 ] && verdict "$mb" "<=" 15 || echo MISS)"
+        mb=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1e6 }')
+        kept=$([ "${resolved:-0}" -gt 0 ] && echo yes || echo no)
+        row "10 release binary, cargo install --path cli" "$mb MB" \
+            "lines of ours: ${resolved:-0} of $(get binary.lines_tried) fns" "" "<= 15 MB" \
+            "$([ "$kept" = yes ] && verdict "$mb" "<=" 15 || echo "MISS (no line tables)")"
+    else
+        row "10 release binary, cargo install --path cli" "-" "not measured (BINARY=0?)" "" "<= 15 MB"
     fi
     echo
     echo "7, 8: scripts/bench-scale.sh (its header says what is measured; 8 runs 1 M inputs, not"
