@@ -3,7 +3,8 @@
 //! and no store in it, so the scheduler (see [`scheduler`](super::scheduler))
 //! and its tests work on it alone.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -416,6 +417,15 @@ pub(super) struct State {
     /// The most slots any engine registered with: an open engine with that
     /// many free has the most room there can be, and ends the search.
     pub(super) most_slots: u32,
+    /// Engines by their room at the deepest prefetch, the most first, for
+    /// a prefetched task when no engine has a free slot (see
+    /// [`open`](Self::open)): with a thousand one-slot engines all busy
+    /// and a backlog, finding the one with the most room was a scan of
+    /// every engine per message sent. Kept lazily: an engine's room only
+    /// grows where it is pushed on [`freed`](Self::freed), from which the
+    /// scheduler pushes it here again; an entry whose room shrank since is
+    /// put right when it comes to the top.
+    pub(super) deep: BinaryHeap<(u32, Reverse<EngineId>)>,
 }
 
 /// The engines a job's request may fit, the likeliest first: built by a
@@ -444,6 +454,7 @@ impl Default for State {
             fitting: HashMap::new(),
             open: BTreeSet::new(),
             most_slots: 0,
+            deep: BinaryHeap::new(),
         }
     }
 }
