@@ -276,6 +276,10 @@ pub(super) struct Job {
     /// hub started (a job recovered from the store, until a client
     /// attaches).
     pub(super) client_heard: Option<Instant>,
+    /// Tasks its client may have outstanding, as the hub told it when the
+    /// job opened; `None`: the hub's `credit` (a job recovered from the
+    /// store).
+    pub(super) credit: Option<u32>,
 }
 
 impl Job {
@@ -301,6 +305,7 @@ impl Job {
             request: None,
             blocked_since: None,
             client_heard: None,
+            credit: None,
         }
     }
 
