@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use zcluster::hub::connection::{self, ConnectionInfo};
-use zcluster::hub::server::{Endpoints, Hub, HubOptions, DEFAULT_CREDIT, DEFAULT_POISON_LIMIT};
+use zcluster::hub::server::{
+    Endpoints, Hub, HubOptions, DEFAULT_CREDIT, DEFAULT_CREDIT_PER_SLOT, DEFAULT_POISON_LIMIT,
+};
 use zcluster::message::MAX_MESSAGE_BYTES;
 
 use super::UsageError;
@@ -36,8 +38,10 @@ pub struct HubArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     heartbeat_misses: u32,
     /// Tasks a client may have outstanding per job.
-    #[arg(long, default_value_t = DEFAULT_CREDIT, hide = true)]
-    credit: u32,
+    /// Tasks a client may have outstanding per job (given, whatever the
+    /// slots: no credit per slot).
+    #[arg(long, hide = true)]
+    credit: Option<u32>,
     /// Engines that may die while running one task before that task is
     /// failed as a poison input instead of tried on another.
     #[arg(long, default_value_t = DEFAULT_POISON_LIMIT, value_name = "N")]
@@ -115,7 +119,12 @@ pub fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
         store,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         heartbeat_misses: args.heartbeat_misses.max(1),
-        credit: args.credit.max(1),
+        credit: args.credit.unwrap_or(DEFAULT_CREDIT).max(1),
+        credit_per_slot: if args.credit.is_some() {
+            0
+        } else {
+            DEFAULT_CREDIT_PER_SLOT
+        },
         key,
         poison_limit: args.poison_limit.max(1),
         max_message: args.max_message,

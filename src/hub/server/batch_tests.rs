@@ -139,6 +139,7 @@ fn hub(credit: u32, by_hand: bool) -> (Core<Recorder>, Option<Arc<CommitLog>>) {
     let inner = store::open_with(":memory:", &StoreOptions::default()).expect("memory store");
     let options = HubOptions {
         credit,
+        credit_per_slot: 0,
         speculate: false,
         ..HubOptions::default()
     };
@@ -370,4 +371,49 @@ fn a_batch_is_dispatched_and_its_results_delivered_only_once_committed() {
     hub.store.flush().expect("committed");
     hub.release();
     assert_eq!(delivered(&hub.outbox.take()), 3);
+}
+
+/// A job opened on a cluster of many slots gets `credit_per_slot` per slot
+/// where that is more than the hub's credit (so a thousand one-slot engines
+/// can each have a few tasks queued), told in the reply and kept by the hub
+/// for that job: tasks within it are taken, one past it refused.
+#[test]
+fn a_job_gets_credit_per_slot_registered_when_it_opens() {
+    let inner = store::open_with(":memory:", &StoreOptions::default()).expect("memory store");
+    let options = HubOptions {
+        credit: 4,
+        credit_per_slot: 2,
+        speculate: false,
+        ..HubOptions::default()
+    };
+    let mut hub = Core::new(Recorder::default(), inner, options, 1);
+    engine(&mut hub, "a", 3);
+    engine(&mut hub, "b", 2);
+    let call = ClientCall::OpenJob {
+        kind: JobKind::Exec,
+        description: "credit".into(),
+        retries: 0,
+        halt: None,
+        cap: None,
+        request: None,
+    };
+    hub.on_call(CLIENT.to_vec(), 1, call).expect("opened");
+    let (job, credit) = match hub.outbox.take().pop() {
+        Some(Sent::Reply {
+            reply: Reply::JobOpened { job, credit, .. },
+            ..
+        }) => (job, credit),
+        other => panic!("not opened: {other:?}"),
+    };
+    assert_eq!(credit, 10, "2 per slot of 5 slots, more than 4");
+    // An engine joining later does not change the job's credit.
+    engine(&mut hub, "c", 8);
+    let ids: Vec<u64> = (1..=11).collect();
+    submit(&mut hub, job, &ids);
+    hub.release();
+    hub.dispatch();
+    let sent = hub.outbox.take();
+    let refused: Vec<u64> = failures(&sent).iter().map(|f| f.0).collect();
+    assert_eq!(refused, [11]);
+    assert_eq!(recorded(&mut hub, job).len(), 10);
 }

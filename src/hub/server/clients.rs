@@ -95,7 +95,6 @@ impl<O: Outbox> Core<O> {
     /// a whole batch for one bad item would turn one client bug into many
     /// failed tasks; each task still gets exactly one answer.
     pub(super) fn on_tasks(&mut self, client: Vec<u8>, job_id: JobId, tasks: Vec<(u64, Vec<u8>)>) {
-        let credit = self.options.credit as usize;
         let Some(job) = self.state.jobs.get_mut(&job_id) else {
             warn!(job = job_id, "refusing tasks for an unknown job");
             for (task_id, _) in tasks {
@@ -120,6 +119,7 @@ impl<O: Outbox> Core<O> {
             return;
         }
         job.client_heard = Some(Instant::now());
+        let credit = job.credit.unwrap_or(self.options.credit) as usize;
         let mut taken: Vec<(u64, Vec<u8>)> = Vec::with_capacity(tasks.len());
         let mut seen: HashSet<u64> = HashSet::with_capacity(tasks.len());
         let mut over_credit = Vec::new();
@@ -370,6 +370,8 @@ impl<O: Outbox> Core<O> {
         let description = spec.description.clone();
         let mut job = spec.into_job();
         job.client_heard = Some(Instant::now());
+        let credit = self.credit_now();
+        job.credit = Some(credit);
         self.state.jobs.insert(id, job);
         info!(job = id, "job opened");
         self.outbox.publish(&Notification::JobOpened {
@@ -379,7 +381,7 @@ impl<O: Outbox> Core<O> {
         });
         Ok(Reply::JobOpened {
             job: id,
-            credit: self.options.credit,
+            credit,
             epoch: self.epoch,
             max_message: self.options.message_limit() as u64,
         })
@@ -441,6 +443,16 @@ impl<O: Outbox> Core<O> {
         })
     }
 
+    /// The credit of a job opened now: the hub's `credit`, or
+    /// `credit_per_slot` per slot registered where that is more (see
+    /// [`DEFAULT_CREDIT_PER_SLOT`](super::DEFAULT_CREDIT_PER_SLOT)).
+    pub(super) fn credit_now(&self) -> u32 {
+        let slots = u32::try_from(self.state.total_slots).unwrap_or(u32::MAX);
+        self.options
+            .credit
+            .max(self.options.credit_per_slot.saturating_mul(slots))
+    }
+
     /// Hands a job to `client` (a client back after a hub restart, or a new
     /// one attaching to a job whose client died) and says which of its
     /// outstanding tasks the hub never recorded and which already finished.
@@ -476,9 +488,15 @@ impl<O: Outbox> Core<O> {
                 }
             }
         }
+        let credit = self
+            .state
+            .jobs
+            .get(&job_id)
+            .and_then(|job| job.credit)
+            .unwrap_or(self.options.credit);
         Ok(Reply::Attached(AttachInfo {
             epoch: self.epoch,
-            credit: self.options.credit,
+            credit,
             total: record.total,
             known: tasks.len() as u64,
             missing,

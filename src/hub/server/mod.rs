@@ -17,8 +17,9 @@
 //! slots (round robin), so concurrent jobs share the engines fairly.
 //!
 //! **Flow control.** A client may have at most `credit` tasks of a job
-//! outstanding (sent, no result yet); the hub's memory per job is bounded by
-//! it, however long the input.
+//! outstanding (sent, no result yet), or `credit_per_slot` per slot
+//! registered when it opened the job where that is more; the hub's memory
+//! per job is bounded by it, however long the input.
 //!
 //! **Failure.** An engine that misses `heartbeat_misses` heartbeats is
 //! declared dead, unregistered and published; its running tasks go back to
@@ -83,6 +84,14 @@ pub use recovery::CarriedOn;
 
 /// Default tasks a client may have outstanding per job.
 pub const DEFAULT_CREDIT: u32 = 1024;
+
+/// Default tasks a client may have outstanding per job for each slot
+/// registered when it opens the job, where that is more than
+/// [`DEFAULT_CREDIT`]: a thousand one-slot engines need more than a
+/// thousand tasks in flight for the hub to keep a few queued at each
+/// (prefetch), or every task travels alone, one message each way, and
+/// the engines wait on the round trip.
+pub const DEFAULT_CREDIT_PER_SLOT: u32 = 16;
 
 /// Engines a task may take down with it (they died while running it)
 /// before it is failed instead of tried again.
@@ -178,6 +187,9 @@ pub struct HubOptions {
     /// Open a SQLite store that is behind its commit record (see
     /// [`StoreOptions::accept_rollback`]) instead of refusing to start.
     pub accept_rollback: bool,
+    /// A job's credit is at least this many tasks per slot registered
+    /// when it opens (see [`DEFAULT_CREDIT_PER_SLOT`]); 0: `credit` alone.
+    pub credit_per_slot: u32,
 }
 
 impl HubOptions {
@@ -206,6 +218,7 @@ impl Default for HubOptions {
             max_message: MAX_MESSAGE_BYTES,
             speculate: true,
             accept_rollback: false,
+            credit_per_slot: DEFAULT_CREDIT_PER_SLOT,
         }
     }
 }

@@ -36,7 +36,8 @@
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -54,6 +55,17 @@ pub(super) const DISPATCH_BATCH_BYTES: usize = 1 << 20;
 
 /// ...and only for a job whose median task takes less than this.
 pub(super) const DISPATCH_BATCH_BELOW: Duration = Duration::from_millis(1);
+
+/// The deepest prefetch of any job (see [`Job::prefetch_depth`]): engines
+/// are ranked by their room at it in [`State::deep`].
+pub(super) const DEEPEST_PREFETCH: u32 = 64;
+
+/// Engines [`most_room_deep`] may pass over (they cannot run the job's
+/// tasks, or are reserved for another job) before it gives up on its
+/// ranking and looks at every engine, as before it: a cluster of engines
+/// with different handlers costs a scan, one of alike engines a look at
+/// the top.
+const DEEP_SKIPS: usize = 32;
 
 /// Finished tasks a job needs before any of its tasks counts as a straggler.
 pub(super) const SPECULATE_AFTER: usize = 5;
@@ -130,7 +142,7 @@ impl Job {
             // Engines run tasks this short several to a message on one
             // slot, and need a deep queue to keep each slot busy through
             // the round trip to the hub.
-            Some(m) if m < Duration::from_micros(100) => 64,
+            Some(m) if m < Duration::from_micros(100) => DEEPEST_PREFETCH,
             Some(m) if m < Duration::from_millis(1) => 16,
             Some(m) if m < Duration::from_millis(10) => 4,
             _ => 2,
@@ -174,6 +186,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             .is_some_and(|j| j.request.is_some() && !j.queue.is_empty() && !j.halted)
     });
     state.open.extend(state.freed.iter().copied());
+    rank_freed(state);
     merge_freed(state);
     let mut idle_turns = 0;
     while idle_turns < state.turns.len() {
@@ -223,17 +236,36 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
                 .any(|e| !e.leaving && e.can_run(&job.kind) && !failed_on.contains(&e.id));
         // The engine with the most room (for a request: where all of it
         // is free, the one with the most cores free, from this call's
-        // candidates; a retry looks at every engine; without prefetch,
-        // among the open engines).
+        // candidates; a retry looks at every engine). Without a request,
+        // among the open engines (a free slot); with prefetch and none
+        // open, the one ranked with the most room to queue (an engine with
+        // a free slot goes first: where engines are alike it has the most
+        // room, and an idle slot is the first to fill).
+        let open_choice = match &request {
+            None if failed_on.is_empty() => most_room_open(
+                &mut state.open,
+                &state.engines,
+                state.most_slots,
+                (&job.kind, job_id),
+                depth,
+            ),
+            _ => None,
+        };
+        let deep_choice = match &request {
+            None if depth > 1 && failed_on.is_empty() && open_choice.is_none() => {
+                most_room_deep(&mut state.deep, &state.engines, (&job.kind, job_id), depth)
+            }
+            _ => Deep::NotLooked,
+        };
         let engine = match &request {
-            None if depth == 1 && failed_on.is_empty() => {
-                let chosen = most_room_open(
-                    &mut state.open,
-                    &state.engines,
-                    state.most_slots,
-                    (&job.kind, job_id),
-                );
-                chosen.and_then(|id| state.engines.get_mut(&id))
+            None if failed_on.is_empty() && (depth == 1 || open_choice.is_some()) => {
+                open_choice.and_then(|id| state.engines.get_mut(&id))
+            }
+            None if failed_on.is_empty() && !matches!(deep_choice, Deep::GaveUp) => {
+                match deep_choice {
+                    Deep::Found(id) => state.engines.get_mut(&id),
+                    _ => None,
+                }
             }
             Some(r) if failed_on.is_empty() => {
                 let candidates = state
@@ -379,33 +411,36 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
 }
 
 /// Among the `open` engines (see [`State::open`]), the one with the most
-/// free slots that can run a task of `job` (its kind and id), dropping
-/// those found full; the search ends at an engine with `most_slots` free
-/// ([`State::most_slots`]), as none can have more.
+/// room at prefetch `depth` that can run a task of `job` (its kind and
+/// id), dropping those found without a free slot; the search ends at an
+/// engine with `most_slots` free ([`State::most_slots`]) and nothing
+/// queued, as none can have more.
 fn most_room_open(
     open: &mut BTreeSet<EngineId>,
     engines: &IdMap<EngineId, Engine>,
     most_slots: u32,
     (kind, job_id): (&JobKind, JobId),
+    depth: u32,
 ) -> Option<EngineId> {
     let mut full = Vec::new();
     let mut best: Option<(u32, EngineId)> = None;
+    let most_room = most_slots.saturating_mul(depth.max(1));
     for &id in open.iter() {
         let Some(engine) = engines.get(&id) else {
             full.push(id);
             continue;
         };
-        let room = engine.free(1);
-        if room == 0 {
+        if engine.free(1) == 0 {
             full.push(id);
             continue;
         }
         if !(engine.can_run(kind) && engine.open_to(job_id)) {
             continue;
         }
+        let room = engine.free(depth);
         if best.is_none_or(|(most, _)| room > most) {
             best = Some((room, id));
-            if room >= most_slots {
+            if room >= most_room {
                 break;
             }
         }
@@ -414,6 +449,91 @@ fn most_room_open(
         open.remove(&id);
     }
     best.map(|(_, id)| id)
+}
+
+/// What [`most_room_deep`] found for a prefetched task.
+enum Deep {
+    /// Not asked (no prefetch, or an engine with a free slot was found).
+    NotLooked,
+    /// The engine with the most room that can take it.
+    Found(EngineId),
+    /// None has room.
+    Full,
+    /// Too many engines could not run it to trust the ranking: look at
+    /// every engine.
+    GaveUp,
+}
+
+/// The engine with the most room at prefetch `depth` for a task of `job`
+/// (its kind and id), from [`State::deep`]: entries whose room shrank
+/// since they were pushed are put right as they come to the top, so the
+/// top, once right, has the most room at the deepest prefetch. Where
+/// engines have as many slots each, that is the most at any depth; where
+/// they differ, a smaller engine may have room at `depth` when the top has
+/// none, and waits for the next result (no slot of it idles: an engine
+/// with a free slot is found among the open ones first).
+fn most_room_deep(
+    deep: &mut BinaryHeap<(u32, Reverse<EngineId>)>,
+    engines: &IdMap<EngineId, Engine>,
+    (kind, job_id): (&JobKind, JobId),
+    depth: u32,
+) -> Deep {
+    let mut skipped = Vec::new();
+    let found = loop {
+        let Some(&(ranked, Reverse(id))) = deep.peek() else {
+            break Deep::Full;
+        };
+        let Some(engine) = engines.get(&id) else {
+            deep.pop();
+            continue;
+        };
+        let room = engine.free(DEEPEST_PREFETCH);
+        if room != ranked {
+            deep.pop();
+            if room > 0 {
+                deep.push((room, Reverse(id)));
+            }
+            continue;
+        }
+        if engine.free(depth) == 0 {
+            break Deep::Full;
+        }
+        if engine.can_run(kind) && engine.open_to(job_id) {
+            break Deep::Found(id);
+        }
+        if skipped.len() >= DEEP_SKIPS {
+            break Deep::GaveUp;
+        }
+        if let Some(entry) = deep.pop() {
+            skipped.push(entry);
+        }
+    };
+    deep.extend(skipped);
+    found
+}
+
+/// Ranks the engines freed since the scheduler last ran in
+/// [`State::deep`] by their room now, and rebuilds the ranking from every
+/// engine once stale entries outnumber the engines (each result pushes
+/// one; only a prefetched task's search takes them off), so it stays
+/// within a few entries per engine.
+fn rank_freed(state: &mut State) {
+    let engines = &state.engines;
+    let room = |id: &EngineId| engines.get(id).map_or(0, |e| e.free(DEEPEST_PREFETCH));
+    if state.deep.len() + state.freed.len() > 2 * engines.len() + 64 {
+        state.deep = engines
+            .keys()
+            .map(|id| (room(id), Reverse(*id)))
+            .filter(|&(r, _)| r > 0)
+            .collect();
+        return;
+    }
+    for id in &state.freed {
+        let r = room(id);
+        if r > 0 {
+            state.deep.push((r, Reverse(*id)));
+        }
+    }
 }
 
 /// Starts a second copy of each straggler on an idle slot of another

@@ -3,7 +3,8 @@
 //! and no store in it, so the scheduler (see [`scheduler`](super::scheduler))
 //! and its tests work on it alone.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use crate::ids::{IdMap, IdSet};
 use std::sync::Arc;
@@ -277,6 +278,10 @@ pub(super) struct Job {
     /// hub started (a job recovered from the store, until a client
     /// attaches).
     pub(super) client_heard: Option<Instant>,
+    /// Tasks its client may have outstanding, as the hub told it when the
+    /// job opened; `None`: the hub's `credit` (a job recovered from the
+    /// store).
+    pub(super) credit: Option<u32>,
 }
 
 impl Job {
@@ -302,6 +307,7 @@ impl Job {
             request: None,
             blocked_since: None,
             client_heard: None,
+            credit: None,
         }
     }
 
@@ -418,6 +424,15 @@ pub(super) struct State {
     /// The most slots any engine registered with: an open engine with that
     /// many free has the most room there can be, and ends the search.
     pub(super) most_slots: u32,
+    /// Engines by their room at the deepest prefetch, the most first, for
+    /// a prefetched task when no engine has a free slot (see
+    /// [`open`](Self::open)): with a thousand one-slot engines all busy
+    /// and a backlog, finding the one with the most room was a scan of
+    /// every engine per message sent. Kept lazily: an engine's room only
+    /// grows where it is pushed on [`freed`](Self::freed), from which the
+    /// scheduler pushes it here again; an entry whose room shrank since is
+    /// put right when it comes to the top.
+    pub(super) deep: BinaryHeap<(u32, Reverse<EngineId>)>,
 }
 
 /// The engines a job's request may fit, the likeliest first: built by a
@@ -446,6 +461,7 @@ impl Default for State {
             fitting: IdMap::default(),
             open: BTreeSet::new(),
             most_slots: 0,
+            deep: BinaryHeap::new(),
         }
     }
 }

@@ -398,3 +398,75 @@ fn the_open_engine_with_the_most_room_wins() {
     job(&mut state, 7, 1, None);
     assert_eq!(placed(&dispatch(&mut state, Instant::now())), [(2, 7, 1)]);
 }
+
+/// With prefetch, an engine with a free slot takes the next task before one
+/// with more room to queue but none free: an idle slot is filled first.
+#[test]
+fn with_prefetch_an_idle_slot_goes_before_a_longer_queue() {
+    let mut state = State::default();
+    engine(&mut state, 1, 4);
+    let short = Some(Duration::from_micros(50));
+    job(&mut state, 7, 100, short);
+    dispatch(&mut state, Instant::now());
+    // Engine 1's four slots run, and it queues the rest but the tail.
+    assert_eq!(held(&state, 1), 96);
+    // A one-slot engine joins and a backlog comes: engine 1 has room for
+    // 4 * 64 - 96 = 160 more, engine 2 for 64, but engine 2 idles.
+    engine(&mut state, 2, 1);
+    let j = state.jobs.get_mut(&7).expect("job");
+    for task in 101..=200 {
+        j.put(task, Task::new(task, vec![0u8; 8], 0));
+        j.queue.push_back(task);
+    }
+    let plan = dispatch(&mut state, Instant::now());
+    assert_eq!(plan.first().map(|a| a.engine), Some(2));
+}
+
+/// With every engine busy and a backlog, a prefetched task goes to the
+/// engine with the most room to queue, found from the ranking
+/// (`State::deep`) rather than a look at every engine; each engine queues
+/// up to its depth, no more; and the ranking stays within a few entries
+/// per engine however many results come back.
+#[test]
+fn with_every_slot_busy_prefetch_goes_to_the_most_room_and_stops_at_the_depth() {
+    let mut state = State::default();
+    for id in 1..=4 {
+        engine(&mut state, id, 1);
+    }
+    let short = Some(Duration::from_micros(50));
+    job(&mut state, 7, 2000, short);
+    dispatch(&mut state, Instant::now());
+    for id in 1..=4 {
+        assert_eq!(held(&state, id), DEEPEST_PREFETCH as usize, "engine {id}");
+    }
+    assert!(dispatch(&mut state, Instant::now()).is_empty());
+    // Engine 3 returns ten results: it has the most room, and takes the
+    // next ten tasks, and only it.
+    let on_3: Vec<u64> = state.jobs[&7]
+        .tasks
+        .iter()
+        .filter(|(_, t)| t.engine == Some(3))
+        .map(|(&id, _)| id)
+        .take(10)
+        .collect();
+    for task in on_3 {
+        finish(&mut state, 7, task);
+    }
+    let plan = dispatch(&mut state, Instant::now());
+    assert!(plan.iter().all(|a| a.engine == 3), "{plan:?}");
+    assert_eq!(placed(&plan).len(), 10);
+    // Results and refills, many times over the engines: the ranking is
+    // rebuilt before it outgrows them.
+    for round in 0..500 {
+        let id = 1 + round % 4;
+        let task = state.jobs[&7]
+            .tasks
+            .iter()
+            .find(|(_, t)| t.engine == Some(id))
+            .map(|(&task, _)| task)
+            .expect("a task on it");
+        finish(&mut state, 7, task);
+        dispatch(&mut state, Instant::now());
+        assert!(state.deep.len() <= 2 * 4 + 64, "{}", state.deep.len());
+    }
+}
