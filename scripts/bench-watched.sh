@@ -9,10 +9,10 @@
 # task watched over unwatched.
 #
 # Usage: scripts/bench-watched.sh   (COUNT=200000 tasks per round,
-#        ROUNDS=6 of each kind; QUICK=1: 20000 and 1)
+#        ROUNDS=10 of each kind; QUICK=1: 20000 and 1)
 source "$(dirname "$0")/common.sh"
 COUNT=${COUNT:-$(sized 200000 20000)}
-ROUNDS=${ROUNDS:-$(sized 6 1)}
+ROUNDS=${ROUNDS:-$(sized 10 1)}
 command -v tmux >/dev/null || { echo "bench-watched: tmux is needed (apt-get install tmux)" >&2; exit 1; }
 build_release
 out=$("$ROOT/target/release/examples/hub_watched" --count "$COUNT" --rounds "$ROUNDS" \
