@@ -6,10 +6,10 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use super::outbox::{Recorder, Sent};
-use super::state::Engine;
+use super::tests::reactions::engine;
 use super::{store, Core, HubOptions};
 use crate::hub::commit::CommitLog;
 use crate::hub::protocol::{ClientCall, EngineId, JobId, JobKind, Reply, SubmitItem};
@@ -154,16 +154,6 @@ fn hub(credit: u32, by_hand: bool) -> (Core<Recorder>, Option<Arc<CommitLog>>) {
     };
     let core = Core::new(Recorder::default(), Box::new(store), options, 1);
     (core, Some(log))
-}
-
-/// Registers engine `name` with `slots` slots.
-fn engine(hub: &mut Core<Recorder>, name: &str, slots: u32) -> EngineId {
-    let identity = name.as_bytes().to_vec();
-    hub.register(Engine {
-        name: name.into(),
-        ..Engine::new(0, identity.clone(), slots, Instant::now())
-    });
-    hub.state.by_identity[&identity]
 }
 
 /// Opens a job for [`CLIENT`].

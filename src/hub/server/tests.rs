@@ -17,7 +17,7 @@ fn the_message_limit_stays_within_what_every_peer_accepts() {
     assert_eq!(limit(usize::MAX), MAX_MESSAGE_BYTES);
 }
 
-mod reactions {
+pub(in crate::hub::server) mod reactions {
     use std::time::{Duration, Instant, SystemTime};
 
     use super::super::outbox::{Recorder, Sent};
@@ -40,8 +40,13 @@ mod reactions {
         Core::new(Recorder::default(), store, options, 1)
     }
 
-    /// Registers an engine named `name` with `slots` slots; its id.
-    fn engine(hub: &mut Core<Recorder>, name: &str, slots: u32) -> EngineId {
+    /// Registers an engine named `name` with `slots` slots; its id (the
+    /// batch tests register theirs with it too).
+    pub(in crate::hub::server) fn engine(
+        hub: &mut Core<Recorder>,
+        name: &str,
+        slots: u32,
+    ) -> EngineId {
         let identity = name.as_bytes().to_vec();
         hub.register(Engine {
             name: name.into(),
