@@ -119,7 +119,7 @@ impl<O: Outbox> Core<O> {
             return;
         }
         job.client_heard = Some(Instant::now());
-        let credit = job.credit.unwrap_or(self.options.credit) as usize;
+        let credit = job.credit_or(self.options.credit) as usize;
         let mut taken: Vec<(u64, Vec<u8>)> = Vec::with_capacity(tasks.len());
         let mut seen: HashSet<u64> = HashSet::with_capacity(tasks.len());
         let mut over_credit = Vec::new();
@@ -492,8 +492,9 @@ impl<O: Outbox> Core<O> {
             .state
             .jobs
             .get(&job_id)
-            .and_then(|job| job.credit)
-            .unwrap_or(self.options.credit);
+            .map_or(self.options.credit, |job| {
+                job.credit_or(self.options.credit)
+            });
         Ok(Reply::Attached(AttachInfo {
             epoch: self.epoch,
             credit,

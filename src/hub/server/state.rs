@@ -285,6 +285,12 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// Tasks its client may have outstanding: what the hub told it at
+    /// open, or `hub_credit` for a job recovered or revived from the store.
+    pub(super) fn credit_or(&self, hub_credit: u32) -> u32 {
+        self.credit.unwrap_or(hub_credit)
+    }
+
     /// A job with nothing queued, no retries and no halting.
     pub(super) fn new(client: Vec<u8>, kind: JobKind, description: String) -> Self {
         Job {
