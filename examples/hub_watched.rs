@@ -7,6 +7,8 @@
 //! events`. Each watcher asks the hub every second, as by default.
 //!
 //! Prints `watched ROUND OBSERVED COUNT TASKS_PER_SECOND` per round, then
+//! `pair-ratio-median` (the median over pairs of rounds of each pair's
+//! watched rate over its unwatched one), then
 //! `watched-ratio MEDIAN_WITH/MEDIAN_WITHOUT`, then `status-call-ms`: what
 //! one status call (each watcher makes one a second) takes after the rounds.
 //!
@@ -15,6 +17,12 @@
 //! round makes some rounds slower than others (its maps grow by doubling),
 //! whichever kind they are, and with 200,000 tasks a round that spread was
 //! larger than the 5% the ratio is read against.
+//!
+//! Every round, watched or not, starts after the same two-second pause
+//! (the watchers' time to connect and draw once): a round that starts
+//! after a pause and one that starts right after a busy round do not start
+//! alike. With `--control`, the "watched" rounds attach nobody: the ratio
+//! then says how far this machine's noise alone moves it.
 //!
 //! On a machine with few cores the watchers' own CPU competes with the
 //! hub's, so each round also prints `cpu ROUND OBSERVED` lines: this
@@ -61,7 +69,16 @@ struct Args {
     /// The `zcluster` binary whose watchers attach.
     #[arg(long)]
     zcluster: PathBuf,
+    /// Attach nobody in the "watched" rounds either: what the ratio reads
+    /// when nothing differs between the two kinds of round, to know how
+    /// far this machine's noise alone moves it.
+    #[arg(long)]
+    control: bool,
 }
+
+/// The pause before every round, watched or not: time for the watchers to
+/// connect and draw once.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// One job of `count` no-op tasks; tasks per second.
 fn round(client: &mut HubClient, count: u64) -> anyhow::Result<f64> {
@@ -289,17 +306,28 @@ fn main() -> anyhow::Result<()> {
         } else {
             [true, false]
         } {
-            if !watched {
+            if !watched || args.control {
+                // The same pause as before a watched round: a round that
+                // follows an idle pause and one that follows a busy round
+                // start differently (caches, the CPU's clock), and that
+                // difference must not be charged to the watchers.
+                std::thread::sleep(SETTLE);
                 let Measured { rate, own, .. } = measured_round(&mut client, args.count, &[])?;
-                println!("watched {n} no {} {:.0}", args.count, rate);
-                println!("cpu {n} no own-us-per-task {own:.2}");
-                without.push(rate);
-                own_without.push(own);
+                let watched = if watched { "yes" } else { "no" };
+                println!("watched {n} {watched} {} {:.0}", args.count, rate);
+                println!("cpu {n} {watched} own-us-per-task {own:.2}");
+                if watched == "yes" {
+                    with.push(rate);
+                    own_with.push(own);
+                } else {
+                    without.push(rate);
+                    own_without.push(own);
+                }
                 continue;
             }
             let watchers = Watchers::attach(&args.zcluster, &file)?;
             // Let them connect and draw once before the round starts.
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(SETTLE);
             let others = watcher_pids(&watchers)?;
             let Measured { rate, own, theirs } = measured_round(&mut client, args.count, &others)?;
             println!("watched {n} yes {} {:.0}", args.count, rate);
@@ -313,6 +341,12 @@ fn main() -> anyhow::Result<()> {
             drop(watchers);
         }
     }
+    // Each pair's own ratio too: the two rounds of a pair run next to each
+    // other, so a machine that slows down for a while (another process, a
+    // neighbour on the host) slows both, where the medians over the whole
+    // run can each catch it on one side.
+    let pairs: Vec<f64> = with.iter().zip(&without).map(|(w, n)| w / n).collect();
+    println!("pair-ratio-median {:.3}", median(pairs));
     println!("watched-ratio {:.3}", median(with) / median(without));
     println!(
         "cpu-per-task-ratio {:.3}",

@@ -21,4 +21,13 @@ printf '%s\n' "$out"
 result watched.count "$COUNT" tasks
 result watched.ratio "$(awk '$1 == "watched-ratio" { print $2 }' <<<"$out")" x
 result watched.cpu_ratio "$(awk '$1 == "cpu-per-task-ratio" { print $2 }' <<<"$out")" x
+result watched.pair_ratio "$(awk '$1 == "pair-ratio-median" { print $2 }' <<<"$out")" x
 result watched.status_ms "$(awk '$1 == "status-call-ms" { print $2 }' <<<"$out")" ms
+if [ "${CONTROL:-1}" != 0 ]; then
+    echo "== control: the same rounds, nobody attached on either side"
+    control=$("$ROOT/target/release/examples/hub_watched" --count "$COUNT" --rounds "$ROUNDS" \
+        --zcluster "$ROOT/target/release/zcluster" --control)
+    printf '%s\n' "$control"
+    result watched.control_ratio "$(awk '$1 == "watched-ratio" { print $2 }' <<<"$control")" x
+    result watched.control_pair_ratio "$(awk '$1 == "pair-ratio-median" { print $2 }' <<<"$control")" x
+fi

@@ -263,9 +263,15 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
     row "9 hub watched (dashboard, status --watch, events), $(count "$(get watched.count)") no-op" \
         "$([ -n "$w" ] && echo "$w x" || echo -)" "unwatched rounds, alternated" "$w" ">= 0.95" \
         "$(verdict "$w" ">=" 0.95)"
+    p=$(get watched.pair_ratio)
+    row "  median of each pair's own ratio" "$([ -n "$p" ] && echo "$p x" || echo -)" \
+        "the unwatched round next to it" "$p" "" ""
     c=$(get watched.cpu_ratio)
     row "  hub process CPU per task, watched vs not" "$([ -n "$c" ] && echo "$c x" || echo -)" \
         "unwatched rounds" "$c" "" ""
+    a=$(get watched.control_ratio)
+    row "  control: nobody attached on either side" "$([ -n "$a" ] && echo "$a x, pairs $(get watched.control_pair_ratio) x" || echo -)" \
+        "the noise alone, same run" "$a" "~ 1" ""
     if [ "${MICRO:-1}" != 0 ]; then
         m() { get "micro.$1" | tr '_' ' '; }
         row "micro (divan medians): encode request, 8 B" "$(m encode_request_8)"
