@@ -7,7 +7,11 @@
 #      ceiling; target >= 0.9 of it) and vs GNU parallel -j4 when it is
 #      installed;
 #   2. a skewed workload (85% short sleeps, 15% ten times longer) on 4 slots
-#      vs its ideal makespan max(sum/slots, longest).
+#      vs its ideal makespan max(sum/slots, longest), and vs `xargs -P4`
+#      running the same commands: the ideal counts no time to start a
+#      command (about a millisecond for `sleep` here, a hundred starts a
+#      slot), xargs pays it as zcluster does and hands the next command to
+#      whichever slot frees first, so it says what the scheduling costs.
 # Usage: scripts/bench-map.sh   (RUNS=5 medians; N=2000 inputs, SKEWED=400
 # tasks; QUICK=1: one run of 400 and 100). Also prints RESULT lines for
 # scripts/bench.sh.
@@ -46,7 +50,11 @@ awk -v n="$SKEWED" 'BEGIN { srand(7); for (i = 0; i < n; i++) print (rand() < 0.
 ideal=$(awk '{ s += $1; if ($1 > m) m = $1 } END { i = s / 4; print (i > m ? i : m) }' "$tmp/skewed")
 s=$(median_seconds "$Z" map -j4 --no-progress "$tmp/skewed" -- sleep)
 printf '%-34s %8.3f s\n' "ideal max(sum/4, longest)" "$ideal" "zcluster map -j4 -- sleep" "$s"
+x=$(median_seconds sh -c "xargs -P4 -n1 sleep <'$tmp/skewed'")
+printf '%-34s %8.3f s\n' "xargs -P4 -n1 sleep" "$x"
 printf '%-34s %8.3f (target <= 1.05)\n' "ratio makespan / ideal" "$(ratio "$s" "$ideal")"
+printf '%-34s %8.3f (target <= 1.05)\n' "ratio makespan / xargs" "$(ratio "$s" "$x")"
+result map.skew_xargs "$x" s
 result map.skew_tasks "$SKEWED" tasks
 result map.skew_ideal "$ideal" s
 result map.skew_makespan "$s" s

@@ -189,6 +189,12 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
         "$([ -n "$makespan" ] && printf '%.2f s' "$makespan" || echo -)" \
         "ideal max(sum/4, longest) $([ -n "$ideal" ] && printf '%.2f s' "$ideal")" \
         "$r" "<= 1.05" "$(verdict "$r" "<=" 1.05)"
+    xargs_s=$(get map.skew_xargs)
+    r=$(quotient "$makespan" "$xargs_s")
+    row "  same, vs xargs -P4 (pays each command's start too)" \
+        "$([ -n "$makespan" ] && printf '%.2f s' "$makespan" || echo -)" \
+        "xargs -P4 -n1 sleep $([ -n "$xargs_s" ] && printf '%.2f s' "$xargs_s")" \
+        "$r" "<= 1.05" "$(verdict "$r" "<=" 1.05)"
 
     # Flat: at most 1.25x the memory for 10x the tasks. At QUICK sizes the
     # SQLite page cache (8 MiB) may still be filling, so no verdict there.
