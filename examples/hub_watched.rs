@@ -28,9 +28,13 @@
 //! hub's, so each round also prints `cpu ROUND OBSERVED` lines: this
 //! process's CPU microseconds per task (hub, engine and client threads),
 //! and each watcher's CPU milliseconds per second of the round (the tmux
-//! server that draws the terminal counted apart). Then `cpu-per-task-ratio`
-//! says whether watching makes the hub work more per task, apart from the
-//! CPU the watchers take.
+//! server that draws the terminal counted apart), the hub thread's own CPU
+//! per task, and how often it was preempted (switched out while it could
+//! have run on) per thousand tasks. Then `cpu-per-task-ratio` and
+//! `hub-thread-cpu-per-task-ratio` say whether watching makes the hub work
+//! more per task, apart from the CPU the watchers take, and
+//! `hub-preempted-per-1k-tasks WATCHED UNWATCHED` whether it makes the hub
+//! wait for a core more often.
 //!
 //! ```text
 //! cargo build --release -p zcluster-cli
@@ -216,6 +220,34 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / per_second)
 }
 
+/// The hub thread's CPU nanoseconds and the times it was switched out
+/// while it could have run on (preempted), from `/proc`: whether watching
+/// makes the hub itself work more per task, or only makes it wait for a
+/// core.
+fn hub_thread() -> anyhow::Result<(f64, u64)> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let dir = task?.path();
+        if std::fs::read_to_string(dir.join("comm"))?.trim() != "zcluster-hub" {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(dir.join("schedstat"))?;
+        let on_cpu: f64 = schedstat
+            .split_whitespace()
+            .next()
+            .context("a schedstat line")?
+            .parse()?;
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        let preempted = status
+            .lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .context("a status line of switches")?
+            .trim()
+            .parse()?;
+        return Ok((on_cpu, preempted));
+    }
+    anyhow::bail!("no thread named zcluster-hub")
+}
+
 /// The processes whose CPU a round accounts for, by name.
 fn watcher_pids(watchers: &Watchers) -> anyhow::Result<Vec<(&'static str, u32)>> {
     let pane = Command::new("tmux")
@@ -243,6 +275,10 @@ struct Measured {
     rate: f64,
     /// This process's CPU microseconds per task.
     own: f64,
+    /// The hub thread's CPU microseconds per task.
+    hub: f64,
+    /// The times the hub thread was preempted, per thousand tasks.
+    preempted: f64,
     /// Each watched process's CPU milliseconds per second of the round.
     theirs: Vec<(&'static str, f64)>,
 }
@@ -256,6 +292,7 @@ fn measured_round(
 ) -> anyhow::Result<Measured> {
     let me = std::process::id();
     let own_before = cpu_seconds(me)?;
+    let hub_before = hub_thread()?;
     let before: Vec<f64> = others
         .iter()
         .map(|(_, pid)| cpu_seconds(*pid))
@@ -264,11 +301,20 @@ fn measured_round(
     let rate = round(client, count)?;
     let seconds = start.elapsed().as_secs_f64();
     let own = (cpu_seconds(me)? - own_before) * 1e6 / count as f64;
+    let hub_after = hub_thread()?;
+    let hub = (hub_after.0 - hub_before.0) / 1e3 / count as f64;
+    let preempted = (hub_after.1 - hub_before.1) as f64 * 1e3 / count as f64;
     let mut theirs = Vec::new();
     for ((name, pid), before) in others.iter().zip(before) {
         theirs.push((*name, (cpu_seconds(*pid)? - before) * 1e3 / seconds));
     }
-    Ok(Measured { rate, own, theirs })
+    Ok(Measured {
+        rate,
+        own,
+        hub,
+        preempted,
+        theirs,
+    })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -295,62 +341,83 @@ fn main() -> anyhow::Result<()> {
     let mut client = cluster.client()?;
     // A first round warms everything up; not counted.
     round(&mut client, args.count / 10)?;
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    let (mut own_without, mut own_with) = (Vec::new(), Vec::new());
+    let (mut without, mut with): (Vec<Measured>, Vec<Measured>) = (Vec::new(), Vec::new());
     // Each pair of rounds in turn the other way round (without then with,
-    // with then without, ...): the store grows by a round's tasks at each
-    // round, so a fixed order would charge that growth to one side.
+    // with then without, ...), so that nothing that drifts over the run is
+    // charged to one side.
     for n in 0..args.rounds {
         for watched in if n % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         } {
-            if !watched || args.control {
-                // The same pause as before a watched round: a round that
-                // follows an idle pause and one that follows a busy round
-                // start differently (caches, the CPU's clock), and that
-                // difference must not be charged to the watchers.
-                std::thread::sleep(SETTLE);
-                let Measured { rate, own, .. } = measured_round(&mut client, args.count, &[])?;
-                let watched = if watched { "yes" } else { "no" };
-                println!("watched {n} {watched} {} {:.0}", args.count, rate);
-                println!("cpu {n} {watched} own-us-per-task {own:.2}");
-                if watched == "yes" {
-                    with.push(rate);
-                    own_with.push(own);
-                } else {
-                    without.push(rate);
-                    own_without.push(own);
-                }
-                continue;
-            }
-            let watchers = Watchers::attach(&args.zcluster, &file)?;
-            // Let them connect and draw once before the round starts.
+            let watchers = if watched && !args.control {
+                Some(Watchers::attach(&args.zcluster, &file)?)
+            } else {
+                None
+            };
+            // Time for the watchers to connect and draw once; the same
+            // pause before a round nobody watches: a round that follows an
+            // idle pause and one that follows a busy round do not start
+            // alike (caches, the CPU's clock).
             std::thread::sleep(SETTLE);
-            let others = watcher_pids(&watchers)?;
-            let Measured { rate, own, theirs } = measured_round(&mut client, args.count, &others)?;
-            println!("watched {n} yes {} {:.0}", args.count, rate);
-            let theirs: Vec<String> = theirs
+            let others = match &watchers {
+                Some(watchers) => watcher_pids(watchers)?,
+                None => Vec::new(),
+            };
+            let measured = measured_round(&mut client, args.count, &others)?;
+            let kind = if watched { "yes" } else { "no" };
+            println!("watched {n} {kind} {} {:.0}", args.count, measured.rate);
+            let theirs: Vec<String> = measured
+                .theirs
                 .iter()
-                .map(|(name, ms)| format!("{name}-ms-per-s {ms:.1}"))
+                .map(|(name, ms)| format!(" {name}-ms-per-s {ms:.1}"))
                 .collect();
-            println!("cpu {n} yes own-us-per-task {own:.2} {}", theirs.join(" "));
-            with.push(rate);
-            own_with.push(own);
+            println!(
+                "cpu {n} {kind} own-us-per-task {:.2} hub-thread-us-per-task {:.2} \
+                 hub-preempted-per-1k-tasks {:.1}{}",
+                measured.own,
+                measured.hub,
+                measured.preempted,
+                theirs.concat()
+            );
             drop(watchers);
+            if watched {
+                with.push(measured);
+            } else {
+                without.push(measured);
+            }
         }
     }
     // Each pair's own ratio too: the two rounds of a pair run next to each
     // other, so a machine that slows down for a while (another process, a
     // neighbour on the host) slows both, where the medians over the whole
     // run can each catch it on one side.
-    let pairs: Vec<f64> = with.iter().zip(&without).map(|(w, n)| w / n).collect();
+    let pairs: Vec<f64> = with
+        .iter()
+        .zip(&without)
+        .map(|(w, n)| w.rate / n.rate)
+        .collect();
     println!("pair-ratio-median {:.3}", median(pairs));
-    println!("watched-ratio {:.3}", median(with) / median(without));
+    let of = |rounds: &[Measured], field: fn(&Measured) -> f64| {
+        median(rounds.iter().map(field).collect())
+    };
+    println!(
+        "watched-ratio {:.3}",
+        of(&with, |m| m.rate) / of(&without, |m| m.rate)
+    );
     println!(
         "cpu-per-task-ratio {:.3}",
-        median(own_with) / median(own_without)
+        of(&with, |m| m.own) / of(&without, |m| m.own)
+    );
+    println!(
+        "hub-thread-cpu-per-task-ratio {:.3}",
+        of(&with, |m| m.hub) / of(&without, |m| m.hub)
+    );
+    println!(
+        "hub-preempted-per-1k-tasks {:.1} {:.1}",
+        of(&with, |m| m.preempted),
+        of(&without, |m| m.preempted)
     );
     // What one watcher's look costs the hub now: the status call, median
     // of 10.
