@@ -33,8 +33,10 @@
 //! have run on) per thousand tasks. Then `cpu-per-task-ratio` and
 //! `hub-thread-cpu-per-task-ratio` say whether watching makes the hub work
 //! more per task, apart from the CPU the watchers take, and
-//! `hub-preempted-per-1k-tasks WATCHED UNWATCHED` whether it makes the hub
-//! wait for a core more often.
+//! `hub-slept-per-1k-tasks WATCHED UNWATCHED` whether it makes the hub
+//! wake more often (each wake takes fewer messages at once) and
+//! `hub-preempted-per-1k-tasks WATCHED UNWATCHED` whether it makes it wait
+//! for a core more often.
 //!
 //! ```text
 //! cargo build --release -p zcluster-cli
@@ -220,11 +222,11 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / per_second)
 }
 
-/// The hub thread's CPU nanoseconds and the times it was switched out
-/// while it could have run on (preempted), from `/proc`: whether watching
-/// makes the hub itself work more per task, or only makes it wait for a
-/// core.
-fn hub_thread() -> anyhow::Result<(f64, u64)> {
+/// The hub thread's CPU nanoseconds, the times it went to sleep (waiting
+/// for messages) and the times it was switched out while it could have
+/// run on (preempted), from `/proc`: whether watching makes the hub itself
+/// work more per task, wake more often, or only wait for a core.
+fn hub_thread() -> anyhow::Result<(f64, u64, u64)> {
     for task in std::fs::read_dir("/proc/self/task")? {
         let dir = task?.path();
         if std::fs::read_to_string(dir.join("comm"))?.trim() != "zcluster-hub" {
@@ -237,13 +239,19 @@ fn hub_thread() -> anyhow::Result<(f64, u64)> {
             .context("a schedstat line")?
             .parse()?;
         let status = std::fs::read_to_string(dir.join("status"))?;
-        let preempted = status
-            .lines()
-            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            .context("a status line of switches")?
-            .trim()
-            .parse()?;
-        return Ok((on_cpu, preempted));
+        let switches = |prefix: &str| -> anyhow::Result<u64> {
+            Ok(status
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .context("a status line of switches")?
+                .trim()
+                .parse()?)
+        };
+        return Ok((
+            on_cpu,
+            switches("voluntary_ctxt_switches:")?,
+            switches("nonvoluntary_ctxt_switches:")?,
+        ));
     }
     anyhow::bail!("no thread named zcluster-hub")
 }
@@ -277,6 +285,8 @@ struct Measured {
     own: f64,
     /// The hub thread's CPU microseconds per task.
     hub: f64,
+    /// The times the hub thread slept, per thousand tasks.
+    slept: f64,
     /// The times the hub thread was preempted, per thousand tasks.
     preempted: f64,
     /// Each watched process's CPU milliseconds per second of the round.
@@ -303,7 +313,8 @@ fn measured_round(
     let own = (cpu_seconds(me)? - own_before) * 1e6 / count as f64;
     let hub_after = hub_thread()?;
     let hub = (hub_after.0 - hub_before.0) / 1e3 / count as f64;
-    let preempted = (hub_after.1 - hub_before.1) as f64 * 1e3 / count as f64;
+    let slept = (hub_after.1 - hub_before.1) as f64 * 1e3 / count as f64;
+    let preempted = (hub_after.2 - hub_before.2) as f64 * 1e3 / count as f64;
     let mut theirs = Vec::new();
     for ((name, pid), before) in others.iter().zip(before) {
         theirs.push((*name, (cpu_seconds(*pid)? - before) * 1e3 / seconds));
@@ -312,6 +323,7 @@ fn measured_round(
         rate,
         own,
         hub,
+        slept,
         preempted,
         theirs,
     })
@@ -375,9 +387,10 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             println!(
                 "cpu {n} {kind} own-us-per-task {:.2} hub-thread-us-per-task {:.2} \
-                 hub-preempted-per-1k-tasks {:.1}{}",
+                 hub-slept-per-1k-tasks {:.1} hub-preempted-per-1k-tasks {:.1}{}",
                 measured.own,
                 measured.hub,
+                measured.slept,
                 measured.preempted,
                 theirs.concat()
             );
@@ -413,6 +426,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "hub-thread-cpu-per-task-ratio {:.3}",
         of(&with, |m| m.hub) / of(&without, |m| m.hub)
+    );
+    println!(
+        "hub-slept-per-1k-tasks {:.1} {:.1}",
+        of(&with, |m| m.slept),
+        of(&without, |m| m.slept)
     );
     println!(
         "hub-preempted-per-1k-tasks {:.1} {:.1}",
