@@ -220,6 +220,56 @@ fn a_carried_start_is_committed_once_the_queue_is_quiet() {
     assert_eq!(states(&mut store, j), [TaskState::Running, TaskState::Ok]);
 }
 
+/// A batch of starts alone (an idle hub's task just sent to its engine)
+/// costs no transaction: the position moves on at once, nothing is
+/// committed (the side file's count stays), and the start is written with
+/// the finish that follows, in one commit.
+#[test]
+fn a_start_alone_costs_no_commit_and_goes_with_its_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quiet.db");
+    let mut store = reopen(&path);
+    let log = store.commits();
+    let j = job(&mut store, "ari");
+    let ids = tasks(&mut store, j, &[0]);
+    store.flush().unwrap();
+    let commits = || files::read_record(&path).unwrap().unwrap().commits;
+    let before = commits();
+    store.task_started(ids[0], 3, at(1), 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.committed() < store.written() {
+        assert!(
+            Instant::now() < deadline,
+            "the start's position never moved"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(commits(), before, "a start alone was committed by itself");
+    store
+        .task_finished(ids[0], finished(TaskState::Ok, 3, "done"))
+        .unwrap();
+    let written = store.written();
+    while log.committed() < written {
+        assert!(Instant::now() < deadline, "the finish was never committed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        commits(),
+        before + 1,
+        "the start and its finish: one commit"
+    );
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let (state, started): (String, Option<i64>) = raw
+        .query_row(
+            "SELECT state, started FROM tasks WHERE id = ?1",
+            [i64::try_from(ids[0]).unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "ok");
+    assert!(started.is_some(), "the start was lost");
+}
+
 #[test]
 fn the_commit_position_follows_the_writes() {
     let dir = tempfile::tempdir().unwrap();
