@@ -270,6 +270,52 @@ fn a_start_alone_costs_no_commit_and_goes_with_its_finish() {
     assert!(started.is_some(), "the start was lost");
 }
 
+/// What a crash keeps while starts are carried: a finish the hub let out
+/// (its position committed, with no commit of its start alone before it)
+/// is in the file with its start, as is a start carried into that same
+/// commit; a start that came alone after it is lost, and its task is
+/// pending again (to run again, as a restarted hub reruns a running task
+/// anyway).
+#[test]
+fn a_crash_keeps_what_was_let_out_and_loses_only_a_start_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let mut store = reopen(&path);
+    let log = store.commits();
+    let j = job(&mut store, "kai");
+    let ids = tasks(&mut store, j, &[0, 1, 2]);
+    store.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settle = |store: &SqliteStore| {
+        while log.committed() < store.written() {
+            assert!(Instant::now() < deadline, "the position never moved");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    store.task_started(ids[0], 3, at(1), 1).unwrap();
+    store.task_started(ids[1], 3, at(1), 1).unwrap();
+    settle(&store);
+    store
+        .task_finished(ids[0], finished(TaskState::Ok, 3, "done"))
+        .unwrap();
+    // Here the hub lets the result of ids[0] out.
+    settle(&store);
+    let alone = Instant::now();
+    store.task_started(ids[2], 3, at(2), 1).unwrap();
+    settle(&store);
+    // Past the carry's bound the writer may have committed it alone.
+    let within_the_carry = alone.elapsed() < super::fold::CARRY_AT_MOST;
+    store.crash();
+    let mut store = reopen(&path);
+    let states = states(&mut store, j);
+    assert_eq!(states[..2], [TaskState::Ok, TaskState::Running]);
+    if within_the_carry {
+        assert_eq!(states[2], TaskState::Pending, "a start alone was committed");
+    } else {
+        assert!(matches!(states[2], TaskState::Pending | TaskState::Running));
+    }
+}
+
 #[test]
 fn the_commit_position_follows_the_writes() {
     let dir = tempfile::tempdir().unwrap();
