@@ -111,6 +111,14 @@ impl CommitLog {
         self.raise();
     }
 
+    /// Writer side: `writes` more writes count as committed without waking
+    /// the hub, for writes nothing is held for (starts carried to a later
+    /// commit): the hub holds each item for a write of its own, never a
+    /// start, so no held item is released by these.
+    pub(crate) fn advance_quietly(&self, writes: u64) {
+        self.committed.fetch_add(writes, Ordering::SeqCst);
+    }
+
     /// Writer side: a write failed; the log stops here. Returns the failure
     /// that stopped it (the first one, if it had already stopped).
     pub(crate) fn fail(&self, error: StoreError) -> Arc<StoreError> {

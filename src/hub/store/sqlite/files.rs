@@ -332,8 +332,24 @@ pub(crate) fn read_record(path: &Path) -> Result<Option<Recorded>, StoreError> {
 pub(crate) struct CommitRecord {
     file: File,
     path: PathBuf,
-    store: u64,
+    /// The line as saved last: a save rewrites only its count's digits
+    /// (formatting the whole line was 5% of the writer's instructions per
+    /// commit at an idle hub).
+    line: [u8; RECORD_BYTES],
     commits: u64,
+}
+
+/// Where the count's digits start in a [`record_line`]: its last 20
+/// characters before the newline.
+const COUNT_AT: usize = RECORD_BYTES - 21;
+
+/// Writes `commits` as the 20 zero-padded decimal digits of a record
+/// line, as [`record_line`] formats them.
+fn put_count(line: &mut [u8; RECORD_BYTES], mut commits: u64) {
+    for digit in line[COUNT_AT..RECORD_BYTES - 1].iter_mut().rev() {
+        *digit = b'0' + (commits % 10) as u8;
+        commits /= 10;
+    }
 }
 
 impl CommitRecord {
@@ -354,10 +370,12 @@ impl CommitRecord {
             .map_err(io_error("set the mode of", &record))?;
         file.set_len(RECORD_BYTES as u64)
             .map_err(io_error("write", &record))?;
+        let mut line = [0u8; RECORD_BYTES];
+        line.copy_from_slice(record_line(store, commits).as_bytes());
         let mut record = CommitRecord {
             file,
             path: record,
-            store,
+            line,
             commits,
         };
         record.save(commits)?;
@@ -371,10 +389,9 @@ impl CommitRecord {
 
     /// Saves `commits`, the store's count after a commit.
     pub(crate) fn save(&mut self, commits: u64) -> Result<(), StoreError> {
-        let line = record_line(self.store, commits);
-        debug_assert_eq!(line.len(), RECORD_BYTES);
+        put_count(&mut self.line, commits);
         self.file
-            .write_all_at(line.as_bytes(), 0)
+            .write_all_at(&self.line, 0)
             .map_err(io_error("write", &self.path))?;
         self.commits = commits;
         Ok(())
@@ -389,6 +406,12 @@ mod tests {
     fn a_record_line_has_one_length_and_reads_back() {
         assert_eq!(record_line(0, 0).len(), RECORD_BYTES);
         assert_eq!(record_line(u64::MAX, u64::MAX).len(), RECORD_BYTES);
+        let mut line = [0u8; RECORD_BYTES];
+        line.copy_from_slice(record_line(0xfeed, 7).as_bytes());
+        for commits in [0, 1, 42, 10_000_000_000_000_000_000, u64::MAX] {
+            put_count(&mut line, commits);
+            assert_eq!(&line[..], record_line(0xfeed, commits).as_bytes());
+        }
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s.sqlite");
         let mut record = CommitRecord::open(&store, 0xabc, 41).unwrap();

@@ -1,7 +1,7 @@
 //! The writer's fold: the writes of one batch, folded per task into one
 //! statement each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use rusqlite::{params_from_iter, CachedStatement, Connection, ToSql};
@@ -175,6 +175,38 @@ impl Fold {
         for folded in carried {
             self.hold(folded);
         }
+    }
+
+    /// Holds a batch made only of starts, each of a task not held yet,
+    /// without a statement, as starts already carried once (so the next
+    /// batch writes them, folded with a finish if one came), and gives any
+    /// other batch back untouched. This is an idle hub's batch between a
+    /// task's dispatch and its result: committed alone, it would cost a
+    /// transaction (and the meta page and side file a commit writes) while
+    /// the task runs, on the cores the task and its result need.
+    pub(super) fn carry_starts(&mut self, batch: Vec<Write>) -> Result<(), Vec<Write>> {
+        let mut tasks = HashSet::with_capacity(batch.len());
+        let starts_only = batch.iter().all(|write| match write {
+            Write::Event {
+                task,
+                change: Change::Start { .. },
+            } => !self.held.contains_key(task) && tasks.insert(*task),
+            _ => false,
+        });
+        if !starts_only {
+            return Err(batch);
+        }
+        for write in batch {
+            if let Some(id) = write.task() {
+                self.hold(Folded {
+                    id,
+                    insert: None,
+                    events: vec![write],
+                    carried: true,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether starts are carried (see [`flush_carrying`](Self::flush_carrying)).

@@ -220,6 +220,102 @@ fn a_carried_start_is_committed_once_the_queue_is_quiet() {
     assert_eq!(states(&mut store, j), [TaskState::Running, TaskState::Ok]);
 }
 
+/// A batch of starts alone (an idle hub's task just sent to its engine)
+/// costs no transaction: the position moves on at once, nothing is
+/// committed (the side file's count stays), and the start is written with
+/// the finish that follows, in one commit.
+#[test]
+fn a_start_alone_costs_no_commit_and_goes_with_its_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quiet.db");
+    let mut store = reopen(&path);
+    let log = store.commits();
+    let j = job(&mut store, "ari");
+    let ids = tasks(&mut store, j, &[0]);
+    store.flush().unwrap();
+    let commits = || files::read_record(&path).unwrap().unwrap().commits;
+    let before = commits();
+    store.task_started(ids[0], 3, at(1), 1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.committed() < store.written() {
+        assert!(
+            Instant::now() < deadline,
+            "the start's position never moved"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(commits(), before, "a start alone was committed by itself");
+    store
+        .task_finished(ids[0], finished(TaskState::Ok, 3, "done"))
+        .unwrap();
+    let written = store.written();
+    while log.committed() < written {
+        assert!(Instant::now() < deadline, "the finish was never committed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        commits(),
+        before + 1,
+        "the start and its finish: one commit"
+    );
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let (state, started): (String, Option<i64>) = raw
+        .query_row(
+            "SELECT state, started FROM tasks WHERE id = ?1",
+            [i64::try_from(ids[0]).unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "ok");
+    assert!(started.is_some(), "the start was lost");
+}
+
+/// What a crash keeps while starts are carried: a finish the hub let out
+/// (its position committed, with no commit of its start alone before it)
+/// is in the file with its start, as is a start carried into that same
+/// commit; a start that came alone after it is lost, and its task is
+/// pending again (to run again, as a restarted hub reruns a running task
+/// anyway).
+#[test]
+fn a_crash_keeps_what_was_let_out_and_loses_only_a_start_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let mut store = reopen(&path);
+    let log = store.commits();
+    let j = job(&mut store, "kai");
+    let ids = tasks(&mut store, j, &[0, 1, 2]);
+    store.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settle = |store: &SqliteStore| {
+        while log.committed() < store.written() {
+            assert!(Instant::now() < deadline, "the position never moved");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    store.task_started(ids[0], 3, at(1), 1).unwrap();
+    store.task_started(ids[1], 3, at(1), 1).unwrap();
+    settle(&store);
+    store
+        .task_finished(ids[0], finished(TaskState::Ok, 3, "done"))
+        .unwrap();
+    // Here the hub lets the result of ids[0] out.
+    settle(&store);
+    let alone = Instant::now();
+    store.task_started(ids[2], 3, at(2), 1).unwrap();
+    settle(&store);
+    // Past the carry's bound the writer may have committed it alone.
+    let within_the_carry = alone.elapsed() < super::fold::CARRY_AT_MOST;
+    store.crash();
+    let mut store = reopen(&path);
+    let states = states(&mut store, j);
+    assert_eq!(states[..2], [TaskState::Ok, TaskState::Running]);
+    if within_the_carry {
+        assert_eq!(states[2], TaskState::Pending, "a start alone was committed");
+    } else {
+        assert!(matches!(states[2], TaskState::Pending | TaskState::Running));
+    }
+}
+
 #[test]
 fn the_commit_position_follows_the_writes() {
     let dir = tempfile::tempdir().unwrap();
