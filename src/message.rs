@@ -525,7 +525,7 @@ impl Envelope {
     /// The body as a request.
     pub fn request(&self) -> Result<ClusterRequest, MessageError> {
         self.expect(matches!(self.header.kind, MessageKind::Request), "request")?;
-        let request: ClusterRequest = decode_value(self.body(), "request body")?;
+        let request = codec::decode_request(self.body(), "request body")?;
         self.check_id(request.id)?;
         Ok(request)
     }
@@ -535,7 +535,7 @@ impl Envelope {
         let MessageKind::Result(status) = self.header.kind else {
             return Err(self.unexpected("result"));
         };
-        let result: ClusterResult = decode_value(self.body(), "result body")?;
+        let result = codec::decode_result(self.body(), "result body")?;
         self.check_id(result.id)?;
         if result.status != status {
             return Err(MessageError::Decode {
@@ -638,13 +638,20 @@ fn printable(bytes: &[u8]) -> String {
     crate::untrusted::escape_at_most(bytes, 32)
 }
 
+/// What [`encode_value`] allocates at first: enough for a small value (a
+/// number, a short string) in one allocation, where bincode's own writer
+/// starts empty and grows two or three times.
+const ENCODE_START_BYTES: usize = 32;
+
 /// Encodes a value with the wire configuration.
 pub fn encode_value<T: Serialize + ?Sized>(
     value: &T,
     part: &'static str,
 ) -> Result<Vec<u8>, MessageError> {
-    bincode::serde::encode_to_vec(value, CONFIG)
-        .map_err(|source| MessageError::Encode { part, source })
+    let mut out = Vec::with_capacity(ENCODE_START_BYTES);
+    bincode::serde::encode_into_std_write(value, &mut out, CONFIG)
+        .map_err(|source| MessageError::Encode { part, source })?;
+    Ok(out)
 }
 
 /// Decodes a whole value with the wire configuration: bounded, and with no
@@ -756,7 +763,7 @@ pub fn send_request(
         job,
         id: request.id,
     };
-    send(socket, &header, request, 0)
+    send_record(socket, &header, codec::Record::Request(request), 0)
 }
 
 /// Sends several requests as one message ([`MessageKind::Requests`]).
@@ -795,7 +802,46 @@ pub fn send_result(
     result: &ClusterResult,
     flags: i32,
 ) -> Result<(), MessageError> {
-    send(socket, &Header::result(job, result), result, flags)
+    send_result_ref(socket, job, result.into(), flags)
+}
+
+/// Sends a result from its fields, borrowed (a worker's, without copying
+/// its host and name into a [`ClusterResult`] first).
+pub(crate) fn send_result_ref(
+    socket: &zmq::Socket,
+    job: u64,
+    result: ResultRef<'_>,
+    flags: i32,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Result(result.status),
+        job,
+        id: result.id,
+    };
+    send_record(socket, &header, codec::Record::Result(result), flags)
+}
+
+/// Sends a request or result unsigned (a toolkit socket), its body written
+/// by hand straight into the ZeroMQ message: sized first, then written
+/// once, with no buffer in between.
+fn send_record(
+    socket: &zmq::Socket,
+    header: &Header,
+    record: codec::Record<'_>,
+    flags: i32,
+) -> Result<(), MessageError> {
+    let body_len = record.len()?;
+    check_size("body", body_len, MAX_MESSAGE_BYTES)?;
+    check_size(
+        "message",
+        MAX_PREFIX_BYTES - SIGNATURE_BYTES + body_len,
+        MAX_MESSAGE_BYTES,
+    )?;
+    let frame = frame::build_with(&header.to_bytes(), &[], body_len, |out| {
+        record.write(&mut codec::Fill(out))
+    })?;
+    socket.send(frame, flags)?;
+    Ok(())
 }
 
 /// Receives one message and checks its frames and header. Every frame of a
@@ -842,6 +888,11 @@ mod frame;
 
 // Owned strings and bytes decoded by borrowing from the message first.
 mod owned;
+
+// Requests and results written and read by hand, in bincode's bytes.
+mod codec;
+
+pub(crate) use codec::ResultRef;
 
 pub use frame::{encode_frame, Parts, HEADER_BYTES, MAX_PREFIX_BYTES};
 
