@@ -317,6 +317,21 @@ impl ClusterRequest {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "request payload")
     }
+
+    /// The request as a message body: the bytes [`encode_value`] gives it,
+    /// written without serde (see `message/codec.rs`).
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::encode_request(&mut out, self);
+        out
+    }
+
+    /// A request from a message body, as [`decode_value`] reads it (the
+    /// same value or an error on any bytes), without serde: a fraction of
+    /// the instructions.
+    pub fn from_body(bytes: &[u8]) -> Result<Self, MessageError> {
+        codec::decode_request(bytes, "request body")
+    }
 }
 
 /// Where and when a result was computed.
@@ -397,6 +412,22 @@ impl ClusterResult {
     /// Decodes the payload as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "result payload")
+    }
+
+    /// The result as a message body: the bytes [`encode_value`] gives it,
+    /// written without serde (see `message/codec.rs`). An error only for a
+    /// start time before the Unix epoch, as with serde.
+    pub fn to_body(&self) -> Result<Vec<u8>, MessageError> {
+        let mut out = Vec::new();
+        codec::encode_result(&mut out, self.into())?;
+        Ok(out)
+    }
+
+    /// A result from a message body, as [`decode_value`] reads it (the
+    /// same value or an error on any bytes), without serde: a fraction of
+    /// the instructions.
+    pub fn from_body(bytes: &[u8]) -> Result<Self, MessageError> {
+        codec::decode_result(bytes, "result body")
     }
 }
 
@@ -818,7 +849,7 @@ pub(crate) fn send_result_ref(
         job,
         id: result.id,
     };
-    send_record(socket, &header, codec::Record::Result(result), flags)
+    send_record(socket, &header, codec::Record::result(result)?, flags)
 }
 
 /// Sends a request or result unsigned (a toolkit socket), its body written
@@ -830,7 +861,7 @@ fn send_record(
     record: codec::Record<'_>,
     flags: i32,
 ) -> Result<(), MessageError> {
-    let body_len = record.len()?;
+    let body_len = record.len();
     check_size("body", body_len, MAX_MESSAGE_BYTES)?;
     check_size(
         "message",
@@ -838,7 +869,8 @@ fn send_record(
         MAX_MESSAGE_BYTES,
     )?;
     let frame = frame::build_with(&header.to_bytes(), &[], body_len, |out| {
-        record.write(&mut codec::Fill(out))
+        record.write(&mut codec::Fill(out));
+        Ok(())
     })?;
     socket.send(frame, flags)?;
     Ok(())

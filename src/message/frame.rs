@@ -142,6 +142,16 @@ impl<'a> Parts<'a> {
 /// of zcluster (its name, then another number) is told apart from a
 /// stranger.
 pub(super) fn check_protocol(frame: &[u8]) -> Result<(), MessageError> {
+    // This version, followed by something other than a digit (the
+    // signature's length, or nothing): every message a peer of this
+    // version sends, decided in a comparison.
+    if frame.starts_with(PROTOCOL)
+        && frame
+            .get(PROTOCOL.len())
+            .is_none_or(|next| !next.is_ascii_digit())
+    {
+        return Ok(());
+    }
     if !frame.starts_with(PROTOCOL_NAME) {
         return Err(MessageError::NotZcluster {
             first: printable(frame),
