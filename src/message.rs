@@ -321,9 +321,7 @@ impl ClusterRequest {
     /// The request as a message body: the bytes [`encode_value`] gives it,
     /// written without serde (see `message/codec.rs`).
     pub fn to_body(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        codec::encode_request(&mut out, self);
-        out
+        codec::Record::Request(self).into_body()
     }
 
     /// A request from a message body, as [`decode_value`] reads it (the
@@ -418,9 +416,7 @@ impl ClusterResult {
     /// written without serde (see `message/codec.rs`). An error only for a
     /// start time before the Unix epoch, as with serde.
     pub fn to_body(&self) -> Result<Vec<u8>, MessageError> {
-        let mut out = Vec::new();
-        codec::encode_result(&mut out, self.into())?;
-        Ok(out)
+        Ok(codec::Record::result(self.into())?.into_body())
     }
 
     /// A result from a message body, as [`decode_value`] reads it (the

@@ -191,6 +191,13 @@ impl Record<'_> {
         self.write(&mut count);
         count.0
     }
+
+    /// The body in a buffer of its size (one allocation).
+    pub(crate) fn into_body(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write(&mut out);
+        out
+    }
 }
 
 /// Appends a request's body to `out`.
@@ -198,13 +205,6 @@ pub(crate) fn encode_request(out: &mut impl Out, request: &ClusterRequest) {
     put_u64(out, request.id);
     put_bytes(out, &request.payload);
     put_metadata(out, &request.metadata);
-}
-
-/// Appends a result's body to `out`: an error only for a start time before
-/// the Unix epoch, which serde refuses too.
-pub(crate) fn encode_result(out: &mut impl Out, result: ResultRef<'_>) -> Result<(), MessageError> {
-    Record::result(result)?.write(out);
-    Ok(())
 }
 
 fn write_result(out: &mut impl Out, result: &ResultRef<'_>, since_epoch: Duration) {
