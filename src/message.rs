@@ -23,9 +23,11 @@
 //! the signature is checked before the header is decoded, so nothing from a
 //! peer without the key reaches a decoder.
 //!
-//! One file (about 850 lines of code) for the records and how they are sent and
+//! One file (about 900 lines of code) for the records and how they are sent and
 //! received, so the wire format is read in one place; the frame's layout is
-//! `message/frame.rs`, the signed socket `message/signed.rs`.
+//! `message/frame.rs`, the signed socket `message/signed.rs`, and the hand
+//! codec of the two hot bodies (requests and results, in bincode's bytes,
+//! without serde) `message/codec.rs`.
 //!
 //! ```
 //! use zcluster::message::{ClusterRequest, Envelope};
