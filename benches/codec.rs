@@ -17,8 +17,8 @@ use divan::counter::BytesCount;
 use divan::{black_box, Bencher};
 use zcluster::auth::{Channel, Key, Signer, Verifier};
 use zcluster::message::{
-    encode_frame, encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header,
-    MessageKind, Parts, ResultMetadata, ResultStatus, PROTOCOL,
+    decode_value, encode_frame, encode_value, frames, ClusterRequest, ClusterResult, Envelope,
+    Header, MessageKind, Parts, ResultMetadata, ResultStatus, PROTOCOL,
 };
 
 fn main() {
@@ -120,6 +120,44 @@ fn decode_result(bencher: Bencher, size: usize) {
     bencher
         .counter(BytesCount::new(size))
         .bench_local(|| black_box(&envelope).result());
+}
+
+/// A result's body written by hand (`ClusterResult::to_body`, what the
+/// toolkit's worker sends) ...
+#[divan::bench(args = SIZES)]
+fn result_body_by_hand(bencher: Bencher, size: usize) {
+    let result = result(size);
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| black_box(&result).to_body());
+}
+
+/// ... and the same bytes through serde, as every other record is encoded.
+#[divan::bench(args = SIZES)]
+fn result_body_by_serde(bencher: Bencher, size: usize) {
+    let result = result(size);
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| encode_value(black_box(&result), "result"));
+}
+
+/// A result's body read by hand (`ClusterResult::from_body`, what the
+/// toolkit's sink does) ...
+#[divan::bench(args = SIZES)]
+fn result_from_body_by_hand(bencher: Bencher, size: usize) {
+    let body = encode_value(&result(size), "result").expect("a result encodes");
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| ClusterResult::from_body(black_box(&body)));
+}
+
+/// ... and through serde (`decode_value`), as the hub still reads them.
+#[divan::bench(args = SIZES)]
+fn result_from_body_by_serde(bencher: Bencher, size: usize) {
+    let body = encode_value(&result(size), "result").expect("a result encodes");
+    bencher
+        .counter(BytesCount::new(size))
+        .bench_local(|| decode_value::<ClusterResult>(black_box(&body), "result"));
 }
 
 /// The header alone: what a device or the hub decodes to route and record

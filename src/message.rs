@@ -23,9 +23,11 @@
 //! the signature is checked before the header is decoded, so nothing from a
 //! peer without the key reaches a decoder.
 //!
-//! One file (about 850 lines of code) for the records and how they are sent and
+//! One file (about 900 lines of code) for the records and how they are sent and
 //! received, so the wire format is read in one place; the frame's layout is
-//! `message/frame.rs`, the signed socket `message/signed.rs`.
+//! `message/frame.rs`, the signed socket `message/signed.rs`, and the hand
+//! codec of the two hot bodies (requests and results, in bincode's bytes,
+//! without serde) `message/codec.rs`.
 //!
 //! ```
 //! use zcluster::message::{ClusterRequest, Envelope};
@@ -317,6 +319,19 @@ impl ClusterRequest {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "request payload")
     }
+
+    /// The request as a message body: the bytes [`encode_value`] gives it,
+    /// written without serde (see `message/codec.rs`).
+    pub fn to_body(&self) -> Vec<u8> {
+        codec::Record::Request(self).into_body()
+    }
+
+    /// A request from a message body, as [`decode_value`] reads it (the
+    /// same value or an error on any bytes), without serde: a fraction of
+    /// the instructions.
+    pub fn from_body(bytes: &[u8]) -> Result<Self, MessageError> {
+        codec::decode_request(bytes, "request body")
+    }
 }
 
 /// Where and when a result was computed.
@@ -397,6 +412,20 @@ impl ClusterResult {
     /// Decodes the payload as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
         decode_value(&self.payload, "result payload")
+    }
+
+    /// The result as a message body: the bytes [`encode_value`] gives it,
+    /// written without serde (see `message/codec.rs`). An error only for a
+    /// start time before the Unix epoch, as with serde.
+    pub fn to_body(&self) -> Result<Vec<u8>, MessageError> {
+        Ok(codec::Record::result(self.into())?.into_body())
+    }
+
+    /// A result from a message body, as [`decode_value`] reads it (the
+    /// same value or an error on any bytes), without serde: a fraction of
+    /// the instructions.
+    pub fn from_body(bytes: &[u8]) -> Result<Self, MessageError> {
+        codec::decode_result(bytes, "result body")
     }
 }
 
@@ -525,7 +554,7 @@ impl Envelope {
     /// The body as a request.
     pub fn request(&self) -> Result<ClusterRequest, MessageError> {
         self.expect(matches!(self.header.kind, MessageKind::Request), "request")?;
-        let request: ClusterRequest = decode_value(self.body(), "request body")?;
+        let request = codec::decode_request(self.body(), "request body")?;
         self.check_id(request.id)?;
         Ok(request)
     }
@@ -535,7 +564,7 @@ impl Envelope {
         let MessageKind::Result(status) = self.header.kind else {
             return Err(self.unexpected("result"));
         };
-        let result: ClusterResult = decode_value(self.body(), "result body")?;
+        let result = codec::decode_result(self.body(), "result body")?;
         self.check_id(result.id)?;
         if result.status != status {
             return Err(MessageError::Decode {
@@ -638,13 +667,20 @@ fn printable(bytes: &[u8]) -> String {
     crate::untrusted::escape_at_most(bytes, 32)
 }
 
+/// What [`encode_value`] allocates at first: enough for a small value (a
+/// number, a short string) in one allocation, where bincode's own writer
+/// starts empty and grows two or three times.
+const ENCODE_START_BYTES: usize = 32;
+
 /// Encodes a value with the wire configuration.
 pub fn encode_value<T: Serialize + ?Sized>(
     value: &T,
     part: &'static str,
 ) -> Result<Vec<u8>, MessageError> {
-    bincode::serde::encode_to_vec(value, CONFIG)
-        .map_err(|source| MessageError::Encode { part, source })
+    let mut out = Vec::with_capacity(ENCODE_START_BYTES);
+    bincode::serde::encode_into_std_write(value, &mut out, CONFIG)
+        .map_err(|source| MessageError::Encode { part, source })?;
+    Ok(out)
 }
 
 /// Decodes a whole value with the wire configuration: bounded, and with no
@@ -756,7 +792,7 @@ pub fn send_request(
         job,
         id: request.id,
     };
-    send(socket, &header, request, 0)
+    send_record(socket, &header, codec::Record::Request(request), 0)
 }
 
 /// Sends several requests as one message ([`MessageKind::Requests`]).
@@ -795,7 +831,47 @@ pub fn send_result(
     result: &ClusterResult,
     flags: i32,
 ) -> Result<(), MessageError> {
-    send(socket, &Header::result(job, result), result, flags)
+    send_result_ref(socket, job, result.into(), flags)
+}
+
+/// Sends a result from its fields, borrowed (a worker's, without copying
+/// its host and name into a [`ClusterResult`] first).
+pub(crate) fn send_result_ref(
+    socket: &zmq::Socket,
+    job: u64,
+    result: ResultRef<'_>,
+    flags: i32,
+) -> Result<(), MessageError> {
+    let header = Header {
+        kind: MessageKind::Result(result.status),
+        job,
+        id: result.id,
+    };
+    send_record(socket, &header, codec::Record::result(result)?, flags)
+}
+
+/// Sends a request or result unsigned (a toolkit socket), its body written
+/// by hand straight into the ZeroMQ message: sized first, then written
+/// once, with no buffer in between.
+fn send_record(
+    socket: &zmq::Socket,
+    header: &Header,
+    record: codec::Record<'_>,
+    flags: i32,
+) -> Result<(), MessageError> {
+    let body_len = record.len();
+    check_size("body", body_len, MAX_MESSAGE_BYTES)?;
+    check_size(
+        "message",
+        MAX_PREFIX_BYTES - SIGNATURE_BYTES + body_len,
+        MAX_MESSAGE_BYTES,
+    )?;
+    let frame = frame::build_with(&header.to_bytes(), &[], body_len, |out| {
+        record.write(&mut codec::Fill(out));
+        Ok(())
+    })?;
+    socket.send(frame, flags)?;
+    Ok(())
 }
 
 /// Receives one message and checks its frames and header. Every frame of a
@@ -842,6 +918,11 @@ mod frame;
 
 // Owned strings and bytes decoded by borrowing from the message first.
 mod owned;
+
+// Requests and results written and read by hand, in bincode's bytes.
+mod codec;
+
+pub(crate) use codec::ResultRef;
 
 pub use frame::{encode_frame, Parts, HEADER_BYTES, MAX_PREFIX_BYTES};
 

@@ -158,8 +158,10 @@ impl Sink {
             return Some(deliver(result));
         }
         // One deadline for the whole wait: commands and bad messages that
-        // wake the poll do not restart the clock.
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // wake the poll do not restart the clock. It starts at the first
+        // wait: under load a result is nearly always queued, and reading
+        // the clock for each would cost a tenth of reading the result.
+        let mut deadline: Option<Option<Instant>> = None;
         loop {
             if self.commands_pending() && self.kill_received() {
                 return None;
@@ -184,6 +186,8 @@ impl Sink {
                     Err(e) => warn!(error = %e, "dropping a bad result"),
                 },
                 Err(e) if e.is_timeout() => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| timeout.map(|t| Instant::now() + t));
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match poll_readable(&self.results, self.commands.as_ref(), left) {
                         Ok(Readable::Ready(..)) => {}

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::message::{
     self, ClusterRequest, ClusterResult, Command, CommandReply, Envelope, Header, MessageError,
-    MessageKind, ResultMetadata, ResultStatus, WorkerInfo,
+    MessageKind, Metadata, ResultMetadata, ResultRef, ResultStatus, WorkerInfo,
 };
 use crate::socket::{init_socket, poll_readable, Readable, SocketError, SocketKind, SocketSource};
 
@@ -408,14 +408,17 @@ impl<H: Handler> Worker<H> {
         };
         let results: Vec<ClusterResult> = requests
             .into_iter()
-            .map(|request| self.run_one(Ok(request)))
+            .map(|request| {
+                let outcome = self.run_one(Ok(request));
+                self.result_of(outcome)
+            })
             .collect();
         match message::send_results(&self.results, job, &results, 0) {
             // Too large together: each goes alone, a too large one as its
             // own failure.
             Err(MessageError::TooLarge { .. } | MessageError::Encode { .. }) => {
                 for result in results {
-                    self.send_result(job, result)?;
+                    self.send_owned_result(job, result)?;
                 }
                 Ok(())
             }
@@ -423,9 +426,8 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Runs the handler on one request (or answers a bad one) and makes its
-    /// result.
-    fn run_one(&mut self, request: Result<ClusterRequest, (u64, String)>) -> ClusterResult {
+    /// Runs the handler on one request (or answers a bad one).
+    fn run_one(&mut self, request: Result<ClusterRequest, (u64, String)>) -> Outcome {
         let started = SystemTime::now();
         let clock = Instant::now();
         let (request, outcome) = match request {
@@ -454,23 +456,60 @@ impl<H: Handler> Worker<H> {
                 (ResultStatus::Fail, Vec::new(), Some(e.0))
             }
         };
-        ClusterResult {
+        Outcome {
             id: request.id,
             status,
             payload,
             request_metadata: request.metadata,
-            metadata: ResultMetadata {
-                host: self.info.host.clone(),
-                pid: self.info.pid,
-                worker: self.info.worker.clone(),
-                started,
-                elapsed,
-            },
+            started,
+            elapsed,
             exception,
         }
     }
 
-    fn send_result(&mut self, job: u64, result: ClusterResult) -> Result<(), WorkerError> {
+    /// The result of `outcome`, signed with this worker's whereabouts.
+    fn result_of(&self, outcome: Outcome) -> ClusterResult {
+        ClusterResult {
+            id: outcome.id,
+            status: outcome.status,
+            payload: outcome.payload,
+            request_metadata: outcome.request_metadata,
+            metadata: ResultMetadata {
+                host: self.info.host.clone(),
+                pid: self.info.pid,
+                worker: self.info.worker.clone(),
+                started: outcome.started,
+                elapsed: outcome.elapsed,
+            },
+            exception: outcome.exception,
+        }
+    }
+
+    /// Sends the result of `outcome` with this worker's host and name
+    /// borrowed, not copied into a [`ClusterResult`] first.
+    fn send_result(&mut self, job: u64, outcome: Outcome) -> Result<(), WorkerError> {
+        let view = ResultRef {
+            id: outcome.id,
+            status: outcome.status,
+            payload: &outcome.payload,
+            request_metadata: &outcome.request_metadata,
+            host: &self.info.host,
+            pid: self.info.pid,
+            worker: &self.info.worker,
+            started: outcome.started,
+            elapsed: outcome.elapsed,
+            exception: outcome.exception.as_deref(),
+        };
+        match message::send_result_ref(&self.results, job, view, 0) {
+            Err(MessageError::TooLarge { .. } | MessageError::Encode { .. }) => {
+                let result = self.result_of(outcome);
+                self.send_owned_result(job, result)
+            }
+            sent => sent.map_err(|e| transport("send a result", e)),
+        }
+    }
+
+    fn send_owned_result(&mut self, job: u64, result: ClusterResult) -> Result<(), WorkerError> {
         match message::send_result(&self.results, job, &result, 0) {
             // A result that cannot be encoded or is too large is that
             // request's failure, not the end of the worker.
@@ -590,6 +629,17 @@ impl<H: Handler> Worker<H> {
             debug!(error = %e, "command reply not sent");
         }
     }
+}
+
+/// What handling one request gave, before it is sent as a result.
+struct Outcome {
+    id: u64,
+    status: ResultStatus,
+    payload: Vec<u8>,
+    request_metadata: Metadata,
+    started: SystemTime,
+    elapsed: Duration,
+    exception: Option<String>,
 }
 
 fn transport(operation: &'static str, source: MessageError) -> WorkerError {

@@ -142,6 +142,16 @@ impl<'a> Parts<'a> {
 /// of zcluster (its name, then another number) is told apart from a
 /// stranger.
 pub(super) fn check_protocol(frame: &[u8]) -> Result<(), MessageError> {
+    // This version, followed by something other than a digit (the
+    // signature's length, or nothing): every message a peer of this
+    // version sends, decided in a comparison.
+    if frame.starts_with(PROTOCOL)
+        && frame
+            .get(PROTOCOL.len())
+            .is_none_or(|next| !next.is_ascii_digit())
+    {
+        return Ok(());
+    }
     if !frame.starts_with(PROTOCOL_NAME) {
         return Err(MessageError::NotZcluster {
             first: printable(frame),
@@ -190,6 +200,21 @@ pub(super) fn build(
     signature: &[u8],
     body: &[u8],
 ) -> Result<zmq::Message, MessageError> {
+    build_with(header, signature, body.len(), |out| {
+        out.copy_from_slice(body);
+        Ok(())
+    })
+}
+
+/// Like [`build`], with the body's `body_len` bytes written in place by
+/// `write` (an encoder that knows its size beforehand): the body is never
+/// in a buffer of its own.
+pub(super) fn build_with(
+    header: &[u8; HEADER_BYTES],
+    signature: &[u8],
+    body_len: usize,
+    write: impl FnOnce(&mut [u8]) -> Result<(), MessageError>,
+) -> Result<zmq::Message, MessageError> {
     let signature_len = u8::try_from(signature.len()).map_err(|_| MessageError::TooLarge {
         part: "signature",
         size: signature.len(),
@@ -197,7 +222,7 @@ pub(super) fn build(
     })?;
     let header_at = SIGNATURE_AT + signature.len();
     let body_at = header_at + HEADER_BYTES;
-    let mut message = zmq::Message::with_size(body_at + body.len());
+    let mut message = zmq::Message::with_size(body_at + body_len);
     // One slice for all the writes: each index into the message itself is
     // two calls into libzmq.
     let frame: &mut [u8] = &mut message;
@@ -205,7 +230,7 @@ pub(super) fn build(
     frame[PROTOCOL.len()] = signature_len;
     frame[SIGNATURE_AT..header_at].copy_from_slice(signature);
     frame[header_at..body_at].copy_from_slice(header);
-    frame[body_at..].copy_from_slice(body);
+    write(&mut frame[body_at..])?;
     Ok(message)
 }
 
