@@ -139,7 +139,7 @@ impl ExecChunk {
     /// The chunk inside a recorded request body (a bincode
     /// [`ClusterRequest`], as a hub's store keeps it).
     pub fn from_request_body(body: &[u8]) -> Result<Self, MessageError> {
-        decode_value::<ClusterRequest>(body, "request")?.decode()
+        ClusterRequest::from_body(body)?.decode()
     }
 }
 

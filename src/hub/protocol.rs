@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{decode_value, ClusterResult, CommandReply, ResultMetadata, ResultStatus};
+use crate::message::{ClusterResult, CommandReply, ResultMetadata, ResultStatus};
 use crate::resources::{ResourceOffer, ResourceRequest};
 
 use super::store::TaskState;
@@ -541,7 +541,7 @@ impl TaskReport {
         if let Some(result) = self
             .result
             .as_deref()
-            .and_then(|bytes| decode_value::<ClusterResult>(bytes, "stored result").ok())
+            .and_then(|bytes| ClusterResult::from_body(bytes).ok())
         {
             return result;
         }
@@ -759,7 +759,7 @@ impl Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::encode_value;
+    use crate::message::{decode_value, encode_value};
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Named(#[serde(with = "state_name")] TaskState);

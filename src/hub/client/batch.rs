@@ -219,7 +219,7 @@ impl Delivered {
             Body::Alone(envelope) => return envelope.result(),
             Body::Batched(bytes) => bytes,
         };
-        let result: ClusterResult = decode_value(bytes, "result body")?;
+        let result = ClusterResult::from_body(bytes)?;
         if result.id != self.header.id {
             return Err(MessageError::IdMismatch {
                 header: self.header.id,
