@@ -106,6 +106,8 @@ mod writer;
 #[cfg(test)]
 mod forms_tests;
 #[cfg(test)]
+mod origins_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashSet;
@@ -133,8 +135,9 @@ use maintenance::{purge_completed_in, purge_engine_in, purge_job_in, reset_in};
 use schema::{check_version, migrate, open_connection};
 use sql::{column_u64, completed_states, job_row, sql_int, sqlite_error, task_row, time_to_sql};
 use writer::{
-    await_reply, call_async, checkpoint_at_the_bound, run_checkpointer, run_writer, Op, SqlTask,
-    Write, CHECKPOINT_PAGES, INLINE_CHECKPOINT_PAGES, JOURNAL_SIZE_LIMIT_BYTES, QUEUE_CAPACITY,
+    await_reply, call_async, call_with_codec_async, checkpoint_at_the_bound, run_checkpointer,
+    run_writer, Op, SqlTask, Write, CHECKPOINT_PAGES, INLINE_CHECKPOINT_PAGES,
+    JOURNAL_SIZE_LIMIT_BYTES, QUEUE_CAPACITY,
 };
 
 /// Page cache of the writer connection, KiB. Writes append (new rows,
@@ -417,6 +420,16 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         self.flush()?;
         await_reply(&call_async(&self.ops, &self.log, f)?)
+    }
+
+    /// [`Self::call`] for a call that also needs the writer's codec (a
+    /// purge, which makes it forget the rows it deletes).
+    fn call_with_codec<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Connection, &mut stored::Codec) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.flush()?;
+        await_reply(&call_with_codec_async(&self.ops, &self.log, f)?)
     }
 
     /// Flushes, then reads on the read connection. A store stopped at a
@@ -733,19 +746,19 @@ impl Store for SqliteStore {
             return Err(StoreError::UnknownJob(job));
         }
         self.counts = None;
-        let removed = self.call(move |conn| purge_job_in(conn, job))?;
+        let removed = self.call_with_codec(move |conn, codec| purge_job_in(conn, codec, job))?;
         self.jobs.remove(&job);
         Ok(removed)
     }
 
     fn purge_engine(&mut self, engine: EngineId) -> Result<u64, StoreError> {
         self.counts = None;
-        self.call(move |conn| purge_engine_in(conn, engine))
+        self.call_with_codec(move |conn, codec| purge_engine_in(conn, codec, engine))
     }
 
     fn purge_completed(&mut self) -> Result<u64, StoreError> {
         self.counts = None;
-        let (removed, jobs) = self.call(purge_completed_in)?;
+        let (removed, jobs) = self.call_with_codec(purge_completed_in)?;
         for job in jobs {
             self.jobs.remove(&job);
         }

@@ -482,6 +482,25 @@ impl Codec {
         self.origins.insert(origin.to_vec(), id);
         Ok((stored, Some(id)))
     }
+
+    /// Forgets the origins whose rows a purge deleted: remembered, a later
+    /// result from the same worker would name a row that is gone (or, its
+    /// id reused by SQLite, another origin's).
+    pub(super) fn forget_origins(&mut self, deleted: &[i64]) {
+        if deleted.is_empty() {
+            return;
+        }
+        let deleted: std::collections::HashSet<i64> = deleted.iter().copied().collect();
+        self.origins.retain(|_, id| !deleted.contains(id));
+    }
+
+    /// Forgets the reference requests of purged jobs (their rows went with
+    /// them; job ids are never reused, so this only gives the memory back).
+    pub(super) fn forget_jobs(&mut self, jobs: impl IntoIterator<Item = i64>) {
+        for job in jobs {
+            self.references.remove(&job);
+        }
+    }
 }
 
 #[cfg(test)]

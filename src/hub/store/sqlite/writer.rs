@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use super::files::CommitRecord;
 use super::fold::{Fold, CARRY_AT_MOST};
 use super::sql::{sql_int, sqlite_error};
+use super::stored::Codec;
 use crate::hub::commit::CommitLog;
 use crate::hub::store::error::ErrorChain;
 use crate::hub::store::state::Change;
@@ -123,8 +124,10 @@ impl Write {
 }
 
 /// Runs on the writer thread after everything queued before it is committed,
-/// in its own transaction if it writes; it sends its own reply.
-pub(super) type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+/// in its own transaction if it writes; it sends its own reply. It is given
+/// the writer's [`Codec`] too, so that a purge that deletes rows the codec
+/// remembers (origins, reference requests) makes it forget them.
+pub(super) type Call = Box<dyn FnOnce(&mut Connection, &mut Codec) + Send>;
 
 pub(super) enum Op {
     Write(Write),
@@ -173,12 +176,21 @@ pub(super) fn call_async<T: Send + 'static>(
     log: &Arc<CommitLog>,
     f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<Receiver<Result<T, StoreError>>, StoreError> {
+    call_with_codec_async(ops, log, move |conn, _| f(conn))
+}
+
+/// [`call_async`] for a call that also needs the writer's [`Codec`].
+pub(super) fn call_with_codec_async<T: Send + 'static>(
+    ops: &Sender<Op>,
+    log: &Arc<CommitLog>,
+    f: impl FnOnce(&mut Connection, &mut Codec) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Receiver<Result<T, StoreError>>, StoreError> {
     let (reply, replies) = crossbeam_channel::bounded(1);
     let log = Arc::clone(log);
-    let call: Call = Box::new(move |conn| {
+    let call: Call = Box::new(move |conn, codec| {
         let answer = match log.failure() {
             Some(failure) => Err(StoreError::CannotWrite(Arc::clone(failure))),
-            None => f(conn),
+            None => f(conn, codec),
         };
         // The caller may have gone (dropped store): nobody to tell.
         let _ = reply.send(answer);
@@ -231,7 +243,7 @@ pub(super) fn run_writer(
             Some(Op::Call(call)) => {
                 commit_carried(&conn, &mut fold, &mut record, &log);
                 carry_until = None;
-                call(&mut conn);
+                call(&mut conn, &mut fold.codec);
                 continue;
             }
             Some(Op::Shutdown) => {
@@ -312,7 +324,7 @@ pub(super) fn run_writer(
         }
         carry_until = fold.carries().then(|| Instant::now() + CARRY_AT_MOST);
         if let Some(call) = call {
-            call(&mut conn);
+            call(&mut conn, &mut fold.codec);
         }
         if stop {
             break;
