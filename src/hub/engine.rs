@@ -460,6 +460,9 @@ impl<'a> Engine<'a> {
     /// hears no beat still sends one every one and a half periods
     /// (`on_heartbeat_due`), inside the hub's limit of `heartbeat_misses`.
     ///
+    /// Results sent count as a heartbeat sent (the hub takes any message
+    /// as one), so a busy engine answers few beats.
+    ///
     /// A beat heard also puts off the engine's own timer to one and a half
     /// periods from now, when its own beat would be due: while the hub
     /// beats, an idle engine wakes once a period, to answer it, and its
@@ -513,6 +516,12 @@ impl<'a> Engine<'a> {
             drained.push((job, result, cancelled));
         }
         results_to_hub(&self.conn.link.socket, &drained);
+        if !drained.is_empty() {
+            // The hub takes any message from an engine as a sign of life:
+            // a busy engine need not answer its beats as well (a thousand
+            // answers a second, at a thousand engines).
+            self.beat_sent = Instant::now();
+        }
         let window = self.conn.heartbeat * (self.options.misses + 2);
         for (job, result, cancelled) in drained {
             // A cancelled copy's failure says nothing about its task:
