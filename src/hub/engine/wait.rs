@@ -82,7 +82,14 @@ impl Engine<'_> {
         let mut items = [
             hub.as_poll_item(zmq::POLLIN),
             self.slots.results_socket().as_poll_item(zmq::POLLIN),
-            self.conn.link.monitor_socket().as_poll_item(zmq::POLLIN),
+            // ZMQ_FD is edge-triggered: readable once news came after the
+            // monitor was last read to the end (`HubLink::closed` does),
+            // and it stays so until then. An event it missed would still
+            // be read at the next idle turn or heartbeat (see `turn`).
+            match self.conn.monitor_fd {
+                Some(fd) => zmq::PollItem::from_fd(fd, zmq::POLLIN),
+                None => self.conn.link.monitor_socket().as_poll_item(zmq::POLLIN),
+            },
             // Without a wake-up, a second look at the hub that is left out.
             match wake_fd {
                 Some(fd) => zmq::PollItem::from_fd(fd, zmq::POLLIN),
