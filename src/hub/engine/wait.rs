@@ -54,11 +54,8 @@ impl Engine<'_> {
             next = next.min(*at + STOP_SIGNAL_GRACE);
         }
         if let Some(end) = self.options.end_at {
-            let mut before = vec![HARD_STOP_BEFORE_END];
-            if !self.draining {
-                before.push(self.longest_median() + DRAIN_MARGIN);
-            }
-            for before in before {
+            let drain = (!self.draining).then(|| self.longest_median() + DRAIN_MARGIN);
+            for before in [Some(HARD_STOP_BEFORE_END), drain].into_iter().flatten() {
                 if let Some(at) = instant_before(end, before, now) {
                     next = next.min(at);
                 }
