@@ -18,14 +18,12 @@
 //! hundred engines per process (the script runs 250).
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::thread;
 
 use anyhow::Context as _;
 use clap::Parser;
 use zcluster::hub::connection::ConnectionInfo;
-use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, DEFAULT_MISSES};
+use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, EngineStop, DEFAULT_MISSES};
 use zcluster::pool::Registry;
 use zcluster::resources::ResourceOffer;
 
@@ -48,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let connection = ConnectionInfo::read(&args.hub).context("reading the connection file")?;
     // Never set: the engines run until the hub kills them.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = EngineStop::new();
     let ctx = zmq::Context::new();
     ctx.set_io_threads(args.io_threads)?;
     let options = EngineOptions {

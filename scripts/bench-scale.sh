@@ -14,6 +14,9 @@
 #      time from /proc over IDLE_SECONDS (its threads' schedstat, the
 #      precise form of utime+stime; see cpu_seconds), as a percentage of
 #      one core; target: linear in the engines, under 5% at 1,000;
+#    - the engines' CPU while idle, the same way over the engine
+#      processes: an idle engine wakes once per hub heartbeat, to answer
+#      it (no target; it shares the machine with the hub);
 #    - the no-op task rate: a zcluster::pool client (examples/pool_client.rs,
 #      one input per task) mapping TASKS inputs over those engines (RUNS
 #      runs, median); target: at 1,000 engines within 20% of the rate at 10.
@@ -110,12 +113,17 @@ registered() {
     [ "$("$Z" status --hub "$tmp/hub.json" --json 2>/dev/null | grep -c '"last_heartbeat"')" -ge "$1" ]
 }
 
-# cpu_seconds PID: CPU time of a process so far, in seconds: the sum of
+# cpu_seconds PID...: CPU time of processes so far, in seconds: the sum of
 # its threads' run time in /proc/PID/task/*/schedstat (nanoseconds), which
 # is what utime + stime in /proc/PID/stat count in clock ticks of 10 ms,
 # too coarse for 10 engines (a few ms a second); those where schedstat is
 # missing.
 cpu_seconds() {
+    if [ "$#" -gt 1 ]; then
+        local pid
+        for pid in "$@"; do cpu_seconds "$pid"; done | awk '{ s += $1 } END { printf "%.6f\n", s }'
+        return
+    fi
     if [ -r "/proc/$1/schedstat" ]; then
         cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.6f\n", s / 1e9 }'
     else
@@ -125,31 +133,38 @@ cpu_seconds() {
 
 if [ "${SCALE_ENGINES:-1}" != 0 ]; then
     echo "== engines on one hub: ${ENGINE_COUNTS// /, } one-slot engines (threads, $ENGINES_PER_PROCESS per process), tcp loopback"
-    printf '%-10s %16s %18s %16s\n' engines "hub CPU idle" "per engine" "no-op tasks/s"
+    printf '%-10s %16s %18s %18s %16s\n' engines "hub CPU idle" "per engine" "engines CPU idle" "no-op tasks/s"
     for n in $ENGINE_COUNTS; do
         start_hub
+        engine_pids=()
         left=$n
         while [ "$left" -gt 0 ]; do
             k=$((left < ENGINES_PER_PROCESS ? left : ENGINES_PER_PROCESS))
             "$EXAMPLES/engines" "$tmp/hub.json" --engines "$k" --slots 1 >>"$tmp/engines.log" 2>&1 &
             background+=($!)
+            engine_pids+=($!)
             left=$((left - k))
         done
         wait_for "$n engines to register" 120 registered "$n"
         # Registration bursts and the first heartbeats are over.
         sleep 2
         before=$(cpu_seconds "$hub_pid")
+        engines_before=$(cpu_seconds "${engine_pids[@]}")
         sleep "$IDLE_SECONDS"
         after=$(cpu_seconds "$hub_pid")
+        engines_after=$(cpu_seconds "${engine_pids[@]}")
         percent=$(calc "($after - $before) / $IDLE_SECONDS * 100")
+        engines_percent=$(calc "($engines_after - $engines_before) / $IDLE_SECONDS * 100")
         registered "$n" || { echo "bench-scale: engines were lost while idle" >&2; exit 1; }
         rates=()
         for ((i = 0; i < RUNS; i++)); do
             rates+=("$("$EXAMPLES/pool_client" map "$tmp/hub.json" "$TASKS" 1 | awk '{ print $4 }')")
         done
         rate=$(median "${rates[@]}")
-        printf '%-10s %14.2f %% %15.4f %% %16.0f\n' "$n" "$percent" "$(calc "$percent / $n")" "$rate"
+        printf '%-10s %14.2f %% %15.4f %% %16.2f %% %16.0f\n' "$n" "$percent" "$(calc "$percent / $n")" \
+            "$engines_percent" "$rate"
         result "scale.heartbeat_cpu_$n" "$percent" "%core"
+        result "scale.engines_idle_cpu_$n" "$engines_percent" "%core"
         result "scale.rate_$n" "$rate" tasks/s
         stop_hub
     done
@@ -224,6 +239,8 @@ if [ "${SCALE_ENGINES:-1}" != 0 ] && [ ${#counts[@]} -ge 2 ]; then
     r=$(quotient "$per_large" "$per_mid")
     row "  per engine, $large vs $mid engines" "$(printf '%.4f %%' "$per_large")" \
         "$(printf '%.4f %% at %s' "$per_mid" "$mid")" "$r" "<= 1.2" "$(verdict "$r" "<=" 1.2)"
+    e_large=$(get "scale.engines_idle_cpu_$large")
+    row "engines CPU idle, $large engines" "$(printf '%.2f %% core' "$e_large")" "" "" "" ""
     r_large=$(get "scale.rate_$large") r_small=$(get "scale.rate_$small")
     r=$(quotient "$r_large" "$r_small")
     row "no-op rate, $large one-slot engines" "$(printf '%.0f task/s' "$r_large")" \

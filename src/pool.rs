@@ -43,7 +43,7 @@ use crate::hub::client::{ClientError, HubClient, JobHandle, JobOptions};
 use crate::hub::connection::{ConnectionError, ConnectionInfo};
 use crate::hub::embedded::{EmbeddedCluster, EmbeddedError};
 use crate::hub::engine::{
-    run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
+    run_engine, EngineError, EngineOptions, EngineStop, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
 };
 use crate::hub::protocol::JobKind;
 use crate::message::{
@@ -240,7 +240,7 @@ impl Registry {
         offer: ResourceOffer,
     ) -> Result<WorkerExit, PoolError> {
         let connection = ConnectionInfo::read(connection_file)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = EngineStop::new();
         let options = EngineOptions {
             connection,
             slots: offer.cpus.max(1) as usize,

@@ -3,7 +3,6 @@
 //! than the hub takes, and that what it signs for one peer no other takes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use zcluster::hub::connection::ConnectionInfo;
 use zcluster::hub::curve::{self, CurveKeys, ZapHandler};
 use zcluster::hub::embedded::EmbeddedCluster;
 use zcluster::hub::engine::{
-    run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
+    run_engine, EngineError, EngineOptions, EngineStop, HandlerFn, DEFAULT_MISSES, HANDLER_KEY,
 };
 use zcluster::hub::protocol::{EngineMessage, HubToEngine, JobKind};
 use zcluster::hub::server::{Endpoints, Hub, HubOptions};
@@ -295,8 +294,10 @@ struct PlayedHub {
     ctx: zmq::Context,
     zap: ZapHandler,
     hub: SignedSocket,
-    stop: Arc<AtomicBool>,
+    stop: EngineStop,
     engine: thread::JoinHandle<Result<WorkerExit, EngineError>>,
+    /// The engine thread's id, to read its counters in /proc.
+    engine_tid: i32,
 }
 
 impl PlayedHub {
@@ -324,7 +325,8 @@ impl PlayedHub {
             Channel::EngineToHub,
             5,
         );
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = EngineStop::new();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let engine = {
             let (ctx, stop) = (ctx.clone(), stop.clone());
             let options = EngineOptions {
@@ -337,14 +339,21 @@ impl PlayedHub {
                 resources: None,
                 pin: false,
             };
-            thread::spawn(move || run_engine(&ctx, &options, &stop))
+            thread::spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+                run_engine(&ctx, &options, &stop)
+            })
         };
+        let engine_tid = tid_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the engine thread starts");
         PlayedHub {
             ctx,
             zap,
             hub,
             stop,
             engine,
+            engine_tid,
         }
     }
 }
@@ -387,6 +396,7 @@ fn an_engine_refused_at_registration_tries_again() {
         mut hub,
         stop,
         engine,
+        engine_tid: _,
     } = PlayedHub::with_an_engine();
     let header = Header {
         kind: MessageKind::Control,
@@ -414,7 +424,7 @@ fn an_engine_refused_at_registration_tries_again() {
         envelope.unwrap().control::<EngineMessage>().unwrap(),
         EngineMessage::Heartbeat
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.stop();
     let exit = join_within(engine, Duration::from_secs(20));
     assert!(exit.is_ok(), "{exit:?}");
 }
@@ -435,6 +445,7 @@ fn an_engine_answers_the_hubs_heartbeat_at_once() {
         mut hub,
         stop,
         engine,
+        engine_tid: _,
     } = PlayedHub::with_an_engine();
     let control = Header {
         kind: MessageKind::Control,
@@ -481,7 +492,95 @@ fn an_engine_answers_the_hubs_heartbeat_at_once() {
         }
     }
     assert_eq!(heartbeats, 2, "one heartbeat per beat of the hub");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.stop();
     let exit = join_within(engine, Duration::from_secs(20));
     assert!(exit.is_ok(), "{exit:?}");
+}
+
+/// How many times a thread of this process gave up its CPU to wait
+/// (`voluntary_ctxt_switches` in /proc): each is one wake-up.
+fn voluntary_switches(tid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a voluntary_ctxt_switches line")
+}
+
+/// An idle engine sleeps until the hub's next heartbeat, not on a short
+/// timer of its own: a thousand engines that each woke ten times a second
+/// to look at their stop flag cost a third of a core. Its stop still takes
+/// effect at once, through the stop's wake-up, not at its next heartbeat.
+/// The hub here is a signed ROUTER playing one, beating every second for
+/// three seconds; the engine thread's wake-ups are read from /proc.
+#[test]
+fn an_idle_engine_wakes_for_heartbeats_only_and_stops_at_once() {
+    // The context and the ZAP handler are bound first, so dropped last.
+    let PlayedHub {
+        ctx: _ctx,
+        zap: _zap,
+        mut hub,
+        stop,
+        engine,
+        engine_tid,
+    } = PlayedHub::with_an_engine();
+    let control = Header {
+        kind: MessageKind::Control,
+        job: 0,
+        id: 0,
+    };
+    let identity = next_registration(&mut hub);
+    let period = Duration::from_secs(1);
+    let welcome = HubToEngine::Registered {
+        engine: 1,
+        heartbeat: period,
+        max_message: 1 << 20,
+    };
+    hub.send_routed(&identity, &control, &welcome).unwrap();
+    // One beat answered: registered and settled.
+    let answer = |hub: &mut SignedSocket| {
+        hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                hub.socket()
+                    .poll(zmq::POLLIN, left.as_millis() as i64)
+                    .unwrap()
+                    > 0,
+                "no heartbeat from the engine within 5 s"
+            );
+            let (_, envelope) = hub.recv_routed(0).unwrap();
+            if envelope.unwrap().control::<EngineMessage>().unwrap() == EngineMessage::Heartbeat {
+                return;
+            }
+        }
+    };
+    answer(&mut hub);
+    const BEATS: u64 = 3;
+    let before = voluntary_switches(engine_tid);
+    let start = Instant::now();
+    for beat in 1..=BEATS {
+        thread::sleep((start + period * beat as u32).saturating_duration_since(Instant::now()));
+        answer(&mut hub);
+    }
+    let woke = voluntary_switches(engine_tid) - before;
+    // A wake-up per beat, and a little room (a wake-up to send, say);
+    // the old engine, waking every 100 ms, woke over 30 times.
+    assert!(
+        woke <= 3 * BEATS,
+        "the idle engine woke {woke} times in {BEATS} heartbeat periods"
+    );
+    // Just after a beat it would sleep 1.5 periods without its wake-up.
+    let stopped = Instant::now();
+    stop.stop();
+    let exit = join_within(engine, Duration::from_secs(20));
+    assert!(exit.is_ok(), "{exit:?}");
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "the engine took {took:?} to stop"
+    );
 }

@@ -4,8 +4,7 @@
 //! cluster: client → hub → engine → worker slots and back.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -13,7 +12,9 @@ use tracing::warn;
 
 use super::client::{ClientError, HubClient};
 use super::connection::ConnectionInfo;
-use super::engine::{run_engine, EngineError, EngineOptions, HandlerFn, DEFAULT_MISSES};
+use super::engine::{
+    run_engine, EngineError, EngineOptions, EngineStop, HandlerFn, DEFAULT_MISSES,
+};
 use super::server::{Endpoints, Hub, HubError, HubOptions};
 use crate::worker::WorkerExit;
 
@@ -47,7 +48,7 @@ const REGISTER_WAIT: Duration = Duration::from_secs(10);
 pub struct EmbeddedCluster {
     ctx: zmq::Context,
     connection: ConnectionInfo,
-    stop: Arc<AtomicBool>,
+    stop: EngineStop,
     hub: Option<JoinHandle<Result<(), HubError>>>,
     engine: Option<JoinHandle<Result<WorkerExit, EngineError>>>,
 }
@@ -105,9 +106,9 @@ impl EmbeddedCluster {
     ) -> Result<Self, EmbeddedError> {
         let ctx = ctx.clone();
         let connection = hub.connection().clone();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = EngineStop::new();
         let hub = {
-            let stop = stop.clone();
+            let stop = stop.flag().clone();
             thread::Builder::new()
                 .name("zcluster-hub".into())
                 .spawn(move || hub.run(&stop))
@@ -178,12 +179,12 @@ impl Drop for EmbeddedCluster {
         let shutdown = self.client().and_then(|mut c| c.shutdown(true));
         if let Err(e) = shutdown {
             warn!(error = %e, "embedded hub did not shut down cleanly");
-            self.stop.store(true, Ordering::SeqCst);
+            self.stop.stop();
         }
         if let Some(engine) = self.engine.take() {
             // The engine leaves after the kill; the stop flag covers a hub
             // that never relayed it.
-            self.stop.store(true, Ordering::SeqCst);
+            self.stop.stop();
             let _ = engine.join();
         }
         if let Some(hub) = self.hub.take() {

@@ -24,10 +24,12 @@
 //! | `engine/drain.rs` | draining before the allocation ends or on demand; results held a moment after a stop signal |
 //! | `engine/pace.rs` | how many waiting tasks a free slot gets at once |
 //! | `engine/send.rs` | results and control messages to the hub, never blocking; recent results kept to send again |
+//! | `engine/stop.rs` | the stop: a flag, and a wake-up that reaches a sleeping engine at once |
+//! | `engine/wait.rs` | sleeping until something arrives or the next deadline, never polling on a timer |
 
 use crate::hub::recent::RecentTimes;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,7 +49,6 @@ use crate::message::{
 };
 use crate::resources::{ResourceOffer, TaskGrant, GRANT_KEY};
 use crate::slots::{Slots, SlotsError};
-use crate::socket::{poll_readable, Readable};
 use crate::worker::{HandlerError, WorkerExit};
 
 mod cancels;
@@ -55,12 +56,15 @@ mod connect;
 mod drain;
 mod pace;
 mod send;
+mod stop;
+mod wait;
 
 use cancels::CancelFlags;
 use connect::{connect, register_message, Connection, Identity};
 use drain::{DRAIN_MARGIN, TASK_TIME_SAMPLES};
 use pace::Pace;
 use send::{result_to_hub, results_to_hub, send_control, Recent};
+pub use stop::EngineStop;
 
 /// Missed hub heartbeats before an engine reconnects.
 pub const DEFAULT_MISSES: u32 = 3;
@@ -157,7 +161,7 @@ enum Flow {
 struct Engine<'a> {
     ctx: &'a zmq::Context,
     options: &'a EngineOptions,
-    stop: &'a Arc<AtomicBool>,
+    stop: &'a EngineStop,
     identity: Identity,
     slots: Slots,
     flags: CancelFlags,
@@ -190,12 +194,12 @@ struct Engine<'a> {
     engine_id: Arc<AtomicU64>,
 }
 
-/// Runs an engine until a kill or restart command, or until `stop` is set
-/// (then it unregisters and kills its running tasks).
+/// Runs an engine until a kill or restart command, or until `stop` is
+/// given (then it unregisters and kills its running tasks).
 pub fn run_engine(
     ctx: &zmq::Context,
     options: &EngineOptions,
-    stop: &Arc<AtomicBool>,
+    stop: &EngineStop,
 ) -> Result<WorkerExit, EngineError> {
     Engine::start(ctx, options, stop)?.run()
 }
@@ -205,7 +209,7 @@ impl<'a> Engine<'a> {
     fn start(
         ctx: &'a zmq::Context,
         options: &'a EngineOptions,
-        stop: &'a Arc<AtomicBool>,
+        stop: &'a EngineStop,
     ) -> Result<Self, EngineError> {
         let flags = CancelFlags::default();
         let usable = Arc::new(usable_cores());
@@ -215,7 +219,7 @@ impl<'a> Engine<'a> {
         let engine_id = Arc::new(AtomicU64::new(0));
         let slots = Slots::start(options.slots, |index| {
             let flags = flags.clone();
-            let stop = stop.clone();
+            let stop = stop.flag().clone();
             let handlers = options.handlers.clone();
             let engine_id = engine_id.clone();
             let host = host.clone();
@@ -308,10 +312,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// One pass: stop if asked, start what waits, heartbeat, then wait (at
-    /// most until the next heartbeat) for results or the hub.
+    /// One pass: stop if asked, start what waits, heartbeat, then wait
+    /// (see [`wait`](Self::wait)) for results, the hub or the next deadline.
     fn turn(&mut self) -> Result<Flow, EngineError> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.is_stopped() {
             return Ok(Flow::Exit(self.on_stop()));
         }
         if let Some(flow) = self.before_end() {
@@ -342,31 +346,20 @@ impl<'a> Engine<'a> {
                 return Ok(Flow::Reconnect(why));
             }
         }
-        let wait = self
-            .next_beat
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
-        let (hub_ready, slots_ready) = match poll_readable(
-            self.conn.link.socket.socket(),
-            Some(self.slots.results_socket()),
-            Some(wait),
-        ) {
-            Ok(Readable::Ready(hub, slots)) => (hub, slots),
-            Ok(Readable::Timeout) => (false, false),
-            Err(e) => return Err(transport("poll", e.into())),
-        };
+        let woken = self.wait()?;
         // A closed connection is never reopened under its identity (see
-        // `HubLink`); looked at when idle, and at least every heartbeat.
-        if (!hub_ready && !slots_ready || Instant::now() >= self.next_beat)
+        // `HubLink`); looked at when its monitor speaks, when idle, and at
+        // least every heartbeat.
+        if (woken.link || woken.idle() || Instant::now() >= self.next_beat)
             && self.leaving.is_none()
             && self.conn.link.closed()
         {
             return Ok(Flow::Reconnect("the connection to the hub closed"));
         }
-        if slots_ready {
+        if woken.slots {
             self.on_slot_results()?;
         }
-        if hub_ready {
+        if woken.hub {
             return self.on_hub_messages();
         }
         Ok(Flow::Go)
@@ -466,10 +459,20 @@ impl<'a> Engine<'a> {
     /// cost the hub more than the messages themselves. An engine that
     /// hears no beat still sends one every one and a half periods
     /// (`on_heartbeat_due`), inside the hub's limit of `heartbeat_misses`.
+    ///
+    /// Results sent count as a heartbeat sent (the hub takes any message
+    /// as one), so a busy engine answers few beats.
+    ///
+    /// A beat heard also puts off the engine's own timer to one and a half
+    /// periods from now, when its own beat would be due: while the hub
+    /// beats, an idle engine wakes once a period, to answer it, and its
+    /// timer (which also gives up on a silent hub) only runs when the hub
+    /// is late.
     fn on_hub_heartbeat(&mut self) {
         if self.beat_sent.elapsed() >= self.conn.heartbeat / 2 {
             self.send_heartbeat();
         }
+        self.next_beat = Instant::now() + self.conn.heartbeat + self.conn.heartbeat / 2;
     }
 
     fn send_heartbeat(&mut self) {
@@ -499,7 +502,7 @@ impl<'a> Engine<'a> {
                     .or_insert_with(|| RecentTimes::new(TASK_TIME_SAMPLES))
                     .record(result.metadata.elapsed);
             }
-            if self.stop.load(Ordering::Relaxed) && end.cancelled {
+            if self.stop.is_stopped() && end.cancelled {
                 // Stopping: the stop cut it short (a slot cancels what it
                 // starts once the stop is set). Unsent, it goes back to the
                 // hub with the unregistration, to run elsewhere, rather
@@ -513,6 +516,12 @@ impl<'a> Engine<'a> {
             drained.push((job, result, cancelled));
         }
         results_to_hub(&self.conn.link.socket, &drained);
+        if !drained.is_empty() {
+            // The hub takes any message from an engine as a sign of life:
+            // a busy engine need not answer its beats as well (a thousand
+            // answers a second, at a thousand engines).
+            self.beat_sent = Instant::now();
+        }
         let window = self.conn.heartbeat * (self.options.misses + 2);
         for (job, result, cancelled) in drained {
             // A cancelled copy's failure says nothing about its task:

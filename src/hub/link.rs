@@ -115,6 +115,13 @@ impl HubLink {
         self.reached
     }
 
+    /// The monitor's socket, for a peer that sleeps until something
+    /// happens: readable when the connection has news (it may have closed;
+    /// [`closed`](Self::closed) reads it).
+    pub fn monitor_socket(&self) -> &zmq::Socket {
+        &self.monitor
+    }
+
     fn read_events(&mut self) {
         let now = Instant::now();
         if self

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use std::time::SystemTime;
 
-use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, DEFAULT_MISSES};
+use zcluster::hub::engine::{run_engine, EngineError, EngineOptions, EngineStop, DEFAULT_MISSES};
 use zcluster::launch::batch::BatchSystem;
 use zcluster::launch::slurm::Slurm;
 use zcluster::resources::{detect_gpus, machine_cpus, machine_memory_bytes, ResourceOffer};
@@ -124,11 +124,28 @@ fn offer(args: &WorkerArgs) -> anyhow::Result<ResourceOffer> {
     )
 }
 
+/// The engine's stop, given by the first SIGINT or SIGTERM (Ctrl-C,
+/// `kill`, `systemctl stop`, `scancel`): the flag, then a byte that wakes
+/// the engine at once from its sleep between heartbeats.
+fn stop_on_signals() -> anyhow::Result<EngineStop> {
+    use anyhow::Context as _;
+    let stop = EngineStop::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.flag().clone())
+            .context("cannot install signal handlers")?;
+        if let Some(pipe) = stop.wake_pipe().context("cannot make the stop's wake-up")? {
+            signal_hook::low_level::pipe::register(signal, pipe)
+                .context("cannot install signal handlers")?;
+        }
+    }
+    Ok(stop)
+}
+
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let offer = offer(&args)?;
     let connection = args.hub.connection()?;
     let slots = offer.cpus.max(1) as usize;
-    let stop = super::stop_on_signals()?;
+    let stop = stop_on_signals()?;
     eprintln!(
         "zcluster: worker with {} ({}) serving {}",
         super::plural(slots as u64, "slot"),

@@ -3,13 +3,13 @@
 //! link, retried until the hub answers.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
 use super::send::{send_control, Recent};
-use super::{job_of, transport, EngineError, EngineOptions, INITIAL_HEARTBEAT};
+use super::wait::UNWOKEN_STOP_CHECK;
+use super::{job_of, transport, EngineError, EngineOptions, EngineStop, INITIAL_HEARTBEAT};
 use crate::auth::Channel;
 use crate::hub::link::HubLink;
 use crate::hub::protocol::{EngineId, EngineMessage, HubToEngine, JobId};
@@ -24,6 +24,11 @@ pub(super) struct Connection {
     pub(super) engine: Option<EngineId>,
     pub(super) heartbeat: Duration,
     pub(super) last_heard: Instant,
+    /// The descriptor that signals news on the link's monitor (ZeroMQ's
+    /// `ZMQ_FD`), read once: polled as a plain descriptor, it costs an
+    /// engine's wait nothing per turn, where the monitor as a ZeroMQ poll
+    /// item costs two option reads each time. `None`: poll the socket.
+    pub(super) monitor_fd: Option<std::os::fd::RawFd>,
 }
 
 /// Who this engine is, as it registers and answers commands.
@@ -72,13 +77,13 @@ pub(super) fn connect(
     options: &EngineOptions,
     name: &str,
     register: &EngineMessage,
-    stop: &AtomicBool,
+    stop: &EngineStop,
 ) -> Result<Connection, EngineError> {
     let key = options.connection.signing_key()?;
     let url = &options.connection.engines;
     let mut attempt: u32 = 0;
     'connect: loop {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
         attempt += 1;
@@ -98,12 +103,10 @@ pub(super) fn connect(
         let deadline = Instant::now() + INITIAL_HEARTBEAT * options.misses.max(1);
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            match link
-                .socket
-                .socket()
-                .poll(zmq::POLLIN, i64::from(millis(left)))
-            {
-                Ok(0) => break,
+            match wait_for_hub(&link, left, stop) {
+                // The deadline (the loop's condition), or the stop's check.
+                Ok(0) => continue,
+                Ok(_) if stop.is_stopped() => return Err(EngineError::Stopped),
                 Ok(_) => {}
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(transport("wait for the hub", e.into())),
@@ -135,11 +138,13 @@ pub(super) fn connect(
                     info!(engine, hub = %url, "registered with the hub");
                     link.socket
                         .set_limit(usize::try_from(max_message).unwrap_or(usize::MAX));
+                    let monitor_fd = link.monitor_socket().get_fd().ok();
                     return Ok(Connection {
                         link,
                         engine: Some(engine),
                         heartbeat,
                         last_heard: Instant::now(),
+                        monitor_fd,
                     });
                 }
                 Ok(HubToEngine::Refused { reason }) => {
@@ -170,10 +175,31 @@ pub(super) fn connect(
 /// again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
-/// Sleeps for `length`, or until `stop` is set.
-fn pause(length: Duration, stop: &AtomicBool) {
+/// Waits up to `left` for the hub's answer on `link`, or for `stop`:
+/// what `zmq::poll` returns (0: neither came).
+fn wait_for_hub(link: &HubLink, left: Duration, stop: &EngineStop) -> Result<i32, zmq::Error> {
+    let timeout_ms = i64::from(millis(left));
+    let socket = link.socket.socket();
+    match stop.wake_fd() {
+        Some(fd) => zmq::poll(
+            &mut [
+                socket.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(fd, zmq::POLLIN),
+            ],
+            timeout_ms,
+        ),
+        // No wake-up: the stop is looked at every `UNWOKEN_STOP_CHECK`.
+        None => socket.poll(
+            zmq::POLLIN,
+            timeout_ms.min(i64::from(millis(UNWOKEN_STOP_CHECK))),
+        ),
+    }
+}
+
+/// Sleeps for `length`, or until `stop` is given.
+fn pause(length: Duration, stop: &EngineStop) {
     let until = Instant::now() + length;
-    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+    while Instant::now() < until && !stop.is_stopped() {
         std::thread::sleep(
             Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
         );

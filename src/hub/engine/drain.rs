@@ -4,7 +4,6 @@
 //! on demand. And results of tasks killed by a stop signal, held a moment
 //! in case the engine is being stopped by the same hand.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
@@ -40,6 +39,19 @@ impl Engine<'_> {
         self.task_times.get(&job)?.median()
     }
 
+    /// The longest median among the jobs it holds: a task of theirs is
+    /// what it would start next. (Holding none, a task the hub sends is
+    /// weighed as it comes, in `start_waiting`.)
+    pub(super) fn longest_median(&self) -> Duration {
+        self.tickets
+            .values()
+            .map(|(job, _)| *job)
+            .chain(self.waiting.iter().map(job_of))
+            .filter_map(|job| self.median_time(job))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Starts draining: the hub sends no more tasks, the waiting ones stay
     /// unstarted (given back when the engine leaves), the running finish.
     pub(super) fn start_drain(&mut self, why: &str) {
@@ -57,17 +69,7 @@ impl Engine<'_> {
     pub(super) fn before_end(&mut self) -> Option<Flow> {
         let end = self.options.end_at?;
         let now = SystemTime::now();
-        // The longest median among the jobs it holds: a task of theirs is
-        // what it would start next. (Holding none, a task the hub sends is
-        // weighed as it comes, in `start_waiting`.)
-        let longest = self
-            .tickets
-            .values()
-            .map(|(job, _)| *job)
-            .chain(self.waiting.iter().map(job_of))
-            .filter_map(|job| self.median_time(job))
-            .max()
-            .unwrap_or(Duration::ZERO);
+        let longest = self.longest_median();
         if !self.draining && now + longest + DRAIN_MARGIN > end {
             self.start_drain("the allocation ends before another task would finish");
         }
@@ -88,7 +90,7 @@ impl Engine<'_> {
     /// Sends the held results whose grace is over: no stop came, so their
     /// signal was the task's own.
     pub(super) fn release_held(&mut self) {
-        if self.held.is_empty() || self.stop.load(Ordering::Relaxed) {
+        if self.held.is_empty() || self.stop.is_stopped() {
             return;
         }
         let now = Instant::now();
