@@ -579,7 +579,7 @@ impl<'a> Engine<'a> {
                 match decode_value::<Vec<TaskItem>>(envelope.body(), "tasks") {
                     Ok(tasks) => {
                         for (id, attempt, grant, request) in tasks {
-                            let request = decode_value::<ClusterRequest>(&request, "request");
+                            let request = ClusterRequest::from_body(&request);
                             self.on_task(job, id, attempt, grant, request);
                         }
                     }
