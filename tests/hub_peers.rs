@@ -381,6 +381,26 @@ fn next_registration(hub: &mut SignedSocket) -> Vec<u8> {
     identity
 }
 
+/// The header of every control message the played hub sends.
+const CONTROL: Header = Header {
+    kind: MessageKind::Control,
+    job: 0,
+    id: 0,
+};
+
+/// Welcomes the engine's next registration as engine `engine` with a
+/// heartbeat of `period`; its identity.
+fn register(hub: &mut SignedSocket, engine: u64, period: Duration) -> Vec<u8> {
+    let identity = next_registration(hub);
+    let welcome = HubToEngine::Registered {
+        engine,
+        heartbeat: period,
+        max_message: 1 << 20,
+    };
+    hub.send_routed(&identity, &CONTROL, &welcome).unwrap();
+    identity
+}
+
 /// What a hub refuses a registration for passes (its store failing, an
 /// identity it still holds for an old connection), so an engine refused
 /// while connecting says why and registers again on a fresh connection,
@@ -398,24 +418,13 @@ fn an_engine_refused_at_registration_tries_again() {
         engine,
         engine_tid: _,
     } = PlayedHub::with_an_engine();
-    let header = Header {
-        kind: MessageKind::Control,
-        job: 0,
-        id: 0,
-    };
     let first = next_registration(&mut hub);
     let refusal = HubToEngine::Refused {
         reason: "the task store is locked".into(),
     };
-    hub.send_routed(&first, &header, &refusal).unwrap();
-    let second = next_registration(&mut hub);
+    hub.send_routed(&first, &CONTROL, &refusal).unwrap();
+    let second = register(&mut hub, 7, Duration::from_secs(1));
     assert_ne!(first, second, "a fresh connection, under a new identity");
-    let welcome = HubToEngine::Registered {
-        engine: 7,
-        heartbeat: Duration::from_secs(1),
-        max_message: 1 << 20,
-    };
-    hub.send_routed(&second, &header, &welcome).unwrap();
     // Registered, it heartbeats like any engine.
     assert!(hub.socket().poll(zmq::POLLIN, 5_000).unwrap() > 0);
     let (identity, envelope) = hub.recv_routed(0).unwrap();
@@ -447,28 +456,17 @@ fn an_engine_answers_the_hubs_heartbeat_at_once() {
         engine,
         engine_tid: _,
     } = PlayedHub::with_an_engine();
-    let control = Header {
-        kind: MessageKind::Control,
-        job: 0,
-        id: 0,
-    };
-    let identity = next_registration(&mut hub);
     let period = Duration::from_secs(1);
-    let welcome = HubToEngine::Registered {
-        engine: 1,
-        heartbeat: period,
-        max_message: 1 << 20,
-    };
-    hub.send_routed(&identity, &control, &welcome).unwrap();
+    let identity = register(&mut hub, 1, period);
     let start = Instant::now();
-    hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+    hub.send_routed(&identity, &CONTROL, &HubToEngine::Heartbeat)
         .unwrap();
     let second_beat = start + Duration::from_millis(600);
     let window_end = start + Duration::from_millis(900);
     let (mut beaten_again, mut heartbeats) = (false, 0);
     while Instant::now() < window_end {
         if !beaten_again && Instant::now() >= second_beat {
-            hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+            hub.send_routed(&identity, &CONTROL, &HubToEngine::Heartbeat)
                 .unwrap();
             beaten_again = true;
         }
@@ -525,22 +523,11 @@ fn an_idle_engine_wakes_for_heartbeats_only_and_stops_at_once() {
         engine,
         engine_tid,
     } = PlayedHub::with_an_engine();
-    let control = Header {
-        kind: MessageKind::Control,
-        job: 0,
-        id: 0,
-    };
-    let identity = next_registration(&mut hub);
     let period = Duration::from_secs(1);
-    let welcome = HubToEngine::Registered {
-        engine: 1,
-        heartbeat: period,
-        max_message: 1 << 20,
-    };
-    hub.send_routed(&identity, &control, &welcome).unwrap();
+    let identity = register(&mut hub, 1, period);
     // One beat answered: registered and settled.
     let answer = |hub: &mut SignedSocket| {
-        hub.send_routed(&identity, &control, &HubToEngine::Heartbeat)
+        hub.send_routed(&identity, &CONTROL, &HubToEngine::Heartbeat)
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
