@@ -935,6 +935,8 @@ pub use signed::SignedSocket;
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    // One generator of records for the wire's tests and the codec's.
+    use codec::tests::{any_metadata, any_result};
 
     fn sample_result(id: u64, status: ResultStatus) -> ClusterResult {
         ClusterResult {
@@ -1144,44 +1146,6 @@ mod tests {
             Err(MessageError::WrongVersion { got }) if got == "zcluster/5"
         ));
         assert_eq!(recv(&b, 0).unwrap().request().unwrap(), request);
-    }
-
-    fn any_metadata() -> impl Strategy<Value = Metadata> {
-        proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4)
-    }
-
-    fn any_result() -> impl Strategy<Value = ClusterResult> {
-        (
-            any::<u64>(),
-            any::<bool>(),
-            proptest::collection::vec(any::<u8>(), 0..256),
-            any_metadata(),
-            ".{0,16}",
-            any::<u32>(),
-            any::<u32>(),
-            any::<u64>(),
-            proptest::option::of(".{0,32}"),
-        )
-            .prop_map(|(id, ok, payload, md, host, pid, secs, nanos, exception)| {
-                ClusterResult {
-                    id,
-                    status: if ok {
-                        ResultStatus::Ok
-                    } else {
-                        ResultStatus::Fail
-                    },
-                    payload,
-                    request_metadata: md,
-                    metadata: ResultMetadata {
-                        host,
-                        pid,
-                        worker: "w".into(),
-                        started: SystemTime::UNIX_EPOCH + Duration::from_secs(secs.into()),
-                        elapsed: Duration::from_nanos(nanos),
-                    },
-                    exception,
-                }
-            })
     }
 
     proptest! {

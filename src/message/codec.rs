@@ -442,12 +442,13 @@ pub(crate) fn decode_result(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::message::{decode_value, encode_value};
     use proptest::prelude::*;
 
-    fn any_metadata() -> impl Strategy<Value = Metadata> {
+    /// Also the message tests' metadata (`message.rs`).
+    pub(in crate::message) fn any_metadata() -> impl Strategy<Value = Metadata> {
         proptest::collection::btree_map(".{0,8}", ".{0,300}", 0..4)
     }
 
@@ -483,7 +484,9 @@ mod tests {
             })
     }
 
-    fn any_result() -> impl Strategy<Value = ClusterResult> {
+    /// Also the message tests' results (`message.rs`): integers at every
+    /// width's edge, any host, worker and times.
+    pub(in crate::message) fn any_result() -> impl Strategy<Value = ClusterResult> {
         (
             (any_int(), any::<bool>()),
             proptest::collection::vec(any::<u8>(), 0..300),
