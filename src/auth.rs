@@ -124,6 +124,13 @@ pub enum AuthError {
     /// known) that is not the handshake this receiver takes.
     #[error("{0} outside the handshake")]
     NotHandshake(&'static str),
+    /// A welcome this peer's latest hello already stands for: the hub's
+    /// notices that it restarted (a welcome for challenge 0, its answer to
+    /// each message signed for its previous start) once the peer has said
+    /// hello again, or the second answer to a hello said twice before its
+    /// welcome came. Expected after a restart; it changes nothing.
+    #[error("a welcome this peer's latest hello already stands for (after a hub restart)")]
+    Superseded,
 }
 
 /// Which hub start ([epoch](self#epochs)) a [`Verifier`] takes messages of.

@@ -413,6 +413,9 @@ impl HubClient {
                     info!(hub = %self.url, "the hub restarted; saying hello again");
                     self.link.socket.hello(0)?;
                 }
+                Err(MessageError::Auth(AuthError::Superseded)) => {
+                    debug!("dropping a welcome a newer hello stands for");
+                }
                 Err(e) if !self.warned => {
                     self.warned = true;
                     warn!(hub = %self.url, error = %e, "dropping a bad message from the hub (logged once)");

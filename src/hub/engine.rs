@@ -545,6 +545,10 @@ impl<'a> Engine<'a> {
                 Err(MessageError::Auth(AuthError::OtherEpoch { .. })) => {
                     return Ok(Flow::Reconnect("the hub restarted"));
                 }
+                Err(MessageError::Auth(AuthError::Superseded)) => {
+                    debug!("dropping a welcome a newer hello stands for");
+                    continue;
+                }
                 Err(e) if !self.warned => {
                     self.warned = true;
                     warn!(error = %e, "dropping a bad message from the hub (logged once)");

@@ -17,6 +17,8 @@ pub struct SignedSocket {
     limit: usize,
     /// A peer's hello not answered yet: its challenge.
     challenge: Option<u64>,
+    /// The challenge of the peer's last hello that was answered.
+    answered: Option<u64>,
 }
 
 impl fmt::Debug for SignedSocket {
@@ -42,6 +44,7 @@ impl SignedSocket {
             auth: Auth::new(key, sends, receives, me),
             limit: MAX_MESSAGE_BYTES,
             challenge: None,
+            answered: None,
         }
     }
 
@@ -74,11 +77,15 @@ impl SignedSocket {
     /// returns the `Welcome` that answers it, and from then on the socket
     /// signs for and takes that epoch. Until then it takes nothing else
     /// (sent again after a hub restart, what is still in flight from the
-    /// old hub start is dropped).
+    /// old hub start is dropped). Said again before its answer came (a
+    /// caller that timed out while the hub was away), it asks with the same
+    /// challenge: the hub may answer both.
     pub fn hello(&mut self, flags: i32) -> Result<(), MessageError> {
         // Never 0: the hub answers a message of another epoch with a
         // welcome for challenge 0, which no open hello takes.
-        let challenge = crate::auth::random_u64() | 1;
+        let challenge = self
+            .challenge
+            .unwrap_or_else(|| crate::auth::random_u64() | 1);
         let header = Header {
             kind: MessageKind::Hello,
             job: 0,
@@ -213,11 +220,12 @@ impl SignedSocket {
             (EpochRule::Hub(_), _) if verified.handshake => {
                 Err(AuthError::NotHandshake("a message signed for no hub start").into())
             }
-            (EpochRule::Peer(_), MessageKind::Welcome) => {
+            (EpochRule::Peer(known), MessageKind::Welcome) => {
                 if self.challenge != Some(envelope.header.id) {
-                    return Err(AuthError::NotHandshake("a welcome to no open hello").into());
+                    return Err(self.unasked_welcome(envelope.header.id, known, verified.epoch));
                 }
                 self.challenge = None;
+                self.answered = Some(envelope.header.id);
                 self.auth.signer.set_epoch(verified.epoch);
                 self.auth
                     .verifier
@@ -231,6 +239,28 @@ impl SignedSocket {
                 Err(AuthError::NotHandshake("a hello or welcome").into())
             }
             _ => Ok(envelope),
+        }
+    }
+
+    /// Why a welcome that answers no open hello is dropped: one this peer
+    /// expects after a hub restart ([`AuthError::Superseded`]), or one it
+    /// never asked for.
+    fn unasked_welcome(&self, challenge: u64, known: Option<u64>, epoch: u64) -> MessageError {
+        let answered = known == Some(epoch);
+        // Challenge 0 is the hub's answer to a message signed for its
+        // previous start. One comes for every message in flight when it
+        // restarted, and for every one sent after the new hello until its
+        // welcome: the hello answers them all. A hello said twice before
+        // its answer came is welcomed twice.
+        let expected = if challenge == 0 {
+            self.challenge.is_some() || answered
+        } else {
+            answered && self.answered == Some(challenge)
+        };
+        if expected {
+            AuthError::Superseded.into()
+        } else {
+            AuthError::NotHandshake("a welcome to no open hello").into()
         }
     }
 
