@@ -4,6 +4,9 @@
 //! `flush` waits for the commit, as the hub does before acknowledging a
 //! job, so the figures include the transaction, not just the queueing).
 //!
+//! `idle_round_trip` is what the store adds to one task's round trip through
+//! an idle hub: its two commits, each waited for.
+//!
 //! Each benchmark runs for both stores (`memory`, `sqlite`: a file in a
 //! temporary directory, WAL, as `zcluster hub` opens it) and for batches of
 //! 64 and 1,024 tasks (a hub records what arrived in one poll of its
@@ -262,6 +265,23 @@ fn command_lifecycle<const BATCH: usize>(bencher: Bencher, kind: &str) {
     fixture.command = true;
     bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
         let ids = fixture.add(BATCH);
+        fixture.start(ids.clone());
+        fixture.finish(ids);
+        fixture.flush();
+    });
+}
+
+/// What the store adds to an idle round trip: one task's insert committed
+/// (the hub dispatches nothing it did not commit), then its start and
+/// finish committed (nor lets out a result it did not commit): two
+/// commits of one task, each waited for, as an idle hub waits for them.
+/// The memory store's figure is the hand-off alone.
+#[divan::bench(args = STORES)]
+fn idle_round_trip(bencher: Bencher, kind: &str) {
+    let mut fixture = Fixture::open(kind);
+    bencher.bench_local(|| {
+        let ids = fixture.add(1);
+        fixture.flush();
         fixture.start(ids.clone());
         fixture.finish(ids);
         fixture.flush();
