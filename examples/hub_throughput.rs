@@ -36,20 +36,31 @@ struct Args {
     /// `zcluster hub` on the network.
     #[arg(long)]
     tcp: bool,
+    /// Tasks the client may have outstanding (the hub's credit per job);
+    /// the hub's default when not given.
+    #[arg(long)]
+    credit: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let noop: HandlerFn = Arc::new(|request: &ClusterRequest| Ok(request.payload.clone()));
     let handlers = BTreeMap::from([("noop".to_string(), noop)]);
-    let cluster = if args.tcp {
-        let options = HubOptions {
-            endpoints: Endpoints::Tcp {
+    let cluster = if args.tcp || args.credit.is_some() {
+        let endpoints = if args.tcp {
+            Endpoints::Tcp {
                 ip: "127.0.0.1".into(),
                 port_base: None,
-            },
+            }
+        } else {
+            Endpoints::Inproc(format!("hub-throughput-{}", std::process::id()))
+        };
+        let defaults = HubOptions::default();
+        let options = HubOptions {
+            endpoints,
             store: args.store.clone(),
-            ..HubOptions::default()
+            credit: args.credit.unwrap_or(defaults.credit),
+            ..defaults
         };
         EmbeddedCluster::with_options(options, args.slots, handlers)?
     } else {

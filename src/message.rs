@@ -592,13 +592,13 @@ impl Envelope {
     /// The body of a [`MessageKind::Requests`] message.
     pub fn requests(&self) -> Result<Vec<ClusterRequest>, MessageError> {
         self.expect(self.header.kind == MessageKind::Requests, "request batch")?;
-        decode_value(self.body(), "request batch")
+        codec::decode_requests(self.body(), "request batch")
     }
 
     /// The body of a [`MessageKind::Results`] message.
     pub fn results(&self) -> Result<Vec<ClusterResult>, MessageError> {
         self.expect(self.header.kind == MessageKind::Results, "result batch")?;
-        decode_value(self.body(), "result batch")
+        codec::decode_results(self.body(), "result batch")
     }
 
     /// The body of a [`MessageKind::Control`] message as `T`.

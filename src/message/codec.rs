@@ -386,18 +386,69 @@ pub(crate) fn decode_request(
     bytes: &[u8],
     part: &'static str,
 ) -> Result<ClusterRequest, MessageError> {
+    decode_whole(bytes, part, read_request)
+}
+
+fn read_request(reader: &mut Reader<'_>) -> Result<ClusterRequest, DecodeError> {
+    Ok(ClusterRequest {
+        id: reader.u64()?,
+        payload: reader.bytes()?.to_vec(),
+        metadata: reader.metadata()?,
+    })
+}
+
+/// One value read by `read` from the whole of `bytes`: bounded, and with
+/// nothing left over.
+fn decode_whole<T>(
+    bytes: &[u8],
+    part: &'static str,
+    read: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<T, MessageError> {
     super::check_size(part, bytes.len(), MAX_MESSAGE_BYTES)?;
     let mut reader = Reader { bytes, claimed: 0 };
-    let read = |reader: &mut Reader<'_>| -> Result<ClusterRequest, DecodeError> {
-        Ok(ClusterRequest {
-            id: reader.u64()?,
-            payload: reader.bytes()?.to_vec(),
-            metadata: reader.metadata()?,
-        })
-    };
-    let request = read(&mut reader).map_err(decode_error(part))?;
+    let value = read(&mut reader).map_err(decode_error(part))?;
     reader.finish(part)?;
-    Ok(request)
+    Ok(value)
+}
+
+/// A sequence of what `read` reads, as serde writes a `Vec`: its length,
+/// then each item. Room is made at first for no more items than serde's
+/// `Vec` makes room for (1 MiB of them), whatever the length claims.
+fn read_seq<'a, T>(
+    reader: &mut Reader<'a>,
+    read: fn(&mut Reader<'a>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let len = reader.len()?;
+    let room = (1 << 20) / std::mem::size_of::<T>().max(1);
+    let mut items = Vec::with_capacity(len.min(room).min(reader.bytes.len()));
+    for _ in 0..len {
+        items.push(read(reader)?);
+    }
+    Ok(items)
+}
+
+/// A batch of requests' body (a [`MessageKind::Requests`] message, as
+/// serde writes a `Vec<ClusterRequest>`), whole: bad bytes are an error,
+/// never a panic.
+///
+/// [`MessageKind::Requests`]: super::MessageKind::Requests
+pub(crate) fn decode_requests(
+    bytes: &[u8],
+    part: &'static str,
+) -> Result<Vec<ClusterRequest>, MessageError> {
+    decode_whole(bytes, part, |reader| read_seq(reader, read_request))
+}
+
+/// A batch of results' body (a [`MessageKind::Results`] message, as serde
+/// writes a `Vec<ClusterResult>`), whole: bad bytes are an error, never a
+/// panic.
+///
+/// [`MessageKind::Results`]: super::MessageKind::Results
+pub(crate) fn decode_results(
+    bytes: &[u8],
+    part: &'static str,
+) -> Result<Vec<ClusterResult>, MessageError> {
+    decode_whole(bytes, part, |reader| read_seq(reader, read_result))
 }
 
 /// A result's body, whole: bad bytes are an error, never a panic.
@@ -405,40 +456,37 @@ pub(crate) fn decode_result(
     bytes: &[u8],
     part: &'static str,
 ) -> Result<ClusterResult, MessageError> {
-    super::check_size(part, bytes.len(), MAX_MESSAGE_BYTES)?;
-    let mut reader = Reader { bytes, claimed: 0 };
-    let read = |reader: &mut Reader<'_>| -> Result<ClusterResult, DecodeError> {
-        let id = reader.u64()?;
-        let status = reader.status()?;
-        let payload = reader.bytes()?.to_vec();
-        let request_metadata = reader.metadata()?;
-        let host = reader.string()?;
-        let pid = reader.u32()?;
-        let worker = reader.string()?;
-        let since_epoch = reader.duration()?;
-        let started = UNIX_EPOCH
-            .checked_add(since_epoch)
-            .ok_or(DecodeError::Other("overflow deserializing SystemTime"))?;
-        let elapsed = reader.duration()?;
-        let exception = reader.optional_string()?;
-        Ok(ClusterResult {
-            id,
-            status,
-            payload,
-            request_metadata,
-            metadata: ResultMetadata {
-                host,
-                pid,
-                worker,
-                started,
-                elapsed,
-            },
-            exception,
-        })
-    };
-    let result = read(&mut reader).map_err(decode_error(part))?;
-    reader.finish(part)?;
-    Ok(result)
+    decode_whole(bytes, part, read_result)
+}
+
+fn read_result(reader: &mut Reader<'_>) -> Result<ClusterResult, DecodeError> {
+    let id = reader.u64()?;
+    let status = reader.status()?;
+    let payload = reader.bytes()?.to_vec();
+    let request_metadata = reader.metadata()?;
+    let host = reader.string()?;
+    let pid = reader.u32()?;
+    let worker = reader.string()?;
+    let since_epoch = reader.duration()?;
+    let started = UNIX_EPOCH
+        .checked_add(since_epoch)
+        .ok_or(DecodeError::Other("overflow deserializing SystemTime"))?;
+    let elapsed = reader.duration()?;
+    let exception = reader.optional_string()?;
+    Ok(ClusterResult {
+        id,
+        status,
+        payload,
+        request_metadata,
+        metadata: ResultMetadata {
+            host,
+            pid,
+            worker,
+            started,
+            elapsed,
+        },
+        exception,
+    })
 }
 
 #[cfg(test)]
@@ -582,7 +630,46 @@ pub(super) mod tests {
         ) {
             same_answer(decode_request(&bytes, "t"), decode_value(&bytes, "t"))?;
             same_answer(decode_result(&bytes, "t"), decode_value(&bytes, "t"))?;
+            same_answer(decode_requests(&bytes, "t"), decode_value(&bytes, "t"))?;
+            same_answer(decode_results(&bytes, "t"), decode_value(&bytes, "t"))?;
         }
+
+        /// Batches (a `Vec` as serde writes it), whole or altered, cut or
+        /// lengthened: serde's value or serde's refusal.
+        #[test]
+        fn batches_get_serde_answers(
+            requests in proptest::collection::vec(any_request(), 0..4),
+            results in proptest::collection::vec(any_result(), 0..4),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let requests_bytes = encode_value(&requests, "t").unwrap();
+            let results_bytes = encode_value(&results, "t").unwrap();
+            prop_assert_eq!(decode_requests(&requests_bytes, "t").unwrap(), requests);
+            prop_assert_eq!(decode_results(&results_bytes, "t").unwrap(), results);
+            for mut bytes in [requests_bytes, results_bytes] {
+                for &(at, byte) in &flips {
+                    let i = at % bytes.len();
+                    bytes[i] ^= byte;
+                }
+                bytes.truncate(bytes.len() - cut % 4.min(bytes.len()));
+                bytes.extend_from_slice(&extra);
+                same_answer(decode_requests(&bytes, "t"), decode_value(&bytes, "t"))?;
+                same_answer(decode_results(&bytes, "t"), decode_value(&bytes, "t"))?;
+            }
+        }
+    }
+
+    /// A batch that claims more items than it holds is refused, as serde
+    /// refuses it, and makes no room for what it claims.
+    #[test]
+    fn a_batch_claiming_more_than_it_holds_is_refused() {
+        let claims_u32_max = [&[U32_MARKER][..], &u32::MAX.to_le_bytes(), &[0u8; 8]].concat();
+        assert!(decode_results(&claims_u32_max, "t").is_err());
+        assert!(decode_value::<Vec<ClusterResult>>(&claims_u32_max, "t").is_err());
+        assert!(decode_requests(&claims_u32_max, "t").is_err());
+        assert!(decode_value::<Vec<ClusterRequest>>(&claims_u32_max, "t").is_err());
     }
 
     /// The forms only a hostile peer writes: integers longer than needed,

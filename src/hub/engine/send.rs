@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use crate::hub::protocol::{EngineMessage, JobId, ResultItem};
 use crate::message::{
-    self, ClusterResult, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
+    ClusterResult, Header, MessageError, MessageKind, ResultStatus, SignedSocket,
 };
 
 /// Results sent lately. Registering anew (the hub restarted, or lost this
@@ -68,7 +68,7 @@ pub(super) fn result_to_hub(
     job: JobId,
     result: &ClusterResult,
 ) -> Result<(), MessageError> {
-    let body = message::encode_value(result, "result")?;
+    let body = result.to_body()?;
     alone_to_hub(socket, job, result, &body)
 }
 
@@ -99,7 +99,7 @@ fn alone_to_hub(
             let failed = result.as_failure(format!(
                 "its result of {size} bytes is over the hub's message limit of {limit} bytes (zcluster hub --max-message)"
             ));
-            let body = message::encode_value(&failed, "result")?;
+            let body = failed.to_body()?;
             send_result_batch(socket, &[item(job, &failed, body)])
         }
         sent => sent,
@@ -141,7 +141,7 @@ pub(super) fn results_to_hub(socket: &SignedSocket, results: &[(JobId, ClusterRe
     // Room for the batch's own framing within the hub's limit.
     let batch_bytes = RESULT_BATCH_BYTES.min(socket.limit() / 2);
     for (job, result, _) in results {
-        let body = message::encode_value(result, "result");
+        let body = result.to_body();
         let body = match body {
             Ok(body) if results.len() > 1 && body.len() <= batch_bytes => body,
             // Alone: the only one, or too large to batch.

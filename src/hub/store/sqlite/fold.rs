@@ -1,11 +1,11 @@
 //! The writer's fold: the writes of one batch, folded per task into one
 //! statement each.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use rusqlite::{params_from_iter, CachedStatement, Connection, ToSql};
 
+use super::ids::{IdMap, IdSet};
 use super::sql::{apply, guard, note_ignored};
 use super::stored::Codec;
 use super::writer::{BatchErrors, SqlTask, Write};
@@ -68,7 +68,7 @@ impl Folded {
 /// all, as they would have been unfolded.
 #[derive(Default)]
 pub(super) struct Fold {
-    held: HashMap<i64, Folded>,
+    held: IdMap<Folded>,
     /// Order in which tasks were first held.
     order: Vec<i64>,
     /// Payload bytes held; past [`FOLD_BYTES`] the held tasks are written
@@ -185,7 +185,7 @@ impl Fold {
     /// transaction (and the meta page and side file a commit writes) while
     /// the task runs, on the cores the task and its result need.
     pub(super) fn carry_starts(&mut self, batch: Vec<Write>) -> Result<(), Vec<Write>> {
-        let mut tasks = HashSet::with_capacity(batch.len());
+        let mut tasks = IdSet::with_capacity_and_hasher(batch.len(), Default::default());
         let starts_only = batch.iter().all(|write| match write {
             Write::Event {
                 task,

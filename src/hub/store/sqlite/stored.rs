@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::ids::IdMap;
+
 #[cfg(doc)]
 use crate::message::ClusterResult;
 
@@ -404,7 +406,7 @@ const ORIGINS_KEPT: usize = 4096;
 #[derive(Default)]
 pub(super) struct Codec {
     /// `None`: the job has no reference (its first requests were large).
-    references: HashMap<i64, Option<Arc<[u8]>>>,
+    references: IdMap<Option<Arc<[u8]>>>,
     origins: HashMap<Vec<u8>, i64>,
 }
 

@@ -254,7 +254,10 @@ pub(super) fn run_writer(
             Some(Op::Crash) => return,
         };
         let mut rows = first.rows();
-        let mut batch = vec![first];
+        // Room for what is queued already: a batch grown one push at a
+        // time reallocated about once per task.
+        let mut batch = Vec::with_capacity(1 + ops.len().min(MAX_BATCH_ROWS));
+        batch.push(first);
         let mut call = None;
         let mut stop = false;
         while rows < MAX_BATCH_ROWS {
