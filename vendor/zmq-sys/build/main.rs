@@ -6,6 +6,7 @@ use std::env;
 fn main() {
     println!("cargo:rerun-if-changed=build/main.rs");
     println!("cargo:rerun-if-env-changed=PROFILE");
+    println!("cargo:rerun-if-env-changed=TARGET");
     println!("cargo:rerun-if-env-changed=DEP_SODIUM_INCLUDE");
     println!("cargo:rerun-if-env-changed=DEP_SODIUM_LIB");
 
@@ -21,9 +22,27 @@ fn main() {
     // those for path dependencies such as this patched crate: dozens of lines
     // about libzmq's own code on every cold build. `-w` silences them; flags a
     // user set in CXXFLAGS are kept in front.
+    //
+    // zeromq-src sets only some of the platform macros libzmq's own build
+    // (CMake) finds on Linux, and libzmq then falls back to older paths:
+    // - without ZMQ_HAVE_EVENTFD each mailbox signals through a pair of
+    //   AF_UNIX sockets (two descriptors, a sendto and a recvfrom per
+    //   wake-up) instead of one eventfd (a write and a read of 8 bytes);
+    //   every hand-off between threads (client, hub, engine, slot) pays it;
+    // - without the *_CLOEXEC macros its sockets are made close-on-exec by
+    //   a second call after they exist (a child spawned in between inherits
+    //   them) and its epoll descriptor never is;
+    // - without HAVE_CLOCK_GETTIME its timers (heartbeats, reconnects) read
+    //   gettimeofday, which jumps when the wall clock is set.
+    let platform = if env::var("TARGET").is_ok_and(|target| target.contains("linux")) {
+        " -DZMQ_HAVE_EVENTFD -DZMQ_HAVE_EVENTFD_CLOEXEC -DZMQ_HAVE_SOCK_CLOEXEC \
+         -DHAVE_ACCEPT4 -DZMQ_IOTHREAD_POLLER_USE_EPOLL_CLOEXEC -DHAVE_CLOCK_GETTIME"
+    } else {
+        ""
+    };
     let cxxflags = match env::var("CXXFLAGS") {
-        Ok(flags) => format!("{flags} -w"),
-        Err(_) => "-w".to_string(),
+        Ok(flags) => format!("{flags} -w{platform}"),
+        Err(_) => format!("-w{platform}"),
     };
     env::set_var("CXXFLAGS", cxxflags);
 
