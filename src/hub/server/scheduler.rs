@@ -13,6 +13,16 @@
 //!   shorter its tasks (to hide the round trip to the hub), none at the
 //!   tail, and none for a job with a halt rule (`--halt`), so that nothing
 //!   of it waits at an engine to start after the hub halted it;
+//! - **short batches of tiny tasks**: with a short backlog (no prefetch), a
+//!   job whose tasks are far shorter than a round trip through the hub
+//!   still has them handed out several to a message, as many per slot as
+//!   take together no longer than [`SHORT_BATCH_WORK`] (one for tasks of a
+//!   round trip or more, for a job's first tasks, none for a job with a
+//!   halt rule): a thousand idle one-slot engines get a few batches, not a
+//!   thousand messages of one task, and a task waits behind its batch no
+//!   longer than it would for a message of its own. Task times are the
+//!   engines' measure of the handler (not the time since a task was sent,
+//!   which grows with the round trip and the queue at the engine);
 //! - **fair turns**: jobs with queued tasks take turns, one batch each;
 //! - **retry elsewhere**: a retried task goes to an engine it has not
 //!   failed on while there is one;
@@ -55,6 +65,13 @@ pub(super) const DISPATCH_BATCH_BYTES: usize = 1 << 20;
 
 /// ...and only for a job whose median task takes less than this.
 pub(super) const DISPATCH_BATCH_BELOW: Duration = Duration::from_millis(1);
+
+/// How much work (tasks times the job's median) the hub hands one slot in
+/// one message while a job's backlog is short (see [`Job::short_batch`]):
+/// about an idle round trip through the hub, so a task sent in a batch
+/// waits behind the others no longer than it would for a message of its
+/// own.
+pub(super) const SHORT_BATCH_WORK: Duration = Duration::from_micros(250);
 
 /// The deepest prefetch of any job (see [`Job::prefetch_depth`]): engines
 /// are ranked by their room at it in [`State::deep`].
@@ -149,6 +166,42 @@ impl Job {
         }
     }
 
+    /// Tasks per slot an engine may be handed at once while the job's
+    /// backlog is short (no longer than all the slots, where
+    /// [`prefetch_depth`](Self::prefetch_depth) gives none): as many as
+    /// take together no longer than [`SHORT_BATCH_WORK`] at its median, at
+    /// most [`DISPATCH_BATCH`], so a job of tasks far shorter than a round
+    /// trip fills a few engines a batch each rather than sending a thousand
+    /// engines one task each, a message apiece; one for tasks of a round
+    /// trip or more, for a job with a halt rule, or before any has
+    /// finished.
+    pub(super) fn short_batch(&self) -> u32 {
+        if self.halt.is_some() {
+            return 1;
+        }
+        match self.median() {
+            Some(m) => {
+                let fit = SHORT_BATCH_WORK.as_nanos() / m.as_nanos().max(1);
+                fit.clamp(1, DISPATCH_BATCH as u128) as u32
+            }
+            None => 1,
+        }
+    }
+
+    /// How many tasks per slot an engine may hold for this job now, its
+    /// backlog `queued` against the cluster's `total_slots`: prefetch while
+    /// the backlog is long, a short batch otherwise, one where prefetch is
+    /// off (`no_prefetch`: a resource request here or waiting elsewhere).
+    fn depth(&self, queued: usize, total_slots: usize, no_prefetch: bool) -> u32 {
+        if no_prefetch {
+            1
+        } else if queued > total_slots {
+            self.prefetch_depth()
+        } else {
+            self.short_batch()
+        }
+    }
+
     /// How long a task of this job may run before a second copy is started
     /// on an idle slot: [`STRAGGLER_FACTOR`] times the median of its recent
     /// successful tasks, at least [`STRAGGLER_FLOOR`]; `None` until
@@ -221,11 +274,7 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // would wait while another engine idles, there is none.
         let request = job.request.clone();
         let no_prefetch = request.is_some() || requests_wait;
-        let depth = if job.queue.len() > total_slots && !no_prefetch {
-            job.prefetch_depth()
-        } else {
-            1
-        };
+        let depth = job.depth(job.queue.len(), total_slots, no_prefetch);
         // A retry goes to an engine it has not failed on while there
         // is one (busy or not); only when every engine that can run it
         // has failed it may it go back to one.
@@ -356,16 +405,11 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
                 1
             }
             .min(room);
-        let prefetch = job.prefetch_depth();
         let mut batch = vec![task_id];
         let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
         job.queue.pop_front();
         while batch.len() < most_tasks {
-            let depth = if job.queue.len() > total_slots && !no_prefetch {
-                prefetch
-            } else {
-                1
-            };
+            let depth = job.depth(job.queue.len(), total_slots, no_prefetch);
             if engine.free(depth) as usize <= batch.len() {
                 break;
             }
