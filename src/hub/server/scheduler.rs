@@ -26,6 +26,11 @@
 //! - **fair turns**: jobs with queued tasks take turns, one batch each;
 //! - **retry elsewhere**: a retried task goes to an engine it has not
 //!   failed on while there is one;
+//! - **nothing behind a suspect**: a task an engine died holding goes in a
+//!   message of its own, and its engine takes nothing to queue behind it
+//!   while it holds it (were it a poison input, what waited behind it
+//!   would die with it again, and an innocent task that did so
+//!   `poison_limit` times would be failed as poison);
 //! - **a job's cap**: a job opened with a cap (`map -j N` over a hub) has at
 //!   most that many tasks running across the cluster;
 //! - **straggler copies**: with nothing queued, a task that has run far
@@ -119,10 +124,14 @@ pub(super) enum Before {
 impl Engine {
     /// Tasks it can take now: its free slots, or, while there is a backlog,
     /// as many again `depth` times over to queue locally (prefetch).
+    /// While it holds a suspect (a task an engine died holding), free
+    /// slots only: a task queued behind it would die with it again if it
+    /// is a poison input.
     pub(super) fn free(&self, depth: u32) -> u32 {
         if self.leaving || self.unreachable {
             0
         } else {
+            let depth = if self.suspects.is_empty() { depth } else { 1 };
             // Cores held by index (tasks with a request) are not
             // prefetched into; the rest are, `depth` times over.
             let cores = self
@@ -274,6 +283,10 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // would wait while another engine idles, there is none.
         let request = job.request.clone();
         let no_prefetch = request.is_some() || requests_wait;
+        // A task an engine died holding (a suspect) goes in a message of
+        // its own, and its engine then takes nothing behind it (see
+        // `Engine::free`).
+        let suspect = job.tasks.get(&task_id).is_some_and(|t| t.lost > 0);
         let depth = job.depth(job.queue.len(), total_slots, no_prefetch);
         // A retry goes to an engine it has not failed on while there
         // is one (busy or not); only when every engine that can run it
@@ -398,13 +411,15 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // alone (the prefetch depth decided again with the backlog it
         // leaves). Longer tasks go one by one, each to the engine with
         // the most room, which a batch to one engine would not do.
-        let most_tasks =
-            if request.is_none() && job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
-                DISPATCH_BATCH
-            } else {
-                1
-            }
-            .min(room);
+        let most_tasks = if request.is_none()
+            && !suspect
+            && job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW)
+        {
+            DISPATCH_BATCH
+        } else {
+            1
+        }
+        .min(room);
         let mut batch = vec![task_id];
         let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
         job.queue.pop_front();
@@ -436,6 +451,9 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             };
             before.push(task.started.replace(now));
             task.attempts += 1;
+            if task.lost > 0 {
+                engine.suspects.push((job_id, id));
+            }
             engine.hold((job_id, id), allocation.take());
         }
         if let Some(allocation) = allocation {

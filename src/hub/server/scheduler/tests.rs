@@ -521,3 +521,37 @@ fn with_every_slot_busy_prefetch_goes_to_the_most_room_and_stops_at_the_depth() 
         assert!(state.deep.len() <= 2 * 4 + 64, "{}", state.deep.len());
     }
 }
+
+/// A task an engine died holding (a suspect: it may be a poison input)
+/// goes in a message of its own, and nothing is queued on its engine
+/// behind it while it is there: were it poison, tasks queued
+/// behind it would die with it again, and an innocent one that did so
+/// `poison_limit` times would be failed as poison. Tiny tasks, which
+/// otherwise go many to a message and a slot.
+#[test]
+fn nothing_waits_behind_a_task_an_engine_died_holding() {
+    let mut state = State::default();
+    for id in 1..=3 {
+        engine(&mut state, id, 1);
+    }
+    let job = job(&mut state, 7, 1000, Some(Duration::from_micros(2)));
+    let suspect = job.tasks.get_mut(&1).expect("task");
+    suspect.lost = 1;
+    suspect.failed_on.push(9);
+    let plan = dispatch(&mut state, Instant::now());
+    let alone = plan
+        .iter()
+        .find(|a| a.tasks.contains(&1))
+        .expect("the suspect is placed");
+    assert_eq!(alone.tasks, [1], "the suspect goes alone");
+    let its_engine = alone.engine;
+    assert_eq!(held(&state, its_engine), 1, "nothing queued behind it");
+    // The other engines take the rest, prefetched as usual.
+    for id in (1..=3).filter(|&id| id != its_engine) {
+        assert_eq!(held(&state, id), DEEPEST_PREFETCH as usize);
+    }
+    // Once it has finished, its engine takes tasks again.
+    finish(&mut state, 7, 1);
+    dispatch(&mut state, Instant::now());
+    assert_eq!(held(&state, its_engine), DEEPEST_PREFETCH as usize);
+}
