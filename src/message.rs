@@ -427,6 +427,15 @@ impl ClusterResult {
     pub fn from_body(bytes: &[u8]) -> Result<Self, MessageError> {
         codec::decode_result(bytes, "result body")
     }
+
+    /// How long the handler of the result in a message body ran (its
+    /// metadata's `elapsed`), read without decoding or copying the rest:
+    /// what the hub, which records and forwards results as they came,
+    /// takes of one for its job's task times. `None` where the bytes up to
+    /// it are not a result's.
+    pub fn elapsed_in_body(bytes: &[u8]) -> Option<Duration> {
+        codec::result_elapsed(bytes)
+    }
 }
 
 /// Commands published to workers (and sinks) on the command channel.

@@ -489,6 +489,30 @@ fn read_result(reader: &mut Reader<'_>) -> Result<ClusterResult, DecodeError> {
     })
 }
 
+/// A result body's `elapsed`, the fields before it skipped (not decoded,
+/// not copied, not checked beyond their framing); `None` where the bytes up
+/// to it are not a result's.
+pub(crate) fn result_elapsed(bytes: &[u8]) -> Option<Duration> {
+    let mut reader = Reader { bytes, claimed: 0 };
+    let mut read = || -> Result<Duration, DecodeError> {
+        reader.u64()?; // id
+        reader.status()?;
+        reader.bytes()?; // payload
+        for _ in 0..reader.len()? {
+            // Each entry takes at least two bytes: a claimed count larger
+            // than the body ends at its end.
+            reader.bytes()?;
+            reader.bytes()?;
+        }
+        reader.bytes()?; // host
+        reader.u32()?; // pid
+        reader.bytes()?; // worker
+        reader.duration()?; // started
+        reader.duration()
+    };
+    read().ok()
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -620,6 +644,27 @@ pub(super) mod tests {
                 bytes.extend_from_slice(&extra);
                 same_answer(decode_request(&bytes, "t"), decode_value(&bytes, "t"))?;
                 same_answer(decode_result(&bytes, "t"), decode_value(&bytes, "t"))?;
+            }
+        }
+
+        /// The hub's read of a result's run time: what the whole decode
+        /// gives, on any result; on altered bytes, never a panic, and where
+        /// the whole decode succeeds, its answer.
+        #[test]
+        fn a_results_elapsed_is_read_alone_as_the_whole_decode_reads_it(
+            result in any_result(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        ) {
+            let bytes = by_hand_result(&result);
+            prop_assert_eq!(result_elapsed(&bytes), Some(result.metadata.elapsed));
+            let mut altered = bytes.clone();
+            for &(at, byte) in &flips {
+                let i = at % altered.len();
+                altered[i] ^= byte;
+            }
+            let read = result_elapsed(&altered);
+            if let Ok(whole) = decode_result(&altered, "t") {
+                prop_assert_eq!(read, Some(whole.metadata.elapsed));
             }
         }
 

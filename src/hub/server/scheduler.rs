@@ -13,9 +13,24 @@
 //!   shorter its tasks (to hide the round trip to the hub), none at the
 //!   tail, and none for a job with a halt rule (`--halt`), so that nothing
 //!   of it waits at an engine to start after the hub halted it;
+//! - **short batches of tiny tasks**: with a short backlog (no prefetch), a
+//!   job whose tasks are far shorter than a round trip through the hub
+//!   still has them handed out several to a message, as many per slot as
+//!   take together no longer than [`SHORT_BATCH_WORK`] (one for tasks of a
+//!   round trip or more, for a job's first tasks, none for a job with a
+//!   halt rule): a thousand idle one-slot engines get a few batches, not a
+//!   thousand messages of one task, and a task waits behind its batch no
+//!   longer than it would for a message of its own. Task times are the
+//!   engines' measure of the handler (not the time since a task was sent,
+//!   which grows with the round trip and the queue at the engine);
 //! - **fair turns**: jobs with queued tasks take turns, one batch each;
 //! - **retry elsewhere**: a retried task goes to an engine it has not
 //!   failed on while there is one;
+//! - **nothing behind a suspect**: a task an engine died holding goes in a
+//!   message of its own, and its engine takes nothing to queue behind it
+//!   while it holds it (were it a poison input, what waited behind it
+//!   would die with it again, and an innocent task that did so
+//!   `poison_limit` times would be failed as poison);
 //! - **a job's cap**: a job opened with a cap (`map -j N` over a hub) has at
 //!   most that many tasks running across the cluster;
 //! - **straggler copies**: with nothing queued, a task that has run far
@@ -55,6 +70,13 @@ pub(super) const DISPATCH_BATCH_BYTES: usize = 1 << 20;
 
 /// ...and only for a job whose median task takes less than this.
 pub(super) const DISPATCH_BATCH_BELOW: Duration = Duration::from_millis(1);
+
+/// How much work (tasks times the job's median) the hub hands one slot in
+/// one message while a job's backlog is short (see [`Job::short_batch`]):
+/// about an idle round trip through the hub, so a task sent in a batch
+/// waits behind the others no longer than it would for a message of its
+/// own.
+pub(super) const SHORT_BATCH_WORK: Duration = Duration::from_micros(250);
 
 /// The deepest prefetch of any job (see [`Job::prefetch_depth`]): engines
 /// are ranked by their room at it in [`State::deep`].
@@ -102,10 +124,14 @@ pub(super) enum Before {
 impl Engine {
     /// Tasks it can take now: its free slots, or, while there is a backlog,
     /// as many again `depth` times over to queue locally (prefetch).
+    /// While it holds a suspect (a task an engine died holding), free
+    /// slots only: a task queued behind it would die with it again if it
+    /// is a poison input.
     pub(super) fn free(&self, depth: u32) -> u32 {
         if self.leaving || self.unreachable {
             0
         } else {
+            let depth = if self.suspects.is_empty() { depth } else { 1 };
             // Cores held by index (tasks with a request) are not
             // prefetched into; the rest are, `depth` times over.
             let cores = self
@@ -146,6 +172,42 @@ impl Job {
             Some(m) if m < Duration::from_millis(1) => 16,
             Some(m) if m < Duration::from_millis(10) => 4,
             _ => 2,
+        }
+    }
+
+    /// Tasks per slot an engine may be handed at once while the job's
+    /// backlog is short (no longer than all the slots, where
+    /// [`prefetch_depth`](Self::prefetch_depth) gives none): as many as
+    /// take together no longer than [`SHORT_BATCH_WORK`] at its median, at
+    /// most [`DISPATCH_BATCH`], so a job of tasks far shorter than a round
+    /// trip fills a few engines a batch each rather than sending a thousand
+    /// engines one task each, a message apiece; one for tasks of a round
+    /// trip or more, for a job with a halt rule, or before any has
+    /// finished.
+    pub(super) fn short_batch(&self) -> u32 {
+        if self.halt.is_some() {
+            return 1;
+        }
+        match self.median() {
+            Some(m) => {
+                let fit = SHORT_BATCH_WORK.as_nanos() / m.as_nanos().max(1);
+                fit.clamp(1, DISPATCH_BATCH as u128) as u32
+            }
+            None => 1,
+        }
+    }
+
+    /// How many tasks per slot an engine may hold for this job now, its
+    /// backlog `queued` against the cluster's `total_slots`: prefetch while
+    /// the backlog is long, a short batch otherwise, one where prefetch is
+    /// off (`no_prefetch`: a resource request here or waiting elsewhere).
+    fn depth(&self, queued: usize, total_slots: usize, no_prefetch: bool) -> u32 {
+        if no_prefetch {
+            1
+        } else if queued > total_slots {
+            self.prefetch_depth()
+        } else {
+            self.short_batch()
         }
     }
 
@@ -221,11 +283,11 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // would wait while another engine idles, there is none.
         let request = job.request.clone();
         let no_prefetch = request.is_some() || requests_wait;
-        let depth = if job.queue.len() > total_slots && !no_prefetch {
-            job.prefetch_depth()
-        } else {
-            1
-        };
+        // A task an engine died holding (a suspect) goes in a message of
+        // its own, and its engine then takes nothing behind it (see
+        // `Engine::free`).
+        let suspect = job.tasks.get(&task_id).is_some_and(|t| t.lost > 0);
+        let depth = job.depth(job.queue.len(), total_slots, no_prefetch);
         // A retry goes to an engine it has not failed on while there
         // is one (busy or not); only when every engine that can run it
         // has failed it may it go back to one.
@@ -349,23 +411,20 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
         // alone (the prefetch depth decided again with the backlog it
         // leaves). Longer tasks go one by one, each to the engine with
         // the most room, which a batch to one engine would not do.
-        let most_tasks =
-            if request.is_none() && job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW) {
-                DISPATCH_BATCH
-            } else {
-                1
-            }
-            .min(room);
-        let prefetch = job.prefetch_depth();
+        let most_tasks = if request.is_none()
+            && !suspect
+            && job.median().is_some_and(|m| m < DISPATCH_BATCH_BELOW)
+        {
+            DISPATCH_BATCH
+        } else {
+            1
+        }
+        .min(room);
         let mut batch = vec![task_id];
         let mut bytes = job.tasks.get(&task_id).map_or(0, |t| t.request.len());
         job.queue.pop_front();
         while batch.len() < most_tasks {
-            let depth = if job.queue.len() > total_slots && !no_prefetch {
-                prefetch
-            } else {
-                1
-            };
+            let depth = job.depth(job.queue.len(), total_slots, no_prefetch);
             if engine.free(depth) as usize <= batch.len() {
                 break;
             }
@@ -392,6 +451,9 @@ pub(super) fn dispatch(state: &mut State, now: Instant) -> Vec<Assignment> {
             };
             before.push(task.started.replace(now));
             task.attempts += 1;
+            if task.lost > 0 {
+                engine.suspects.push((job_id, id));
+            }
             engine.hold((job_id, id), allocation.take());
         }
         if let Some(allocation) = allocation {

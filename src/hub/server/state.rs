@@ -60,6 +60,10 @@ pub(super) struct Engine {
     /// Reserved for this job (which waited too long for resources): no
     /// other job's task goes here until it has placed one.
     pub(super) reserved_for: Option<JobId>,
+    /// Tasks it holds that were held by an engine that died (suspects of
+    /// killing it): while it holds one, nothing is queued here behind it
+    /// (see [`free`](Self::free)).
+    pub(super) suspects: Vec<(JobId, u64)>,
 }
 
 impl Engine {
@@ -84,6 +88,7 @@ impl Engine {
             resources: ResourcePool::new(&ResourceOffer::cpus_only(slots)),
             allocations: IdMap::default(),
             reserved_for: None,
+            suspects: Vec::new(),
         }
     }
 
@@ -125,6 +130,9 @@ impl Engine {
     pub(super) fn release(&mut self, key: (JobId, u64)) -> bool {
         if !self.running.remove(&key) {
             return false;
+        }
+        if !self.suspects.is_empty() {
+            self.suspects.retain(|&k| k != key);
         }
         // (No hashing at all while it holds nothing by request, as for
         // jobs without one.)

@@ -124,15 +124,66 @@ fn engines_prefetch_more_the_shorter_the_tasks_but_not_at_the_tail() {
         assert_eq!(biggest > 1, batched, "median {median:?}");
         assert!(biggest <= DISPATCH_BATCH);
     }
-    // The tail: no more queued than slots, so one per slot even for
-    // microsecond tasks (a task queued behind another would wait while
-    // another engine idles).
+    // The tail: no more queued than slots, so one per slot for tasks of a
+    // round trip or more (a task queued behind another would wait while
+    // another engine idles); shorter ones, see the next test.
     let mut state = State::default();
     engine(&mut state, 1, 2);
     engine(&mut state, 2, 2);
-    job(&mut state, 7, 4, Some(Duration::from_micros(50)));
+    job(&mut state, 7, 4, Some(SHORT_BATCH_WORK));
     dispatch(&mut state, Instant::now());
     assert_eq!((held(&state, 1), held(&state, 2)), (2, 2));
+}
+
+/// With a backlog no longer than the slots (a thousand idle one-slot
+/// engines, the client's tasks arriving a few hundred at a time), tasks
+/// far shorter than a round trip go several to a message, as many as take
+/// together no more than `SHORT_BATCH_WORK`, to a few engines, rather than
+/// one to each of as many engines; tasks of a round trip or more, and a
+/// job's first tasks (no median yet), still go one to each free slot.
+#[test]
+fn tiny_tasks_go_several_to_a_message_even_when_the_backlog_is_short() {
+    // (median task time, tasks per message)
+    let cases = [
+        (Some(Duration::from_micros(2)), DISPATCH_BATCH),
+        (Some(Duration::from_micros(50)), 5),
+        (Some(Duration::from_micros(100)), 2),
+        (Some(SHORT_BATCH_WORK), 1),
+        (Some(Duration::from_secs(1)), 1),
+        (None, 1),
+    ];
+    for (median, per_message) in cases {
+        let mut state = State::default();
+        for id in 1..=100 {
+            engine(&mut state, id, 1);
+        }
+        job(&mut state, 7, 40, median);
+        let plan = dispatch(&mut state, Instant::now());
+        let sizes: Vec<usize> = plan.iter().map(|a| a.tasks.len()).collect();
+        let mut expected = vec![per_message; 40 / per_message];
+        if 40 % per_message > 0 {
+            expected.push(40 % per_message);
+        }
+        assert_eq!(sizes, expected, "median {median:?}");
+        // Each message to an engine of its own, which was idle.
+        let mut engines: Vec<EngineId> = plan.iter().map(|a| a.engine).collect();
+        engines.sort_unstable();
+        engines.dedup();
+        assert_eq!(engines.len(), plan.len(), "median {median:?}");
+        // Where one went per message, every task has a slot of its own:
+        // nothing waits at an engine while another is idle.
+        if per_message == 1 {
+            assert!((1..=100).all(|id| held(&state, id) <= 1));
+        }
+    }
+    // A job that may halt keeps its tasks at the hub, tiny or not.
+    let mut state = State::default();
+    for id in 1..=100 {
+        engine(&mut state, id, 1);
+    }
+    job(&mut state, 7, 40, Some(Duration::from_micros(2))).halt = Some(HaltAt::FIRST_FAILURE);
+    let plan = dispatch(&mut state, Instant::now());
+    assert!(plan.iter().all(|a| a.tasks.len() == 1));
 }
 
 #[test]
@@ -469,4 +520,38 @@ fn with_every_slot_busy_prefetch_goes_to_the_most_room_and_stops_at_the_depth() 
         dispatch(&mut state, Instant::now());
         assert!(state.deep.len() <= 2 * 4 + 64, "{}", state.deep.len());
     }
+}
+
+/// A task an engine died holding (a suspect: it may be a poison input)
+/// goes in a message of its own, and nothing is queued on its engine
+/// behind it while it is there: were it poison, tasks queued
+/// behind it would die with it again, and an innocent one that did so
+/// `poison_limit` times would be failed as poison. Tiny tasks, which
+/// otherwise go many to a message and a slot.
+#[test]
+fn nothing_waits_behind_a_task_an_engine_died_holding() {
+    let mut state = State::default();
+    for id in 1..=3 {
+        engine(&mut state, id, 1);
+    }
+    let job = job(&mut state, 7, 1000, Some(Duration::from_micros(2)));
+    let suspect = job.tasks.get_mut(&1).expect("task");
+    suspect.lost = 1;
+    suspect.failed_on.push(9);
+    let plan = dispatch(&mut state, Instant::now());
+    let alone = plan
+        .iter()
+        .find(|a| a.tasks.contains(&1))
+        .expect("the suspect is placed");
+    assert_eq!(alone.tasks, [1], "the suspect goes alone");
+    let its_engine = alone.engine;
+    assert_eq!(held(&state, its_engine), 1, "nothing queued behind it");
+    // The other engines take the rest, prefetched as usual.
+    for id in (1..=3).filter(|&id| id != its_engine) {
+        assert_eq!(held(&state, id), DEEPEST_PREFETCH as usize);
+    }
+    // Once it has finished, its engine takes tasks again.
+    finish(&mut state, 7, 1);
+    dispatch(&mut state, Instant::now());
+    assert_eq!(held(&state, its_engine), DEEPEST_PREFETCH as usize);
 }
