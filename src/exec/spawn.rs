@@ -33,6 +33,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::unistd::Pid;
@@ -137,22 +138,16 @@ pub(crate) fn spawn(
         .collect::<io::Result<Vec<_>>>()
         .map_err(command)?;
     let envp = environment(extra_env, setup.env).map_err(command)?;
-    let stdin = high_fd(
-        File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(command)?,
-    )
-    .map_err(command)?;
+    let stdin = dev_null().map_err(command)?;
     let (out_read, out_write) = pipe().map_err(command)?;
     let (err_read, err_write) = pipe().map_err(command)?;
 
     let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
     let plan = ChildPlan {
         candidates: candidates.iter().map(|c| c.as_ptr()).collect(),
         argv: argv_ptrs.as_ptr(),
-        envp: envp_ptrs.as_ptr(),
-        stdin: stdin.as_raw_fd(),
+        envp: envp.envp(),
+        stdin,
         stdout: out_write.as_raw_fd(),
         stderr: err_write.as_raw_fd(),
         cgroup_procs: cgroup_procs.unwrap_or(-1),
@@ -344,6 +339,115 @@ pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOn
     result
 }
 
+/// This process's own environment as `KEY=VALUE` strings, read once per
+/// thread and read again only when it changed: building it for every task
+/// (`vars_os`, a string and an allocation per variable) was about a quarter
+/// of a slot's own instructions per `true`.
+struct BaseEnvironment {
+    /// The entries of `environ` when it was read. glibc's `setenv`,
+    /// `putenv` and `unsetenv` (and so `std::env::set_var`) all put a new
+    /// string in the array or move its entries, so the same pointers mean
+    /// the same environment.
+    seen: Vec<usize>,
+    /// Each variable as `KEY=VALUE`, with the length of its key.
+    vars: Vec<(usize, CString)>,
+}
+
+extern "C" {
+    /// The C library's environment (see `environ(7)`).
+    static environ: *const *const libc::c_char;
+}
+
+/// The entries of `environ`, in order, as addresses.
+fn environ_entries() -> impl Iterator<Item = usize> {
+    // SAFETY: `environ` is null or a null-terminated array of pointers;
+    // only its entries are read (never what they point to), as `getenv`
+    // reads them. std's `set_var` is the only writer and nothing here calls
+    // it; one that did would at worst make this see a changed environment.
+    let mut at = unsafe { environ };
+    std::iter::from_fn(move || {
+        if at.is_null() {
+            return None;
+        }
+        // SAFETY: as above; `at` stays within the array until its null.
+        let entry = unsafe { *at };
+        if entry.is_null() {
+            at = ptr::null();
+            return None;
+        }
+        // SAFETY: the entry was not the terminating null.
+        at = unsafe { at.add(1) };
+        Some(entry as usize)
+    })
+}
+
+impl BaseEnvironment {
+    fn read() -> io::Result<BaseEnvironment> {
+        // Seen before it is read: a change in between is seen next time.
+        let seen = environ_entries().collect();
+        let vars = std::env::vars_os()
+            .map(|(key, value)| {
+                let mut pair = Vec::with_capacity(key.len() + 1 + value.len());
+                pair.extend_from_slice(key.as_bytes());
+                pair.push(b'=');
+                pair.extend_from_slice(value.as_bytes());
+                Ok((key.len(), c_string(&pair)?))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(BaseEnvironment { seen, vars })
+    }
+
+    fn current(&self) -> bool {
+        environ_entries().eq(self.seen.iter().copied())
+    }
+
+    /// This thread's copy, read again if the environment changed.
+    fn get() -> io::Result<Rc<BaseEnvironment>> {
+        BASE_ENV.with(|base| {
+            let mut base = base.borrow_mut();
+            match base.as_ref() {
+                Some(known) if known.current() => Ok(known.clone()),
+                _ => {
+                    let fresh = Rc::new(BaseEnvironment::read()?);
+                    *base = Some(fresh.clone());
+                    Ok(fresh)
+                }
+            }
+        })
+    }
+}
+
+std::thread_local! {
+    static BASE_ENV: std::cell::RefCell<Option<Rc<BaseEnvironment>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A task's environment, ready for `execve`: the null-terminated `envp`
+/// and the strings it points into.
+struct TaskEnvironment {
+    _base: Rc<BaseEnvironment>,
+    _added: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl TaskEnvironment {
+    /// `envp` for `execve`.
+    fn envp(&self) -> *const *const libc::c_char {
+        self.pointers.as_ptr()
+    }
+
+    /// The variables, as `KEY=VALUE`.
+    #[cfg(test)]
+    fn strings(&self) -> Vec<&std::ffi::CStr> {
+        self.pointers
+            .iter()
+            .take_while(|p| !p.is_null())
+            // SAFETY: each pointer is into a CString `self` owns.
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) })
+            .collect()
+    }
+}
+
 /// This process's environment with `extra`, then the task's own `more`
 /// (its place, `--env`), then what the task was given (the thread's
 /// [`with_task_environment`] variables, which win: a task sees the GPUs it
@@ -352,27 +456,31 @@ pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOn
 fn environment(
     extra: Option<(&str, &str)>,
     more: &[(std::ffi::OsString, std::ffi::OsString)],
-) -> io::Result<Vec<CString>> {
+) -> io::Result<TaskEnvironment> {
+    let base = BaseEnvironment::get()?;
     TASK_ENV.with(|given| {
         let given = given.borrow();
-        let is_given = |key: &OsStr| given.iter().any(|(n, _)| key == OsStr::new(n));
-        let mut vars = Vec::new();
+        let is_given = |key: &[u8]| given.iter().any(|(n, _)| key == n.as_bytes());
+        let mut added = Vec::new();
         let mut push = |key: &[u8], value: &[u8]| -> io::Result<()> {
-            let mut pair = key.to_vec();
+            let mut pair = Vec::with_capacity(key.len() + 1 + value.len());
+            pair.extend_from_slice(key);
             pair.push(b'=');
             pair.extend_from_slice(value);
-            vars.push(c_string(&pair)?);
+            added.push(c_string(&pair)?);
             Ok(())
         };
-        for (key, value) in std::env::vars_os() {
-            let replaced = extra.is_some_and(|(name, _)| key == OsStr::new(name))
-                || more.iter().any(|(name, _)| *name == key)
-                || is_given(&key);
+        let mut pointers = Vec::with_capacity(base.vars.len() + more.len() + given.len() + 2);
+        for (key_len, pair) in &base.vars {
+            let key = &pair.as_bytes()[..*key_len];
+            let replaced = extra.is_some_and(|(name, _)| key == name.as_bytes())
+                || more.iter().any(|(name, _)| key == name.as_bytes())
+                || is_given(key);
             if !replaced {
-                push(key.as_bytes(), value.as_bytes())?;
+                pointers.push(pair.as_ptr());
             }
         }
-        if let Some((name, value)) = extra.filter(|(name, _)| !is_given(OsStr::new(name))) {
+        if let Some((name, value)) = extra.filter(|(name, _)| !is_given(name.as_bytes())) {
             push(name.as_bytes(), value.as_bytes())?;
         }
         // Within `more` too the last value of a name wins (a task's own
@@ -382,7 +490,7 @@ fn environment(
         let kept = more
             .iter()
             .enumerate()
-            .filter(|(at, (name, _))| last(*at, name) && !is_given(name))
+            .filter(|(at, (name, _))| last(*at, name) && !is_given(name.as_bytes()))
             .map(|(_, pair)| pair);
         for (name, value) in kept {
             push(name.as_bytes(), value.as_bytes())?;
@@ -390,7 +498,14 @@ fn environment(
         for (name, value) in given.iter() {
             push(name.as_bytes(), value.as_bytes())?;
         }
-        Ok(vars)
+        // The added strings' bytes stay where they are when `added` moves.
+        pointers.extend(added.iter().map(|pair| pair.as_ptr()));
+        pointers.push(ptr::null());
+        Ok(TaskEnvironment {
+            _base: base.clone(),
+            _added: added,
+            pointers,
+        })
     })
 }
 
@@ -409,6 +524,17 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(ptr::null()))
         .collect()
+}
+
+/// `/dev/null`, opened once (close-on-exec, above the standard
+/// descriptors) for every task's stdin: the child only `dup2`s it.
+fn dev_null() -> io::Result<RawFd> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = high_fd(File::open("/dev/null").map(OwnedFd::from)?)?;
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// A close-on-exec pipe whose ends are above the standard descriptors.
@@ -478,11 +604,37 @@ mod tests {
             (OsString::from("ZCLUSTER_TEST_TWICE"), OsString::from("2")),
         ];
         let vars = environment(None, &more).expect("environment");
-        let set: Vec<&CString> = vars
-            .iter()
-            .filter(|v| v.as_bytes().starts_with(b"ZCLUSTER_TEST_TWICE="))
+        let set: Vec<&std::ffi::CStr> = vars
+            .strings()
+            .into_iter()
+            .filter(|v| v.to_bytes().starts_with(b"ZCLUSTER_TEST_TWICE="))
             .collect();
-        assert_eq!(set, [&CString::new("ZCLUSTER_TEST_TWICE=2").unwrap()]);
+        assert_eq!(set, [c"ZCLUSTER_TEST_TWICE=2"]);
+    }
+
+    /// A task gets every variable of this process (but those it replaces),
+    /// from a copy read once while the environment stays as it is.
+    #[test]
+    fn the_process_environment_is_read_once_and_passed_whole() {
+        let more = [(OsString::from("PATH"), OsString::from("/nowhere"))];
+        let first = environment(None, &more).expect("environment");
+        let second = environment(None, &[]).expect("environment");
+        assert!(Rc::ptr_eq(&first._base, &second._base), "read again");
+        let strings: Vec<Vec<u8>> = first
+            .strings()
+            .iter()
+            .map(|s| s.to_bytes().to_vec())
+            .collect();
+        for (key, value) in std::env::vars_os() {
+            let mut pair = key.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            let expected = usize::from(key != "PATH");
+            let found = strings.iter().filter(|s| **s == pair).count();
+            assert_eq!(found, expected, "{key:?}");
+        }
+        assert!(strings.contains(&b"PATH=/nowhere".to_vec()));
+        assert_eq!(second.strings().len(), std::env::vars_os().count());
     }
 
     #[test]
