@@ -13,13 +13,14 @@
 #      slot), xargs pays it as zcluster does and hands the next command to
 #      whichever slot frees first, so it says what the scheduling costs.
 # Usage: scripts/bench-map.sh   (RUNS=5 medians; N=2000 inputs, SKEWED=400
-# tasks; QUICK=1: one run of 400 and 100). Also prints RESULT lines for
-# scripts/bench.sh.
+# tasks; QUICK=1: one run of 400 and 100; ZCLUSTER_BIN=path: time that
+# zcluster binary instead of this tree's, to compare two builds in turns).
+# Also prints RESULT lines for scripts/bench.sh.
 source "$(dirname "$0")/common.sh"
 N=${N:-$(sized 2000 400)}
 SKEWED=${SKEWED:-$(sized 400 100)}
 build_release
-Z=$ROOT/target/release/zcluster
+Z=${ZCLUSTER_BIN:-$ROOT/target/release/zcluster}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 seq 1 "$N" >"$tmp/inputs"

@@ -7,10 +7,13 @@
 //! its task has ended and it is empty, for a later task (so, in effect, one
 //! per slot: that saves a mkdir, an rmdir and two opens per task, about
 //! 10% of `zcluster map -j4 -- true` here), and all removed when the
-//! process exits. The task's first process moves itself
-//! in before it executes the command (a `pre_exec` write of `0` to the task
-//! cgroup's `cgroup.procs`, through a file opened by the parent), so there is
-//! no moment at which the task runs, or forks, outside it. Killing the task
+//! process exits. The task's first process is born in its cgroup
+//! (`clone3` with `CLONE_INTO_CGROUP`, through the directory opened by the
+//! parent), or, where that cannot be done, moves itself in before it
+//! executes the command (a write of `0` to the task cgroup's
+//! `cgroup.procs`), so there is no moment at which the task runs, or forks,
+//! outside it. A cgroup that was killed takes no birth again: Linux kills
+//! a child born in it (see `spawn::check_clone_into_cgroup`). Killing the task
 //! is one write of `1` to `cgroup.kill` (Linux 5.14+), or, on older kernels,
 //! freezing the cgroup and SIGKILLing every pid in `cgroup.procs`. An empty
 //! cgroup is removed with `rmdir`; zombies do not count, so that works
@@ -34,6 +37,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use super::spawn;
 
 /// Why task cgroups cannot be used here; the worker then falls back to
 /// tracking each task's descendants (see `lineage`).
@@ -119,8 +124,13 @@ impl TaskCgroups {
             idle: Arc::new(Mutex::new(Vec::new())),
         };
         // One real task cgroup, made and removed, so that a tree where
-        // mkdir works but cgroup.procs does not is found now.
-        drop(cgroups.task()?);
+        // mkdir works but cgroup.procs does not is found now; and whether
+        // tasks can be born in theirs.
+        let first = cgroups.task()?;
+        if let Some(dir) = first.entry().dir {
+            spawn::check_clone_into_cgroup(dir);
+        }
+        drop(first);
         Ok(cgroups)
     }
 
@@ -188,8 +198,16 @@ impl TaskCgroups {
                 return Err(io_error(&procs_path)(error));
             }
         };
+        // Without it a task still enters by writing to `cgroup.procs`.
+        let handle = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+            .ok();
         Ok(TaskCgroup {
             dir,
+            handle,
+            killed: std::cell::Cell::new(false),
             procs: Some(procs),
             events: None,
             kill_file: self.kill_file,
@@ -204,6 +222,13 @@ impl TaskCgroups {
 #[derive(Debug)]
 pub(crate) struct TaskCgroup {
     dir: PathBuf,
+    /// The directory itself, open: a task's first process can be started
+    /// right inside the cgroup (`CLONE_INTO_CGROUP`), with no move.
+    handle: Option<File>,
+    /// Set once `cgroup.kill` was written: no process is born in it again
+    /// (see `spawn::check_clone_into_cgroup`), and it is removed when its
+    /// task ends rather than kept.
+    killed: std::cell::Cell<bool>,
     /// Its `cgroup.procs`, open for writing; the task's first process writes
     /// `0` to it (itself) before executing the command. `None` once moved
     /// to the idle list.
@@ -222,6 +247,20 @@ impl TaskCgroup {
     /// the command (see `spawn`).
     pub(crate) fn procs_fd(&self) -> RawFd {
         self.procs.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// Where the task's first process starts: the cgroup's directory, to be
+    /// born in, and its `cgroup.procs`, to move into where that cannot be
+    /// done (see `spawn`).
+    pub(crate) fn entry(&self) -> spawn::CgroupEntry {
+        spawn::CgroupEntry {
+            dir: self
+                .handle
+                .as_ref()
+                .filter(|_| !self.killed.get())
+                .map(AsRawFd::as_raw_fd),
+            procs: self.procs_fd(),
+        }
     }
 
     /// The cgroup's directory.
@@ -281,6 +320,7 @@ impl TaskCgroup {
 
     /// SIGKILLs everything in the cgroup, including what forks meanwhile.
     pub(crate) fn kill(&self) {
+        self.killed.set(true);
         if self.kill_file && self.write_file("cgroup.kill", b"1").is_ok() {
             return;
         }
@@ -361,11 +401,13 @@ impl Drop for TaskCgroup {
                 return;
             }
         }
-        if let Some(idle) = self.idle.upgrade() {
+        if let Some(idle) = self.idle.upgrade().filter(|_| !self.killed.get()) {
             if let Ok(mut idle) = idle.lock() {
                 if idle.len() < MAX_IDLE_CGROUPS {
                     idle.push(TaskCgroup {
                         dir: std::mem::take(&mut self.dir),
+                        handle: self.handle.take(),
+                        killed: std::cell::Cell::new(false),
                         procs: self.procs.take(),
                         events: self.events.take(),
                         kill_file: self.kill_file,
@@ -377,6 +419,7 @@ impl Drop for TaskCgroup {
             }
         }
         self.events = None;
+        self.handle = None;
         if let Err(error) = remove_tree(&self.dir, MAX_REMOVE_DEPTH) {
             tracing::warn!(cgroup = %self.dir.display(), %error, "cannot remove task cgroup");
         }
@@ -541,7 +584,7 @@ pub(crate) mod tests {
         let process = super::super::spawn::spawn(
             OsStr::new("sh"),
             &args,
-            Some(task.procs_fd()),
+            Some(task.entry()),
             None,
             super::super::spawn::Setup::default(),
         )
@@ -578,6 +621,73 @@ pub(crate) mod tests {
 41 33 0:36 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 42 33 0:37 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 ";
+
+    /// Runs `sh -c script` as a task in `task`, and its stdout and exit.
+    fn run_in(entry: spawn::CgroupEntry, script: &str) -> (String, WaitStatus) {
+        use std::ffi::OsStr;
+        let args = [OsStr::new("-c"), OsStr::new(script)];
+        let process = spawn::spawn(
+            OsStr::new("sh"),
+            &args,
+            Some(entry),
+            None,
+            spawn::Setup::default(),
+        )
+        .expect("spawn");
+        let mut out = String::new();
+        let mut stdout = process.stdout;
+        stdout.read_to_string(&mut out).unwrap();
+        (out, nix::sys::wait::waitpid(process.pid, None).unwrap())
+    }
+
+    use nix::sys::wait::WaitStatus;
+
+    /// A task whose cgroup's directory is open starts inside it: it never
+    /// writes to `cgroup.procs` (here a descriptor that refuses writes,
+    /// which a move would have failed on), yet runs in its cgroup.
+    #[test]
+    fn a_task_is_born_in_its_cgroup() {
+        let Some(cgroups) = task_cgroups_or_skip() else {
+            return;
+        };
+        if !spawn::births_in_cgroups() {
+            eprintln!("SKIP: tasks cannot be born in their cgroup here");
+            return;
+        }
+        let task = cgroups.task().unwrap();
+        let read_only = File::open("/dev/null").unwrap();
+        let entry = spawn::CgroupEntry {
+            dir: task.entry().dir,
+            procs: read_only.as_raw_fd(),
+        };
+        assert!(entry.dir.is_some());
+        let (out, status) = run_in(entry, "cat /proc/self/cgroup");
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+        let name = task.dir().file_name().unwrap().to_str().unwrap();
+        assert!(
+            out.lines()
+                .any(|line| line.starts_with("0::") && line.ends_with(&format!("/{name}"))),
+            "{out}"
+        );
+    }
+
+    /// Linux (6.14 to 6.18 at least) kills a child born in a cgroup that
+    /// was once killed: such a cgroup takes its next task by a move, and is
+    /// removed rather than kept when its task ends.
+    #[test]
+    fn a_killed_cgroup_takes_no_birth_and_is_not_kept() {
+        let Some(cgroups) = task_cgroups_or_skip() else {
+            return;
+        };
+        let task = cgroups.task().unwrap();
+        task.kill();
+        assert_eq!(task.entry().dir, None, "no birth in a killed cgroup");
+        let (_, status) = run_in(task.entry(), "exit 3");
+        assert!(matches!(status, WaitStatus::Exited(_, 3)), "{status:?}");
+        let dir = task.dir().to_owned();
+        drop(task);
+        assert!(!dir.exists(), "a killed cgroup is removed, not kept");
+    }
 
     #[test]
     fn finds_the_v2_directory_on_a_hybrid_machine() {

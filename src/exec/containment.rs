@@ -133,7 +133,7 @@ fn spawn_in_cgroup(
     args: &[&OsStr],
     setup: Setup<'_>,
 ) -> io::Result<(Process, Enclosure)> {
-    match spawn::spawn(program, args, Some(task_cgroup.procs_fd()), None, setup) {
+    match spawn::spawn(program, args, Some(task_cgroup.entry()), None, setup) {
         Ok(process) => Ok((process, Enclosure::Cgroup(task_cgroup))),
         Err(SpawnError::Cgroup(error)) => {
             drop(task_cgroup);

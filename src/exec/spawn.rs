@@ -10,7 +10,10 @@
 //! does what glibc's `posix_spawn` does: `clone(CLONE_VM | CLONE_VFORK)` on a
 //! small stack of its own, the parent thread waiting until the child has
 //! called `execve` (or failed), and in the child only async-signal-safe
-//! system calls on data prepared by the parent:
+//! system calls on data prepared by the parent. Where it can (Linux 5.7+ on
+//! x86-64), the clone is `clone3` with `CLONE_INTO_CGROUP`: the child is
+//! born in the task's cgroup and step 1 is skipped (see
+//! [`clone_into_cgroup`] for why, and for a kernel bug it avoids).
 //!
 //! 1. write `0` to the task cgroup's `cgroup.procs` (moves the child itself);
 //! 2. `setpgid(0, 0)`: a process group of its own;
@@ -33,6 +36,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::unistd::Pid;
@@ -115,12 +119,12 @@ pub(crate) struct Setup<'a> {
 /// Starts `program` with `args` (in the environment of this process, plus
 /// `extra_env` if given and `setup`'s variables), in its own process
 /// group, in `setup`'s directory if given, stdin from `/dev/null`, stdout
-/// and stderr to new pipes, and first moved into the cgroup whose
-/// `cgroup.procs` is open as `cgroup_procs`, if given.
+/// and stderr to new pipes, and in `cgroup` if given (born in it, or
+/// moved in first thing; see [`CgroupEntry`]).
 pub(crate) fn spawn(
     program: &OsStr,
     args: &[&OsStr],
-    cgroup_procs: Option<RawFd>,
+    cgroup: Option<CgroupEntry>,
     extra_env: Option<(&str, &str)>,
     setup: Setup<'_>,
 ) -> Result<Process, SpawnError> {
@@ -137,25 +141,19 @@ pub(crate) fn spawn(
         .collect::<io::Result<Vec<_>>>()
         .map_err(command)?;
     let envp = environment(extra_env, setup.env).map_err(command)?;
-    let stdin = high_fd(
-        File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(command)?,
-    )
-    .map_err(command)?;
+    let stdin = dev_null().map_err(command)?;
     let (out_read, out_write) = pipe().map_err(command)?;
     let (err_read, err_write) = pipe().map_err(command)?;
 
     let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
     let plan = ChildPlan {
         candidates: candidates.iter().map(|c| c.as_ptr()).collect(),
         argv: argv_ptrs.as_ptr(),
-        envp: envp_ptrs.as_ptr(),
-        stdin: stdin.as_raw_fd(),
+        envp: envp.envp(),
+        stdin,
         stdout: out_write.as_raw_fd(),
         stderr: err_write.as_raw_fd(),
-        cgroup_procs: cgroup_procs.unwrap_or(-1),
+        cgroup_procs: -1,
         cwd: cwd.as_ref().map_or(ptr::null(), |dir| dir.as_ptr()),
         max_signal: libc::SIGRTMAX(),
         failed_step: AtomicI32::new(0),
@@ -167,21 +165,42 @@ pub(crate) fn spawn(
     // of the (downward-growing) stack; u128 keeps it 16-byte aligned.
     let stack_top = unsafe { stack.as_mut_ptr().add(stack.capacity()) };
 
+    let mut plan = plan;
     let pid = {
         let _blocked = BlockedSignals::new();
-        // SAFETY: CLONE_VM | CLONE_VFORK is posix_spawn's clone: the child
-        // runs `child_main` on its own stack in our memory, and this thread
-        // is suspended until the child calls execve or exits, so `plan`,
-        // `argv`, `envp` and `stack` outlive its use of them. All signals are
-        // blocked meanwhile (see BlockedSignals), so none of our handlers
-        // runs in the child.
-        unsafe {
-            libc::clone(
-                child_main,
-                stack_top.cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                ptr::from_ref(&plan).cast_mut().cast(),
-            )
+        let born_in = cgroup.and_then(|entry| entry.dir).and_then(|dir| {
+            // SAFETY: as for the clone below; this one also puts the child
+            // in the cgroup open as `dir`.
+            unsafe {
+                clone_into_cgroup(
+                    dir,
+                    child_main,
+                    ptr::from_ref(&plan).cast_mut().cast(),
+                    stack_top,
+                    CHILD_STACK_BYTES,
+                )
+            }
+        });
+        if let Some(pid) = born_in {
+            pid
+        } else {
+            // Not born in it (no directory open, or an older kernel): it moves
+            // itself in first thing.
+            plan.cgroup_procs = cgroup.map_or(-1, |entry| entry.procs);
+            // SAFETY: CLONE_VM | CLONE_VFORK is posix_spawn's clone: the child
+            // runs `child_main` on its own stack in our memory, and this thread
+            // is suspended until the child calls execve or exits, so `plan`,
+            // `argv`, `envp` and `stack` outlive its use of them. All signals are
+            // blocked meanwhile (see BlockedSignals), so none of our handlers
+            // runs in the child.
+            unsafe {
+                libc::clone(
+                    child_main,
+                    stack_top.cast(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    ptr::from_ref(&plan).cast_mut().cast(),
+                )
+            }
         }
     };
     if pid == -1 {
@@ -204,6 +223,189 @@ pub(crate) fn spawn(
         stdout: File::from(out_read),
         stderr: File::from(err_read),
     })
+}
+
+/// How a task's first process gets into its cgroup: started right in it
+/// through the cgroup's directory (`CLONE_INTO_CGROUP`, Linux 5.7+), or,
+/// where that is not open or cannot be done, by writing `0` to its
+/// `cgroup.procs` before anything else.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CgroupEntry {
+    /// The cgroup's directory, open.
+    pub(crate) dir: Option<RawFd>,
+    /// Its `cgroup.procs`, open for writing.
+    pub(crate) procs: RawFd,
+}
+
+/// Set once `clone3` with `CLONE_INTO_CGROUP` turned out not to exist here
+/// (an older kernel, or a seccomp filter that refuses `clone3`).
+static NO_CLONE_INTO_CGROUP: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether tasks are started right inside their cgroup (so far).
+#[cfg(test)]
+pub(crate) fn births_in_cgroups() -> bool {
+    cfg!(all(target_os = "linux", target_arch = "x86_64"))
+        && !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed)
+}
+
+/// `struct clone_args` of `clone3(2)`, up to `cgroup` (its second version).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Checks, once per process, that a child born in a cgroup (see
+/// [`clone_into_cgroup`]) lives, with a child that only exits, started
+/// in the never-killed cgroup open as `dir`. Linux 6.14 to 6.18 at least
+/// compare the new cgroup's count of `cgroup.kill`s with the parent's own
+/// cgroup's, and kill the child at birth when they differ; where even a
+/// fresh cgroup does that (this process's own cgroup was killed once),
+/// tasks move in instead. (A task cgroup that was killed is never used
+/// for a birth again: see `cgroup::TaskCgroup::entry`.)
+pub(crate) fn check_clone_into_cgroup(dir: RawFd) {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        extern "C" fn exit_at_once(_: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) }
+        }
+        const BYTES: usize = 4096;
+        let mut stack: Vec<MaybeUninit<u128>> = Vec::with_capacity(BYTES / size_of::<u128>());
+        // SAFETY: one past the end of the allocation, as in `spawn`.
+        let stack_top = unsafe { stack.as_mut_ptr().add(stack.capacity()) };
+        let pid = {
+            let _blocked = BlockedSignals::new();
+            // SAFETY: the child only calls `_exit` on its own stack.
+            unsafe { clone_into_cgroup(dir, exit_at_once, ptr::null_mut(), stack_top, BYTES) }
+        };
+        let Some(pid) = pid else {
+            return;
+        };
+        let status = loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+                Err(nix::errno::Errno::EINTR) => {}
+                other => break other,
+            }
+        };
+        if !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+            NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+            tracing::debug!(
+                ?status,
+                "a child born in a fresh cgroup did not live; tasks move into theirs instead"
+            );
+        }
+    });
+}
+
+/// The clone of [`spawn`] with the child born in the cgroup open as `dir`:
+/// no move into it afterwards (a move takes the kernel's cgroup-wide lock
+/// for writing, which every fork and exit on the machine waits on, and
+/// costs the child a write). The child runs `entry(arg)`, which must
+/// execute a program or `_exit`. Its pid, or `None` when it could not be
+/// made so (the caller then clones as before).
+///
+/// # Safety
+///
+/// As for `clone(CLONE_VM | CLONE_VFORK)`: what `arg` points to and the
+/// stack below `stack_top` (`stack_bytes` of it, 16-byte aligned) must
+/// stay alive and untouched until this returns, with all signals blocked.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+unsafe fn clone_into_cgroup(
+    dir: RawFd,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    stack_top: *mut MaybeUninit<u128>,
+    stack_bytes: usize,
+) -> Option<libc::pid_t> {
+    if NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) {
+        return None;
+    }
+    let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack_top as u64 - stack_bytes as u64,
+        stack_size: stack_bytes as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: dir as u64,
+    };
+    let ret: i64;
+    // SAFETY: `clone3` returns twice. In this thread (the parent) it
+    // returns the child's pid or -errno, and only rcx and r11 are
+    // clobbered (by `syscall`). The child starts on the top of the stack
+    // given (the kernel sets its stack pointer), where it calls
+    // `entry(arg)`, which executes the command or `_exit`s, and
+    // never comes back into Rust code: it exits should it return. This is
+    // what glibc's own clone does in assembly, for the same reason.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, 60", // SYS_exit
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            inout("rdi") ptr::from_ref(&args) => _,
+            in("rsi") size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret >= 0 {
+        return libc::pid_t::try_from(ret).ok();
+    }
+    let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
+    // No clone3, no CLONE_INTO_CGROUP, or clone3 filtered out: never again.
+    // Anything else (the cgroup gone, say): the fallback says what it is.
+    if matches!(
+        errno,
+        libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM
+    ) {
+        NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+        tracing::debug!(
+            error = %io::Error::from_raw_os_error(errno),
+            "tasks cannot start inside their cgroup; they move in instead"
+        );
+    }
+    None
+}
+
+/// Elsewhere a task's first process moves into its cgroup itself.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+unsafe fn clone_into_cgroup(
+    _dir: RawFd,
+    _entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+    _stack_top: *mut MaybeUninit<u128>,
+    _stack_bytes: usize,
+) -> Option<libc::pid_t> {
+    None
 }
 
 /// The child, between clone and execve. Only async-signal-safe libc calls
@@ -344,6 +546,115 @@ pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOn
     result
 }
 
+/// This process's own environment as `KEY=VALUE` strings, read once per
+/// thread and read again only when it changed: building it for every task
+/// (`vars_os`, a string and an allocation per variable) was about a quarter
+/// of a slot's own instructions per `true`.
+struct BaseEnvironment {
+    /// The entries of `environ` when it was read. glibc's `setenv`,
+    /// `putenv` and `unsetenv` (and so `std::env::set_var`) all put a new
+    /// string in the array or move its entries, so the same pointers mean
+    /// the same environment.
+    seen: Vec<usize>,
+    /// Each variable as `KEY=VALUE`, with the length of its key.
+    vars: Vec<(usize, CString)>,
+}
+
+extern "C" {
+    /// The C library's environment (see `environ(7)`).
+    static environ: *const *const libc::c_char;
+}
+
+/// The entries of `environ`, in order, as addresses.
+fn environ_entries() -> impl Iterator<Item = usize> {
+    // SAFETY: `environ` is null or a null-terminated array of pointers;
+    // only its entries are read (never what they point to), as `getenv`
+    // reads them. std's `set_var` is the only writer and nothing here calls
+    // it; one that did would at worst make this see a changed environment.
+    let mut at = unsafe { environ };
+    std::iter::from_fn(move || {
+        if at.is_null() {
+            return None;
+        }
+        // SAFETY: as above; `at` stays within the array until its null.
+        let entry = unsafe { *at };
+        if entry.is_null() {
+            at = ptr::null();
+            return None;
+        }
+        // SAFETY: the entry was not the terminating null.
+        at = unsafe { at.add(1) };
+        Some(entry as usize)
+    })
+}
+
+impl BaseEnvironment {
+    fn read() -> io::Result<BaseEnvironment> {
+        // Seen before it is read: a change in between is seen next time.
+        let seen = environ_entries().collect();
+        let vars = std::env::vars_os()
+            .map(|(key, value)| {
+                let mut pair = Vec::with_capacity(key.len() + 1 + value.len());
+                pair.extend_from_slice(key.as_bytes());
+                pair.push(b'=');
+                pair.extend_from_slice(value.as_bytes());
+                Ok((key.len(), c_string(&pair)?))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(BaseEnvironment { seen, vars })
+    }
+
+    fn current(&self) -> bool {
+        environ_entries().eq(self.seen.iter().copied())
+    }
+
+    /// This thread's copy, read again if the environment changed.
+    fn get() -> io::Result<Rc<BaseEnvironment>> {
+        BASE_ENV.with(|base| {
+            let mut base = base.borrow_mut();
+            match base.as_ref() {
+                Some(known) if known.current() => Ok(known.clone()),
+                _ => {
+                    let fresh = Rc::new(BaseEnvironment::read()?);
+                    *base = Some(fresh.clone());
+                    Ok(fresh)
+                }
+            }
+        })
+    }
+}
+
+std::thread_local! {
+    static BASE_ENV: std::cell::RefCell<Option<Rc<BaseEnvironment>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A task's environment, ready for `execve`: the null-terminated `envp`
+/// and the strings it points into.
+struct TaskEnvironment {
+    _base: Rc<BaseEnvironment>,
+    _added: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl TaskEnvironment {
+    /// `envp` for `execve`.
+    fn envp(&self) -> *const *const libc::c_char {
+        self.pointers.as_ptr()
+    }
+
+    /// The variables, as `KEY=VALUE`.
+    #[cfg(test)]
+    fn strings(&self) -> Vec<&std::ffi::CStr> {
+        self.pointers
+            .iter()
+            .take_while(|p| !p.is_null())
+            // SAFETY: each pointer is into a CString `self` owns.
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) })
+            .collect()
+    }
+}
+
 /// This process's environment with `extra`, then the task's own `more`
 /// (its place, `--env`), then what the task was given (the thread's
 /// [`with_task_environment`] variables, which win: a task sees the GPUs it
@@ -352,27 +663,31 @@ pub(crate) fn with_task_environment<R>(vars: Vec<(String, String)>, f: impl FnOn
 fn environment(
     extra: Option<(&str, &str)>,
     more: &[(std::ffi::OsString, std::ffi::OsString)],
-) -> io::Result<Vec<CString>> {
+) -> io::Result<TaskEnvironment> {
+    let base = BaseEnvironment::get()?;
     TASK_ENV.with(|given| {
         let given = given.borrow();
-        let is_given = |key: &OsStr| given.iter().any(|(n, _)| key == OsStr::new(n));
-        let mut vars = Vec::new();
+        let is_given = |key: &[u8]| given.iter().any(|(n, _)| key == n.as_bytes());
+        let mut added = Vec::new();
         let mut push = |key: &[u8], value: &[u8]| -> io::Result<()> {
-            let mut pair = key.to_vec();
+            let mut pair = Vec::with_capacity(key.len() + 1 + value.len());
+            pair.extend_from_slice(key);
             pair.push(b'=');
             pair.extend_from_slice(value);
-            vars.push(c_string(&pair)?);
+            added.push(c_string(&pair)?);
             Ok(())
         };
-        for (key, value) in std::env::vars_os() {
-            let replaced = extra.is_some_and(|(name, _)| key == OsStr::new(name))
-                || more.iter().any(|(name, _)| *name == key)
-                || is_given(&key);
+        let mut pointers = Vec::with_capacity(base.vars.len() + more.len() + given.len() + 2);
+        for (key_len, pair) in &base.vars {
+            let key = &pair.as_bytes()[..*key_len];
+            let replaced = extra.is_some_and(|(name, _)| key == name.as_bytes())
+                || more.iter().any(|(name, _)| key == name.as_bytes())
+                || is_given(key);
             if !replaced {
-                push(key.as_bytes(), value.as_bytes())?;
+                pointers.push(pair.as_ptr());
             }
         }
-        if let Some((name, value)) = extra.filter(|(name, _)| !is_given(OsStr::new(name))) {
+        if let Some((name, value)) = extra.filter(|(name, _)| !is_given(name.as_bytes())) {
             push(name.as_bytes(), value.as_bytes())?;
         }
         // Within `more` too the last value of a name wins (a task's own
@@ -382,7 +697,7 @@ fn environment(
         let kept = more
             .iter()
             .enumerate()
-            .filter(|(at, (name, _))| last(*at, name) && !is_given(name))
+            .filter(|(at, (name, _))| last(*at, name) && !is_given(name.as_bytes()))
             .map(|(_, pair)| pair);
         for (name, value) in kept {
             push(name.as_bytes(), value.as_bytes())?;
@@ -390,7 +705,14 @@ fn environment(
         for (name, value) in given.iter() {
             push(name.as_bytes(), value.as_bytes())?;
         }
-        Ok(vars)
+        // The added strings' bytes stay where they are when `added` moves.
+        pointers.extend(added.iter().map(|pair| pair.as_ptr()));
+        pointers.push(ptr::null());
+        Ok(TaskEnvironment {
+            _base: base.clone(),
+            _added: added,
+            pointers,
+        })
     })
 }
 
@@ -409,6 +731,17 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(ptr::null()))
         .collect()
+}
+
+/// `/dev/null`, opened once (close-on-exec, above the standard
+/// descriptors) for every task's stdin: the child only `dup2`s it.
+fn dev_null() -> io::Result<RawFd> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = high_fd(File::open("/dev/null").map(OwnedFd::from)?)?;
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// A close-on-exec pipe whose ends are above the standard descriptors.
@@ -449,7 +782,7 @@ mod tests {
         super::spawn(
             OsStr::new(program),
             &args,
-            cgroup_procs,
+            cgroup_procs.map(|procs| CgroupEntry { dir: None, procs }),
             extra_env,
             Setup::default(),
         )
@@ -478,11 +811,37 @@ mod tests {
             (OsString::from("ZCLUSTER_TEST_TWICE"), OsString::from("2")),
         ];
         let vars = environment(None, &more).expect("environment");
-        let set: Vec<&CString> = vars
-            .iter()
-            .filter(|v| v.as_bytes().starts_with(b"ZCLUSTER_TEST_TWICE="))
+        let set: Vec<&std::ffi::CStr> = vars
+            .strings()
+            .into_iter()
+            .filter(|v| v.to_bytes().starts_with(b"ZCLUSTER_TEST_TWICE="))
             .collect();
-        assert_eq!(set, [&CString::new("ZCLUSTER_TEST_TWICE=2").unwrap()]);
+        assert_eq!(set, [c"ZCLUSTER_TEST_TWICE=2"]);
+    }
+
+    /// A task gets every variable of this process (but those it replaces),
+    /// from a copy read once while the environment stays as it is.
+    #[test]
+    fn the_process_environment_is_read_once_and_passed_whole() {
+        let more = [(OsString::from("PATH"), OsString::from("/nowhere"))];
+        let first = environment(None, &more).expect("environment");
+        let second = environment(None, &[]).expect("environment");
+        assert!(Rc::ptr_eq(&first._base, &second._base), "read again");
+        let strings: Vec<Vec<u8>> = first
+            .strings()
+            .iter()
+            .map(|s| s.to_bytes().to_vec())
+            .collect();
+        for (key, value) in std::env::vars_os() {
+            let mut pair = key.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            let expected = usize::from(key != "PATH");
+            let found = strings.iter().filter(|s| **s == pair).count();
+            assert_eq!(found, expected, "{key:?}");
+        }
+        assert!(strings.contains(&b"PATH=/nowhere".to_vec()));
+        assert_eq!(second.strings().len(), std::env::vars_os().count());
     }
 
     #[test]
