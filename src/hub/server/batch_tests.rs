@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::outbox::{Recorder, Sent};
-use super::tests::reactions::engine;
+use super::tests::reactions::{answer_in, engine};
 use super::{store, Core, HubOptions};
 use crate::hub::commit::CommitLog;
 use crate::hub::protocol::{ClientCall, EngineId, JobId, JobKind, Reply, SubmitItem};
@@ -17,10 +17,7 @@ use crate::hub::store::{
     EngineCounts, Finished, JobRecord, JobSummary, NewTask, Store, StoreError, StoreOptions,
     TaskFilter, TaskId, TaskRecord,
 };
-use crate::message::{
-    encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind,
-    ResultMetadata, ResultStatus,
-};
+use crate::message::{encode_value, frames, ClusterRequest, Envelope, Header, MessageKind};
 
 const CLIENT: &[u8] = b"client";
 
@@ -307,23 +304,7 @@ fn a_batch_for_a_job_the_client_does_not_own_is_refused_task_by_task() {
 }
 
 fn result_of(hub: &mut Core<Recorder>, engine: EngineId, job: JobId, id: u64) {
-    let result = ClusterResult {
-        id,
-        status: ResultStatus::Ok,
-        payload: Vec::new(),
-        request_metadata: Default::default(),
-        metadata: ResultMetadata {
-            host: "h".into(),
-            pid: 1,
-            worker: "w".into(),
-            started: SystemTime::now(),
-            elapsed: std::time::Duration::ZERO,
-        },
-        exception: None,
-    };
-    let body = encode_value(&result, "result").expect("encoded");
-    let header = Header::result(job, &result);
-    hub.on_result(engine, header, &body, ResultStatus::Ok, None);
+    answer_in(hub, engine, job, id, true, std::time::Duration::ZERO);
 }
 
 /// Nothing of a batch goes to an engine before its insert is committed,

@@ -29,8 +29,8 @@ pub(in crate::hub::server) mod reactions {
     };
     use crate::hub::store::StoreOptions;
     use crate::message::{
-        encode_value, frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind,
-        ResultMetadata, ResultStatus,
+        frames, ClusterRequest, ClusterResult, Envelope, Header, MessageKind, ResultMetadata,
+        ResultStatus,
     };
 
     const CLIENT: &[u8] = b"client";
@@ -97,6 +97,19 @@ pub(in crate::hub::server) mod reactions {
 
     /// Engine `engine` answers task `id` of `job`.
     fn answer(hub: &mut Core<Recorder>, engine: EngineId, job: JobId, id: u64, ok: bool) {
+        answer_in(hub, engine, job, id, ok, Duration::ZERO);
+    }
+
+    /// Engine `engine` answers task `id` of `job`, its handler having run
+    /// for `elapsed`.
+    pub(in crate::hub::server) fn answer_in(
+        hub: &mut Core<Recorder>,
+        engine: EngineId,
+        job: JobId,
+        id: u64,
+        ok: bool,
+        elapsed: Duration,
+    ) {
         let status = if ok {
             ResultStatus::Ok
         } else {
@@ -112,11 +125,11 @@ pub(in crate::hub::server) mod reactions {
                 pid: 1,
                 worker: "w".into(),
                 started: SystemTime::now(),
-                elapsed: Duration::ZERO,
+                elapsed,
             },
             exception: (!ok).then(|| "failed".to_string()),
         };
-        let body = encode_value(&result, "result").expect("encoded");
+        let body = result.to_body().expect("encoded");
         let header = Header::result(job, &result);
         hub.on_result(engine, header, &body, status, result.exception.clone());
     }
@@ -141,23 +154,7 @@ pub(in crate::hub::server) mod reactions {
             .and_then(|j| j.tasks.get_mut(&1));
         let sent = Instant::now() - Duration::from_millis(50);
         task.expect("task").started = Some(sent);
-        let result = ClusterResult {
-            id: 1,
-            status: ResultStatus::Ok,
-            payload: Vec::new(),
-            request_metadata: Default::default(),
-            metadata: ResultMetadata {
-                host: "h".into(),
-                pid: 1,
-                worker: "w".into(),
-                started: SystemTime::now(),
-                elapsed: Duration::from_micros(20),
-            },
-            exception: None,
-        };
-        let body = result.to_body().expect("encoded");
-        let header = Header::result(job, &result);
-        hub.on_result(e, header, &body, ResultStatus::Ok, None);
+        answer_in(&mut hub, e, job, 1, true, Duration::from_micros(20));
         assert_eq!(
             hub.state.jobs[&job].median(),
             Some(Duration::from_micros(20))
