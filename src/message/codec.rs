@@ -608,6 +608,18 @@ pub(super) mod tests {
         Ok(())
     }
 
+    /// `bytes` with each `(at, byte)` of `flips` XORed in (at its place
+    /// modulo the length), then up to 3 bytes cut off and `extra` added.
+    fn altered(mut bytes: Vec<u8>, flips: &[(usize, u8)], cut: usize, extra: &[u8]) -> Vec<u8> {
+        for &(at, byte) in flips {
+            let i = at % bytes.len();
+            bytes[i] ^= byte;
+        }
+        bytes.truncate(bytes.len() - cut % 4.min(bytes.len()));
+        bytes.extend_from_slice(extra);
+        bytes
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -635,13 +647,8 @@ pub(super) mod tests {
             cut in any::<usize>(),
             extra in proptest::collection::vec(any::<u8>(), 0..3),
         ) {
-            for mut bytes in [by_hand_request(&request), by_hand_result(&result)] {
-                for &(at, byte) in &flips {
-                    let i = at % bytes.len();
-                    bytes[i] ^= byte;
-                }
-                bytes.truncate(bytes.len() - cut % 4.min(bytes.len()));
-                bytes.extend_from_slice(&extra);
+            for bytes in [by_hand_request(&request), by_hand_result(&result)] {
+                let bytes = altered(bytes, &flips, cut, &extra);
                 same_answer(decode_request(&bytes, "t"), decode_value(&bytes, "t"))?;
                 same_answer(decode_result(&bytes, "t"), decode_value(&bytes, "t"))?;
             }
@@ -657,13 +664,9 @@ pub(super) mod tests {
         ) {
             let bytes = by_hand_result(&result);
             prop_assert_eq!(result_elapsed(&bytes), Some(result.metadata.elapsed));
-            let mut altered = bytes.clone();
-            for &(at, byte) in &flips {
-                let i = at % altered.len();
-                altered[i] ^= byte;
-            }
-            let read = result_elapsed(&altered);
-            if let Ok(whole) = decode_result(&altered, "t") {
+            let changed = altered(bytes, &flips, 0, &[]);
+            let read = result_elapsed(&changed);
+            if let Ok(whole) = decode_result(&changed, "t") {
                 prop_assert_eq!(read, Some(whole.metadata.elapsed));
             }
         }
@@ -693,13 +696,8 @@ pub(super) mod tests {
             let results_bytes = encode_value(&results, "t").unwrap();
             prop_assert_eq!(decode_requests(&requests_bytes, "t").unwrap(), requests);
             prop_assert_eq!(decode_results(&results_bytes, "t").unwrap(), results);
-            for mut bytes in [requests_bytes, results_bytes] {
-                for &(at, byte) in &flips {
-                    let i = at % bytes.len();
-                    bytes[i] ^= byte;
-                }
-                bytes.truncate(bytes.len() - cut % 4.min(bytes.len()));
-                bytes.extend_from_slice(&extra);
+            for bytes in [requests_bytes, results_bytes] {
+                let bytes = altered(bytes, &flips, cut, &extra);
                 same_answer(decode_requests(&bytes, "t"), decode_value(&bytes, "t"))?;
                 same_answer(decode_results(&bytes, "t"), decode_value(&bytes, "t"))?;
             }
