@@ -930,6 +930,7 @@ mod owned;
 
 // Requests and results written and read by hand, in bincode's bytes.
 mod codec;
+pub(crate) use codec::{decode_result_items, decode_submit_items};
 
 pub(crate) use codec::ResultRef;
 

@@ -759,7 +759,53 @@ impl Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{decode_value, encode_value};
+    use crate::message::{decode_result_items, decode_submit_items, decode_value, encode_value};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hub reads an engine's results and a client's tasks by hand
+        /// (`message::codec`): the batches serde writes of these very types
+        /// read back field for field. (The codec's own tests give it
+        /// serde's answer on any bytes.)
+        #[test]
+        fn batches_read_by_hand_as_serde_wrote_them(
+            results in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any::<bool>(),
+                 proptest::option::of(".{0,20}"), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..5),
+            tasks in proptest::collection::vec(
+                (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..5),
+        ) {
+            let results: Vec<ResultItem> = results
+                .into_iter()
+                .map(|(job, id, ok, error, body)| ResultItem {
+                    job,
+                    id,
+                    status: if ok { ResultStatus::Ok } else { ResultStatus::Fail },
+                    error,
+                    body: serde_bytes::ByteBuf::from(body),
+                })
+                .collect();
+            let bytes = encode_value(&results, "t").unwrap();
+            let read = decode_result_items(&bytes, "t").unwrap();
+            prop_assert_eq!(read.len(), results.len());
+            for (read, item) in read.iter().zip(&results) {
+                prop_assert_eq!(
+                    (read.job, read.id, read.status, &read.error, read.body),
+                    (item.job, item.id, item.status, &item.error, &item.body[..])
+                );
+            }
+            let tasks: Vec<SubmitItem> = tasks
+                .into_iter()
+                .map(|(id, request)| (id, serde_bytes::ByteBuf::from(request)))
+                .collect();
+            let bytes = encode_value(&tasks, "t").unwrap();
+            let read = decode_submit_items(&bytes, "t").unwrap();
+            let expected: Vec<(u64, Vec<u8>)> =
+                tasks.into_iter().map(|(id, r)| (id, r.into_vec())).collect();
+            prop_assert_eq!(read, expected);
+        }
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Named(#[serde(with = "state_name")] TaskState);

@@ -399,10 +399,10 @@ fn read_request(reader: &mut Reader<'_>) -> Result<ClusterRequest, DecodeError> 
 
 /// One value read by `read` from the whole of `bytes`: bounded, and with
 /// nothing left over.
-fn decode_whole<T>(
-    bytes: &[u8],
+fn decode_whole<'a, T>(
+    bytes: &'a [u8],
     part: &'static str,
-    read: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>,
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T, DecodeError>,
 ) -> Result<T, MessageError> {
     super::check_size(part, bytes.len(), MAX_MESSAGE_BYTES)?;
     let mut reader = Reader { bytes, claimed: 0 };
@@ -457,6 +457,57 @@ pub(crate) fn decode_result(
     part: &'static str,
 ) -> Result<ClusterResult, MessageError> {
     decode_whole(bytes, part, read_result)
+}
+
+/// An engine's batch of results (a [`MessageKind::TaskResults`] body, as
+/// serde writes a `Vec<`[`ResultItem`]`>`), whole, each body borrowed from
+/// `bytes`: bad bytes are an error, never a panic. The hub reads every
+/// result of a busy engine through it.
+///
+/// [`MessageKind::TaskResults`]: super::MessageKind::TaskResults
+/// [`ResultItem`]: crate::hub::protocol::ResultItem
+pub(crate) fn decode_result_items<'a>(
+    bytes: &'a [u8],
+    part: &'static str,
+) -> Result<Vec<ResultItemRef<'a>>, MessageError> {
+    decode_whole(bytes, part, |reader| read_seq(reader, read_result_item))
+}
+
+/// A [`ResultItem`](crate::hub::protocol::ResultItem), its body borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResultItemRef<'a> {
+    pub(crate) job: u64,
+    pub(crate) id: u64,
+    pub(crate) status: ResultStatus,
+    pub(crate) error: Option<String>,
+    pub(crate) body: &'a [u8],
+}
+
+fn read_result_item<'a>(reader: &mut Reader<'a>) -> Result<ResultItemRef<'a>, DecodeError> {
+    Ok(ResultItemRef {
+        job: reader.u64()?,
+        id: reader.u64()?,
+        status: reader.status()?,
+        error: reader.optional_string()?,
+        body: reader.bytes()?,
+    })
+}
+
+/// A client's batch of tasks (a [`MessageKind::Tasks`] body, as serde
+/// writes a `Vec<`[`SubmitItem`]`>`: the client's id and the encoded
+/// request of each), whole: bad bytes are an error, never a panic.
+///
+/// [`MessageKind::Tasks`]: super::MessageKind::Tasks
+/// [`SubmitItem`]: crate::hub::protocol::SubmitItem
+pub(crate) fn decode_submit_items(
+    bytes: &[u8],
+    part: &'static str,
+) -> Result<Vec<(u64, Vec<u8>)>, MessageError> {
+    decode_whole(bytes, part, |reader| {
+        read_seq(reader, |reader| {
+            Ok((reader.u64()?, reader.bytes()?.to_vec()))
+        })
+    })
 }
 
 fn read_result(reader: &mut Reader<'_>) -> Result<ClusterResult, DecodeError> {
@@ -518,6 +569,19 @@ pub(super) mod tests {
     use super::*;
     use crate::message::{decode_value, encode_value};
     use proptest::prelude::*;
+
+    /// The hub's `ResultItem` and `SubmitItem`, field for field: this layer
+    /// cannot name the hub's types (the hub's protocol tests hold those to
+    /// the decoders on their own encoded batches).
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    struct ResultItem {
+        job: u64,
+        id: u64,
+        status: ResultStatus,
+        error: Option<String>,
+        body: serde_bytes::ByteBuf,
+    }
+    type SubmitItem = (u64, serde_bytes::ByteBuf);
 
     /// Also the message tests' metadata (`message.rs`).
     pub(in crate::message) fn any_metadata() -> impl Strategy<Value = Metadata> {
@@ -701,6 +765,106 @@ pub(super) mod tests {
                 same_answer(decode_requests(&bytes, "t"), decode_value(&bytes, "t"))?;
                 same_answer(decode_results(&bytes, "t"), decode_value(&bytes, "t"))?;
             }
+        }
+    }
+
+    fn any_result_item() -> impl Strategy<Value = ResultItem> {
+        (
+            any_int(),
+            any_int(),
+            any::<bool>(),
+            proptest::option::of(".{0,40}"),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(job, id, ok, error, body)| ResultItem {
+                job,
+                id,
+                status: if ok {
+                    ResultStatus::Ok
+                } else {
+                    ResultStatus::Fail
+                },
+                error,
+                body: serde_bytes::ByteBuf::from(body),
+            })
+    }
+
+    fn owned(items: Vec<ResultItemRef<'_>>) -> Vec<ResultItem> {
+        items
+            .into_iter()
+            .map(|item| ResultItem {
+                job: item.job,
+                id: item.id,
+                status: item.status,
+                error: item.error,
+                body: serde_bytes::ByteBuf::from(item.body),
+            })
+            .collect()
+    }
+
+    fn submit_owned(items: Vec<SubmitItem>) -> Vec<(u64, Vec<u8>)> {
+        items
+            .into_iter()
+            .map(|(id, request)| (id, request.into_vec()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The hub's batches (an engine's results, a client's tasks),
+        /// whole or altered, cut or lengthened: serde's value or serde's
+        /// refusal.
+        #[test]
+        fn hub_batches_get_serde_answers(
+            results in proptest::collection::vec(any_result_item(), 0..4),
+            tasks in proptest::collection::vec(
+                (any_int(), proptest::collection::vec(any::<u8>(), 0..200)), 0..4),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let tasks: Vec<SubmitItem> = tasks
+                .into_iter()
+                .map(|(id, request)| (id, serde_bytes::ByteBuf::from(request)))
+                .collect();
+            let results_bytes = encode_value(&results, "t").unwrap();
+            let tasks_bytes = encode_value(&tasks, "t").unwrap();
+            prop_assert_eq!(owned(decode_result_items(&results_bytes, "t").unwrap()), results);
+            prop_assert_eq!(decode_submit_items(&tasks_bytes, "t").unwrap(), submit_owned(tasks));
+            for mut bytes in [results_bytes, tasks_bytes] {
+                if !bytes.is_empty() {
+                    for &(at, byte) in &flips {
+                        let i = at % bytes.len();
+                        bytes[i] ^= byte;
+                    }
+                }
+                bytes.truncate(bytes.len() - cut % 4.min(bytes.len()));
+                bytes.extend_from_slice(&extra);
+                same_answer(
+                    decode_result_items(&bytes, "t").map(owned),
+                    decode_value::<Vec<ResultItem>>(&bytes, "t"),
+                )?;
+                same_answer(
+                    decode_submit_items(&bytes, "t"),
+                    decode_value::<Vec<SubmitItem>>(&bytes, "t").map(submit_owned),
+                )?;
+            }
+        }
+
+        #[test]
+        fn random_bytes_get_serde_answers_as_hub_batches(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), 0u8..4, 249u8..=255], 0..96)
+        ) {
+            same_answer(
+                decode_result_items(&bytes, "t").map(owned),
+                decode_value::<Vec<ResultItem>>(&bytes, "t"),
+            )?;
+            same_answer(
+                decode_submit_items(&bytes, "t"),
+                decode_value::<Vec<SubmitItem>>(&bytes, "t").map(submit_owned),
+            )?;
         }
     }
 

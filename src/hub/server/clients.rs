@@ -13,10 +13,12 @@ use super::state::{CommandPurpose, Engine, Job, Task};
 use super::{Core, HubError};
 use crate::hub::protocol::{
     AttachInfo, ClientCall, EngineId, HubInfo, HubToEngine, JobId, JobKind, Notification,
-    PurgeTarget, Reply, SubmitItem,
+    PurgeTarget, Reply,
 };
 use crate::hub::store::{JobRecord, NewTask, StoreError, TaskFilter, TaskId, TaskState};
-use crate::message::{decode_value, encode_value, Command, Envelope, MessageError, MessageKind};
+use crate::message::{
+    decode_submit_items, encode_value, Command, Envelope, MessageError, MessageKind,
+};
 use crate::resources::ResourceOffer;
 use crate::untrusted::escape_error;
 
@@ -70,19 +72,15 @@ impl<O: Outbox> Core<O> {
         self.on_tasks(client, job, vec![(task, envelope.body().to_vec())]);
     }
 
-    /// Several tasks of a job in one message ([`SubmitItem`]s). A body that
+    /// Several tasks of a job in one message ([`SubmitItem`](crate::hub::protocol::SubmitItem)s). A body that
     /// does not decode is refused as a whole, as any bad message is (its
     /// task ids cannot be trusted to answer); a decoded batch is taken item
     /// by item, exactly as if each task had come alone.
     fn on_task_batch(&mut self, client: Vec<u8>, envelope: &Envelope) {
-        let items = match decode_value::<Vec<SubmitItem>>(envelope.body(), "task batch") {
-            Ok(items) => items,
+        let tasks = match decode_submit_items(envelope.body(), "task batch") {
+            Ok(tasks) => tasks,
             Err(e) => return self.refuse("client", &client, &e),
         };
-        let tasks = items
-            .into_iter()
-            .map(|(id, request)| (id, request.into_vec()))
-            .collect();
         self.on_tasks(client, envelope.header.job, tasks);
     }
 

@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 use super::outbox::Outbox;
 use super::state::Engine;
 use super::Core;
-use crate::hub::protocol::{EngineId, EngineMessage, HubToEngine, JobId, Notification, ResultItem};
-use crate::message::{decode_value, Envelope, Header, MessageError, MessageKind};
+use crate::hub::protocol::{EngineId, EngineMessage, HubToEngine, JobId, Notification};
+use crate::message::{decode_result_items, Envelope, Header, MessageError, MessageKind};
 use crate::untrusted::{escape, escape_error};
 
 impl<O: Outbox> Core<O> {
@@ -93,7 +93,7 @@ impl<O: Outbox> Core<O> {
                 self.on_result(engine, envelope.header, envelope.body(), status, None)
             }
             (MessageKind::TaskResults, Some(engine)) => {
-                match decode_value::<Vec<ResultItem>>(envelope.body(), "task results") {
+                match decode_result_items(envelope.body(), "task results") {
                     Ok(results) => {
                         for item in results {
                             let header = Header {
@@ -101,7 +101,7 @@ impl<O: Outbox> Core<O> {
                                 job: item.job,
                                 id: item.id,
                             };
-                            self.on_result(engine, header, &item.body, item.status, item.error);
+                            self.on_result(engine, header, item.body, item.status, item.error);
                         }
                     }
                     Err(e) => {

@@ -140,6 +140,51 @@ fn the_fold_writes_out_what_it_holds_past_its_byte_bound() {
     assert_eq!(states, ["ok", "running"]);
 }
 
+/// Many tasks new in one flush are inserted many rows a statement; a
+/// statement whose rows hold an id already taken is undone alone and its
+/// rows written one by one, so the table and the failures are those of
+/// the same writes applied one by one: the taken id's insert fails, its
+/// events go to the row already there, and the rows around it go in.
+#[test]
+fn a_taken_id_among_many_new_tasks_fails_alone() {
+    let (plain, folded) = (fold_table(), fold_table());
+    let (plain_errors, folded_errors) = (BatchErrors::default(), BatchErrors::default());
+    let mut fold = Fold::default();
+    // 3 ..= 200 with 2 (already in the table) in place of 101: a full
+    // chunk of INSERT_ROWS, then the one holding the taken id, then the rest.
+    let ids: Vec<i64> = (3..=200).map(|id| if id == 101 { 2 } else { id }).collect();
+    let mut writes = vec![Write::AddTasks(
+        ids.iter().map(|&id| sql_task(id)).collect(),
+    )];
+    for (n, &id) in ids.iter().enumerate().step_by(7) {
+        let task = id as usize - 1;
+        writes.push(write_of(n, &(task, Event::Start(1))));
+        writes.push(write_of(n + 1, &(task, Event::Finish(n % 2 == 0))));
+    }
+    writes.push(write_of(500, &(1, Event::Start(3))));
+    for write in writes {
+        // The same writes for both (a `Write` is not `Clone`).
+        let again = match &write {
+            Write::AddTasks(tasks) => {
+                Write::AddTasks(tasks.iter().map(|t| sql_task(t.id)).collect())
+            }
+            Write::Event { task, change } => Write::Event {
+                task: *task,
+                change: change.clone(),
+            },
+            _ => unreachable!(),
+        };
+        apply(&plain, &mut Codec::default(), write, &plain_errors);
+        fold.apply(&folded, again, &folded_errors);
+    }
+    fold.flush(&folded, &folded_errors);
+    assert_eq!(table(&plain).len(), 199);
+    assert_eq!(table(&plain), table(&folded));
+    let failures = |d: BatchErrors| d.take().map(|(_, more)| more + 1);
+    assert_eq!(failures(plain_errors), Some(1));
+    assert_eq!(failures(folded_errors), Some(1));
+}
+
 proptest! {
     /// The writer's fold leaves the table as the same writes applied
     /// one by one do, whatever their order: adds (a duplicate id
