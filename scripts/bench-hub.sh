@@ -6,7 +6,8 @@
 #     request/result pair recorded, with the SQLite store and in memory
 #     (examples/hub_throughput.rs).
 # Usage: scripts/bench-hub.sh   (RUNS=5 medians, COUNT=100000 tasks); also
-# prints the idle round trip of one task (median and p99) and peak memory
+# prints the idle round trip of one task (median and p99; as the machine
+# idles, and with its CPUs kept from halting, see below) and peak memory
 # (below). QUICK=1: one run of 20000 tasks, memory at 10000 vs 100000.
 # Also prints RESULT lines for scripts/bench.sh.
 source "$(dirname "$0")/common.sh"
@@ -71,6 +72,36 @@ result hub.rtt_median "$(median "${rtt_sqlite[@]}")" us
 result hub.rtt_p99 "$(median "${p99_sqlite[@]}")" us
 result hub.rtt_memory_median "$(median "${rtt_memory[@]}")" us
 result hub.rtt_memory_p99 "$(median "${p99_memory[@]}")" us
+# The same with the CPUs kept from halting while idle. Every hop of an idle
+# round trip wakes a thread on a CPU with nothing else to do; on a virtual
+# machine whose idle CPUs halt at once (cpuidle "haltpoll" with
+# guest_halt_poll_ns 0, as here) each such wake-up is a trip through the
+# host, which the round trip pays six times. Holding /dev/cpu_dma_latency
+# at 0 (the kernel's PM QoS request, what latency-sensitive services and
+# cyclictest use) keeps idle CPUs polling instead, so these figures are
+# zcluster's own path. Needs root; skipped without it.
+if { exec 3>/dev/cpu_dma_latency; } 2>/dev/null; then
+    printf '\0\0\0\0' >&3
+    rtt_sqlite=() p99_sqlite=() rtt_memory=() p99_memory=()
+    for ((i = 0; i < RUNS; i++)); do
+        rm -f "$tmp"/store.sqlite*
+        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store "$tmp/store.sqlite")
+        rtt_sqlite+=("$m") p99_sqlite+=("$p")
+        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store :memory:)
+        rtt_memory+=("$m") p99_memory+=("$p")
+    done
+    exec 3>&-
+    rm -f "$tmp"/store.sqlite*
+    printf '%-44s %6d us median, %d us p99\n' \
+        "same, CPUs kept from halting, SQLite" "$(median "${rtt_sqlite[@]}")" "$(median "${p99_sqlite[@]}")" \
+        "same, CPUs kept from halting, memory" "$(median "${rtt_memory[@]}")" "$(median "${p99_memory[@]}")"
+    result hub.rtt_awake_median "$(median "${rtt_sqlite[@]}")" us
+    result hub.rtt_awake_p99 "$(median "${p99_sqlite[@]}")" us
+    result hub.rtt_awake_memory_median "$(median "${rtt_memory[@]}")" us
+    result hub.rtt_awake_memory_p99 "$(median "${p99_memory[@]}")" us
+else
+    echo "idle round trip with CPUs kept from halting: not measured (/dev/cpu_dma_latency is not writable)"
+fi
 # pool_run N CHUNK: a `zcluster hub` (SQLite store), an engine with 2 slots
 # and a pool client mapping N no-op inputs, CHUNK per task, as separate
 # processes; peak RSS of hub and client in $tmp/hub.rss and

@@ -228,6 +228,13 @@ row() { # WHAT FIGURE REFERENCE RATIO TARGET VERDICT
     p99=$(get hub.rtt_memory_p99)
     row "  idle round trip, p99" "$([ -n "$p99" ] && echo "$p99 us" || echo -)" \
         "in-memory store" "" "<= 300 us" "$(verdict "$p99" "<=" 300)"
+    for store in "" memory_; do
+        label=$([ -z "$store" ] && echo "SQLite store" || echo "in-memory store")
+        median=$(get "hub.rtt_awake_${store}median") p99=$(get "hub.rtt_awake_${store}p99")
+        [ -n "$median" ] || continue
+        row "  same, CPUs kept from halting, median" "$median us" "$label" "" "<= 100 us" "$(verdict "$median" "<=" 100)"
+        row "  same, CPUs kept from halting, p99" "$p99 us" "$label" "" "<= 300 us" "$(verdict "$p99" "<=" 300)"
+    done
 
     large=$(sizes hub.pool_ | tail -n 1)
     if [ -n "$large" ]; then
