@@ -45,6 +45,14 @@ pub(crate) const MAX_TRACKED_PROCESSES: usize = 4096;
 /// forked during the last.
 const KILL_RECHECK_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How many more times `/proc/<pid>/environ` is read while it is not
+/// settled (see [`carries`]), the first pause this long, each next twice
+/// the last: an `execve` leaves it empty or cut for tens of microseconds
+/// (up to 0.3 ms seen here, longer on a loaded machine); a process that
+/// cleared its environment costs a look of about 6 ms.
+const ENVIRON_REREADS: u32 = 6;
+const ENVIRON_REREAD_AFTER: Duration = Duration::from_micros(100);
+
 /// How long to wait for SIGKILLed processes to die before giving up.
 const DEATH_WAIT_AFTER_KILL: Duration = Duration::from_secs(2);
 
@@ -150,8 +158,7 @@ impl Lineage {
     }
 
     fn carries_mark(&self, pid: Pid) -> bool {
-        fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == self.mark))
+        carries(pid, &self.mark)
     }
 
     /// Sends `signal` to every process of the task; whether there were any.
@@ -197,6 +204,47 @@ impl Lineage {
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether process `pid` was started with `mark` (`KEY=VALUE`) in its
+/// environment. A process in the middle of `execve` (as a daemon is when
+/// it `exec`s right after announcing itself) shows no environment, or a
+/// cut one, for a moment: its new memory is still being filled. So a read
+/// without the mark counts only once it is whole (it ends a variable) and
+/// the next read gives the same bytes; otherwise it is read again, up to
+/// [`ENVIRON_REREADS`] times, further and further apart. A process that is
+/// gone is given up on at once.
+fn carries(pid: Pid, mark: &[u8]) -> bool {
+    let mut pause = ENVIRON_REREAD_AFTER;
+    let mut last: Option<Vec<u8>> = None;
+    for _ in 0..=ENVIRON_REREADS {
+        match fs::read(format!("/proc/{pid}/environ")) {
+            Ok(environ) => {
+                if environ.split(|&b| b == 0).any(|var| var == mark) {
+                    return true;
+                }
+                let whole = environ.last() == Some(&0);
+                if whole && last.as_ref() == Some(&environ) {
+                    return false;
+                }
+                if whole && last.is_none() {
+                    // Read again at once: a settled environment reads the
+                    // same, and costs no pause.
+                    last = Some(environ);
+                    continue;
+                }
+                last = Some(environ);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(_) => {}
+        }
+        if !is_alive(pid) {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+    false
 }
 
 /// This process's session and process group, which tell a child someone
@@ -286,5 +334,57 @@ impl Stat {
             pgid: Pid::from_raw(pgid),
             session: Pid::from_raw(session),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A process that `exec`s over and over (as a daemon does right after
+    /// writing its pid file) is always found to carry its mark, though its
+    /// environment reads empty for a moment in each `execve`.
+    #[test]
+    fn a_process_is_found_by_its_mark_while_it_execs() {
+        const MARK: &str = "ZCLUSTER_TEST_MARK=execs";
+        let script = r#"n=$1; [ "$n" -gt 0 ] && exec sh -c "$0" "$0" $((n - 1)); exec sleep 5"#;
+        let mut child = Command::new("sh")
+            .args(["-c", script, script, "3000"])
+            .env("ZCLUSTER_TEST_MARK", "execs")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let pid = Pid::from_raw(child.id() as i32);
+        // Until its first exec the child shows this process's environment.
+        wait_for_mark(pid, MARK);
+        let started = Instant::now();
+        let mut reads = 0u32;
+        let mut missed = 0u32;
+        while started.elapsed() < Duration::from_secs(2) {
+            reads += 1;
+            if !carries(pid, MARK.as_bytes()) {
+                missed += 1;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(reads > 100, "only {reads} reads");
+        assert!(
+            !carries(Pid::this(), MARK.as_bytes()),
+            "this process has no mark"
+        );
+        assert_eq!(missed, 0, "{missed} of {reads} reads missed the mark");
+    }
+
+    fn wait_for_mark(pid: Pid, mark: &str) {
+        let started = Instant::now();
+        while !fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == mark.as_bytes()))
+        {
+            assert!(started.elapsed() < Duration::from_secs(5), "no mark");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
