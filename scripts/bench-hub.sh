@@ -56,22 +56,29 @@ result hub.memory "$memory" tasks/s
 # difference is the store's two commits on the way), RUNS runs of each in
 # turn, medians of their medians and of their p99s; target: median <= 100
 # us, p99 <= 300 us.
-rtt_sqlite=() p99_sqlite=() rtt_memory=() p99_memory=()
-for ((i = 0; i < RUNS; i++)); do
+# round_trips LABEL PREFIX: RUNS runs of each store in turn; prints the
+# medians of their medians and p99s after LABEL, and RESULT lines
+# hub.PREFIX{median,p99} (SQLite) and hub.PREFIXmemory_{median,p99}.
+round_trips() {
+    local label=$1 prefix=$2 i m p
+    local rtt_sqlite=() p99_sqlite=() rtt_memory=() p99_memory=()
+    for ((i = 0; i < RUNS; i++)); do
+        rm -f "$tmp"/store.sqlite*
+        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store "$tmp/store.sqlite")
+        rtt_sqlite+=("$m") p99_sqlite+=("$p")
+        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store :memory:)
+        rtt_memory+=("$m") p99_memory+=("$p")
+    done
     rm -f "$tmp"/store.sqlite*
-    read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store "$tmp/store.sqlite")
-    rtt_sqlite+=("$m") p99_sqlite+=("$p")
-    read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store :memory:)
-    rtt_memory+=("$m") p99_memory+=("$p")
-done
-rm -f "$tmp"/store.sqlite*
-printf '%-44s %6d us median, %d us p99 (target: median <= 100 us, p99 <= 300 us)\n' \
-    "idle round trip, SQLite store" "$(median "${rtt_sqlite[@]}")" "$(median "${p99_sqlite[@]}")" \
-    "idle round trip, memory store" "$(median "${rtt_memory[@]}")" "$(median "${p99_memory[@]}")"
-result hub.rtt_median "$(median "${rtt_sqlite[@]}")" us
-result hub.rtt_p99 "$(median "${p99_sqlite[@]}")" us
-result hub.rtt_memory_median "$(median "${rtt_memory[@]}")" us
-result hub.rtt_memory_p99 "$(median "${p99_memory[@]}")" us
+    printf '%-44s %6d us median, %d us p99 (target: median <= 100 us, p99 <= 300 us)\n' \
+        "$label, SQLite store" "$(median "${rtt_sqlite[@]}")" "$(median "${p99_sqlite[@]}")" \
+        "$label, memory store" "$(median "${rtt_memory[@]}")" "$(median "${p99_memory[@]}")"
+    result "hub.${prefix}median" "$(median "${rtt_sqlite[@]}")" us
+    result "hub.${prefix}p99" "$(median "${p99_sqlite[@]}")" us
+    result "hub.${prefix}memory_median" "$(median "${rtt_memory[@]}")" us
+    result "hub.${prefix}memory_p99" "$(median "${p99_memory[@]}")" us
+}
+round_trips "idle round trip" rtt_
 # The same with the CPUs kept from halting while idle. Every hop of an idle
 # round trip wakes a thread on a CPU with nothing else to do; on a virtual
 # machine whose idle CPUs halt at once (cpuidle "haltpoll" with
@@ -82,23 +89,8 @@ result hub.rtt_memory_p99 "$(median "${p99_memory[@]}")" us
 # zcluster's own path. Needs root; skipped without it.
 if { exec 3>/dev/cpu_dma_latency; } 2>/dev/null; then
     printf '\0\0\0\0' >&3
-    rtt_sqlite=() p99_sqlite=() rtt_memory=() p99_memory=()
-    for ((i = 0; i < RUNS; i++)); do
-        rm -f "$tmp"/store.sqlite*
-        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store "$tmp/store.sqlite")
-        rtt_sqlite+=("$m") p99_sqlite+=("$p")
-        read -r _ _ m p < <("$ROOT/target/release/examples/hub_throughput" --latency --count "$(sized 2000 500)" --store :memory:)
-        rtt_memory+=("$m") p99_memory+=("$p")
-    done
+    round_trips "same, CPUs kept from halting" rtt_awake_
     exec 3>&-
-    rm -f "$tmp"/store.sqlite*
-    printf '%-44s %6d us median, %d us p99\n' \
-        "same, CPUs kept from halting, SQLite" "$(median "${rtt_sqlite[@]}")" "$(median "${p99_sqlite[@]}")" \
-        "same, CPUs kept from halting, memory" "$(median "${rtt_memory[@]}")" "$(median "${p99_memory[@]}")"
-    result hub.rtt_awake_median "$(median "${rtt_sqlite[@]}")" us
-    result hub.rtt_awake_p99 "$(median "${p99_sqlite[@]}")" us
-    result hub.rtt_awake_memory_median "$(median "${rtt_memory[@]}")" us
-    result hub.rtt_awake_memory_p99 "$(median "${p99_memory[@]}")" us
 else
     echo "idle round trip with CPUs kept from halting: not measured (/dev/cpu_dma_latency is not writable)"
 fi
