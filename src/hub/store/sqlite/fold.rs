@@ -352,19 +352,32 @@ impl<'conn> Statements<'conn> {
             let written = statement(conn, &mut self.inserts_of[0], insert_sql(1))
                 .and_then(|s| s.execute(params_from_iter(insert.params())));
             if let Err(source) = written {
-                let task = &insert.task;
-                errors.report(StoreError::Sqlite {
-                    operation: format!(
-                        "recording task {} (job {}, seq {})",
-                        task.id, task.job, task.seq
-                    ),
-                    source,
-                });
-                for event in std::mem::take(&mut insert.events) {
-                    apply(conn, codec, event, errors);
-                }
+                let events = std::mem::take(&mut insert.events);
+                insert_failed(conn, codec, &insert.task, source, events, errors);
             }
         }
+    }
+}
+
+/// A new task's insert failed: the failure is told, and the task's
+/// events are applied one by one, as they would have been unfolded.
+fn insert_failed(
+    conn: &Connection,
+    codec: &mut Codec,
+    task: &SqlTask,
+    source: rusqlite::Error,
+    events: Vec<Write>,
+    errors: &BatchErrors,
+) {
+    errors.report(StoreError::Sqlite {
+        operation: format!(
+            "recording task {} (job {}, seq {})",
+            task.id, task.job, task.seq
+        ),
+        source,
+    });
+    for event in events {
+        apply(conn, codec, event, errors);
     }
 }
 
@@ -470,18 +483,7 @@ pub(super) fn write_folded<'conn>(
                 insert.events = folded.events;
                 statements.inserts.push(insert);
             }
-            Err(source) => {
-                errors.report(StoreError::Sqlite {
-                    operation: format!(
-                        "recording task {} (job {}, seq {})",
-                        task.id, task.job, task.seq
-                    ),
-                    source,
-                });
-                for event in folded.events {
-                    apply(conn, codec, event, errors);
-                }
-            }
+            Err(source) => insert_failed(conn, codec, task, source, folded.events, errors),
         }
         return;
     }
