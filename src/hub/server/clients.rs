@@ -72,10 +72,11 @@ impl<O: Outbox> Core<O> {
         self.on_tasks(client, job, vec![(task, envelope.body().to_vec())]);
     }
 
-    /// Several tasks of a job in one message ([`SubmitItem`](crate::hub::protocol::SubmitItem)s). A body that
-    /// does not decode is refused as a whole, as any bad message is (its
-    /// task ids cannot be trusted to answer); a decoded batch is taken item
-    /// by item, exactly as if each task had come alone.
+    /// Several tasks of a job in one message
+    /// ([`SubmitItem`](crate::hub::protocol::SubmitItem)s). A body that does
+    /// not decode is refused as a whole, as any bad message is (its task ids
+    /// cannot be trusted to answer); a decoded batch is taken item by item,
+    /// exactly as if each task had come alone.
     fn on_task_batch(&mut self, client: Vec<u8>, envelope: &Envelope) {
         let tasks = match decode_submit_items(envelope.body(), "task batch") {
             Ok(tasks) => tasks,

@@ -50,6 +50,12 @@
 //!
 //! The poison limit and a dead engine's tasks going back to the front of
 //! their queue are the engine reactions' (`engines.rs`), tested there.
+//!
+//! One file (about 800 lines of code, its tests in `scheduler/`): the rules
+//! above act on each other inside one pass of [`dispatch`] (a job's depth
+//! decides an engine's room, which decides the batch, which a suspect or a
+//! reservation cuts short), so they are read together, in the order a
+//! task meets them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
